@@ -1,8 +1,25 @@
 //! botvisor: one supervised process hosting many Telegram bots, each with its own database.
 //!
 //! Module map:
+//! - [`cli`]: the command line (daemon, sandbox, admin commands);
+//! - [`config`]: typed settings (file + `BOTVISOR__*` environment), validated;
+//! - [`telemetry`]: tracing setup and secret masking;
 //! - [`tasks`]: named, tracked task spawning and shutdown;
+//! - [`token`]: validated, masked bot tokens;
+//! - [`manifest`] and [`texts`]: a bot's configuration and its user-facing strings;
+//! - [`migrations`]: the embedded panel and bot schemas, applied and inspected;
+//! - [`panel`]: the panel database (all its SQL in `panel::store`);
+//! - [`botdb`]: per-bot databases (naming, provisioning);
 //! - [`sandbox`]: a local Telegram Bot API emulator for tests, development and demos.
 
+pub mod botdb;
+pub mod cli;
+pub mod config;
+pub mod manifest;
+pub mod migrations;
+pub mod panel;
 pub mod sandbox;
 pub mod tasks;
+pub mod telemetry;
+pub mod texts;
+pub mod token;

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command (README, CI): formatting, lints, then every test against the local
+# PostgreSQL (started if it is down). Any failure exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/pg-up.sh
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets

@@ -1,0 +1,323 @@
+//! Per-bot databases: where each one lives, creating and dropping it, and its schema.
+//!
+//! A bot's database is named by `bot_database.name_template` (default
+//! `{panel_db}_bot_{id}`) on the panel's server (or `bot_database.server_url`); the panel's
+//! `bots.database` column overrides it per bot with a plain name on that server or a full
+//! `postgres://` URL for a bot living on another server.
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::{Settings, render_name_template};
+use crate::migrations::{self, MigrationError, describe};
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Errors about a bot's database.
+#[derive(Debug, thiserror::Error)]
+pub enum BotDbError {
+    /// The override in `bots.database` is neither a valid name nor a valid URL.
+    #[error("invalid database for bot {bot_id}: {reason}")]
+    InvalidTarget {
+        /// The bot.
+        bot_id: i64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The server could not be reached to create or drop the database.
+    #[error("cannot connect to {url} to manage database {database}")]
+    Connect {
+        /// The masked URL of the maintenance connection.
+        url: String,
+        /// The database in question.
+        database: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// CREATE or DROP DATABASE failed.
+    #[error("cannot {action} database {database}")]
+    Manage {
+        /// `create` or `drop`.
+        action: &'static str,
+        /// The database.
+        database: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("cannot migrate database {database}")]
+    Migrate {
+        /// The database.
+        database: String,
+        /// What failed.
+        #[source]
+        source: MigrationError,
+    },
+}
+
+impl BotDbError {
+    /// Whether retrying without a change to the panel or the server cannot help: the bot
+    /// should wait for a panel change instead of retrying.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            BotDbError::InvalidTarget { .. } | BotDbError::Manage { .. } => true,
+            BotDbError::Migrate { source, .. } => source.is_fatal(),
+            BotDbError::Connect { .. } => false,
+        }
+    }
+}
+
+/// Where one bot's database lives.
+#[derive(Debug, Clone)]
+pub struct BotDbTarget {
+    /// The bot.
+    pub bot_id: i64,
+    /// The database name.
+    pub database: String,
+    /// Options connecting to the bot's database.
+    pub options: PgConnectOptions,
+    /// Options connecting to the same server's `postgres` database, for CREATE/DROP.
+    pub maintenance: PgConnectOptions,
+}
+
+impl BotDbTarget {
+    /// Resolves the database of bot `bot_id` with optional override `database`.
+    pub fn resolve(
+        settings: &Settings,
+        bot_id: i64,
+        database: Option<&str>,
+    ) -> Result<Self, BotDbError> {
+        let invalid = |reason: String| BotDbError::InvalidTarget { bot_id, reason };
+        let server = if settings.bot_database.server_url.is_empty() {
+            settings.panel_connect_options()
+        } else {
+            settings
+                .bot_database
+                .server_url
+                .parse::<PgConnectOptions>()
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    key: "bot_database.server_url",
+                    reason: e.to_string(),
+                })
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        let (server, name) = match database.map(str::trim).filter(|d| !d.is_empty()) {
+            Some(url) if url.contains("://") => {
+                let opts = parse_database_url(url).map_err(invalid)?;
+                let name = opts.get_database().unwrap_or_default().to_owned();
+                (opts, name)
+            }
+            Some(name) => (server, name.to_owned()),
+            None => {
+                let panel_db = settings.panel_database_name();
+                let name =
+                    render_name_template(&settings.bot_database.name_template, &panel_db, bot_id);
+                (server, name)
+            }
+        };
+        validate_database_name(&name).map_err(invalid)?;
+        Ok(Self {
+            bot_id,
+            options: server.clone().database(&name),
+            maintenance: server.database("postgres"),
+            database: name,
+        })
+    }
+
+    /// A printable description (masked).
+    pub fn describe(&self) -> String {
+        describe(&self.options)
+    }
+
+    async fn maintenance_connection(&self) -> Result<PgConnection, BotDbError> {
+        self.maintenance
+            .connect()
+            .await
+            .map_err(|source| BotDbError::Connect {
+                url: describe(&self.maintenance),
+                database: self.database.clone(),
+                source,
+            })
+    }
+
+    /// Creates the database if it does not exist; returns whether it was created.
+    pub async fn ensure_database(&self) -> Result<bool, BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let result = async {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&self.database)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if exists {
+                return Ok(false);
+            }
+            let sql = format!("CREATE DATABASE {}", quote_ident(&self.database));
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => Ok(true),
+                // Another process created it between our check and our CREATE.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        .await
+        .map_err(|source| BotDbError::Manage {
+            action: "create",
+            database: self.database.clone(),
+            source,
+        });
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Whether the database exists.
+    pub async fn exists(&self) -> Result<bool, BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let result =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&self.database)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|source| BotDbError::Manage {
+                    action: "inspect",
+                    database: self.database.clone(),
+                    source,
+                });
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Drops the database (disconnecting its sessions); returns whether it existed.
+    pub async fn drop_database(&self) -> Result<bool, BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&self.database)
+        );
+        let existed = self.exists().await?;
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map(|_| existed)
+            .map_err(|source| BotDbError::Manage {
+                action: "drop",
+                database: self.database.clone(),
+                source,
+            });
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Creates the database if needed and applies the embedded bot migrations.
+    pub async fn provision(&self) -> Result<bool, BotDbError> {
+        let created = self.ensure_database().await?;
+        migrations::apply(&migrations::BOT, &self.options)
+            .await
+            .map_err(|source| BotDbError::Migrate {
+                database: self.database.clone(),
+                source,
+            })?;
+        Ok(created)
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "{} is not a postgres:// URL",
+            crate::telemetry::mask_url(url)
+        ));
+    }
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|e| format!("{}: {e}", crate::telemetry::mask_url(url)))?;
+    if opts.get_database().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{} names no database",
+            crate::telemetry::mask_url(url)
+        ));
+    }
+    Ok(opts)
+}
+
+/// Checks a database name: 1–63 bytes of letters, digits, `_` and `-`.
+pub fn validate_database_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_IDENTIFIER_LEN
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "database name {name:?} must be 1-63 characters of letters, digits, _ and -"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a `--database` argument: a name or a postgres:// URL naming a database.
+pub fn validate_override(value: &str) -> Result<(), String> {
+    if value.contains("://") {
+        let opts = parse_database_url(value)?;
+        validate_database_name(opts.get_database().unwrap_or_default())
+    } else {
+        validate_database_name(value)
+    }
+}
+
+/// Quotes an identifier for PostgreSQL, doubling any `"`.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings() -> Settings {
+        let env: HashMap<String, String> = [(
+            "DATABASE_URL".to_string(),
+            "postgres://u:pw@h:5433/panel".to_string(),
+        )]
+        .into();
+        Settings::load(None, &env).unwrap()
+    }
+
+    #[test]
+    fn default_name_derives_from_the_panel_database() {
+        let t = BotDbTarget::resolve(&settings(), 7, None).unwrap();
+        assert_eq!(t.database, "panel_bot_7");
+        assert_eq!(t.options.get_host(), "h");
+        assert_eq!(t.options.get_port(), 5433);
+        assert_eq!(t.maintenance.get_database(), Some("postgres"));
+    }
+
+    #[test]
+    fn overrides_by_name_or_url() {
+        let t = BotDbTarget::resolve(&settings(), 7, Some("shop")).unwrap();
+        assert_eq!((t.database.as_str(), t.options.get_host()), ("shop", "h"));
+        let t = BotDbTarget::resolve(&settings(), 7, Some("postgres://x@other/remote")).unwrap();
+        assert_eq!(
+            (t.database.as_str(), t.options.get_host()),
+            ("remote", "other")
+        );
+        for bad in ["a b", "x;drop", "postgres://x@other", "mysql://x/y"] {
+            let e = BotDbTarget::resolve(&settings(), 7, Some(bad)).unwrap_err();
+            assert!(e.is_fatal(), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

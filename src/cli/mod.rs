@@ -1,0 +1,295 @@
+//! The `botvisor` command line: the daemon, the sandbox and the admin commands.
+//!
+//! Every command writes its result to the `out` writer it is given (stdout in the binary) and
+//! returns a [`CliError`] whose exit code tells bad input (2) from failures (1). Tokens are
+//! masked in everything printed.
+
+mod admin;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+
+/// Hosts many Telegram bots in one process, each with its own PostgreSQL database.
+#[derive(Debug, Parser)]
+#[command(name = "botvisor", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Settings file (TOML); default /etc/botvisor/botvisor.toml when it exists. Environment
+    /// variables BOTVISOR__SECTION__KEY, BOTVISOR_PANEL_URL and BOTVISOR_TELEGRAM_API_URL
+    /// override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the panel migrations (idempotent), or show their status.
+    Migrate(MigrateArgs),
+    /// Register, inspect and change bots.
+    #[command(subcommand)]
+    Bot(BotCommand),
+    /// Set, read, import and export a bot's texts.
+    #[command(subcommand)]
+    Text(TextCommand),
+    /// Check the daemon's settings, or set and show a bot's manifest.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask the running daemon to reload a bot's texts and manifest (all bots without ID).
+    Reload {
+        /// The bot's id; omit to reload every bot.
+        id: Option<i64>,
+    },
+}
+
+/// Arguments of `botvisor migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Show status instead of applying.
+    #[command(subcommand)]
+    pub action: Option<MigrateAction>,
+}
+
+/// `botvisor migrate` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// List the panel's migrations: version, name, applied_at, state.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `botvisor bot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BotCommand {
+    /// Register a bot and print its id.
+    Add {
+        /// A unique name for the bot (letters, digits, spaces, _ . -; up to 64 characters).
+        #[arg(long)]
+        name: String,
+        /// The token BotFather gave (<digits>:<35 characters>).
+        #[arg(long)]
+        token: String,
+        /// A manifest JSON file (see docs/manifest.md); default: an empty manifest.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Register it disabled (it does not start until `bot enable`).
+        #[arg(long)]
+        disabled: bool,
+        /// Its database: a name on the default server or a full postgres:// URL; default: the
+        /// naming rule of the settings (bot_database.name_template).
+        #[arg(long, value_name = "NAME_OR_URL")]
+        database: Option<String>,
+    },
+    /// List bots with their status.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one bot with its status.
+    Show {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a bot (the daemon starts it).
+    Enable {
+        /// The bot's id.
+        id: i64,
+    },
+    /// Disable a bot (the daemon stops it).
+    Disable {
+        /// The bot's id.
+        id: i64,
+    },
+    /// Replace a bot's token (the daemon restarts it with the new one).
+    SetToken {
+        /// The bot's id.
+        id: i64,
+        /// The new token.
+        token: String,
+    },
+    /// Remove a bot; its database is kept unless --drop-database --yes.
+    Remove {
+        /// The bot's id.
+        id: i64,
+        /// Also drop the bot's database (needs --yes).
+        #[arg(long)]
+        drop_database: bool,
+        /// Confirm dropping the database.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `botvisor text` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TextCommand {
+    /// Set a text (validated: known placeholders, at most 4096 characters).
+    Set {
+        /// The bot's id.
+        id: i64,
+        /// The text key, e.g. `start`.
+        key: String,
+        /// The value; placeholders {first_name}, {username}, {bot_name}.
+        value: String,
+        /// Language; default: the manifest's default_language.
+        #[arg(long)]
+        lang: Option<String>,
+    },
+    /// Print a text.
+    Get {
+        /// The bot's id.
+        id: i64,
+        /// The text key.
+        key: String,
+        /// Language; default: the manifest's default_language.
+        #[arg(long)]
+        lang: Option<String>,
+    },
+    /// List a bot's texts.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import texts from a JSON or TOML map in one transaction (one reload).
+    ///
+    /// The map is {"key": "value"} (default language) or {"key": {"en": "…", "ru": "…"}}.
+    Import {
+        /// The bot's id.
+        id: i64,
+        /// A .json or .toml file.
+        file: PathBuf,
+    },
+    /// Print every text as JSON ({"key": {"lang": "value"}}), ready for `text import`.
+    Export {
+        /// The bot's id.
+        id: i64,
+    },
+}
+
+/// `botvisor config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the daemon's settings and print them with secrets masked.
+    Check,
+    /// Replace a bot's manifest with a validated JSON file.
+    Set {
+        /// The bot's id.
+        id: i64,
+        /// The manifest JSON file.
+        file: PathBuf,
+    },
+    /// Print a bot's manifest.
+    Show {
+        /// The bot's id.
+        id: i64,
+    },
+}
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// 2 for bad input (the message says what), 1 for failures.
+    pub code: u8,
+    /// One line for stderr.
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input: exit code 2.
+    pub fn input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// A failure: exit code 1.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Formats an error with its sources on one line, tokens masked.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    crate::telemetry::redact(&line)
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::input(error_line(&e))
+    }
+}
+
+impl From<crate::panel::PanelError> for CliError {
+    fn from(e: crate::panel::PanelError) -> Self {
+        let line = error_line(&e);
+        if e.is_bad_input() {
+            CliError::input(line)
+        } else {
+            CliError::failure(line)
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::failure(format!("cannot write output: {e}"))
+    }
+}
+
+/// Loads settings for a command from `--config` and the given environment.
+pub fn load_settings(cli: &Cli, env: &HashMap<String, String>) -> Result<Settings, CliError> {
+    Ok(Settings::load(cli.config.as_deref(), env)?)
+}
+
+/// Runs a command other than the long-running ones (`serve`, `sandbox`), writing to `out`.
+pub async fn run_admin(
+    cli: &Cli,
+    env: &HashMap<String, String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let settings = load_settings(cli, env)?;
+    admin::run(&cli.command, &settings, out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

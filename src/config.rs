@@ -1,0 +1,496 @@
+//! Typed settings: a TOML file merged with `BOTVISOR__SECTION__KEY` environment variables.
+//!
+//! Precedence, lowest first: built-in defaults, the settings file (`--config FILE`, else
+//! `/etc/botvisor/botvisor.toml` when it exists), `BOTVISOR__SECTION__KEY` variables, then the
+//! documented shortcuts `BOTVISOR_PANEL_URL` (falling back to `DATABASE_URL`) and
+//! `BOTVISOR_TELEGRAM_API_URL`. Unknown keys anywhere are an error, and [`Settings::validate`]
+//! runs before anything starts. `deploy/botvisor.toml.example` documents every key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::telemetry::mask_url;
+
+/// The settings file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/botvisor/botvisor.toml";
+
+/// Errors while loading or validating settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("settings file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// The file or the environment could not be parsed into the settings tree.
+    #[error("invalid settings: {0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `panel.url`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// The whole settings tree.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The panel database: registered bots, their texts and status.
+    pub panel: PanelSettings,
+    /// Where each bot's own database lives and how it is named.
+    pub bot_database: BotDatabaseSettings,
+    /// The Telegram Bot API endpoint.
+    pub telegram: TelegramSettings,
+    /// The reconcile loop and shutdown.
+    pub supervisor: SupervisorSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Panel database settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PanelSettings {
+    /// PostgreSQL URL of the panel database (shortcut: `BOTVISOR_PANEL_URL`, then `DATABASE_URL`).
+    pub url: String,
+}
+
+/// Per-bot database settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotDatabaseSettings {
+    /// Name of a bot's database; `{panel_db}` is the panel database's name, `{id}` the bot id.
+    pub name_template: String,
+    /// Server for bot databases (a PostgreSQL URL whose database part is ignored); empty means
+    /// the panel's server.
+    pub server_url: String,
+    /// Most connections the daemon holds to all bot databases together, whatever the bot count.
+    pub connection_budget: u32,
+    /// Most connections one bot may hold at once (within the global budget).
+    pub max_connections_per_bot: u32,
+    /// Seconds an idle bot-database connection is kept before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds to wait for a connection before a bot's database operation fails.
+    pub acquire_timeout_secs: u64,
+}
+
+/// Telegram settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramSettings {
+    /// Bot API base URL (shortcut: `BOTVISOR_TELEGRAM_API_URL`); point it at `botvisor sandbox`
+    /// for local runs.
+    pub api_url: String,
+    /// Long-poll timeout of getUpdates, in seconds (kept under the HTTP client's timeout).
+    pub poll_timeout_secs: u64,
+}
+
+/// Supervisor settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// Seconds between full reconciles of the panel against the running bots.
+    pub resync_interval_secs: u64,
+    /// Seconds in-flight updates get to finish on shutdown before the daemon gives up on them.
+    pub shutdown_deadline_secs: u64,
+    /// Name of this instance, written to `bot_status.instance`; empty means the host name.
+    pub instance: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain lines under systemd (`JOURNAL_STREAM` set), coloured text on a terminal.
+    Auto,
+    /// Plain text lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `auto`, `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `botvisor=debug,sqlx=warn`; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for BotDatabaseSettings {
+    fn default() -> Self {
+        Self {
+            name_template: "{panel_db}_bot_{id}".into(),
+            server_url: String::new(),
+            connection_budget: 32,
+            max_connections_per_bot: 2,
+            idle_timeout_secs: 30,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for TelegramSettings {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.telegram.org".into(),
+            poll_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            resync_interval_secs: 30,
+            shutdown_deadline_secs: 20,
+            instance: String::new(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from `file` (or the default path if it exists) and `env`, then validates.
+    ///
+    /// `env` is passed in rather than read here so tests never depend on the process
+    /// environment; the binary passes `std::env::vars()`.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => builder = builder.add_source(toml_file(path)),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                builder = builder.add_source(toml_file(Path::new(DEFAULT_CONFIG_PATH)));
+            }
+            None => {}
+        }
+        let nested: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("BOTVISOR__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("BOTVISOR")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(nested)),
+        );
+        let panel_url = env
+            .get("BOTVISOR_PANEL_URL")
+            .or_else(|| env.get("DATABASE_URL"))
+            .filter(|v| !v.is_empty());
+        if let Some(url) = panel_url {
+            builder = builder
+                .set_override("panel.url", url.as_str())
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        if let Some(url) = env
+            .get("BOTVISOR_TELEGRAM_API_URL")
+            .filter(|v| !v.is_empty())
+        {
+            builder = builder
+                .set_override("telegram.api_url", url.as_str())
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value; the daemon and the CLI call this before doing anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.panel.url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "panel.url",
+                reason: "not set: set BOTVISOR_PANEL_URL (or DATABASE_URL, or panel.url in the \
+                         settings file) to the panel database's PostgreSQL URL"
+                    .into(),
+            });
+        }
+        let panel = self.panel_connect_options()?;
+        if panel.get_database().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "panel.url",
+                reason: format!("{} names no database", mask_url(&self.panel.url)),
+            });
+        }
+        if !self.bot_database.server_url.is_empty() {
+            parse_pg_url("bot_database.server_url", &self.bot_database.server_url)?;
+        }
+        let t = &self.bot_database.name_template;
+        if !t.contains("{id}") {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.name_template",
+                reason: format!("{t:?} must contain {{id}} so every bot gets its own database"),
+            });
+        }
+        let sample = render_name_template(t, "panel", 1);
+        if sample.contains('{') || sample.contains('}') {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.name_template",
+                reason: format!("{t:?} has a placeholder other than {{panel_db}} and {{id}}"),
+            });
+        }
+        let budget = self.bot_database.connection_budget;
+        if budget == 0 {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.connection_budget",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let per_bot = self.bot_database.max_connections_per_bot;
+        if per_bot == 0 || per_bot > budget {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.max_connections_per_bot",
+                reason: format!("must be between 1 and connection_budget ({budget})"),
+            });
+        }
+        if self.bot_database.acquire_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.acquire_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let api = url::Url::parse(&self.telegram.api_url).map_err(|e| ConfigError::Invalid {
+            key: "telegram.api_url",
+            reason: format!("{:?} is not a URL: {e}", self.telegram.api_url),
+        })?;
+        if !matches!(api.scheme(), "http" | "https") {
+            return Err(ConfigError::Invalid {
+                key: "telegram.api_url",
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if !(1..=15).contains(&self.telegram.poll_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                key: "telegram.poll_timeout_secs",
+                reason: "must be between 1 and 15 (under the HTTP client's 17 s timeout)".into(),
+            });
+        }
+        if self.supervisor.resync_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "supervisor.resync_interval_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Connection options of the panel database.
+    pub fn panel_connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        parse_pg_url("panel.url", &self.panel.url)
+    }
+
+    /// The panel database's name (used by the default bot database naming rule).
+    pub fn panel_database_name(&self) -> String {
+        self.panel_connect_options()
+            .ok()
+            .and_then(|o| o.get_database().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The Telegram API base URL, parsed (validated in [`Settings::validate`]).
+    pub fn telegram_api_url(&self) -> url::Url {
+        url::Url::parse(&self.telegram.api_url).expect("validated in Settings::validate")
+    }
+
+    /// The name this instance writes into `bot_status.instance`.
+    pub fn instance_name(&self) -> String {
+        if !self.supervisor.instance.is_empty() {
+            return self.supervisor.instance.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "botvisor".into())
+    }
+
+    /// How long to wait for a full reconcile when nothing notifies.
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.supervisor.resync_interval_secs)
+    }
+
+    /// How long in-flight work gets on shutdown.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs(self.supervisor.shutdown_deadline_secs)
+    }
+
+    /// The effective settings as TOML, with every password in a URL masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        masked.panel.url = mask_url(&masked.panel.url);
+        masked.bot_database.server_url = mask_url(&masked.bot_database.server_url);
+        toml::to_string_pretty(&masked).expect("settings always serialise")
+    }
+}
+
+fn toml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path)
+        .format(config::FileFormat::Toml)
+        .required(true)
+}
+
+fn parse_pg_url(key: &'static str, url: &str) -> Result<PgConnectOptions, ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("{} is not a postgres:// URL", mask_url(url)),
+        });
+    }
+    url.parse::<PgConnectOptions>()
+        .map_err(|e| ConfigError::Invalid {
+            key,
+            reason: format!("{} is not a valid PostgreSQL URL: {e}", mask_url(url)),
+        })
+}
+
+/// Fills `{panel_db}` and `{id}` in a bot database name template.
+pub fn render_name_template(template: &str, panel_db: &str, id: i64) -> String {
+    template
+        .replace("{panel_db}", panel_db)
+        .replace("{id}", &id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shortcuts_and_nested_variables_are_merged() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u@h/fallback"),
+                ("BOTVISOR_PANEL_URL", "postgres://u@h/panel"),
+                ("BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET", "8"),
+                ("BOTVISOR_TELEGRAM_API_URL", "http://127.0.0.1:8081"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.panel.url, "postgres://u@h/panel");
+        assert_eq!(s.bot_database.connection_budget, 8);
+        assert_eq!(s.telegram.api_url, "http://127.0.0.1:8081");
+        assert_eq!(s.panel_database_name(), "panel");
+    }
+
+    #[test]
+    fn database_url_is_the_fallback() {
+        let s = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@h/fb")])).unwrap();
+        assert_eq!(s.panel.url, "postgres://u@h/fb");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::load(
+            None,
+            &env(&[
+                ("BOTVISOR_PANEL_URL", "postgres://u@h/p"),
+                ("BOTVISOR__PANEL__URLL", "x"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[supervisor]\nresync_interval = 3\n").unwrap();
+        let err =
+            Settings::load(Some(&path), &env(&[("DATABASE_URL", "postgres://u@h/p")])).unwrap_err();
+        assert!(err.to_string().contains("resync_interval"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_named_explicitly_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/b.toml")), &env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "BOTVISOR__BOT_DATABASE__NAME_TEMPLATE",
+                "bots",
+                "name_template",
+            ),
+            (
+                "BOTVISOR__BOT_DATABASE__NAME_TEMPLATE",
+                "b_{id}_{x}",
+                "name_template",
+            ),
+            (
+                "BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET",
+                "0",
+                "connection_budget",
+            ),
+            ("BOTVISOR__TELEGRAM__API_URL", "ftp://x", "api_url"),
+            (
+                "BOTVISOR__TELEGRAM__POLL_TIMEOUT_SECS",
+                "30",
+                "poll_timeout_secs",
+            ),
+            (
+                "BOTVISOR__SUPERVISOR__RESYNC_INTERVAL_SECS",
+                "0",
+                "resync_interval_secs",
+            ),
+        ];
+        for (k, v, needle) in cases {
+            let err = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@h/p"), (k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(needle), "{k}={v}: {err}");
+        }
+        let err = Settings::load(None, &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("BOTVISOR_PANEL_URL"), "{err}");
+        let err = Settings::load(None, &env(&[("DATABASE_URL", "mysql://x/y")])).unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+    }
+
+    #[test]
+    fn masked_output_hides_passwords() {
+        let s = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:secret@h/p")])).unwrap();
+        let out = s.to_masked_toml();
+        assert!(!out.contains("secret"), "{out}");
+        assert!(out.contains("postgres://u:****@h/p"), "{out}");
+    }
+
+    #[test]
+    fn name_template_renders() {
+        assert_eq!(
+            render_name_template("{panel_db}_bot_{id}", "botvisor", 42),
+            "botvisor_bot_42"
+        );
+    }
+}

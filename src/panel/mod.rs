@@ -1,0 +1,153 @@
+//! The panel database: registered bots, their texts, and their reported status.
+//!
+//! - [`store`] holds all panel SQL;
+//!
+//! Every write to `bots` or `bot_texts` notifies through triggers (migrations/panel), so the
+//! CLI, an external admin panel and plain psql all wake the supervisor the same way.
+
+pub mod store;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::manifest::ManifestError;
+use crate::migrations::describe;
+use crate::texts::TextError;
+
+/// Channel notified with a bot id on every insert, update or delete of `bots`.
+pub const BOTS_CHANGED: &str = "bots_changed";
+/// Channel notified with a bot id (or an empty payload: every bot) when texts or a manifest
+/// change.
+pub const RELOAD_CONFIG: &str = "reload_config";
+
+/// Errors of panel operations. Messages are written for operators.
+#[derive(Debug, thiserror::Error)]
+pub enum PanelError {
+    /// The panel database is unreachable.
+    #[error("cannot connect to the panel database at {url}: {source}")]
+    Connect {
+        /// The masked URL.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// No bot has this id.
+    #[error("no bot with id {0}")]
+    BotNotFound(i64),
+    /// The name is taken.
+    #[error("a bot named {0:?} already exists")]
+    DuplicateName(String),
+    /// The token is registered for another bot (the message never shows it).
+    #[error("this token is already registered for another bot")]
+    DuplicateToken,
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A text is invalid.
+    #[error("{key} [{lang}]: {source}")]
+    Text {
+        /// The text's key.
+        key: String,
+        /// Its language.
+        lang: String,
+        /// What is wrong.
+        #[source]
+        source: TextError,
+    },
+    /// Any other database error.
+    #[error("panel database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl PanelError {
+    /// Whether the error is the caller's input (exit code 2 in the CLI) rather than a failure.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, PanelError::Database(_))
+    }
+}
+
+/// A registered bot, as stored (the token included: handle with care).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BotRecord {
+    /// Panel id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// The full token. Never print it; use [`crate::telemetry::mask_token`].
+    pub token: String,
+    /// Whether the bot should run.
+    pub enabled: bool,
+    /// Database override: a name on the default server or a full URL.
+    pub database: Option<String>,
+    /// The manifest as stored.
+    pub manifest: sqlx::types::Json<serde_json::Value>,
+    /// Bumped on every change of the row.
+    pub version: i64,
+    /// Number of texts.
+    pub texts_count: i64,
+    /// Latest text change.
+    pub texts_updated_at: Option<DateTime<Utc>>,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BotRecord {
+    /// A value that changes whenever the bot's manifest or texts change.
+    pub fn config_fingerprint(&self) -> (i64, i64, Option<DateTime<Utc>>) {
+        (self.version, self.texts_count, self.texts_updated_at)
+    }
+}
+
+/// What a bot's owner last reported.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BotStatus {
+    /// The bot.
+    pub bot_id: i64,
+    /// The instance running it.
+    pub instance: String,
+    /// starting, running, backoff, quarantined, auth_failed, failed, stopped.
+    pub state: String,
+    /// A readable explanation.
+    pub detail: String,
+    /// The bot's Telegram username, once known.
+    pub telegram_username: Option<String>,
+    /// When the current run started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the status was written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A text row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TextRecord {
+    /// Key.
+    pub key: String,
+    /// Language.
+    pub lang: String,
+    /// Value with placeholders.
+    pub value: String,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Opens a small pool to the panel database, failing fast with the (masked) URL when it is
+/// unreachable.
+pub async fn connect(options: &PgConnectOptions, max: u32) -> Result<PgPool, PanelError> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await
+        .map_err(|source| PanelError::Connect {
+            url: describe(options),
+            source,
+        })
+}

@@ -1,0 +1,327 @@
+//! All SQL against the panel database.
+
+use sqlx::postgres::PgPool;
+use sqlx::types::Json;
+
+use super::{BotRecord, BotStatus, PanelError, TextRecord};
+use crate::manifest::Manifest;
+use crate::token::BotToken;
+
+const SELECT_BOTS: &str = "\
+    SELECT b.id, b.name, b.token, b.enabled, b.database, b.manifest, b.version, \
+           b.created_at, b.updated_at, \
+           COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at \
+    FROM bots b \
+    LEFT JOIN (SELECT bot_id, count(*) AS n, max(updated_at) AS latest \
+               FROM bot_texts GROUP BY bot_id) t ON t.bot_id = b.id";
+
+/// A bot to register.
+#[derive(Debug)]
+pub struct NewBot<'a> {
+    /// Unique name.
+    pub name: &'a str,
+    /// Validated token.
+    pub token: &'a BotToken,
+    /// Start it right away.
+    pub enabled: bool,
+    /// Database override (name or URL).
+    pub database: Option<&'a str>,
+    /// Validated manifest.
+    pub manifest: &'a Manifest,
+}
+
+/// A status report from the bot's owner.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate<'a> {
+    /// The bot.
+    pub bot_id: i64,
+    /// This instance's name.
+    pub instance: &'a str,
+    /// The state name.
+    pub state: &'a str,
+    /// A readable detail.
+    pub detail: &'a str,
+    /// The Telegram username, when known (kept when `None`).
+    pub telegram_username: Option<&'a str>,
+    /// Set `started_at = now()` (a new run began).
+    pub started: bool,
+}
+
+fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23505")
+    {
+        match db.constraint() {
+            Some("bots_name_key") => return PanelError::DuplicateName(name.to_owned()),
+            Some("bots_token_key") => return PanelError::DuplicateToken,
+            _ => {}
+        }
+    }
+    PanelError::Database(e)
+}
+
+/// Registers a bot and returns its id.
+pub async fn add_bot(pool: &PgPool, bot: &NewBot<'_>) -> Result<i64, PanelError> {
+    sqlx::query_scalar(
+        "INSERT INTO bots (name, token, enabled, database, manifest) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(bot.name)
+    .bind(bot.token.expose())
+    .bind(bot.enabled)
+    .bind(bot.database)
+    .bind(Json(bot.manifest.to_value()))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| map_unique(e, bot.name))
+}
+
+/// Every registered bot, ordered by id.
+pub async fn list_bots(pool: &PgPool) -> Result<Vec<BotRecord>, PanelError> {
+    let sql = format!("{SELECT_BOTS} ORDER BY b.id");
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// One bot.
+pub async fn get_bot(pool: &PgPool, id: i64) -> Result<BotRecord, PanelError> {
+    let sql = format!("{SELECT_BOTS} WHERE b.id = $1");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(PanelError::BotNotFound(id))
+}
+
+/// Every status row, ordered by bot id.
+pub async fn list_statuses(pool: &PgPool) -> Result<Vec<BotStatus>, PanelError> {
+    Ok(sqlx::query_as(
+        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at \
+         FROM bot_status ORDER BY bot_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The status of one bot, if any was reported.
+pub async fn get_status(pool: &PgPool, id: i64) -> Result<Option<BotStatus>, PanelError> {
+    Ok(sqlx::query_as(
+        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at \
+         FROM bot_status WHERE bot_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Writes a bot's status; a bot removed meanwhile is silently skipped. Notifies nothing.
+pub async fn upsert_status(pool: &PgPool, s: &StatusUpdate<'_>) -> Result<(), PanelError> {
+    sqlx::query(
+        "INSERT INTO bot_status (bot_id, instance, state, detail, telegram_username, started_at) \
+         SELECT $1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END \
+         WHERE EXISTS (SELECT 1 FROM bots WHERE id = $1) \
+         ON CONFLICT (bot_id) DO UPDATE SET \
+            instance = EXCLUDED.instance, state = EXCLUDED.state, detail = EXCLUDED.detail, \
+            telegram_username = COALESCE(EXCLUDED.telegram_username, \
+                                         bot_status.telegram_username), \
+            started_at = CASE WHEN $6 THEN now() ELSE bot_status.started_at END, \
+            updated_at = now()",
+    )
+    .bind(s.bot_id)
+    .bind(s.instance)
+    .bind(s.state)
+    .bind(s.detail)
+    .bind(s.telegram_username)
+    .bind(s.started)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn expect_one(
+    result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>,
+    id: i64,
+    name: &str,
+) -> Result<(), PanelError> {
+    match result {
+        Ok(r) if r.rows_affected() == 0 => Err(PanelError::BotNotFound(id)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(map_unique(e, name)),
+    }
+}
+
+/// Enables or disables a bot.
+pub async fn set_enabled(pool: &PgPool, id: i64, enabled: bool) -> Result<(), PanelError> {
+    let r = sqlx::query("UPDATE bots SET enabled = $2 WHERE id = $1")
+        .bind(id)
+        .bind(enabled)
+        .execute(pool)
+        .await;
+    expect_one(r, id, "")
+}
+
+/// Replaces a bot's token.
+pub async fn set_token(pool: &PgPool, id: i64, token: &BotToken) -> Result<(), PanelError> {
+    let r = sqlx::query("UPDATE bots SET token = $2 WHERE id = $1")
+        .bind(id)
+        .bind(token.expose())
+        .execute(pool)
+        .await;
+    expect_one(r, id, "")
+}
+
+/// Replaces a bot's manifest.
+pub async fn set_manifest(pool: &PgPool, id: i64, manifest: &Manifest) -> Result<(), PanelError> {
+    let r = sqlx::query("UPDATE bots SET manifest = $2 WHERE id = $1")
+        .bind(id)
+        .bind(Json(manifest.to_value()))
+        .execute(pool)
+        .await;
+    expect_one(r, id, "")
+}
+
+/// Deletes a bot (its texts and status go with it) and returns the deleted row.
+pub async fn remove_bot(pool: &PgPool, id: i64) -> Result<BotRecord, PanelError> {
+    let bot = get_bot(pool, id).await?;
+    let r = sqlx::query("DELETE FROM bots WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await;
+    expect_one(r, id, "")?;
+    Ok(bot)
+}
+
+async fn ensure_bot(pool: &PgPool, id: i64) -> Result<(), PanelError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bots WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(PanelError::BotNotFound(id))
+    }
+}
+
+fn validated(key: &str, lang: &str, value: &str) -> Result<(), PanelError> {
+    crate::texts::validate(key, lang, value).map_err(|source| PanelError::Text {
+        key: key.to_owned(),
+        lang: lang.to_owned(),
+        source,
+    })
+}
+
+/// Sets one text (validated first).
+pub async fn set_text(
+    pool: &PgPool,
+    id: i64,
+    key: &str,
+    lang: &str,
+    value: &str,
+) -> Result<(), PanelError> {
+    validated(key, lang, value)?;
+    import_texts(
+        pool,
+        id,
+        &[(key.to_owned(), lang.to_owned(), value.to_owned())],
+    )
+    .await
+}
+
+/// Sets many texts in one transaction (one reload notification); all are validated first and
+/// nothing is written if any is invalid.
+pub async fn import_texts(
+    pool: &PgPool,
+    id: i64,
+    texts: &[(String, String, String)],
+) -> Result<(), PanelError> {
+    for (key, lang, value) in texts {
+        validated(key, lang, value)?;
+    }
+    ensure_bot(pool, id).await?;
+    let mut tx = pool.begin().await?;
+    for (key, lang, value) in texts {
+        sqlx::query(
+            "INSERT INTO bot_texts (bot_id, key, lang, value) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (bot_id, key, lang) DO UPDATE SET value = EXCLUDED.value \
+             WHERE bot_texts.value IS DISTINCT FROM EXCLUDED.value",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(lang)
+        .bind(value)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+                PanelError::BotNotFound(id)
+            }
+            _ => PanelError::Database(e),
+        })?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One text, if set.
+pub async fn get_text(
+    pool: &PgPool,
+    id: i64,
+    key: &str,
+    lang: &str,
+) -> Result<Option<TextRecord>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT key, lang, value, updated_at FROM bot_texts \
+         WHERE bot_id = $1 AND key = $2 AND lang = $3",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(lang)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Every text of a bot, ordered by key and language.
+pub async fn list_texts(pool: &PgPool, id: i64) -> Result<Vec<TextRecord>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT key, lang, value, updated_at FROM bot_texts \
+         WHERE bot_id = $1 ORDER BY key, lang",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes one text; returns whether it existed.
+pub async fn delete_text(
+    pool: &PgPool,
+    id: i64,
+    key: &str,
+    lang: &str,
+) -> Result<bool, PanelError> {
+    ensure_bot(pool, id).await?;
+    let r = sqlx::query("DELETE FROM bot_texts WHERE bot_id = $1 AND key = $2 AND lang = $3")
+        .bind(id)
+        .bind(key)
+        .bind(lang)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Sends `NOTIFY reload_config` for one bot, or for every bot with an empty payload.
+pub async fn notify_reload(pool: &PgPool, id: Option<i64>) -> Result<(), PanelError> {
+    if let Some(id) = id {
+        ensure_bot(pool, id).await?;
+    }
+    let payload = id.map(|i| i.to_string()).unwrap_or_default();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::RELOAD_CONFIG)
+        .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

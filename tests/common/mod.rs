@@ -1,0 +1,198 @@
+//! Shared helpers for integration tests: a fresh panel database per test on the local
+//! PostgreSQL, dropped (with every bot database derived from it) when the test ends.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+/// The server every test uses; override with `BOTVISOR_TEST_PG` (a URL without database).
+pub fn server_url() -> String {
+    std::env::var("BOTVISOR_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A uniquely named database name for this process and test.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}_{}_{n}_{:x}", std::process::id(), nanos % 0xffff)
+}
+
+/// A fresh, empty database; it and every database whose name starts with its name and `_`
+/// are dropped when this value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates a database named uniquely from `prefix`.
+    pub async fn create(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let mut conn = maintenance().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let url = format!("{}/{name}", server_url());
+        Self { name, url }
+    }
+
+    /// A small pool to this database.
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Environment for a botvisor child process or `Settings::load` pointing at this database.
+    pub fn env(&self) -> HashMap<String, String> {
+        [("BOTVISOR_PANEL_URL".to_string(), self.url.clone())].into()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; use a private runtime on a helper thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut conn = maintenance().await;
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
+                )
+                .bind(&name)
+                .bind(format!("{}\\_%", name.replace('_', "\\_")))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                for db in names {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn maintenance() -> sqlx::PgConnection {
+    format!("{}/postgres", server_url())
+        .parse::<PgConnectOptions>()
+        .unwrap()
+        .connect()
+        .await
+        .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README)")
+}
+
+/// Whether a database exists.
+pub async fn database_exists(name: &str) -> bool {
+    let mut conn = maintenance().await;
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    exists
+}
+
+/// The result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts exit code 2 with a message containing `needle`.
+    #[track_caller]
+    pub fn bad_input(&self, needle: &str) {
+        assert_eq!(self.code, 2, "expected exit code 2: {self:?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}: {self:?}"
+        );
+        assert_eq!(
+            self.stderr.trim().lines().count(),
+            1,
+            "one line on stderr: {self:?}"
+        );
+    }
+}
+
+/// Runs the botvisor binary with only the given environment (plus PATH) and an empty
+/// settings file, so nothing on the machine leaks in.
+pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("botvisor.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_botvisor"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .expect("run botvisor");
+    Run::from(out)
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A well-formed token for bot user id `id` (unique per id).
+pub fn token(id: u64) -> String {
+    format!("{id}:AAH{:0>32}", format!("{id:x}test"))
+}
