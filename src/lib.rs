@@ -9,16 +9,24 @@
 //! - [`manifest`] and [`texts`]: a bot's configuration and its user-facing strings;
 //! - [`migrations`]: the embedded panel and bot schemas, applied and inspected;
 //! - [`panel`]: the panel database (all its SQL in `panel::store`);
-//! - [`botdb`]: per-bot databases (naming, provisioning);
+//! - [`botdb`]: per-bot databases (naming, provisioning, connection budget, all bot SQL);
+//! - [`supervisor`]: the reconcile loop and each bot's restart policy;
+//! - [`bot`]: one hosted bot's run: durable listener, dispatcher, settings snapshot;
+//! - [`modules`]: what a bot does with an update (commands, menus, users, history);
+//! - [`daemon`]: `botvisor serve` wired together, with ordered shutdown;
 //! - [`sandbox`]: a local Telegram Bot API emulator for tests, development and demos.
 
+pub mod bot;
 pub mod botdb;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod manifest;
 pub mod migrations;
+pub mod modules;
 pub mod panel;
 pub mod sandbox;
+pub mod supervisor;
 pub mod tasks;
 pub mod telemetry;
 pub mod texts;

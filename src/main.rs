@@ -3,16 +3,27 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use botvisor::cli::{Cli, run_admin};
+use botvisor::cli::{Cli, CliError, Command, run_admin, serve};
+use botvisor::config::LogSettings;
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    botvisor::telemetry::init(&Default::default());
-    let mut stdout = std::io::stdout();
-    match run_admin(&cli, &env, &mut stdout).await {
+    let result: Result<(), CliError> = match &cli.command {
+        Command::Serve => serve(&cli, &env).await,
+        _ => {
+            // Admin commands log only warnings: their output is the result.
+            botvisor::telemetry::init(&LogSettings {
+                filter: "warn".into(),
+                ..LogSettings::default()
+            });
+            let mut stdout = std::io::stdout();
+            run_admin(&cli, &env, &mut stdout).await
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.message);

@@ -50,7 +50,7 @@ pub(super) async fn run(
             }
             Ok(())
         }
-        Command::Migrate(_) => {
+        Command::Migrate(_) | Command::Serve => {
             unreachable!("handled by the caller or above")
         }
     };

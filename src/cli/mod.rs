@@ -32,6 +32,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: host every enabled bot of the panel until SIGTERM/SIGINT.
+    Serve,
     /// Apply the panel migrations (idempotent), or show their status.
     Migrate(MigrateArgs),
     /// Register, inspect and change bots.
@@ -291,5 +293,50 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+}
+
+/// Runs `botvisor serve` until SIGTERM/SIGINT; returns the process exit code.
+///
+/// SIGHUP reloads every bot's configuration. Exit code 0 when every bot drained within the
+/// shutdown deadline, 1 when some did not (they are named in the log), 2 on bad settings.
+pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let settings = load_settings(cli, env)?;
+    crate::telemetry::init(&settings.log);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal_error =
+        |e: std::io::Error| CliError::failure(format!("cannot install signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let (daemon, handles) = crate::daemon::Daemon::start(settings, shutdown.clone())
+        .await
+        .map_err(|e| CliError::input(error_line(&e)))?;
+    let reload = handles.reload.clone();
+    let stopper = shutdown.clone();
+    let signals = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutdown requested"); break; }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutdown requested"); break; }
+                _ = hup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading every bot");
+                    let _ = reload.try_send(());
+                }
+                () = stopper.cancelled() => break,
+            }
+        }
+        stopper.cancel();
+    };
+    let (report, ()) = tokio::join!(daemon.run(), signals);
+    let report = report.map_err(|e| CliError::failure(error_line(&e)))?;
+    if report.clean() {
+        Ok(())
+    } else {
+        Err(CliError::failure(format!(
+            "shutdown deadline passed before these drained: {}",
+            report.not_drained.join(", ")
+        )))
     }
 }

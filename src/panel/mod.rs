@@ -1,10 +1,12 @@
 //! The panel database: registered bots, their texts, and their reported status.
 //!
 //! - [`store`] holds all panel SQL;
+//! - [`listener`] keeps the LISTEN connection for `bots_changed` / `reload_config`.
 //!
 //! Every write to `bots` or `bot_texts` notifies through triggers (migrations/panel), so the
 //! CLI, an external admin panel and plain psql all wake the supervisor the same way.
 
+pub mod listener;
 pub mod store;
 
 use std::time::Duration;

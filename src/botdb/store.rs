@@ -1,0 +1,334 @@
+//! All SQL against a bot's own database: the inbox and offset of the durable pipeline, the
+//! user registry, and the message history.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+/// Key of the next getUpdates offset in `bot_state`.
+const OFFSET_KEY: &str = "telegram_offset";
+
+/// One update to store: its id, chat (when parsed), raw JSON, and the error if poisoned.
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    /// Telegram's update_id.
+    pub update_id: i64,
+    /// The chat, when the update parsed and has one.
+    pub chat_id: Option<i64>,
+    /// The update as Telegram sent it.
+    pub payload: String,
+    /// Why it is poisoned (could not be parsed), if it is.
+    pub error: Option<String>,
+}
+
+/// The stored next offset, if any batch was ever stored.
+pub async fn load_offset(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM bot_state WHERE key = $1")
+        .bind(OFFSET_KEY)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Stores a fetched batch and the next offset in one transaction; returns the ids that were
+/// new (an id already stored is skipped, so a re-delivered update is never queued twice).
+pub async fn store_batch(
+    conn: &mut PgConnection,
+    rows: &[InboxRow],
+    next_offset: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.update_id).collect();
+    let chats: Vec<Option<i64>> = rows.iter().map(|r| r.chat_id).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let inserted: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO inbox (update_id, chat_id, payload, error, processed_at) \
+         SELECT u.id, u.chat, u.payload::jsonb, u.error, \
+                CASE WHEN u.error IS NULL THEN NULL ELSE now() END \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
+              AS u(id, chat, payload, error) \
+         ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
+    )
+    .bind(&ids)
+    .bind(&chats)
+    .bind(&payloads)
+    .bind(&errors)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO bot_state (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = GREATEST(bot_state.value, EXCLUDED.value), \
+         updated_at = now()",
+    )
+    .bind(OFFSET_KEY)
+    .bind(next_offset)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// Unprocessed updates with ids above `after`, oldest first, at most `limit`.
+pub async fn pending_updates(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT update_id, payload FROM inbox \
+         WHERE processed_at IS NULL AND update_id > $1 ORDER BY update_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks an update's inbox row for this transaction; returns whether it still needs
+/// processing (false when it was processed already or is not in the inbox).
+pub async fn claim_update(conn: &mut PgConnection, update_id: i64) -> Result<bool, sqlx::Error> {
+    let row: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT processed_at FROM inbox WHERE update_id = $1 FOR UPDATE")
+            .bind(update_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(matches!(row, Some(None)))
+}
+
+/// Marks an update processed (inside the handler's transaction).
+pub async fn mark_processed(conn: &mut PgConnection, update_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE inbox SET processed_at = now() WHERE update_id = $1")
+        .bind(update_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks an update poisoned: processed, with the error kept for inspection.
+pub async fn mark_poisoned(
+    conn: &mut PgConnection,
+    update_id: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE inbox SET processed_at = now(), error = $2 \
+         WHERE update_id = $1 AND processed_at IS NULL",
+    )
+    .bind(update_id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes processed, unpoisoned updates older than `days`; returns how many.
+pub async fn prune_inbox(conn: &mut PgConnection, days: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1::int) \
+         AND error IS NULL",
+    )
+    .bind(days)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Counts of the inbox, for tests and status: (total, processed, poisoned).
+pub async fn inbox_counts(conn: &mut PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), count(processed_at), count(error) FROM inbox")
+        .fetch_one(conn)
+        .await
+}
+
+/// A user seen in an update.
+#[derive(Debug, Clone)]
+pub struct SeenUser<'a> {
+    /// Telegram user id.
+    pub user_id: i64,
+    /// Username without `@`.
+    pub username: Option<&'a str>,
+    /// First name.
+    pub first_name: &'a str,
+    /// Last name.
+    pub last_name: Option<&'a str>,
+    /// IETF language code from the client.
+    pub language_code: Option<&'a str>,
+}
+
+/// Records that a user wrote: inserts or refreshes them and clears `blocked`.
+pub async fn touch_user(conn: &mut PgConnection, u: &SeenUser<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (user_id, username, first_name, last_name, language_code) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
+            first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
+            language_code = COALESCE(EXCLUDED.language_code, users.language_code), \
+            last_seen = now(), blocked = FALSE",
+    )
+    .bind(u.user_id)
+    .bind(u.username)
+    .bind(u.first_name)
+    .bind(u.last_name)
+    .bind(u.language_code)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a user's `blocked` flag (Telegram answered 403).
+pub async fn set_user_blocked(
+    conn: &mut PgConnection,
+    user_id: i64,
+    blocked: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET blocked = $2 WHERE user_id = $1")
+        .bind(user_id)
+        .bind(blocked)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A user of the registry.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct UserRecord {
+    /// Telegram user id.
+    pub user_id: i64,
+    /// Username.
+    pub username: Option<String>,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: Option<String>,
+    /// Language code.
+    pub language_code: Option<String>,
+    /// First update seen.
+    pub first_seen: DateTime<Utc>,
+    /// Latest update seen.
+    pub last_seen: DateTime<Utc>,
+    /// Whether Telegram said the user blocked the bot.
+    pub blocked: bool,
+}
+
+/// One user.
+pub async fn get_user(
+    conn: &mut PgConnection,
+    user_id: i64,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, username, first_name, last_name, language_code, first_seen, \
+         last_seen, blocked FROM users WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Who wrote a history message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The user.
+    User,
+    /// The bot.
+    Bot,
+    /// An operator writing as the bot.
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Bot => "bot",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Appends a message to the history.
+pub async fn add_message(
+    conn: &mut PgConnection,
+    chat_id: i64,
+    user_id: Option<i64>,
+    role: Role,
+    content: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO messages (chat_id, user_id, role, content) VALUES ($1, $2, $3, $4)")
+        .bind(chat_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(content)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A history message: `{role, content, timestamp}`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MessageRecord {
+    /// user, bot or admin.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// When it was stored.
+    #[serde(rename = "timestamp")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// The latest `limit` messages of a chat, oldest first.
+pub async fn chat_history(
+    conn: &mut PgConnection,
+    chat_id: i64,
+    limit: i64,
+) -> Result<Vec<MessageRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT role, content, created_at FROM ( \
+            SELECT id, role, content, created_at FROM messages WHERE chat_id = $1 \
+            ORDER BY id DESC LIMIT $2) m ORDER BY id",
+    )
+    .bind(chat_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Deletes history older than `days`; returns how many rows.
+pub async fn prune_history(conn: &mut PgConnection, days: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM messages WHERE created_at < now() - make_interval(days => $1::int)",
+    )
+    .bind(days)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Figures for the admin `/stats` command.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stats {
+    /// Users ever seen.
+    pub users_total: i64,
+    /// Users seen since midnight (server time zone).
+    pub active_today: i64,
+    /// Users seen in the last 7 days.
+    pub active_7d: i64,
+    /// Users who blocked the bot.
+    pub blocked: i64,
+    /// Messages in and out since midnight.
+    pub messages_today: i64,
+}
+
+/// Computes [`Stats`].
+pub async fn stats(conn: &mut PgConnection) -> Result<Stats, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT \
+            (SELECT count(*) FROM users) AS users_total, \
+            (SELECT count(*) FROM users WHERE last_seen >= date_trunc('day', now())) AS active_today, \
+            (SELECT count(*) FROM users WHERE last_seen >= now() - interval '7 days') AS active_7d, \
+            (SELECT count(*) FROM users WHERE blocked) AS blocked, \
+            (SELECT count(*) FROM messages WHERE created_at >= date_trunc('day', now())) AS messages_today",
+    )
+    .fetch_one(conn)
+    .await
+}

@@ -1,0 +1,147 @@
+//! `botvisor serve`: the daemon's parts wired together, with an ordered shutdown.
+//!
+//! Start: connect to the panel (fail fast with the masked URL), apply panel migrations, build
+//! the shared Bot API client and the connection budget, then run the supervisor. Shutdown
+//! (the token passed to [`Daemon::run`] is cancelled): every bot stops fetching, in-flight
+//! handlers finish within `shutdown_deadline`, offsets are confirmed; tasks still running after
+//! the deadline are named in the [`ShutdownReport`].
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::bot::SharedDeps;
+use crate::bot::telegram::TelegramApi;
+use crate::botdb::budget::ConnectionBudget;
+use crate::config::Settings;
+use crate::migrations::{self, MigrationError};
+use crate::panel::{self, PanelError};
+use crate::supervisor::{BotCounts, Supervisor, SupervisorError};
+use crate::tasks::Tasks;
+
+/// Connections the daemon keeps to the panel database (LISTEN, reconcile, status writes).
+const PANEL_CONNECTIONS: u32 = 4;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The panel is unreachable.
+    #[error(transparent)]
+    Panel(#[from] PanelError),
+    /// Panel migrations failed.
+    #[error("cannot apply panel migrations")]
+    Migrate(#[from] MigrationError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Http(#[from] reqwest::Error),
+    /// The supervisor failed.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    /// Tasks (e.g. `bot-42`) still running when the shutdown deadline passed.
+    pub not_drained: Vec<String>,
+}
+
+impl ShutdownReport {
+    /// Whether everything drained in time.
+    pub fn clean(&self) -> bool {
+        self.not_drained.is_empty()
+    }
+}
+
+/// Handles to observe and steer a running daemon.
+pub struct DaemonHandles {
+    /// Fires once the first reconcile finished (systemd READY).
+    pub ready: oneshot::Receiver<()>,
+    /// Bot counts by state.
+    pub counts: watch::Receiver<BotCounts>,
+    /// Send `()` to reload every bot's configuration (SIGHUP).
+    pub reload: mpsc::Sender<()>,
+}
+
+/// The daemon, ready to run.
+pub struct Daemon {
+    settings: Arc<Settings>,
+    supervisor: Supervisor,
+    tasks: Tasks,
+    budget: ConnectionBudget,
+}
+
+impl Daemon {
+    /// Connects to the panel, applies its migrations and builds every shared part.
+    pub async fn start(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, DaemonHandles), DaemonError> {
+        let settings = Arc::new(settings);
+        let options = settings
+            .panel_connect_options()
+            .expect("validated in Settings::validate")
+            .application_name("botvisor-panel");
+        let panel = panel::connect(&options, PANEL_CONNECTIONS).await?;
+        migrations::apply(&migrations::PANEL, &options).await?;
+        let api = TelegramApi::new(settings.telegram_api_url())?;
+        let db = &settings.bot_database;
+        let budget = ConnectionBudget::new(
+            db.connection_budget,
+            std::time::Duration::from_secs(db.idle_timeout_secs),
+            std::time::Duration::from_secs(db.acquire_timeout_secs),
+        );
+        let tasks = Tasks::new(shutdown);
+        let deps = SharedDeps {
+            settings: Arc::clone(&settings),
+            api,
+            budget: budget.clone(),
+        };
+        let mut supervisor = Supervisor::new(deps, panel, tasks.clone());
+        let handles = DaemonHandles {
+            ready: supervisor.ready(),
+            counts: supervisor.counts(),
+            reload: supervisor.reload_sender(),
+        };
+        Ok((
+            Self {
+                settings,
+                supervisor,
+                tasks,
+                budget,
+            },
+            handles,
+        ))
+    }
+
+    /// Runs until `shutdown` (given to [`Daemon::start`]) is cancelled, then drains.
+    pub async fn run(self) -> Result<ShutdownReport, DaemonError> {
+        let shutdown = self.tasks.shutdown_token();
+        self.tasks
+            .spawn("botdb-budget", self.budget.clone().run(shutdown.clone()));
+        let supervisor = self
+            .tasks
+            .spawn("supervisor", self.supervisor.run(shutdown.clone()));
+        let result = tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            r = supervisor => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(DaemonError::from(e)),
+                Err(join) => {
+                    tracing::error!(error = %join, "supervisor task ended abnormally");
+                    Ok(())
+                }
+            },
+        };
+        shutdown.cancel();
+        tracing::info!("shutting down: draining bots");
+        let not_drained = self.tasks.wait(self.settings.shutdown_deadline()).await;
+        if not_drained.is_empty() {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::error!(tasks = ?not_drained, "shutdown deadline passed with tasks still running");
+        }
+        result.map(|()| ShutdownReport { not_drained })
+    }
+}

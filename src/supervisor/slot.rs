@@ -1,0 +1,233 @@
+//! The supervision loop of one bot (a task named `bot-<id>`).
+//!
+//! Loop: run the bot ([`crate::bot::run`]) → on a transient failure back off and retry
+//! (quarantine when failures come too often) → on a fatal failure (401, database cannot be
+//! created, migration failed) wait for a panel change → on a token or database change stop the
+//! run completely (its last offset confirmed) and start again with the new spec → on stop write
+//! `stopped` and end. Every state goes to `bot_status` with a readable detail.
+//!
+//! Invariants: at most one run of this bot at a time, and a new run for the same token starts
+//! only after the previous one (in this slot or a retired slot) has fully ended, so Telegram
+//! never sees two pollers (409).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{Decision, QUARANTINE_COOLDOWN, RestartPolicy};
+use crate::bot::config::SharedConfig;
+use crate::bot::{self, BotSpec, SharedDeps};
+use crate::panel::store::{self, StatusUpdate};
+
+/// Writes a bot's status rows; failures to write are logged, never fatal.
+#[derive(Clone)]
+pub struct StatusReporter {
+    panel: PgPool,
+    instance: Arc<str>,
+    bot_id: i64,
+}
+
+impl StatusReporter {
+    /// A reporter for `bot_id`.
+    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64) -> Self {
+        Self {
+            panel,
+            instance,
+            bot_id,
+        }
+    }
+
+    /// Writes the state, a detail, and (when known) the Telegram username.
+    pub async fn set(&self, state: &str, detail: &str, username: Option<&str>, started: bool) {
+        let update = StatusUpdate {
+            bot_id: self.bot_id,
+            instance: &self.instance,
+            state,
+            detail,
+            telegram_username: username,
+            started,
+        };
+        match store::upsert_status(&self.panel, &update).await {
+            Ok(()) => tracing::info!(bot_id = self.bot_id, state, detail, "bot status"),
+            Err(e) => {
+                tracing::warn!(bot_id = self.bot_id, state, error = %e, "cannot write bot status")
+            }
+        }
+    }
+}
+
+/// The observable state of a slot, for the supervisor's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Provisioning or checking the token.
+    Starting,
+    /// Polling and handling updates.
+    Running,
+    /// Waiting to retry after a failure.
+    Backoff,
+    /// Waiting for a panel change (fatal failure or quarantine).
+    Failed,
+}
+
+/// One bot's supervision loop.
+pub struct Slot {
+    /// Shared process parts.
+    pub deps: SharedDeps,
+    /// What to run.
+    pub spec: BotSpec,
+    /// The hot-swapped config.
+    pub config: SharedConfig,
+    /// New specs from the supervisor (the bot's panel row changed).
+    pub respec: mpsc::Receiver<BotSpec>,
+    /// Cancelled when the bot is disabled, removed, or the daemon shuts down.
+    pub stop: CancellationToken,
+    /// Status writer.
+    pub status: StatusReporter,
+    /// A previous slot still stopping for the same token: wait for it before polling.
+    pub previous: Option<CancellationToken>,
+    /// Where the supervisor reads this slot's state.
+    pub state: Arc<std::sync::Mutex<SlotState>>,
+}
+
+enum Next {
+    Restart,
+    Stop,
+}
+
+impl Slot {
+    fn set_state(&self, s: SlotState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Runs until stopped; see the module docs.
+    pub async fn run(mut self) {
+        let bot_id = self.spec.id;
+        if let Some(previous) = self.previous.take() {
+            tokio::select! {
+                () = previous.cancelled() => {}
+                () = self.stop.cancelled() => {}
+            }
+        }
+        let mut policy = RestartPolicy::default();
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            self.set_state(SlotState::Starting);
+            self.status.set("starting", "", None, true).await;
+            let started = Instant::now();
+            let run_stop = self.stop.child_token();
+            let spec = self.spec.clone();
+            let (outcome, respec) = {
+                let status = self.status.clone();
+                let state = Arc::clone(&self.state);
+                let on_running = async move |username: &str| {
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Running;
+                    status.set("running", "", Some(username), false).await;
+                };
+                let run = bot::run(
+                    &self.deps,
+                    &spec,
+                    self.config.clone(),
+                    run_stop.clone(),
+                    on_running,
+                );
+                tokio::pin!(run);
+                let mut pending: Option<BotSpec> = None;
+                let outcome = loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        new = self.respec.recv(), if pending.is_none() => match new {
+                            Some(new) if needs_restart(&spec, &new) => {
+                                tracing::info!(bot_id, "token or database changed; restarting the bot");
+                                run_stop.cancel();
+                                pending = Some(new);
+                            }
+                            Some(new) => self.spec = new,
+                            None => run_stop.cancel(),
+                        },
+                    }
+                };
+                (outcome, pending)
+            };
+            if let Some(new) = respec {
+                self.spec = new;
+                policy.reset();
+                continue;
+            }
+            let next = match outcome {
+                Ok(()) => {
+                    if self.stop.is_cancelled() {
+                        break;
+                    }
+                    Next::Restart
+                }
+                Err(failure) if failure.is_fatal() => {
+                    self.set_state(SlotState::Failed);
+                    let detail = failure.to_string();
+                    tracing::error!(bot_id, error = %detail, "bot failed; waiting for a panel change");
+                    self.status
+                        .set(failure.fatal_state(), &detail, None, false)
+                        .await;
+                    self.wait_for_change(None).await
+                }
+                Err(failure) => {
+                    let detail = failure.to_string();
+                    match policy.on_failure(started.elapsed(), Instant::now()) {
+                        Decision::Retry(delay) => {
+                            self.set_state(SlotState::Backoff);
+                            tracing::warn!(bot_id, error = %detail, retry_in = ?delay, "bot failed; restarting");
+                            let text = format!("{detail} (retrying in {}s)", delay.as_secs());
+                            self.status.set("backoff", &text, None, false).await;
+                            self.wait_for_change(Some(delay)).await
+                        }
+                        Decision::Quarantine => {
+                            self.set_state(SlotState::Failed);
+                            tracing::error!(bot_id, error = %detail, "bot quarantined after repeated failures");
+                            let text = format!(
+                                "failing repeatedly, last: {detail}; retrying in {} min or on any \
+                                 panel change (e.g. `botvisor bot enable {bot_id}`)",
+                                QUARANTINE_COOLDOWN.as_secs() / 60
+                            );
+                            self.status.set("quarantined", &text, None, false).await;
+                            self.wait_for_change(Some(QUARANTINE_COOLDOWN)).await
+                        }
+                    }
+                }
+            };
+            match next {
+                Next::Restart => {}
+                Next::Stop => break,
+            }
+        }
+        self.status.set("stopped", "", None, false).await;
+    }
+
+    /// Waits for a new spec (panel change), the optional delay, or stop.
+    async fn wait_for_change(&mut self, delay: Option<std::time::Duration>) -> Next {
+        let sleep = async {
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.stop.cancelled() => Next::Stop,
+            () = sleep => Next::Restart,
+            new = self.respec.recv() => match new {
+                Some(new) => {
+                    self.spec = new;
+                    Next::Restart
+                }
+                None => Next::Stop,
+            },
+        }
+    }
+}
+
+fn needs_restart(old: &BotSpec, new: &BotSpec) -> bool {
+    old.token != new.token || old.database != new.database
+}
