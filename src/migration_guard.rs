@@ -142,7 +142,12 @@ fn migration_files(root: &Path) -> Result<Vec<(String, PathBuf)>, GuardError> {
     let dirs = match fs::read_dir(&migrations) {
         Ok(dirs) => dirs,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
-        Err(_) => read(&migrations)?,
+        Err(source) => {
+            return Err(GuardError::Read {
+                path: migrations,
+                source,
+            });
+        }
     };
     for dir in dirs {
         let dir = dir
@@ -154,7 +159,11 @@ fn migration_files(root: &Path) -> Result<Vec<(String, PathBuf)>, GuardError> {
         if !dir.is_dir() {
             continue;
         }
-        let dir_name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let dir_name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         for file in read(&dir)? {
             let path = file
                 .map_err(|source| GuardError::Read {
@@ -339,8 +348,16 @@ mod tests {
     /// A repository with two shipped migrations, both listed.
     fn shipped() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
-        write(root.path(), "bot/0001_init.sql", "CREATE TABLE users (id bigint);\n");
-        write(root.path(), "panel/0001_init.sql", "CREATE TABLE bots (id bigint);\n");
+        write(
+            root.path(),
+            "bot/0001_init.sql",
+            "CREATE TABLE users (id bigint);\n",
+        );
+        write(
+            root.path(),
+            "panel/0001_init.sql",
+            "CREATE TABLE bots (id bigint);\n",
+        );
         let appended = append_new_checksums(root.path()).unwrap();
         assert_eq!(appended, ["bot/0001_init.sql", "panel/0001_init.sql"]);
         assert_eq!(verify_checksums(root.path()), Ok(()));
@@ -361,14 +378,21 @@ mod tests {
     fn no_migrations_and_no_list_is_fine() {
         let root = tempfile::tempdir().unwrap();
         assert_eq!(verify_checksums(root.path()), Ok(()));
-        assert_eq!(append_new_checksums(root.path()).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            append_new_checksums(root.path()).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(!root.path().join(CHECKSUMS_FILE).exists());
     }
 
     #[test]
     fn edited_migration_fails() {
         let root = shipped();
-        write(root.path(), "bot/0001_init.sql", "CREATE TABLE users (id int);\n");
+        write(
+            root.path(),
+            "bot/0001_init.sql",
+            "CREATE TABLE users (id int);\n",
+        );
         let violations = verify_checksums(root.path()).unwrap_err();
         assert!(
             matches!(&violations[..], [GuardViolation::Edited { file, .. }] if file == "bot/0001_init.sql"),
@@ -376,7 +400,10 @@ mod tests {
         );
         assert!(violations[0].to_string().contains("new migration"));
         // Appending does not paper over the edit.
-        assert_eq!(append_new_checksums(root.path()).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            append_new_checksums(root.path()).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(verify_checksums(root.path()).is_err());
     }
 
@@ -418,7 +445,11 @@ mod tests {
     fn new_migration_fails_until_appended_and_appending_keeps_old_lines() {
         let root = shipped();
         let before = fs::read_to_string(root.path().join(CHECKSUMS_FILE)).unwrap();
-        write(root.path(), "bot/0002_add_x.sql", "ALTER TABLE users ADD x int;\n");
+        write(
+            root.path(),
+            "bot/0002_add_x.sql",
+            "ALTER TABLE users ADD x int;\n",
+        );
         let violations = verify_checksums(root.path()).unwrap_err();
         assert_eq!(
             violations,
@@ -428,7 +459,10 @@ mod tests {
         );
         assert!(violations[0].to_string().contains(APPEND_COMMAND));
 
-        assert_eq!(append_new_checksums(root.path()).unwrap(), ["bot/0002_add_x.sql"]);
+        assert_eq!(
+            append_new_checksums(root.path()).unwrap(),
+            ["bot/0002_add_x.sql"]
+        );
         let after = fs::read_to_string(root.path().join(CHECKSUMS_FILE)).unwrap();
         assert!(after.starts_with(&before), "existing lines were rewritten");
         assert_eq!(verify_checksums(root.path()), Ok(()));
@@ -439,7 +473,11 @@ mod tests {
         let root = shipped();
         let path = root.path().join(CHECKSUMS_FILE);
         let mut text = fs::read_to_string(&path).unwrap();
-        let first_entry = text.lines().find(|l| !l.starts_with('#')).unwrap().to_owned();
+        let first_entry = text
+            .lines()
+            .find(|l| !l.starts_with('#'))
+            .unwrap()
+            .to_owned();
         text.push_str(&first_entry);
         text.push_str("\nbot/0003_x.sql nothex\n");
         fs::write(&path, text).unwrap();

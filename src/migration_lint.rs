@@ -173,7 +173,11 @@ impl fmt::Display for Finding {
             self.rule.consequence()
         )?;
         if self.rule.is_allowable() {
-            write!(f, " (allow with \"-- botvisor: allow {} <reason>\")", self.rule)?;
+            write!(
+                f,
+                " (allow with \"-- botvisor: allow {} <reason>\")",
+                self.rule
+            )?;
         }
         Ok(())
     }
@@ -380,9 +384,9 @@ fn tokenize(src: &str, first_line: usize) -> (Vec<Token>, Vec<Comment>) {
             // An `E'…'` string: the `E` was just read as a word ending right here.
             let escapes = start > 0
                 && matches!(bytes[start - 1], b'e' | b'E')
-                && tokens
-                    .last()
-                    .is_some_and(|t: &Token| t.kind == Kind::Word && t.text.eq_ignore_ascii_case("e"));
+                && tokens.last().is_some_and(|t: &Token| {
+                    t.kind == Kind::Word && t.text.eq_ignore_ascii_case("e")
+                });
             if escapes {
                 tokens.pop();
             }
@@ -425,7 +429,8 @@ fn tokenize(src: &str, first_line: usize) -> (Vec<Token>, Vec<Comment>) {
             });
         } else {
             if b.is_ascii_digit() {
-                while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'.')
+                while pos < bytes.len()
+                    && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'.')
                 {
                     pos += 1;
                 }
@@ -524,13 +529,12 @@ fn collect(src: &str, first_line: usize, in_plpgsql: bool, unit: &mut Unit) {
         if !in_plpgsql {
             unit.top_level_statements += 1;
         }
-        if statement[0].is("DO") {
-            if let Some(body) = statement
+        if statement[0].is("DO")
+            && let Some(body) = statement
                 .iter()
                 .find(|t| matches!(t.kind, Kind::Dollar | Kind::Str))
-            {
-                collect(&body.text, body.line, true, unit);
-            }
+        {
+            collect(&body.text, body.line, true, unit);
         }
         if in_plpgsql {
             for pair in statement.windows(2) {
@@ -746,8 +750,14 @@ fn alter_action_rule(action: &[Token]) -> Option<Rule> {
         return None;
     }
     if first.is("ADD") {
-        const TABLE_CONSTRAINTS: [&str; 6] =
-            ["CONSTRAINT", "PRIMARY", "UNIQUE", "FOREIGN", "CHECK", "EXCLUDE"];
+        const TABLE_CONSTRAINTS: [&str; 6] = [
+            "CONSTRAINT",
+            "PRIMARY",
+            "UNIQUE",
+            "FOREIGN",
+            "CHECK",
+            "EXCLUDE",
+        ];
         if TABLE_CONSTRAINTS.iter().any(|w| second_is(w)) {
             return None;
         }
@@ -756,11 +766,21 @@ fn alter_action_rule(action: &[Token]) -> Option<Rule> {
         let (_, i) = name_at(action, i)?;
         let definition = top_level(&action[i..]);
         let serial = definition.first().is_some_and(|t| {
-            ["SERIAL", "BIGSERIAL", "SMALLSERIAL", "SERIAL2", "SERIAL4", "SERIAL8"]
-                .iter()
-                .any(|w| t.is(w))
+            [
+                "SERIAL",
+                "BIGSERIAL",
+                "SMALLSERIAL",
+                "SERIAL2",
+                "SERIAL4",
+                "SERIAL8",
+            ]
+            .iter()
+            .any(|w| t.is(w))
         });
-        let has_default = serial || definition.iter().any(|t| t.is("DEFAULT") || t.is("GENERATED"));
+        let has_default = serial
+            || definition
+                .iter()
+                .any(|t| t.is("DEFAULT") || t.is("GENERATED"));
         let not_null = definition
             .windows(2)
             .any(|w| (w[0].is("NOT") && w[1].is("NULL")) || (w[0].is("PRIMARY") && w[1].is("KEY")));
@@ -853,7 +873,11 @@ fn parse_markers(comments: &[Comment]) -> (HashSet<Rule>, Vec<RawFinding>) {
             (true, Some("allow"), Some(rule)) if rule.is_allowable() && has_reason => {
                 allowed.insert(rule);
             }
-            _ => invalid.push((comment.line, Rule::InvalidMarker, format!("--{}", comment.text))),
+            _ => invalid.push((
+                comment.line,
+                Rule::InvalidMarker,
+                format!("--{}", comment.text),
+            )),
         }
     }
     (allowed, invalid)
@@ -861,7 +885,8 @@ fn parse_markers(comments: &[Comment]) -> (HashSet<Rule>, Vec<RawFinding>) {
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -881,23 +906,56 @@ mod tests {
         let cases: &[(&str, &[Rule])] = &[
             ("ALTER TABLE users DROP COLUMN foo;", &[DropColumn]),
             ("ALTER TABLE users DROP foo;", &[DropColumn]),
-            ("ALTER TABLE IF EXISTS ONLY public.users DROP COLUMN IF EXISTS foo;", &[DropColumn]),
+            (
+                "ALTER TABLE IF EXISTS ONLY public.users DROP COLUMN IF EXISTS foo;",
+                &[DropColumn],
+            ),
             ("DROP TABLE users;", &[DropTable]),
             ("DROP TABLE IF EXISTS users, orders CASCADE;", &[DropTable]),
             ("ALTER TABLE users RENAME TO people;", &[Rename]),
             ("ALTER TABLE users RENAME COLUMN a TO b;", &[Rename]),
             ("ALTER TABLE users RENAME a TO b;", &[Rename]),
-            ("ALTER TABLE users ALTER COLUMN a TYPE bigint;", &[AlterType]),
-            ("ALTER TABLE users ALTER a SET DATA TYPE text;", &[AlterType]),
-            ("ALTER TABLE users ALTER COLUMN a SET NOT NULL;", &[SetNotNull]),
-            ("ALTER TABLE users ALTER COLUMN a DROP DEFAULT;", &[DropDefault]),
-            ("ALTER TABLE users DROP CONSTRAINT users_pkey;", &[DropConstraint]),
-            ("ALTER TABLE users ADD COLUMN a int NOT NULL;", &[NotNullWithoutDefault]),
-            ("ALTER TABLE users ADD a int NOT NULL REFERENCES t(id);", &[NotNullWithoutDefault]),
-            ("ALTER TABLE users ADD COLUMN a int PRIMARY KEY;", &[NotNullWithoutDefault]),
+            (
+                "ALTER TABLE users ALTER COLUMN a TYPE bigint;",
+                &[AlterType],
+            ),
+            (
+                "ALTER TABLE users ALTER a SET DATA TYPE text;",
+                &[AlterType],
+            ),
+            (
+                "ALTER TABLE users ALTER COLUMN a SET NOT NULL;",
+                &[SetNotNull],
+            ),
+            (
+                "ALTER TABLE users ALTER COLUMN a DROP DEFAULT;",
+                &[DropDefault],
+            ),
+            (
+                "ALTER TABLE users DROP CONSTRAINT users_pkey;",
+                &[DropConstraint],
+            ),
+            (
+                "ALTER TABLE users ADD COLUMN a int NOT NULL;",
+                &[NotNullWithoutDefault],
+            ),
+            (
+                "ALTER TABLE users ADD a int NOT NULL REFERENCES t(id);",
+                &[NotNullWithoutDefault],
+            ),
+            (
+                "ALTER TABLE users ADD COLUMN a int PRIMARY KEY;",
+                &[NotNullWithoutDefault],
+            ),
             ("CREATE INDEX users_a ON users (a);", &[IndexNotConcurrent]),
-            ("CREATE UNIQUE INDEX IF NOT EXISTS u ON ONLY users (a);", &[IndexNotConcurrent]),
-            ("CREATE INDEX ON users USING gin (a);", &[IndexNotConcurrent]),
+            (
+                "CREATE UNIQUE INDEX IF NOT EXISTS u ON ONLY users (a);",
+                &[IndexNotConcurrent],
+            ),
+            (
+                "CREATE INDEX ON users USING gin (a);",
+                &[IndexNotConcurrent],
+            ),
             (
                 "ALTER TABLE users ADD COLUMN a int, DROP COLUMN b, ALTER c TYPE text;",
                 &[DropColumn, AlterType],

@@ -40,8 +40,14 @@ async fn checksum_agrees_with_sqlx_migrator() {
     let dir = tempfile::tempdir().unwrap();
     let texts = [
         ("0001_init.sql", "CREATE TABLE users (id bigint);\n"),
-        ("0002_crlf.sql", "\u{feff}ALTER TABLE users ADD note text;\r\n-- é ü\r\n"),
-        ("0003_idx.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON users (id);\n"),
+        (
+            "0002_crlf.sql",
+            "\u{feff}ALTER TABLE users ADD note text;\r\n-- é ü\r\n",
+        ),
+        (
+            "0003_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON users (id);\n",
+        ),
     ];
     for (name, text) in texts {
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -51,6 +57,9 @@ async fn checksum_agrees_with_sqlx_migrator() {
         .iter()
         .map(|m| m.checksum.iter().map(|b| format!("{b:02x}")).collect())
         .collect();
-    let ours: Vec<String> = texts.iter().map(|(_, text)| sqlx_checksum_hex(text)).collect();
+    let ours: Vec<String> = texts
+        .iter()
+        .map(|(_, text)| sqlx_checksum_hex(text))
+        .collect();
     assert_eq!(from_sqlx, ours);
 }

@@ -51,7 +51,10 @@ fn bad_examples_give_exactly_the_expected_findings() {
         ("0011_invalid_markers.sql", DropTable),
         ("0012_do_block.sql", NotNullWithoutDefault),
         ("0012_do_block.sql", DropColumn),
-        ("0015_concurrent_index_in_transaction.sql", ConcurrentIndexInTransaction),
+        (
+            "0015_concurrent_index_in_transaction.sql",
+            ConcurrentIndexInTransaction,
+        ),
         ("0016_multi_action.sql", AlterType),
         ("0016_multi_action.sql", DropDefault),
     ]
@@ -75,8 +78,14 @@ fn findings_carry_the_line_of_the_offending_clause() {
             .collect()
     };
     assert_eq!(lines("0001_drop_column.sql"), [(3, Rule::DropColumn)]);
-    assert_eq!(lines("0003_rename.sql"), [(2, Rule::Rename), (3, Rule::Rename)]);
-    assert_eq!(lines("0009_index_not_concurrent.sql"), [(2, Rule::IndexNotConcurrent)]);
+    assert_eq!(
+        lines("0003_rename.sql"),
+        [(2, Rule::Rename), (3, Rule::Rename)]
+    );
+    assert_eq!(
+        lines("0009_index_not_concurrent.sql"),
+        [(2, Rule::IndexNotConcurrent)]
+    );
     assert_eq!(
         lines("0011_invalid_markers.sql"),
         [
@@ -95,7 +104,10 @@ fn findings_carry_the_line_of_the_offending_clause() {
         [(4, Rule::AlterType), (5, Rule::DropDefault)]
     );
 
-    let first = findings.iter().find(|f| file_name(f) == "0001_drop_column.sql").unwrap();
+    let first = findings
+        .iter()
+        .find(|f| file_name(f) == "0001_drop_column.sql")
+        .unwrap();
     assert_eq!(first.excerpt, "ALTER TABLE users DROP COLUMN nickname");
     assert!(
         first
