@@ -4,6 +4,8 @@
 //! - [`cli`]: the command line (daemon, sandbox, admin commands);
 //! - [`config`]: typed settings (file + `BOTVISOR__*` environment), validated;
 //! - [`telemetry`]: tracing setup and secret masking;
+//! - [`migration_lint`]: the additive-only lint over migration SQL files;
+//! - [`migration_guard`]: the checksum list that keeps shipped migrations immutable;
 //! - [`tasks`]: named, tracked task spawning and shutdown;
 //! - [`token`]: validated, masked bot tokens;
 //! - [`manifest`] and [`texts`]: a bot's configuration and its user-facing strings;
@@ -22,6 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod manifest;
+pub mod migration_guard;
+pub mod migration_lint;
 pub mod migrations;
 pub mod modules;
 pub mod panel;
