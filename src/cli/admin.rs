@@ -35,7 +35,7 @@ pub(super) async fn run(
     }
     let options = settings.panel_connect_options()?;
     if let Command::Migrate(args) = command {
-        return migrate(args.action.as_ref(), &options, out).await;
+        return migrate(args, settings, &options, out).await;
     }
     let pool = panel::connect(&options, 2).await?;
     let result = match command {
@@ -58,40 +58,175 @@ pub(super) async fn run(
     result
 }
 
+pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<(), CliError> {
+    let findings = crate::migration_lint::run_lint(paths)
+        .map_err(|e| CliError::input(error_line(&e)))?;
+    for f in &findings {
+        writeln!(out, "{f}")?;
+    }
+    if findings.is_empty() {
+        writeln!(out, "no findings")?;
+        Ok(())
+    } else {
+        Err(CliError::failure(format!(
+            "{} migration statement(s) would break the previous binary; see docs/migrations.md",
+            findings.len()
+        )))
+    }
+}
+
+fn migration_error(e: migrations::MigrationError) -> CliError {
+    match e {
+        migrations::MigrationError::Connect { .. } => CliError::input(error_line(&e)),
+        other => CliError::failure(error_line(&other)),
+    }
+}
+
 async fn migrate(
-    action: Option<&MigrateAction>,
+    args: &super::MigrateArgs,
+    settings: &Settings,
     options: &sqlx::postgres::PgConnectOptions,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let connect_or_fail = |e: migrations::MigrationError| match e {
-        migrations::MigrationError::Connect { .. } => CliError::input(error_line(&e)),
-        other => CliError::failure(error_line(&other)),
-    };
-    match action {
+    match &args.action {
         None => {
             migrations::apply(&migrations::PANEL, options)
                 .await
-                .map_err(connect_or_fail)?;
+                .map_err(migration_error)?;
             let status = migrations::status(&migrations::PANEL, options)
                 .await
-                .map_err(connect_or_fail)?;
+                .map_err(migration_error)?;
             writeln!(out, "panel migrations applied ({} in total)", status.len())?;
+            if args.all_bots {
+                migrate_all_bots(settings, options, args.concurrency as usize, out).await?;
+            }
         }
-        Some(MigrateAction::Status { json }) => {
-            let status = migrations::status(&migrations::PANEL, options)
-                .await
-                .map_err(connect_or_fail)?;
+        Some(MigrateAction::Status {
+            bot,
+            all_bots,
+            json,
+        }) => {
+            let mut reports: Vec<(String, Vec<MigrationStatus>)> = Vec::new();
+            let targets = match (bot, all_bots) {
+                (Some(id), _) => {
+                    let pool = panel::connect(options, 2).await?;
+                    let bot = store::get_bot(&pool, *id).await;
+                    pool.close().await;
+                    let bot = bot?;
+                    vec![bot_target(settings, &bot)?]
+                }
+                (None, true) => {
+                    let status = migrations::status(&migrations::PANEL, options)
+                        .await
+                        .map_err(migration_error)?;
+                    reports.push(("panel".into(), status));
+                    all_targets(settings, options).await?
+                }
+                (None, false) => {
+                    let status = migrations::status(&migrations::PANEL, options)
+                        .await
+                        .map_err(migration_error)?;
+                    reports.push(("panel".into(), status));
+                    Vec::new()
+                }
+            };
+            let mut missing = Vec::new();
+            for target in targets {
+                let label = format!("bot {} ({})", target.bot_id, target.database);
+                if !target.exists().await.map_err(|e| CliError::input(error_line(&e)))? {
+                    missing.push(label);
+                    continue;
+                }
+                let status = migrations::status(&migrations::BOT, &target.options)
+                    .await
+                    .map_err(migration_error)?;
+                reports.push((label, status));
+            }
             if *json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                )?;
+                let value: serde_json::Value = reports
+                    .iter()
+                    .map(|(label, s)| json!({"database": label, "migrations": s}))
+                    .chain(missing.iter().map(|label| json!({"database": label, "missing": true})))
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&value).unwrap_or_default())?;
             } else {
-                print_migrations(&status, out)?;
+                for (label, status) in &reports {
+                    writeln!(out, "== {label}")?;
+                    print_migrations(status, out)?;
+                }
+                for label in &missing {
+                    writeln!(out, "== {label}: database not created yet (created on first start)")?;
+                }
+            }
+        }
+        Some(MigrateAction::Lint { .. }) => unreachable!("handled before settings are loaded"),
+    }
+    Ok(())
+}
+
+fn bot_target(settings: &Settings, bot: &BotRecord) -> Result<BotDbTarget, CliError> {
+    BotDbTarget::resolve(settings, bot.id, bot.database.as_deref())
+        .map_err(|e| CliError::input(error_line(&e)))
+}
+
+async fn all_targets(
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+) -> Result<Vec<BotDbTarget>, CliError> {
+    let pool = panel::connect(options, 2).await?;
+    let bots = store::list_bots(&pool).await;
+    pool.close().await;
+    bots?.iter().map(|b| bot_target(settings, b)).collect()
+}
+
+/// Applies bot migrations to every existing bot database, `concurrency` at a time.
+async fn migrate_all_bots(
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+    concurrency: usize,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use futures::StreamExt;
+    let targets = all_targets(settings, options).await?;
+    let results: Vec<(BotDbTarget, Result<bool, String>)> = futures::stream::iter(targets)
+        .map(|target| async move {
+            let result = match target.exists().await {
+                Ok(false) => Ok(false),
+                Ok(true) => migrations::apply(&migrations::BOT, &target.options)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| error_line(&e)),
+                Err(e) => Err(error_line(&e)),
+            };
+            (target, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut results = results;
+    results.sort_by_key(|(t, _)| t.bot_id);
+    let mut failed = 0;
+    for (target, result) in &results {
+        match result {
+            Ok(true) => writeln!(out, "bot {} ({}): migrated", target.bot_id, target.database)?,
+            Ok(false) => writeln!(
+                out,
+                "bot {} ({}): no database yet (created and migrated on first start)",
+                target.bot_id, target.database
+            )?,
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "bot {} ({}): FAILED: {e}", target.bot_id, target.database)?;
             }
         }
     }
+    if failed > 0 {
+        return Err(CliError::failure(format!(
+            "{failed} of {} bot databases failed to migrate",
+            results.len()
+        )));
+    }
+    writeln!(out, "bot migrations applied to {} bot databases", results.len())?;
     Ok(())
 }
 

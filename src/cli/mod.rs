@@ -54,20 +54,40 @@ pub enum Command {
 
 /// Arguments of `botvisor migrate`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct MigrateArgs {
-    /// Show status instead of applying.
+    /// Show status or lint instead of applying.
     #[command(subcommand)]
     pub action: Option<MigrateAction>,
+    /// Also apply pending bot migrations to every existing bot database (one failure is
+    /// reported and the others continue; exit code 1 if any failed).
+    #[arg(long)]
+    pub all_bots: bool,
+    /// Bot databases migrated at once with --all-bots.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
 }
 
 /// `botvisor migrate` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum MigrateAction {
-    /// List the panel's migrations: version, name, applied_at, state.
+    /// List migrations: version, name, applied_at, state (applied, pending, ahead, …).
     Status {
-        /// Print JSON instead of a table.
+        /// One bot's database instead of the panel.
+        #[arg(long, conflicts_with = "all_bots")]
+        bot: Option<i64>,
+        /// Every bot's database as well as the panel.
+        #[arg(long)]
+        all_bots: bool,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Check migration files for statements that would break the previous binary while the
+    /// new one starts (exit code 1 when any is found). See docs/migrations.md.
+    Lint {
+        /// Directories or files to check; default: migrations/panel and migrations/bot.
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -281,6 +301,13 @@ pub async fn run_admin(
     env: &HashMap<String, String>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    if let Command::Migrate(MigrateArgs {
+        action: Some(MigrateAction::Lint { paths }),
+        ..
+    }) = &cli.command
+    {
+        return admin::lint(paths, out);
+    }
     let settings = load_settings(cli, env)?;
     admin::run(&cli.command, &settings, out).await
 }
