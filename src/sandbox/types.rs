@@ -1,0 +1,235 @@
+//! Public value types of the sandbox: what tests inject, what they read back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The kind of chat an injected update comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatType {
+    /// A one-to-one chat with a user; its id is the user's id.
+    #[default]
+    Private,
+    /// A basic group (negative id).
+    Group,
+    /// A supergroup (negative id, usually `-100…`).
+    Supergroup,
+    /// A channel (negative id).
+    Channel,
+}
+
+impl ChatType {
+    /// Telegram's `type` string for this chat kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Group => "group",
+            Self::Supergroup => "supergroup",
+            Self::Channel => "channel",
+        }
+    }
+}
+
+/// A text message from a user, injected as a `message` update.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectMessage {
+    /// Token of the bot that receives the update.
+    pub token: String,
+    /// Chat the message is written in; for a private chat the user's id.
+    pub chat_id: i64,
+    /// Sender; defaults to `chat_id` in private chats, required in groups.
+    pub user_id: Option<i64>,
+    /// Sender's first name; defaults to `User <id>`.
+    pub first_name: Option<String>,
+    /// Sender's IETF language tag, e.g. `en`.
+    pub language_code: Option<String>,
+    /// Kind of chat; defaults to private for positive ids and group for negative ones.
+    pub chat_type: Option<ChatType>,
+    /// The text; a leading `/command` gets a `bot_command` entity.
+    pub text: String,
+}
+
+impl InjectMessage {
+    /// A message `text` from user `chat_id` in a private chat with the bot `token`.
+    pub fn private(token: &str, chat_id: i64, text: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            chat_id,
+            text: text.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A press on an inline keyboard button, injected as a `callback_query` update.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectCallback {
+    /// Token of the bot that receives the update.
+    pub token: String,
+    /// Chat holding the message with the keyboard.
+    pub chat_id: i64,
+    /// Who pressed; defaults to `chat_id` in private chats, required in groups.
+    pub user_id: Option<i64>,
+    /// Presser's first name; defaults to `User <id>`.
+    pub first_name: Option<String>,
+    /// Presser's IETF language tag.
+    pub language_code: Option<String>,
+    /// The button's `callback_data`.
+    pub callback_data: String,
+    /// Message carrying the keyboard; defaults to the bot's latest message in the chat.
+    pub message_id: Option<i32>,
+}
+
+/// An error or latency injected into Bot API calls (`POST /sandbox/faults`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Only calls with this token (any token when absent).
+    pub token: Option<String>,
+    /// Only calls of this method, case-insensitive (any method when absent).
+    pub method: Option<String>,
+    /// HTTP status to answer with; 200 means "no error, only the delay".
+    pub status: u16,
+    /// Error description; defaults to Telegram's text for the status.
+    pub description: Option<String>,
+    /// `parameters.retry_after` of the error (defaults to 1 for a 429).
+    pub retry_after: Option<u32>,
+    /// How many calls the fault affects; absent means until the faults are cleared.
+    pub count: Option<u32>,
+    /// Latency added before answering, in milliseconds.
+    pub delay_ms: Option<u64>,
+}
+
+/// Something a bot did in a chat, in the order it happened (`GET /sandbox/sent`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SentEvent {
+    /// Sequence number, increasing per bot across all of its chats.
+    pub seq: u64,
+    /// Unix time of the call, in seconds.
+    pub date: i64,
+    /// The Bot API method that produced it, in Telegram's spelling (`sendMessage`).
+    pub method: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: SentKind,
+}
+
+impl SentEvent {
+    /// Current text (or caption) of a message event, or the new text of an edit.
+    pub fn text(&self) -> Option<&str> {
+        match &self.kind {
+            SentKind::Message { text, caption, .. } => text.as_deref().or(caption.as_deref()),
+            SentKind::Edit { text, .. } => text.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of [`SentEvent`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SentKind {
+    /// A message the bot sent (sendMessage, sendPhoto, sendDocument, forward, copy), as it is
+    /// now: later edits are applied and `deleted` says whether it was deleted since.
+    Message {
+        /// Id of the message in its chat.
+        message_id: i32,
+        /// Current text of a text message.
+        text: Option<String>,
+        /// Current caption of a media message.
+        caption: Option<String>,
+        /// Current markup: the inline keyboard, or the reply keyboard / removal sent with it.
+        reply_markup: Option<Value>,
+        /// Whether the message was edited since.
+        edited: bool,
+        /// Whether the message was deleted since.
+        deleted: bool,
+        /// The full Telegram `Message` object as it is now.
+        message: Value,
+    },
+    /// An edit of text or markup (editMessageText, editMessageReplyMarkup).
+    Edit {
+        /// Id of the edited message.
+        message_id: i32,
+        /// New text, for editMessageText.
+        text: Option<String>,
+        /// New inline keyboard (absent when removed).
+        reply_markup: Option<Value>,
+    },
+    /// A deleted message (deleteMessage).
+    Delete {
+        /// Id of the deleted message.
+        message_id: i32,
+    },
+    /// An answer to a callback query from this chat (answerCallbackQuery).
+    CallbackAnswer {
+        /// Id of the answered query.
+        callback_query_id: String,
+        /// Notification text, if any.
+        text: Option<String>,
+        /// Whether it was shown as an alert.
+        show_alert: bool,
+        /// URL to open, if any.
+        url: Option<String>,
+    },
+    /// A chat action such as `typing` (sendChatAction).
+    ChatAction {
+        /// The action.
+        action: String,
+    },
+}
+
+/// A registered bot as getMe describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotInfo {
+    /// The bot's user id: the token's numeric prefix.
+    pub id: i64,
+    /// The bot's username.
+    pub username: String,
+}
+
+/// Call counters and queue sizes (`GET /sandbox/stats`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per token (registered, revoked or unknown), the counters of its calls.
+    pub bots: BTreeMap<String, BotStats>,
+    /// getUpdates requests currently waiting (long polls held open), all tokens together.
+    pub long_polls: u64,
+}
+
+impl Stats {
+    /// Calls of `method` (Telegram spelling, e.g. `getUpdates`) made with `token`.
+    pub fn calls(&self, token: &str, method: &str) -> u64 {
+        self.bots
+            .get(token)
+            .and_then(|b| b.calls.get(method))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// 409 Conflict answers returned to calls made with `token`.
+    pub fn conflicts(&self, token: &str) -> u64 {
+        self.bots.get(token).map_or(0, |b| b.conflicts)
+    }
+}
+
+/// Counters of one token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BotStats {
+    /// Whether the token is a registered bot (false for unknown tokens).
+    pub registered: bool,
+    /// Whether the bot was revoked.
+    pub revoked: bool,
+    /// Calls per method, methods spelled as Telegram does (`getUpdates`); unknown methods as sent.
+    pub calls: BTreeMap<String, u64>,
+    /// 409 Conflict answers returned.
+    pub conflicts: u64,
+    /// Updates waiting to be fetched or delivered.
+    pub pending_updates: usize,
+    /// getUpdates requests of this bot currently waiting.
+    pub long_polls: u64,
+}
