@@ -5,6 +5,8 @@
 //! `bots.database` column overrides it per bot with a plain name on that server or a full
 //! `postgres://` URL for a bot living on another server.
 
+pub mod budget;
+
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
