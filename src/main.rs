@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let result: Result<(), CliError> = match &cli.command {
         Command::Serve => serve(&cli, &env).await,
+        Command::Sandbox(args) => sandbox(args).await,
         _ => {
             // Admin commands log only warnings: their output is the result.
             botvisor::telemetry::init(&LogSettings {

@@ -167,7 +167,7 @@ impl DurableListener {
             );
         }
         for (update_id, payload) in rows {
-            match parse_update(&payload) {
+            match parse_update(&payload.to_string()) {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
@@ -218,7 +218,7 @@ impl DurableListener {
             };
             max_id = max_id.max(Some(update_id));
             let payload = value.to_string();
-            match parse_update(&value) {
+            match parse_update(&payload) {
                 Ok(update) => {
                     rows.push(InboxRow {
                         update_id,
@@ -290,10 +290,12 @@ enum StepError {
 
 /// Parses one update on its own, catching the panics some legal updates cause in
 /// teloxide-core's deserialisers.
-pub fn parse_update(value: &serde_json::Value) -> Result<Update, String> {
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        serde_json::from_value::<Update>(value.clone())
-    }));
+///
+/// It parses from text, not from a `serde_json::Value`: teloxide's `UpdateKind` visitor first
+/// asks for a borrowed key and, when that fails (as it always does from a `Value`), the key is
+/// already consumed and the update comes out as `UpdateKind::Error`.
+pub fn parse_update(json: &str) -> Result<Update, String> {
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| serde_json::from_str::<Update>(json)));
     match result {
         Ok(Ok(update)) => match &update.kind {
             UpdateKind::Error(raw) => Err(format!(
@@ -344,5 +346,29 @@ impl<'a> AsUpdateStream<'a> for DurableListener {
             let update = this.next_update().await?;
             Some((Ok(update), this))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_updates_one_by_one_and_reports_bad_ones() {
+        let good = r#"{"update_id": 5, "message": {"message_id": 1, "date": 0,
+            "chat": {"id": 7, "type": "private", "first_name": "A"},
+            "from": {"id": 7, "is_bot": false, "first_name": "A"}, "text": "/start"}}"#;
+        let update = parse_update(good).unwrap();
+        assert_eq!(update.id.0, 5);
+        assert_eq!(update.chat().map(|c| c.id.0), Some(7));
+        let cases = [
+            (r#"{"update_id": 6, "message": {"message_id": "x"}}"#, "update"),
+            (r#"{"update_id": 7}"#, "unsupported update"),
+            ("not json", "cannot parse"),
+        ];
+        for (json, needle) in cases {
+            let err = parse_update(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
     }
 }

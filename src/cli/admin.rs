@@ -50,7 +50,7 @@ pub(super) async fn run(
             }
             Ok(())
         }
-        Command::Migrate(_) | Command::Serve => {
+        Command::Migrate(_) | Command::Serve | Command::Sandbox(_) => {
             unreachable!("handled by the caller or above")
         }
     };

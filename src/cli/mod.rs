@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: host every enabled bot of the panel until SIGTERM/SIGINT.
     Serve,
+    /// Run a local Telegram Bot API emulator (development, demos, tests); see docs/sandbox.md.
+    Sandbox(SandboxArgs),
     /// Apply the panel migrations (idempotent), or show their status.
     Migrate(MigrateArgs),
     /// Register, inspect and change bots.
@@ -50,6 +52,47 @@ pub enum Command {
         /// The bot's id; omit to reload every bot.
         id: Option<i64>,
     },
+}
+
+/// Arguments of `botvisor sandbox`.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: std::net::SocketAddr,
+    /// Register any well-formed token on its first call (quick demos).
+    #[arg(long)]
+    pub accept_any_token: bool,
+    /// Enforce Telegram's send rate limits (429 with retry_after).
+    #[arg(long)]
+    pub rate_limits: bool,
+}
+
+/// Runs `botvisor sandbox` until SIGTERM/SIGINT.
+pub async fn sandbox(args: &SandboxArgs) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    crate::telemetry::init(&crate::config::LogSettings::default());
+    let sandbox = crate::sandbox::Sandbox::bind(crate::sandbox::SandboxConfig {
+        listen: args.listen,
+        accept_any_token: args.accept_any_token,
+        enforce_rate_limits: args.rate_limits,
+    })
+    .await
+    .map_err(|e| CliError::input(error_line(&e)))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal_error =
+        |e: std::io::Error| CliError::failure(format!("cannot install signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let run = sandbox.run(shutdown.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r.map_err(|e| CliError::failure(error_line(&e))),
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+    run.await.map_err(|e| CliError::failure(error_line(&e)))
 }
 
 /// Arguments of `botvisor migrate`.
