@@ -130,6 +130,9 @@ if [[ -n $bot_id ]]; then
   [[ $override != *://* ]] ||
     die "bot $bot_id's database is on another server ($override); restore it there with pg_restore"
   server_url=$BOT_SERVER_URL
+  if [[ $(basename "$dump" .dump) != "$live" ]]; then
+    log "note: $dump is not named after bot $bot_id's database $live; make sure it is the right dump"
+  fi
 elif ((panel)); then
   live=$panel_db
   server_url=$PANEL_URL
