@@ -304,9 +304,10 @@ fn parse_markdown_v2(src: &str) -> Result<(String, Vec<Value>), String> {
                     continue;
                 }
                 _ => {
-                    return Err(format!(
+                    return Err(
                         "Character '\\' is reserved and must be escaped with the preceding '\\'"
-                    ));
+                            .to_owned(),
+                    );
                 }
             }
         }

@@ -1413,7 +1413,7 @@ impl BotState {
                     .map_err(|e| ApiErr::bad(format!("Bad Request: can't parse entities: {e}")))?;
                 Ok(Some((
                     text,
-                    (!entities.is_empty()).then(|| Value::Array(entities)),
+                    (!entities.is_empty()).then_some(Value::Array(entities)),
                 )))
             }
         }
@@ -1996,11 +1996,11 @@ pub(crate) fn webhook_result(
     true
 }
 
+/// One webhook delivery: update id, body, URL and secret.
+pub(crate) type Delivery = (i64, Value, String, Option<String>);
+
 /// The next update for a webhook, or `None` when the queue is empty; `Err` when it is gone.
-pub(crate) fn webhook_next(
-    bot: &BotEntry,
-    generation: u64,
-) -> Result<Option<(i64, Value, String, Option<String>)>, ()> {
+pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Delivery>, ()> {
     let mut st = bot.lock();
     let Some(w) = st.webhook.as_ref().filter(|w| w.generation == generation) else {
         return Err(());
