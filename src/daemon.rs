@@ -62,6 +62,8 @@ pub struct DaemonHandles {
     pub counts: watch::Receiver<BotCounts>,
     /// Send `()` to reload every bot's configuration (SIGHUP).
     pub reload: mpsc::Sender<()>,
+    /// The reconcile loop's latest turn.
+    pub heartbeat: watch::Receiver<tokio::time::Instant>,
 }
 
 /// The daemon, ready to run.
@@ -103,6 +105,7 @@ impl Daemon {
             ready: supervisor.ready(),
             counts: supervisor.counts(),
             reload: supervisor.reload_sender(),
+            heartbeat: supervisor.heartbeat(),
         };
         Ok((
             Self {
@@ -143,5 +146,65 @@ impl Daemon {
             tracing::error!(tasks = ?not_drained, "shutdown deadline passed with tasks still running");
         }
         result.map(|()| ShutdownReport { not_drained })
+    }
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set) `READY=1` after the first reconcile, `STATUS=`
+/// with the bot counts whenever they change, `WATCHDOG=1` while the reconcile loop turns, and
+/// `STOPPING=1` on shutdown. Without `NOTIFY_SOCKET` it sends nothing.
+pub async fn notify_systemd(
+    ready: oneshot::Receiver<()>,
+    mut counts: watch::Receiver<BotCounts>,
+    heartbeat: watch::Receiver<tokio::time::Instant>,
+    shutdown: CancellationToken,
+) {
+    use sd_notify::NotifyState;
+    let send = |states: &[NotifyState<'_>]| {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    };
+    tokio::select! {
+        r = ready => if r.is_err() { return },
+        () = shutdown.cancelled() => return,
+    }
+    let status = |c: &BotCounts| {
+        format!(
+            "bots: {} running, {} starting, {} failed",
+            c.running, c.starting, c.failed
+        )
+    };
+    let text = status(&counts.borrow_and_update());
+    send(&[NotifyState::Ready, NotifyState::Status(&text)]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog
+        .map(|w| w / 3)
+        .unwrap_or(std::time::Duration::from_secs(5))
+        .clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                send(&[NotifyState::Stopping, NotifyState::Status("shutting down: draining bots")]);
+                return;
+            }
+            changed = counts.changed() => {
+                if changed.is_err() { return; }
+                let text = status(&counts.borrow_and_update());
+                send(&[NotifyState::Status(&text)]);
+            }
+            _ = tick.tick() => {
+                // Fed only while the reconcile loop turns: a stuck loop gets the daemon
+                // restarted by systemd.
+                if let Some(w) = watchdog
+                    && heartbeat.borrow().elapsed() < w / 2
+                {
+                    send(&[NotifyState::Watchdog]);
+                }
+            }
+        }
     }
 }

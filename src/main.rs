@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use botvisor::cli::{Cli, CliError, Command, run_admin, serve};
+use botvisor::cli::{Cli, CliError, Command, run_admin, sandbox, serve};
 use botvisor::config::LogSettings;
 use clap::Parser;
 

@@ -63,6 +63,7 @@ pub fn report_failure(slot: &FailureSlot, stop: &CancellationToken, failure: Bot
 pub struct DurableListener {
     api: TelegramApi,
     token: BotToken,
+    telegram_id: i64,
     bot_id: i64,
     db: BotPool,
     poll_timeout: Duration,
@@ -89,6 +90,7 @@ impl DurableListener {
         let (stop_token, _flag) = mk_stop_token();
         Self {
             api,
+            telegram_id: i64::try_from(token.bot_user_id()).unwrap_or(i64::MAX),
             token,
             bot_id,
             db,
@@ -147,11 +149,11 @@ impl DurableListener {
             .await
             .map_err(|e| self.retry(e.to_string()))?;
         if self.offset.is_none() {
-            self.offset = store::load_offset(&mut conn)
+            self.offset = store::load_offset(&mut conn, self.telegram_id)
                 .await
                 .map_err(|e| self.retry(e.to_string()))?;
         }
-        let rows = store::pending_updates(&mut conn, after, REPLAY_PAGE)
+        let rows = store::pending_updates(&mut conn, self.telegram_id, after, REPLAY_PAGE)
             .await
             .map_err(|e| self.retry(e.to_string()))?;
         if (rows.len() as i64) < REPLAY_PAGE {
@@ -171,7 +173,7 @@ impl DurableListener {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
-                    store::mark_poisoned(&mut conn, update_id, &error)
+                    store::mark_poisoned(&mut conn, self.telegram_id, update_id, &error)
                         .await
                         .map_err(|e| self.retry(e.to_string()))?;
                 }
@@ -248,7 +250,7 @@ impl DurableListener {
             .acquire()
             .await
             .map_err(|e| self.retry(e.to_string()))?;
-        let inserted = store::store_batch(&mut conn, &rows, next_offset)
+        let inserted = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
             .await
             .map_err(|e| self.retry(e.to_string()))?;
         drop(conn);
@@ -295,7 +297,8 @@ enum StepError {
 /// asks for a borrowed key and, when that fails (as it always does from a `Value`), the key is
 /// already consumed and the update comes out as `UpdateKind::Error`.
 pub fn parse_update(json: &str) -> Result<Update, String> {
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| serde_json::from_str::<Update>(json)));
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| serde_json::from_str::<Update>(json)));
     match result {
         Ok(Ok(update)) => match &update.kind {
             UpdateKind::Error(raw) => Err(format!(
@@ -362,7 +365,10 @@ mod tests {
         assert_eq!(update.id.0, 5);
         assert_eq!(update.chat().map(|c| c.id.0), Some(7));
         let cases = [
-            (r#"{"update_id": 6, "message": {"message_id": "x"}}"#, "update"),
+            (
+                r#"{"update_id": 6, "message": {"message_id": "x"}}"#,
+                "update",
+            ),
             (r#"{"update_id": 7}"#, "unsupported update"),
             ("not json", "cannot parse"),
         ];

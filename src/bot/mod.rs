@@ -109,6 +109,8 @@ pub struct SharedDeps {
 pub struct BotContext {
     /// Panel id.
     pub bot_id: i64,
+    /// The Telegram bot's user id (the token's numeric prefix); inbox rows are keyed by it.
+    pub telegram_id: i64,
     /// The bot's database.
     pub db: BotPool,
     /// The current manifest + texts.
@@ -132,18 +134,17 @@ pub async fn run(
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<(), BotFailure> {
     let target = BotDbTarget::resolve(&deps.settings, spec.id, spec.database.as_deref())?;
-    let provision = target.provision();
-    let created = tokio::select! {
+    let provision = target.provision_within(
+        &deps.budget,
+        deps.settings.bot_database.max_connections_per_bot,
+    );
+    let (created, db) = tokio::select! {
         () = stop.cancelled() => return Ok(()),
         r = provision => r?,
     };
     if created {
         tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
     }
-    let db = deps.budget.database(
-        target.options.clone(),
-        deps.settings.bot_database.max_connections_per_bot,
-    );
     let result = dispatch(deps, spec, config, stop, db.clone(), on_running).await;
     db.close().await;
     result
@@ -183,6 +184,7 @@ async fn dispatch(
     );
     let context = Arc::new(BotContext {
         bot_id: spec.id,
+        telegram_id: i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX),
         db,
         config,
         failure: Arc::clone(&failure),

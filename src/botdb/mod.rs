@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, Connection};
 
 use crate::config::{Settings, render_name_template};
 use crate::migrations::{self, MigrationError, describe};
+use budget::{BotPool, ConnectionBudget};
 
 /// PostgreSQL's limit on identifier length, in bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
@@ -50,6 +51,9 @@ pub enum BotDbError {
         #[source]
         source: sqlx::Error,
     },
+    /// No connection within the budget.
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
     /// Applying migrations failed.
     #[error("cannot migrate database {database}")]
     Migrate {
@@ -68,7 +72,7 @@ impl BotDbError {
         match self {
             BotDbError::InvalidTarget { .. } | BotDbError::Manage { .. } => true,
             BotDbError::Migrate { source, .. } => source.is_fatal(),
-            BotDbError::Connect { .. } => false,
+            BotDbError::Connect { .. } | BotDbError::Budget(_) => false,
         }
     }
 }
@@ -149,34 +153,7 @@ impl BotDbTarget {
     /// Creates the database if it does not exist; returns whether it was created.
     pub async fn ensure_database(&self) -> Result<bool, BotDbError> {
         let mut conn = self.maintenance_connection().await?;
-        let result = async {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                    .bind(&self.database)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if exists {
-                return Ok(false);
-            }
-            let sql = format!("CREATE DATABASE {}", quote_ident(&self.database));
-            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-            {
-                Ok(_) => Ok(true),
-                // Another process created it between our check and our CREATE.
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        .await
-        .map_err(|source| BotDbError::Manage {
-            action: "create",
-            database: self.database.clone(),
-            source,
-        });
+        let result = self.create_on(&mut conn).await;
         let _ = conn.close().await;
         result
     }
@@ -217,6 +194,70 @@ impl BotDbTarget {
             });
         let _ = conn.close().await;
         result
+    }
+
+    /// Creates the database if needed and applies the embedded bot migrations, with every
+    /// connection taken from `budget`; returns whether it was created and the bot's pool.
+    ///
+    /// The migration runs on one connection of the bot's own pool; after a failure that
+    /// connection is discarded (a failed run can leave sqlx's advisory lock on its session).
+    pub async fn provision_within(
+        &self,
+        budget: &ConnectionBudget,
+        max_connections: u32,
+    ) -> Result<(bool, BotPool), BotDbError> {
+        let maintenance = budget.database(self.maintenance.clone(), 1);
+        let created = async {
+            let mut conn = maintenance.acquire().await?;
+            self.create_on(&mut conn).await
+        }
+        .await;
+        maintenance.close().await;
+        let created = created?;
+        let pool = budget.database(self.options.clone(), max_connections);
+        let mut conn = pool.acquire().await?;
+        match migrations::apply_on(&migrations::BOT, &mut conn).await {
+            Ok(()) => Ok((created, pool)),
+            Err(source) => {
+                conn.discard();
+                pool.close().await;
+                Err(BotDbError::Migrate {
+                    database: self.database.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn create_on(&self, conn: &mut PgConnection) -> Result<bool, BotDbError> {
+        let result = async {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&self.database)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if exists {
+                return Ok(false);
+            }
+            let sql = format!("CREATE DATABASE {}", quote_ident(&self.database));
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => Ok(true),
+                // Another process created it between our check and our CREATE.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        result.map_err(|source| BotDbError::Manage {
+            action: "create",
+            database: self.database.clone(),
+            source,
+        })
     }
 
     /// Creates the database if needed and applies the embedded bot migrations.

@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-/// Key of the next getUpdates offset in `bot_state`.
-const OFFSET_KEY: &str = "telegram_offset";
+/// Key of the next getUpdates offset of Telegram bot `telegram_bot_id` in `bot_state`.
+fn offset_key(telegram_bot_id: i64) -> String {
+    format!("offset:{telegram_bot_id}")
+}
 
 /// One update to store: its id, chat (when parsed), raw JSON, and the error if poisoned.
 #[derive(Debug, Clone)]
@@ -22,9 +24,12 @@ pub struct InboxRow {
 }
 
 /// The stored next offset, if any batch was ever stored.
-pub async fn load_offset(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+pub async fn load_offset(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT value FROM bot_state WHERE key = $1")
-        .bind(OFFSET_KEY)
+        .bind(offset_key(telegram_bot_id))
         .fetch_optional(conn)
         .await
 }
@@ -33,6 +38,7 @@ pub async fn load_offset(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::E
 /// new (an id already stored is skipped, so a re-delivered update is never queued twice).
 pub async fn store_batch(
     conn: &mut PgConnection,
+    telegram_bot_id: i64,
     rows: &[InboxRow],
     next_offset: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
@@ -42,17 +48,18 @@ pub async fn store_batch(
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let inserted: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO inbox (update_id, chat_id, payload, error, processed_at) \
-         SELECT u.id, u.chat, u.payload::jsonb, u.error, \
+        "INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, error, processed_at) \
+         SELECT $5, u.id, u.chat, u.payload::jsonb, u.error, \
                 CASE WHEN u.error IS NULL THEN NULL ELSE now() END \
          FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
               AS u(id, chat, payload, error) \
-         ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
+         ON CONFLICT (telegram_bot_id, update_id) DO NOTHING RETURNING update_id",
     )
     .bind(&ids)
     .bind(&chats)
     .bind(&payloads)
     .bind(&errors)
+    .bind(telegram_bot_id)
     .fetch_all(&mut *tx)
     .await?;
     sqlx::query(
@@ -60,7 +67,7 @@ pub async fn store_batch(
          ON CONFLICT (key) DO UPDATE SET value = GREATEST(bot_state.value, EXCLUDED.value), \
          updated_at = now()",
     )
-    .bind(OFFSET_KEY)
+    .bind(offset_key(telegram_bot_id))
     .bind(next_offset)
     .execute(&mut *tx)
     .await?;
@@ -71,49 +78,67 @@ pub async fn store_batch(
 /// Unprocessed updates with ids above `after`, oldest first, at most `limit`.
 pub async fn pending_updates(
     conn: &mut PgConnection,
+    telegram_bot_id: i64,
     after: i64,
     limit: i64,
 ) -> Result<Vec<(i64, serde_json::Value)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT update_id, payload FROM inbox \
-         WHERE processed_at IS NULL AND update_id > $1 ORDER BY update_id LIMIT $2",
+         WHERE telegram_bot_id = $3 AND processed_at IS NULL AND update_id > $1 \
+         ORDER BY update_id LIMIT $2",
     )
     .bind(after)
     .bind(limit)
+    .bind(telegram_bot_id)
     .fetch_all(conn)
     .await
 }
 
 /// Locks an update's inbox row for this transaction; returns whether it still needs
 /// processing (false when it was processed already or is not in the inbox).
-pub async fn claim_update(conn: &mut PgConnection, update_id: i64) -> Result<bool, sqlx::Error> {
-    let row: Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT processed_at FROM inbox WHERE update_id = $1 FOR UPDATE")
-            .bind(update_id)
-            .fetch_optional(conn)
-            .await?;
+pub async fn claim_update(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_id: i64,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "SELECT processed_at FROM inbox WHERE telegram_bot_id = $1 AND update_id = $2 FOR UPDATE",
+    )
+    .bind(telegram_bot_id)
+    .bind(update_id)
+    .fetch_optional(conn)
+    .await?;
     Ok(matches!(row, Some(None)))
 }
 
 /// Marks an update processed (inside the handler's transaction).
-pub async fn mark_processed(conn: &mut PgConnection, update_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE inbox SET processed_at = now() WHERE update_id = $1")
-        .bind(update_id)
-        .execute(conn)
-        .await?;
+pub async fn mark_processed(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE inbox SET processed_at = now() WHERE telegram_bot_id = $1 AND update_id = $2",
+    )
+    .bind(telegram_bot_id)
+    .bind(update_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// Marks an update poisoned: processed, with the error kept for inspection.
 pub async fn mark_poisoned(
     conn: &mut PgConnection,
+    telegram_bot_id: i64,
     update_id: i64,
     error: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE inbox SET processed_at = now(), error = $2 \
-         WHERE update_id = $1 AND processed_at IS NULL",
+        "UPDATE inbox SET processed_at = now(), error = $3 \
+         WHERE telegram_bot_id = $1 AND update_id = $2 AND processed_at IS NULL",
     )
+    .bind(telegram_bot_id)
     .bind(update_id)
     .bind(error)
     .execute(conn)

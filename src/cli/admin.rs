@@ -59,8 +59,8 @@ pub(super) async fn run(
 }
 
 pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<(), CliError> {
-    let findings = crate::migration_lint::run_lint(paths)
-        .map_err(|e| CliError::input(error_line(&e)))?;
+    let findings =
+        crate::migration_lint::run_lint(paths).map_err(|e| CliError::input(error_line(&e)))?;
     for f in &findings {
         writeln!(out, "{f}")?;
     }
@@ -133,7 +133,11 @@ async fn migrate(
             let mut missing = Vec::new();
             for target in targets {
                 let label = format!("bot {} ({})", target.bot_id, target.database);
-                if !target.exists().await.map_err(|e| CliError::input(error_line(&e)))? {
+                if !target
+                    .exists()
+                    .await
+                    .map_err(|e| CliError::input(error_line(&e)))?
+                {
                     missing.push(label);
                     continue;
                 }
@@ -146,16 +150,27 @@ async fn migrate(
                 let value: serde_json::Value = reports
                     .iter()
                     .map(|(label, s)| json!({"database": label, "migrations": s}))
-                    .chain(missing.iter().map(|label| json!({"database": label, "missing": true})))
+                    .chain(
+                        missing
+                            .iter()
+                            .map(|label| json!({"database": label, "missing": true})),
+                    )
                     .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&value).unwrap_or_default())?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                )?;
             } else {
                 for (label, status) in &reports {
                     writeln!(out, "== {label}")?;
                     print_migrations(status, out)?;
                 }
                 for label in &missing {
-                    writeln!(out, "== {label}: database not created yet (created on first start)")?;
+                    writeln!(
+                        out,
+                        "== {label}: database not created yet (created on first start)"
+                    )?;
                 }
             }
         }
@@ -216,7 +231,11 @@ async fn migrate_all_bots(
             )?,
             Err(e) => {
                 failed += 1;
-                writeln!(out, "bot {} ({}): FAILED: {e}", target.bot_id, target.database)?;
+                writeln!(
+                    out,
+                    "bot {} ({}): FAILED: {e}",
+                    target.bot_id, target.database
+                )?;
             }
         }
     }
@@ -226,7 +245,11 @@ async fn migrate_all_bots(
             results.len()
         )));
     }
-    writeln!(out, "bot migrations applied to {} bot databases", results.len())?;
+    writeln!(
+        out,
+        "bot migrations applied to {} bot databases",
+        results.len()
+    )?;
     Ok(())
 }
 

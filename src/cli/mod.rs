@@ -380,10 +380,17 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
     let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let running = settings.clone();
     let (daemon, handles) = crate::daemon::Daemon::start(settings, shutdown.clone())
         .await
         .map_err(|e| CliError::input(error_line(&e)))?;
     let reload = handles.reload.clone();
+    let notifier = crate::daemon::notify_systemd(
+        handles.ready,
+        handles.counts,
+        handles.heartbeat,
+        shutdown.clone(),
+    );
     let stopper = shutdown.clone();
     let signals = async move {
         loop {
@@ -391,7 +398,15 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutdown requested"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutdown requested"); break; }
                 _ = hup.recv() => {
-                    tracing::info!(signal = "SIGHUP", "reloading every bot");
+                    tracing::info!(signal = "SIGHUP", "re-reading settings and reloading every bot");
+                    match load_settings(cli, env) {
+                        Ok(new) if new != running => tracing::warn!(
+                            "the settings file changed; bot texts and manifests are reloaded now, \
+                             other settings take effect at the next restart"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e.message, "the settings file is invalid; keeping the running settings"),
+                    }
                     let _ = reload.try_send(());
                 }
                 () = stopper.cancelled() => break,
@@ -399,7 +414,7 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
         }
         stopper.cancel();
     };
-    let (report, ()) = tokio::join!(daemon.run(), signals);
+    let (report, (), ()) = tokio::join!(daemon.run(), signals, notifier);
     let report = report.map_err(|e| CliError::failure(error_line(&e)))?;
     if report.clean() {
         Ok(())

@@ -84,7 +84,7 @@ async fn handle(bot: Bot, me: Me, update: Update, ctx: Arc<BotContext>) -> Resul
         tracing::error!(bot_id = ctx.bot_id, update_id, error = %reason, "update poisoned");
         let marked = async {
             let mut conn = ctx.db.acquire().await?;
-            store::mark_poisoned(&mut conn, update_id, &reason).await?;
+            store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
             Ok::<(), HandleError>(())
         }
         .await;
@@ -104,11 +104,11 @@ async fn process(bot: &Bot, me: &Me, update: &Update, ctx: &BotContext) -> Resul
     let config = ctx.config.load();
     let mut conn = ctx.db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if !store::claim_update(&mut tx, update_id).await? {
+    if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
         return Ok(());
     }
     core::handle(bot, me, update, &config, &mut tx).await?;
-    store::mark_processed(&mut tx, update_id).await?;
+    store::mark_processed(&mut tx, ctx.telegram_id, update_id).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bot::config::{BotConfig, SharedConfig};
 use crate::bot::{BotSpec, SharedDeps, sync_commands};
@@ -110,6 +111,7 @@ pub struct Supervisor {
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     reload_tx: mpsc::Sender<()>,
     reload_rx: mpsc::Receiver<()>,
+    heartbeat: tokio::sync::watch::Sender<tokio::time::Instant>,
 }
 
 impl Supervisor {
@@ -120,6 +122,7 @@ impl Supervisor {
         Self {
             reload_tx,
             reload_rx,
+            heartbeat: tokio::sync::watch::channel(tokio::time::Instant::now()).0,
             deps,
             panel,
             tasks,
@@ -135,6 +138,12 @@ impl Supervisor {
     /// Counts of bots by state, updated after every pass and on every slot change.
     pub fn counts(&self) -> tokio::sync::watch::Receiver<BotCounts> {
         self.counts.subscribe()
+    }
+
+    /// The time of the reconcile loop's latest turn (at least every second while it is
+    /// healthy); systemd's watchdog is fed only while it moves.
+    pub fn heartbeat(&self) -> tokio::sync::watch::Receiver<tokio::time::Instant> {
+        self.heartbeat.subscribe()
     }
 
     /// A sender that asks for a reload of every bot (SIGHUP, `systemctl reload`).
@@ -193,7 +202,10 @@ impl Supervisor {
                 }
                 _ = resync.tick() => pending.full = true,
                 Some(()) = self.reload_rx.recv() => pending.reload_all = true,
-                _ = refresh.tick() => self.publish_counts(),
+                _ = refresh.tick() => {
+                    self.publish_counts();
+                    self.heartbeat.send_replace(tokio::time::Instant::now());
+                }
             }
         }
         for slot in self.slots.values() {
@@ -367,10 +379,15 @@ impl Supervisor {
             state: Arc::clone(&state),
         };
         let done_guard = done.clone().drop_guard();
-        self.tasks.spawn(format!("bot-{}", bot.id), async move {
-            let _done = done_guard;
-            slot.run().await;
-        });
+        let span = tracing::info_span!("bot", bot_id = bot.id);
+        self.tasks.spawn(
+            format!("bot-{}", bot.id),
+            async move {
+                let _done = done_guard;
+                slot.run().await;
+            }
+            .instrument(span),
+        );
         self.slots.insert(
             bot.id,
             SlotHandle {

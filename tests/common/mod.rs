@@ -196,3 +196,5 @@ where
 pub fn token(id: u64) -> String {
     format!("{id}:AAH{:0>32}", format!("{id:x}test"))
 }
+pub mod harness;
+pub mod process;

@@ -20,11 +20,29 @@ use crate::config::{LogFormat, LogSettings};
 const MIN_SECRET_LEN: usize = 30;
 
 /// Installs the global subscriber; call once from `main`. Later calls are ignored.
+///
+/// Under systemd (`JOURNAL_STREAM` set) with format `auto`, events go to journald through its
+/// native protocol ([`journald::JournaldLayer`]), so fields such as `bot_id` become journal
+/// fields (`journalctl -u botvisor BOT_ID=42`); without a reachable journal socket the
+/// plain-line stderr output is used instead.
 pub fn init(settings: &LogSettings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    if under_journal
+        && settings.format == LogFormat::Auto
+        && let Ok(journal) = journald::JournaldLayer::connect(journald::JOURNAL_SOCKET)
+    {
+        let result = tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .try_init();
+        drop(result);
+        return;
+    }
     let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -145,6 +163,8 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
         }
     }
 }
+
+pub mod journald;
 
 #[cfg(test)]
 mod tests {

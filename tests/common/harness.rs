@@ -1,0 +1,210 @@
+//! An in-process botvisor daemon against a fresh panel database and an in-process sandbox.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use botvisor::config::Settings;
+use botvisor::daemon::{Daemon, ShutdownReport};
+use botvisor::manifest::Manifest;
+use botvisor::panel::store::{self, NewBot};
+use botvisor::sandbox::{InjectMessage, Sandbox, SandboxConfig, SandboxHandle, SentEvent};
+use botvisor::supervisor::BotCounts;
+use botvisor::token::BotToken;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{TestDb, eventually, token};
+
+/// Generous deadline for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running daemon with its panel and sandbox.
+pub struct Harness {
+    pub panel: TestDb,
+    pub pool: PgPool,
+    pub sandbox: SandboxHandle,
+    pub sandbox_url: String,
+    pub settings: Settings,
+    pub counts: tokio::sync::watch::Receiver<BotCounts>,
+    shutdown: CancellationToken,
+    sandbox_stop: CancellationToken,
+    daemon: Option<JoinHandle<Result<ShutdownReport, botvisor::daemon::DaemonError>>>,
+}
+
+/// Extra settings for a harness, as `BOTVISOR__…` variables.
+pub type Extra<'a> = &'a [(&'a str, &'a str)];
+
+impl Harness {
+    /// Starts everything; returns once the daemon finished its first reconcile.
+    pub async fn start(extra: Extra<'_>) -> Self {
+        botvisor::telemetry::init(&botvisor::config::LogSettings {
+            filter: "warn".into(),
+            ..Default::default()
+        });
+        let panel = TestDb::create("bvt_sup").await;
+        let sandbox_stop = CancellationToken::new();
+        let sandbox = Sandbox::bind(SandboxConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            accept_any_token: false,
+            enforce_rate_limits: false,
+        })
+        .await
+        .unwrap();
+        let handle = sandbox.handle();
+        let sandbox_url = sandbox.api_url().to_string();
+        tokio::spawn(sandbox.run(sandbox_stop.clone()));
+        let mut env: HashMap<String, String> = panel.env();
+        env.insert("BOTVISOR_TELEGRAM_API_URL".into(), sandbox_url.clone());
+        // Only notifications and reconnects should drive the tests, not the periodic resync.
+        env.insert(
+            "BOTVISOR__SUPERVISOR__RESYNC_INTERVAL_SECS".into(),
+            "3600".into(),
+        );
+        env.insert("BOTVISOR__SUPERVISOR__INSTANCE".into(), "test".into());
+        env.insert("BOTVISOR__TELEGRAM__POLL_TIMEOUT_SECS".into(), "5".into());
+        for (k, v) in extra {
+            env.insert((*k).into(), (*v).into());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("botvisor.toml");
+        std::fs::write(&file, "").unwrap();
+        let settings = Settings::load(Some(&file), &env).unwrap();
+        let shutdown = CancellationToken::new();
+        let (daemon, handles) = Daemon::start(settings.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        let daemon = tokio::spawn(daemon.run());
+        tokio::time::timeout(DEADLINE, handles.ready)
+            .await
+            .unwrap()
+            .unwrap();
+        let pool = panel.pool().await;
+        Self {
+            panel,
+            pool,
+            sandbox: handle,
+            sandbox_url,
+            settings,
+            counts: handles.counts,
+            shutdown,
+            sandbox_stop,
+            daemon: Some(daemon),
+        }
+    }
+
+    /// Registers `token_id`'s token in the sandbox and adds a bot to the panel.
+    pub async fn add_bot(&self, name: &str, token_id: u64) -> (i64, String) {
+        let t = token(token_id);
+        self.sandbox
+            .register_bot(&t, Some(&format!("{name}_bot")))
+            .unwrap();
+        let id = self.add_registered(name, &t, &Manifest::default()).await;
+        (id, t)
+    }
+
+    /// Adds a bot whose token is already registered (or deliberately not).
+    pub async fn add_registered(&self, name: &str, t: &str, manifest: &Manifest) -> i64 {
+        let parsed = BotToken::parse(t).unwrap();
+        store::add_bot(
+            &self.pool,
+            &NewBot {
+                name,
+                token: &parsed,
+                enabled: true,
+                database: None,
+                manifest,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Sends `text` from user `chat` to the bot.
+    pub fn say(&self, token: &str, chat: i64, text: &str) -> i64 {
+        self.sandbox
+            .inject_message(InjectMessage::private(token, chat, text))
+            .unwrap()
+    }
+
+    /// Waits until the bot sent a message in `chat` after `after` whose text satisfies `pred`.
+    pub async fn reply(
+        &self,
+        token: &str,
+        chat: i64,
+        after: u64,
+        pred: impl Fn(&str) -> bool,
+    ) -> SentEvent {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut cursor = after;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(!left.is_zero(), "no matching reply in chat {chat}");
+            let events = self
+                .sandbox
+                .wait_sent(token, chat, cursor, left)
+                .await
+                .unwrap();
+            for e in events {
+                cursor = cursor.max(e.seq);
+                if e.text().is_some_and(&pred) {
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// The latest sequence number of what the bot did in `chat` (0 when nothing).
+    pub fn last_seq(&self, token: &str, chat: i64) -> u64 {
+        self.sandbox
+            .sent(token, chat, 0)
+            .unwrap()
+            .last()
+            .map_or(0, |e| e.seq)
+    }
+
+    /// Waits until the bot's status has `state`; returns the detail.
+    pub async fn wait_state(&self, id: i64, state: &str) -> String {
+        eventually(DEADLINE, &format!("bot {id} state {state}"), || async {
+            store::get_status(&self.pool, id)
+                .await
+                .unwrap()
+                .filter(|s| s.state == state)
+                .map(|s| s.detail)
+        })
+        .await
+    }
+
+    /// The bot's database name under the default naming rule.
+    pub fn bot_database(&self, id: i64) -> String {
+        format!("{}_bot_{id}", self.panel.name)
+    }
+
+    /// A pool to the bot's database.
+    pub async fn bot_pool(&self, id: i64) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!(
+                "{}/{}",
+                super::server_url(),
+                self.bot_database(id)
+            ))
+            .await
+            .unwrap()
+    }
+
+    /// Cancels the daemon and waits for it to drain.
+    pub async fn stop(&mut self) -> ShutdownReport {
+        self.shutdown.cancel();
+        let report = self.daemon.take().unwrap().await.unwrap().unwrap();
+        self.pool.close().await;
+        report
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.sandbox_stop.cancel();
+    }
+}
