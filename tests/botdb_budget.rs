@@ -40,7 +40,7 @@ fn options(name: &str) -> PgConnectOptions {
 
 /// Server-side sessions on the databases `{db.name}_b*` (the test's own admin connections
 /// use `{db.name}` itself, which the pattern does not match).
-async fn server_sessions(admin: &mut PgConnection, test_db: &str) -> i64 {
+async fn server_sessions<'e>(admin: impl sqlx::PgExecutor<'e>, test_db: &str) -> i64 {
     let pattern = format!("{}\\_b%", test_db.replace('_', "\\_"));
     sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1")
         .bind(pattern)
@@ -51,13 +51,13 @@ async fn server_sessions(admin: &mut PgConnection, test_db: &str) -> i64 {
 
 /// Polls until the broker and the server both report no connection to the test's databases.
 async fn assert_all_closed(budget: &ConnectionBudget, db: &TestDb) {
-    let mut admin = PgConnection::connect(&db.url).await.unwrap();
-    eventually(DEADLINE, "every connection closed", || {
+    let admin = db.pool().await;
+    eventually(DEADLINE, "every connection closed", || async {
         let open = budget.open_connections();
-        let admin = &mut admin;
-        async move { (open == 0 && server_sessions(admin, &db.name).await == 0).then_some(()) }
+        (open == 0 && server_sessions(&admin, &db.name).await == 0).then_some(())
     })
     .await;
+    admin.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
