@@ -11,7 +11,7 @@ use std::time::Duration;
 use botvisor::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
 use botvisor::tasks::Tasks;
 use common::{TestDb, eventually, server_url};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{Connection, Executor};
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +34,14 @@ async fn create_databases(db: &TestDb, count: usize) -> Vec<String> {
     names
 }
 
+/// Options for database `name` on the test server, without TLS: the local server accepts
+/// TLS, and a rustls handshake in a debug build costs ≈ 90 ms per connect (≈ 10 ms without),
+/// which would dominate the churn these tests cause.
 fn options(name: &str) -> PgConnectOptions {
-    format!("{}/{name}", server_url()).parse().unwrap()
+    format!("{}/{name}", server_url())
+        .parse::<PgConnectOptions>()
+        .unwrap()
+        .ssl_mode(PgSslMode::Disable)
 }
 
 /// Server-side sessions on the databases `{db.name}_b*` (the test's own admin connections
