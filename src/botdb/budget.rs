@@ -38,7 +38,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -333,11 +332,14 @@ impl BotPool {
         let idle: Vec<Live> = {
             let mut state = self.shared.lock();
             self.db.closed.store(true, Ordering::Release);
-            let (mine, others) = state
-                .idle
-                .drain(..)
-                .partition(|l| Arc::ptr_eq(&l.db, &self.db));
-            state.idle = others;
+            let mut mine = Vec::new();
+            for live in std::mem::take(&mut state.idle) {
+                if Arc::ptr_eq(&live.db.0, &self.db) {
+                    mine.push(live);
+                } else {
+                    state.idle.push_back(live);
+                }
+            }
             mine
         };
         self.db.in_use.close();
@@ -382,7 +384,7 @@ impl BotPool {
                 let mine = state
                     .idle
                     .iter()
-                    .rposition(|l| Arc::ptr_eq(&l.db, &self.db));
+                    .rposition(|l| Arc::ptr_eq(&l.db.0, &self.db));
                 if let Some(live) = mine.and_then(|i| state.idle.remove(i)) {
                     return Ok(Claim::Idle(live));
                 }
@@ -494,12 +496,10 @@ impl Live {
 }
 
 /// Closes `lives` concurrently, freeing their slots; returns how many.
-fn close_all(lives: Vec<Live>) -> impl Future<Output = usize> {
+async fn close_all(lives: Vec<Live>) -> usize {
     let n = lives.len();
-    async move {
-        futures::future::join_all(lives.into_iter().map(Live::close)).await;
-        n
-    }
+    futures::future::join_all(lives.into_iter().map(Live::close)).await;
+    n
 }
 
 /// A connection acquired from a [`BotPool`]; returns to the pool's idle list when dropped.
