@@ -14,7 +14,8 @@
 //!    a failed ping closes it and its slot is used to connect afresh);
 //! 3. else take a free slot of the budget and connect;
 //! 4. else evict the least recently used idle connection of another database (closed
-//!    gracefully, outside the lock) and connect with its slot;
+//!    gracefully, outside the lock) and connect with its slot (test
+//!    `eviction_serves_a_third_database_at_once`);
 //! 5. else wait until a slot is freed or a connection is returned, then start over at step 2.
 //!    Waiters are woken one at a time in arrival order (fair-ish: a newcomer can still take a
 //!    slot first).
