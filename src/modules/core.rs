@@ -424,7 +424,7 @@ async fn on_callback(
                 let menu = &config.manifest.menus[&main];
                 if menu.kind == MenuKind::Inline {
                     let text = label(config, &audience, &menu.text);
-                    let markup = menu_markup(config, &audience, menu, &[main.clone()]);
+                    let markup = menu_markup(config, &audience, menu, std::slice::from_ref(&main));
                     edit_text(bot, tx, &audience, message.id(), &text, Some(markup)).await?;
                 }
             }
