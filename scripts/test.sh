@@ -8,4 +8,4 @@ scripts/pg-up.sh
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast

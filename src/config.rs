@@ -78,6 +78,9 @@ pub struct BotDatabaseSettings {
     pub idle_timeout_secs: u64,
     /// Seconds to wait for a connection before a bot's database operation fails.
     pub acquire_timeout_secs: u64,
+    /// Days processed updates stay in a bot's inbox before they are pruned (poisoned ones are
+    /// kept for inspection).
+    pub inbox_retention_days: u32,
 }
 
 /// Telegram settings.
@@ -134,6 +137,7 @@ impl Default for BotDatabaseSettings {
             max_connections_per_bot: 2,
             idle_timeout_secs: 30,
             acquire_timeout_secs: 10,
+            inbox_retention_days: 7,
         }
     }
 }
@@ -264,6 +268,13 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "bot_database.max_connections_per_bot",
                 reason: format!("must be between 1 and connection_budget ({budget})"),
+            });
+        }
+        if self.bot_database.inbox_retention_days == 0 {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.inbox_retention_days",
+                reason: "must be at least 1 (processed updates are needed to skip re-deliveries)"
+                    .into(),
             });
         }
         if self.bot_database.acquire_timeout_secs == 0 {

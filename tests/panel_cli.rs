@@ -55,7 +55,8 @@ async fn migrate_is_idempotent_and_status_lists_migrations() {
     assert!(out.contains("applied"), "{out}");
     let json: serde_json::Value =
         serde_json::from_str(p.run(&["migrate", "status", "--json"]).ok()).unwrap();
-    let first = &json[0];
+    assert_eq!(json[0]["database"], "panel");
+    let first = &json[0]["migrations"][0];
     assert_eq!(first["version"], 1);
     assert_eq!(first["state"], "applied");
     assert!(first["applied_at"].is_string());

@@ -42,6 +42,8 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often processed inbox rows and old history are pruned (also once per run start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The update types botvisor handles; Telegram sends only these.
 pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
@@ -74,6 +76,17 @@ pub struct DurableListener {
     offset: Option<i64>,
     replayed_up_to: Option<i64>,
     backoff: Duration,
+    retention: Retention,
+    last_prune: Option<tokio::time::Instant>,
+}
+
+/// How long data is kept in the bot database.
+#[derive(Clone)]
+pub struct Retention {
+    /// Days processed inbox rows are kept.
+    pub inbox_days: u32,
+    /// The bot's settings (its manifest holds `history.retention_days`; 0 keeps forever).
+    pub config: super::config::SharedConfig,
 }
 
 impl DurableListener {
@@ -86,6 +99,7 @@ impl DurableListener {
         poll_timeout: Duration,
         stop: CancellationToken,
         failure: FailureSlot,
+        retention: Retention,
     ) -> Self {
         let (stop_token, _flag) = mk_stop_token();
         Self {
@@ -102,6 +116,8 @@ impl DurableListener {
             offset: None,
             replayed_up_to: Some(i64::MIN),
             backoff: BACKOFF_START,
+            retention,
+            last_prune: None,
         }
     }
 
@@ -116,6 +132,8 @@ impl DurableListener {
             }
             let step = if let Some(after) = self.replayed_up_to {
                 self.replay_page(after).await
+            } else if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.prune().await
             } else {
                 self.fetch_batch().await
             };
@@ -262,6 +280,31 @@ impl DurableListener {
                 .filter(|(id, _)| inserted.contains(id))
                 .map(|(_, u)| u),
         );
+        Ok(())
+    }
+
+    /// Deletes processed inbox rows and history past their retention.
+    async fn prune(&mut self) -> Result<(), StepError> {
+        let mut conn = self
+            .db
+            .acquire()
+            .await
+            .map_err(|e| self.retry(e.to_string()))?;
+        let inbox = store::prune_inbox(&mut conn, i64::from(self.retention.inbox_days))
+            .await
+            .map_err(|e| self.retry(e.to_string()))?;
+        let history_days = self.retention.config.load().manifest.history.retention_days;
+        let history = if history_days > 0 {
+            store::prune_history(&mut conn, i64::from(history_days))
+                .await
+                .map_err(|e| self.retry(e.to_string()))?
+        } else {
+            0
+        };
+        self.last_prune = Some(tokio::time::Instant::now());
+        if inbox + history > 0 {
+            tracing::info!(bot_id = self.bot_id, inbox, history, "pruned old rows");
+        }
         Ok(())
     }
 

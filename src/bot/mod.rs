@@ -181,6 +181,10 @@ async fn dispatch(
         Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
         run_stop.clone(),
         Arc::clone(&failure),
+        listener::Retention {
+            inbox_days: deps.settings.bot_database.inbox_retention_days,
+            config: config.clone(),
+        },
     );
     let context = Arc::new(BotContext {
         bot_id: spec.id,

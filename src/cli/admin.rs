@@ -42,6 +42,12 @@ pub(super) async fn run(
         Command::Bot(cmd) => bot(cmd, settings, &pool, out).await,
         Command::Text(cmd) => text(cmd, &pool, out).await,
         Command::Config(cmd) => manifest(cmd, &pool, out).await,
+        Command::History {
+            id,
+            chat,
+            limit,
+            json,
+        } => history(settings, &pool, *id, *chat, *limit, *json, out).await,
         Command::Reload { id } => {
             store::notify_reload(&pool, *id).await?;
             match id {
@@ -503,6 +509,50 @@ async fn bot(
                 }
                 (false, Err(_)) => {}
             }
+        }
+    }
+    Ok(())
+}
+
+async fn history(
+    settings: &Settings,
+    pool: &PgPool,
+    id: i64,
+    chat: i64,
+    limit: i64,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use sqlx::{ConnectOptions, Connection};
+    let bot = store::get_bot(pool, id).await?;
+    let target = bot_target(settings, &bot)?;
+    if !target
+        .exists()
+        .await
+        .map_err(|e| CliError::input(error_line(&e)))?
+    {
+        return Err(CliError::input(format!(
+            "bot {id} has no database yet ({}): it is created on the bot's first start",
+            target.database
+        )));
+    }
+    let mut conn =
+        target.options.connect().await.map_err(|e| {
+            CliError::input(format!("cannot connect to {}: {e}", target.describe()))
+        })?;
+    let messages = crate::botdb::store::chat_history(&mut conn, chat, limit).await;
+    let _ = conn.close().await;
+    let messages = messages.map_err(|e| CliError::failure(error_line(&e)))?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&messages).unwrap_or_default()
+        )?;
+    } else {
+        for m in &messages {
+            let at = m.created_at.format("%Y-%m-%d %H:%M:%S");
+            writeln!(out, "{at} {:<5} {}", m.role, m.content.replace('\n', "\\n"))?;
         }
     }
     Ok(())

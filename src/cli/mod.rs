@@ -50,6 +50,20 @@ pub enum Command {
     /// Check the daemon's settings, or set and show a bot's manifest.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show a chat's message history from the bot's database: role, content, timestamp.
+    History {
+        /// The bot's id.
+        id: i64,
+        /// The chat (for a private chat: the user's Telegram id).
+        #[arg(long)]
+        chat: i64,
+        /// How many of the latest messages to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10000))]
+        limit: i64,
+        /// Print JSON ([{"role", "content", "timestamp"}]) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon to reload a bot's texts and manifest (all bots without ID).
     Reload {
         /// The bot's id; omit to reload every bot.

@@ -1,0 +1,426 @@
+//! The core bot behaviour through the sandbox: commands, menus (with edits in place and hot
+//! reload), texts, the user registry (403 → blocked), history and admin stats.
+
+mod common;
+
+use botvisor::manifest::Manifest;
+use botvisor::panel::store;
+use botvisor::sandbox::{InjectCallback, InjectMessage, SentEvent, SentKind};
+use common::eventually;
+use common::harness::{DEADLINE, Harness};
+use serde_json::Value;
+use teloxide::prelude::Requester;
+
+const TEXTS: &[(&str, &str)] = &[
+    ("start", "Hi {first_name}"),
+    ("help", "Help text"),
+    ("unknown_command", "Unknown command"),
+    ("prices", "Coffee 3"),
+    ("contact", "Mail us"),
+    ("menu_main", "Main menu"),
+    ("menu_about", "About us"),
+    ("btn_prices", "Prices"),
+    ("btn_about", "About"),
+    ("btn_contact", "Contact"),
+    ("btn_back", "Back"),
+];
+
+async fn bot_with_example_manifest(h: &Harness, name: &str, token_id: u64) -> (i64, String) {
+    let (id, t) = h.add_bot(name, token_id).await;
+    let manifest = Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
+    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
+    let texts: Vec<(String, String, String)> = TEXTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), "en".to_string(), v.to_string()))
+        .collect();
+    store::import_texts(&h.pool, id, &texts).await.unwrap();
+    h.wait_state(id, "running").await;
+    (id, t)
+}
+
+/// The `callback_data` of the button labelled `label` in an inline keyboard.
+fn button(markup: &Value, label: &str) -> String {
+    markup["inline_keyboard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .find(|b| b["text"] == label)
+        .unwrap_or_else(|| panic!("no button {label} in {markup}"))["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn message_markup(e: &SentEvent) -> (i32, Value) {
+    match &e.kind {
+        SentKind::Message {
+            message_id,
+            reply_markup,
+            ..
+        } => (*message_id, reply_markup.clone().unwrap_or(Value::Null)),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Asks `/command` until the reply matches (the config reload is asynchronous).
+async fn until_reply(h: &Harness, t: &str, chat: i64, text: &str, expected: &str) {
+    eventually(DEADLINE, &format!("{text} answers {expected}"), || async {
+        let after = h.last_seq(t, chat);
+        h.say(t, chat, text);
+        let r = h.reply(t, chat, after, |_| true).await;
+        (r.text() == Some(expected)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reply_with_texts_and_are_registered() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = bot_with_example_manifest(&h, "cmds", 9001).await;
+    until_reply(&h, &t, 1, "/prices", "Coffee 3").await;
+    until_reply(&h, &t, 1, "/help", "Help text").await;
+    until_reply(&h, &t, 1, "/nonsense", "Unknown command").await;
+    // Telegram knows the command list (setMyCommands on start and on reload).
+    let bot = teloxide::Bot::new(&t).set_api_url(h.sandbox_url.parse().unwrap());
+    let names = |cmds: Vec<teloxide::types::BotCommand>| {
+        cmds.into_iter().map(|c| c.command).collect::<Vec<_>>()
+    };
+    eventually(DEADLINE, "commands registered", || async {
+        let cmds = names(bot.get_my_commands().await.unwrap());
+        (cmds == ["start", "help", "menu", "prices", "contact"]).then_some(())
+    })
+    .await;
+    let mut manifest =
+        Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
+    manifest.commands.push(botvisor::manifest::CommandSpec {
+        command: "hours".into(),
+        text: "hours".into(),
+        description: "Opening hours".into(),
+    });
+    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
+    store::set_text(&h.pool, id, "hours", "en", "9 to 5")
+        .await
+        .unwrap();
+    eventually(DEADLINE, "commands re-registered", || async {
+        let cmds = names(bot.get_my_commands().await.unwrap());
+        cmds.contains(&"hours".to_string()).then_some(())
+    })
+    .await;
+    until_reply(&h, &t, 1, "/hours", "9 to 5").await;
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_menus_navigate_with_edits_in_place_and_survive_a_reload() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = bot_with_example_manifest(&h, "menus", 9101).await;
+    let chat = 7;
+    h.say(&t, chat, "/menu");
+    let menu = h.reply(&t, chat, 0, |s| s == "Main menu").await;
+    let (message_id, markup) = message_markup(&menu);
+
+    // Open the sub-menu: the same message is edited, and the query answered.
+    let press = |data: String| InjectCallback {
+        token: t.clone(),
+        chat_id: chat,
+        callback_data: data,
+        message_id: Some(message_id),
+        ..InjectCallback::default()
+    };
+    let seq = h.last_seq(&t, chat);
+    h.sandbox
+        .inject_callback(press(button(&markup, "About")))
+        .unwrap();
+    let edit = h.reply(&t, chat, seq, |s| s == "About us").await;
+    let SentKind::Edit {
+        message_id: edited,
+        reply_markup,
+        ..
+    } = &edit.kind
+    else {
+        panic!("expected an edit, got {edit:?}");
+    };
+    assert_eq!(*edited, message_id);
+    let about = reply_markup.clone().unwrap();
+    let answered = h.sandbox.sent(&t, chat, seq).unwrap();
+    assert!(
+        answered
+            .iter()
+            .any(|e| matches!(e.kind, SentKind::CallbackAnswer { .. }))
+    );
+
+    // A text button shows its text in place; back returns to the parent menu.
+    let seq = h.last_seq(&t, chat);
+    h.sandbox
+        .inject_callback(press(button(&about, "Contact")))
+        .unwrap();
+    h.reply(&t, chat, seq, |s| s == "Mail us").await;
+    let seq = h.last_seq(&t, chat);
+    h.sandbox
+        .inject_callback(press(button(&about, "Back")))
+        .unwrap();
+    let back = h.reply(&t, chat, seq, |s| s == "Main menu").await;
+    assert!(matches!(back.kind, SentKind::Edit { .. }));
+
+    // Open the sub-menu again, then remove it by hot reload while the user is inside it.
+    let seq = h.last_seq(&t, chat);
+    h.sandbox
+        .inject_callback(press(button(&markup, "About")))
+        .unwrap();
+    h.reply(&t, chat, seq, |s| s == "About us").await;
+    let changed = Manifest::from_json_str(
+        r#"{"main_menu": "main", "menus": {"main": {"text": "menu_main",
+            "buttons": [[{"label": "btn_prices", "text": "prices"}]]}}}"#,
+    )
+    .unwrap();
+    store::set_manifest(&h.pool, id, &changed).await.unwrap();
+    // The old "Contact" button now points into a menu that no longer exists.
+    eventually(DEADLINE, "the stale button is recognised", || async {
+        let seq = h.last_seq(&t, chat);
+        h.sandbox.inject_callback(press(button(&about, "Contact"))).unwrap();
+        let events = h.sandbox.wait_sent(&t, chat, seq, DEADLINE).await.unwrap();
+        let expired = events.iter().any(|e| {
+            matches!(&e.kind, SentKind::CallbackAnswer { text: Some(t), .. } if t == "This menu has changed.")
+        });
+        expired.then_some(())
+    })
+    .await;
+    // …and the message now shows the new main menu, with only the Prices button.
+    let seq_events = h.sandbox.sent(&t, chat, 0).unwrap();
+    let current = seq_events
+        .iter()
+        .find_map(|e| match &e.kind {
+            SentKind::Message {
+                message_id: m,
+                text,
+                reply_markup,
+                ..
+            } if *m == message_id => Some((text.clone(), reply_markup.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(current.0.as_deref(), Some("Main menu"));
+    let labels: Vec<String> = current.1.unwrap()["inline_keyboard"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(labels, vec!["Prices"]);
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_keyboard_menus_answer_their_buttons() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = bot_with_example_manifest(&h, "reply", 9201).await;
+    let manifest = Manifest::from_json_str(
+        r#"{"main_menu": "main", "menus": {"main": {"kind": "reply", "text": "menu_main",
+            "buttons": [[{"label": "btn_prices", "text": "prices"}, {"label": "btn_contact", "text": "contact"}]]}}}"#,
+    )
+    .unwrap();
+    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
+    eventually(DEADLINE, "the reply keyboard", || async {
+        let after = h.last_seq(&t, 3);
+        h.say(&t, 3, "/menu");
+        let r = h.reply(&t, 3, after, |_| true).await;
+        let (_, markup) = message_markup(&r);
+        (markup["keyboard"][0][1]["text"] == "Contact").then_some(())
+    })
+    .await;
+    let after = h.last_seq(&t, 3);
+    h.say(&t, 3, "Contact");
+    h.reply(&t, 3, after, |s| s == "Mail us").await;
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_history_blocking_and_admin_stats() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = bot_with_example_manifest(&h, "users", 9301).await;
+    let user = 4242;
+    h.sandbox
+        .inject_message(InjectMessage {
+            first_name: Some("Ann".into()),
+            language_code: Some("en".into()),
+            ..InjectMessage::private(&t, user, "/start")
+        })
+        .unwrap();
+    h.reply(&t, user, 0, |s| s == "Hi Ann").await;
+
+    // The user blocks the bot: the next answer gets 403 and the user is marked blocked.
+    h.sandbox.block_user(&t, user).unwrap();
+    h.say(&t, user, "/help");
+    let pool = h.bot_pool(id).await;
+    eventually(DEADLINE, "user marked blocked", || async {
+        let blocked: Option<bool> =
+            sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (blocked == Some(true) && pending == 0).then_some(())
+    })
+    .await;
+    // Writing again (unblocked) clears the flag.
+    h.sandbox.unblock_user(&t, user).unwrap();
+    let after = h.last_seq(&t, user);
+    h.say(&t, user, "/prices");
+    h.reply(&t, user, after, |s| s == "Coffee 3").await;
+    // The reply goes out just before its transaction commits: poll for the effects.
+    eventually(DEADLINE, "user unblocked and update processed", || async {
+        let blocked: bool = sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (!blocked && pending == 0).then_some(())
+    })
+    .await;
+    let row: (String, Option<String>, String) =
+        sqlx::query_as("SELECT first_name, language_code, to_char(first_seen, 'YYYY') FROM users WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // The latest name is kept (later messages came from "User 4242"); the language stays
+    // known when a later update does not carry one.
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("User 4242", Some("en"))
+    );
+    pool.close().await;
+
+    // History through the CLI: {role, content, timestamp}, in order.
+    let out = common::botvisor(
+        &h.panel.env(),
+        &[
+            "history",
+            &id.to_string(),
+            "--chat",
+            &user.to_string(),
+            "--json",
+        ],
+    );
+    let history: Value = serde_json::from_str(out.ok()).unwrap();
+    let pairs: Vec<(String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert!(m["timestamp"].is_string(), "{m}");
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("user", "/start"),
+        ("bot", "Hi Ann"),
+        ("user", "/help"),
+        ("user", "/prices"),
+        ("bot", "Coffee 3"),
+    ]
+    .iter()
+    .map(|(r, c)| (r.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(pairs, expected);
+    let lines = common::botvisor(
+        &h.panel.env(),
+        &[
+            "history",
+            &id.to_string(),
+            "--chat",
+            &user.to_string(),
+            "--limit",
+            "1",
+        ],
+    );
+    assert!(lines.ok().trim().ends_with("Coffee 3"), "{lines:?}");
+    common::botvisor(&h.panel.env(), &["history", "999999", "--chat", "1"])
+        .bad_input("no bot with id 999999");
+
+    // /stats is for the manifest's admins only.
+    until_reply(&h, &t, user, "/stats", "Unknown command").await;
+    let mut manifest =
+        Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
+    manifest.admins = vec![user];
+    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
+    eventually(DEADLINE, "stats for the admin", || async {
+        let after = h.last_seq(&t, user);
+        h.say(&t, user, "/stats");
+        let r = h.reply(&t, user, after, |_| true).await;
+        r.text()
+            .filter(|s| s.starts_with("Users: 1 total, 1 active today, 1 in 7 days, 0 blocked"))
+            .map(|_| ())
+    })
+    .await;
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_processed_updates_and_history_are_pruned() {
+    let mut h = Harness::start(&[("BOTVISOR__BOT_DATABASE__INBOX_RETENTION_DAYS", "3")]).await;
+    let (id, t) = bot_with_example_manifest(&h, "prune", 9401).await; // history: 90 days
+    h.say(&t, 1, "/start");
+    h.reply(&t, 1, 0, |_| true).await;
+    let pool = h.bot_pool(id).await;
+    sqlx::query(
+        "INSERT INTO inbox (telegram_bot_id, update_id, payload, processed_at) VALUES \
+         (9401, 1000000, '{}', now() - interval '5 days'), \
+         (9401, 1000001, '{}', now() - interval '1 day'), \
+         (9401, 1000002, '{}', now() - interval '10 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE inbox SET error = 'poisoned' WHERE update_id = 1000002")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (chat_id, role, content, created_at) VALUES \
+         (1, 'user', 'ancient', now() - interval '100 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Pruning runs at every start of a bot run (and hourly): restart this bot.
+    store::set_enabled(&h.pool, id, false).await.unwrap();
+    h.wait_state(id, "stopped").await;
+    store::set_enabled(&h.pool, id, true).await.unwrap();
+    eventually(DEADLINE, "old rows pruned", || async {
+        let old: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE update_id >= 1000000")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let ancient: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE content = 'ancient'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (old == 2 && ancient == 0).then_some(())
+    })
+    .await;
+    // Kept: the recent processed row and the poisoned one.
+    let kept: Vec<i64> =
+        sqlx::query_scalar("SELECT update_id FROM inbox WHERE update_id >= 1000000 ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, vec![1000001, 1000002]);
+    pool.close().await;
+    assert!(h.stop().await.clean());
+}
