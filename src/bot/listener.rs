@@ -80,6 +80,22 @@ pub struct DurableListener {
     last_prune: Option<tokio::time::Instant>,
 }
 
+/// What a listener works with.
+pub struct ListenerParts {
+    /// The Bot API client.
+    pub api: TelegramApi,
+    /// The bot's token.
+    pub token: BotToken,
+    /// Panel id (for logs).
+    pub bot_id: i64,
+    /// The bot's database.
+    pub db: BotPool,
+    /// getUpdates long-poll timeout.
+    pub poll_timeout: Duration,
+    /// Retention of processed updates and history.
+    pub retention: Retention,
+}
+
 /// How long data is kept in the bot database.
 #[derive(Clone)]
 pub struct Retention {
@@ -91,24 +107,15 @@ pub struct Retention {
 
 impl DurableListener {
     /// A listener that stops when `stop` is cancelled and reports fatal errors to `failure`.
-    pub fn new(
-        api: TelegramApi,
-        token: BotToken,
-        bot_id: i64,
-        db: BotPool,
-        poll_timeout: Duration,
-        stop: CancellationToken,
-        failure: FailureSlot,
-        retention: Retention,
-    ) -> Self {
+    pub fn new(parts: ListenerParts, stop: CancellationToken, failure: FailureSlot) -> Self {
         let (stop_token, _flag) = mk_stop_token();
         Self {
-            api,
-            telegram_id: i64::try_from(token.bot_user_id()).unwrap_or(i64::MAX),
-            token,
-            bot_id,
-            db,
-            poll_timeout,
+            telegram_id: i64::try_from(parts.token.bot_user_id()).unwrap_or(i64::MAX),
+            api: parts.api,
+            token: parts.token,
+            bot_id: parts.bot_id,
+            db: parts.db,
+            poll_timeout: parts.poll_timeout,
             stop,
             failure,
             stop_token,
@@ -116,7 +123,7 @@ impl DurableListener {
             offset: None,
             replayed_up_to: Some(i64::MIN),
             backoff: BACKOFF_START,
-            retention,
+            retention: parts.retention,
             last_prune: None,
         }
     }

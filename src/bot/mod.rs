@@ -174,17 +174,19 @@ async fn dispatch(
     let failure: FailureSlot = Arc::new(Mutex::new(None));
     let run_stop = stop.child_token();
     let listener = DurableListener::new(
-        deps.api.clone(),
-        spec.token.clone(),
-        spec.id,
-        db.clone(),
-        Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
+        listener::ListenerParts {
+            api: deps.api.clone(),
+            token: spec.token.clone(),
+            bot_id: spec.id,
+            db: db.clone(),
+            poll_timeout: Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
+            retention: listener::Retention {
+                inbox_days: deps.settings.bot_database.inbox_retention_days,
+                config: config.clone(),
+            },
+        },
         run_stop.clone(),
         Arc::clone(&failure),
-        listener::Retention {
-            inbox_days: deps.settings.bot_database.inbox_retention_days,
-            config: config.clone(),
-        },
     );
     let context = Arc::new(BotContext {
         bot_id: spec.id,
