@@ -12,7 +12,10 @@ if ready; then
   exit 0
 fi
 echo "pg-up: PostgreSQL is not answering on $PGHOST_ADDR:$PGPORT_NUM; starting it" >&2
-version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+version=""
+for dir in /etc/postgresql/*/; do
+  [ -d "$dir" ] && version=$(basename "$dir")
+done
 if [ -z "$version" ]; then
   echo "pg-up: no PostgreSQL cluster under /etc/postgresql; install postgresql first" >&2
   exit 1

@@ -867,10 +867,18 @@ fn scripts_are_shellcheck_clean() {
         eprintln!("skipped: shellcheck is not installed (apt-get install shellcheck)");
         return;
     }
-    let mut files: Vec<PathBuf> = ["update.sh", "backup.sh", "restore.sh"]
-        .iter()
-        .map(|s| script(s))
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "update.sh",
+        "backup.sh",
+        "restore.sh",
+        "dev.sh",
+        "test.sh",
+        "pg-up.sh",
+    ]
+    .iter()
+    .map(|s| script(s))
+    .collect();
+    files.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/run"));
     for f in [
         "fake-botvisor.sh",
         "fake-cargo",
