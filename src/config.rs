@@ -165,7 +165,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             format: LogFormat::Auto,
-            filter: "info".into(),
+            filter: "info,sqlx=warn".into(),
         }
     }
 }
