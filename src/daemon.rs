@@ -64,6 +64,8 @@ pub struct DaemonHandles {
     pub reload: mpsc::Sender<()>,
     /// The reconcile loop's latest turn.
     pub heartbeat: watch::Receiver<tokio::time::Instant>,
+    /// The connection budget of bot databases (its count of open connections is exact).
+    pub budget: ConnectionBudget,
 }
 
 /// The daemon, ready to run.
@@ -106,6 +108,7 @@ impl Daemon {
             counts: supervisor.counts(),
             reload: supervisor.reload_sender(),
             heartbeat: supervisor.heartbeat(),
+            budget: budget.clone(),
         };
         Ok((
             Self {

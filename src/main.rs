@@ -10,6 +10,16 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic message goes through tracing, masked, instead of straight to stderr: it could
+    // hold a token (reqwest errors carry the request URL).
+    std::panic::set_hook(Box::new(|info| {
+        let text = botvisor::telemetry::redact(&info.to_string());
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(panic = %text, "panic");
+        } else {
+            eprintln!("{text}");
+        }
+    }));
     let env: HashMap<String, String> = std::env::vars().collect();
     let result: Result<(), CliError> = match &cli.command {
         Command::Serve => serve(&cli, &env).await,

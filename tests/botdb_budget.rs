@@ -145,8 +145,11 @@ async fn forty_databases_never_exceed_the_budget() {
 
     let broker_peak = broker_peak.load(Ordering::Relaxed);
     assert!(broker_peak <= BUDGET, "broker peak {broker_peak}");
+    // The broker's count is exact. The server may list a backend for a moment after the
+    // broker closed it (the process is still exiting when the replacement connects), so its
+    // view is allowed one exiting backend on top of the budget.
     assert!(
-        server_peak <= BUDGET as i64,
+        server_peak <= BUDGET as i64 + 1,
         "server peak {server_peak} over {samples} samples"
     );
     assert!(server_peak > 0 && samples > 0, "the watcher saw the load");

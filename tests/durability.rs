@@ -171,6 +171,17 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "{KILLS} SIGKILLs over {MESSAGES} messages: all processed exactly once, {duplicates} duplicate answers"
     );
     assert_eq!(sb.stats().bots[&t].pending_updates, 0);
+    // Twenty-one daemon runs' logs, and not one full token in them.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("bot status"),
+        "the log is empty: {}",
+        log.display()
+    );
+    assert!(
+        !logged.contains(t.split_once(':').unwrap().1),
+        "a token reached the log"
+    );
     pool.close().await;
     stop_sandbox.cancel();
 }
@@ -225,19 +236,25 @@ async fn api_failures_and_timeouts_lose_nothing_and_back_off() {
     );
     assert!(cpu < elapsed / 2, "CPU {cpu:?} over {elapsed:?}: spinning");
 
-    // Then one poll times out (the answer comes later than the client waits), and one send
-    // fails with 500; everything is still answered exactly once.
+    // The faults clear: the waiting messages are fetched and answered.
     h.sandbox.clear_faults();
+    for chat in 1..=5 {
+        h.reply(&t, chat, 0, |_| true).await;
+    }
+    // One poll times out (the answer comes later than the client waits for it)…
     h.sandbox
         .add_fault(Fault {
             token: Some(t.clone()),
             method: Some("getUpdates".into()),
             status: 200,
-            delay_ms: Some(7_000),
+            delay_ms: Some(6_500),
             count: Some(1),
             ..Fault::default()
         })
         .unwrap();
+    h.say(&t, 6, "/start");
+    h.reply(&t, 6, 0, |_| true).await;
+    // …and one send fails with 500 (teloxide waits 10 s after a 5xx, then we retry).
     h.sandbox
         .add_fault(Fault {
             token: Some(t.clone()),
@@ -247,9 +264,8 @@ async fn api_failures_and_timeouts_lose_nothing_and_back_off() {
             ..Fault::default()
         })
         .unwrap();
-    for chat in 1..=5 {
-        h.reply(&t, chat, 0, |_| true).await;
-    }
+    h.say(&t, 7, "/start");
+    h.reply(&t, 7, 0, |_| true).await;
     let pool = h.bot_pool(id).await;
     let (rows, done): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(processed_at) FROM inbox")
@@ -262,6 +278,37 @@ async fn api_failures_and_timeouts_lose_nothing_and_back_off() {
             .await
             .unwrap();
     pool.close().await;
-    assert_eq!((rows, done, user_messages), (5, 5, 5));
+    assert_eq!((rows, done, user_messages), (7, 7, 7));
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_stored_update_is_poisoned_and_blocks_nothing() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = h.add_bot("poison", 8201).await;
+    h.wait_state(id, "running").await;
+    store::set_enabled(&h.pool, id, false).await.unwrap();
+    h.wait_state(id, "stopped").await;
+    // An update stored by an earlier run that teloxide cannot parse.
+    let pool = h.bot_pool(id).await;
+    sqlx::query(
+        "INSERT INTO inbox (telegram_bot_id, update_id, payload) \
+         VALUES (8201, 1000000, '{\"update_id\": 1000000, \"message\": {\"message_id\": \"not a number\"}}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    store::set_enabled(&h.pool, id, true).await.unwrap();
+    h.say(&t, 5, "/start");
+    h.reply(&t, 5, 0, |_| true).await;
+    let (processed, error): (bool, Option<String>) = sqlx::query_as(
+        "SELECT processed_at IS NOT NULL, error FROM inbox WHERE update_id = 1000000",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(processed);
+    assert!(error.unwrap_or_default().contains("update"));
+    pool.close().await;
     assert!(h.stop().await.clean());
 }

@@ -186,11 +186,11 @@ async fn inline_menus_navigate_with_edits_in_place_and_survive_a_reload() {
         expired.then_some(())
     })
     .await;
-    // …and the message now shows the new main menu, with only the Prices button.
-    let seq_events = h.sandbox.sent(&t, chat, 0).unwrap();
-    let current = seq_events
-        .iter()
-        .find_map(|e| match &e.kind {
+    // …and the message now shows the new main menu, with only the Prices button (the edit
+    // follows the callback answer, so poll for it).
+    eventually(DEADLINE, "the message shows the new main menu", || async {
+        let events = h.sandbox.sent(&t, chat, 0).unwrap();
+        let (text, markup) = events.iter().find_map(|e| match &e.kind {
             SentKind::Message {
                 message_id: m,
                 text,
@@ -198,16 +198,15 @@ async fn inline_menus_navigate_with_edits_in_place_and_survive_a_reload() {
                 ..
             } if *m == message_id => Some((text.clone(), reply_markup.clone())),
             _ => None,
-        })
-        .unwrap();
-    assert_eq!(current.0.as_deref(), Some("Main menu"));
-    let labels: Vec<String> = current.1.unwrap()["inline_keyboard"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["text"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(labels, vec!["Prices"]);
+        })?;
+        let labels: Vec<String> = markup?["inline_keyboard"][0]
+            .as_array()?
+            .iter()
+            .filter_map(|b| b["text"].as_str().map(str::to_owned))
+            .collect();
+        (text.as_deref() == Some("Main menu") && labels == ["Prices"]).then_some(())
+    })
+    .await;
     assert!(h.stop().await.clean());
 }
 

@@ -303,9 +303,12 @@ async fn many_bots_stay_within_the_connection_budget_and_threads_stay_flat() {
     let sampler = {
         let stop = stop_sampling.clone();
         let prefix = prefix.clone();
+        let budget = h.budget.clone();
         tokio::spawn(async move {
             let mut peak = 0i64;
+            let mut held_peak = 0usize;
             while !stop.is_cancelled() {
+                held_peak = held_peak.max(budget.open_connections());
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1",
                 )
@@ -317,7 +320,7 @@ async fn many_bots_stay_within_the_connection_budget_and_threads_stay_flat() {
                 tokio::task::yield_now().await;
             }
             sampler_pool.close().await;
-            peak
+            (peak, held_peak)
         })
     };
     let mut threads_at_20 = 0;
@@ -345,11 +348,20 @@ async fn many_bots_stay_within_the_connection_budget_and_threads_stay_flat() {
     }
     let threads_at_200 = thread_count();
     stop_sampling.cancel();
-    let peak = sampler.await.unwrap();
+    let (peak, held_peak) = sampler.await.unwrap();
     eprintln!(
-        "connections to bot databases peaked at {peak} (budget {BUDGET}); threads {threads_at_20} at 20 bots, {threads_at_200} at {BOTS}"
+        "connections to bot databases: held peak {held_peak}, pg_stat_activity peak {peak} (budget {BUDGET}); threads {threads_at_20} at 20 bots, {threads_at_200} at {BOTS}"
     );
-    assert!(peak <= BUDGET, "peak {peak} over the budget {BUDGET}");
+    assert!(
+        held_peak as i64 <= BUDGET,
+        "the daemon held {held_peak}, over the budget {BUDGET}"
+    );
+    // The server may still list a backend for a moment after the daemon closed it (evicted to
+    // make room), so its view gets one exiting backend of slack.
+    assert!(
+        peak <= BUDGET + 1,
+        "pg_stat_activity peak {peak} over the budget {BUDGET}"
+    );
     assert!(
         threads_at_200 <= threads_at_20 + 2,
         "threads grew with the bot count: {threads_at_20} -> {threads_at_200}"

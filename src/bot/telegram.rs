@@ -166,6 +166,10 @@ pub enum SendFailure {
     Transient(String),
     /// Telegram refused this particular request (400 etc.): retrying will not help.
     Rejected(String),
+    /// An error teloxide does not know (`ApiError::Unknown`): it hides the HTTP status, so a
+    /// server error (500) and an unfamiliar refusal look the same. Retry a few times, then
+    /// treat it as refused.
+    Unknown(String),
 }
 
 /// Classifies a teloxide error (by type, never by message text).
@@ -178,6 +182,7 @@ pub fn classify_send_error(e: &RequestError) -> SendFailure {
         RequestError::Io(e) => SendFailure::Transient(redact(&e.to_string())),
         RequestError::InvalidJson { .. } => SendFailure::Transient("invalid JSON answer".into()),
         RequestError::MigrateToChatId(_) => SendFailure::Rejected(redact(&e.to_string())),
+        RequestError::Api(ApiError::Unknown(text)) => SendFailure::Unknown(redact(text)),
         RequestError::Api(other) => SendFailure::Rejected(redact(&other.to_string())),
     }
 }

@@ -456,9 +456,13 @@ where
                 SendFailure::RetryAfter(wait) if attempt < SEND_ATTEMPTS => {
                     tokio::time::sleep(wait).await;
                 }
-                SendFailure::Transient(_) if attempt < SEND_ATTEMPTS => {
+                SendFailure::Transient(_) | SendFailure::Unknown(_) if attempt < SEND_ATTEMPTS => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
+                }
+                SendFailure::Unknown(reason) => {
+                    tracing::error!(call = what, error = %reason, attempts = attempt, "Telegram kept refusing the request; giving up on it");
+                    return Ok(CallOutcome::Rejected);
                 }
                 SendFailure::RetryAfter(_) | SendFailure::Transient(_) => {
                     return Err(HandleError::Transient(format!(

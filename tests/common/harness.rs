@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{TestDb, eventually, token};
 
 /// Generous deadline for anything a test waits for.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running daemon with its panel and sandbox.
 pub struct Harness {
@@ -27,6 +27,7 @@ pub struct Harness {
     pub sandbox_url: String,
     pub settings: Settings,
     pub counts: tokio::sync::watch::Receiver<BotCounts>,
+    pub budget: botvisor::botdb::budget::ConnectionBudget,
     shutdown: CancellationToken,
     sandbox_stop: CancellationToken,
     daemon: Option<JoinHandle<Result<ShutdownReport, botvisor::daemon::DaemonError>>>,
@@ -87,6 +88,7 @@ impl Harness {
             sandbox_url,
             settings,
             counts: handles.counts,
+            budget: handles.budget,
             shutdown,
             sandbox_stop,
             daemon: Some(daemon),
