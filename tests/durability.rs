@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use botvisor::manifest::Manifest;
 use botvisor::panel::store::{self, NewBot};
-use botvisor::sandbox::{Fault, InjectMessage, Sandbox, SandboxConfig};
+use botvisor::sandbox::{Fault, InjectMessage};
 use botvisor::token::BotToken;
 use common::harness::Harness;
 use common::process::ServeProcess;
 use common::{TestDb, eventually, token};
-use tokio_util::sync::CancellationToken;
 
 /// A small deterministic generator (xorshift), seeded per run and printed for replays.
 struct Rng(u64);
@@ -51,17 +50,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     botvisor::migrations::apply(&botvisor::migrations::PANEL, &panel.url.parse().unwrap())
         .await
         .unwrap();
-    let stop_sandbox = CancellationToken::new();
-    let sandbox = Sandbox::bind(SandboxConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        accept_any_token: false,
-        enforce_rate_limits: false,
-    })
-    .await
-    .unwrap();
-    let sb = sandbox.handle();
-    let api_url = sandbox.api_url().to_string();
-    tokio::spawn(sandbox.run(stop_sandbox.clone()));
+    let (sb, api_url, stop_sandbox) = common::harness::start_sandbox().await;
     let t = token(8001);
     sb.register_bot(&t, None).unwrap();
     let pool = panel.pool().await;

@@ -481,9 +481,23 @@ enum CallOutcome<T> {
     Rejected,
 }
 
-async fn on_blocked(tx: &mut PgConnection, audience: &Audience<'_>) -> Result<(), HandleError> {
-    if let Some(user) = audience.user_id {
-        store::set_user_blocked(tx, user, true).await?;
+/// Records what a send or edit of `text` came to: history when delivered, `blocked` on 403.
+async fn record_outcome<T>(
+    tx: &mut PgConnection,
+    audience: &Audience<'_>,
+    text: &str,
+    outcome: CallOutcome<T>,
+) -> Result<(), HandleError> {
+    match outcome {
+        CallOutcome::Done(_) => {
+            store::add_message(tx, audience.chat.0, audience.user_id, Role::Bot, text).await?;
+        }
+        CallOutcome::Blocked => {
+            if let Some(user) = audience.user_id {
+                store::set_user_blocked(tx, user, true).await?;
+            }
+        }
+        CallOutcome::Rejected => {}
     }
     Ok(())
 }
@@ -504,14 +518,7 @@ async fn send(
         async move { request.await }
     })
     .await?;
-    match outcome {
-        CallOutcome::Done(_) => {
-            store::add_message(tx, audience.chat.0, audience.user_id, Role::Bot, text).await?;
-        }
-        CallOutcome::Blocked => on_blocked(tx, audience).await?,
-        CallOutcome::Rejected => {}
-    }
-    Ok(())
+    record_outcome(tx, audience, text, outcome).await
 }
 
 async fn edit_text(
@@ -535,14 +542,7 @@ async fn edit_text(
         async move { request.await }
     })
     .await?;
-    match outcome {
-        CallOutcome::Done(_) => {
-            store::add_message(tx, audience.chat.0, audience.user_id, Role::Bot, text).await?;
-        }
-        CallOutcome::Blocked => on_blocked(tx, audience).await?,
-        CallOutcome::Rejected => {}
-    }
-    Ok(())
+    record_outcome(tx, audience, text, outcome).await
 }
 
 async fn answer_callback(

@@ -19,6 +19,22 @@ use super::{TestDb, eventually, token};
 /// Generous deadline for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Runs an in-process sandbox on a free loopback port until the returned token is cancelled.
+pub async fn start_sandbox() -> (SandboxHandle, String, CancellationToken) {
+    let stop = CancellationToken::new();
+    let sandbox = Sandbox::bind(SandboxConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        accept_any_token: false,
+        enforce_rate_limits: false,
+    })
+    .await
+    .unwrap();
+    let handle = sandbox.handle();
+    let url = sandbox.api_url().to_string();
+    tokio::spawn(sandbox.run(stop.clone()));
+    (handle, url, stop)
+}
+
 /// A running daemon with its panel and sandbox.
 pub struct Harness {
     pub panel: TestDb,
@@ -44,17 +60,7 @@ impl Harness {
             ..Default::default()
         });
         let panel = TestDb::create("bvt_sup").await;
-        let sandbox_stop = CancellationToken::new();
-        let sandbox = Sandbox::bind(SandboxConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            accept_any_token: false,
-            enforce_rate_limits: false,
-        })
-        .await
-        .unwrap();
-        let handle = sandbox.handle();
-        let sandbox_url = sandbox.api_url().to_string();
-        tokio::spawn(sandbox.run(sandbox_stop.clone()));
+        let (handle, sandbox_url, sandbox_stop) = start_sandbox().await;
         let mut env: HashMap<String, String> = panel.env();
         env.insert("BOTVISOR_TELEGRAM_API_URL".into(), sandbox_url.clone());
         // Only notifications and reconnects should drive the tests, not the periodic resync.
