@@ -68,7 +68,7 @@ struct SlotHandle {
     version: i64,
     fingerprint: ConfigFingerprint,
     config: SharedConfig,
-    respec: mpsc::Sender<BotSpec>,
+    respec: tokio::sync::watch::Sender<BotSpec>,
     stop: CancellationToken,
     done: CancellationToken,
     state: Arc<Mutex<SlotState>>,
@@ -306,7 +306,7 @@ impl Supervisor {
                     // The old token's poller stops inside the slot before the new one starts.
                     slot.token = token;
                 }
-                let _ = slot.respec.send(spec).await;
+                slot.respec.send_replace(spec);
             }
             if force_reload || slot.fingerprint != bot.config_fingerprint() {
                 let texts = store::list_texts(&self.panel, bot.id).await?;
@@ -364,7 +364,7 @@ impl Supervisor {
         self.config_errors.remove(&bot.id);
         let fingerprint = config.fingerprint;
         let config = SharedConfig::new(config);
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let stop = shutdown.child_token();
         let done = CancellationToken::new();
         let state = Arc::new(Mutex::new(SlotState::Starting));

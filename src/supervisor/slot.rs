@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,7 @@ pub struct Slot {
     /// The hot-swapped config.
     pub config: SharedConfig,
     /// New specs from the supervisor (the bot's panel row changed).
-    pub respec: mpsc::Receiver<BotSpec>,
+    pub respec: watch::Receiver<BotSpec>,
     /// Cancelled when the bot is disabled, removed, or the daemon shuts down.
     pub stop: CancellationToken,
     /// Status writer.
@@ -137,18 +137,26 @@ impl Slot {
                 );
                 tokio::pin!(run);
                 let mut pending: Option<BotSpec> = None;
+                let mut orphaned = false;
                 let outcome = loop {
                     tokio::select! {
                         r = &mut run => break r,
-                        new = self.respec.recv(), if pending.is_none() => match new {
-                            Some(new) if needs_restart(&spec, &new) => {
+                        changed = self.respec.changed(), if pending.is_none() && !orphaned => {
+                            if changed.is_err() {
+                                // The supervisor dropped this slot: stop.
+                                orphaned = true;
+                                run_stop.cancel();
+                                continue;
+                            }
+                            let new = self.respec.borrow_and_update().clone();
+                            if needs_restart(&spec, &new) {
                                 tracing::info!(bot_id, "token or database changed; restarting the bot");
                                 run_stop.cancel();
                                 pending = Some(new);
+                            } else {
+                                self.spec = new;
                             }
-                            Some(new) => self.spec = new,
-                            None => run_stop.cancel(),
-                        },
+                        }
                     }
                 };
                 (outcome, pending)
@@ -217,12 +225,12 @@ impl Slot {
         tokio::select! {
             () = self.stop.cancelled() => Next::Stop,
             () = sleep => Next::Restart,
-            new = self.respec.recv() => match new {
-                Some(new) => {
-                    self.spec = new;
+            changed = self.respec.changed() => match changed {
+                Ok(()) => {
+                    self.spec = self.respec.borrow_and_update().clone();
                     Next::Restart
                 }
-                None => Next::Stop,
+                Err(_) => Next::Stop,
             },
         }
     }
