@@ -19,6 +19,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod cpu;
 mod daemon;
 mod pg;
 
@@ -84,6 +85,10 @@ struct Args {
     /// Text changes timed in the reload phase.
     #[arg(long, default_value_t = 20)]
     reloads: u32,
+    /// After the closed-loop maximum, run a second traffic phase open loop at half of it and
+    /// report that phase's latencies (the target is p99 at half the maximum load).
+    #[arg(long)]
+    half: bool,
     /// Skip the cold-start phase.
     #[arg(long)]
     no_cold_start: bool,
@@ -114,6 +119,7 @@ impl Args {
             self.add = 2;
             self.reloads = 2;
             self.baseline = true;
+            self.half = true;
         }
         if self.bots == 0 || self.bots > MAX_BOTS {
             bail!("--bots must be between 1 and {MAX_BOTS}");
@@ -181,9 +187,9 @@ struct Figures {
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
     p99_ms: Option<f64>,
-    replies: u64,
-    lost: u64,
-    offered_rate: Option<f64>,
+    latency_at_half: bool,
+    /// Per traffic phase: its figures and where the CPU went.
+    phases: Vec<(String, String)>,
     rss_idle_kib_per_bot: Option<f64>,
     rss_kib: Option<(u64, u64)>,
     threads: Option<u64>,
@@ -242,19 +248,6 @@ impl Figures {
                 "",
             ),
             (
-                "  offered".into(),
-                match self.offered_rate {
-                    Some(r) => format!("{r:.1} /s open loop"),
-                    None => "closed loop (maximum)".into(),
-                },
-                "",
-            ),
-            (
-                "  replies / lost".into(),
-                format!("{} / {}", self.replies, self.lost),
-                "",
-            ),
-            (
                 "baseline inserts/s".into(),
                 f(self.baseline_inserts_per_s, "/s"),
                 "",
@@ -265,6 +258,15 @@ impl Figures {
                     .as_f64()
                     .map_or("not measured".into(), |v| format!("{v:.3}")),
                 ">= 0.5",
+            ),
+            (
+                "latency measured at".into(),
+                if self.latency_at_half {
+                    "half the maximum (second phase)".into()
+                } else {
+                    "the rate of the first phase".into()
+                },
+                "",
             ),
             ("latency p50".into(), f(self.p50_ms, "ms"), ""),
             ("latency p95".into(), f(self.p95_ms, "ms"), ""),
@@ -344,6 +346,10 @@ impl Figures {
                 "",
             ),
         ];
+        for (i, (figures, cpu)) in self.phases.iter().enumerate() {
+            rows.push((format!("traffic phase {}", i + 1), figures.clone(), ""));
+            rows.push(("  cpu (cores)".into(), cpu.clone(), ""));
+        }
         if args.daemon == Mode::Inproc {
             rows.push((
                 "note".into(),
@@ -607,8 +613,24 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         fig.threads = Some(th_n);
     }
 
-    // Phase 3: traffic.
-    traffic(args, &world, &bots, &mut fig).await?;
+    // Phase 3: traffic at the rate asked for (the maximum by default), then at half of it.
+    let pid = ctx.daemon.as_ref().expect("daemon").pid();
+    let main = traffic(args, &world, &bots, args.rate, pid).await?;
+    fig.updates_per_s = Some(main.updates_per_s);
+    let half = if args.half && args.rate == 0.0 {
+        Some(traffic(args, &world, &bots, main.updates_per_s / 2.0, pid).await?)
+    } else {
+        None
+    };
+    let measured = half.as_ref().unwrap_or(&main);
+    fig.p50_ms = percentile(&measured.latencies_ms, 50.0);
+    fig.p95_ms = percentile(&measured.latencies_ms, 95.0);
+    fig.p99_ms = percentile(&measured.latencies_ms, 99.0);
+    fig.latency_at_half = half.is_some();
+    fig.phases = std::iter::once(&main)
+        .chain(half.as_ref())
+        .map(|p| (p.describe(), p.describe_cpu()))
+        .collect();
     ctx.daemon.as_mut().expect("daemon").check_alive()?;
 
     // Phase 4: reload.
@@ -734,13 +756,52 @@ struct ChatResult {
     lost: u64,
 }
 
+/// What one traffic phase measured.
+struct Phase {
+    /// Offered rate (open loop), or `None` for the closed-loop maximum.
+    offered: Option<f64>,
+    updates_per_s: f64,
+    /// Latencies in milliseconds, sorted.
+    latencies_ms: Vec<f64>,
+    replies: u64,
+    lost: u64,
+    cpu: cpu::Usage,
+}
+
+impl Phase {
+    fn describe(&self) -> String {
+        let p = |q| percentile(&self.latencies_ms, q).unwrap_or(f64::NAN);
+        format!(
+            "{:.1} /s ({}), p50 {:.1} / p95 {:.1} / p99 {:.1} ms, {} replies, {} lost",
+            self.updates_per_s,
+            self.offered
+                .map_or("closed loop".into(), |r| format!("{r:.1} /s offered")),
+            p(50.0),
+            p(95.0),
+            p(99.0),
+            self.replies,
+            self.lost
+        )
+    }
+
+    fn describe_cpu(&self) -> String {
+        let c = &self.cpu;
+        format!(
+            "machine {:.2}/{:.0} cores busy; daemon {:.2}, bench {:.2}, postgres {:.2}",
+            c.machine, c.cores, c.daemon, c.bench, c.postgres
+        )
+    }
+}
+
 /// Phase 3: `/start` from every chat of the active bots; latency injection → reply recorded.
+/// `rate` 0 is the closed-loop maximum.
 async fn traffic(
     args: &Args,
     world: &World,
     bots: &[Bot],
-    fig: &mut Figures,
-) -> anyhow::Result<()> {
+    rate: f64,
+    daemon_pid: u32,
+) -> anyhow::Result<Phase> {
     let chats: Vec<(String, i64)> = bots[..args.active as usize]
         .iter()
         .flat_map(|b| (1..=i64::from(args.chats)).map(|c| (b.token.clone(), c)))
@@ -749,17 +810,27 @@ async fn traffic(
     let start = Instant::now();
     let window_start = start + Duration::from_secs_f64(args.warmup());
     let window_end = window_start + Duration::from_secs_f64(args.duration);
-    let period = (args.rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / args.rate));
-    fig.offered_rate = (args.rate > 0.0).then_some(args.rate);
+    let period = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
     eprintln!(
-        "bench: traffic on {n} chats for {:.1} s (+{:.1} s warm-up)",
+        "bench: traffic on {n} chats for {:.1} s (+{:.1} s warm-up), {}",
         args.duration,
-        args.warmup()
+        args.warmup(),
+        if rate > 0.0 {
+            format!("{rate:.1} updates/s offered")
+        } else {
+            "closed loop".into()
+        }
     );
-    let sandbox = world.sandbox.clone();
+    let cpu_probe = tokio::spawn(async move {
+        tokio::time::sleep_until(window_start.into()).await;
+        let a = cpu::Snapshot::take(daemon_pid);
+        tokio::time::sleep_until(window_end.into()).await;
+        let b = cpu::Snapshot::take(daemon_pid);
+        a.usage(&b, (window_end - window_start).as_secs_f64())
+    });
     let mut tasks = Vec::with_capacity(n);
     for (i, (token, chat)) in chats.into_iter().enumerate() {
-        let sandbox = sandbox.clone();
+        let sandbox = world.sandbox.clone();
         let offset = period.map(|p| p.mul_f64(i as f64 / n as f64));
         tasks.push(tokio::spawn(async move {
             match (period, offset) {
@@ -779,17 +850,17 @@ async fn traffic(
         replies += r.replies_in_window;
         lost += r.lost;
     }
-    let latencies = sorted(latencies);
-    fig.updates_per_s = Some(replies as f64 / args.duration);
-    fig.replies = replies;
-    fig.lost = lost;
-    fig.p50_ms = percentile(&latencies, 50.0);
-    fig.p95_ms = percentile(&latencies, 95.0);
-    fig.p99_ms = percentile(&latencies, 99.0);
     if lost > 0 {
         bail!("{lost} messages were not answered within {REPLY_TIMEOUT:?}");
     }
-    Ok(())
+    Ok(Phase {
+        offered: (rate > 0.0).then_some(rate),
+        updates_per_s: replies as f64 / args.duration,
+        latencies_ms: sorted(latencies),
+        replies,
+        lost,
+        cpu: cpu_probe.await?,
+    })
 }
 
 fn inject(sandbox: &SandboxHandle, token: &str, chat: i64) -> anyhow::Result<()> {
