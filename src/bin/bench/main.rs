@@ -503,35 +503,43 @@ fn main() -> std::process::ExitCode {
         }
     };
     botvisor::telemetry::init(&botvisor::config::LogSettings {
-        filter: "warn".into(),
+        // Dropping hundreds of databases trips sqlx's slow-statement warning; it is expected.
+        filter: "warn,sqlx=error".into(),
         format: botvisor::config::LogFormat::Text,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let mut ctx = Ctx::default();
         let outcome = tokio::select! {
             r = run(&args, &mut ctx) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
-        let cleaned = ctx.cleanup().await;
-        let figures = outcome?;
-        cleaned.context("cleanup")?;
-        Ok::<_, anyhow::Error>(figures)
-    });
-    match result {
-        Ok(figures) => {
-            print!("{}", figures.table(&args));
-            println!("{}", figures.json());
-            std::process::ExitCode::SUCCESS
+        // The daemon is stopped before the figures are printed (dropping a thousand databases
+        // takes a while, the figures need not wait for it).
+        let stopped = match ctx.daemon.take() {
+            Some(d) => d.stop().await.map(drop),
+            None => Ok(()),
+        };
+        let mut code = std::process::ExitCode::SUCCESS;
+        match outcome {
+            Ok(figures) => {
+                print!("{}", figures.table(&args));
+                println!("{}", figures.json());
+            }
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                code = std::process::ExitCode::FAILURE;
+            }
         }
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            std::process::ExitCode::FAILURE
+        if let Err(e) = stopped.and(ctx.cleanup().await) {
+            eprintln!("bench: cleanup: {e:#}");
+            code = std::process::ExitCode::FAILURE;
         }
-    }
+        code
+    })
 }
 
 /// Runs every phase; `ctx` keeps what cleanup needs.
