@@ -1,0 +1,971 @@
+//! `bench`: many bots under real load, with figures anyone can reproduce (docs/performance.md).
+//!
+//! The bench drives botvisor the way an operator experiences it: bots are rows in a panel
+//! database of its own (`botvisor_bench_<pid>`), Telegram is the in-process sandbox, the bot
+//! databases live on the local PostgreSQL. Phases, in order:
+//!
+//! 1. `--baseline`: single-row INSERT transactions from `--budget` connections (the ceiling);
+//! 2. the daemon starts with 0 bots (RSS, threads), then `--bots` are added and all run idle
+//!    (RSS, threads again);
+//! 3. traffic: `--active` bots × `--chats` chats send `/start`, closed loop (`--rate 0`: the
+//!    next message in a chat once the previous one is answered) or open loop at `--rate`;
+//! 4. reload: a text change, then `/start` until the reply shows it;
+//! 5. add → answer: `--add` bots added one by one, each asked `/start` right after its commit;
+//! 6. cold start: the daemon is stopped and a fresh one started; time until every bot polls.
+//!
+//! A sampler counts the daemon's connections to bot databases in `pg_stat_activity` during the
+//! whole run. The output is a table, then one JSON object on the last line of stdout. The panel
+//! database and every bot database are dropped at the end, on error and on Ctrl-C.
+
+#![allow(clippy::print_stdout)]
+
+mod cpu;
+mod daemon;
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use botvisor::manifest::Manifest;
+use botvisor::panel::store::{self, NewBot};
+use botvisor::sandbox::{InjectMessage, Sandbox, SandboxConfig, SandboxHandle};
+use botvisor::token::BotToken;
+use clap::Parser;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use daemon::{Mode, Running};
+use pg::{PanelDb, Sampler, Server};
+
+/// Most bots the bench registers.
+const MAX_BOTS: u32 = 2_000;
+/// How long any single reply may take before it counts as lost.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Numeric id of the first benchmark bot's token; added bots start at `ADDED_BASE`.
+const BOT_BASE: u64 = 100_000;
+/// Numeric id of the first bot added while the daemon runs.
+const ADDED_BASE: u64 = 500_000;
+/// The chat the reload and add → answer phases talk in (apart from the traffic chats).
+const PROBE_CHAT: i64 = 900_000;
+
+/// Benchmark botvisor: bots registered through the panel, traffic through the sandbox, the
+/// local PostgreSQL. Prints a table and, as the last line, one JSON object.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench", version)]
+struct Args {
+    /// Bots registered and running (at most 2000).
+    #[arg(long, default_value_t = 100)]
+    bots: u32,
+    /// Bots receiving traffic (the first K registered).
+    #[arg(long, default_value_t = 10)]
+    active: u32,
+    /// Chats per active bot, each one user sending `/start`.
+    #[arg(long, default_value_t = 4)]
+    chats: u32,
+    /// Updates per second offered, spread evenly over the chats; 0 = closed-loop maximum
+    /// (each chat sends its next message as soon as the previous one was answered).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds of measured traffic (after a warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Where the daemon runs: in this process, or `botvisor serve` as a child process.
+    #[arg(long, value_enum, default_value_t = Mode::Inproc)]
+    daemon: Mode,
+    /// Also measure PostgreSQL's single-row insert ceiling from `--budget` connections.
+    #[arg(long)]
+    baseline: bool,
+    /// The daemon's connection budget for bot databases (and the baseline's connection count).
+    #[arg(long, default_value_t = 32)]
+    budget: u32,
+    /// Bots added one by one while the daemon runs (add → answer).
+    #[arg(long, default_value_t = 20)]
+    add: u32,
+    /// Text changes timed in the reload phase.
+    #[arg(long, default_value_t = 20)]
+    reloads: u32,
+    /// After the closed-loop maximum, run a second traffic phase open loop at half of it and
+    /// report that phase's latencies (the target is p99 at half the maximum load).
+    #[arg(long)]
+    half: bool,
+    /// Skip the cold-start phase.
+    #[arg(long)]
+    no_cold_start: bool,
+    /// PostgreSQL server, without a database part.
+    #[arg(
+        long,
+        env = "BOTVISOR_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pg: String,
+    /// sslmode of every connection (the daemon's too): `prefer` is what a plain URL gives.
+    #[arg(long, default_value = "prefer")]
+    sslmode: String,
+    /// A few seconds at small sizes, every phase once (the test suite runs this).
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl Args {
+    /// Applies `--smoke` and checks the knobs.
+    fn resolved(mut self) -> anyhow::Result<Self> {
+        if self.smoke {
+            self.bots = 4;
+            self.active = 2;
+            self.chats = 2;
+            self.rate = 0.0;
+            self.duration = 1.5;
+            self.add = 2;
+            self.reloads = 2;
+            self.baseline = true;
+            self.half = true;
+        }
+        if self.bots == 0 || self.bots > MAX_BOTS {
+            bail!("--bots must be between 1 and {MAX_BOTS}");
+        }
+        if self.active == 0 || self.active > self.bots {
+            bail!("--active must be between 1 and --bots ({})", self.bots);
+        }
+        if self.chats == 0 {
+            bail!("--chats must be at least 1");
+        }
+        if self.rate < 0.0 || self.duration <= 0.0 {
+            bail!("--rate must be 0 or more and --duration more than 0");
+        }
+        if self.budget == 0 {
+            bail!("--budget must be at least 1");
+        }
+        Ok(self)
+    }
+
+    /// Seconds of unmeasured traffic before the window.
+    fn warmup(&self) -> f64 {
+        if self.smoke { 0.5 } else { 2.0 }
+    }
+
+    /// Seconds the baseline runs.
+    fn baseline_secs(&self) -> f64 {
+        if self.smoke { 1.0 } else { 5.0 }
+    }
+}
+
+/// A well-formed token for bot user id `id` (unique per id).
+fn token(id: u64) -> String {
+    format!("{id}:AAH{:0>32}", format!("{id:x}bench"))
+}
+
+/// Nearest-rank percentile of sorted `v` (milliseconds).
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Rounds to `places` decimals for the report.
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+/// Everything measured; `None` = not measured in this run.
+#[derive(Debug, Default)]
+struct Figures {
+    updates_per_s: Option<f64>,
+    baseline_inserts_per_s: Option<f64>,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    latency_at_half: bool,
+    /// Per traffic phase: its figures and where the CPU went.
+    phases: Vec<(String, String)>,
+    rss_idle_kib_per_bot: Option<f64>,
+    rss_kib: Option<(u64, u64)>,
+    threads: Option<u64>,
+    threads_at_zero: Option<u64>,
+    provision_s: Option<f64>,
+    pg_connections_peak: Option<i64>,
+    pg_samples: u64,
+    add_to_answer_p50_ms: Option<f64>,
+    add_to_answer_p95_ms: Option<f64>,
+    add_to_answer_max_ms: Option<f64>,
+    reload_p50_ms: Option<f64>,
+    reload_p95_ms: Option<f64>,
+    cold_start_s: Option<f64>,
+    cold_start_bots: usize,
+    stop_s: Option<f64>,
+    drained: Option<bool>,
+}
+
+impl Figures {
+    fn json(&self) -> Value {
+        let r = |v: Option<f64>, p| v.map(|v| round(v, p));
+        let ratio = match (self.updates_per_s, self.baseline_inserts_per_s) {
+            (Some(u), Some(b)) if b > 0.0 => Some(round(u / b, 3)),
+            _ => None,
+        };
+        json!({
+            "updates_per_s": r(self.updates_per_s, 1),
+            "baseline_inserts_per_s": r(self.baseline_inserts_per_s, 1),
+            "ratio": ratio,
+            "p50_ms": r(self.p50_ms, 2),
+            "p95_ms": r(self.p95_ms, 2),
+            "p99_ms": r(self.p99_ms, 2),
+            "rss_idle_kib_per_bot": r(self.rss_idle_kib_per_bot, 1),
+            "threads": self.threads,
+            "pg_connections_peak": self.pg_connections_peak,
+            "add_to_answer_p50_ms": r(self.add_to_answer_p50_ms, 1),
+            "add_to_answer_p95_ms": r(self.add_to_answer_p95_ms, 1),
+            "reload_p95_ms": r(self.reload_p95_ms, 1),
+            "cold_start_s": r(self.cold_start_s, 3),
+        })
+    }
+
+    fn table(&self, args: &Args) -> String {
+        let f = |v: Option<f64>, unit: &str| match v {
+            Some(v) => format!("{v:.1} {unit}"),
+            None => "not measured".to_owned(),
+        };
+        let mode = match args.daemon {
+            Mode::Inproc => "inproc",
+            Mode::Process => "process",
+        };
+        let mut rows: Vec<(String, String, &str)> = vec![
+            (
+                "updates/s (end to end)".into(),
+                f(self.updates_per_s, "/s"),
+                "",
+            ),
+            (
+                "baseline inserts/s".into(),
+                f(self.baseline_inserts_per_s, "/s"),
+                "",
+            ),
+            (
+                "ratio".into(),
+                self.json()["ratio"]
+                    .as_f64()
+                    .map_or("not measured".into(), |v| format!("{v:.3}")),
+                ">= 0.5",
+            ),
+            (
+                "latency measured at".into(),
+                if self.latency_at_half {
+                    "half the maximum (second phase)".into()
+                } else {
+                    "the rate of the first phase".into()
+                },
+                "",
+            ),
+            ("latency p50".into(), f(self.p50_ms, "ms"), ""),
+            ("latency p95".into(), f(self.p95_ms, "ms"), ""),
+            (
+                "latency p99".into(),
+                f(self.p99_ms, "ms"),
+                "<= 50 ms at half the maximum",
+            ),
+            (
+                "RSS per idle bot".into(),
+                f(self.rss_idle_kib_per_bot, "KiB"),
+                "<= 256 KiB",
+            ),
+            (
+                "  RSS 0 bots / N bots".into(),
+                self.rss_kib
+                    .map_or("not measured".into(), |(a, b)| format!("{a} / {b} KiB")),
+                "",
+            ),
+            (
+                "threads (N bots)".into(),
+                self.threads
+                    .map_or("not measured".into(), |t| t.to_string()),
+                "flat in N",
+            ),
+            (
+                "  threads (0 bots)".into(),
+                self.threads_at_zero
+                    .map_or("not measured".into(), |t| t.to_string()),
+                "",
+            ),
+            (
+                "  all N bots running after".into(),
+                f(self.provision_s, "s"),
+                "",
+            ),
+            (
+                "pg connections peak".into(),
+                self.pg_connections_peak.map_or("not measured".into(), |p| {
+                    format!("{p} ({} samples)", self.pg_samples)
+                }),
+                "<= budget",
+            ),
+            (
+                "add -> answer p50".into(),
+                f(self.add_to_answer_p50_ms, "ms"),
+                "",
+            ),
+            (
+                "add -> answer p95".into(),
+                f(self.add_to_answer_p95_ms, "ms"),
+                "<= 300 ms",
+            ),
+            (
+                "  add -> answer max".into(),
+                f(self.add_to_answer_max_ms, "ms"),
+                "",
+            ),
+            ("reload p50".into(), f(self.reload_p50_ms, "ms"), ""),
+            ("reload p95".into(), f(self.reload_p95_ms, "ms"), "<= 50 ms"),
+            (
+                "cold start".into(),
+                match self.cold_start_s {
+                    Some(s) => format!("{s:.2} s ({} bots)", self.cold_start_bots),
+                    None => "not measured".into(),
+                },
+                "<= 10 s for 1000",
+            ),
+            (
+                "  stop (drain) before it".into(),
+                match (self.stop_s, self.drained) {
+                    (Some(s), Some(d)) => {
+                        format!("{s:.2} s, {}", if d { "clean" } else { "NOT clean" })
+                    }
+                    _ => "not measured".into(),
+                },
+                "",
+            ),
+        ];
+        for (i, (figures, cpu)) in self.phases.iter().enumerate() {
+            rows.push((format!("traffic phase {}", i + 1), figures.clone(), ""));
+            rows.push(("  cpu (cores)".into(), cpu.clone(), ""));
+        }
+        if args.daemon == Mode::Inproc {
+            rows.push((
+                "note".into(),
+                "inproc: RSS and threads are the bench process (daemon + sandbox + driver)".into(),
+                "",
+            ));
+        }
+        let mut out = format!(
+            "botvisor bench: {} bots, {} active x {} chats, daemon {mode}, budget {}, \
+             sslmode {}, {} cores\n",
+            args.bots,
+            args.active,
+            args.chats,
+            args.budget,
+            args.sslmode,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        for (name, value, target) in rows {
+            out.push_str(&format!("{name:<28} {value:<34} {target}\n"));
+        }
+        out
+    }
+}
+
+/// The bench's state that outlives an error, so cleanup always finds it.
+#[derive(Default)]
+struct Ctx {
+    panel: Option<PanelDb>,
+    daemon: Option<Running>,
+    sandbox_stop: CancellationToken,
+    sampler: Option<Sampler>,
+}
+
+impl Ctx {
+    /// Stops the daemon, the sampler and the sandbox; drops every database.
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        if let Some(d) = self.daemon.take()
+            && let Err(e) = d.stop().await
+        {
+            result = Err(e);
+        }
+        if let Some(s) = self.sampler.take() {
+            s.finish().await;
+        }
+        self.sandbox_stop.cancel();
+        if let Some(p) = self.panel.take() {
+            p.drop_all().await?;
+        }
+        result
+    }
+}
+
+/// One bot of the run.
+#[derive(Clone, Debug)]
+struct Bot {
+    id: i64,
+    token: String,
+}
+
+/// A connection to the bench's panel database and the sandbox.
+struct World {
+    pool: PgPool,
+    sandbox: SandboxHandle,
+}
+
+impl World {
+    async fn add_bot(&self, name: &str, token: &str) -> anyhow::Result<i64> {
+        let parsed = BotToken::parse(token).context("bench token")?;
+        Ok(store::add_bot(
+            &self.pool,
+            &NewBot {
+                name,
+                token: &parsed,
+                enabled: true,
+                database: None,
+                manifest: &Manifest::default(),
+            },
+        )
+        .await?)
+    }
+
+    fn say(&self, token: &str, chat: i64, text: &str) -> anyhow::Result<()> {
+        self.sandbox.inject_message(InjectMessage {
+            language_code: Some("en".into()),
+            ..InjectMessage::private(token, chat, text)
+        })?;
+        Ok(())
+    }
+
+    /// Waits for the bot's next message in `chat` after `cursor`; returns its text and seq.
+    async fn next_message(
+        &self,
+        token: &str,
+        chat: i64,
+        cursor: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<(String, u64)>> {
+        let deadline = Instant::now() + timeout;
+        let mut cursor = cursor;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let events = self.sandbox.wait_sent(token, chat, cursor, left).await?;
+            for e in events {
+                cursor = cursor.max(e.seq);
+                if e.method == "sendMessage" {
+                    return Ok(Some((e.text().unwrap_or_default().to_owned(), e.seq)));
+                }
+            }
+        }
+    }
+
+    async fn running(&self) -> anyhow::Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bot_status WHERE state = 'running'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as usize)
+    }
+
+    /// Waits until `n` bots report `running`; returns the time it took.
+    async fn wait_running(
+        &self,
+        n: usize,
+        daemon: &mut Running,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let running = self.running().await?;
+            if running >= n {
+                return Ok(t0.elapsed());
+            }
+            daemon.check_alive()?;
+            if t0.elapsed() > limit {
+                bail!("only {running} of {n} bots running after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match Args::parse().resolved() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    botvisor::telemetry::init(&botvisor::config::LogSettings {
+        // Dropping hundreds of databases trips sqlx's slow-statement warning; it is expected.
+        filter: "warn,sqlx=error".into(),
+        format: botvisor::config::LogFormat::Text,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut ctx = Ctx::default();
+        let outcome = tokio::select! {
+            r = run(&args, &mut ctx) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        // The daemon is stopped before the figures are printed (dropping a thousand databases
+        // takes a while, the figures need not wait for it).
+        let stopped = match ctx.daemon.take() {
+            Some(d) => d.stop().await.map(drop),
+            None => Ok(()),
+        };
+        let mut code = std::process::ExitCode::SUCCESS;
+        match outcome {
+            Ok(figures) => {
+                print!("{}", figures.table(&args));
+                println!("{}", figures.json());
+            }
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                code = std::process::ExitCode::FAILURE;
+            }
+        }
+        if let Err(e) = stopped.and(ctx.cleanup().await) {
+            eprintln!("bench: cleanup: {e:#}");
+            code = std::process::ExitCode::FAILURE;
+        }
+        code
+    })
+}
+
+/// Runs every phase; `ctx` keeps what cleanup needs.
+async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
+    let mut fig = Figures::default();
+    let server = Server {
+        url: args.pg.trim_end_matches('/').to_owned(),
+        sslmode: args.sslmode.clone(),
+    };
+    let panel = ctx.panel.insert(PanelDb::create(&server).await?);
+    let panel_name = panel.name.clone();
+    let panel_url = panel.url();
+    let pattern = panel.bot_pattern();
+    eprintln!("bench: panel database {panel_name}");
+
+    if args.baseline {
+        eprintln!(
+            "bench: baseline, {} connections, {} s",
+            args.budget,
+            args.baseline_secs()
+        );
+        fig.baseline_inserts_per_s =
+            Some(pg::baseline(&server, &panel_name, args.budget, args.baseline_secs()).await?);
+    }
+
+    let sandbox = Sandbox::bind(SandboxConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        accept_any_token: false,
+        enforce_rate_limits: false,
+    })
+    .await?;
+    let api_url = sandbox.api_url().to_string();
+    let handle = sandbox.handle();
+    tokio::spawn(sandbox.run(ctx.sandbox_stop.clone()));
+    let world = World {
+        pool: sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(server.options(&panel_name)?)
+            .await?,
+        sandbox: handle,
+    };
+    let bots: Vec<Bot> = (0..u64::from(args.bots))
+        .map(|i| Bot {
+            id: 0,
+            token: token(BOT_BASE + i),
+        })
+        .collect();
+    for b in &bots {
+        world.sandbox.register_bot(&b.token, None)?;
+    }
+    ctx.sampler = Some(Sampler::start(&server, pattern).await?);
+
+    // Phase 2: 0 bots, then N idle bots.
+    let env = daemon::environment(&panel_url, &api_url, args.budget);
+    let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
+    wait_panel_connected(&world.pool, &panel_name, d).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let zero = daemon::proc_status(d.pid());
+    let mut bots = bots;
+    let t0 = Instant::now();
+    for (i, b) in bots.iter_mut().enumerate() {
+        b.id = world.add_bot(&format!("bench{i}"), &b.token).await?;
+    }
+    let limit = Duration::from_secs(120 + u64::from(args.bots) / 4);
+    world.wait_running(bots.len(), d, limit).await?;
+    fig.provision_s = Some(t0.elapsed().as_secs_f64());
+    eprintln!(
+        "bench: {} bots running after {:.1} s",
+        bots.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // Idle: let the provisioning connections time out of nothing; just settle briefly.
+    tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 3 })).await;
+    let full = daemon::proc_status(d.pid());
+    if let (Some((rss0, th0)), Some((rss_n, th_n))) = (zero, full) {
+        fig.rss_kib = Some((rss0, rss_n));
+        fig.rss_idle_kib_per_bot = Some((rss_n as f64 - rss0 as f64) / bots.len() as f64);
+        fig.threads_at_zero = Some(th0);
+        fig.threads = Some(th_n);
+    }
+
+    // Phase 3: traffic at the rate asked for (the maximum by default), then at half of it.
+    let pid = ctx.daemon.as_ref().expect("daemon").pid();
+    let main = traffic(args, &world, &bots, args.rate, pid).await?;
+    fig.updates_per_s = Some(main.updates_per_s);
+    let half = if args.half && args.rate == 0.0 {
+        Some(traffic(args, &world, &bots, main.updates_per_s / 2.0, pid).await?)
+    } else {
+        None
+    };
+    let measured = half.as_ref().unwrap_or(&main);
+    fig.p50_ms = percentile(&measured.latencies_ms, 50.0);
+    fig.p95_ms = percentile(&measured.latencies_ms, 95.0);
+    fig.p99_ms = percentile(&measured.latencies_ms, 99.0);
+    fig.latency_at_half = half.is_some();
+    fig.phases = std::iter::once(&main)
+        .chain(half.as_ref())
+        .map(|p| (p.describe(), p.describe_cpu()))
+        .collect();
+    ctx.daemon.as_mut().expect("daemon").check_alive()?;
+
+    // Phase 4: reload.
+    let mut reloads = Vec::new();
+    let probe = &bots[0];
+    let mut cursor = world
+        .sandbox
+        .sent(&probe.token, PROBE_CHAT, 0)?
+        .last()
+        .map_or(0, |e| e.seq);
+    for i in 0..args.reloads {
+        let text = format!("v{i}");
+        store::set_text(&world.pool, probe.id, "start", "en", &text).await?;
+        let t0 = Instant::now();
+        loop {
+            world.say(&probe.token, PROBE_CHAT, "/start")?;
+            let (got, seq) = world
+                .next_message(&probe.token, PROBE_CHAT, cursor, REPLY_TIMEOUT)
+                .await?
+                .context("no reply during the reload phase")?;
+            cursor = seq;
+            if got == text {
+                reloads.push(ms(t0.elapsed()));
+                break;
+            }
+            if t0.elapsed() > REPLY_TIMEOUT {
+                bail!("the text change {text:?} was not used within {REPLY_TIMEOUT:?}");
+            }
+        }
+    }
+    let reloads = sorted(reloads);
+    fig.reload_p50_ms = percentile(&reloads, 50.0);
+    fig.reload_p95_ms = percentile(&reloads, 95.0);
+
+    // Phase 5: add → answer.
+    let mut adds = Vec::new();
+    let mut all_tokens: Vec<String> = bots.iter().map(|b| b.token.clone()).collect();
+    for j in 0..u64::from(args.add) {
+        let t = token(ADDED_BASE + j);
+        world.sandbox.register_bot(&t, None)?;
+        world.add_bot(&format!("added{j}"), &t).await?;
+        let t0 = Instant::now();
+        world.say(&t, PROBE_CHAT, "/start")?;
+        world
+            .next_message(&t, PROBE_CHAT, 0, REPLY_TIMEOUT)
+            .await?
+            .with_context(|| format!("added bot {j} did not answer within {REPLY_TIMEOUT:?}"))?;
+        adds.push(ms(t0.elapsed()));
+        all_tokens.push(t);
+    }
+    let adds = sorted(adds);
+    fig.add_to_answer_p50_ms = percentile(&adds, 50.0);
+    fig.add_to_answer_p95_ms = percentile(&adds, 95.0);
+    fig.add_to_answer_max_ms = adds.last().copied();
+
+    // Phase 6: cold start.
+    if !args.no_cold_start {
+        let d = ctx.daemon.take().expect("daemon");
+        let t0 = Instant::now();
+        fig.drained = Some(d.stop().await?);
+        fig.stop_s = Some(t0.elapsed().as_secs_f64());
+        let before = world.sandbox.stats();
+        let t0 = Instant::now();
+        let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
+        let limit = Duration::from_secs(120 + all_tokens.len() as u64 / 4);
+        loop {
+            let now = world.sandbox.stats();
+            let waiting = all_tokens
+                .iter()
+                .filter(|t| now.calls(t, "getUpdates") <= before.calls(t, "getUpdates"))
+                .count();
+            if waiting == 0 {
+                break;
+            }
+            d.check_alive()?;
+            if t0.elapsed() > limit {
+                bail!("cold start: {waiting} bots not polling after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fig.cold_start_s = Some(t0.elapsed().as_secs_f64());
+        fig.cold_start_bots = all_tokens.len();
+    }
+
+    let (peak, samples) = ctx.sampler.take().expect("sampler").finish().await;
+    fig.pg_connections_peak = Some(peak);
+    fig.pg_samples = samples;
+    world.pool.close().await;
+    Ok(fig)
+}
+
+/// Waits until the daemon holds a connection to the panel (it LISTENs before its first pass).
+async fn wait_panel_connected(
+    pool: &PgPool,
+    panel: &str,
+    daemon: &mut Running,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'botvisor-panel'",
+        )
+        .bind(panel)
+        .fetch_one(pool)
+        .await?;
+        if n > 0 {
+            return Ok(());
+        }
+        daemon.check_alive()?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the daemon did not connect to the panel within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one chat measured.
+#[derive(Default)]
+struct ChatResult {
+    latencies_ms: Vec<f64>,
+    replies_in_window: u64,
+    lost: u64,
+}
+
+/// What one traffic phase measured.
+struct Phase {
+    /// Offered rate (open loop), or `None` for the closed-loop maximum.
+    offered: Option<f64>,
+    updates_per_s: f64,
+    /// Latencies in milliseconds, sorted.
+    latencies_ms: Vec<f64>,
+    replies: u64,
+    lost: u64,
+    cpu: cpu::Usage,
+}
+
+impl Phase {
+    fn describe(&self) -> String {
+        let p = |q| percentile(&self.latencies_ms, q).unwrap_or(f64::NAN);
+        format!(
+            "{:.1} /s ({}), p50 {:.1} / p95 {:.1} / p99 {:.1} ms, {} replies, {} lost",
+            self.updates_per_s,
+            self.offered
+                .map_or("closed loop".into(), |r| format!("{r:.1} /s offered")),
+            p(50.0),
+            p(95.0),
+            p(99.0),
+            self.replies,
+            self.lost
+        )
+    }
+
+    fn describe_cpu(&self) -> String {
+        let c = &self.cpu;
+        format!(
+            "machine {:.2}/{:.0} cores busy; daemon {:.2}, bench {:.2}, postgres {:.2}",
+            c.machine, c.cores, c.daemon, c.bench, c.postgres
+        )
+    }
+}
+
+/// Phase 3: `/start` from every chat of the active bots; latency injection → reply recorded.
+/// `rate` 0 is the closed-loop maximum.
+async fn traffic(
+    args: &Args,
+    world: &World,
+    bots: &[Bot],
+    rate: f64,
+    daemon_pid: u32,
+) -> anyhow::Result<Phase> {
+    let chats: Vec<(String, i64)> = bots[..args.active as usize]
+        .iter()
+        .flat_map(|b| (1..=i64::from(args.chats)).map(|c| (b.token.clone(), c)))
+        .collect();
+    let n = chats.len();
+    let start = Instant::now();
+    let window_start = start + Duration::from_secs_f64(args.warmup());
+    let window_end = window_start + Duration::from_secs_f64(args.duration);
+    let period = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
+    eprintln!(
+        "bench: traffic on {n} chats for {:.1} s (+{:.1} s warm-up), {}",
+        args.duration,
+        args.warmup(),
+        if rate > 0.0 {
+            format!("{rate:.1} updates/s offered")
+        } else {
+            "closed loop".into()
+        }
+    );
+    let cpu_probe = tokio::spawn(async move {
+        tokio::time::sleep_until(window_start.into()).await;
+        let a = cpu::Snapshot::take(daemon_pid);
+        tokio::time::sleep_until(window_end.into()).await;
+        let b = cpu::Snapshot::take(daemon_pid);
+        a.usage(&b, (window_end - window_start).as_secs_f64())
+    });
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (token, chat)) in chats.into_iter().enumerate() {
+        let sandbox = world.sandbox.clone();
+        let offset = period.map(|p| p.mul_f64(i as f64 / n as f64));
+        tasks.push(tokio::spawn(async move {
+            match (period, offset) {
+                (Some(p), Some(o)) => {
+                    open_chat(&sandbox, &token, chat, p, o, window_start, window_end).await
+                }
+                _ => closed_chat(&sandbox, &token, chat, window_start, window_end).await,
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut replies = 0;
+    let mut lost = 0;
+    for t in tasks {
+        let r = t.await??;
+        latencies.extend(r.latencies_ms);
+        replies += r.replies_in_window;
+        lost += r.lost;
+    }
+    if lost > 0 {
+        bail!("{lost} messages were not answered within {REPLY_TIMEOUT:?}");
+    }
+    Ok(Phase {
+        offered: (rate > 0.0).then_some(rate),
+        updates_per_s: replies as f64 / args.duration,
+        latencies_ms: sorted(latencies),
+        replies,
+        lost,
+        cpu: cpu_probe.await?,
+    })
+}
+
+fn inject(sandbox: &SandboxHandle, token: &str, chat: i64) -> anyhow::Result<()> {
+    sandbox.inject_message(InjectMessage {
+        language_code: Some("en".into()),
+        ..InjectMessage::private(token, chat, "/start")
+    })?;
+    Ok(())
+}
+
+/// Counts `replies` sendMessage events from `events`, advancing `cursor`.
+fn replies_in(events: &[botvisor::sandbox::SentEvent], cursor: &mut u64) -> usize {
+    let mut n = 0;
+    for e in events {
+        *cursor = (*cursor).max(e.seq);
+        if e.method == "sendMessage" {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Closed loop: the next `/start` goes out as soon as the previous one was answered.
+async fn closed_chat(
+    sandbox: &SandboxHandle,
+    token: &str,
+    chat: i64,
+    window_start: Instant,
+    window_end: Instant,
+) -> anyhow::Result<ChatResult> {
+    let mut r = ChatResult::default();
+    let mut cursor = 0;
+    while Instant::now() < window_end {
+        let sent = Instant::now();
+        inject(sandbox, token, chat)?;
+        let mut got = 0;
+        while got == 0 {
+            let left = REPLY_TIMEOUT.saturating_sub(sent.elapsed());
+            if left.is_zero() {
+                r.lost += 1;
+                return Ok(r);
+            }
+            let events = sandbox.wait_sent(token, chat, cursor, left).await?;
+            got = replies_in(&events, &mut cursor);
+        }
+        let now = Instant::now();
+        if sent >= window_start && now <= window_end {
+            r.latencies_ms.push(ms(now - sent));
+        }
+        if now >= window_start && now <= window_end {
+            r.replies_in_window += 1;
+        }
+    }
+    Ok(r)
+}
+
+/// Open loop: a `/start` every `period` whatever the answers; replies matched in order.
+async fn open_chat(
+    sandbox: &SandboxHandle,
+    token: &str,
+    chat: i64,
+    period: Duration,
+    offset: Duration,
+    window_start: Instant,
+    window_end: Instant,
+) -> anyhow::Result<ChatResult> {
+    let mut r = ChatResult::default();
+    let mut cursor = 0;
+    let mut outstanding = std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    loop {
+        let now = Instant::now();
+        if now >= window_end && outstanding.is_empty() {
+            return Ok(r);
+        }
+        if now >= window_end + REPLY_TIMEOUT {
+            r.lost += outstanding.len() as u64;
+            return Ok(r);
+        }
+        tokio::select! {
+            _ = tick.tick(), if now < window_end => {
+                inject(sandbox, token, chat)?;
+                outstanding.push_back(Instant::now());
+            }
+            events = sandbox.wait_sent(token, chat, cursor, Duration::from_millis(500)) => {
+                let n = replies_in(&events?, &mut cursor);
+                let now = Instant::now();
+                for _ in 0..n {
+                    let Some(sent) = outstanding.pop_front() else { break };
+                    if sent >= window_start && now <= window_end {
+                        r.latencies_ms.push(ms(now - sent));
+                    }
+                    if now >= window_start && now <= window_end {
+                        r.replies_in_window += 1;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The benchmark's smoke mode, so `cargo run --release --bin bench` never rots
+//! (docs/performance.md): every phase runs once at a tiny size against the local PostgreSQL.
+
+use std::process::Command;
+
+/// Every key of the bench's JSON line (docs/performance.md).
+const KEYS: &[&str] = &[
+    "updates_per_s",
+    "baseline_inserts_per_s",
+    "ratio",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "rss_idle_kib_per_bot",
+    "threads",
+    "pg_connections_peak",
+    "add_to_answer_p50_ms",
+    "add_to_answer_p95_ms",
+    "reload_p95_ms",
+    "cold_start_s",
+];
+
+fn smoke(mode: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--daemon", mode])
+        .output()
+        .expect("run the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let last = stdout.trim_end().lines().last().expect("some output");
+    let json: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    let object = json.as_object().expect("a JSON object");
+    for key in KEYS {
+        let value = object
+            .get(*key)
+            .unwrap_or_else(|| panic!("key {key} missing: {last}"));
+        assert!(
+            value.is_number() || value.is_null(),
+            "{key} is neither a number nor null: {last}"
+        );
+    }
+    assert_eq!(object.len(), KEYS.len(), "unexpected keys: {last}");
+    // The smoke run measures everything, so nothing may be null.
+    for key in KEYS {
+        assert!(object[*key].is_number(), "{key} not measured: {last}");
+    }
+}
+
+#[test]
+fn smoke_in_process() {
+    smoke("inproc");
+}
+
+#[test]
+fn smoke_with_the_serve_binary() {
+    smoke("process");
+}
