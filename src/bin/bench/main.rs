@@ -99,8 +99,9 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pg: String,
-    /// sslmode of every connection (the daemon's too): `prefer` is what a plain URL gives.
-    #[arg(long, default_value = "prefer")]
+    /// sslmode of every connection (the daemon's too); empty: a plain URL, as an operator
+    /// writes it (botvisor then uses no TLS to a loopback server).
+    #[arg(long, default_value = "")]
     sslmode: String,
     /// A few seconds at small sizes, every phase once (the test suite runs this).
     #[arg(long)]

@@ -18,20 +18,25 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 pub struct Server {
     /// `postgres://user@host:port`, no database part.
     pub url: String,
-    /// `prefer` (sqlx's default, what an operator gets from a plain URL) or `disable`.
+    /// An explicit sslmode (`prefer`, `disable`, …), or empty for a plain URL.
     pub sslmode: String,
 }
 
 impl Server {
     /// The URL of database `db` on this server.
     pub fn url_of(&self, db: &str) -> String {
-        format!("{}/{db}?sslmode={}", self.url, self.sslmode)
+        if self.sslmode.is_empty() {
+            format!("{}/{db}", self.url)
+        } else {
+            format!("{}/{db}?sslmode={}", self.url, self.sslmode)
+        }
     }
 
     /// Connection options for database `db`.
     pub fn options(&self, db: &str) -> anyhow::Result<PgConnectOptions> {
         let url = self.url_of(db);
         url.parse::<PgConnectOptions>()
+            .map(|o| botvisor::config::without_loopback_tls(&url, o))
             .with_context(|| format!("{url} is not a PostgreSQL URL"))
     }
 
