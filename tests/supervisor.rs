@@ -56,8 +56,14 @@ async fn a_text_change_is_used_without_restarting_the_poller() {
         .await
         .unwrap();
     h.wait_state(id, "running").await;
-    h.say(&t, 10, "/start");
-    h.reply(&t, 10, 0, |s| s == "Welcome, User 10").await;
+    // The text was set while the bot started: its reload may land after the first update.
+    eventually(DEADLINE, "the first text in use", || async {
+        let after = h.last_seq(&t, 10);
+        h.say(&t, 10, "/start");
+        let r = h.reply(&t, 10, after, |_| true).await;
+        (r.text() == Some("Welcome, User 10")).then_some(())
+    })
+    .await;
     let get_me_before = h.sandbox.stats().calls(&t, "getMe");
 
     store::set_text(&h.pool, id, "start", "en", "Changed for {first_name}")

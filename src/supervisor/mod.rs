@@ -194,9 +194,11 @@ impl Supervisor {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = listener.next() => {
+                    tracing::debug!(?event, "panel event");
                     pending.add(event);
                     // Coalesce a burst: take whatever else arrives right away.
                     while let Ok(event) = tokio::time::timeout(COALESCE, listener.next()).await {
+                        tracing::debug!(?event, "panel event");
                         pending.add(event);
                     }
                 }
@@ -238,6 +240,7 @@ impl Supervisor {
         work: &Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
+        tracing::debug!(?work, "reconcile");
         self.retiring.retain(|_, done| !done.is_cancelled());
         if work.full || work.reload_all {
             let bots = store::list_bots(&self.panel).await?;
@@ -379,7 +382,7 @@ impl Supervisor {
             state: Arc::clone(&state),
         };
         let done_guard = done.clone().drop_guard();
-        let span = tracing::info_span!("bot", bot_id = bot.id);
+        let span = tracing::info_span!("bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
         self.tasks.spawn(
             format!("bot-{}", bot.id),
             async move {

@@ -147,7 +147,12 @@ impl Harness {
         let mut cursor = after;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(!left.is_zero(), "no matching reply in chat {chat}");
+            assert!(
+                !left.is_zero(),
+                "no matching reply in chat {chat}; sandbox stats for the bot: {:?}; events: {:?}",
+                self.sandbox.stats().bots.get(token),
+                self.sandbox.sent(token, chat, 0)
+            );
             let events = self
                 .sandbox
                 .wait_sent(token, chat, cursor, left)
