@@ -49,51 +49,9 @@ fail() {
   printf '%sBACKUP FAILED: %s\n' "$ERR_PREFIX" "$1" >&2
 }
 
-# url_with_db URL NAME: the URL with its database part replaced by NAME.
-url_with_db() {
-  local url=$1 name=$2 query="" scheme rest
-  if [[ $url == *\?* ]]; then
-    query="?${url#*\?}"
-    url=${url%%\?*}
-  fi
-  scheme=${url%%://*}
-  rest=${url#*://}
-  printf '%s://%s/%s%s' "$scheme" "${rest%%/*}" "$name" "$query"
-}
+# shellcheck source=scripts/lib/pg.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pg.sh"
 
-# db_of_url URL: the database name in a URL.
-db_of_url() {
-  local rest=${1#*://}
-  rest=${rest%%\?*}
-  if [[ $rest != */* ]]; then
-    return 1
-  fi
-  printf '%s' "${rest#*/}"
-}
-
-# pg URL PROGRAM ARGS...: runs a PostgreSQL client with --dbname=URL, the URL's password
-# moved to PGPASSWORD (percent-decoded) so it never shows in `ps` or in a log line.
-pg() {
-  local url=$1 scheme rest authority auth host pw=""
-  shift
-  scheme=${url%%://*}
-  rest=${url#*://}
-  authority=${rest%%/*}
-  if [[ $authority == *@* ]]; then
-    auth=${authority%@*}
-    host=${authority##*@}
-    if [[ $auth == *:* ]]; then
-      pw=${auth#*:}
-      auth=${auth%%:*}
-    fi
-    url="$scheme://$auth@$host${rest#"$authority"}"
-  fi
-  if [[ -n $pw ]]; then
-    PGPASSWORD=$(printf '%b' "${pw//%/\\x}") "$@" --dbname="$url"
-  else
-    "$@" --dbname="$url"
-  fi
-}
 
 PANEL_URL=${BOTVISOR_PANEL_URL:-${DATABASE_URL:-}}
 if [[ -z $PANEL_URL ]]; then

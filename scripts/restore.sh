@@ -65,41 +65,9 @@ done
 [[ -z $bot_id || $panel == 0 ]] || die "--bot and --panel exclude each other"
 [[ $swap == 0 || -n $bot_id || $panel == 1 ]] || die "--swap needs --bot ID or --panel"
 
-# url_with_db URL NAME: the URL with its database part replaced by NAME.
-url_with_db() {
-  local url=$1 name=$2 query="" scheme rest
-  if [[ $url == *\?* ]]; then
-    query="?${url#*\?}"
-    url=${url%%\?*}
-  fi
-  scheme=${url%%://*}
-  rest=${url#*://}
-  printf '%s://%s/%s%s' "$scheme" "${rest%%/*}" "$name" "$query"
-}
+# shellcheck source=scripts/lib/pg.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pg.sh"
 
-# pg URL PROGRAM ARGS...: runs a PostgreSQL client with --dbname=URL, the URL's password
-# moved to PGPASSWORD (percent-decoded) so it never shows in `ps` or in a log line.
-pg() {
-  local url=$1 scheme rest authority auth host pw=""
-  shift
-  scheme=${url%%://*}
-  rest=${url#*://}
-  authority=${rest%%/*}
-  if [[ $authority == *@* ]]; then
-    auth=${authority%@*}
-    host=${authority##*@}
-    if [[ $auth == *:* ]]; then
-      pw=${auth#*:}
-      auth=${auth%%:*}
-    fi
-    url="$scheme://$auth@$host${rest#"$authority"}"
-  fi
-  if [[ -n $pw ]]; then
-    PGPASSWORD=$(printf '%b' "${pw//%/\\x}") "$@" --dbname="$url"
-  else
-    "$@" --dbname="$url"
-  fi
-}
 
 # sql ARGS...: runs the SQL on stdin in the server's maintenance database (psql variables
 # given as -v name=value), printing unaligned rows.
