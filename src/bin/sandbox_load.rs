@@ -15,6 +15,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use botvisor::tasks::Tasks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ async fn hammer(base: &str, handle: &SandboxHandle, clients: u64, secs: f64) -> 
     let done = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let spawner = Tasks::new(CancellationToken::new());
     let mut tasks = Vec::new();
     for c in 0..clients {
         let t = token(1_000 + c);
@@ -52,7 +54,7 @@ async fn hammer(base: &str, handle: &SandboxHandle, clients: u64, secs: f64) -> 
         let send_url = format!("{base}bot{t}/sendMessage");
         let me_url = format!("{base}bot{t}/getMe");
         let (done, calls, errors) = (done.clone(), calls.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawner.spawn("load-client", async move {
             let body = br#"{"chat_id":77,"text":"load test message"}"#.to_vec();
             let mut i = 0u64;
             while !done.load(Ordering::Relaxed) {
@@ -160,13 +162,14 @@ fn main() {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
+        let spawner = Tasks::new(CancellationToken::new());
         let mut held = Vec::new();
         for p in 0..polls {
             let t = token(100_000 + p);
             handle.register_bot(&t, None).expect("register");
             let url = format!("{base}bot{t}/getUpdates");
             let client = client.clone();
-            held.push(tokio::spawn(async move {
+            held.push(spawner.spawn("long-poll", async move {
                 let r = client
                     .post(url)
                     .json(&serde_json::json!({"timeout": 30}))

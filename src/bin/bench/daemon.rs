@@ -1,6 +1,7 @@
 //! The daemon under test: in this process (`Daemon::start`) or the real `botvisor serve`
 //! binary as a child process, with the figures read from `/proc/<pid>/status`.
 
+use botvisor::tasks::Tasks;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,7 +91,7 @@ impl Running {
                 let settings = Settings::load(Some(&config), env)?;
                 let shutdown = CancellationToken::new();
                 let (daemon, _handles) = Daemon::start(settings, shutdown.clone()).await?;
-                let run = tokio::spawn(daemon.run());
+                let run = Tasks::new(shutdown.clone()).spawn("daemon", daemon.run());
                 Ok(Self::Inproc { shutdown, run })
             }
             Mode::Process => {

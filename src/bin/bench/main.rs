@@ -23,6 +23,7 @@ mod cpu;
 mod daemon;
 mod pg;
 
+use botvisor::tasks::Tasks;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -574,7 +575,7 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     .await?;
     let api_url = sandbox.api_url().to_string();
     let handle = sandbox.handle();
-    tokio::spawn(sandbox.run(ctx.sandbox_stop.clone()));
+    Tasks::new(ctx.sandbox_stop.clone()).spawn("sandbox", sandbox.run(ctx.sandbox_stop.clone()));
     let world = World {
         pool: sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -830,7 +831,8 @@ async fn traffic(
             "closed loop".into()
         }
     );
-    let cpu_probe = tokio::spawn(async move {
+    let spawner = Tasks::new(tokio_util::sync::CancellationToken::new());
+    let cpu_probe = spawner.spawn("cpu-probe", async move {
         tokio::time::sleep_until(window_start.into()).await;
         let a = cpu::Snapshot::take(daemon_pid);
         tokio::time::sleep_until(window_end.into()).await;
@@ -841,7 +843,7 @@ async fn traffic(
     for (i, (token, chat)) in chats.into_iter().enumerate() {
         let sandbox = world.sandbox.clone();
         let offset = period.map(|p| p.mul_f64(i as f64 / n as f64));
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawner.spawn("chat", async move {
             match (period, offset) {
                 (Some(p), Some(o)) => {
                     open_chat(&sandbox, &token, chat, p, o, window_start, window_end).await

@@ -1,6 +1,7 @@
 //! The bench's own PostgreSQL work: its panel database (created, migrated, always dropped with
 //! every bot database derived from it), the connection sampler and the insert baseline.
 
+use botvisor::tasks::Tasks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -168,7 +169,7 @@ impl Sampler {
         let stop = CancellationToken::new();
         let task = {
             let (peak, samples, stop) = (peak.clone(), samples.clone(), stop.clone());
-            tokio::spawn(async move {
+            Tasks::new(stop.clone()).spawn("pg-sampler", async move {
                 let mut tick = tokio::time::interval(SAMPLE_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -231,10 +232,11 @@ pub async fn baseline(
     let start = Arc::new(tokio::sync::Barrier::new(conns.len() + 1));
     let inserts = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
+    let spawner = Tasks::new(stop.clone());
     let mut workers = Vec::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
         let (start, inserts, stop) = (start.clone(), inserts.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
+        workers.push(spawner.spawn(format!("baseline-{i}"), async move {
             start.wait().await;
             let mut v = i as i64;
             while !stop.is_cancelled() {
