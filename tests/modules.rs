@@ -41,6 +41,20 @@ async fn bot_with_example_manifest(h: &Harness, name: &str, token_id: u64) -> (i
     (id, t)
 }
 
+/// The user's `blocked` flag and the number of unprocessed inbox rows.
+async fn blocked_and_pending(pool: &sqlx::PgPool, user: i64) -> (Option<bool>, i64) {
+    let blocked = sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
+        .bind(user)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+    let pending = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (blocked, pending)
+}
+
 /// A chat used only to see that a bot's configuration is loaded.
 const PROBE_CHAT: i64 = 999_999;
 
@@ -259,18 +273,7 @@ async fn users_history_blocking_and_admin_stats() {
     h.say(&t, user, "/help");
     let pool = h.bot_pool(id).await;
     eventually(DEADLINE, "user marked blocked", || async {
-        let blocked: Option<bool> =
-            sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
-                .bind(user)
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (blocked == Some(true) && pending == 0).then_some(())
+        (blocked_and_pending(&pool, user).await == (Some(true), 0)).then_some(())
     })
     .await;
     // Writing again (unblocked) clears the flag.
@@ -280,17 +283,7 @@ async fn users_history_blocking_and_admin_stats() {
     h.reply(&t, user, after, |s| s == "Coffee 3").await;
     // The reply goes out just before its transaction commits: poll for the effects.
     eventually(DEADLINE, "user unblocked and update processed", || async {
-        let blocked: bool = sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
-            .bind(user)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (!blocked && pending == 0).then_some(())
+        (blocked_and_pending(&pool, user).await == (Some(false), 0)).then_some(())
     })
     .await;
     let row: (String, Option<String>, String) =

@@ -1649,11 +1649,7 @@ impl BotState {
         if p.get("inline_message_id").is_some() {
             return Err(ApiErr::bad("Bad Request: MESSAGE_ID_INVALID"));
         }
-        let chat_id = p.chat_id("chat_id")?;
-        let message_id = p
-            .i64("message_id")?
-            .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
-            as i32;
+        let (chat_id, message_id) = target_message(p)?;
         let chat = self
             .chats
             .get(&chat_id)
@@ -1742,11 +1738,7 @@ impl BotState {
     }
 
     fn delete_message(&mut self, p: &Params) -> Result<Value, ApiErr> {
-        let chat_id = p.chat_id("chat_id")?;
-        let message_id = p
-            .i64("message_id")?
-            .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
-            as i32;
+        let (chat_id, message_id) = target_message(p)?;
         let chat = self
             .chats
             .get_mut(&chat_id)
@@ -2012,4 +2004,14 @@ pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Del
         .updates
         .front()
         .map(|u| (u.id, u.json.clone(), url, secret)))
+}
+
+/// The `chat_id` and `message_id` a method acts on (editMessage*, deleteMessage).
+fn target_message(p: &Params) -> Result<(i64, i32), ApiErr> {
+    let chat_id = p.chat_id("chat_id")?;
+    let message_id = p
+        .i64("message_id")?
+        .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
+        as i32;
+    Ok((chat_id, message_id))
 }
