@@ -188,14 +188,18 @@ pub async fn notify_systemd(
             std::time::Duration::from_secs(5),
         );
     let mut tick = tokio::time::interval(period);
+    let mut counts_open = true;
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => {
-                send(&[NotifyState::Stopping, NotifyState::Status("shutting down: draining bots")]);
-                return;
-            }
-            changed = counts.changed() => {
-                if changed.is_err() { return; }
+            // Shutdown first: the supervisor drops the counts sender as it stops, and that
+            // must not end this loop before STOPPING=1 is sent.
+            biased;
+            () = shutdown.cancelled() => break,
+            changed = counts.changed(), if counts_open => {
+                if changed.is_err() {
+                    counts_open = false;
+                    continue;
+                }
                 let text = status(&counts.borrow_and_update());
                 send(&[NotifyState::Status(&text)]);
             }
@@ -210,4 +214,8 @@ pub async fn notify_systemd(
             }
         }
     }
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("shutting down: draining bots"),
+    ]);
 }
