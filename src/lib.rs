@@ -1,37 +1,34 @@
 //! botvisor: one supervised process hosting many Telegram bots, each with its own database.
 //!
-//! Module map:
-//! - [`cli`]: the command line (daemon, sandbox, admin commands);
-//! - [`config`]: typed settings (file + `BOTVISOR__*` environment), validated;
-//! - [`telemetry`]: tracing setup and secret masking;
-//! - [`migration_lint`]: the additive-only lint over migration SQL files;
-//! - [`migration_guard`]: the checksum list that keeps shipped migrations immutable;
-//! - [`tasks`]: named, tracked task spawning and shutdown;
-//! - [`token`]: validated, masked bot tokens;
-//! - [`manifest`] and [`texts`]: a bot's configuration and its user-facing strings;
-//! - [`migrations`]: the embedded panel and bot schemas, applied and inspected;
-//! - [`panel`]: the panel database (all its SQL in `panel::store`);
-//! - [`botdb`]: per-bot databases (naming, provisioning, connection budget, all bot SQL);
-//! - [`supervisor`]: the reconcile loop and each bot's restart policy;
-//! - [`bot`]: one hosted bot's run: durable listener, dispatcher, settings snapshot;
-//! - [`modules`]: what a bot does with an update (commands, menus, users, history);
-//! - [`daemon`]: `botvisor serve` wired together, with ordered shutdown;
-//! - [`sandbox`]: a local Telegram Bot API emulator for tests, development and demos.
+//! Module map, in layer order (an import may only point down this list; `tests/layers.rs`
+//! enforces it — see docs/architecture.md):
+//! - edges: [`cli`] (clap + terminal rendering), [`app`] (`botvisor serve` wired together,
+//!   signals, systemd notify), [`sandbox`] (a local Telegram Bot API emulator);
+//! - operators' rules: [`admin`] (validated writes shared by the CLI and the coming HTTP API);
+//! - control plane: [`control`] (the reconcile loop, its pure planner, slots, restart policy,
+//!   bot states) — decides, never talks to Telegram;
+//! - data plane: [`runtime`] (one hosted bot: provision, getMe, module jobs, the update intake,
+//!   the unit of work);
+//! - behaviour: [`modules`] (the `Module` trait, the registry, `core`, `history`);
+//! - [`telegram`] (the shared client, the error classifier, the send interface) and
+//!   [`content`] (manifest, texts, language codes, the hot-swapped snapshot);
+//! - storage: [`panel`], [`botdb`], [`schema`] — all SQL lives in their `store.rs` files (and in
+//!   each module's own `store.rs`);
+//! - leaves: [`settings`], [`telemetry`], [`mask`], [`tasks`], [`token`].
 
-pub mod bot;
+pub mod app;
 pub mod botdb;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod manifest;
-pub mod migration_guard;
-pub mod migration_lint;
-pub mod migrations;
+pub mod content;
+pub mod control;
+pub mod mask;
 pub mod modules;
 pub mod panel;
+pub mod runtime;
 pub mod sandbox;
-pub mod supervisor;
+pub mod schema;
+pub mod settings;
 pub mod tasks;
+pub mod telegram;
 pub mod telemetry;
-pub mod texts;
 pub mod token;

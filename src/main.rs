@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use botvisor::cli::{Cli, CliError, Command, run_admin, sandbox, serve};
-use botvisor::config::LogSettings;
+use botvisor::settings::LogSettings;
 use clap::Parser;
 
 #[tokio::main]
@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     // A panic message goes through tracing, masked, instead of straight to stderr: it could
     // hold a token (reqwest errors carry the request URL).
     std::panic::set_hook(Box::new(|info| {
-        let text = botvisor::telemetry::redact(&info.to_string());
+        let text = botvisor::mask::redact(&info.to_string());
         if tracing::dispatcher::has_been_set() {
             tracing::error!(panic = %text, "panic");
         } else {

@@ -58,7 +58,7 @@ impl BotToken {
 
     /// The masked form, `123456:****`.
     pub fn masked(&self) -> String {
-        crate::telemetry::mask_token(&self.0)
+        crate::mask::mask_token(&self.0)
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use botvisor::manifest::Manifest;
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store::{self, NewBot};
 use botvisor::sandbox::{Fault, InjectMessage};
 use botvisor::token::BotToken;
@@ -47,7 +47,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let mut rng = Rng(seed);
 
     let panel = TestDb::create("bvt_kill").await;
-    botvisor::migrations::apply(&botvisor::migrations::PANEL, &panel.url.parse().unwrap())
+    botvisor::schema::apply(&botvisor::schema::PANEL, &panel.url.parse().unwrap())
         .await
         .unwrap();
     let (sb, api_url, stop_sandbox) = common::harness::start_sandbox().await;

@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use botvisor::migration_guard::{
+#[path = "support/migration_guard.rs"]
+mod migration_guard;
+
+use migration_guard::{
     APPEND_COMMAND, CHECKSUMS_FILE, append_new_checksums, sqlx_checksum_hex, verify_checksums,
 };
 use sqlx::migrate::Migrator;

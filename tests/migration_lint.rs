@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use botvisor::migration_lint::{DEFAULT_DIRS, Finding, Rule, lint_dir, run_lint};
+use botvisor::schema::lint::{DEFAULT_DIRS, Finding, Rule, lint_dir, run_lint};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

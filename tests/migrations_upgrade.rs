@@ -4,9 +4,9 @@
 mod common;
 
 use botvisor::botdb::store::{self, Role, SeenUser};
-use botvisor::manifest::Manifest;
-use botvisor::migrations::{self, MigrationState};
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store as panel_store;
+use botvisor::schema::{self, MigrationState};
 use common::harness::Harness;
 use common::{TestDb, botvisor as run_cli, token};
 use sqlx::migrate::Migrator;
@@ -28,14 +28,14 @@ async fn users_checksum(conn: &mut PgConnection) -> String {
 
 /// Applies only the first `n` bot migrations, as an older binary would have.
 async fn apply_first(conn: &mut PgConnection, n: usize) {
-    let old = Migrator::with_migrations(migrations::BOT.migrations[..n].to_vec());
+    let old = Migrator::with_migrations(schema::BOT.migrations[..n].to_vec());
     old.run_direct(None, conn, false).await.unwrap();
 }
 
 #[tokio::test]
 async fn upgrading_keeps_data_and_the_previous_queries_work() {
     assert!(
-        migrations::BOT.migrations.len() >= 2,
+        schema::BOT.migrations.len() >= 2,
         "needs at least two bot migrations"
     );
     let db = TestDb::create("bvt_upgrade").await;
@@ -74,12 +74,8 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
     .unwrap();
 
     // The new binary applies the rest.
-    migrations::apply_on(&migrations::BOT, &mut conn)
-        .await
-        .unwrap();
-    let status = migrations::status_on(&migrations::BOT, &mut conn)
-        .await
-        .unwrap();
+    schema::apply_on(&schema::BOT, &mut conn).await.unwrap();
+    let status = schema::status_on(&schema::BOT, &mut conn).await.unwrap();
     assert!(
         status.iter().all(|s| s.state == MigrationState::Applied),
         "{status:?}"
@@ -127,9 +123,7 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
 async fn a_database_ahead_of_the_binary_is_accepted_and_reported() {
     let db = TestDb::create("bvt_ahead").await;
     let mut conn = connect(&db.url).await;
-    migrations::apply_on(&migrations::BOT, &mut conn)
-        .await
-        .unwrap();
+    schema::apply_on(&schema::BOT, &mut conn).await.unwrap();
     // A newer binary added a column and recorded its migration, then was rolled back.
     sqlx::raw_sql(
         "ALTER TABLE users ADD COLUMN vip BOOLEAN NOT NULL DEFAULT FALSE; \
@@ -139,12 +133,8 @@ async fn a_database_ahead_of_the_binary_is_accepted_and_reported() {
     .execute(&mut conn)
     .await
     .unwrap();
-    migrations::apply_on(&migrations::BOT, &mut conn)
-        .await
-        .unwrap();
-    let status = migrations::status_on(&migrations::BOT, &mut conn)
-        .await
-        .unwrap();
+    schema::apply_on(&schema::BOT, &mut conn).await.unwrap();
+    let status = schema::status_on(&schema::BOT, &mut conn).await.unwrap();
     let ahead: Vec<_> = status
         .iter()
         .filter(|s| s.state == MigrationState::Ahead)
@@ -185,9 +175,7 @@ async fn a_checksum_mismatch_fails_the_bot_and_status_shows_it() {
             .unwrap();
         admin.close().await;
         let mut conn = connect(&format!("{}/{name}", common::server_url())).await;
-        migrations::apply_on(&migrations::BOT, &mut conn)
-            .await
-            .unwrap();
+        schema::apply_on(&schema::BOT, &mut conn).await.unwrap();
         sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
             .execute(&mut conn)
             .await

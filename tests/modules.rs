@@ -3,7 +3,7 @@
 
 mod common;
 
-use botvisor::manifest::Manifest;
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store;
 use botvisor::sandbox::{InjectCallback, InjectMessage, SentEvent, SentKind};
 use common::eventually;
@@ -113,11 +113,13 @@ async fn commands_reply_with_texts_and_are_registered() {
     .await;
     let mut manifest =
         Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
-    manifest.commands.push(botvisor::manifest::CommandSpec {
-        command: "hours".into(),
-        text: "hours".into(),
-        description: "Opening hours".into(),
-    });
+    manifest
+        .commands
+        .push(botvisor::content::manifest::CommandSpec {
+            command: "hours".into(),
+            text: "hours".into(),
+            description: "Opening hours".into(),
+        });
     store::set_manifest(&h.pool, id, &manifest).await.unwrap();
     store::set_text(&h.pool, id, "hours", "en", "9 to 5")
         .await

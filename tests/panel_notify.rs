@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use botvisor::manifest::Manifest;
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store::{self, NewBot, StatusUpdate};
 use botvisor::token::BotToken;
 use common::{TestDb, token};
@@ -46,7 +46,7 @@ fn ev(channel: &str, id: i64) -> (String, String) {
 #[tokio::test]
 async fn writes_notify_the_right_channels() {
     let db = TestDb::create("bvt_notify").await;
-    botvisor::migrations::apply(&botvisor::migrations::PANEL, &db.url.parse().unwrap())
+    botvisor::schema::apply(&botvisor::schema::PANEL, &db.url.parse().unwrap())
         .await
         .unwrap();
     let pool = db.pool().await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use botvisor::manifest::Manifest;
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store;
 use botvisor::token::BotToken;
 use common::harness::{DEADLINE, Harness};

@@ -50,7 +50,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::migrations::describe;
+use crate::schema::describe;
 
 /// Idle time after which a connection is pinged before it is handed out again.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);

@@ -11,8 +11,8 @@ pub mod store;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::config::{Settings, render_name_template};
-use crate::migrations::{self, MigrationError, describe};
+use crate::schema::{self, MigrationError, describe};
+use crate::settings::{Settings, render_name_template};
 use budget::{BotPool, ConnectionBudget};
 
 /// PostgreSQL's limit on identifier length, in bytes.
@@ -103,8 +103,8 @@ impl BotDbTarget {
         } else {
             let url = &settings.bot_database.server_url;
             url.parse::<PgConnectOptions>()
-                .map(|o| crate::config::without_loopback_tls(url, o))
-                .map_err(|e| crate::config::ConfigError::Invalid {
+                .map(|o| crate::settings::without_loopback_tls(url, o))
+                .map_err(|e| crate::settings::ConfigError::Invalid {
                     key: "bot_database.server_url",
                     reason: e.to_string(),
                 })
@@ -215,7 +215,7 @@ impl BotDbTarget {
         let created = created?;
         let pool = budget.database(self.options.clone(), max_connections);
         let mut conn = pool.acquire().await?;
-        match migrations::apply_on(&migrations::BOT, &mut conn).await {
+        match schema::apply_on(&schema::BOT, &mut conn).await {
             Ok(()) => Ok((created, pool)),
             Err(source) => {
                 conn.discard();
@@ -262,7 +262,7 @@ impl BotDbTarget {
     /// Creates the database if needed and applies the embedded bot migrations.
     pub async fn provision(&self) -> Result<bool, BotDbError> {
         let created = self.ensure_database().await?;
-        migrations::apply(&migrations::BOT, &self.options)
+        schema::apply(&schema::BOT, &self.options)
             .await
             .map_err(|source| BotDbError::Migrate {
                 database: self.database.clone(),
@@ -276,18 +276,15 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!(
             "{} is not a postgres:// URL",
-            crate::telemetry::mask_url(url)
+            crate::mask::mask_url(url)
         ));
     }
     let opts: PgConnectOptions = url
         .parse()
-        .map_err(|e| format!("{}: {e}", crate::telemetry::mask_url(url)))?;
-    let opts = crate::config::without_loopback_tls(url, opts);
+        .map_err(|e| format!("{}: {e}", crate::mask::mask_url(url)))?;
+    let opts = crate::settings::without_loopback_tls(url, opts);
     if opts.get_database().is_none_or(str::is_empty) {
-        return Err(format!(
-            "{} names no database",
-            crate::telemetry::mask_url(url)
-        ));
+        return Err(format!("{} names no database", crate::mask::mask_url(url)));
     }
     Ok(opts)
 }

@@ -8,13 +8,14 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::{BotCommand, CliError, Command, ConfigCommand, MigrateAction, TextCommand, error_line};
+use super::{BotCommand, CliError, Command, ConfigCommand, MigrateAction, TextCommand};
 use crate::botdb::{BotDbTarget, validate_override};
-use crate::config::Settings;
-use crate::manifest::Manifest;
-use crate::migrations::{self, MigrationStatus};
+use crate::content::manifest::Manifest;
+use crate::mask::error_line;
+use crate::mask::mask_token;
 use crate::panel::{self, BotRecord, BotStatus, store};
-use crate::telemetry::mask_token;
+use crate::schema::{self, MigrationStatus};
+use crate::settings::Settings;
 use crate::token::BotToken;
 
 /// Longest bot name accepted.
@@ -66,7 +67,7 @@ pub(super) async fn run(
 
 pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<(), CliError> {
     let findings =
-        crate::migration_lint::run_lint(paths).map_err(|e| CliError::input(error_line(&e)))?;
+        crate::schema::lint::run_lint(paths).map_err(|e| CliError::input(error_line(&e)))?;
     for f in &findings {
         writeln!(out, "{f}")?;
     }
@@ -81,9 +82,9 @@ pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<
     }
 }
 
-fn migration_error(e: migrations::MigrationError) -> CliError {
+fn migration_error(e: schema::MigrationError) -> CliError {
     match e {
-        migrations::MigrationError::Connect { .. } => CliError::input(error_line(&e)),
+        schema::MigrationError::Connect { .. } => CliError::input(error_line(&e)),
         other => CliError::failure(error_line(&other)),
     }
 }
@@ -96,10 +97,10 @@ async fn migrate(
 ) -> Result<(), CliError> {
     match &args.action {
         None => {
-            migrations::apply(&migrations::PANEL, options)
+            schema::apply(&schema::PANEL, options)
                 .await
                 .map_err(migration_error)?;
-            let status = migrations::status(&migrations::PANEL, options)
+            let status = schema::status(&schema::PANEL, options)
                 .await
                 .map_err(migration_error)?;
             writeln!(out, "panel migrations applied ({} in total)", status.len())?;
@@ -122,14 +123,14 @@ async fn migrate(
                     vec![bot_target(settings, &bot)?]
                 }
                 (None, true) => {
-                    let status = migrations::status(&migrations::PANEL, options)
+                    let status = schema::status(&schema::PANEL, options)
                         .await
                         .map_err(migration_error)?;
                     reports.push(("panel".into(), status));
                     all_targets(settings, options).await?
                 }
                 (None, false) => {
-                    let status = migrations::status(&migrations::PANEL, options)
+                    let status = schema::status(&schema::PANEL, options)
                         .await
                         .map_err(migration_error)?;
                     reports.push(("panel".into(), status));
@@ -147,7 +148,7 @@ async fn migrate(
                     missing.push(label);
                     continue;
                 }
-                let status = migrations::status(&migrations::BOT, &target.options)
+                let status = schema::status(&schema::BOT, &target.options)
                     .await
                     .map_err(migration_error)?;
                 reports.push((label, status));
@@ -213,7 +214,7 @@ async fn migrate_all_bots(
         .map(|target| async move {
             let result = match target.exists().await {
                 Ok(false) => Ok(false),
-                Ok(true) => migrations::apply(&migrations::BOT, &target.options)
+                Ok(true) => schema::apply(&schema::BOT, &target.options)
                     .await
                     .map(|()| true)
                     .map_err(|e| error_line(&e)),
@@ -336,7 +337,7 @@ fn view<'a>(settings: &Settings, bot: &'a BotRecord, status: Option<&'a BotStatu
         token: mask_token(&bot.token),
         enabled: bot.enabled,
         database,
-        database_override: bot.database.as_deref().map(crate::telemetry::mask_url),
+        database_override: bot.database.as_deref().map(crate::mask::mask_url),
         version: bot.version,
         texts: bot.texts_count,
         state: status.map(|s| s.state.as_str()),

@@ -7,7 +7,7 @@ use super::{Cli, CliError, SandboxArgs, error_line, load_settings};
 /// Runs `botvisor sandbox` until SIGTERM/SIGINT.
 pub async fn sandbox(args: &SandboxArgs) -> Result<(), CliError> {
     use tokio::signal::unix::{SignalKind, signal};
-    crate::telemetry::init(&crate::config::LogSettings::default());
+    crate::telemetry::init(&crate::settings::LogSettings::default());
     let sandbox = crate::sandbox::Sandbox::bind(crate::sandbox::SandboxConfig {
         listen: args.listen,
         accept_any_token: args.accept_any_token,
@@ -46,11 +46,11 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let running = settings.clone();
-    let (daemon, handles) = crate::daemon::Daemon::start(settings, shutdown.clone())
+    let (daemon, handles) = crate::app::Daemon::start(settings, shutdown.clone())
         .await
         .map_err(|e| CliError::input(error_line(&e)))?;
     let reload = handles.reload.clone();
-    let notifier = crate::daemon::notify_systemd(
+    let notifier = crate::app::notify_systemd(
         handles.ready,
         handles.counts,
         handles.heartbeat,

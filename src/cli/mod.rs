@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, Settings};
+use crate::mask::error_line;
+use crate::settings::{ConfigError, Settings};
 
 /// Hosts many Telegram bots in one process, each with its own PostgreSQL database.
 #[derive(Debug, Parser)]
@@ -283,21 +284,6 @@ impl CliError {
             message: message.into(),
         }
     }
-}
-
-/// Formats an error with its sources on one line, tokens masked.
-pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    crate::telemetry::redact(&line)
 }
 
 impl From<ConfigError> for CliError {

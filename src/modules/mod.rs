@@ -23,9 +23,9 @@ use teloxide::dispatching::{DpHandlerDescription, UpdateHandler};
 use teloxide::dptree;
 use teloxide::types::{Me, Update};
 
-use crate::bot::listener::{panic_message, report_failure};
-use crate::bot::{BotContext, BotFailure};
 use crate::botdb::store;
+use crate::runtime::inbox::{panic_message, report_failure};
+use crate::runtime::{BotContext, BotFailure};
 
 /// Why handling one update failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ impl From<sqlx::Error> for HandleError {
 
 impl From<crate::botdb::budget::BudgetError> for HandleError {
     fn from(e: crate::botdb::budget::BudgetError) -> Self {
-        HandleError::Transient(crate::cli::error_line(&e))
+        HandleError::Transient(crate::mask::error_line(&e))
     }
 }
 

@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::manifest::ManifestError;
-use crate::migrations::describe;
-use crate::texts::TextError;
+use crate::content::manifest::ManifestError;
+use crate::content::texts::TextError;
+use crate::schema::describe;
 
 /// Channel notified with a bot id on every insert, update or delete of `bots`.
 pub const BOTS_CHANGED: &str = "bots_changed";
@@ -79,7 +79,7 @@ pub struct BotRecord {
     pub id: i64,
     /// Unique name.
     pub name: String,
-    /// The full token. Never print it; use [`crate::telemetry::mask_token`].
+    /// The full token. Never print it; use [`crate::mask::mask_token`].
     pub token: String,
     /// Whether the bot should run.
     pub enabled: bool,

@@ -4,7 +4,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
 use super::{BotRecord, BotStatus, PanelError, TextRecord};
-use crate::manifest::Manifest;
+use crate::content::manifest::Manifest;
 use crate::token::BotToken;
 
 const SELECT_BOTS: &str = "\
@@ -205,7 +205,7 @@ async fn ensure_bot(pool: &PgPool, id: i64) -> Result<(), PanelError> {
 }
 
 fn validated(key: &str, lang: &str, value: &str) -> Result<(), PanelError> {
-    crate::texts::validate(key, lang, value).map_err(|source| PanelError::Text {
+    crate::content::texts::validate(key, lang, value).map_err(|source| PanelError::Text {
         key: key.to_owned(),
         lang: lang.to_owned(),
         source,

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use botvisor::config::Settings;
-use botvisor::daemon::{Daemon, ShutdownReport};
-use botvisor::manifest::Manifest;
+use botvisor::app::{Daemon, ShutdownReport};
+use botvisor::content::manifest::Manifest;
+use botvisor::control::BotCounts;
 use botvisor::panel::store::{self, NewBot};
 use botvisor::sandbox::{InjectMessage, Sandbox, SandboxConfig, SandboxHandle, SentEvent};
-use botvisor::supervisor::BotCounts;
+use botvisor::settings::Settings;
 use botvisor::token::BotToken;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -46,7 +46,7 @@ pub struct Harness {
     pub budget: botvisor::botdb::budget::ConnectionBudget,
     shutdown: CancellationToken,
     sandbox_stop: CancellationToken,
-    daemon: Option<JoinHandle<Result<ShutdownReport, botvisor::daemon::DaemonError>>>,
+    daemon: Option<JoinHandle<Result<ShutdownReport, botvisor::app::DaemonError>>>,
 }
 
 /// Extra settings for a harness, as `BOTVISOR__…` variables.
@@ -55,7 +55,7 @@ pub type Extra<'a> = &'a [(&'a str, &'a str)];
 impl Harness {
     /// Starts everything; returns once the daemon finished its first reconcile.
     pub async fn start(extra: Extra<'_>) -> Self {
-        botvisor::telemetry::init(&botvisor::config::LogSettings {
+        botvisor::telemetry::init(&botvisor::settings::LogSettings {
             filter: "warn".into(),
             ..Default::default()
         });

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use botvisor::config::Settings;
-use botvisor::daemon::{Daemon, DaemonError, ShutdownReport};
+use botvisor::app::{Daemon, DaemonError, ShutdownReport};
+use botvisor::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// How long a daemon gets to drain on stop before the bench gives up on it.

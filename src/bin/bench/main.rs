@@ -27,7 +27,7 @@ use botvisor::tasks::Tasks;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use botvisor::manifest::Manifest;
+use botvisor::content::manifest::Manifest;
 use botvisor::panel::store::{self, NewBot};
 use botvisor::sandbox::{InjectMessage, Sandbox, SandboxConfig, SandboxHandle};
 use botvisor::token::BotToken;
@@ -504,10 +504,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    botvisor::telemetry::init(&botvisor::config::LogSettings {
+    botvisor::telemetry::init(&botvisor::settings::LogSettings {
         // Dropping hundreds of databases trips sqlx's slow-statement warning; it is expected.
         filter: "warn,sqlx=error".into(),
-        format: botvisor::config::LogFormat::Text,
+        format: botvisor::settings::LogFormat::Text,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -37,7 +37,7 @@ impl Server {
     pub fn options(&self, db: &str) -> anyhow::Result<PgConnectOptions> {
         let url = self.url_of(db);
         url.parse::<PgConnectOptions>()
-            .map(|o| botvisor::config::without_loopback_tls(&url, o))
+            .map(|o| botvisor::settings::without_loopback_tls(&url, o))
             .with_context(|| format!("{url} is not a PostgreSQL URL"))
     }
 
@@ -81,7 +81,7 @@ impl PanelDb {
             .await
             .with_context(|| format!("cannot create database {name}"))?;
         conn.close().await.ok();
-        botvisor::migrations::apply(&botvisor::migrations::PANEL, &server.options(&name)?)
+        botvisor::schema::apply(&botvisor::schema::PANEL, &server.options(&name)?)
             .await
             .context("cannot migrate the bench's panel database")?;
         Ok(db)

@@ -27,9 +27,9 @@ use teloxide::update_listeners::{AsUpdateStream, UpdateListener};
 use tokio_util::sync::CancellationToken;
 
 use super::BotFailure;
-use super::telegram::{ApiCallError, TelegramApi};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow};
+use crate::telegram::{ApiCallError, TelegramApi};
 use crate::token::BotToken;
 
 /// Updates per getUpdates call (Telegram's maximum).
@@ -102,7 +102,7 @@ pub struct Retention {
     /// Days processed inbox rows are kept.
     pub inbox_days: u32,
     /// The bot's settings (its manifest holds `history.retention_days`; 0 keeps forever).
-    pub config: super::config::SharedConfig,
+    pub config: crate::content::snapshot::SharedConfig,
 }
 
 impl DurableListener {

@@ -16,11 +16,11 @@ use teloxide::types::{
 };
 
 use super::HandleError;
-use crate::bot::config::BotConfig;
-use crate::bot::telegram::{SendFailure, classify_send_error};
 use crate::botdb::store::{self, Role, SeenUser};
-use crate::manifest::{ButtonAction, MenuKind, MenuSpec};
-use crate::texts::Vars;
+use crate::content::manifest::{ButtonAction, MenuKind, MenuSpec};
+use crate::content::snapshot::BotConfig;
+use crate::content::texts::Vars;
+use crate::telegram::{SendFailure, classify_send_error};
 
 /// Attempts at one Bot API call before the update is left for a replay.
 const SEND_ATTEMPTS: u32 = 4;
@@ -159,7 +159,7 @@ async fn on_command(
     let render_or = |key: &str, fallback: &str| {
         audience
             .text(config, key)
-            .unwrap_or_else(|| crate::texts::render(fallback, &audience.vars))
+            .unwrap_or_else(|| crate::content::texts::render(fallback, &audience.vars))
     };
     match command {
         "start" => {
@@ -467,7 +467,7 @@ where
                 SendFailure::RetryAfter(_) | SendFailure::Transient(_) => {
                     return Err(HandleError::Transient(format!(
                         "{what} failed {SEND_ATTEMPTS} times: {}",
-                        crate::telemetry::redact(&e.to_string())
+                        crate::mask::redact(&e.to_string())
                     )));
                 }
             },

@@ -1,6 +1,6 @@
 //! The supervision loop of one bot (a task named `bot-<id>`).
 //!
-//! Loop: run the bot ([`crate::bot::run`]) → on a transient failure back off and retry
+//! Loop: run the bot ([`crate::runtime::run`]) → on a transient failure back off and retry
 //! (quarantine when failures come too often) → on a fatal failure (401, database cannot be
 //! created, migration failed) wait for a panel change → on a token or database change stop the
 //! run completely (its last offset confirmed) and start again with the new spec → on stop write
@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, QUARANTINE_COOLDOWN, RestartPolicy};
-use crate::bot::config::SharedConfig;
-use crate::bot::{self, BotSpec, SharedDeps};
+use crate::content::snapshot::SharedConfig;
 use crate::panel::store::{self, StatusUpdate};
+use crate::runtime::{self, BotSpec, SharedDeps};
 
 /// Writes a bot's status rows; failures to write are logged, never fatal.
 #[derive(Clone)]
@@ -128,7 +128,7 @@ impl Slot {
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Running;
                     status.set("running", "", Some(username), false).await;
                 };
-                let run = bot::run(
+                let run = runtime::run(
                     &self.deps,
                     &spec,
                     self.config.clone(),

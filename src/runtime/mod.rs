@@ -10,9 +10,7 @@
 //! - [`telegram`]: the shared Bot API client and error classification;
 //! - [`listener`]: the durable update listener (inbox before offset).
 
-pub mod config;
-pub mod listener;
-pub mod telegram;
+pub mod inbox;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, ConnectionBudget};
 use crate::botdb::{BotDbError, BotDbTarget};
-use crate::config::Settings;
-use crate::manifest::Manifest;
+use crate::content::manifest::Manifest;
+use crate::content::snapshot::SharedConfig;
+use crate::settings::Settings;
+use crate::telegram::{SendFailure, TelegramApi, classify_send_error};
 use crate::token::BotToken;
-use config::SharedConfig;
-use listener::{DurableListener, FailureSlot};
-use telegram::{SendFailure, TelegramApi, classify_send_error};
+use inbox::{DurableListener, FailureSlot};
 
 /// Handlers of one bot running at once (across its chats).
 const HANDLER_CONCURRENCY: usize = 16;
@@ -90,7 +88,7 @@ impl BotFailure {
 impl From<BotDbError> for BotFailure {
     fn from(e: BotDbError) -> Self {
         let fatal = e.is_fatal();
-        BotFailure::Database(crate::cli::error_line(&e), fatal)
+        BotFailure::Database(crate::mask::error_line(&e), fatal)
     }
 }
 
@@ -174,13 +172,13 @@ async fn dispatch(
     let failure: FailureSlot = Arc::new(Mutex::new(None));
     let run_stop = stop.child_token();
     let listener = DurableListener::new(
-        listener::ListenerParts {
+        inbox::ListenerParts {
             api: deps.api.clone(),
             token: spec.token.clone(),
             bot_id: spec.id,
             db: db.clone(),
             poll_timeout: Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
-            retention: listener::Retention {
+            retention: inbox::Retention {
                 inbox_days: deps.settings.bot_database.inbox_retention_days,
                 config: config.clone(),
             },
@@ -235,6 +233,6 @@ pub async fn sync_commands(bot: &teloxide::Bot, bot_id: i64, manifest: &Manifest
             .map(|c| BotCommand::new(&c.command, &c.description)),
     );
     if let Err(e) = bot.set_my_commands(commands).await {
-        tracing::warn!(bot_id, error = %crate::telemetry::redact(&e.to_string()), "setMyCommands failed");
+        tracing::warn!(bot_id, error = %crate::mask::redact(&e.to_string()), "setMyCommands failed");
     }
 }

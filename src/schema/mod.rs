@@ -7,6 +7,8 @@
 //! is accepted: our migrations are additive, so the older binary keeps working; status
 //! reports those versions as `ahead`.
 
+pub mod lint;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};

@@ -9,7 +9,7 @@ use teloxide::Bot;
 use teloxide::RequestError;
 use teloxide::errors::ApiError;
 
-use crate::telemetry::redact;
+use crate::mask::redact;
 use crate::token::BotToken;
 
 /// Extra time the HTTP request gets beyond the long-poll timeout.

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::bot::SharedDeps;
-use crate::bot::telegram::TelegramApi;
 use crate::botdb::budget::ConnectionBudget;
-use crate::config::Settings;
-use crate::migrations::{self, MigrationError};
+use crate::control::{BotCounts, Supervisor, SupervisorError};
 use crate::panel::{self, PanelError};
-use crate::supervisor::{BotCounts, Supervisor, SupervisorError};
+use crate::runtime::SharedDeps;
+use crate::schema::{self, MigrationError};
+use crate::settings::Settings;
 use crate::tasks::Tasks;
+use crate::telegram::TelegramApi;
 
 /// Connections the daemon keeps to the panel database (LISTEN, reconcile, status writes).
 const PANEL_CONNECTIONS: u32 = 4;
@@ -88,7 +88,7 @@ impl Daemon {
             .expect("validated in Settings::validate")
             .application_name("botvisor-panel");
         let panel = panel::connect(&options, PANEL_CONNECTIONS).await?;
-        migrations::apply(&migrations::PANEL, &options).await?;
+        schema::apply(&schema::PANEL, &options).await?;
         let api = TelegramApi::new(settings.telegram_api_url())?;
         let db = &settings.bot_database;
         let budget = ConnectionBudget::new(

@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bot::config::{BotConfig, SharedConfig};
-use crate::bot::{BotSpec, SharedDeps, sync_commands};
+use crate::content::snapshot::{BotConfig, SharedConfig};
 use crate::panel::listener::{PanelEvent, PanelListener};
 use crate::panel::{BotRecord, PanelError, store};
+use crate::runtime::{BotSpec, SharedDeps, sync_commands};
 use crate::tasks::Tasks;
 use crate::token::BotToken;
 use slot::{Slot, SlotState, StatusReporter};
@@ -179,7 +179,7 @@ impl Supervisor {
             {
                 let work = std::mem::take(&mut pending);
                 if let Err(e) = self.reconcile(&work, &shutdown).await {
-                    tracing::warn!(error = %crate::cli::error_line(&e), "reconcile failed; retrying");
+                    tracing::warn!(error = %crate::mask::error_line(&e), "reconcile failed; retrying");
                     pending = work;
                     pending.full = true;
                     tokio::select! {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::telemetry::mask_url;
+use crate::mask::mask_url;
 
 /// The settings file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/botvisor/botvisor.toml";

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::manifest::{Manifest, ManifestError};
+use crate::content::manifest::{Manifest, ManifestError};
+use crate::content::texts::{Vars, render};
 use crate::panel::{BotRecord, TextRecord};
-use crate::texts::{Vars, render};
 
 /// One immutable version of a bot's manifest and texts.
 #[derive(Debug, Clone)]

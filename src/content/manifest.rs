@@ -278,7 +278,7 @@ pub fn is_language_code(s: &str) -> bool {
 }
 
 fn check_key(key: &str) -> Result<(), &'static str> {
-    if crate::texts::is_valid_key(key) {
+    if crate::content::texts::is_valid_key(key) {
         Ok(())
     } else {
         Err("must be a text key: 1-64 characters of a-z, 0-9, _, . and -")
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn full_example_is_valid() {
-        let m = Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
+        let m = Manifest::from_json_str(include_str!("../../docs/manifest.example.json")).unwrap();
         assert_eq!(m.default_language, "en");
         assert!(m.menus.contains_key("main"));
     }
