@@ -16,6 +16,7 @@
 //!   each module's own `store.rs`);
 //! - leaves: [`settings`], [`telemetry`], [`mask`], [`tasks`], [`token`].
 
+pub mod admin;
 pub mod app;
 pub mod botdb;
 pub mod cli;

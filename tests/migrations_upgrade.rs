@@ -3,8 +3,9 @@
 
 mod common;
 
-use botvisor::botdb::store::{self, Role, SeenUser};
 use botvisor::content::manifest::Manifest;
+use botvisor::modules::core::store::{self as users, SeenUser};
+use botvisor::modules::history::store::{self as history, Role};
 use botvisor::panel::store as panel_store;
 use botvisor::schema::{self, MigrationState};
 use common::harness::Harness;
@@ -43,7 +44,7 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
     apply_first(&mut conn, 1).await;
     // Sample data written by the first schema version.
     for i in 0..20i64 {
-        store::touch_user(
+        users::touch_user(
             &mut conn,
             &SeenUser {
                 user_id: 100 + i,
@@ -55,7 +56,7 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
         )
         .await
         .unwrap();
-        store::add_message(
+        history::add_message(
             &mut conn,
             100 + i,
             Some(100 + i),
@@ -91,7 +92,7 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
 
     // The previous binary's queries (everything it did against the first schema) still work
     // on the new schema.
-    store::touch_user(
+    users::touch_user(
         &mut conn,
         &SeenUser {
             user_id: 100,
@@ -103,18 +104,18 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
     )
     .await
     .unwrap();
-    store::set_user_blocked(&mut conn, 101, true).await.unwrap();
-    store::add_message(&mut conn, 100, None, Role::Bot, "reply")
+    users::set_user_blocked(&mut conn, 101, true).await.unwrap();
+    history::add_message(&mut conn, 100, None, Role::Bot, "reply")
         .await
         .unwrap();
-    let user = store::get_user(&mut conn, 100).await.unwrap().unwrap();
+    let user = users::get_user(&mut conn, 100).await.unwrap().unwrap();
     assert_eq!(
         (user.first_name.as_str(), user.language_code.as_deref()),
         ("Again", Some("ru"))
     );
-    let history = store::chat_history(&mut conn, 100, 10).await.unwrap();
+    let history = history::chat_history(&mut conn, 100, 10).await.unwrap();
     assert_eq!(history.len(), 2);
-    let stats = store::stats(&mut conn).await.unwrap();
+    let stats = users::stats(&mut conn).await.unwrap();
     assert_eq!((stats.users_total, stats.blocked), (20, 1));
     conn.close().await.unwrap();
 }
@@ -145,7 +146,7 @@ async fn a_database_ahead_of_the_binary_is_accepted_and_reported() {
         (9001, "add vip")
     );
     // The old binary's queries keep working on the newer schema.
-    store::touch_user(
+    users::touch_user(
         &mut conn,
         &SeenUser {
             user_id: 1,

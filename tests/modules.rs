@@ -113,13 +113,14 @@ async fn commands_reply_with_texts_and_are_registered() {
     .await;
     let mut manifest =
         Manifest::from_json_str(include_str!("../docs/manifest.example.json")).unwrap();
-    manifest
-        .commands
-        .push(botvisor::content::manifest::CommandSpec {
-            command: "hours".into(),
-            text: "hours".into(),
-            description: "Opening hours".into(),
-        });
+    manifest.sections["commands"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "command": "hours",
+            "text": "hours",
+            "description": "Opening hours",
+        }));
     store::set_manifest(&h.pool, id, &manifest).await.unwrap();
     store::set_text(&h.pool, id, "hours", "en", "9 to 5")
         .await
@@ -269,6 +270,8 @@ async fn users_history_blocking_and_admin_stats() {
         })
         .unwrap();
     h.reply(&t, user, 0, |s| s == "Hi Ann").await;
+    // /start also shows the main menu; wait for it so that the block below races nothing.
+    h.reply(&t, user, 0, |s| s == "Main menu").await;
 
     // The user blocks the bot: the next answer gets 403 and the user is marked blocked.
     h.sandbox.block_user(&t, user).unwrap();
@@ -329,6 +332,7 @@ async fn users_history_blocking_and_admin_stats() {
     let expected: Vec<(String, String)> = [
         ("user", "/start"),
         ("bot", "Hi Ann"),
+        ("bot", "Main menu"),
         ("user", "/help"),
         ("user", "/prices"),
         ("bot", "Coffee 3"),

@@ -142,6 +142,23 @@ async fn bot_lifecycle_commands_work_and_mask_tokens() {
     assert_eq!(show["token"], "1003:****");
     assert_eq!(show["enabled"], false);
 
+    // Rename: the rule of `bot add` applies, and names stay unique.
+    assert!(
+        p.run(&["bot", "rename", &id.to_string(), "shop two"])
+            .ok()
+            .contains("renamed to shop two")
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(p.run(&["bot", "show", &id.to_string(), "--json"]).ok()).unwrap();
+    assert_eq!(show["name"], "shop two");
+    p.run(&["bot", "rename", &id.to_string(), "news"])
+        .bad_input("\"news\" already exists");
+    p.run(&["bot", "rename", &id.to_string(), "bad/name"])
+        .bad_input("invalid bot name");
+    p.run(&["bot", "rename", "999999", "other"])
+        .bad_input("no bot with id 999999");
+    p.run(&["bot", "rename", &id.to_string(), "shop"]).ok();
+
     // Remove with --drop-database: the database the bot would use goes too.
     let bot_db = format!("{}_bot_{id}", p.db.name);
     // Create the bot's database the way the daemon would, then drop it via the CLI.
@@ -304,6 +321,19 @@ async fn texts_manifests_and_reload_round_trip() {
         p.run(&["text", "get", &id, "start"]).ok().trim(),
         "Hello, {first_name}!"
     );
+    // Delete: the named language only; deleting what is not there says so.
+    p.run(&["text", "set", &id, "gone", "Soon gone"]).ok();
+    assert!(
+        p.run(&["text", "delete", &id, "gone"])
+            .ok()
+            .contains("text gone [en] deleted")
+    );
+    p.run(&["text", "get", &id, "gone"])
+        .bad_input("has no text gone [en]");
+    p.run(&["text", "delete", &id, "gone"])
+        .bad_input("has no text gone [en]");
+    p.run(&["text", "delete", "999999", "start"])
+        .bad_input("no bot with id 999999");
     assert_eq!(
         p.run(&["text", "get", &id, "start", "--lang", "ru"])
             .ok()

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::ConnectionBudget;
 use crate::control::{BotCounts, Supervisor, SupervisorError};
+use crate::modules::Registry;
 use crate::panel::{self, PanelError};
 use crate::runtime::SharedDeps;
 use crate::schema::{self, MigrationError};
@@ -77,9 +78,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Connects to the panel, applies its migrations and builds every shared part.
+    /// Connects to the panel, applies its migrations and builds every shared part, with
+    /// botvisor's modules.
     pub async fn start(
         settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, DaemonHandles), DaemonError> {
+        Self::start_with(settings, Registry::standard(), shutdown).await
+    }
+
+    /// [`Daemon::start`] with the modules of `registry` (tests add their own).
+    pub async fn start_with(
+        settings: Settings,
+        registry: Registry,
         shutdown: CancellationToken,
     ) -> Result<(Self, DaemonHandles), DaemonError> {
         let settings = Arc::new(settings);
@@ -101,6 +112,8 @@ impl Daemon {
             settings: Arc::clone(&settings),
             api,
             budget: budget.clone(),
+            registry,
+            tasks: tasks.clone(),
         };
         let mut supervisor = Supervisor::new(deps, panel, tasks.clone());
         let handles = DaemonHandles {

@@ -6,6 +6,7 @@
 
 mod admin;
 mod daemon;
+mod migrate;
 
 pub use daemon::{sandbox, serve};
 
@@ -178,6 +179,13 @@ pub enum BotCommand {
         /// The new token.
         token: String,
     },
+    /// Rename a bot.
+    Rename {
+        /// The bot's id.
+        id: i64,
+        /// The new name (unique; letters, digits, spaces, _ . -; up to 64 characters).
+        name: String,
+    },
     /// Remove a bot; its database is kept unless --drop-database --yes.
     Remove {
         /// The bot's id.
@@ -208,6 +216,16 @@ pub enum TextCommand {
     },
     /// Print a text.
     Get {
+        /// The bot's id.
+        id: i64,
+        /// The text key.
+        key: String,
+        /// Language; default: the manifest's default_language.
+        #[arg(long)]
+        lang: Option<String>,
+    },
+    /// Delete a text (in the manifest's default language unless --lang).
+    Delete {
         /// The bot's id.
         id: i64,
         /// The text key.
@@ -325,7 +343,7 @@ pub async fn run_admin(
         ..
     }) = &cli.command
     {
-        return admin::lint(paths, out);
+        return migrate::lint(paths, out);
     }
     let settings = load_settings(cli, env)?;
     admin::run(&cli.command, &settings, out).await

@@ -1,17 +1,17 @@
 //! A bot's manifest: the JSON document in `bots.manifest` that configures its behaviour.
 //!
-//! Validated on every write (CLI `config set`, `bot add --manifest`) and on every load by the
-//! supervisor; an error names the JSON path of the offending value. The schema and a full
-//! example are in docs/manifest.md.
+//! The manifest is an object of sections. Two keys are common to every module —
+//! `default_language` and `admins` — and parsed here; every other top-level key belongs to the
+//! module that declares it (`modules::Module::manifest_keys`) and is kept as raw JSON until
+//! that module parses it ([`Manifest::section`]). The registry (`modules::Registry::validate`)
+//! rejects keys no module declares, so a typo still fails with its JSON path. An error always
+//! names the JSON path of the offending value. The schema and a full example are in
+//! docs/manifest.md.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Longest command name Telegram accepts.
-const MAX_COMMAND_LEN: usize = 32;
-/// Longest command description Telegram accepts.
-const MAX_DESCRIPTION_LEN: usize = 256;
+use super::lang::is_language_code;
 
 /// Why a manifest was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,157 +23,71 @@ pub struct ManifestError {
     pub reason: String,
 }
 
-/// The parsed manifest.
+impl ManifestError {
+    /// An error at `path`.
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The keys every module may read; no module may declare them.
+pub const COMMON_KEYS: [&str; 2] = ["default_language", "admins"];
+
+/// The parsed manifest: the common keys, and every module's section as raw JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Language of texts used when the user's language has no text (e.g. `en`).
     #[serde(default = "default_language")]
     pub default_language: String,
-    /// Custom commands, each replying with a text; `/start` and `/help` are built in.
-    #[serde(default)]
-    pub commands: Vec<CommandSpec>,
-    /// Menus by name.
-    #[serde(default)]
-    pub menus: BTreeMap<String, MenuSpec>,
-    /// The menu `/menu` (and `/start`, when set) opens.
-    #[serde(default)]
-    pub main_menu: Option<String>,
     /// Telegram user ids allowed to use admin commands such as `/stats`.
     #[serde(default)]
     pub admins: Vec<i64>,
-    /// Message history settings.
-    #[serde(default)]
-    pub history: HistorySpec,
+    /// Every other top-level key, owned by a module.
+    #[serde(flatten)]
+    pub sections: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_language() -> String {
     "en".into()
 }
 
-/// A custom command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandSpec {
-    /// The command without the slash: 1–32 of `a-z`, `0-9`, `_`.
-    pub command: String,
-    /// Key of the text it replies with.
-    pub text: String,
-    /// Description shown in Telegram's command list (1–256 characters).
-    pub description: String,
-}
-
-/// Where a menu's buttons are shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MenuKind {
-    /// Buttons under the message; pressing edits the message in place.
-    #[default]
-    Inline,
-    /// A reply keyboard replacing the user's keyboard.
-    Reply,
-}
-
-/// A menu: a text and rows of buttons.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MenuSpec {
-    /// Inline or reply keyboard.
-    #[serde(default)]
-    pub kind: MenuKind,
-    /// Key of the text shown with the menu.
-    pub text: String,
-    /// Rows of buttons.
-    pub buttons: Vec<Vec<ButtonSpec>>,
-}
-
-/// A button: a label and exactly one action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ButtonSpec {
-    /// Key of the text used as the button's label.
-    pub label: String,
-    /// Show this text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// Open this menu.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub menu: Option<String>,
-    /// Go back to the menu this one was opened from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub back: Option<bool>,
-}
-
-/// What a button does, once validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ButtonAction<'a> {
-    /// Show a text.
-    Text(&'a str),
-    /// Open a menu.
-    Menu(&'a str),
-    /// Back to the parent menu.
-    Back,
-}
-
-impl ButtonSpec {
-    /// The button's single action (validated at load, so always exactly one).
-    pub fn action(&self) -> ButtonAction<'_> {
-        match (&self.text, &self.menu, self.back) {
-            (Some(t), None, None | Some(false)) => ButtonAction::Text(t),
-            (None, Some(m), None | Some(false)) => ButtonAction::Menu(m),
-            _ => ButtonAction::Back,
-        }
-    }
-}
-
-/// History settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct HistorySpec {
-    /// Days to keep messages; 0 keeps them forever.
-    #[serde(default)]
-    pub retention_days: u32,
-}
-
 impl Default for Manifest {
     fn default() -> Self {
         Self {
             default_language: default_language(),
-            commands: Vec::new(),
-            menus: BTreeMap::new(),
-            main_menu: None,
             admins: Vec::new(),
-            history: HistorySpec::default(),
+            sections: serde_json::Map::new(),
         }
     }
 }
 
 impl Manifest {
-    /// Parses and validates a manifest from JSON text.
+    /// Parses a manifest from JSON text and validates its common keys.
     pub fn from_json_str(text: &str) -> Result<Self, ManifestError> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ManifestError {
-            path: "$".into(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ManifestError::new("$", format!("not valid JSON: {e}")))?;
         Self::from_value(&value)
     }
 
-    /// Parses and validates a manifest from a JSON value (as stored in the panel).
+    /// Parses a manifest from a JSON value (as stored in the panel) and validates its common
+    /// keys. The sections are checked by their modules.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, ManifestError> {
         if !value.is_object() {
-            return Err(ManifestError {
-                path: "$".into(),
-                reason: "invalid type: the manifest must be a JSON object".into(),
-            });
+            return Err(ManifestError::new(
+                "$",
+                "invalid type: the manifest must be a JSON object",
+            ));
         }
-        let manifest: Manifest = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ManifestError {
-                path: if path == "." { "$".into() } else { path },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
-        manifest.validate()?;
+        let manifest: Manifest = deserialize_at(value)?;
+        if !is_language_code(&manifest.default_language) {
+            return Err(ManifestError::new(
+                "default_language",
+                "must be a language code such as `en` or `pt-br`",
+            ));
+        }
         Ok(manifest)
     }
 
@@ -182,106 +96,39 @@ impl Manifest {
         serde_json::to_value(self).expect("manifest always serialises")
     }
 
-    /// Checks cross-references and Telegram's limits.
-    pub fn validate(&self) -> Result<(), ManifestError> {
-        let err = |path: String, reason: &str| ManifestError {
-            path,
-            reason: reason.to_owned(),
-        };
-        if !is_language_code(&self.default_language) {
-            return Err(err(
-                "default_language".into(),
-                "must be a language code such as `en` or `pt-br`",
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, c) in self.commands.iter().enumerate() {
-            let p = format!("commands[{i}]");
-            if c.command.is_empty()
-                || c.command.len() > MAX_COMMAND_LEN
-                || !c
-                    .command
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(err(
-                    format!("{p}.command"),
-                    "must be 1-32 characters of a-z, 0-9 and _ (without the slash)",
-                ));
-            }
-            if matches!(c.command.as_str(), "start" | "help" | "menu" | "stats") {
-                return Err(err(
-                    format!("{p}.command"),
-                    "is built in (start, help, menu, stats); use the texts `start`/`help` instead",
-                ));
-            }
-            if !seen.insert(c.command.as_str()) {
-                return Err(err(format!("{p}.command"), "is defined twice"));
-            }
-            check_key(&c.text).map_err(|r| err(format!("{p}.text"), r))?;
-            let len = c.description.chars().count();
-            if len == 0 || len > MAX_DESCRIPTION_LEN {
-                return Err(err(format!("{p}.description"), "must be 1-256 characters"));
+    /// Parses the top-level `keys` a module owns into its section type `T` (a struct whose
+    /// fields are those keys). Absent keys take `T`'s defaults; errors name the JSON path.
+    pub fn section<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<T, ManifestError> {
+        let mut object = serde_json::Map::new();
+        for key in keys {
+            if let Some(v) = self.sections.get(*key) {
+                object.insert((*key).to_owned(), v.clone());
             }
         }
-        for (name, menu) in &self.menus {
-            let p = format!("menus.{name}");
-            check_key(name).map_err(|r| err(p.clone(), r))?;
-            check_key(&menu.text).map_err(|r| err(format!("{p}.text"), r))?;
-            if menu.buttons.is_empty() || menu.buttons.iter().any(Vec::is_empty) {
-                return Err(err(
-                    format!("{p}.buttons"),
-                    "must hold at least one row, and every row at least one button",
-                ));
-            }
-            for (r, row) in menu.buttons.iter().enumerate() {
-                for (c, b) in row.iter().enumerate() {
-                    let bp = format!("{p}.buttons[{r}][{c}]");
-                    check_key(&b.label).map_err(|r| err(format!("{bp}.label"), r))?;
-                    let actions = usize::from(b.text.is_some())
-                        + usize::from(b.menu.is_some())
-                        + usize::from(b.back == Some(true));
-                    if actions != 1 {
-                        return Err(err(
-                            bp,
-                            "needs exactly one action: \"text\", \"menu\" or \"back\": true",
-                        ));
-                    }
-                    if let Some(t) = &b.text {
-                        check_key(t).map_err(|r| err(format!("{bp}.text"), r))?;
-                    }
-                    if let Some(m) = &b.menu
-                        && !self.menus.contains_key(m)
-                    {
-                        return Err(err(
-                            format!("{bp}.menu"),
-                            "names a menu that is not defined",
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(m) = &self.main_menu
-            && !self.menus.contains_key(m)
-        {
-            return Err(err("main_menu".into(), "names a menu that is not defined"));
-        }
-        Ok(())
+        deserialize_at(&serde_json::Value::Object(object))
     }
 }
 
-/// Whether `s` looks like an IETF language code Telegram reports (`en`, `pt-br`).
-pub fn is_language_code(s: &str) -> bool {
-    (2..=10).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+/// Deserialises `value`, naming the JSON path of the first error.
+fn deserialize_at<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ManifestError {
+            path: if path == "." { "$".into() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
 }
 
-fn check_key(key: &str) -> Result<(), &'static str> {
-    if crate::content::texts::is_valid_key(key) {
+/// Checks that `key` is a text key, for a module validating its section.
+pub fn check_text_key(path: impl Into<String>, key: &str) -> Result<(), ManifestError> {
+    if super::texts::is_valid_key(key) {
         Ok(())
     } else {
-        Err("must be a text key: 1-64 characters of a-z, 0-9, _, . and -")
+        Err(ManifestError::new(
+            path,
+            "must be a text key: 1-64 characters of a-z, 0-9, _, . and -",
+        ))
     }
 }
 
@@ -290,48 +137,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_example_is_valid() {
-        let m = Manifest::from_json_str(include_str!("../../docs/manifest.example.json")).unwrap();
-        assert_eq!(m.default_language, "en");
-        assert!(m.menus.contains_key("main"));
-    }
-
-    #[test]
     fn empty_object_is_the_default() {
         assert_eq!(Manifest::from_json_str("{}").unwrap(), Manifest::default());
     }
 
     #[test]
-    fn errors_name_the_json_path() {
+    fn common_keys_are_checked_and_sections_kept() {
+        let m = Manifest::from_json_str(r#"{"admins": [1], "menus": {"x": 1}}"#).unwrap();
+        assert_eq!(m.admins, vec![1]);
+        assert_eq!(m.sections["menus"], serde_json::json!({"x": 1}));
+        assert_eq!(Manifest::from_value(&m.to_value()).unwrap(), m);
         let cases = [
-            (r#"{"comands": []}"#, "comands", "unknown field"),
             (r#"{"admins": ["x"]}"#, "admins[0]", "invalid type"),
             (
                 r#"{"default_language": "English"}"#,
                 "default_language",
                 "language code",
             ),
-            (
-                r#"{"commands": [{"command": "Price", "text": "p", "description": "d"}]}"#,
-                "commands[0].command",
-                "a-z",
-            ),
-            (
-                r#"{"commands": [{"command": "start", "text": "p", "description": "d"}]}"#,
-                "commands[0].command",
-                "built in",
-            ),
-            (
-                r#"{"menus": {"main": {"text": "m", "buttons": [[{"label": "a", "menu": "nope"}]]}}}"#,
-                "menus.main.buttons[0][0].menu",
-                "not defined",
-            ),
-            (
-                r#"{"menus": {"main": {"text": "m", "buttons": [[{"label": "a", "text": "t", "back": true}]]}}}"#,
-                "menus.main.buttons[0][0]",
-                "exactly one action",
-            ),
-            (r#"{"main_menu": "x"}"#, "main_menu", "not defined"),
             ("[1]", "$", "invalid type"),
             ("{", "$", "EOF"),
         ];

@@ -3,6 +3,7 @@
 //! Below every layer that acts (runtime, modules, control, admin) and above only the leaves:
 //! nothing here talks to a database or to Telegram.
 
+pub mod lang;
 pub mod manifest;
 pub mod snapshot;
 pub mod texts;

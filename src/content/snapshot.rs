@@ -1,44 +1,85 @@
-//! A bot's settings snapshot: its validated manifest and texts, swapped atomically on reload.
+//! A bot's content snapshot: its manifest, texts and every enabled module's parsed section,
+//! swapped as a whole on reload.
 //!
-//! Handlers load the snapshot once per update ([`SharedConfig::load`]), so an update sees one
-//! consistent version even while a reload swaps in the next one.
+//! Handlers load the snapshot once per update ([`SharedSnapshot::load`]), so an update sees
+//! one consistent version even while a reload swaps in the next one. The bot's run and its
+//! module jobs watch it ([`SharedSnapshot::subscribe`]) to re-sync commands and wake up.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
-use crate::content::manifest::{Manifest, ManifestError};
-use crate::content::texts::{Vars, render};
-use crate::panel::{BotRecord, TextRecord};
+use super::manifest::Manifest;
+use super::texts::{Vars, render};
 
-/// One immutable version of a bot's manifest and texts.
-#[derive(Debug, Clone)]
-pub struct BotConfig {
-    /// The panel's fingerprint of the manifest and texts this snapshot was built from.
-    pub fingerprint: (i64, i64, Option<chrono::DateTime<chrono::Utc>>),
+/// The panel's fingerprint of a manifest + texts version: (row version, texts count, latest
+/// text change). A reload happens when it moves.
+pub type Fingerprint = (i64, i64, Option<chrono::DateTime<chrono::Utc>>);
+
+/// A module's parsed manifest section, as its module left it.
+pub type Section = Arc<dyn Any + Send + Sync>;
+
+/// One immutable version of a bot's content.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// The fingerprint of the panel rows this snapshot was built from.
+    pub fingerprint: Fingerprint,
     /// The bot's name in the panel (`{bot_name}`).
     pub bot_name: String,
-    /// The validated manifest.
+    /// The manifest (common keys validated; sections parsed below).
     pub manifest: Manifest,
     /// Texts by key, then language.
     texts: HashMap<String, HashMap<String, String>>,
+    /// Parsed sections of the modules enabled for this bot, by module name.
+    sections: BTreeMap<&'static str, Section>,
 }
 
-impl BotConfig {
-    /// Builds and validates a snapshot from panel rows.
-    pub fn build(bot: &BotRecord, texts: Vec<TextRecord>) -> Result<Self, ManifestError> {
-        let manifest = Manifest::from_value(&bot.manifest.0)?;
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("fingerprint", &self.fingerprint)
+            .field("bot_name", &self.bot_name)
+            .field("modules", &self.sections.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// A snapshot without module sections; texts are `(key, lang, value)`.
+    pub fn new(
+        fingerprint: Fingerprint,
+        bot_name: String,
+        manifest: Manifest,
+        texts: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Self {
         let mut map: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for t in texts {
-            map.entry(t.key).or_default().insert(t.lang, t.value);
+        for (key, lang, value) in texts {
+            map.entry(key).or_default().insert(lang, value);
         }
-        Ok(Self {
-            fingerprint: bot.config_fingerprint(),
-            bot_name: bot.name.clone(),
+        Self {
+            fingerprint,
+            bot_name,
             manifest,
             texts: map,
-        })
+            sections: BTreeMap::new(),
+        }
+    }
+
+    /// Records module `name` as enabled, with its parsed section.
+    pub fn enable(&mut self, name: &'static str, section: Section) {
+        self.sections.insert(name, section);
+    }
+
+    /// Whether module `name` is enabled for this bot.
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.sections.contains_key(name)
+    }
+
+    /// Module `name`'s parsed section, if the module is enabled and its section is a `T`.
+    pub fn section<T: Any>(&self, name: &str) -> Option<&T> {
+        self.sections.get(name)?.downcast_ref::<T>()
     }
 
     /// The raw text for `key` in the user's language: exact code (`pt-br`), then its base
@@ -64,24 +105,29 @@ impl BotConfig {
     }
 }
 
-/// The current snapshot of one bot, shared by its handlers and the supervisor.
+/// The current snapshot of one bot, shared by its handlers, its jobs and the control loop.
 #[derive(Debug, Clone)]
-pub struct SharedConfig(Arc<ArcSwap<BotConfig>>);
+pub struct SharedSnapshot(Arc<watch::Sender<Arc<Snapshot>>>);
 
-impl SharedConfig {
-    /// Starts with `config`.
-    pub fn new(config: BotConfig) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(config)))
+impl SharedSnapshot {
+    /// Starts with `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(watch::Sender::new(Arc::new(snapshot))))
     }
 
     /// The current snapshot; hold it for the whole update.
-    pub fn load(&self) -> Arc<BotConfig> {
-        self.0.load_full()
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.borrow().clone()
     }
 
-    /// Swaps in a new snapshot; the next update uses it.
-    pub fn store(&self, config: BotConfig) {
-        self.0.store(Arc::new(config));
+    /// Swaps in a new snapshot; the next update uses it and every watcher is woken.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.send_replace(Arc::new(snapshot));
+    }
+
+    /// A receiver that sees every later swap.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.0.subscribe()
     }
 }
 
@@ -89,27 +135,23 @@ impl SharedConfig {
 mod tests {
     use super::*;
 
-    fn config(default_language: &str, texts: &[(&str, &str, &str)]) -> BotConfig {
-        let mut map: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for (k, l, v) in texts {
-            map.entry(k.to_string())
-                .or_default()
-                .insert(l.to_string(), v.to_string());
-        }
-        BotConfig {
-            fingerprint: (1, 0, None),
-            bot_name: "b".into(),
-            manifest: Manifest {
+    fn snapshot(default_language: &str, texts: &[(&str, &str, &str)]) -> Snapshot {
+        Snapshot::new(
+            (1, 0, None),
+            "b".into(),
+            Manifest {
                 default_language: default_language.into(),
                 ..Manifest::default()
             },
-            texts: map,
-        }
+            texts
+                .iter()
+                .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string())),
+        )
     }
 
     #[test]
     fn language_falls_back_to_base_then_default() {
-        let c = config(
+        let c = snapshot(
             "en",
             &[
                 ("start", "en", "Hi"),
@@ -129,8 +171,18 @@ mod tests {
         }
         assert_eq!(c.text("missing", Some("en")), None);
         assert_eq!(
-            config("ru", &[("x", "en", "only en")]).text("x", Some("ru")),
+            snapshot("ru", &[("x", "en", "only en")]).text("x", Some("ru")),
             None
         );
+    }
+
+    #[test]
+    fn sections_are_typed_and_mark_modules_enabled() {
+        let mut s = snapshot("en", &[]);
+        assert!(!s.is_enabled("core"));
+        s.enable("core", Arc::new(7_u32));
+        assert!(s.is_enabled("core"));
+        assert_eq!(s.section::<u32>("core"), Some(&7));
+        assert_eq!(s.section::<String>("core"), None);
     }
 }

@@ -45,7 +45,7 @@ pub fn validate(key: &str, lang: &str, value: &str) -> Result<(), TextError> {
     if !is_valid_key(key) {
         return Err(TextError::InvalidKey(key.to_owned()));
     }
-    if !crate::content::manifest::is_language_code(lang) {
+    if !super::lang::is_language_code(lang) {
         return Err(TextError::InvalidLang(lang.to_owned()));
     }
     validate_value(value)

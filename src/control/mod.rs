@@ -1,21 +1,25 @@
 //! The supervisor: keeps the set of running bots equal to the panel's enabled bots.
 //!
-//! Loop ([`Supervisor::run`]): LISTEN on `bots_changed` / `reload_config` (registered before the
-//! first load), then reconcile desired (panel rows) against running (slots) — fully at start,
-//! after every listener reconnect and every `resync_interval`; for just the named bots on each
-//! notification (a burst of notifications is coalesced into one pass). NOTIFY is only a hint:
-//! a lost notification is repaired by the next full pass.
+//! Loop ([`Supervisor::run`]): LISTEN on `bots_changed` / `reload_config` / `bot_wake`
+//! (registered before the first load), then reconcile desired (panel rows) against running
+//! (slots) — fully at start, after every listener reconnect and every `resync_interval`; for
+//! just the named bots on each notification (a burst of notifications is coalesced into one
+//! pass). NOTIFY is only a hint: a lost notification is repaired by the next full pass.
 //!
-//! Reconcile per bot: start new/enabled bots; stop disabled or removed ones; hand a changed row
+//! A pass loads the rows, asks the pure planner ([`plan::plan`]) for actions and carries them
+//! out; the control plane never calls Telegram (a run keeps its own command list in step with
+//! its snapshot). Per bot: start new/enabled bots; stop disabled or removed ones; hand a changed row
 //! to its slot (a token or database change restarts the run there, with the old poller fully
 //! stopped first); reload manifest + texts when their fingerprint changed or a reload was
 //! asked for — a validated snapshot swapped atomically, the poller untouched; an invalid one
 //! keeps the previous snapshot and says why in `bot_status`.
 
+pub mod plan;
 pub mod policy;
 pub mod slot;
+pub mod status;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,13 +28,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::content::snapshot::{BotConfig, SharedConfig};
+use crate::content::manifest::{Manifest, ManifestError};
+use crate::content::snapshot::{Fingerprint, SharedSnapshot, Snapshot};
+use crate::modules::Registry;
 use crate::panel::listener::{PanelEvent, PanelListener};
-use crate::panel::{BotRecord, PanelError, store};
-use crate::runtime::{BotSpec, SharedDeps, sync_commands};
+use crate::panel::{BotRecord, PanelError, TextRecord, store};
+use crate::runtime::{BotSpec, SharedDeps, Wakes};
 use crate::tasks::Tasks;
 use crate::token::BotToken;
-use slot::{Slot, SlotState, StatusReporter};
+use plan::{Action, Asked, Desired, Running, Scope};
+use slot::Slot;
+use status::{BotState, StatusReporter};
 
 /// How long to keep collecting notifications after the first one before reconciling.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -61,17 +69,16 @@ pub struct BotCounts {
     pub failed: usize,
 }
 
-type ConfigFingerprint = (i64, i64, Option<chrono::DateTime<chrono::Utc>>);
-
 struct SlotHandle {
     token: BotToken,
     version: i64,
-    fingerprint: ConfigFingerprint,
-    config: SharedConfig,
+    fingerprint: Fingerprint,
+    snapshot: SharedSnapshot,
+    wakes: Wakes,
     respec: tokio::sync::watch::Sender<BotSpec>,
     stop: CancellationToken,
     done: CancellationToken,
-    state: Arc<Mutex<SlotState>>,
+    state: Arc<Mutex<BotState>>,
 }
 
 /// What one pass must look at.
@@ -81,6 +88,7 @@ struct Pending {
     bots: BTreeSet<i64>,
     reload: BTreeSet<i64>,
     reload_all: bool,
+    wake: Vec<(i64, String)>,
 }
 
 impl Pending {
@@ -93,9 +101,38 @@ impl Pending {
                 self.reload.insert(id);
             }
             PanelEvent::Reload(None) => self.reload_all = true,
+            PanelEvent::Wake(id, module) => {
+                if !self.wake.contains(&(id, module.clone())) {
+                    self.wake.push((id, module));
+                }
+            }
             PanelEvent::Resync => self.full = true,
         }
     }
+
+    fn is_empty(&self) -> bool {
+        !self.full
+            && self.bots.is_empty()
+            && self.reload.is_empty()
+            && !self.reload_all
+            && self.wake.is_empty()
+    }
+}
+
+/// Builds a bot's content snapshot from its panel rows, with its modules' sections.
+pub fn build_snapshot(
+    registry: &Registry,
+    bot: &BotRecord,
+    texts: Vec<TextRecord>,
+) -> Result<Snapshot, ManifestError> {
+    let manifest = Manifest::from_value(&bot.manifest.0)?;
+    let texts = texts.into_iter().map(|t| (t.key, t.lang, t.value));
+    registry.load(Snapshot::new(
+        bot.config_fingerprint(),
+        bot.name.clone(),
+        manifest,
+        texts,
+    ))
 }
 
 /// The reconcile loop and the running set.
@@ -106,7 +143,7 @@ pub struct Supervisor {
     instance: Arc<str>,
     slots: HashMap<i64, SlotHandle>,
     retiring: HashMap<BotToken, CancellationToken>,
-    config_errors: HashMap<i64, ConfigFingerprint>,
+    config_errors: HashMap<i64, Fingerprint>,
     counts: tokio::sync::watch::Sender<BotCounts>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     reload_tx: mpsc::Sender<()>,
@@ -172,11 +209,7 @@ impl Supervisor {
         resync.tick().await;
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if pending.full
-                || !pending.bots.is_empty()
-                || !pending.reload.is_empty()
-                || pending.reload_all
-            {
+            if !pending.is_empty() {
                 let work = std::mem::take(&mut pending);
                 if let Err(e) = self.reconcile(&work, &shutdown).await {
                     tracing::warn!(error = %crate::mask::error_line(&e), "reconcile failed; retrying");
@@ -223,9 +256,10 @@ impl Supervisor {
         };
         for slot in self.slots.values() {
             match *slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
-                SlotState::Running => c.running += 1,
-                SlotState::Starting | SlotState::Backoff => c.starting += 1,
-                SlotState::Failed => c.failed += 1,
+                BotState::Running => c.running += 1,
+                BotState::Starting | BotState::Backoff => c.starting += 1,
+                BotState::Failed | BotState::AuthFailed | BotState::Quarantined => c.failed += 1,
+                BotState::Stopped => {}
             }
         }
         self.counts.send_if_modified(|old| {
@@ -235,6 +269,7 @@ impl Supervisor {
         });
     }
 
+    /// One pass: load the rows in scope, plan, carry the plan out.
     async fn reconcile(
         &mut self,
         work: &Pending,
@@ -242,32 +277,54 @@ impl Supervisor {
     ) -> Result<(), PanelError> {
         tracing::debug!(?work, "reconcile");
         self.retiring.retain(|_, done| !done.is_cancelled());
-        if work.full || work.reload_all {
-            let bots = store::list_bots(&self.panel).await?;
-            let present: BTreeSet<i64> = bots.iter().map(|b| b.id).collect();
-            let gone: Vec<i64> = self
-                .slots
-                .keys()
-                .filter(|id| !present.contains(id))
-                .copied()
-                .collect();
-            for id in gone {
-                self.stop_slot(id);
-            }
-            for bot in &bots {
-                let force_reload = work.reload_all || work.reload.contains(&bot.id);
-                self.apply(bot, force_reload, shutdown).await?;
-            }
+        let (scope, rows) = if work.full || work.reload_all {
+            (Scope::All, store::list_bots(&self.panel).await?)
         } else {
             let ids: BTreeSet<i64> = work.bots.union(&work.reload).copied().collect();
-            for id in ids {
+            let mut rows = Vec::with_capacity(ids.len());
+            for &id in &ids {
                 match store::get_bot(&self.panel, id).await {
-                    Ok(bot) => {
-                        self.apply(&bot, work.reload.contains(&id), shutdown)
-                            .await?
-                    }
-                    Err(PanelError::BotNotFound(_)) => self.stop_slot(id),
+                    Ok(bot) => rows.push(bot),
+                    Err(PanelError::BotNotFound(_)) => {}
                     Err(e) => return Err(e),
+                }
+            }
+            (Scope::Only(ids), rows)
+        };
+        let desired: Vec<Desired> = rows.iter().map(desired).collect();
+        let running: BTreeMap<i64, Running> = self
+            .slots
+            .iter()
+            .map(|(id, s)| {
+                let r = Running {
+                    version: s.version,
+                    fingerprint: s.fingerprint,
+                };
+                (*id, r)
+            })
+            .collect();
+        let asked = Asked {
+            reload_all: work.reload_all,
+            reload: work.reload.clone(),
+            wake: work.wake.clone(),
+        };
+        let rows: HashMap<i64, BotRecord> = rows.into_iter().map(|b| (b.id, b)).collect();
+        for action in plan::plan(&scope, &desired, &running, &asked) {
+            tracing::debug!(?action, "plan");
+            match action {
+                Action::Stop(id) => self.stop_slot(id),
+                Action::Reject(id, reason) => {
+                    self.status(id)
+                        .set(BotState::Failed, &reason, None, false)
+                        .await;
+                }
+                Action::Start(id) => self.start_slot(&rows[&id], shutdown).await?,
+                Action::Respec(id) => self.respec(&rows[&id]),
+                Action::Reload(id) => self.reload(&rows[&id]).await?,
+                Action::Wake(id, module) => {
+                    if let Some(slot) = self.slots.get(&id) {
+                        slot.wakes.wake(&module);
+                    }
                 }
             }
         }
@@ -275,106 +332,88 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Brings one bot's slot in line with its panel row.
-    async fn apply(
+    fn status(&self, id: i64) -> StatusReporter {
+        StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), id)
+    }
+
+    /// Hands a changed row to its slot; a token or database change restarts the run there,
+    /// with the old poller fully stopped first.
+    fn respec(&mut self, bot: &BotRecord) {
+        let Some(slot) = self.slots.get_mut(&bot.id) else {
+            return;
+        };
+        let Ok(token) = BotToken::parse(&bot.token) else {
+            return;
+        };
+        slot.version = bot.version;
+        slot.token = token.clone();
+        slot.respec.send_replace(spec(bot, token));
+    }
+
+    /// Rebuilds a running bot's snapshot; an invalid one keeps the previous snapshot and says
+    /// why in `bot_status`. The run re-syncs its own commands from the new snapshot.
+    async fn reload(&mut self, bot: &BotRecord) -> Result<(), PanelError> {
+        let texts = store::list_texts(&self.panel, bot.id).await?;
+        let built = build_snapshot(&self.deps.registry, bot, texts);
+        let status = self.status(bot.id);
+        let Some(slot) = self.slots.get_mut(&bot.id) else {
+            return Ok(());
+        };
+        slot.fingerprint = bot.config_fingerprint();
+        match built {
+            Ok(snapshot) => {
+                slot.snapshot.store(snapshot);
+                tracing::info!(bot_id = bot.id, "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(bot_id = bot.id, error = %e, "invalid configuration; keeping the previous one");
+                let state = *slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                let detail = format!("{e}; still using the previous configuration");
+                status.set(state, &detail, None, false).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a slot for a new bot (its first snapshot must be valid).
+    async fn start_slot(
         &mut self,
         bot: &BotRecord,
-        force_reload: bool,
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
-        if !bot.enabled {
-            self.stop_slot(bot.id);
+        let Ok(token) = BotToken::parse(&bot.token) else {
             return Ok(());
-        }
-        let token = match BotToken::parse(&bot.token) {
-            Ok(t) => t,
-            Err(e) => {
-                self.stop_slot(bot.id);
-                let status =
-                    StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), bot.id);
-                status.set("failed", &e.to_string(), None, false).await;
-                return Ok(());
-            }
         };
-        let spec = BotSpec {
-            id: bot.id,
-            name: bot.name.clone(),
-            token: token.clone(),
-            database: bot.database.clone(),
-        };
-        if let Some(slot) = self.slots.get_mut(&bot.id) {
-            if slot.version != bot.version {
-                slot.version = bot.version;
-                if slot.token != token {
-                    // The old token's poller stops inside the slot before the new one starts.
-                    slot.token = token;
-                }
-                slot.respec.send_replace(spec);
-            }
-            if force_reload || slot.fingerprint != bot.config_fingerprint() {
-                let texts = store::list_texts(&self.panel, bot.id).await?;
-                let status =
-                    StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), bot.id);
-                match BotConfig::build(bot, texts) {
-                    Ok(config) => {
-                        let manifest = config.manifest.clone();
-                        let commands_changed = slot.config.load().manifest.commands
-                            != manifest.commands
-                            || slot.config.load().manifest.main_menu.is_some()
-                                != manifest.main_menu.is_some();
-                        slot.fingerprint = config.fingerprint;
-                        slot.config.store(config);
-                        tracing::info!(bot_id = bot.id, "configuration reloaded");
-                        if commands_changed {
-                            let bot_client = self.deps.api.bot(&slot.token);
-                            let id = bot.id;
-                            self.tasks.spawn(format!("bot-{id}-commands"), async move {
-                                sync_commands(&bot_client, id, &manifest).await;
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        slot.fingerprint = bot.config_fingerprint();
-                        tracing::warn!(bot_id = bot.id, error = %e, "invalid configuration; keeping the previous one");
-                        let state = match *slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
-                            SlotState::Running => "running",
-                            SlotState::Starting => "starting",
-                            SlotState::Backoff => "backoff",
-                            SlotState::Failed => "failed",
-                        };
-                        let detail = format!("{e}; still using the previous configuration");
-                        status.set(state, &detail, None, false).await;
-                    }
-                }
-            }
-            return Ok(());
-        }
-        // A new slot.
         let texts = store::list_texts(&self.panel, bot.id).await?;
-        let status = StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), bot.id);
-        let config = match BotConfig::build(bot, texts) {
-            Ok(c) => c,
+        let status = self.status(bot.id);
+        let snapshot = match build_snapshot(&self.deps.registry, bot, texts) {
+            Ok(s) => s,
             Err(e) => {
                 // Without a valid first snapshot the bot cannot answer; a later change retries.
                 // Written once per configuration, not on every resync.
                 let fingerprint = bot.config_fingerprint();
                 if self.config_errors.insert(bot.id, fingerprint) != Some(fingerprint) {
-                    status.set("failed", &e.to_string(), None, false).await;
+                    status
+                        .set(BotState::Failed, &e.to_string(), None, false)
+                        .await;
                 }
                 return Ok(());
             }
         };
         self.config_errors.remove(&bot.id);
-        let fingerprint = config.fingerprint;
-        let config = SharedConfig::new(config);
+        let fingerprint = snapshot.fingerprint;
+        let snapshot = SharedSnapshot::new(snapshot);
+        let wakes = Wakes::default();
+        let spec = spec(bot, token.clone());
         let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let stop = shutdown.child_token();
         let done = CancellationToken::new();
-        let state = Arc::new(Mutex::new(SlotState::Starting));
+        let state = Arc::new(Mutex::new(BotState::Starting));
         let slot = Slot {
             deps: self.deps.clone(),
             spec,
-            config: config.clone(),
+            snapshot: snapshot.clone(),
+            wakes: wakes.clone(),
             respec: rx,
             stop: stop.clone(),
             status,
@@ -397,7 +436,8 @@ impl Supervisor {
                 token,
                 version: bot.version,
                 fingerprint,
-                config,
+                snapshot,
+                wakes,
                 respec: tx,
                 stop,
                 done,
@@ -414,5 +454,25 @@ impl Supervisor {
             slot.stop.cancel();
             self.retiring.insert(slot.token, slot.done);
         }
+    }
+}
+
+/// What the planner needs of a panel row.
+fn desired(bot: &BotRecord) -> Desired {
+    Desired {
+        id: bot.id,
+        enabled: bot.enabled,
+        version: bot.version,
+        fingerprint: bot.config_fingerprint(),
+        invalid_token: BotToken::parse(&bot.token).err().map(|e| e.to_string()),
+    }
+}
+
+fn spec(bot: &BotRecord, token: BotToken) -> BotSpec {
+    BotSpec {
+        id: bot.id,
+        name: bot.name.clone(),
+        token,
+        database: bot.database.clone(),
     }
 }

@@ -12,65 +12,14 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, QUARANTINE_COOLDOWN, RestartPolicy};
-use crate::content::snapshot::SharedConfig;
-use crate::panel::store::{self, StatusUpdate};
-use crate::runtime::{self, BotSpec, SharedDeps};
-
-/// Writes a bot's status rows; failures to write are logged, never fatal.
-#[derive(Clone)]
-pub struct StatusReporter {
-    panel: PgPool,
-    instance: Arc<str>,
-    bot_id: i64,
-}
-
-impl StatusReporter {
-    /// A reporter for `bot_id`.
-    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64) -> Self {
-        Self {
-            panel,
-            instance,
-            bot_id,
-        }
-    }
-
-    /// Writes the state, a detail, and (when known) the Telegram username.
-    pub async fn set(&self, state: &str, detail: &str, username: Option<&str>, started: bool) {
-        let update = StatusUpdate {
-            bot_id: self.bot_id,
-            instance: &self.instance,
-            state,
-            detail,
-            telegram_username: username,
-            started,
-        };
-        match store::upsert_status(&self.panel, &update).await {
-            Ok(()) => tracing::info!(bot_id = self.bot_id, state, detail, "bot status"),
-            Err(e) => {
-                tracing::warn!(bot_id = self.bot_id, state, error = %e, "cannot write bot status")
-            }
-        }
-    }
-}
-
-/// The observable state of a slot, for the supervisor's counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotState {
-    /// Provisioning or checking the token.
-    Starting,
-    /// Polling and handling updates.
-    Running,
-    /// Waiting to retry after a failure.
-    Backoff,
-    /// Waiting for a panel change (fatal failure or quarantine).
-    Failed,
-}
+use super::status::{BotState, StatusReporter};
+use crate::content::snapshot::SharedSnapshot;
+use crate::runtime::{self, BotSpec, RunParts, SharedDeps, Wakes};
 
 /// One bot's supervision loop.
 pub struct Slot {
@@ -78,8 +27,10 @@ pub struct Slot {
     pub deps: SharedDeps,
     /// What to run.
     pub spec: BotSpec,
-    /// The hot-swapped config.
-    pub config: SharedConfig,
+    /// The hot-swapped content.
+    pub snapshot: SharedSnapshot,
+    /// Operator wake-ups of the bot's module jobs.
+    pub wakes: Wakes,
     /// New specs from the supervisor (the bot's panel row changed).
     pub respec: watch::Receiver<BotSpec>,
     /// Cancelled when the bot is disabled, removed, or the daemon shuts down.
@@ -89,7 +40,7 @@ pub struct Slot {
     /// A previous slot still stopping for the same token: wait for it before polling.
     pub previous: Option<CancellationToken>,
     /// Where the supervisor reads this slot's state.
-    pub state: Arc<std::sync::Mutex<SlotState>>,
+    pub state: Arc<std::sync::Mutex<BotState>>,
 }
 
 enum Next {
@@ -98,7 +49,7 @@ enum Next {
 }
 
 impl Slot {
-    fn set_state(&self, s: SlotState) {
+    fn set_state(&self, s: BotState) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
@@ -116,8 +67,8 @@ impl Slot {
             if self.stop.is_cancelled() {
                 break;
             }
-            self.set_state(SlotState::Starting);
-            self.status.set("starting", "", None, true).await;
+            self.set_state(BotState::Starting);
+            self.status.set(BotState::Starting, "", None, true).await;
             let started = Instant::now();
             let run_stop = self.stop.child_token();
             let spec = self.spec.clone();
@@ -125,16 +76,16 @@ impl Slot {
                 let status = self.status.clone();
                 let state = Arc::clone(&self.state);
                 let on_running = async move |username: &str| {
-                    *state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Running;
-                    status.set("running", "", Some(username), false).await;
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = BotState::Running;
+                    status
+                        .set(BotState::Running, "", Some(username), false)
+                        .await;
                 };
-                let run = runtime::run(
-                    &self.deps,
-                    &spec,
-                    self.config.clone(),
-                    run_stop.clone(),
-                    on_running,
-                );
+                let parts = RunParts {
+                    snapshot: self.snapshot.clone(),
+                    wakes: self.wakes.clone(),
+                };
+                let run = runtime::run(&self.deps, &spec, parts, run_stop.clone(), on_running);
                 tokio::pin!(run);
                 let mut pending: Option<BotSpec> = None;
                 let mut orphaned = false;
@@ -174,33 +125,38 @@ impl Slot {
                     Next::Restart
                 }
                 Err(failure) if failure.is_fatal() => {
-                    self.set_state(SlotState::Failed);
-                    let detail = failure.to_string();
+                    let state = if failure.is_unauthorized() {
+                        BotState::AuthFailed
+                    } else {
+                        BotState::Failed
+                    };
+                    self.set_state(state);
+                    let detail = crate::mask::error_line(&failure);
                     tracing::error!(bot_id, error = %detail, "bot failed; waiting for a panel change");
-                    self.status
-                        .set(failure.fatal_state(), &detail, None, false)
-                        .await;
+                    self.status.set(state, &detail, None, false).await;
                     self.wait_for_change(None).await
                 }
                 Err(failure) => {
-                    let detail = failure.to_string();
+                    let detail = crate::mask::error_line(&failure);
                     match policy.on_failure(started.elapsed(), Instant::now()) {
                         Decision::Retry(delay) => {
-                            self.set_state(SlotState::Backoff);
+                            self.set_state(BotState::Backoff);
                             tracing::warn!(bot_id, error = %detail, retry_in = ?delay, "bot failed; restarting");
                             let text = format!("{detail} (retrying in {}s)", delay.as_secs());
-                            self.status.set("backoff", &text, None, false).await;
+                            self.status.set(BotState::Backoff, &text, None, false).await;
                             self.wait_for_change(Some(delay)).await
                         }
                         Decision::Quarantine => {
-                            self.set_state(SlotState::Failed);
+                            self.set_state(BotState::Quarantined);
                             tracing::error!(bot_id, error = %detail, "bot quarantined after repeated failures");
                             let text = format!(
                                 "failing repeatedly, last: {detail}; retrying in {} min or on any \
                                  panel change (e.g. `botvisor bot enable {bot_id}`)",
                                 QUARANTINE_COOLDOWN.as_secs() / 60
                             );
-                            self.status.set("quarantined", &text, None, false).await;
+                            self.status
+                                .set(BotState::Quarantined, &text, None, false)
+                                .await;
                             self.wait_for_change(Some(QUARANTINE_COOLDOWN)).await
                         }
                     }
@@ -211,7 +167,8 @@ impl Slot {
                 Next::Stop => break,
             }
         }
-        self.status.set("stopped", "", None, false).await;
+        self.set_state(BotState::Stopped);
+        self.status.set(BotState::Stopped, "", None, false).await;
     }
 
     /// Waits for a new spec (panel change), the optional delay, or stop.

@@ -1,114 +1,403 @@
-//! Bot behaviour: what a hosted bot does with each update.
+//! Behaviour: the seam every module plugs into, and the registry of modules.
 //!
-//! [`handler`] is the dispatcher's single endpoint. For each update it:
-//! 1. takes a slot of the bot's handler concurrency;
-//! 2. opens one transaction on the bot database and claims the update's inbox row (an update
-//!    already processed — a replay or a re-delivery — is skipped);
-//! 3. runs the core module (users, history, commands, menus, admin stats);
-//! 4. marks the row processed and commits: the handler's effects and the mark are atomic.
+//! A [`Module`] declares its name (its manifest section, its job's task suffix, its metric
+//! label), the manifest keys it owns and how to parse them, whether it is enabled for a bot's
+//! snapshot, the update kinds it needs (their union is `allowed_updates`), the commands it
+//! adds to `setMyCommands`, an [`Module::on_update`] step in the update's unit of work (a
+//! chain: each module sees the update in registry order and may pass it on), an
+//! [`Module::on_sent`] step that observes what the chain delivered, and an optional per-bot
+//! background [`Module::job`]. The runtime asks the [`Registry`]; it knows no module.
 //!
-//! A panic or a poison error marks that one update poisoned and the bot goes on; a transient
-//! failure (database, network) ends the bot run so the supervisor restarts it with backoff
-//! and the update is replayed; a 401 ends it as fatal.
+//! Import rules (checked by `tests/layers.rs`): a module imports only the content snapshot,
+//! the Telegram send interface, storage (its own `store.rs`, the bot database's connections)
+//! and leaves — never the runtime, the control plane, the panel, the admin layer or the CLI.
+//!
+//! Adding a module: a folder `src/modules/<name>/` (`mod.rs`, `store.rs`, `job.rs` if it has a
+//! loop), one migration in `migrations/bot/`, one line in [`Registry::standard`], and its
+//! manifest keys. See docs/architecture.md, "How to add a module".
 
 pub mod core;
+pub mod history;
 
-use std::convert::Infallible;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::FutureExt;
-use teloxide::Bot;
-use teloxide::dispatching::{DpHandlerDescription, UpdateHandler};
-use teloxide::dptree;
-use teloxide::types::{Me, Update};
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use teloxide::types::{
+    BotCommand, CallbackQueryId, ChatId, InlineKeyboardMarkup, Me, MessageId, ReplyMarkup, Update,
+};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::botdb::store;
-use crate::runtime::inbox::{panic_message, report_failure};
-use crate::runtime::{BotContext, BotFailure};
+use crate::botdb::budget::{BotPool, BudgetError};
+use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
+use crate::content::snapshot::{Section, Snapshot};
+use crate::telegram::{CallOutcome, Delivery, Messenger, SendError};
 
-/// Why handling one update failed.
+/// What the chain does after a module's step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Pass the update on to the next module.
+    Continue,
+    /// The update is dealt with; later modules do not see it.
+    Stop,
+}
+
+/// Why a module's step failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// This update can never be handled; keep it poisoned with the reason.
+pub enum ModuleError {
+    /// This update can never be handled; it is kept poisoned with the reason.
     #[error("{0}")]
     Poison(String),
-    /// Retrying later may work (database or network trouble).
-    #[error("{0}")]
-    Transient(String),
-    /// The token was revoked.
-    #[error("Telegram rejected the token")]
-    Unauthorized,
+    /// The bot database failed; the update is replayed after a restart.
+    #[error("bot database error")]
+    Database(#[from] sqlx::Error),
+    /// No connection to the bot database could be had.
+    #[error("no bot database connection")]
+    Connection(#[from] BudgetError),
+    /// A Telegram call failed for good (revoked token, or transient failures kept coming).
+    #[error(transparent)]
+    Send(#[from] SendError),
 }
 
-impl From<sqlx::Error> for HandleError {
-    fn from(e: sqlx::Error) -> Self {
-        HandleError::Transient(format!("bot database error: {e}"))
+impl ModuleError {
+    /// Whether the token was revoked (the bot must stop until it changes).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ModuleError::Send(SendError::Unauthorized))
     }
 }
 
-impl From<crate::botdb::budget::BudgetError> for HandleError {
-    fn from(e: crate::botdb::budget::BudgetError) -> Self {
-        HandleError::Transient(crate::mask::error_line(&e))
+/// A behaviour plugged into every bot that enables it.
+///
+/// Futures are boxed so that the registry can hold modules as trait objects.
+pub trait Module: Send + Sync + 'static {
+    /// The module's name: its manifest section, its job's task suffix, its metric label.
+    fn name(&self) -> &'static str;
+
+    /// The top-level manifest keys this module owns (besides the common ones).
+    fn manifest_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Parses and validates this module's section of `manifest`; `None` when the module is
+    /// not enabled for this bot.
+    fn load(&self, manifest: &Manifest) -> Result<Option<Section>, ManifestError>;
+
+    /// Whether the module is enabled for a bot's snapshot.
+    fn enabled(&self, snapshot: &Snapshot) -> bool {
+        snapshot.is_enabled(self.name())
+    }
+
+    /// The update kinds it needs (Telegram's `allowed_updates` names, e.g. `message`).
+    fn update_kinds(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The commands it adds to the bot's command list.
+    fn commands(&self, _snapshot: &Snapshot) -> Vec<BotCommand> {
+        Vec::new()
+    }
+
+    /// Its step in the update's unit of work (inside the update's transaction).
+    fn on_update<'a>(
+        &'a self,
+        _cx: &'a mut UpdateCx<'_>,
+    ) -> BoxFuture<'a, Result<Flow, ModuleError>> {
+        Box::pin(async { Ok(Flow::Continue) })
+    }
+
+    /// Observes what the chain delivered (inside the same transaction, after the chain).
+    fn on_sent<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        _deliveries: &'a [Delivery],
+    ) -> BoxFuture<'a, Result<(), ModuleError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Its per-bot background job, if it has one: spawned by the bot's run as
+    /// `bot-<id>-<name>` while the module is enabled, cancelled with the run.
+    fn job(&self, _cx: JobCx) -> Option<BoxFuture<'static, Result<(), ModuleError>>> {
+        None
     }
 }
 
-/// The dispatcher's handler tree: one endpoint for every update.
-pub fn handler() -> UpdateHandler<Infallible> {
-    let endpoint: dptree::Handler<'static, Result<(), Infallible>, DpHandlerDescription> =
-        dptree::endpoint(handle);
-    endpoint
+/// The modules of a daemon, in the order they see an update.
+#[derive(Clone)]
+pub struct Registry {
+    modules: Arc<[Arc<dyn Module>]>,
 }
 
-async fn handle(bot: Bot, me: Me, update: Update, ctx: Arc<BotContext>) -> Result<(), Infallible> {
-    let _permit = ctx.concurrency.acquire().await;
-    let update_id = i64::from(update.id.0);
-    let outcome = AssertUnwindSafe(process(&bot, &me, &update, &ctx))
-        .catch_unwind()
-        .await;
-    let poison = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(HandleError::Poison(reason))) => Some(reason),
-        Ok(Err(HandleError::Unauthorized)) => {
-            report_failure(&ctx.failure, &ctx.stop, BotFailure::Unauthorized);
-            None
-        }
-        Ok(Err(HandleError::Transient(reason))) => {
-            tracing::warn!(bot_id = ctx.bot_id, update_id, error = %reason, "update failed; the bot restarts and replays it");
-            report_failure(&ctx.failure, &ctx.stop, BotFailure::Transient(reason));
-            None
-        }
-        Err(panic) => Some(format!("handler panicked: {}", panic_message(&panic))),
-    };
-    if let Some(reason) = poison {
-        tracing::error!(bot_id = ctx.bot_id, update_id, error = %reason, "update poisoned");
-        let marked = async {
-            let mut conn = ctx.db.acquire().await?;
-            store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
-            Ok::<(), HandleError>(())
-        }
-        .await;
-        if let Err(e) = marked {
-            report_failure(
-                &ctx.failure,
-                &ctx.stop,
-                BotFailure::Transient(e.to_string()),
-            );
-        }
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.modules.iter().map(|m| m.name()))
+            .finish()
     }
-    Ok(())
 }
 
-async fn process(bot: &Bot, me: &Me, update: &Update, ctx: &BotContext) -> Result<(), HandleError> {
-    let update_id = i64::from(update.id.0);
-    let config = ctx.config.load();
-    let mut conn = ctx.db.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
-        return Ok(());
+impl Registry {
+    /// botvisor's modules. Adding a module is one line here.
+    pub fn standard() -> Self {
+        Self::new(vec![Arc::new(history::History), Arc::new(core::Core)])
     }
-    core::handle(bot, me, update, &config, &mut tx).await?;
-    store::mark_processed(&mut tx, ctx.telegram_id, update_id).await?;
-    tx.commit().await?;
-    Ok(())
+
+    /// A registry of exactly `modules`, in this order.
+    pub fn new(modules: Vec<Arc<dyn Module>>) -> Self {
+        Self {
+            modules: modules.into(),
+        }
+    }
+
+    /// This registry with `module` appended (last in the chain).
+    pub fn with(self, module: Arc<dyn Module>) -> Self {
+        let mut modules: Vec<_> = self.modules.iter().cloned().collect();
+        modules.push(module);
+        Self::new(modules)
+    }
+
+    /// The modules in chain order.
+    pub fn modules(&self) -> &[Arc<dyn Module>] {
+        &self.modules
+    }
+
+    /// Validates a whole manifest: no key that no module owns, every section valid.
+    pub fn validate(&self, manifest: &Manifest) -> Result<(), ManifestError> {
+        for key in manifest.sections.keys() {
+            if !self
+                .modules
+                .iter()
+                .any(|m| m.manifest_keys().contains(&key.as_str()))
+            {
+                let known: Vec<&str> = COMMON_KEYS
+                    .iter()
+                    .copied()
+                    .chain(
+                        self.modules
+                            .iter()
+                            .flat_map(|m| m.manifest_keys().iter().copied()),
+                    )
+                    .collect();
+                return Err(ManifestError::new(
+                    key.clone(),
+                    format!(
+                        "unknown field `{key}`, expected one of {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        for module in self.modules.iter() {
+            module.load(manifest)?;
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a manifest from JSON text, sections included.
+    pub fn parse_manifest(&self, text: &str) -> Result<Manifest, ManifestError> {
+        let manifest = Manifest::from_json_str(text)?;
+        self.validate(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// Completes `snapshot` with the sections of the modules enabled by its manifest.
+    pub fn load(&self, mut snapshot: Snapshot) -> Result<Snapshot, ManifestError> {
+        self.validate(&snapshot.manifest)?;
+        for module in self.modules.iter() {
+            if let Some(section) = module.load(&snapshot.manifest)? {
+                snapshot.enable(module.name(), section);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The modules enabled for `snapshot`, in chain order.
+    pub fn enabled<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+    ) -> impl Iterator<Item = &'a Arc<dyn Module>> {
+        self.modules.iter().filter(|m| m.enabled(snapshot))
+    }
+
+    /// The union of the update kinds the enabled modules need (Telegram's `allowed_updates`).
+    pub fn allowed_updates(&self, snapshot: &Snapshot) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for kind in self
+            .enabled(snapshot)
+            .flat_map(|m| m.update_kinds().iter().copied())
+        {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        kinds
+    }
+
+    /// The bot's command list: every enabled module's commands, first definition wins.
+    pub fn commands(&self, snapshot: &Snapshot) -> Vec<BotCommand> {
+        let mut commands: Vec<BotCommand> = Vec::new();
+        for command in self.enabled(snapshot).flat_map(|m| m.commands(snapshot)) {
+            if !commands.iter().any(|c| c.command == command.command) {
+                commands.push(command);
+            }
+        }
+        commands
+    }
+}
+
+/// What a module's step sees of one update, and how it answers.
+pub struct UpdateCx<'a> {
+    /// The panel id of the bot.
+    pub bot_id: i64,
+    /// The update.
+    pub update: &'a Update,
+    /// The bot's Telegram identity.
+    pub me: &'a Me,
+    /// The bot's content, loaded once for this update.
+    pub snapshot: &'a Snapshot,
+    /// The update's transaction on the bot database.
+    pub tx: &'a mut PgConnection,
+    telegram: &'a Messenger,
+    deliveries: Vec<Delivery>,
+}
+
+impl<'a> UpdateCx<'a> {
+    /// The context of one unit of work.
+    pub fn new(
+        update: &'a Update,
+        me: &'a Me,
+        snapshot: &'a Snapshot,
+        tx: &'a mut PgConnection,
+        telegram: &'a Messenger,
+    ) -> Self {
+        Self {
+            bot_id: telegram.bot_id(),
+            update,
+            me,
+            snapshot,
+            tx,
+            telegram,
+            deliveries: Vec::new(),
+        }
+    }
+
+    /// What the chain delivered so far.
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    /// What the chain delivered, for [`Module::on_sent`].
+    pub fn into_deliveries(self) -> Vec<Delivery> {
+        self.deliveries
+    }
+
+    /// Sends `text` to `chat` (for `user`, when known); the outcome is recorded for
+    /// [`Module::on_sent`].
+    pub async fn send(
+        &mut self,
+        chat: ChatId,
+        user: Option<i64>,
+        text: &str,
+        markup: Option<ReplyMarkup>,
+    ) -> Result<(), ModuleError> {
+        let outcome = self.telegram.send_message(chat, text, markup).await?;
+        self.record(chat, user, text, &outcome, |m| Some(m.id.0));
+        Ok(())
+    }
+
+    /// Edits the text (and inline keyboard) of the bot's message `message_id` in `chat`.
+    pub async fn edit(
+        &mut self,
+        chat: ChatId,
+        user: Option<i64>,
+        message_id: MessageId,
+        text: &str,
+        markup: Option<InlineKeyboardMarkup>,
+    ) -> Result<(), ModuleError> {
+        let outcome = self
+            .telegram
+            .edit_message_text(chat, message_id, text, markup)
+            .await?;
+        self.record(chat, user, text, &outcome, |m| Some(m.id.0));
+        Ok(())
+    }
+
+    /// Answers a callback query (stops the button's spinner), with an optional notice.
+    pub async fn answer_callback(
+        &mut self,
+        id: &CallbackQueryId,
+        text: Option<&str>,
+    ) -> Result<(), ModuleError> {
+        self.telegram.answer_callback_query(id, text).await?;
+        Ok(())
+    }
+
+    fn record<T>(
+        &mut self,
+        chat: ChatId,
+        user: Option<i64>,
+        text: &str,
+        outcome: &CallOutcome<T>,
+        message_id: impl FnOnce(&T) -> Option<i32>,
+    ) {
+        self.deliveries.push(Delivery {
+            chat_id: chat.0,
+            user_id: user,
+            text: text.to_owned(),
+            outcome: outcome.delivery(message_id),
+        });
+    }
+}
+
+/// What a module's background job works with.
+pub struct JobCx {
+    /// The panel id of the bot.
+    pub bot_id: i64,
+    /// The bot's database.
+    pub db: BotPool,
+    /// The bot's send interface.
+    pub telegram: Messenger,
+    /// The bot's content; changes on every reload.
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Notified when an operator action concerns this module of this bot.
+    pub wake: Arc<Notify>,
+    /// Cancelled when the job must end (the run stops, or the module was disabled).
+    pub stop: CancellationToken,
+}
+
+/// Why a job's wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The bot's snapshot changed.
+    Snapshot,
+    /// An operator action concerns this module.
+    Operator,
+    /// The deadline passed.
+    Timer,
+    /// The job must end.
+    Stop,
+}
+
+impl JobCx {
+    /// Sleeps until the snapshot changes, an operator wakes the job, `deadline` passes (if
+    /// any) or the job must stop — no polling.
+    pub async fn woken(&mut self, deadline: Option<Instant>) -> Wake {
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => Wake::Stop,
+            changed = self.snapshot.changed() => match changed {
+                Ok(()) => Wake::Snapshot,
+                Err(_) => Wake::Stop,
+            },
+            () = self.wake.notified() => Wake::Operator,
+            () = timer => Wake::Timer,
+        }
+    }
 }

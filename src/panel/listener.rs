@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool};
 
-use super::{BOTS_CHANGED, RELOAD_CONFIG};
+use super::{BOT_WAKE, BOTS_CHANGED, RELOAD_CONFIG};
 
 /// How often the listener connection is checked when idle.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -26,6 +26,8 @@ pub enum PanelEvent {
     BotChanged(i64),
     /// Reload one bot's config, or every bot's (`reload_config`).
     Reload(Option<i64>),
+    /// Wake module `.1`'s job of bot `.0` (`bot_wake`).
+    Wake(i64, String),
     /// The connection was re-established (or failed): anything may have been missed.
     Resync,
 }
@@ -49,7 +51,9 @@ impl PanelListener {
 
     async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all([BOTS_CHANGED, RELOAD_CONFIG]).await?;
+        listener
+            .listen_all([BOTS_CHANGED, RELOAD_CONFIG, BOT_WAKE])
+            .await?;
         Ok(listener)
     }
 
@@ -107,6 +111,10 @@ fn parse(channel: &str, payload: &str) -> Option<PanelEvent> {
         BOTS_CHANGED => Some(id.map_or(PanelEvent::Resync, PanelEvent::BotChanged)),
         RELOAD_CONFIG if payload.trim().is_empty() => Some(PanelEvent::Reload(None)),
         RELOAD_CONFIG => Some(id.map_or(PanelEvent::Reload(None), |i| PanelEvent::Reload(Some(i)))),
+        BOT_WAKE => {
+            let (id, module) = payload.trim().split_once(':')?;
+            Some(PanelEvent::Wake(id.parse().ok()?, module.to_owned()))
+        }
         _ => None,
     }
 }
@@ -132,5 +140,10 @@ mod tests {
             Some(PanelEvent::Reload(None))
         );
         assert_eq!(parse("other", "1"), None);
+        assert_eq!(
+            parse("bot_wake", "7:broadcast"),
+            Some(PanelEvent::Wake(7, "broadcast".into()))
+        );
+        assert_eq!(parse("bot_wake", "junk"), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The panel database: registered bots, their texts, and their reported status.
 //!
 //! - [`store`] holds all panel SQL;
-//! - [`listener`] keeps the LISTEN connection for `bots_changed` / `reload_config`.
+//! - [`listener`] keeps the LISTEN connection for `bots_changed` / `reload_config` /
+//!   `bot_wake`.
 //!
 //! Every write to `bots` or `bot_texts` notifies through triggers (migrations/panel), so the
 //! CLI, an external admin panel and plain psql all wake the supervisor the same way.
@@ -24,6 +25,9 @@ pub const BOTS_CHANGED: &str = "bots_changed";
 /// Channel notified with a bot id (or an empty payload: every bot) when texts or a manifest
 /// change.
 pub const RELOAD_CONFIG: &str = "reload_config";
+/// Channel notified with `<bot id>:<module>` when an operator action concerns a module's job
+/// (e.g. a broadcast was queued in the bot's database): the owning daemon wakes that job.
+pub const BOT_WAKE: &str = "bot_wake";
 
 /// Errors of panel operations. Messages are written for operators.
 #[derive(Debug, thiserror::Error)]

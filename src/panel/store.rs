@@ -161,6 +161,16 @@ pub async fn set_enabled(pool: &PgPool, id: i64, enabled: bool) -> Result<(), Pa
     expect_one(r, id, "")
 }
 
+/// Renames a bot (names are unique).
+pub async fn rename_bot(pool: &PgPool, id: i64, name: &str) -> Result<(), PanelError> {
+    let r = sqlx::query("UPDATE bots SET name = $2 WHERE id = $1")
+        .bind(id)
+        .bind(name)
+        .execute(pool)
+        .await;
+    expect_one(r, id, name)
+}
+
 /// Replaces a bot's token.
 pub async fn set_token(pool: &PgPool, id: i64, token: &BotToken) -> Result<(), PanelError> {
     let r = sqlx::query("UPDATE bots SET token = $2 WHERE id = $1")
@@ -321,6 +331,17 @@ pub async fn notify_reload(pool: &PgPool, id: Option<i64>) -> Result<(), PanelEr
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(super::RELOAD_CONFIG)
         .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Asks the daemon running bot `id` to wake its module `module`'s job (`NOTIFY bot_wake`).
+pub async fn notify_wake(pool: &PgPool, id: i64, module: &str) -> Result<(), PanelError> {
+    ensure_bot(pool, id).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::BOT_WAKE)
+        .bind(format!("{id}:{module}"))
         .execute(pool)
         .await?;
     Ok(())

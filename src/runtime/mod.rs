@@ -1,35 +1,42 @@
 //! One hosted bot: a single run from provisioning to stop.
 //!
 //! [`run`] provisions the bot's database (create + migrate; nothing is answered before the
-//! migrations are in), checks the token with `getMe`, registers the command list, then runs a
-//! teloxide dispatcher fed by the [`listener::DurableListener`] until the run's stop token is
-//! cancelled or a failure is reported. Restarting, backoff and status are the supervisor's job
-//! (`supervisor::slot`).
+//! migrations are in), checks the token with `getMe`, then runs three things side by side
+//! until the run's stop token is cancelled or a failure is reported:
+//! - the update intake ([`inbox::DurableListener`]) feeding a teloxide dispatcher whose single
+//!   endpoint is the unit of work ([`dispatch`]);
+//! - the companion ([`companion`]): the bot's command list kept in step with its snapshot,
+//!   and the module jobs (`bot-<id>-<module>`) started, woken and stopped;
+//! - nothing else: restarting, backoff and status belong to the control plane, which talks to
+//!   a run only through its stop token, its snapshot and its [`Wakes`].
 //!
-//! - [`config`]: the hot-swapped manifest + texts snapshot;
-//! - [`telegram`]: the shared Bot API client and error classification;
-//! - [`listener`]: the durable update listener (inbox before offset).
+//! A failure is a typed [`RunFailure`] sent on a channel (the first one wins) by whichever part
+//! met it; the run then stops and returns it.
 
+mod companion;
+pub mod dispatch;
 pub mod inbox;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use teloxide::dispatching::Dispatcher;
 use teloxide::error_handlers::LoggingErrorHandler;
 use teloxide::prelude::Requester;
-use teloxide::types::{BotCommand, Me};
-use tokio::sync::Semaphore;
+use teloxide::types::Me;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::botdb::budget::{BotPool, ConnectionBudget};
+use crate::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
 use crate::botdb::{BotDbError, BotDbTarget};
-use crate::content::manifest::Manifest;
-use crate::content::snapshot::SharedConfig;
+use crate::content::snapshot::SharedSnapshot;
+use crate::modules::{ModuleError, Registry};
 use crate::settings::Settings;
-use crate::telegram::{SendFailure, TelegramApi, classify_send_error};
+use crate::tasks::Tasks;
+use crate::telegram::{Messenger, TelegramApi, TelegramError};
 use crate::token::BotToken;
-use inbox::{DurableListener, FailureSlot};
+use inbox::DurableListener;
 
 /// Handlers of one bot running at once (across its chats).
 const HANDLER_CONCURRENCY: usize = 16;
@@ -48,47 +55,107 @@ pub struct BotSpec {
 }
 
 /// Why a bot run ended.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BotFailure {
+#[derive(Debug, thiserror::Error)]
+pub enum RunFailure {
     /// The token is invalid or revoked (fatal until it changes).
     #[error(
         "Telegram rejected the token (401 Unauthorized): set a valid token with `botvisor bot set-token`"
     )]
     Unauthorized,
-    /// The database could not be created or migrated, or the override is invalid.
-    #[error("{0}")]
-    Database(String, bool),
-    /// The manifest stored in the panel is invalid (fatal until it changes).
-    #[error("{0}")]
-    InvalidManifest(String),
-    /// A transient failure (network, database connection, server error).
-    #[error("{0}")]
-    Transient(String),
+    /// The database could not be resolved, created or migrated.
+    #[error("the bot's database is not usable")]
+    Database(#[source] BotDbError),
+    /// No connection to the bot's database could be had.
+    #[error("no connection to the bot's database")]
+    Connection(#[source] BudgetError),
+    /// A Bot API call failed (network, server error).
+    #[error("a Bot API call failed")]
+    Telegram(#[source] TelegramError),
+    /// Handling an update failed in a way that may pass (the update is replayed).
+    #[error("handling an update failed")]
+    Update(#[source] ModuleError),
+    /// The update stream ended although nobody stopped the run.
+    #[error("the update listener ended unexpectedly")]
+    ListenerEnded,
 }
 
-impl BotFailure {
+impl RunFailure {
     /// Whether the bot should wait for a panel change instead of retrying.
     pub fn is_fatal(&self) -> bool {
         match self {
-            BotFailure::Unauthorized | BotFailure::InvalidManifest(_) => true,
-            BotFailure::Database(_, fatal) => *fatal,
-            BotFailure::Transient(_) => false,
+            RunFailure::Unauthorized => true,
+            RunFailure::Database(e) => e.is_fatal(),
+            _ => false,
         }
     }
 
-    /// The `bot_status.state` this failure leads to when fatal.
-    pub fn fatal_state(&self) -> &'static str {
-        match self {
-            BotFailure::Unauthorized => "auth_failed",
-            _ => "failed",
+    /// Whether the failure is a rejected token.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, RunFailure::Unauthorized)
+    }
+}
+
+impl From<BotDbError> for RunFailure {
+    fn from(e: BotDbError) -> Self {
+        RunFailure::Database(e)
+    }
+}
+
+impl From<TelegramError> for RunFailure {
+    fn from(e: TelegramError) -> Self {
+        match e {
+            TelegramError::Unauthorized => RunFailure::Unauthorized,
+            other => RunFailure::Telegram(other),
         }
     }
 }
 
-impl From<BotDbError> for BotFailure {
-    fn from(e: BotDbError) -> Self {
-        let fatal = e.is_fatal();
-        BotFailure::Database(crate::mask::error_line(&e), fatal)
+impl From<ModuleError> for RunFailure {
+    fn from(e: ModuleError) -> Self {
+        if e.is_unauthorized() {
+            RunFailure::Unauthorized
+        } else {
+            RunFailure::Update(e)
+        }
+    }
+}
+
+/// Where the parts of a run report the failure that must end it: the first report wins and
+/// stops the run.
+#[derive(Debug, Clone)]
+pub struct Failures {
+    tx: mpsc::Sender<RunFailure>,
+    stop: CancellationToken,
+}
+
+impl Failures {
+    fn new(stop: CancellationToken) -> (Self, mpsc::Receiver<RunFailure>) {
+        let (tx, rx) = mpsc::channel(1);
+        (Self { tx, stop }, rx)
+    }
+
+    /// Records `failure` (unless one was already reported) and stops the run.
+    pub fn report(&self, failure: impl Into<RunFailure>) {
+        let _ = self.tx.try_send(failure.into());
+        self.stop.cancel();
+    }
+}
+
+/// Wake-ups of a bot's module jobs by operator actions, kept across the bot's runs: a wake
+/// sent while no job waits is kept until the job next waits.
+#[derive(Debug, Clone, Default)]
+pub struct Wakes(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+impl Wakes {
+    /// The notifier of module `name`'s job.
+    pub fn get(&self, name: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(name.to_owned()).or_default())
+    }
+
+    /// Wakes module `name`'s job (or the next one to wait).
+    pub fn wake(&self, name: &str) {
+        self.get(name).notify_one();
     }
 }
 
@@ -101,9 +168,13 @@ pub struct SharedDeps {
     pub api: TelegramApi,
     /// The global connection budget for bot databases.
     pub budget: ConnectionBudget,
+    /// The modules every bot is made of.
+    pub registry: Registry,
+    /// Where runs spawn their module jobs.
+    pub tasks: Tasks,
 }
 
-/// What a handler needs besides the update, the `Bot` and `Me`.
+/// What the unit of work of one bot run needs besides the update and `Me`.
 pub struct BotContext {
     /// Panel id.
     pub bot_id: i64,
@@ -111,14 +182,24 @@ pub struct BotContext {
     pub telegram_id: i64,
     /// The bot's database.
     pub db: BotPool,
-    /// The current manifest + texts.
-    pub config: SharedConfig,
+    /// The current content.
+    pub snapshot: SharedSnapshot,
+    /// The modules.
+    pub registry: Registry,
+    /// The bot's send interface.
+    pub telegram: Messenger,
     /// Where to report a failure that must end this run.
-    pub failure: FailureSlot,
-    /// This run's stop token (cancelled on failure).
-    pub stop: CancellationToken,
+    pub failures: Failures,
     /// Bounds concurrent handlers of this bot.
     pub concurrency: Semaphore,
+}
+
+/// The per-run handles a bot's slot gives it.
+pub struct RunParts {
+    /// The bot's content, swapped by the control plane on reload.
+    pub snapshot: SharedSnapshot,
+    /// Operator wake-ups of its module jobs.
+    pub wakes: Wakes,
 }
 
 /// Runs the bot until `stop` is cancelled (Ok) or a failure ends the run (Err).
@@ -127,10 +208,10 @@ pub struct BotContext {
 pub async fn run(
     deps: &SharedDeps,
     spec: &BotSpec,
-    config: SharedConfig,
+    parts: RunParts,
     stop: CancellationToken,
     on_running: impl AsyncFnOnce(&str),
-) -> Result<(), BotFailure> {
+) -> Result<(), RunFailure> {
     let target = BotDbTarget::resolve(&deps.settings, spec.id, spec.database.as_deref())?;
     let provision = target.provision_within(
         &deps.budget,
@@ -143,34 +224,44 @@ pub async fn run(
     if created {
         tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
     }
-    let result = dispatch(deps, spec, config, stop, db.clone(), on_running).await;
+    let result = dispatch_run(deps, spec, parts, stop, db.clone(), on_running).await;
     db.close().await;
     result
 }
 
-async fn dispatch(
+async fn dispatch_run(
     deps: &SharedDeps,
     spec: &BotSpec,
-    config: SharedConfig,
+    parts: RunParts,
     stop: CancellationToken,
     db: BotPool,
     on_running: impl AsyncFnOnce(&str),
-) -> Result<(), BotFailure> {
+) -> Result<(), RunFailure> {
     let bot = deps.api.bot(&spec.token);
     let me = tokio::select! {
         () = stop.cancelled() => return Ok(()),
         r = bot.get_me() => r,
     };
-    let me: Me = me.map_err(|e| match classify_send_error(&e) {
-        SendFailure::Unauthorized => BotFailure::Unauthorized,
-        other => BotFailure::Transient(format!("getMe failed: {other:?}")),
-    })?;
+    let me: Me = me.map_err(|e| RunFailure::from(TelegramError::from_request(&e)))?;
     let username = me.username.clone().unwrap_or_default();
-    sync_commands(&bot, spec.id, &config.load().manifest).await;
+    let telegram = Messenger::new(bot.clone(), spec.id);
+
+    let run_stop = stop.child_token();
+    let (failures, mut failed) = Failures::new(run_stop.clone());
+    let companion = companion::Companion {
+        bot_id: spec.id,
+        deps: deps.clone(),
+        db: db.clone(),
+        telegram: telegram.clone(),
+        snapshot: parts.snapshot.clone(),
+        wakes: parts.wakes,
+        failures: failures.clone(),
+        stop: run_stop.clone(),
+    };
+    // Commands are registered before the bot reports itself running.
+    let companion = companion.start().await;
     on_running(&username).await;
 
-    let failure: FailureSlot = Arc::new(Mutex::new(None));
-    let run_stop = stop.child_token();
     let listener = DurableListener::new(
         inbox::ListenerParts {
             api: deps.api.clone(),
@@ -178,61 +269,42 @@ async fn dispatch(
             bot_id: spec.id,
             db: db.clone(),
             poll_timeout: Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
-            retention: inbox::Retention {
-                inbox_days: deps.settings.bot_database.inbox_retention_days,
-                config: config.clone(),
-            },
+            inbox_retention_days: deps.settings.bot_database.inbox_retention_days,
+            snapshot: parts.snapshot.clone(),
+            registry: deps.registry.clone(),
         },
         run_stop.clone(),
-        Arc::clone(&failure),
+        failures.clone(),
     );
     let context = Arc::new(BotContext {
         bot_id: spec.id,
         telegram_id: i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX),
         db,
-        config,
-        failure: Arc::clone(&failure),
-        stop: run_stop.clone(),
+        snapshot: parts.snapshot,
+        registry: deps.registry.clone(),
+        telegram,
+        failures,
         concurrency: Semaphore::new(HANDLER_CONCURRENCY),
     });
-    let mut dispatcher = Dispatcher::builder(bot, crate::modules::handler())
+    let mut dispatcher = Dispatcher::builder(bot, dispatch::handler())
         .dependencies(teloxide::dptree::deps![context])
         .build();
-    let dispatched = dispatcher
-        .try_dispatch_with_listener(listener, LoggingErrorHandler::new())
-        .await;
+    let dispatch = async {
+        let dispatched = dispatcher
+            .try_dispatch_with_listener(listener, LoggingErrorHandler::new())
+            .await;
+        // The dispatcher ends only when the intake did (stop or failure), or at its start;
+        // either way the companion's jobs end with it.
+        run_stop.cancel();
+        dispatched
+    };
+    let (dispatched, ()) = tokio::join!(dispatch, companion.run());
     if let Err(e) = dispatched {
-        return Err(match classify_send_error(&e) {
-            SendFailure::Unauthorized => BotFailure::Unauthorized,
-            other => BotFailure::Transient(format!("dispatcher failed to start: {other:?}")),
-        });
+        return Err(TelegramError::from_request(&e).into());
     }
-    let reported = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match reported {
-        Some(f) => Err(f),
-        None if stop.is_cancelled() => Ok(()),
-        None => Err(BotFailure::Transient(
-            "the update listener ended unexpectedly".into(),
-        )),
-    }
-}
-
-/// Registers the bot's command list (`setMyCommands`) from its manifest; failures are logged.
-pub async fn sync_commands(bot: &teloxide::Bot, bot_id: i64, manifest: &Manifest) {
-    let mut commands = vec![
-        BotCommand::new("start", "Start"),
-        BotCommand::new("help", "Help"),
-    ];
-    if manifest.main_menu.is_some() {
-        commands.push(BotCommand::new("menu", "Menu"));
-    }
-    commands.extend(
-        manifest
-            .commands
-            .iter()
-            .map(|c| BotCommand::new(&c.command, &c.description)),
-    );
-    if let Err(e) = bot.set_my_commands(commands).await {
-        tracing::warn!(bot_id, error = %crate::mask::redact(&e.to_string()), "setMyCommands failed");
+    match failed.try_recv() {
+        Ok(f) => Err(f),
+        Err(_) if stop.is_cancelled() => Ok(()),
+        Err(_) => Err(RunFailure::ListenerEnded),
     }
 }

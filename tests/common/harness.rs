@@ -6,6 +6,7 @@ use std::time::Duration;
 use botvisor::app::{Daemon, ShutdownReport};
 use botvisor::content::manifest::Manifest;
 use botvisor::control::BotCounts;
+use botvisor::modules::Registry;
 use botvisor::panel::store::{self, NewBot};
 use botvisor::sandbox::{InjectMessage, Sandbox, SandboxConfig, SandboxHandle, SentEvent};
 use botvisor::settings::Settings;
@@ -55,6 +56,11 @@ pub type Extra<'a> = &'a [(&'a str, &'a str)];
 impl Harness {
     /// Starts everything; returns once the daemon finished its first reconcile.
     pub async fn start(extra: Extra<'_>) -> Self {
+        Self::start_with(extra, Registry::standard()).await
+    }
+
+    /// [`Harness::start`] with the modules of `registry`.
+    pub async fn start_with(extra: Extra<'_>, registry: Registry) -> Self {
         botvisor::telemetry::init(&botvisor::settings::LogSettings {
             filter: "warn".into(),
             ..Default::default()
@@ -78,7 +84,7 @@ impl Harness {
         std::fs::write(&file, "").unwrap();
         let settings = Settings::load(Some(&file), &env).unwrap();
         let shutdown = CancellationToken::new();
-        let (daemon, handles) = Daemon::start(settings.clone(), shutdown.clone())
+        let (daemon, handles) = Daemon::start_with(settings.clone(), registry, shutdown.clone())
             .await
             .unwrap();
         let daemon = tokio::spawn(daemon.run());

@@ -1,31 +1,33 @@
-//! The core module: user registry, message history, commands, menus and admin stats.
+//! The core module: the user registry, commands, menus, texts and the admin `/stats`.
 //!
-//! Everything here runs inside the update's transaction (see [`super`]); sends to Telegram
-//! happen before the commit, so a crash between a send and the commit can repeat an answer
-//! but never lose one or apply an effect twice.
+//! Runs inside the update's unit of work (see `runtime::dispatch`): users are recorded in the
+//! update's transaction; answers go through the send interface of [`UpdateCx`], and what they
+//! came to is observed in [`Core::on_sent`] (a 403 marks the user `blocked`).
 
-use std::time::Duration;
+mod section;
+pub mod store;
 
+pub use section::{ButtonAction, ButtonSpec, CommandSpec, CoreSection, MenuKind, MenuSpec};
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use sqlx::PgConnection;
-use teloxide::Bot;
-use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
-use teloxide::prelude::Requester;
 use teloxide::types::{
-    CallbackQuery, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton,
-    KeyboardMarkup, Me, Message, MessageId, ReplyMarkup, Update, UpdateKind, User,
+    BotCommand, CallbackQuery, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton,
+    KeyboardMarkup, Message, MessageId, ReplyMarkup, UpdateKind, User,
 };
 
-use super::HandleError;
-use crate::botdb::store::{self, Role, SeenUser};
-use crate::content::manifest::{ButtonAction, MenuKind, MenuSpec};
-use crate::content::snapshot::BotConfig;
-use crate::content::texts::Vars;
-use crate::telegram::{SendFailure, classify_send_error};
+use super::{Flow, Module, ModuleError, UpdateCx};
+use crate::content::manifest::{Manifest, ManifestError};
+use crate::content::snapshot::{Section, Snapshot};
+use crate::content::texts::{Vars, render};
+use crate::telegram::{Delivery, DeliveryOutcome};
+use store::SeenUser;
 
-/// Attempts at one Bot API call before the update is left for a replay.
-const SEND_ATTEMPTS: u32 = 4;
-/// First delay between attempts of a failed call (doubles).
-const SEND_RETRY_START: Duration = Duration::from_millis(500);
+/// The module's name.
+const NAME: &str = "core";
+
 /// Longest path of menus kept in callback data (Telegram allows 64 bytes).
 const MAX_CALLBACK_LEN: usize = 64;
 
@@ -36,28 +38,91 @@ const DEFAULT_HELP: &str = "Send /start to begin.";
 /// Answer to a button of a menu that changed since its message was sent.
 const DEFAULT_MENU_EXPIRED: &str = "This menu has changed.";
 
-/// Handles one update inside its transaction.
-pub async fn handle(
-    bot: &Bot,
-    me: &Me,
-    update: &Update,
-    config: &BotConfig,
-    tx: &mut PgConnection,
-) -> Result<(), HandleError> {
-    match &update.kind {
-        UpdateKind::Message(msg) => on_message(bot, me, msg, config, tx).await,
-        UpdateKind::EditedMessage(msg) => {
-            if let Some(user) = msg.from.as_ref() {
-                touch(tx, user).await?;
+/// The core module (always enabled).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Core;
+
+impl Module for Core {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn manifest_keys(&self) -> &'static [&'static str] {
+        section::KEYS
+    }
+
+    fn load(&self, manifest: &Manifest) -> Result<Option<Section>, ManifestError> {
+        let section: CoreSection = manifest.section(section::KEYS)?;
+        section.validate()?;
+        Ok(Some(Arc::new(section)))
+    }
+
+    fn update_kinds(&self) -> &'static [&'static str] {
+        &["message", "edited_message", "callback_query"]
+    }
+
+    fn commands(&self, snapshot: &Snapshot) -> Vec<BotCommand> {
+        let section = core_section(snapshot);
+        let mut commands = vec![
+            BotCommand::new("start", "Start"),
+            BotCommand::new("help", "Help"),
+        ];
+        if section.main_menu.is_some() {
+            commands.push(BotCommand::new("menu", "Menu"));
+        }
+        commands.extend(
+            section
+                .commands
+                .iter()
+                .map(|c| BotCommand::new(&c.command, &c.description)),
+        );
+        commands
+    }
+
+    fn on_update<'a>(
+        &'a self,
+        cx: &'a mut UpdateCx<'_>,
+    ) -> BoxFuture<'a, Result<Flow, ModuleError>> {
+        Box::pin(async move {
+            match &cx.update.kind {
+                UpdateKind::Message(msg) => on_message(cx, msg).await?,
+                UpdateKind::EditedMessage(msg) => {
+                    if let Some(user) = msg.from.as_ref() {
+                        touch(cx.tx, user).await?;
+                    }
+                }
+                UpdateKind::CallbackQuery(q) => on_callback(cx, q).await?,
+                _ => {}
+            }
+            Ok(Flow::Continue)
+        })
+    }
+
+    fn on_sent<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        deliveries: &'a [Delivery],
+    ) -> BoxFuture<'a, Result<(), ModuleError>> {
+        Box::pin(async move {
+            for d in deliveries {
+                if let (DeliveryOutcome::Blocked, Some(user)) = (&d.outcome, d.user_id) {
+                    store::set_user_blocked(tx, user, true).await?;
+                }
             }
             Ok(())
-        }
-        UpdateKind::CallbackQuery(q) => on_callback(bot, q, config, tx).await,
-        _ => Ok(()),
+        })
     }
 }
 
-async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), HandleError> {
+/// Core's section of a snapshot (core is always loaded; an empty section otherwise).
+fn core_section(snapshot: &Snapshot) -> &CoreSection {
+    static EMPTY: std::sync::OnceLock<CoreSection> = std::sync::OnceLock::new();
+    snapshot
+        .section::<CoreSection>(NAME)
+        .unwrap_or_else(|| EMPTY.get_or_init(CoreSection::default))
+}
+
+async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), ModuleError> {
     store::touch_user(
         tx,
         &SeenUser {
@@ -85,7 +150,7 @@ struct Audience<'a> {
 }
 
 impl<'a> Audience<'a> {
-    fn new(chat: ChatId, user: Option<&'a User>, config: &'a BotConfig) -> Self {
+    fn new(chat: ChatId, user: Option<&'a User>, snapshot: &'a Snapshot) -> Self {
         Self {
             chat,
             user_id: user.map(user_id),
@@ -93,43 +158,46 @@ impl<'a> Audience<'a> {
             vars: Vars {
                 first_name: user.map(|u| u.first_name.as_str()).unwrap_or(""),
                 username: user.and_then(|u| u.username.as_deref()).unwrap_or(""),
-                bot_name: &config.bot_name,
+                bot_name: &snapshot.bot_name,
             },
         }
     }
 
-    fn text(&self, config: &BotConfig, key: &str) -> Option<String> {
-        config.render(key, self.lang, &self.vars)
+    fn text(&self, snapshot: &Snapshot, key: &str) -> Option<String> {
+        snapshot.render(key, self.lang, &self.vars)
+    }
+
+    /// The text for `key`, or the key itself (a label whose text is missing).
+    fn label(&self, snapshot: &Snapshot, key: &str) -> String {
+        self.text(snapshot, key).unwrap_or_else(|| key.to_owned())
     }
 }
 
-async fn on_message(
-    bot: &Bot,
-    me: &Me,
-    msg: &Message,
-    config: &BotConfig,
-    tx: &mut PgConnection,
-) -> Result<(), HandleError> {
+async fn send(
+    cx: &mut UpdateCx<'_>,
+    to: &Audience<'_>,
+    text: &str,
+    markup: Option<ReplyMarkup>,
+) -> Result<(), ModuleError> {
+    cx.send(to.chat, to.user_id, text, markup).await
+}
+
+async fn on_message(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
     let user = msg.from.as_ref();
     if let Some(user) = user {
-        touch(tx, user).await?;
+        touch(cx.tx, user).await?;
     }
-    let audience = Audience::new(msg.chat.id, user, config);
-    let content = msg
-        .text()
-        .or_else(|| msg.caption())
-        .map(str::to_owned)
-        .unwrap_or_else(|| "[non-text message]".into());
-    store::add_message(tx, msg.chat.id.0, audience.user_id, Role::User, &content).await?;
+    let audience = Audience::new(msg.chat.id, user, snapshot);
     let Some(text) = msg.text() else {
         return Ok(());
     };
-    if let Some((command, _args)) = parse_command(text, me.username()) {
-        return on_command(bot, &command, msg, config, &audience, tx).await;
+    if let Some((command, _args)) = parse_command(text, cx.me.username()) {
+        return on_command(cx, &command, msg, &audience).await;
     }
     // A reply-keyboard button sends its label as text.
-    if let Some((menu_name, action)) = find_reply_button(config, &audience, text) {
-        return run_action(bot, config, &audience, tx, &menu_name, action, None).await;
+    if let Some((menu_name, action)) = find_reply_button(snapshot, &audience, text) {
+        return run_action(cx, &audience, &menu_name, action, None).await;
     }
     Ok(())
 }
@@ -149,78 +217,72 @@ fn parse_command(text: &str, my_username: &str) -> Option<(String, String)> {
 }
 
 async fn on_command(
-    bot: &Bot,
+    cx: &mut UpdateCx<'_>,
     command: &str,
     msg: &Message,
-    config: &BotConfig,
     audience: &Audience<'_>,
-    tx: &mut PgConnection,
-) -> Result<(), HandleError> {
+) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
+    let section = core_section(snapshot);
     let render_or = |key: &str, fallback: &str| {
         audience
-            .text(config, key)
-            .unwrap_or_else(|| crate::content::texts::render(fallback, &audience.vars))
+            .text(snapshot, key)
+            .unwrap_or_else(|| render(fallback, &audience.vars))
     };
     match command {
         "start" => {
             let text = render_or("start", DEFAULT_START);
-            send(bot, tx, audience, &text, None).await?;
-            if let Some(main) = &config.manifest.main_menu {
-                show_menu(bot, config, audience, tx, main, &[]).await?;
+            send(cx, audience, &text, None).await?;
+            if let Some(main) = &section.main_menu {
+                show_menu(cx, audience, main, &[]).await?;
             }
         }
         "help" => {
             let text = render_or("help", DEFAULT_HELP);
-            send(bot, tx, audience, &text, None).await?;
+            send(cx, audience, &text, None).await?;
         }
-        "menu" if config.manifest.main_menu.is_some() => {
-            let main = config.manifest.main_menu.clone().unwrap_or_default();
-            show_menu(bot, config, audience, tx, &main, &[]).await?;
+        "menu" if section.main_menu.is_some() => {
+            let main = section.main_menu.clone().unwrap_or_default();
+            show_menu(cx, audience, &main, &[]).await?;
         }
-        "stats" if is_admin(config, msg) => {
-            let s = store::stats(tx).await?;
+        "stats" if is_admin(snapshot, msg) => {
+            let s = store::stats(cx.tx).await?;
             let text = format!(
                 "Users: {} total, {} active today, {} in 7 days, {} blocked\nMessages today: {}",
                 s.users_total, s.active_today, s.active_7d, s.blocked, s.messages_today
             );
-            send(bot, tx, audience, &text, None).await?;
+            send(cx, audience, &text, None).await?;
         }
         other => {
-            let custom = config
-                .manifest
+            let custom = section
                 .commands
                 .iter()
                 .find(|c| c.command == other)
                 .map(|c| c.text.clone());
             let text = match custom {
-                Some(key) => audience.text(config, &key),
-                None => audience.text(config, "unknown_command"),
+                Some(key) => audience.text(snapshot, &key),
+                None => audience.text(snapshot, "unknown_command"),
             };
             if let Some(text) = text {
-                send(bot, tx, audience, &text, None).await?;
+                send(cx, audience, &text, None).await?;
             }
         }
     }
     Ok(())
 }
 
-fn is_admin(config: &BotConfig, msg: &Message) -> bool {
+fn is_admin(snapshot: &Snapshot, msg: &Message) -> bool {
     msg.from
         .as_ref()
-        .is_some_and(|u| config.manifest.admins.contains(&user_id(u)))
-}
-
-fn label(config: &BotConfig, audience: &Audience<'_>, key: &str) -> String {
-    audience.text(config, key).unwrap_or_else(|| key.to_owned())
+        .is_some_and(|u| snapshot.manifest.admins.contains(&user_id(u)))
 }
 
 fn find_reply_button<'c>(
-    config: &'c BotConfig,
+    snapshot: &'c Snapshot,
     audience: &Audience<'_>,
     text: &str,
 ) -> Option<(String, ButtonAction<'c>)> {
-    config
-        .manifest
+    core_section(snapshot)
         .menus
         .iter()
         .filter(|(_, m)| m.kind == MenuKind::Reply)
@@ -228,7 +290,7 @@ fn find_reply_button<'c>(
             menu.buttons
                 .iter()
                 .flatten()
-                .find(|b| label(config, audience, &b.label) == text)
+                .find(|b| audience.label(snapshot, &b.label) == text)
                 .map(|b| (name.clone(), b.action()))
         })
 }
@@ -257,29 +319,19 @@ fn parse_callback(data: &str) -> Option<(Vec<String>, usize, usize)> {
 }
 
 fn menu_markup(
-    config: &BotConfig,
+    snapshot: &Snapshot,
     audience: &Audience<'_>,
     menu: &MenuSpec,
     path: &[String],
 ) -> ReplyMarkup {
     match menu.kind {
-        MenuKind::Inline => ReplyMarkup::InlineKeyboard(InlineKeyboardMarkup::new(
-            menu.buttons.iter().enumerate().map(|(r, row)| {
-                row.iter()
-                    .enumerate()
-                    .map(|(c, b)| {
-                        InlineKeyboardButton::callback(
-                            label(config, audience, &b.label),
-                            callback_data(path, r, c),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            }),
-        )),
+        MenuKind::Inline => {
+            ReplyMarkup::InlineKeyboard(inline_markup(snapshot, audience, menu, path))
+        }
         MenuKind::Reply => ReplyMarkup::Keyboard(
             KeyboardMarkup::new(menu.buttons.iter().map(|row| {
                 row.iter()
-                    .map(|b| KeyboardButton::new(label(config, audience, &b.label)))
+                    .map(|b| KeyboardButton::new(audience.label(snapshot, &b.label)))
                     .collect::<Vec<_>>()
             }))
             .resize_keyboard(),
@@ -287,65 +339,84 @@ fn menu_markup(
     }
 }
 
-async fn show_menu(
-    bot: &Bot,
-    config: &BotConfig,
+fn inline_markup(
+    snapshot: &Snapshot,
     audience: &Audience<'_>,
-    tx: &mut PgConnection,
+    menu: &MenuSpec,
+    path: &[String],
+) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new(menu.buttons.iter().enumerate().map(|(r, row)| {
+        row.iter()
+            .enumerate()
+            .map(|(c, b)| {
+                InlineKeyboardButton::callback(
+                    audience.label(snapshot, &b.label),
+                    callback_data(path, r, c),
+                )
+            })
+            .collect::<Vec<_>>()
+    }))
+}
+
+async fn show_menu(
+    cx: &mut UpdateCx<'_>,
+    audience: &Audience<'_>,
     name: &str,
     parents: &[String],
-) -> Result<(), HandleError> {
-    let Some(menu) = config.manifest.menus.get(name) else {
+) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
+    let Some(menu) = core_section(snapshot).menus.get(name) else {
         return Ok(());
     };
     let mut path = parents.to_vec();
     path.push(name.to_owned());
-    let text = label(config, audience, &menu.text);
-    let markup = menu_markup(config, audience, menu, &path);
-    send(bot, tx, audience, &text, Some(markup)).await
+    let text = audience.label(snapshot, &menu.text);
+    let markup = menu_markup(snapshot, audience, menu, &path);
+    send(cx, audience, &text, Some(markup)).await
 }
 
 /// Runs a button's action. `edit` is the inline message to edit in place (None: send new).
 async fn run_action(
-    bot: &Bot,
-    config: &BotConfig,
+    cx: &mut UpdateCx<'_>,
     audience: &Audience<'_>,
-    tx: &mut PgConnection,
     menu_name: &str,
     action: ButtonAction<'_>,
     edit: Option<(MessageId, Vec<String>)>,
-) -> Result<(), HandleError> {
+) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
+    let section = core_section(snapshot);
     let Some((message_id, path)) = edit else {
         // Reply keyboards: show the text, or send the target menu.
         match action {
             ButtonAction::Text(key) => {
-                let text = label(config, audience, key);
-                send(bot, tx, audience, &text, None).await?;
+                let text = audience.label(snapshot, key);
+                send(cx, audience, &text, None).await?;
             }
             ButtonAction::Menu(target) => {
-                show_menu(bot, config, audience, tx, target, &[menu_name.to_owned()]).await?;
+                show_menu(cx, audience, target, &[menu_name.to_owned()]).await?;
             }
             ButtonAction::Back => {
-                if let Some(main) = config.manifest.main_menu.as_deref() {
-                    show_menu(bot, config, audience, tx, main, &[]).await?;
+                if let Some(main) = section.main_menu.as_deref() {
+                    show_menu(cx, audience, main, &[]).await?;
                 }
             }
         }
         return Ok(());
     };
     // Inline: edit the message in place.
+    let menu_text = |name: &str| {
+        section
+            .menus
+            .get(name)
+            .map(|m| audience.label(snapshot, &m.text))
+            .unwrap_or_default()
+    };
     let (text, target_path) = match action {
-        ButtonAction::Text(key) => (label(config, audience, key), path.clone()),
+        ButtonAction::Text(key) => (audience.label(snapshot, key), path.clone()),
         ButtonAction::Menu(target) => {
             let mut p = path.clone();
             p.push(target.to_owned());
-            let menu_text = config
-                .manifest
-                .menus
-                .get(target)
-                .map(|m| label(config, audience, &m.text))
-                .unwrap_or_default();
-            (menu_text, p)
+            (menu_text(target), p)
         }
         ButtonAction::Back => {
             let mut p = path.clone();
@@ -353,60 +424,43 @@ async fn run_action(
                 p.pop();
             }
             let current = p.last().cloned().unwrap_or_default();
-            let menu_text = config
-                .manifest
-                .menus
-                .get(&current)
-                .map(|m| label(config, audience, &m.text))
-                .unwrap_or_default();
-            (menu_text, p)
+            (menu_text(&current), p)
         }
     };
     let current = target_path.last().cloned().unwrap_or_default();
-    let markup = config
-        .manifest
+    let markup = section
         .menus
         .get(&current)
         .filter(|m| m.kind == MenuKind::Inline)
-        .map(|m| menu_markup(config, audience, m, &target_path));
-    edit_text(bot, tx, audience, message_id, &text, markup).await
+        .map(|m| inline_markup(snapshot, audience, m, &target_path));
+    cx.edit(audience.chat, audience.user_id, message_id, &text, markup)
+        .await
 }
 
-async fn on_callback(
-    bot: &Bot,
-    q: &CallbackQuery,
-    config: &BotConfig,
-    tx: &mut PgConnection,
-) -> Result<(), HandleError> {
-    touch(tx, &q.from).await?;
+async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
+    let section = core_section(snapshot);
+    touch(cx.tx, &q.from).await?;
     let Some(message) = q.message.as_ref() else {
-        answer_callback(bot, q, None).await?;
+        cx.answer_callback(&q.id, None).await?;
         return Ok(());
     };
-    let audience = Audience::new(message.chat().id, Some(&q.from), config);
+    let audience = Audience::new(message.chat().id, Some(&q.from), snapshot);
     let found = q
         .data
         .as_deref()
         .and_then(parse_callback)
         .and_then(|(path, row, col)| {
             let menu_name = path.last()?.clone();
-            let button = config
-                .manifest
-                .menus
-                .get(&menu_name)?
-                .buttons
-                .get(row)?
-                .get(col)?;
+            let button = section.menus.get(&menu_name)?.buttons.get(row)?.get(col)?;
             Some((path, menu_name, button.action()))
         });
     match found {
         Some((path, menu_name, action)) => {
-            answer_callback(bot, q, None).await?;
+            cx.answer_callback(&q.id, None).await?;
             run_action(
-                bot,
-                config,
+                cx,
                 &audience,
-                tx,
                 &menu_name,
                 action,
                 Some((message.id(), path)),
@@ -417,150 +471,28 @@ async fn on_callback(
             // The menu changed (hot reload) since this message was sent: say so and show
             // the current main menu in place.
             let expired = audience
-                .text(config, "menu_expired")
+                .text(snapshot, "menu_expired")
                 .unwrap_or_else(|| DEFAULT_MENU_EXPIRED.to_owned());
-            answer_callback(bot, q, Some(&expired)).await?;
-            if let Some(main) = config.manifest.main_menu.clone() {
-                let menu = &config.manifest.menus[&main];
+            cx.answer_callback(&q.id, Some(&expired)).await?;
+            if let Some(main) = section.main_menu.clone() {
+                let menu = &section.menus[&main];
                 if menu.kind == MenuKind::Inline {
-                    let text = label(config, &audience, &menu.text);
-                    let markup = menu_markup(config, &audience, menu, std::slice::from_ref(&main));
-                    edit_text(bot, tx, &audience, message.id(), &text, Some(markup)).await?;
+                    let text = audience.label(snapshot, &menu.text);
+                    let markup =
+                        inline_markup(snapshot, &audience, menu, std::slice::from_ref(&main));
+                    cx.edit(
+                        audience.chat,
+                        audience.user_id,
+                        message.id(),
+                        &text,
+                        Some(markup),
+                    )
+                    .await?;
                 }
             }
             Ok(())
         }
     }
-}
-
-/// Retries a Bot API call on 429 (waiting exactly `retry_after`) and on transient errors
-/// (with doubling delays); maps the final outcome for the handler.
-async fn call_with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<CallOutcome<T>, HandleError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, teloxide::RequestError>>,
-{
-    let mut delay = SEND_RETRY_START;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match call().await {
-            Ok(v) => return Ok(CallOutcome::Done(v)),
-            Err(e) => match classify_send_error(&e) {
-                SendFailure::Blocked => return Ok(CallOutcome::Blocked),
-                SendFailure::Unauthorized => return Err(HandleError::Unauthorized),
-                SendFailure::Rejected(reason) => {
-                    tracing::warn!(call = what, error = %reason, "Telegram refused the request");
-                    return Ok(CallOutcome::Rejected);
-                }
-                SendFailure::RetryAfter(wait) if attempt < SEND_ATTEMPTS => {
-                    tokio::time::sleep(wait).await;
-                }
-                SendFailure::Transient(_) | SendFailure::Unknown(_) if attempt < SEND_ATTEMPTS => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                SendFailure::Unknown(reason) => {
-                    tracing::error!(call = what, error = %reason, attempts = attempt, "Telegram kept refusing the request; giving up on it");
-                    return Ok(CallOutcome::Rejected);
-                }
-                SendFailure::RetryAfter(_) | SendFailure::Transient(_) => {
-                    return Err(HandleError::Transient(format!(
-                        "{what} failed {SEND_ATTEMPTS} times: {}",
-                        crate::mask::redact(&e.to_string())
-                    )));
-                }
-            },
-        }
-    }
-}
-
-enum CallOutcome<T> {
-    Done(T),
-    Blocked,
-    Rejected,
-}
-
-/// Records what a send or edit of `text` came to: history when delivered, `blocked` on 403.
-async fn record_outcome<T>(
-    tx: &mut PgConnection,
-    audience: &Audience<'_>,
-    text: &str,
-    outcome: CallOutcome<T>,
-) -> Result<(), HandleError> {
-    match outcome {
-        CallOutcome::Done(_) => {
-            store::add_message(tx, audience.chat.0, audience.user_id, Role::Bot, text).await?;
-        }
-        CallOutcome::Blocked => {
-            if let Some(user) = audience.user_id {
-                store::set_user_blocked(tx, user, true).await?;
-            }
-        }
-        CallOutcome::Rejected => {}
-    }
-    Ok(())
-}
-
-async fn send(
-    bot: &Bot,
-    tx: &mut PgConnection,
-    audience: &Audience<'_>,
-    text: &str,
-    markup: Option<ReplyMarkup>,
-) -> Result<(), HandleError> {
-    let outcome = call_with_retry("sendMessage", || {
-        let request = bot.send_message(audience.chat, text);
-        let request = match markup.clone() {
-            Some(m) => request.reply_markup(m),
-            None => request,
-        };
-        async move { request.await }
-    })
-    .await?;
-    record_outcome(tx, audience, text, outcome).await
-}
-
-async fn edit_text(
-    bot: &Bot,
-    tx: &mut PgConnection,
-    audience: &Audience<'_>,
-    message_id: MessageId,
-    text: &str,
-    markup: Option<ReplyMarkup>,
-) -> Result<(), HandleError> {
-    let inline = match markup {
-        Some(ReplyMarkup::InlineKeyboard(k)) => Some(k),
-        _ => None,
-    };
-    let outcome = call_with_retry("editMessageText", || {
-        let request = bot.edit_message_text(audience.chat, message_id, text);
-        let request = match inline.clone() {
-            Some(k) => request.reply_markup(k),
-            None => request,
-        };
-        async move { request.await }
-    })
-    .await?;
-    record_outcome(tx, audience, text, outcome).await
-}
-
-async fn answer_callback(
-    bot: &Bot,
-    q: &CallbackQuery,
-    text: Option<&str>,
-) -> Result<(), HandleError> {
-    use teloxide::payloads::AnswerCallbackQuerySetters;
-    call_with_retry("answerCallbackQuery", || {
-        let request = bot.answer_callback_query(q.id.clone());
-        let request = match text {
-            Some(t) => request.text(t),
-            None => request,
-        };
-        async move { request.await }
-    })
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

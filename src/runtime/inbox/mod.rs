@@ -8,28 +8,36 @@
 //!    (confirmed) in the next `getUpdates`;
 //! 4. yield the newly stored updates.
 //!
+//! The intake is the only way into the inbox: [`DurableListener`] polls; a webhook entrance
+//! (foreseen, not built) will store through the same `botdb::store::store_batch` and wake the
+//! same stream. Parsing lives in [`parse`].
+//!
 //! Invariants: an update reaches a handler only after it is in the inbox; the offset stored in
 //! the bot database never passes an update that is not stored; on stop the updates already
 //! stored are still yielded (the dispatcher drains them), then a last `getUpdates` confirms the
 //! offset to Telegram so the next poller for this token starts cleanly. Errors back off
 //! (1 s doubling to 30 s, `retry_after` honoured exactly); a 401 is reported as fatal.
 
+mod parse;
+
+pub use parse::{panic_message, parse_update};
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use teloxide::stop::{StopToken, mk_stop_token};
-use teloxide::types::{AllowedUpdate, Update, UpdateKind};
+use teloxide::types::{AllowedUpdate, Update};
 use teloxide::update_listeners::{AsUpdateStream, UpdateListener};
 use tokio_util::sync::CancellationToken;
 
-use super::BotFailure;
+use super::{Failures, RunFailure};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow};
-use crate::telegram::{ApiCallError, TelegramApi};
+use crate::content::snapshot::SharedSnapshot;
+use crate::modules::Registry;
+use crate::telegram::{TelegramApi, TelegramError};
 use crate::token::BotToken;
 
 /// Updates per getUpdates call (Telegram's maximum).
@@ -42,24 +50,8 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often processed inbox rows and old history are pruned (also once per run start).
+/// How often processed inbox rows are pruned (also once per run start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// The update types botvisor handles; Telegram sends only these.
-pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
-
-/// A failure the listener reports to the bot runtime.
-pub type FailureSlot = Arc<Mutex<Option<BotFailure>>>;
-
-/// Records `failure` (the first one wins) and stops the bot run.
-pub fn report_failure(slot: &FailureSlot, stop: &CancellationToken, failure: BotFailure) {
-    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if guard.is_none() {
-        *guard = Some(failure);
-    }
-    drop(guard);
-    stop.cancel();
-}
 
 /// The durable listener of one bot run.
 pub struct DurableListener {
@@ -70,13 +62,15 @@ pub struct DurableListener {
     db: BotPool,
     poll_timeout: Duration,
     stop: CancellationToken,
-    failure: FailureSlot,
+    failures: Failures,
     stop_token: StopToken,
     buffer: VecDeque<Update>,
     offset: Option<i64>,
     replayed_up_to: Option<i64>,
     backoff: Duration,
-    retention: Retention,
+    inbox_retention_days: u32,
+    snapshot: SharedSnapshot,
+    registry: Registry,
     last_prune: Option<tokio::time::Instant>,
 }
 
@@ -92,22 +86,17 @@ pub struct ListenerParts {
     pub db: BotPool,
     /// getUpdates long-poll timeout.
     pub poll_timeout: Duration,
-    /// Retention of processed updates and history.
-    pub retention: Retention,
-}
-
-/// How long data is kept in the bot database.
-#[derive(Clone)]
-pub struct Retention {
     /// Days processed inbox rows are kept.
-    pub inbox_days: u32,
-    /// The bot's settings (its manifest holds `history.retention_days`; 0 keeps forever).
-    pub config: crate::content::snapshot::SharedConfig,
+    pub inbox_retention_days: u32,
+    /// The bot's content (its enabled modules decide `allowed_updates`).
+    pub snapshot: SharedSnapshot,
+    /// The modules.
+    pub registry: Registry,
 }
 
 impl DurableListener {
-    /// A listener that stops when `stop` is cancelled and reports fatal errors to `failure`.
-    pub fn new(parts: ListenerParts, stop: CancellationToken, failure: FailureSlot) -> Self {
+    /// A listener that stops when `stop` is cancelled and reports fatal errors to `failures`.
+    pub fn new(parts: ListenerParts, stop: CancellationToken, failures: Failures) -> Self {
         let (stop_token, _flag) = mk_stop_token();
         Self {
             telegram_id: i64::try_from(parts.token.bot_user_id()).unwrap_or(i64::MAX),
@@ -117,13 +106,15 @@ impl DurableListener {
             db: parts.db,
             poll_timeout: parts.poll_timeout,
             stop,
-            failure,
+            failures,
             stop_token,
             buffer: VecDeque::new(),
             offset: None,
             replayed_up_to: Some(i64::MIN),
             backoff: BACKOFF_START,
-            retention: parts.retention,
+            inbox_retention_days: parts.inbox_retention_days,
+            snapshot: parts.snapshot,
+            registry: parts.registry,
             last_prune: None,
         }
     }
@@ -147,7 +138,7 @@ impl DurableListener {
             match step {
                 Ok(()) => self.backoff = BACKOFF_START,
                 Err(StepError::Fatal(f)) => {
-                    report_failure(&self.failure, &self.stop, f);
+                    self.failures.report(f);
                     return None;
                 }
                 Err(StepError::Retry(wait, why)) => {
@@ -208,12 +199,13 @@ impl DurableListener {
     }
 
     async fn fetch_batch(&mut self) -> Result<(), StepError> {
+        let allowed = self.allowed_updates();
         let fetch = self.api.get_updates(
             &self.token,
             self.offset,
             BATCH_LIMIT,
             self.poll_timeout,
-            &ALLOWED_UPDATES,
+            &allowed,
         );
         let raw = tokio::select! {
             () = self.stop.cancelled() => return Ok(()),
@@ -221,10 +213,10 @@ impl DurableListener {
         };
         let raw = match raw {
             Ok(raw) => raw,
-            Err(ApiCallError::Unauthorized) => {
-                return Err(StepError::Fatal(BotFailure::Unauthorized));
+            Err(TelegramError::Unauthorized) => {
+                return Err(StepError::Fatal(RunFailure::Unauthorized));
             }
-            Err(ApiCallError::RetryAfter(wait)) => {
+            Err(TelegramError::RetryAfter(wait)) => {
                 return Err(StepError::Retry(wait, "429 Too Many Requests".into()));
             }
             Err(e) => return Err(self.retry(e.to_string())),
@@ -290,41 +282,35 @@ impl DurableListener {
         Ok(())
     }
 
-    /// Deletes processed inbox rows and history past their retention.
+    /// Deletes processed inbox rows past their retention.
     async fn prune(&mut self) -> Result<(), StepError> {
         let mut conn = self
             .db
             .acquire()
             .await
             .map_err(|e| self.retry(e.to_string()))?;
-        let inbox = store::prune_inbox(&mut conn, i64::from(self.retention.inbox_days))
+        let inbox = store::prune_inbox(&mut conn, i64::from(self.inbox_retention_days))
             .await
             .map_err(|e| self.retry(e.to_string()))?;
-        let history_days = self.retention.config.load().manifest.history.retention_days;
-        let history = if history_days > 0 {
-            store::prune_history(&mut conn, i64::from(history_days))
-                .await
-                .map_err(|e| self.retry(e.to_string()))?
-        } else {
-            0
-        };
         self.last_prune = Some(tokio::time::Instant::now());
-        if inbox + history > 0 {
-            tracing::info!(bot_id = self.bot_id, inbox, history, "pruned old rows");
+        if inbox > 0 {
+            tracing::info!(bot_id = self.bot_id, inbox, "pruned processed updates");
         }
         Ok(())
+    }
+
+    /// The update kinds the bot's enabled modules need.
+    fn allowed_updates(&self) -> Vec<&'static str> {
+        self.registry.allowed_updates(&self.snapshot.load())
     }
 
     /// Confirms the stored offset to Telegram, so the next poller does not get these again.
     async fn confirm_offset(&mut self) {
         let Some(offset) = self.offset else { return };
-        let confirm = self.api.get_updates(
-            &self.token,
-            Some(offset),
-            1,
-            Duration::ZERO,
-            &ALLOWED_UPDATES,
-        );
+        let allowed = self.allowed_updates();
+        let confirm = self
+            .api
+            .get_updates(&self.token, Some(offset), 1, Duration::ZERO, &allowed);
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(_)) => tracing::debug!(bot_id = self.bot_id, offset, "offset confirmed"),
             Ok(Err(e)) => {
@@ -336,46 +322,8 @@ impl DurableListener {
 }
 
 enum StepError {
-    Fatal(BotFailure),
+    Fatal(RunFailure),
     Retry(Duration, String),
-}
-
-/// Parses one update on its own, catching the panics some legal updates cause in
-/// teloxide-core's deserialisers.
-///
-/// It parses from text, not from a `serde_json::Value`: teloxide's `UpdateKind` visitor first
-/// asks for a borrowed key and, when that fails (as it always does from a `Value`), the key is
-/// already consumed and the update comes out as `UpdateKind::Error`.
-pub fn parse_update(json: &str) -> Result<Update, String> {
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| serde_json::from_str::<Update>(json)));
-    match result {
-        Ok(Ok(update)) => match &update.kind {
-            UpdateKind::Error(raw) => Err(format!(
-                "unsupported update: {}",
-                truncate(&raw.to_string())
-            )),
-            _ => Ok(update),
-        },
-        Ok(Err(e)) => Err(format!("cannot parse update: {e}")),
-        Err(panic) => Err(format!(
-            "parsing the update panicked: {}",
-            panic_message(&panic)
-        )),
-    }
-}
-
-/// The message of a caught panic.
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(200).collect()
 }
 
 impl UpdateListener for DurableListener {
@@ -386,7 +334,7 @@ impl UpdateListener for DurableListener {
     }
 
     fn hint_allowed_updates(&mut self, _hint: &mut dyn Iterator<Item = AllowedUpdate>) {
-        // We always ask for ALLOWED_UPDATES: our handlers need exactly those.
+        // We always ask for what the enabled modules need (`Registry::allowed_updates`).
     }
 }
 
@@ -399,32 +347,5 @@ impl<'a> AsUpdateStream<'a> for DurableListener {
             let update = this.next_update().await?;
             Some((Ok(update), this))
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_updates_one_by_one_and_reports_bad_ones() {
-        let good = r#"{"update_id": 5, "message": {"message_id": 1, "date": 0,
-            "chat": {"id": 7, "type": "private", "first_name": "A"},
-            "from": {"id": 7, "is_bot": false, "first_name": "A"}, "text": "/start"}}"#;
-        let update = parse_update(good).unwrap();
-        assert_eq!(update.id.0, 5);
-        assert_eq!(update.chat().map(|c| c.id.0), Some(7));
-        let cases = [
-            (
-                r#"{"update_id": 6, "message": {"message_id": "x"}}"#,
-                "update",
-            ),
-            (r#"{"update_id": 7}"#, "unsupported update"),
-            ("not json", "cannot parse"),
-        ];
-        for (json, needle) in cases {
-            let err = parse_update(json).unwrap_err();
-            assert!(err.contains(needle), "{json}: {err}");
-        }
     }
 }

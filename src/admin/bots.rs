@@ -1,0 +1,237 @@
+//! Bots: register, inspect, change, remove; wake a module's job.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Admin, AdminError};
+use crate::botdb::{BotDbTarget, validate_override};
+use crate::content::manifest::Manifest;
+use crate::mask::{mask_token, mask_url};
+use crate::panel::{BotRecord, BotStatus, store};
+use crate::token::BotToken;
+
+/// Longest bot name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A bot to register.
+#[derive(Debug, Clone, Default)]
+pub struct NewBot<'a> {
+    /// A unique name (letters, digits, spaces, `_ . -`; up to [`MAX_NAME_LEN`]).
+    pub name: &'a str,
+    /// The token BotFather gave.
+    pub token: &'a str,
+    /// The manifest as JSON text; `None`: an empty manifest.
+    pub manifest: Option<&'a str>,
+    /// Whether the daemon should start it.
+    pub enabled: bool,
+    /// A database name or URL overriding the naming rule.
+    pub database: Option<&'a str>,
+}
+
+/// What removing a bot did to its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseFate {
+    /// Kept (named).
+    Kept(String),
+    /// Dropped (named).
+    Dropped(String),
+    /// Asked to drop, but it did not exist (named).
+    Missing(String),
+    /// Its database could not be resolved (an invalid override); nothing was touched.
+    Unknown,
+}
+
+/// A bot as every interface shows it: the token masked, the status joined.
+#[derive(Debug, Clone, Serialize)]
+pub struct BotView {
+    /// Panel id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// The token, masked (`123456:****`).
+    pub token: String,
+    /// Whether the daemon runs it.
+    pub enabled: bool,
+    /// Its database's name.
+    pub database: String,
+    /// The override, if any, its password masked.
+    pub database_override: Option<String>,
+    /// The row's version.
+    pub version: i64,
+    /// How many texts it has.
+    pub texts: i64,
+    /// `bot_status.state`.
+    pub state: Option<String>,
+    /// `bot_status.detail`.
+    pub detail: Option<String>,
+    /// Its Telegram username.
+    pub telegram_username: Option<String>,
+    /// The instance that reported the status.
+    pub instance: Option<String>,
+    /// When its current run started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When its status was last written.
+    pub status_updated_at: Option<DateTime<Utc>>,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When its row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks a bot name against the naming rule.
+pub fn validate_name(name: &str) -> Result<(), AdminError> {
+    let ok = !name.trim().is_empty()
+        && name.chars().count() <= MAX_NAME_LEN
+        && name.trim() == name
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::InvalidName(name.to_owned()))
+    }
+}
+
+impl Admin {
+    /// Registers a bot and returns its id.
+    pub async fn add_bot(&self, bot: &NewBot<'_>) -> Result<i64, AdminError> {
+        validate_name(bot.name)?;
+        let token = BotToken::parse(bot.token)?;
+        let manifest = match bot.manifest {
+            Some(text) => self.registry.parse_manifest(text)?,
+            None => Manifest::default(),
+        };
+        if let Some(db) = bot.database {
+            validate_override(db).map_err(AdminError::InvalidDatabase)?;
+        }
+        let id = store::add_bot(
+            &self.pool,
+            &store::NewBot {
+                name: bot.name,
+                token: &token,
+                enabled: bot.enabled,
+                database: bot.database,
+                manifest: &manifest,
+            },
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Every bot with its status, by id.
+    pub async fn list_bots(&self) -> Result<Vec<BotView>, AdminError> {
+        let bots = store::list_bots(&self.pool).await?;
+        let statuses: BTreeMap<i64, BotStatus> = store::list_statuses(&self.pool)
+            .await?
+            .into_iter()
+            .map(|s| (s.bot_id, s))
+            .collect();
+        Ok(bots
+            .iter()
+            .map(|b| self.view(b, statuses.get(&b.id)))
+            .collect())
+    }
+
+    /// One bot with its status.
+    pub async fn show_bot(&self, id: i64) -> Result<BotView, AdminError> {
+        let bot = store::get_bot(&self.pool, id).await?;
+        let status = store::get_status(&self.pool, id).await?;
+        Ok(self.view(&bot, status.as_ref()))
+    }
+
+    /// Enables or disables a bot (the daemon starts or stops it).
+    pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), AdminError> {
+        Ok(store::set_enabled(&self.pool, id, enabled).await?)
+    }
+
+    /// Replaces a bot's token (the daemon restarts it with the new one); returns it validated.
+    pub async fn set_token(&self, id: i64, token: &str) -> Result<BotToken, AdminError> {
+        let token = BotToken::parse(token)?;
+        store::set_token(&self.pool, id, &token).await?;
+        Ok(token)
+    }
+
+    /// Renames a bot.
+    pub async fn rename_bot(&self, id: i64, name: &str) -> Result<(), AdminError> {
+        validate_name(name)?;
+        Ok(store::rename_bot(&self.pool, id, name).await?)
+    }
+
+    /// Removes a bot; its database is dropped only with `drop_database` (and `confirmed`),
+    /// otherwise kept.
+    pub async fn remove_bot(
+        &self,
+        id: i64,
+        drop_database: bool,
+        confirmed: bool,
+    ) -> Result<DatabaseFate, AdminError> {
+        if drop_database && !confirmed {
+            return Err(AdminError::NotConfirmed(
+                "--drop-database deletes the bot's data for good; add --yes to confirm",
+            ));
+        }
+        let bot = store::get_bot(&self.pool, id).await?;
+        let target = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref());
+        if drop_database && let Err(e) = &target {
+            return Err(AdminError::InvalidDatabase(crate::mask::error_line(e)));
+        }
+        store::remove_bot(&self.pool, id).await?;
+        Ok(match (drop_database, target) {
+            (true, Ok(target)) => {
+                if target.drop_database().await? {
+                    DatabaseFate::Dropped(target.database)
+                } else {
+                    DatabaseFate::Missing(target.database)
+                }
+            }
+            (false, Ok(target)) => DatabaseFate::Kept(target.database),
+            (_, Err(_)) => DatabaseFate::Unknown,
+        })
+    }
+
+    /// Wakes module `module`'s job of bot `id` in the daemon that runs it.
+    pub async fn wake(&self, id: i64, module: &str) -> Result<(), AdminError> {
+        Ok(store::notify_wake(&self.pool, id, module).await?)
+    }
+
+    /// Asks the daemon to reload one bot's content, or every bot's.
+    pub async fn reload(&self, id: Option<i64>) -> Result<(), AdminError> {
+        Ok(store::notify_reload(&self.pool, id).await?)
+    }
+
+    /// The database of a bot, resolved by the settings' naming rule or its override.
+    pub fn bot_target(&self, bot: &BotRecord) -> Result<BotDbTarget, AdminError> {
+        Ok(BotDbTarget::resolve(
+            &self.settings,
+            bot.id,
+            bot.database.as_deref(),
+        )?)
+    }
+
+    fn view(&self, bot: &BotRecord, status: Option<&BotStatus>) -> BotView {
+        let database = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref())
+            .map(|t| t.database)
+            .unwrap_or_else(|e| format!("<{e}>"));
+        BotView {
+            id: bot.id,
+            name: bot.name.clone(),
+            token: mask_token(&bot.token),
+            enabled: bot.enabled,
+            database,
+            database_override: bot.database.as_deref().map(mask_url),
+            version: bot.version,
+            texts: bot.texts_count,
+            state: status.map(|s| s.state.clone()),
+            detail: status.map(|s| s.detail.clone()),
+            telegram_username: status.and_then(|s| s.telegram_username.clone()),
+            instance: status.map(|s| s.instance.clone()),
+            started_at: status.and_then(|s| s.started_at),
+            status_updated_at: status.map(|s| s.updated_at),
+            created_at: bot.created_at,
+            updated_at: bot.updated_at,
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `botvisor migrate`: panel and bot migrations applied, inspected and linted.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use super::{CliError, MigrateAction};
+use crate::botdb::BotDbTarget;
+use crate::mask::error_line;
+use crate::panel::{self, BotRecord, store};
+use crate::schema::{self, MigrationStatus};
+use crate::settings::Settings;
+
+pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<(), CliError> {
+    let findings =
+        crate::schema::lint::run_lint(paths).map_err(|e| CliError::input(error_line(&e)))?;
+    for f in &findings {
+        writeln!(out, "{f}")?;
+    }
+    if findings.is_empty() {
+        writeln!(out, "no findings")?;
+        Ok(())
+    } else {
+        Err(CliError::failure(format!(
+            "{} migration statement(s) would break the previous binary; see docs/migrations.md",
+            findings.len()
+        )))
+    }
+}
+
+fn migration_error(e: schema::MigrationError) -> CliError {
+    match e {
+        schema::MigrationError::Connect { .. } => CliError::input(error_line(&e)),
+        other => CliError::failure(error_line(&other)),
+    }
+}
+
+pub(super) async fn migrate(
+    args: &super::MigrateArgs,
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match &args.action {
+        None => {
+            schema::apply(&schema::PANEL, options)
+                .await
+                .map_err(migration_error)?;
+            let status = schema::status(&schema::PANEL, options)
+                .await
+                .map_err(migration_error)?;
+            writeln!(out, "panel migrations applied ({} in total)", status.len())?;
+            if args.all_bots {
+                migrate_all_bots(settings, options, args.concurrency as usize, out).await?;
+            }
+        }
+        Some(MigrateAction::Status {
+            bot,
+            all_bots,
+            json,
+        }) => {
+            let mut reports: Vec<(String, Vec<MigrationStatus>)> = Vec::new();
+            let targets = match (bot, all_bots) {
+                (Some(id), _) => {
+                    let pool = panel::connect(options, 2).await?;
+                    let bot = store::get_bot(&pool, *id).await;
+                    pool.close().await;
+                    let bot = bot?;
+                    vec![bot_target(settings, &bot)?]
+                }
+                (None, true) => {
+                    let status = schema::status(&schema::PANEL, options)
+                        .await
+                        .map_err(migration_error)?;
+                    reports.push(("panel".into(), status));
+                    all_targets(settings, options).await?
+                }
+                (None, false) => {
+                    let status = schema::status(&schema::PANEL, options)
+                        .await
+                        .map_err(migration_error)?;
+                    reports.push(("panel".into(), status));
+                    Vec::new()
+                }
+            };
+            let mut missing = Vec::new();
+            for target in targets {
+                let label = format!("bot {} ({})", target.bot_id, target.database);
+                if !target
+                    .exists()
+                    .await
+                    .map_err(|e| CliError::input(error_line(&e)))?
+                {
+                    missing.push(label);
+                    continue;
+                }
+                let status = schema::status(&schema::BOT, &target.options)
+                    .await
+                    .map_err(migration_error)?;
+                reports.push((label, status));
+            }
+            if *json {
+                let value: serde_json::Value = reports
+                    .iter()
+                    .map(|(label, s)| json!({"database": label, "migrations": s}))
+                    .chain(
+                        missing
+                            .iter()
+                            .map(|label| json!({"database": label, "missing": true})),
+                    )
+                    .collect();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                )?;
+            } else {
+                for (label, status) in &reports {
+                    writeln!(out, "== {label}")?;
+                    print_migrations(status, out)?;
+                }
+                for label in &missing {
+                    writeln!(
+                        out,
+                        "== {label}: database not created yet (created on first start)"
+                    )?;
+                }
+            }
+        }
+        Some(MigrateAction::Lint { .. }) => unreachable!("handled before settings are loaded"),
+    }
+    Ok(())
+}
+
+pub(super) fn bot_target(settings: &Settings, bot: &BotRecord) -> Result<BotDbTarget, CliError> {
+    BotDbTarget::resolve(settings, bot.id, bot.database.as_deref())
+        .map_err(|e| CliError::input(error_line(&e)))
+}
+
+async fn all_targets(
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+) -> Result<Vec<BotDbTarget>, CliError> {
+    let pool = panel::connect(options, 2).await?;
+    let bots = store::list_bots(&pool).await;
+    pool.close().await;
+    bots?.iter().map(|b| bot_target(settings, b)).collect()
+}
+
+/// Applies bot migrations to every existing bot database, `concurrency` at a time.
+async fn migrate_all_bots(
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+    concurrency: usize,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use futures::StreamExt;
+    let targets = all_targets(settings, options).await?;
+    let results: Vec<(BotDbTarget, Result<bool, String>)> = futures::stream::iter(targets)
+        .map(|target| async move {
+            let result = match target.exists().await {
+                Ok(false) => Ok(false),
+                Ok(true) => schema::apply(&schema::BOT, &target.options)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| error_line(&e)),
+                Err(e) => Err(error_line(&e)),
+            };
+            (target, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut results = results;
+    results.sort_by_key(|(t, _)| t.bot_id);
+    let mut failed = 0;
+    for (target, result) in &results {
+        match result {
+            Ok(true) => writeln!(out, "bot {} ({}): migrated", target.bot_id, target.database)?,
+            Ok(false) => writeln!(
+                out,
+                "bot {} ({}): no database yet (created and migrated on first start)",
+                target.bot_id, target.database
+            )?,
+            Err(e) => {
+                failed += 1;
+                writeln!(
+                    out,
+                    "bot {} ({}): FAILED: {e}",
+                    target.bot_id, target.database
+                )?;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::failure(format!(
+            "{failed} of {} bot databases failed to migrate",
+            results.len()
+        )));
+    }
+    writeln!(
+        out,
+        "bot migrations applied to {} bot databases",
+        results.len()
+    )?;
+    Ok(())
+}
+
+fn print_migrations(status: &[MigrationStatus], out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "{:<8} {:<32} {:<26} STATE",
+        "VERSION", "NAME", "APPLIED_AT"
+    )?;
+    for m in status {
+        let at = m
+            .applied_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| "-".into());
+        let state = serde_json::to_value(m.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        writeln!(out, "{:<8} {:<32} {:<26} {}", m.version, m.name, at, state)?;
+    }
+    Ok(())
+}

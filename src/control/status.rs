@@ -1,0 +1,102 @@
+//! Bot states, and the writer of `bot_status` rows.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::panel::store::{self, StatusUpdate};
+
+/// What a bot is doing, as `bot_status.state` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotState {
+    /// Provisioning its database or checking its token.
+    Starting,
+    /// Polling and handling updates.
+    Running,
+    /// Waiting to retry after a failure.
+    Backoff,
+    /// Waiting for a panel change (database, manifest or token problem).
+    Failed,
+    /// Telegram rejected the token; waiting for a new one.
+    AuthFailed,
+    /// Failing too often; retried after a cool-down or on any panel change.
+    Quarantined,
+    /// Not running (disabled, removed, or the daemon stopped).
+    Stopped,
+}
+
+impl BotState {
+    /// The state's name in `bot_status.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotState::Starting => "starting",
+            BotState::Running => "running",
+            BotState::Backoff => "backoff",
+            BotState::Failed => "failed",
+            BotState::AuthFailed => "auth_failed",
+            BotState::Quarantined => "quarantined",
+            BotState::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the bot waits for a panel change (or a cool-down) before trying again.
+    pub fn is_failed(self) -> bool {
+        matches!(
+            self,
+            BotState::Failed | BotState::AuthFailed | BotState::Quarantined
+        )
+    }
+}
+
+impl std::fmt::Display for BotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Writes a bot's status rows; failures to write are logged, never fatal.
+#[derive(Clone)]
+pub struct StatusReporter {
+    panel: PgPool,
+    instance: Arc<str>,
+    bot_id: i64,
+}
+
+impl StatusReporter {
+    /// A reporter for `bot_id`.
+    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64) -> Self {
+        Self {
+            panel,
+            instance,
+            bot_id,
+        }
+    }
+
+    /// Writes the state, a detail, and (when known) the Telegram username.
+    pub async fn set(&self, state: BotState, detail: &str, username: Option<&str>, started: bool) {
+        let update = StatusUpdate {
+            bot_id: self.bot_id,
+            instance: &self.instance,
+            state: state.as_str(),
+            detail,
+            telegram_username: username,
+            started,
+        };
+        match store::upsert_status(&self.panel, &update).await {
+            Ok(()) if detail.is_empty() => {
+                tracing::info!(bot_id = self.bot_id, state = state.as_str(), "bot status")
+            }
+            Ok(()) => {
+                tracing::info!(
+                    bot_id = self.bot_id,
+                    state = state.as_str(),
+                    detail,
+                    "bot status"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(bot_id = self.bot_id, state = state.as_str(), error = %e, "cannot write bot status")
+            }
+        }
+    }
+}

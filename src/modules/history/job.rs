@@ -1,0 +1,53 @@
+//! The history module's job: retention pruning.
+//!
+//! Loop: prune → sleep until the next hour, a reload or stop. A reload prunes again only when
+//! it shortened the retention. A failed prune is logged and tried again at the next turn; it
+//! never stops the bot.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{JobCx, ModuleError, retention_days, store};
+use crate::modules::Wake;
+
+/// How often old history is pruned (also once when the job starts).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs until the job's stop token is cancelled.
+pub async fn prune(mut cx: JobCx) -> Result<(), ModuleError> {
+    let mut days = retention_days(&cx);
+    loop {
+        if days > 0 {
+            match prune_once(&cx, days).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(bot_id = cx.bot_id, deleted, days, "pruned old history")
+                }
+                Err(e) => {
+                    tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), "pruning history failed; trying again later")
+                }
+            }
+        }
+        let next = Instant::now() + PRUNE_EVERY;
+        loop {
+            match cx.woken(Some(next)).await {
+                Wake::Stop => return Ok(()),
+                Wake::Timer | Wake::Operator => break,
+                Wake::Snapshot => {
+                    let now = retention_days(&cx);
+                    let shorter = now != 0 && (days == 0 || now < days);
+                    days = now;
+                    if shorter {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn prune_once(cx: &JobCx, days: u32) -> Result<u64, ModuleError> {
+    let mut conn = cx.db.acquire().await?;
+    Ok(store::prune_history(&mut conn, i64::from(days)).await?)
+}

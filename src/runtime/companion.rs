@@ -1,0 +1,150 @@
+//! The companion of a bot run: everything that follows the bot's snapshot rather than its
+//! updates.
+//!
+//! - the command list: `setMyCommands` with the enabled modules' commands at start, and again
+//!   whenever a reload changes that list (the control plane never calls Telegram);
+//! - the module jobs: each enabled module's job runs as a task `bot-<id>-<module>`; a reload
+//!   that enables a module starts its job, one that disables it stops it; every job stops
+//!   with the run (and is awaited, so no job outlives its run). A job that fails ends the run
+//!   with that failure, so the control plane restarts the bot with backoff.
+
+use std::collections::HashMap;
+
+use teloxide::types::BotCommand;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Failures, SharedDeps, Wakes};
+use crate::botdb::budget::BotPool;
+use crate::content::snapshot::{SharedSnapshot, Snapshot};
+use crate::modules::JobCx;
+use crate::telegram::{CallOutcome, Messenger};
+
+/// What the companion of one run works with.
+pub(super) struct Companion {
+    pub bot_id: i64,
+    pub deps: SharedDeps,
+    pub db: BotPool,
+    pub telegram: Messenger,
+    pub snapshot: SharedSnapshot,
+    pub wakes: Wakes,
+    pub failures: Failures,
+    /// The run's stop token; every job's token is a child of it.
+    pub stop: CancellationToken,
+}
+
+/// A started companion: commands registered, jobs running.
+pub(super) struct Started {
+    companion: Companion,
+    commands: Vec<BotCommand>,
+    jobs: HashMap<&'static str, (CancellationToken, JoinHandle<()>)>,
+}
+
+impl Companion {
+    /// Registers the command list and starts the enabled modules' jobs.
+    pub async fn start(self) -> Started {
+        let snapshot = self.snapshot.load();
+        let commands = self.deps.registry.commands(&snapshot);
+        self.sync_commands(&commands).await;
+        let mut started = Started {
+            companion: self,
+            commands,
+            jobs: HashMap::new(),
+        };
+        started.align_jobs(&snapshot);
+        started
+    }
+
+    async fn sync_commands(&self, commands: &[BotCommand]) {
+        let bot_id = self.bot_id;
+        match self.telegram.set_my_commands(commands.to_vec()).await {
+            Ok(CallOutcome::Done(())) => tracing::debug!(bot_id, "command list registered"),
+            // Refusals are logged by the send interface.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(bot_id, error = %crate::mask::error_line(&e), "setMyCommands failed")
+            }
+        }
+    }
+}
+
+impl Started {
+    /// Follows the snapshot until `stop`, then stops every job and waits for it.
+    pub async fn run(mut self) {
+        let stop = self.companion.stop.clone();
+        let mut changes = self.companion.snapshot.subscribe();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = changes.borrow_and_update().clone();
+                    let commands = self.companion.deps.registry.commands(&snapshot);
+                    if commands != self.commands {
+                        self.companion.sync_commands(&commands).await;
+                        self.commands = commands;
+                    }
+                    self.align_jobs(&snapshot);
+                }
+            }
+        }
+        for (_, (job_stop, _)) in self.jobs.iter() {
+            job_stop.cancel();
+        }
+        for (_, (_, handle)) in self.jobs.drain() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Starts the jobs of modules `snapshot` enables and stops those it disables.
+    fn align_jobs(&mut self, snapshot: &Snapshot) {
+        let c = &self.companion;
+        for module in c.deps.registry.modules() {
+            let name = module.name();
+            let enabled = module.enabled(snapshot);
+            let finished = self.jobs.get(name).is_some_and(|(_, h)| h.is_finished());
+            if finished {
+                self.jobs.remove(name);
+            }
+            match (enabled, self.jobs.contains_key(name)) {
+                (true, false) => {
+                    let job_stop = c.stop.child_token();
+                    let cx = JobCx {
+                        bot_id: c.bot_id,
+                        db: c.db.clone(),
+                        telegram: c.telegram.clone(),
+                        snapshot: c.snapshot.subscribe(),
+                        wake: c.wakes.get(name),
+                        stop: job_stop.clone(),
+                    };
+                    let Some(job) = module.job(cx) else {
+                        continue;
+                    };
+                    let failures = c.failures.clone();
+                    let bot_id = c.bot_id;
+                    let handle = c.deps.tasks.spawn(format!("bot-{bot_id}-{name}"), async move {
+                        if let Err(e) = job.await {
+                            tracing::warn!(bot_id, module = name, error = %crate::mask::error_line(&e), "module job failed");
+                            failures.report(e);
+                        }
+                    });
+                    self.jobs.insert(name, (job_stop, handle));
+                }
+                (false, true) => {
+                    if let Some((job_stop, _)) = self.jobs.remove(name) {
+                        tracing::info!(
+                            bot_id = c.bot_id,
+                            module = name,
+                            "module disabled; its job stops"
+                        );
+                        job_stop.cancel();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The unit of work: what happens to one update, start to finish.
+//!
+//! [`handler`] is the dispatcher's single endpoint. For each update it:
+//! 1. takes a slot of the bot's handler concurrency;
+//! 2. opens one transaction on the bot database and claims the update's inbox row (an update
+//!    already processed — a replay or a re-delivery — is skipped);
+//! 3. runs the module chain: every module enabled for the snapshot, in registry order, until
+//!    one says [`Flow::Stop`];
+//! 4. lets every enabled module observe what the chain delivered ([`Module::on_sent`]);
+//! 5. marks the row processed and commits: the modules' effects and the mark are atomic.
+//!
+//! A panic or a poison error marks that one update poisoned and the bot goes on; any other
+//! failure (database, network after retries) is reported to the run, which ends so the
+//! control plane restarts it with backoff and the update is replayed; a revoked token ends it
+//! as fatal.
+//!
+//! [`Module::on_sent`]: crate::modules::Module::on_sent
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use teloxide::dispatching::{DpHandlerDescription, UpdateHandler};
+use teloxide::dptree;
+use teloxide::types::{Me, Update};
+
+use super::BotContext;
+use super::inbox::panic_message;
+use crate::botdb::store;
+use crate::modules::{Flow, ModuleError, UpdateCx};
+
+/// The dispatcher's handler tree: one endpoint for every update.
+pub fn handler() -> UpdateHandler<Infallible> {
+    let endpoint: dptree::Handler<'static, Result<(), Infallible>, DpHandlerDescription> =
+        dptree::endpoint(handle);
+    endpoint
+}
+
+async fn handle(me: Me, update: Update, ctx: Arc<BotContext>) -> Result<(), Infallible> {
+    let _permit = ctx.concurrency.acquire().await;
+    let bot_id = ctx.bot_id;
+    let update_id = i64::from(update.id.0);
+    let outcome = AssertUnwindSafe(process(&me, &update, &ctx))
+        .catch_unwind()
+        .await;
+    let poison = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(ModuleError::Poison(reason))) => Some(reason),
+        Ok(Err(e)) if e.is_unauthorized() => {
+            ctx.failures.report(e);
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(bot_id, update_id, error = %crate::mask::error_line(&e), "update failed; the bot restarts and replays it");
+            ctx.failures.report(e);
+            None
+        }
+        Err(panic) => Some(format!("handler panicked: {}", panic_message(&panic))),
+    };
+    if let Some(reason) = poison {
+        tracing::error!(bot_id, update_id, error = %reason, "update poisoned");
+        let marked = async {
+            let mut conn = ctx.db.acquire().await?;
+            store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
+            Ok::<(), ModuleError>(())
+        }
+        .await;
+        if let Err(e) = marked {
+            ctx.failures.report(e);
+        }
+    }
+    Ok(())
+}
+
+async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), ModuleError> {
+    let update_id = i64::from(update.id.0);
+    let snapshot = ctx.snapshot.load();
+    let mut conn = ctx.db.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
+        return Ok(());
+    }
+    let deliveries = {
+        let mut cx = UpdateCx::new(update, me, &snapshot, &mut tx, &ctx.telegram);
+        for module in ctx.registry.enabled(&snapshot) {
+            if module.on_update(&mut cx).await? == Flow::Stop {
+                break;
+            }
+        }
+        cx.into_deliveries()
+    };
+    if !deliveries.is_empty() {
+        for module in ctx.registry.enabled(&snapshot) {
+            module.on_sent(&mut tx, &deliveries).await?;
+        }
+    }
+    store::mark_processed(&mut tx, ctx.telegram_id, update_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
