@@ -7,6 +7,7 @@
 //!
 //! Loops:
 //! - the HTTP server (axum), one task per connection, until the shutdown token fires;
+//! - (the OpenAI-compatible `POST /v1/chat/completions` is served by the same server);
 //! - one webhook delivery loop per bot with a webhook (`sandbox-webhook-<bot id>`, spawned
 //!   through [`Tasks`](crate::tasks::Tasks)), ending when the webhook is deleted or replaced.
 //!
@@ -20,6 +21,7 @@
 //! - every Bot API call is counted per token and method, authorised or not;
 //! - full tokens never reach the log (see [`mask_token`]).
 
+mod ai;
 mod api;
 mod control;
 mod markup;
@@ -33,11 +35,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
 use tokio_util::sync::CancellationToken;
 
 pub use types::{
-    BotInfo, BotStats, ChatType, Fault, InjectCallback, InjectMessage, SentEvent, SentKind, Stats,
+    AiFault, AiRequest, BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback,
+    InjectMessage, SentEvent, SentKind, Stats,
 };
 
 use state::Shared;
@@ -85,6 +90,12 @@ pub enum SandboxError {
     MalformedToken {
         /// The masked token.
         token: String,
+    },
+    /// No hold has this id (never added, or already released).
+    #[error("no hold {id}; it was released already or never added (GET /sandbox/holds lists them)")]
+    UnknownHold {
+        /// The id asked for.
+        id: u64,
     },
     /// A control request was invalid; the message says what to fix.
     #[error("{0}")]
@@ -140,6 +151,12 @@ impl Sandbox {
         url::Url::parse(&format!("http://{}/", self.addr)).expect("a socket address makes a URL")
     }
 
+    /// Base URL of the OpenAI-compatible endpoint, e.g. `http://127.0.0.1:PORT/v1` (clients
+    /// append `/chat/completions`).
+    pub fn ai_base_url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/v1", self.addr)).expect("a socket address makes a URL")
+    }
+
     /// In-process handle for tests to drive the sandbox without HTTP (same state as the control API).
     pub fn handle(&self) -> SandboxHandle {
         SandboxHandle {
@@ -152,6 +169,8 @@ impl Sandbox {
         let shared = self.shared;
         let app = Router::new()
             .nest("/sandbox", control::router())
+            .route("/v1/chat/completions", post(ai::chat))
+            .route("/v1/{*rest}", axum::routing::any(ai::unknown))
             .fallback(api::bot_api)
             .layer(DefaultBodyLimit::max(api::MAX_BODY))
             .with_state(Arc::clone(&shared));
@@ -250,6 +269,64 @@ impl SandboxHandle {
     /// Call counters, 409 counts, pending updates and long polls.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Queues `raw` verbatim as one element of the bot's getUpdates `result` (or one webhook
+    /// body) and returns the id that confirms it: its readable `update_id`, or one assigned.
+    pub fn inject_raw(&self, token: &str, raw: impl Into<Bytes>) -> Result<i64, SandboxError> {
+        self.shared.inject_raw(token, raw.into())
+    }
+
+    /// Restarts the bot's update ids at `next_id` (Telegram does so after a week without
+    /// updates). Refused while updates are pending unless `drop_pending`; returns how many
+    /// pending updates were dropped.
+    pub fn reset_update_ids(
+        &self,
+        token: &str,
+        next_id: i64,
+        drop_pending: bool,
+    ) -> Result<usize, SandboxError> {
+        self.shared.reset_update_ids(token, next_id, drop_pending)
+    }
+
+    /// Adds a hold: matching Bot API calls wait until released; returns its id.
+    pub fn add_hold(&self, hold: Hold) -> Result<u64, SandboxError> {
+        self.shared.add_hold(hold)
+    }
+
+    /// The holds not yet released, with how many calls wait in each.
+    pub fn holds(&self) -> Vec<HoldInfo> {
+        self.shared.holds()
+    }
+
+    /// Lets the calls waiting in hold `id` go on and removes it; returns how many were waiting.
+    pub fn release_hold(&self, id: u64) -> Result<u64, SandboxError> {
+        self.shared.release_hold(id)
+    }
+
+    /// Releases and removes every hold; returns how many holds there were.
+    pub fn release_all_holds(&self) -> usize {
+        self.shared.release_all_holds()
+    }
+
+    /// Requests the OpenAI-compatible endpoint received, oldest first (only `key`'s if given).
+    pub fn ai_requests(&self, key: Option<&str>) -> Vec<AiRequest> {
+        self.shared.ai.requests(key)
+    }
+
+    /// Forgets the recorded AI requests; returns how many there were.
+    pub fn clear_ai_requests(&self) -> usize {
+        self.shared.ai.clear_requests()
+    }
+
+    /// Adds a fault to the OpenAI-compatible endpoint; returns how many are now active.
+    pub fn add_ai_fault(&self, fault: AiFault) -> Result<usize, SandboxError> {
+        self.shared.ai.add_fault(fault)
+    }
+
+    /// Removes every AI fault; returns how many there were.
+    pub fn clear_ai_faults(&self) -> usize {
+        self.shared.ai.clear_faults()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::markup::{self, ParseMode, utf16_len};
 use super::params::Params;
 use super::types::{
-    BotInfo, BotStats, ChatType, Fault, InjectCallback, InjectMessage, SentEvent, SentKind, Stats,
+    BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback, InjectMessage, SentEvent,
+    SentKind, Stats,
 };
 use super::{SandboxConfig, SandboxError, mask_token};
 use crate::tasks::Tasks;
@@ -139,6 +141,8 @@ pub(crate) struct Counters {
     known: Vec<u64>,
     other: HashMap<String, u64>,
     conflicts: u64,
+    rate_limited: u64,
+    fault_errors: u64,
 }
 
 impl Counters {
@@ -168,12 +172,31 @@ impl Counters {
     }
 }
 
+/// The body of a pending update as it goes out: built JSON, or raw text injected verbatim.
+#[derive(Clone, Debug)]
+pub(crate) enum UpdateBody {
+    Json(Value),
+    Raw(Bytes),
+}
+
+impl UpdateBody {
+    /// The bytes that go on the wire: serialised JSON, or the raw text unchanged.
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        match self {
+            Self::Json(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            Self::Raw(b) => b.clone(),
+        }
+    }
+}
+
 /// One pending update.
 #[derive(Debug)]
 pub(crate) struct PendingUpdate {
+    /// The id that confirms it: its own `update_id`, or one assigned to a raw update.
     pub(crate) id: i64,
-    kind: &'static str,
-    pub(crate) json: Value,
+    /// Its kind (`message`, …) for `allowed_updates`; raw updates have none and always go out.
+    kind: Option<&'static str>,
+    pub(crate) body: UpdateBody,
 }
 
 /// The webhook of a bot and the state of its delivery.
@@ -298,6 +321,35 @@ impl BotEntry {
 }
 
 #[derive(Debug)]
+struct HoldRec {
+    id: u64,
+    token: Option<String>,
+    method: Option<Method>,
+    remaining: Option<u32>,
+    max: Option<Duration>,
+    release: CancellationToken,
+    waiting: u64,
+    caught: u64,
+}
+
+/// A call caught by a hold: wait on `release` (or `max`), then drop the guard.
+pub(crate) struct HeldCall<'a> {
+    shared: &'a Shared,
+    pub(crate) hold_id: u64,
+    pub(crate) release: CancellationToken,
+    pub(crate) max: Option<Duration>,
+}
+
+impl Drop for HeldCall<'_> {
+    fn drop(&mut self) {
+        let mut holds = lock(&self.shared.holds);
+        if let Some(h) = holds.iter_mut().find(|h| h.id == self.hold_id) {
+            h.waiting -= 1;
+        }
+    }
+}
+
+#[derive(Debug)]
 struct FaultRec {
     fault: Fault,
     method: Option<Method>,
@@ -319,6 +371,11 @@ pub(crate) struct Shared {
     unknown: Mutex<HashMap<String, Counters>>,
     faults: Mutex<Vec<FaultRec>>,
     faults_active: AtomicBool,
+    holds: Mutex<Vec<HoldRec>>,
+    holds_active: AtomicBool,
+    next_hold: AtomicU64,
+    /// The OpenAI-compatible endpoint's requests and faults.
+    pub(crate) ai: super::ai::AiState,
     pub(crate) long_polls: AtomicU64,
     pub(crate) tasks: Tasks,
     /// Cancelled when the sandbox shuts down: ends long polls, waits and webhook loops.
@@ -363,6 +420,10 @@ impl Shared {
             unknown: Mutex::default(),
             faults: Mutex::default(),
             faults_active: AtomicBool::new(false),
+            holds: Mutex::default(),
+            holds_active: AtomicBool::new(false),
+            next_hold: AtomicU64::new(1),
+            ai: super::ai::AiState::default(),
             long_polls: AtomicU64::new(0),
             tasks: Tasks::new(stop.clone()),
             stop,
@@ -540,6 +601,110 @@ impl Shared {
         Ok(faults.len())
     }
 
+    /// Counts an error answer given by a fault to a call made with `token`.
+    pub(crate) fn count_fault_error(&self, token: &str) {
+        match self.bot(token) {
+            Some(b) => b.lock().counters.fault_errors += 1,
+            None => {
+                let mut unknown = lock(&self.unknown);
+                if let Some(c) = unknown.get_mut(token) {
+                    c.fault_errors += 1;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn add_hold(&self, hold: Hold) -> Result<u64, SandboxError> {
+        if hold.count == Some(0) {
+            return Err(SandboxError::InvalidInput(
+                "count must be at least 1 (leave it out for \"until released\")".to_owned(),
+            ));
+        }
+        let method = match &hold.method {
+            None => None,
+            Some(m) => Some(Method::lookup(m).ok_or_else(|| {
+                SandboxError::InvalidInput(format!("unknown Bot API method {m:?}"))
+            })?),
+        };
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        let mut holds = lock(&self.holds);
+        holds.push(HoldRec {
+            id,
+            token: hold.token,
+            method,
+            remaining: hold.count,
+            max: hold.max_ms.map(Duration::from_millis),
+            release: self.stop.child_token(),
+            waiting: 0,
+            caught: 0,
+        });
+        self.holds_active.store(true, Ordering::Release);
+        Ok(id)
+    }
+
+    pub(crate) fn holds(&self) -> Vec<HoldInfo> {
+        lock(&self.holds)
+            .iter()
+            .map(|h| HoldInfo {
+                hold_id: h.id,
+                token: h.token.clone(),
+                method: h.method.map(|m| m.name().to_owned()),
+                waiting: h.waiting,
+                caught: h.caught,
+            })
+            .collect()
+    }
+
+    /// Releases the calls waiting in hold `id` and removes it; returns how many were waiting.
+    pub(crate) fn release_hold(&self, id: u64) -> Result<u64, SandboxError> {
+        let mut holds = lock(&self.holds);
+        let pos = holds
+            .iter()
+            .position(|h| h.id == id)
+            .ok_or_else(|| SandboxError::UnknownHold { id })?;
+        let h = holds.remove(pos);
+        h.release.cancel();
+        if holds.is_empty() {
+            self.holds_active.store(false, Ordering::Release);
+        }
+        Ok(h.waiting)
+    }
+
+    /// Releases and removes every hold; returns how many holds there were.
+    pub(crate) fn release_all_holds(&self) -> usize {
+        let mut holds = lock(&self.holds);
+        self.holds_active.store(false, Ordering::Release);
+        let all = std::mem::take(&mut *holds);
+        for h in &all {
+            h.release.cancel();
+        }
+        all.len()
+    }
+
+    /// The first hold still catching calls that matches this call, if any.
+    pub(crate) fn take_hold(&self, token: &str, method: Option<Method>) -> Option<HeldCall<'_>> {
+        if !self.holds_active.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut holds = lock(&self.holds);
+        let h = holds.iter_mut().find(|h| {
+            h.remaining != Some(0)
+                && h.token.as_deref().is_none_or(|t| t == token)
+                && (h.method.is_none() || h.method == method)
+        })?;
+        if let Some(n) = h.remaining.as_mut() {
+            *n -= 1;
+        }
+        h.waiting += 1;
+        h.caught += 1;
+        Some(HeldCall {
+            shared: self,
+            hold_id: h.id,
+            release: h.release.clone(),
+            max: h.max,
+        })
+    }
+
     pub(crate) fn clear_faults(&self) -> usize {
         let mut faults = lock(&self.faults);
         self.faults_active.store(false, Ordering::Release);
@@ -621,6 +786,8 @@ impl Shared {
                     revoked: b.is_revoked(),
                     calls: st.counters.export(),
                     conflicts: st.counters.conflicts,
+                    rate_limited: st.counters.rate_limited,
+                    fault_errors: st.counters.fault_errors,
                     pending_updates: st.updates.len(),
                     long_polls: st.long_polls,
                 },
@@ -632,6 +799,7 @@ impl Shared {
                 BotStats {
                     calls: c.export(),
                     conflicts: c.conflicts,
+                    fault_errors: c.fault_errors,
                     ..BotStats::default()
                 },
             );
@@ -700,6 +868,65 @@ impl Shared {
         drop(st);
         bot.updates.notify_waiters();
         Ok(id)
+    }
+
+    /// Queues `raw` verbatim as one element of the bot's updates; returns its confirming id.
+    pub(crate) fn inject_raw(&self, token: &str, raw: Bytes) -> Result<i64, SandboxError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(SandboxError::InvalidInput(
+                "the raw update must not be empty (it becomes one element of the result array)"
+                    .to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let id = match raw_update_id(&raw) {
+            Some(id) => {
+                // Later updates must stay above it, or confirming it would drop them.
+                st.next_update_id = st.next_update_id.max(id.saturating_add(1));
+                id
+            }
+            None => {
+                let id = st.next_update_id;
+                st.next_update_id += 1;
+                id
+            }
+        };
+        st.updates.push_back(PendingUpdate {
+            id,
+            kind: None,
+            body: UpdateBody::Raw(raw),
+        });
+        drop(st);
+        bot.updates.notify_waiters();
+        Ok(id)
+    }
+
+    /// Restarts the bot's update ids at `next_id`, as Telegram does after a week without updates.
+    ///
+    /// Refused while updates are pending unless `drop_pending`; returns how many were dropped.
+    pub(crate) fn reset_update_ids(
+        &self,
+        token: &str,
+        next_id: i64,
+        drop_pending: bool,
+    ) -> Result<usize, SandboxError> {
+        if next_id < 1 {
+            return Err(SandboxError::InvalidInput(
+                "next_id must be at least 1".to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let pending = st.updates.len();
+        if pending > 0 && !drop_pending {
+            return Err(SandboxError::InvalidInput(format!(
+                "{pending} updates are still pending; let the bot confirm them first, or pass \"drop_pending\": true"
+            )));
+        }
+        st.updates.clear();
+        st.next_update_id = next_id;
+        Ok(pending)
     }
 
     pub(crate) fn inject_callback(&self, c: InjectCallback) -> Result<i64, SandboxError> {
@@ -948,7 +1175,7 @@ impl Shared {
         &self,
         bot: &Arc<BotEntry>,
         p: &Params,
-    ) -> Result<Value, ApiErr> {
+    ) -> Result<Vec<UpdateBody>, ApiErr> {
         let offset = p.i64("offset")?;
         let limit = p.i64("limit")?.unwrap_or(100).clamp(1, 100) as usize;
         let timeout = p
@@ -1010,7 +1237,7 @@ impl Shared {
                 let mut st = bot.lock();
                 let batch = st.take_updates(limit);
                 if !batch.is_empty() || timeout == 0 || Instant::now() >= deadline {
-                    return Ok(Value::Array(batch));
+                    return Ok(batch);
                 }
                 if !guard.counted {
                     guard.counted = true;
@@ -1022,7 +1249,7 @@ impl Shared {
                 () = &mut notified => {}
                 () = cancel.cancelled() => {}
                 () = tokio::time::sleep_until(deadline) => {}
-                () = self.stop.cancelled() => return Ok(json!([])),
+                () = self.stop.cancelled() => return Ok(Vec::new()),
             }
         }
     }
@@ -1105,7 +1332,11 @@ impl BotState {
         self.next_update_id += 1;
         let mut json = json!({"update_id": id});
         json[kind] = body;
-        self.updates.push_back(PendingUpdate { id, kind, json });
+        self.updates.push_back(PendingUpdate {
+            id,
+            kind: Some(kind),
+            body: UpdateBody::Json(json),
+        });
         id
     }
 
@@ -1120,12 +1351,12 @@ impl BotState {
     }
 
     /// Forgets every update below `offset`; a negative offset keeps only the last `-offset`.
+    ///
+    /// Raw updates may carry any id, so the whole queue is checked, not only its front.
     fn confirm(&mut self, offset: Option<i64>) {
         match offset {
             Some(o) if o > 0 => {
-                while self.updates.front().is_some_and(|u| u.id < o) {
-                    self.updates.pop_front();
-                }
+                self.updates.retain(|u| u.id >= o);
             }
             Some(o) if o < 0 => {
                 let keep = o.unsigned_abs() as usize;
@@ -1137,13 +1368,13 @@ impl BotState {
         }
     }
 
-    fn take_updates(&mut self, limit: usize) -> Vec<Value> {
+    fn take_updates(&mut self, limit: usize) -> Vec<UpdateBody> {
         // Updates of kinds the bot does not want are never delivered: drop them.
         if self.allowed_updates.is_some() {
             let allowed: Vec<bool> = self
                 .updates
                 .iter()
-                .map(|u| self.is_allowed(u.kind))
+                .map(|u| u.kind.is_none_or(|k| self.is_allowed(k)))
                 .collect();
             let mut it = allowed.into_iter();
             self.updates.retain(|_| it.next().unwrap_or(true));
@@ -1151,7 +1382,7 @@ impl BotState {
         self.updates
             .iter()
             .take(limit)
-            .map(|u| u.json.clone())
+            .map(|u| u.body.clone())
             .collect()
     }
 
@@ -1304,9 +1535,11 @@ impl BotState {
             })
         };
         if let Some(secs) = wait(&mut chat.sends, limit, window) {
+            self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
         if let Some(secs) = wait(&mut self.sends, 30, Duration::from_secs(1)) {
+            self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
         self.chats
@@ -1989,7 +2222,7 @@ pub(crate) fn webhook_result(
 }
 
 /// One webhook delivery: update id, body, URL and secret.
-pub(crate) type Delivery = (i64, Value, String, Option<String>);
+pub(crate) type Delivery = (i64, UpdateBody, String, Option<String>);
 
 /// The next update for a webhook, or `None` when the queue is empty; `Err` when it is gone.
 pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Delivery>, ()> {
@@ -2003,7 +2236,41 @@ pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Del
     Ok(st
         .updates
         .front()
-        .map(|u| (u.id, u.json.clone(), url, secret)))
+        .map(|u| (u.id, u.body.clone(), url, secret)))
+}
+
+/// The `update_id` a raw update carries, if it can be read.
+///
+/// First as the top-level field of a JSON object (other fields are skipped unchecked, so lone
+/// surrogates elsewhere do not matter), then as the first `"update_id": <integer>` in the
+/// text, which also finds it in truncated or otherwise broken JSON.
+fn raw_update_id(raw: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        update_id: i64,
+    }
+    if let Ok(p) = serde_json::from_slice::<Probe>(raw) {
+        return Some(p.update_id);
+    }
+    const KEY: &[u8] = b"\"update_id\"";
+    let at = raw.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = &raw[at + KEY.len()..];
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let sign = usize::from(rest.first() == Some(&b'-'));
+    let digits = rest[sign..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..sign + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The `chat_id` and `message_id` a method acts on (editMessage*, deleteMessage).
@@ -2014,4 +2281,26 @@ fn target_message(p: &Params) -> Result<(i64, i32), ApiErr> {
         .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
         as i32;
     Ok((chat_id, message_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_update_id;
+
+    #[test]
+    fn raw_update_ids_are_read_when_readable() {
+        let cases: [(&[u8], Option<i64>); 8] = [
+            (br#"{"update_id":5,"message":{"text":"\ud800"}}"#, Some(5)),
+            (br#"{"message":{"text":"x"},"update_id": 12}"#, Some(12)),
+            (br#"{"update_id":7,"message":"#, Some(7)),
+            (br#"{"update_id" : -3}"#, Some(-3)),
+            (b"not json at all", None),
+            (br#"{"message":{"text":"hi"}}"#, None),
+            (br#"{"update_id":"9"}"#, None),
+            (b"{\"update_id\":8,\xff\xfe}", Some(8)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(raw_update_id(raw), want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
 }

@@ -104,6 +104,68 @@ pub struct Fault {
     pub delay_ms: Option<u64>,
 }
 
+/// Bot API calls held in flight until released (`POST /sandbox/holds`).
+///
+/// A matching call waits before anything else happens to it (before faults, the token check
+/// and the method itself), so a test can observe the caller while its request is in flight.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// Only calls with this token (any token when absent).
+    pub token: Option<String>,
+    /// Only calls of this method, case-insensitive (any method when absent).
+    pub method: Option<String>,
+    /// How many calls it catches; absent means every matching call until released.
+    pub count: Option<u32>,
+    /// A held call goes on by itself after this many milliseconds (default: only on release).
+    pub max_ms: Option<u64>,
+}
+
+/// A hold as `GET /sandbox/holds` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldInfo {
+    /// Id to release it with.
+    pub hold_id: u64,
+    /// The token it matches, if limited to one.
+    pub token: Option<String>,
+    /// The method it matches (Telegram spelling), if limited to one.
+    pub method: Option<String>,
+    /// Calls waiting in it right now.
+    pub waiting: u64,
+    /// Calls it caught so far (waiting or gone on).
+    pub caught: u64,
+}
+
+/// A request the OpenAI-compatible endpoint received (`GET /sandbox/ai/requests`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AiRequest {
+    /// Arrival order, from 1.
+    pub seq: u64,
+    /// The API key of its `Authorization: Bearer` header (absent when there was none). The
+    /// control API is local and shows it; the sandbox's log never does.
+    pub key: Option<String>,
+    /// The request body: the JSON sent, or its text (lossy UTF-8) when it was not JSON.
+    pub body: Value,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+}
+
+/// An error or latency injected into the OpenAI-compatible endpoint (`POST /sandbox/ai/faults`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiFault {
+    /// HTTP status to answer with (429, 500, …); 200 means "no error, only the delay".
+    pub status: u16,
+    /// How many requests it affects; absent means until the AI faults are cleared.
+    pub count: Option<u32>,
+    /// Latency before answering, in milliseconds (longer than a client's timeout: a timeout).
+    pub delay_ms: Option<u64>,
+    /// The `Retry-After` header in seconds (defaults to 1 for a 429).
+    pub retry_after: Option<u32>,
+    /// `error.message` of the answer; defaults to OpenAI's text for the status.
+    pub message: Option<String>,
+}
+
 /// Something a bot did in a chat, in the order it happened (`GET /sandbox/sent`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SentEvent {
@@ -215,6 +277,11 @@ impl Stats {
     pub fn conflicts(&self, token: &str) -> u64 {
         self.bots.get(token).map_or(0, |b| b.conflicts)
     }
+
+    /// 429 answers the rate limits gave to calls made with `token` (faults not included).
+    pub fn rate_limited(&self, token: &str) -> u64 {
+        self.bots.get(token).map_or(0, |b| b.rate_limited)
+    }
 }
 
 /// Counters of one token.
@@ -228,6 +295,13 @@ pub struct BotStats {
     pub calls: BTreeMap<String, u64>,
     /// 409 Conflict answers returned.
     pub conflicts: u64,
+    /// 429 answers given because of the rate limits (`enforce_rate_limits`); fault-injected
+    /// 429s are not counted here but in `fault_errors`.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Error answers given by injected faults (`POST /sandbox/faults`), any status.
+    #[serde(default)]
+    pub fault_errors: u64,
     /// Updates waiting to be fetched or delivered.
     pub pending_updates: usize,
     /// getUpdates requests of this bot currently waiting.
