@@ -7,7 +7,7 @@ mod util;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use botvisor::sandbox::{AiFault, Fault, Hold, InjectMessage};
+use botvisor::sandbox::{AiFault, Fault, Hold, InjectMessage, SentKind};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use teloxide::prelude::*;
@@ -575,4 +575,485 @@ async fn ai_endpoint_echoes_records_and_fails_on_demand() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// The error description of a raw Bot API call that must fail with 400.
+async fn bad_request(sb: &Running, t: &str, method: &str, body: Value) -> String {
+    let (status, answer) = call(sb, t, method, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{method}: {answer}");
+    answer["description"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn forum_topics_threads_and_admin_replies() {
+    use teloxide::types::{MessageId, MessageKind, Rgb, ThreadId, UpdateKind};
+
+    let sb = start().await;
+    let t = token(3040);
+    sb.handle.register_bot(&t, None).unwrap();
+    let bot = sb.bot(&t);
+    let forum = -1003040;
+    let (status, _) = post(
+        &sb,
+        "updates",
+        json!({"token": t, "chat_id": forum, "chat_type": "supergroup", "is_forum": true,
+            "user_id": 55, "text": "hello"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let topic = bot
+        .create_forum_topic(ChatId(forum), "Ann (55)")
+        .await
+        .unwrap();
+    assert_eq!(topic.name, "Ann (55)");
+    assert_eq!(topic.icon_color, Rgb::from_u32(0x6FB9F0));
+    let thread = topic.thread_id;
+    let sent = bot
+        .send_message(ChatId(forum), "new ticket")
+        .message_thread_id(thread)
+        .await
+        .unwrap();
+    assert_eq!(sent.thread_id, Some(thread));
+    assert!(sent.is_topic_message);
+    assert_eq!(sent.reply_to_message().unwrap().id, thread.0);
+
+    // An admin replies to the bot's message inside the topic; another writes without a reply.
+    sb.handle
+        .inject_message(InjectMessage {
+            chat_type: Some(botvisor::sandbox::ChatType::Supergroup),
+            user_id: Some(56),
+            message_thread_id: Some(thread.0.0),
+            reply_to_message_id: Some(sent.id.0),
+            ..InjectMessage::private(&t, forum, "answer")
+        })
+        .unwrap();
+    post(
+        &sb,
+        "updates",
+        json!({"token": t, "chat_id": forum, "user_id": 57, "message_thread_id": thread.0.0,
+            "text": "no reply"}),
+    )
+    .await;
+    let updates = bot.get_updates().await.unwrap();
+    let messages: Vec<&Message> = updates
+        .iter()
+        .filter_map(|u| match &u.kind {
+            UpdateKind::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 3);
+    let chat = serde_json::to_value(&messages[0].chat).unwrap();
+    assert_eq!(chat["is_forum"], true, "{chat}");
+    let answer = messages[1];
+    assert_eq!(answer.thread_id, Some(thread));
+    assert_eq!(answer.reply_to_message().unwrap().id, sent.id);
+    assert!(
+        answer
+            .reply_to_message()
+            .unwrap()
+            .from
+            .as_ref()
+            .unwrap()
+            .is_bot
+    );
+    let plain = messages[2];
+    assert!(matches!(
+        plain.reply_to_message().unwrap().kind,
+        MessageKind::ForumTopicCreated(_)
+    ));
+
+    // Edit, close, reopen; a no-op is TOPIC_NOT_MODIFIED.
+    bot.edit_forum_topic(ChatId(forum), thread)
+        .name("Ann (55) ✓")
+        .await
+        .unwrap();
+    bot.close_forum_topic(ChatId(forum), thread).await.unwrap();
+    assert_eq!(
+        bad_request(
+            &sb,
+            &t,
+            "closeForumTopic",
+            json!({"chat_id": forum, "message_thread_id": thread.0.0})
+        )
+        .await,
+        "Bad Request: TOPIC_NOT_MODIFIED"
+    );
+    bot.reopen_forum_topic(ChatId(forum), thread).await.unwrap();
+    let events = sb.handle.sent(&t, forum, 0).unwrap();
+    let actions: Vec<String> = events
+        .iter()
+        .map(|e| match &e.kind {
+            SentKind::Topic { action, name, .. } => format!("{action} {name}"),
+            SentKind::Message {
+                kind,
+                message_thread_id,
+                ..
+            } => format!("{kind} in {message_thread_id:?}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "created Ann (55)".to_owned(),
+            format!("text in Some({})", thread.0.0),
+            "edited Ann (55) ✓".to_owned(),
+            "closed Ann (55) ✓".to_owned(),
+            "reopened Ann (55) ✓".to_owned(),
+        ]
+    );
+
+    // An admin deletes the topic: sends into it fail like Telegram's.
+    let r = Client::new()
+        .delete(sb.control(&format!("chats/{forum}/topics/{}", thread.0.0)))
+        .query(&[("token", &t)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"deleted": true}));
+    assert_eq!(
+        bad_request(
+            &sb,
+            &t,
+            "sendMessage",
+            json!({"chat_id": forum, "message_thread_id": thread.0.0, "text": "x"})
+        )
+        .await,
+        "Bad Request: message thread not found"
+    );
+    let gone = bot
+        .copy_message(ChatId(forum), ChatId(forum), MessageId(1))
+        .message_thread_id(thread)
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    let events = sb.handle.sent(&t, forum, 0).unwrap();
+    assert!(
+        matches!(&events[1].kind, SentKind::Message { deleted: true, .. }),
+        "the topic's messages went with it"
+    );
+
+    // Admin-created topics take user messages; the bot deletes one itself.
+    let (status, created) = post(
+        &sb,
+        &format!("chats/{forum}/topics"),
+        json!({"token": t, "name": "General questions"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let admin_thread = created["message_thread_id"].as_i64().unwrap() as i32;
+    sb.handle
+        .inject_message(InjectMessage {
+            user_id: Some(58),
+            message_thread_id: Some(admin_thread),
+            ..InjectMessage::private(&t, forum, "question")
+        })
+        .unwrap();
+    bot.delete_forum_topic(ChatId(forum), ThreadId(MessageId(admin_thread)))
+        .await
+        .unwrap();
+
+    // Bad input.
+    let group = -3041;
+    sb.handle
+        .inject_message(InjectMessage {
+            user_id: Some(5),
+            ..InjectMessage::private(&t, group, "plain group")
+        })
+        .unwrap();
+    assert_eq!(
+        bad_request(
+            &sb,
+            &t,
+            "createForumTopic",
+            json!({"chat_id": group, "name": "x"})
+        )
+        .await,
+        "Bad Request: the chat is not a forum"
+    );
+    assert_eq!(
+        bad_request(
+            &sb,
+            &t,
+            "createForumTopic",
+            json!({"chat_id": forum, "name": "x", "icon_color": 1})
+        )
+        .await,
+        "Bad Request: TOPIC_ICON_COLOR_INVALID"
+    );
+    let cases = [
+        (
+            json!({"token": t, "chat_id": group, "user_id": 5, "message_thread_id": 3, "text": "a"}),
+            "is not a forum",
+        ),
+        (
+            json!({"token": t, "chat_id": forum, "user_id": 5, "message_thread_id": 999, "text": "a"}),
+            "no topic 999",
+        ),
+        (
+            json!({"token": t, "chat_id": forum, "user_id": 5, "message_thread_id": admin_thread, "text": "a"}),
+            &format!("no topic {admin_thread}"),
+        ),
+        (
+            json!({"token": t, "chat_id": group, "user_id": 5, "is_forum": true, "text": "a"}),
+            "only a supergroup can be a forum",
+        ),
+        (
+            json!({"token": t, "chat_id": forum, "user_id": 5, "reply_to_message_id": 999, "text": "a"}),
+            "no message 999",
+        ),
+    ];
+    for (body, needle) in cases {
+        assert_error(
+            post(&sb, "updates", body).await,
+            StatusCode::BAD_REQUEST,
+            needle,
+        );
+    }
+    assert_error(
+        post(
+            &sb,
+            &format!("chats/{group}/topics"),
+            json!({"token": t, "name": "x"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "is not a forum",
+    );
+}
+
+#[tokio::test]
+async fn media_messages_of_every_kind_are_injected_copied_and_sent() {
+    use teloxide::types::{
+        FileId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, UpdateKind,
+    };
+
+    let sb = start().await;
+    let t = token(3050);
+    sb.handle.register_bot(&t, None).unwrap();
+    let bot = sb.bot(&t);
+    let admin_chat = 3051;
+    sb.handle
+        .inject_message(InjectMessage::private(&t, admin_chat, "/start"))
+        .unwrap();
+    let kinds = [
+        (json!({"kind": "photo"}), "a photo"),
+        (
+            json!({"kind": "document", "file_name": "cv.pdf", "mime_type": "application/pdf", "file_size": 1234}),
+            "my cv",
+        ),
+        (
+            json!({"kind": "voice", "duration": 7, "mime_type": "audio/ogg"}),
+            "listen",
+        ),
+        (json!({"kind": "video", "duration": 12}), "watch"),
+        (
+            json!({"kind": "audio", "file_name": "song.mp3", "duration": 200}),
+            "a song",
+        ),
+        (json!({"kind": "sticker", "emoji": "👍"}), ""),
+        (
+            json!({"kind": "location", "latitude": 52.52, "longitude": 13.405}),
+            "",
+        ),
+        (
+            json!({"kind": "contact", "phone_number": "+4930123", "first_name": "Bea"}),
+            "",
+        ),
+        (
+            json!({"kind": "animation", "file_name": "cat.gif"}),
+            "a cat",
+        ),
+        (json!({"kind": "video_note", "duration": 3}), ""),
+    ];
+    for (media, caption) in &kinds {
+        let mut body = json!({"token": t, "chat_id": CHAT, "media": media});
+        if !caption.is_empty() {
+            body["text"] = json!(caption);
+        }
+        let (status, answer) = post(&sb, "updates", body).await;
+        assert_eq!(status, StatusCode::OK, "{media}: {answer}");
+    }
+    // teloxide parses every one of them (one failure would fail the batch).
+    let updates = bot.get_updates().await.unwrap();
+    let messages: Vec<Message> = updates
+        .into_iter()
+        .filter_map(|u| match u.kind {
+            UpdateKind::Message(m) if m.chat.id.0 == CHAT => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), kinds.len());
+    assert!(messages[0].photo().is_some());
+    assert_eq!(
+        messages[1].document().unwrap().file_name.as_deref(),
+        Some("cv.pdf")
+    );
+    assert_eq!(messages[2].voice().unwrap().duration.seconds(), 7);
+    assert!(messages[3].video().is_some(), "{:?}", messages[3].kind);
+    assert!(messages[4].audio().is_some());
+    assert_eq!(messages[5].sticker().unwrap().emoji.as_deref(), Some("👍"));
+    assert_eq!(messages[6].location().unwrap().latitude, 52.52);
+    assert_eq!(messages[7].contact().unwrap().phone_number, "+4930123");
+    assert!(messages[8].animation().is_some());
+    assert!(messages[9].video_note().is_some());
+    for (m, (_, caption)) in messages.iter().zip(&kinds) {
+        assert_eq!(m.caption().unwrap_or(""), *caption);
+    }
+
+    // copyMessage copies each kind with its caption; the copy's event names the kind.
+    let keyboard = InlineKeyboardMarkup::new([[InlineKeyboardButton::callback("Reply", "r")]]);
+    for m in &messages {
+        bot.copy_message(ChatId(admin_chat), ChatId(CHAT), m.id)
+            .reply_markup(keyboard.clone())
+            .await
+            .unwrap();
+    }
+    let events = sb.handle.sent(&t, admin_chat, 0).unwrap();
+    let copied: Vec<(String, Option<String>, bool)> = events
+        .iter()
+        .map(|e| match &e.kind {
+            SentKind::Message {
+                kind,
+                caption,
+                reply_markup,
+                ..
+            } => (kind.clone(), caption.clone(), reply_markup.is_some()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected: Vec<(String, Option<String>, bool)> = [
+        "photo",
+        "document",
+        "voice",
+        "video",
+        "audio",
+        "sticker",
+        "location",
+        "contact",
+        "animation",
+        "video_note",
+    ]
+    .iter()
+    .zip(&kinds)
+    .map(|(k, (_, c))| {
+        (
+            (*k).to_owned(),
+            Some((*c).to_owned()).filter(|c| !c.is_empty()),
+            true,
+        )
+    })
+    .collect();
+    assert_eq!(copied, expected);
+
+    // The bot sends media by the users' file_ids, and a location.
+    let file = |m: &Message| -> FileId {
+        let id = m
+            .voice()
+            .map(|v| v.file.id.clone())
+            .or_else(|| m.video().map(|v| v.file.id.clone()))
+            .or_else(|| m.audio().map(|v| v.file.id.clone()))
+            .or_else(|| m.sticker().map(|v| v.file.id.clone()))
+            .or_else(|| m.animation().map(|v| v.file.id.clone()));
+        id.unwrap()
+    };
+    let to = ChatId(admin_chat);
+    bot.send_voice(to, InputFile::file_id(file(&messages[2])))
+        .caption("fwd voice")
+        .await
+        .unwrap();
+    bot.send_video(to, InputFile::file_id(file(&messages[3])))
+        .await
+        .unwrap();
+    bot.send_audio(to, InputFile::file_id(file(&messages[4])))
+        .await
+        .unwrap();
+    bot.send_sticker(to, InputFile::file_id(file(&messages[5])))
+        .await
+        .unwrap();
+    let gif = bot
+        .send_animation(to, InputFile::file_id(file(&messages[8])))
+        .await
+        .unwrap();
+    assert_eq!(
+        gif.animation().unwrap().file_name.as_deref(),
+        Some("cat.gif")
+    );
+    let here = bot.send_location(to, 48.85, 2.35).await.unwrap();
+    assert_eq!(here.location().unwrap().longitude, 2.35);
+    let later: Vec<(String, String)> = sb
+        .handle
+        .sent(&t, admin_chat, events.last().unwrap().seq)
+        .unwrap()
+        .iter()
+        .map(|e| match &e.kind {
+            SentKind::Message { kind, .. } => (e.method.clone(), kind.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        later,
+        [
+            ("sendVoice", "voice"),
+            ("sendVideo", "video"),
+            ("sendAudio", "audio"),
+            ("sendSticker", "sticker"),
+            ("sendAnimation", "animation"),
+            ("sendLocation", "location"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(
+        bad_request(
+            &sb,
+            &t,
+            "sendVoice",
+            json!({"chat_id": admin_chat, "voice": messages[3].video().unwrap().file.id.0.clone()})
+        )
+        .await,
+        "Bad Request: can't use file of type video as voice"
+    );
+
+    // Bad input.
+    let cases = [
+        (json!({"kind": "sticker"}), "x", "has no caption"),
+        (
+            json!({"kind": "location"}),
+            "",
+            "needs latitude and longitude",
+        ),
+        (
+            json!({"kind": "location", "latitude": 91, "longitude": 0}),
+            "",
+            "within ±90",
+        ),
+        (json!({"kind": "contact"}), "", "needs phone_number"),
+        (
+            json!({"kind": "hologram"}),
+            "",
+            "unknown variant `hologram`",
+        ),
+    ];
+    for (media, text, needle) in cases {
+        let mut body = json!({"token": t, "chat_id": CHAT, "media": media});
+        if !text.is_empty() {
+            body["text"] = json!(text);
+        }
+        assert_error(
+            post(&sb, "updates", body).await,
+            StatusCode::BAD_REQUEST,
+            needle,
+        );
+    }
+    assert_error(
+        post(
+            &sb,
+            "updates",
+            json!({"token": t, "chat_id": CHAT, "callback_data": "x", "media": {"kind": "photo"}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "go with a message",
+    );
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::SandboxError;
 use super::state::Shared;
-use super::types::{Fault, Hold, InjectCallback, InjectMessage};
+use super::types::{Fault, Hold, InjectCallback, InjectMedia, InjectMessage};
 
 /// Longest `wait_ms` honoured by `GET /sandbox/sent`.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -67,6 +67,8 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/bots/{token}/reset-update-ids", post(reset_update_ids))
         .route("/updates", post(inject))
         .route("/updates/raw", post(inject_raw))
+        .route("/chats/{chat_id}/topics", post(create_topic))
+        .route("/chats/{chat_id}/topics/{thread_id}", delete(delete_topic))
         .route("/sent", get(sent))
         .route("/users/{user_id}/block", post(block))
         .route("/users/{user_id}/unblock", post(unblock))
@@ -144,6 +146,43 @@ async fn reset_update_ids(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TopicBody {
+    token: String,
+    name: String,
+}
+
+async fn create_topic(
+    State(s): State<Arc<Shared>>,
+    chat: Result<Path<i64>, PathRejection>,
+    raw: Bytes,
+) -> Reply {
+    let Path(chat_id) =
+        chat.map_err(|e| bad(format!("chat_id must be an integer: {}", e.body_text())))?;
+    let b: TopicBody = body(&raw)?;
+    let thread = s.admin_create_topic(&b.token, chat_id, &b.name)?;
+    Ok(axum::Json(
+        json!({"message_thread_id": thread, "name": b.name}),
+    ))
+}
+
+async fn delete_topic(
+    State(s): State<Arc<Shared>>,
+    ids: Result<Path<(i64, i32)>, PathRejection>,
+    q: Result<Query<RawQuery>, QueryRejection>,
+) -> Reply {
+    let Path((chat_id, thread_id)) = ids.map_err(|e| {
+        bad(format!(
+            "chat_id and thread_id must be integers: {}",
+            e.body_text()
+        ))
+    })?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    s.admin_delete_topic(&q.token, chat_id, thread_id)?;
+    Ok(axum::Json(json!({"deleted": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawQuery {
     token: String,
 }
@@ -171,11 +210,29 @@ struct InjectBody {
     text: Option<String>,
     callback_data: Option<String>,
     message_id: Option<i32>,
+    #[serde(default)]
+    is_forum: bool,
+    message_thread_id: Option<i32>,
+    reply_to_message_id: Option<i32>,
+    media: Option<InjectMedia>,
 }
 
 async fn inject(State(s): State<Arc<Shared>>, raw: Bytes) -> Reply {
     let b: InjectBody = body(&raw)?;
-    let update_id = match (b.text, b.callback_data) {
+    let message_only = b.is_forum
+        || b.message_thread_id.is_some()
+        || b.reply_to_message_id.is_some()
+        || b.media.is_some();
+    if message_only && b.callback_data.is_some() {
+        return Err(bad(
+            "is_forum, message_thread_id, reply_to_message_id and media go with a message, not with callback_data",
+        ));
+    }
+    let text = match (b.text, &b.media) {
+        (None, Some(_)) => Some(String::new()),
+        (t, _) => t,
+    };
+    let update_id = match (text, b.callback_data) {
         (Some(text), None) => {
             if b.message_id.is_some() {
                 return Err(bad("message_id goes with callback_data, not with text"));
@@ -188,6 +245,10 @@ async fn inject(State(s): State<Arc<Shared>>, raw: Bytes) -> Reply {
                 language_code: b.language_code,
                 chat_type: b.chat_type,
                 text,
+                is_forum: b.is_forum,
+                message_thread_id: b.message_thread_id,
+                reply_to_message_id: b.reply_to_message_id,
+                media: b.media,
             })?
         }
         (None, Some(callback_data)) => {
@@ -206,7 +267,11 @@ async fn inject(State(s): State<Arc<Shared>>, raw: Bytes) -> Reply {
                 message_id: b.message_id,
             })?
         }
-        _ => return Err(bad("give exactly one of text or callback_data")),
+        _ => {
+            return Err(bad(
+                "give exactly one of text or callback_data (media may stand in for text)",
+            ));
+        }
     };
     Ok(axum::Json(json!({"update_id": update_id})))
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use types::{
     AiFault, AiRequest, BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback,
-    InjectMessage, SentEvent, SentKind, Stats,
+    InjectMedia, InjectMessage, MediaKind, SentEvent, SentKind, Stats,
 };
 
 use state::Shared;
@@ -287,6 +287,22 @@ impl SandboxHandle {
         drop_pending: bool,
     ) -> Result<usize, SandboxError> {
         self.shared.reset_update_ids(token, next_id, drop_pending)
+    }
+
+    /// Creates a forum topic in `chat_id` as an admin would; returns its `message_thread_id`.
+    pub fn create_topic(&self, token: &str, chat_id: i64, name: &str) -> Result<i32, SandboxError> {
+        self.shared.admin_create_topic(token, chat_id, name)
+    }
+
+    /// Deletes a forum topic as an admin would: its messages go, sends into it fail with
+    /// "Bad Request: message thread not found".
+    pub fn delete_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        thread_id: i32,
+    ) -> Result<(), SandboxError> {
+        self.shared.admin_delete_topic(token, chat_id, thread_id)
     }
 
     /// Adds a hold: matching Bot API calls wait until released; returns its id.

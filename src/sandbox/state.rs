@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::markup::{self, ParseMode, utf16_len};
 use super::params::Params;
 use super::types::{
-    BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback, InjectMessage, SentEvent,
-    SentKind, Stats,
+    BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback, InjectMedia, InjectMessage,
+    MediaKind, SentEvent, SentKind, Stats,
 };
 use super::{SandboxConfig, SandboxError, mask_token};
 use crate::tasks::Tasks;
@@ -83,6 +83,10 @@ impl ApiErr {
         )
     }
 
+    pub(crate) fn thread_not_found() -> Self {
+        Self::bad("Bad Request: message thread not found")
+    }
+
     pub(crate) fn webhook_active() -> Self {
         Self::new(
             409,
@@ -133,6 +137,50 @@ methods! {
     DeleteMyCommands = "deleteMyCommands",
     SendPhoto = "sendPhoto",
     SendDocument = "sendDocument",
+    SendVoice = "sendVoice",
+    SendVideo = "sendVideo",
+    SendAudio = "sendAudio",
+    SendSticker = "sendSticker",
+    SendAnimation = "sendAnimation",
+    SendVideoNote = "sendVideoNote",
+    SendLocation = "sendLocation",
+    CreateForumTopic = "createForumTopic",
+    EditForumTopic = "editForumTopic",
+    CloseForumTopic = "closeForumTopic",
+    ReopenForumTopic = "reopenForumTopic",
+    DeleteForumTopic = "deleteForumTopic",
+}
+
+/// The message fields that make up a message's content, in the order a kind is named by:
+/// `animation` before `document` (Telegram sends both for an animation).
+const CONTENT_KEYS: [&str; 11] = [
+    "text",
+    "animation",
+    "photo",
+    "document",
+    "voice",
+    "video",
+    "audio",
+    "sticker",
+    "location",
+    "contact",
+    "video_note",
+];
+
+/// Topic icon colours Telegram allows (RGB).
+const TOPIC_COLORS: [i64; 6] = [0x6FB9F0, 0xFFD67E, 0xCB86DB, 0x8EEE98, 0xFF93B2, 0xFB6F5F];
+
+/// The kind of a message: `text` or the first media field it carries.
+fn message_kind(msg: &Value) -> &'static str {
+    CONTENT_KEYS
+        .iter()
+        .find(|k| msg.get(**k).is_some())
+        .copied()
+        .or_else(|| {
+            msg.get("forum_topic_created")
+                .map(|_| "forum_topic_created")
+        })
+        .unwrap_or("other")
 }
 
 /// Per-token call counters.
@@ -237,6 +285,11 @@ enum EventRec {
         url: Option<String>,
     },
     ChatAction(String),
+    Topic {
+        thread: i32,
+        action: &'static str,
+        name: String,
+    },
 }
 
 #[derive(Debug)]
@@ -248,22 +301,36 @@ struct Event {
 }
 
 #[derive(Debug)]
+struct TopicRec {
+    name: String,
+    icon_custom_emoji_id: Option<String>,
+    closed: bool,
+    deleted: bool,
+    /// The `forum_topic_created` service message, which topic messages reply to by default.
+    created: Value,
+}
+
+#[derive(Debug)]
 struct ChatRec {
     json: Value,
     kind: ChatType,
+    is_forum: bool,
+    topics: BTreeMap<i32, TopicRec>,
     next_message_id: i32,
     messages: BTreeMap<i32, StoredMsg>,
     events: VecDeque<Event>,
     sends: VecDeque<Instant>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct FileRec {
     kind: &'static str,
     unique_id: String,
     file_name: Option<String>,
     mime_type: Option<String>,
     size: u64,
+    duration: Option<u32>,
+    emoji: Option<String>,
 }
 
 #[derive(Debug)]
@@ -823,14 +890,26 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn inject_message(&self, m: InjectMessage) -> Result<i64, SandboxError> {
-        if m.text.trim().is_empty() {
-            return Err(SandboxError::InvalidInput(
-                "text must not be empty".to_owned(),
-            ));
+    pub(crate) fn inject_message(&self, mut m: InjectMessage) -> Result<i64, SandboxError> {
+        let invalid = |msg: String| Err(SandboxError::InvalidInput(msg));
+        match &m.media {
+            None if m.text.trim().is_empty() => {
+                return invalid("text must not be empty".to_owned());
+            }
+            Some(media) if !media.kind.has_caption() && !m.text.is_empty() => {
+                return invalid(format!(
+                    "a {} has no caption; leave text out",
+                    media.kind.as_str()
+                ));
+            }
+            _ => {}
         }
         let bot = self.bot_or_err(&m.token)?;
         let mut st = bot.lock();
+        // A known chat keeps its kind when none is given.
+        m.chat_type = m
+            .chat_type
+            .or_else(|| st.chats.get(&m.chat_id).map(|c| c.kind));
         let (user, chat_id) = st.user_and_chat(
             m.chat_id,
             m.chat_type,
@@ -838,22 +917,70 @@ impl Shared {
             m.first_name.as_deref(),
             m.language_code.as_deref(),
         )?;
+        let content = match &m.media {
+            None => {
+                let mut c = Map::new();
+                c.insert("text".to_owned(), json!(m.text));
+                if let Some(e) = markup::command_entity(&m.text) {
+                    c.insert("entities".to_owned(), json!([e]));
+                }
+                c
+            }
+            Some(media) => st.media_content(media, &m.text)?,
+        };
         let date = now();
         let chat = st
             .chats
             .get_mut(&chat_id)
             .expect("created by user_and_chat");
+        if m.is_forum {
+            if chat.kind != ChatType::Supergroup {
+                return invalid(
+                    "only a supergroup can be a forum (chat_type: supergroup)".to_owned(),
+                );
+            }
+            chat.is_forum = true;
+            chat.json["is_forum"] = json!(true);
+        }
+        let thread = match m.message_thread_id {
+            None => None,
+            Some(t) => {
+                if !chat.is_forum {
+                    return invalid(format!(
+                        "chat {chat_id} is not a forum; inject with \"is_forum\": true first"
+                    ));
+                }
+                match chat.topics.get(&t).filter(|x| !x.deleted) {
+                    None => return invalid(format!("no topic {t} in chat {chat_id}")),
+                    Some(x) if x.closed => {
+                        return invalid(format!("topic {t} is closed; users cannot write in it"));
+                    }
+                    Some(_) => Some(t),
+                }
+            }
+        };
+        let reply_to = match m.reply_to_message_id {
+            Some(id) => Some(
+                chat.messages
+                    .get(&id)
+                    .filter(|x| !x.deleted)
+                    .map(|x| without_reply(&x.json))
+                    .ok_or_else(|| {
+                        SandboxError::InvalidInput(format!("no message {id} in chat {chat_id}"))
+                    })?,
+            ),
+            None => None,
+        };
         let message_id = chat.next_id();
         let mut msg = json!({
             "message_id": message_id,
             "from": user,
             "chat": chat.json,
             "date": date,
-            "text": m.text,
         });
-        if let Some(e) = markup::command_entity(&m.text) {
-            msg["entities"] = json!([e]);
-        }
+        let obj = msg.as_object_mut().expect("object literal");
+        obj.extend(content);
+        chat.place(obj, thread, reply_to);
         chat.store(
             message_id,
             StoredMsg {
@@ -927,6 +1054,56 @@ impl Shared {
         st.updates.clear();
         st.next_update_id = next_id;
         Ok(pending)
+    }
+
+    /// The forum supergroup `chat_id` of `token`'s bot, for an admin's topic action.
+    fn forum_of<'a>(st: &'a mut BotState, chat_id: i64) -> Result<&'a mut ChatRec, SandboxError> {
+        let chat = st.chats.get_mut(&chat_id).ok_or_else(|| {
+            SandboxError::InvalidInput(format!("no chat {chat_id}; inject a message into it first"))
+        })?;
+        if !chat.is_forum {
+            return Err(SandboxError::InvalidInput(format!(
+                "chat {chat_id} is not a forum; inject with \"is_forum\": true first"
+            )));
+        }
+        Ok(chat)
+    }
+
+    /// An admin (user id 1, "Sandbox Admin") creates a topic; returns its thread id.
+    pub(crate) fn admin_create_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        name: &str,
+    ) -> Result<i32, SandboxError> {
+        if name.trim().is_empty() || utf16_len(name) > 128 {
+            return Err(SandboxError::InvalidInput(
+                "name must be 1-128 characters".to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let chat = Self::forum_of(&mut st, chat_id)?;
+        let admin = json!({"id": 1, "is_bot": false, "first_name": "Sandbox Admin"});
+        Ok(chat.create_topic(admin, name.to_owned(), TOPIC_COLORS[0], None))
+    }
+
+    /// An admin deletes a topic with its messages; sends into it fail from now on.
+    pub(crate) fn admin_delete_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        thread_id: i32,
+    ) -> Result<(), SandboxError> {
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let chat = Self::forum_of(&mut st, chat_id)?;
+        if !chat.delete_topic(thread_id) {
+            return Err(SandboxError::InvalidInput(format!(
+                "no topic {thread_id} in chat {chat_id}"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn inject_callback(&self, c: InjectCallback) -> Result<i64, SandboxError> {
@@ -1082,19 +1259,35 @@ impl Shared {
             Method::SendDocument => {
                 st.send_media(bot.id, p, "document", self.config.enforce_rate_limits)
             }
+            Method::SendVoice => st.send_media(bot.id, p, "voice", self.config.enforce_rate_limits),
+            Method::SendVideo => st.send_media(bot.id, p, "video", self.config.enforce_rate_limits),
+            Method::SendAudio => st.send_media(bot.id, p, "audio", self.config.enforce_rate_limits),
+            Method::SendSticker => {
+                st.send_media(bot.id, p, "sticker", self.config.enforce_rate_limits)
+            }
+            Method::SendAnimation => {
+                st.send_media(bot.id, p, "animation", self.config.enforce_rate_limits)
+            }
+            Method::SendVideoNote => {
+                st.send_media(bot.id, p, "video_note", self.config.enforce_rate_limits)
+            }
+            Method::SendLocation => st.send_location(bot.id, p, self.config.enforce_rate_limits),
+            Method::CreateForumTopic
+            | Method::EditForumTopic
+            | Method::CloseForumTopic
+            | Method::ReopenForumTopic
+            | Method::DeleteForumTopic => st.forum_topic(bot.id, p, method),
         };
-        let touched_chat = matches!(
+        let touched_chat = !matches!(
             method,
-            Method::SendMessage
-                | Method::EditMessageText
-                | Method::EditMessageReplyMarkup
-                | Method::DeleteMessage
-                | Method::AnswerCallbackQuery
-                | Method::ForwardMessage
-                | Method::CopyMessage
-                | Method::SendChatAction
-                | Method::SendPhoto
-                | Method::SendDocument
+            Method::GetMe
+                | Method::GetUpdates
+                | Method::SetWebhook
+                | Method::DeleteWebhook
+                | Method::GetWebhookInfo
+                | Method::SetMyCommands
+                | Method::GetMyCommands
+                | Method::DeleteMyCommands
         );
         drop(st);
         if touched_chat && result.is_ok() {
@@ -1311,7 +1504,107 @@ fn commands_key(p: &Params) -> Result<String, ApiErr> {
     ))
 }
 
+/// A copy of a message as it appears inside another one's `reply_to_message`.
+fn without_reply(msg: &Value) -> Value {
+    let mut j = msg.clone();
+    if let Some(o) = j.as_object_mut() {
+        o.remove("reply_to_message");
+    }
+    j
+}
+
 impl ChatRec {
+    /// Puts a new message into its topic and reply: in a topic, a message that replies to
+    /// nothing replies to the topic's `forum_topic_created` message, as in Telegram.
+    fn place(&self, obj: &mut Map<String, Value>, thread: Option<i32>, reply_to: Option<Value>) {
+        let reply_to = match thread {
+            Some(t) => {
+                obj.insert("message_thread_id".to_owned(), json!(t));
+                obj.insert("is_topic_message".to_owned(), json!(true));
+                reply_to.or_else(|| self.topics.get(&t).map(|x| x.created.clone()))
+            }
+            None => reply_to,
+        };
+        if let Some(r) = reply_to {
+            obj.insert("reply_to_message".to_owned(), r);
+        }
+    }
+
+    /// The topic a send goes to: `message_thread_id` must name a live topic of a forum;
+    /// other chats ignore it.
+    fn send_thread(&self, p: &Params) -> Result<Option<i32>, ApiErr> {
+        let Some(t) = p.i64("message_thread_id")?.filter(|t| *t != 0) else {
+            return Ok(None);
+        };
+        if !self.is_forum {
+            return Ok(None);
+        }
+        let t = i32::try_from(t).map_err(|_| ApiErr::thread_not_found())?;
+        match self.topics.get(&t) {
+            Some(x) if !x.deleted => Ok(Some(t)),
+            _ => Err(ApiErr::thread_not_found()),
+        }
+    }
+
+    /// Creates a topic: its `forum_topic_created` service message's id is its thread id.
+    fn create_topic(
+        &mut self,
+        from: Value,
+        name: String,
+        icon_color: i64,
+        icon_custom_emoji_id: Option<String>,
+    ) -> i32 {
+        let id = self.next_id();
+        let mut created_info = json!({"name": name, "icon_color": icon_color});
+        if let Some(e) = &icon_custom_emoji_id {
+            created_info["icon_custom_emoji_id"] = json!(e);
+        }
+        let created = json!({
+            "message_id": id,
+            "from": from,
+            "chat": self.json,
+            "date": now(),
+            "message_thread_id": id,
+            "is_topic_message": true,
+            "forum_topic_created": created_info,
+        });
+        self.store(
+            id,
+            StoredMsg {
+                json: created.clone(),
+                from_bot: false,
+                deleted: false,
+                edited: false,
+                markup: None,
+            },
+        );
+        self.topics.insert(
+            id,
+            TopicRec {
+                name,
+                icon_custom_emoji_id,
+                closed: false,
+                deleted: false,
+                created,
+            },
+        );
+        id
+    }
+
+    /// Deletes a topic and every message in it.
+    fn delete_topic(&mut self, thread: i32) -> bool {
+        let Some(topic) = self.topics.get_mut(&thread).filter(|x| !x.deleted) else {
+            return false;
+        };
+        topic.deleted = true;
+        for m in self.messages.values_mut() {
+            if m.json.get("message_thread_id").and_then(Value::as_i64) == Some(i64::from(thread)) {
+                m.deleted = true;
+            }
+        }
+        true
+    }
+
     fn next_id(&mut self) -> i32 {
         let id = self.next_message_id;
         self.next_message_id += 1;
@@ -1483,6 +1776,8 @@ impl BotState {
                     ChatRec {
                         json: chat_json,
                         kind,
+                        is_forum: false,
+                        topics: BTreeMap::new(),
                         next_message_id: 1,
                         messages: BTreeMap::new(),
                         events: VecDeque::new(),
@@ -1584,6 +1879,10 @@ impl BotState {
                         let json = m.map(|m| m.json.clone()).unwrap_or(Value::Null);
                         SentKind::Message {
                             message_id: *id,
+                            kind: message_kind(&json).to_owned(),
+                            message_thread_id: json["message_thread_id"]
+                                .as_i64()
+                                .and_then(|t| i32::try_from(t).ok()),
                             text: json["text"].as_str().map(str::to_owned),
                             caption: json["caption"].as_str().map(str::to_owned),
                             reply_markup: m.and_then(|m| m.markup.clone()),
@@ -1614,6 +1913,15 @@ impl BotState {
                         url: url.clone(),
                     },
                     EventRec::ChatAction(a) => SentKind::ChatAction { action: a.clone() },
+                    EventRec::Topic {
+                        thread,
+                        action,
+                        name,
+                    } => SentKind::Topic {
+                        message_thread_id: *thread,
+                        action: (*action).to_owned(),
+                        name: name.clone(),
+                    },
                 },
             })
             .collect()
@@ -1710,6 +2018,7 @@ impl BotState {
         content: Map<String, Value>,
         markup: Option<Value>,
         reply_to: Option<Value>,
+        thread: Option<i32>,
     ) -> Value {
         let from = self.bot_user(bot_id);
         let chat = self
@@ -1725,9 +2034,7 @@ impl BotState {
         });
         let obj = msg.as_object_mut().expect("object literal");
         obj.extend(content);
-        if let Some(r) = reply_to {
-            obj.insert("reply_to_message".to_owned(), r);
-        }
+        chat.place(obj, thread, reply_to);
         // Only inline keyboards are part of a Message; reply keyboards live on the client.
         if let Some(m) = markup
             .as_ref()
@@ -1760,6 +2067,7 @@ impl BotState {
         }
         let markup = Self::reply_markup(p)?;
         let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
@@ -1775,6 +2083,7 @@ impl BotState {
             content,
             markup,
             reply_to,
+            thread,
         ))
     }
 
@@ -1788,7 +2097,12 @@ impl BotState {
         let chat_id = p.chat_id("chat_id")?;
         self.writable_chat(chat_id)?;
         let file = self.resolve_file(p, kind)?;
-        let caption = Self::formatted(p, "caption", "caption_entities")?;
+        // Stickers and video notes have no caption; Telegram ignores one.
+        let caption = if matches!(kind, "sticker" | "video_note") {
+            None
+        } else {
+            Self::formatted(p, "caption", "caption_entities")?
+        };
         if let Some((c, _)) = &caption
             && utf16_len(c) > MAX_CAPTION
         {
@@ -1796,10 +2110,15 @@ impl BotState {
         }
         let markup = Self::reply_markup(p)?;
         let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
         let mut content = Map::new();
+        if kind == "animation" {
+            // Telegram sends an animation as a document too, for older clients.
+            content.insert("document".to_owned(), file.clone());
+        }
         content.insert(kind.to_owned(), file);
         if let Some((c, e)) = caption.filter(|(c, _)| !c.is_empty()) {
             content.insert("caption".to_owned(), Value::String(c));
@@ -1807,15 +2126,227 @@ impl BotState {
                 content.insert("caption_entities".to_owned(), e);
             }
         }
-        let method = if kind == "photo" {
-            Method::SendPhoto
-        } else {
-            Method::SendDocument
+        let method = match kind {
+            "photo" => Method::SendPhoto,
+            "voice" => Method::SendVoice,
+            "video" => Method::SendVideo,
+            "audio" => Method::SendAudio,
+            "sticker" => Method::SendSticker,
+            "animation" => Method::SendAnimation,
+            "video_note" => Method::SendVideoNote,
+            _ => Method::SendDocument,
         };
-        Ok(self.post(bot_id, chat_id, method, content, markup, reply_to))
+        Ok(self.post(bot_id, chat_id, method, content, markup, reply_to, thread))
     }
 
-    /// The `photo`/`document` of a send: an upload, a known file_id or an HTTP URL.
+    /// The forum topic a send into `chat_id` goes to (see [`ChatRec::send_thread`]).
+    fn thread(&self, chat_id: i64, p: &Params) -> Result<Option<i32>, ApiErr> {
+        self.chats
+            .get(&chat_id)
+            .ok_or_else(ApiErr::chat_not_found)?
+            .send_thread(p)
+    }
+
+    fn send_location(&mut self, bot_id: i64, p: &Params, rate: bool) -> Result<Value, ApiErr> {
+        let chat_id = p.chat_id("chat_id")?;
+        self.writable_chat(chat_id)?;
+        let coordinate = |key: &str, max: f64| -> Result<f64, ApiErr> {
+            let v = match p.get(key) {
+                Some(Value::Number(n)) => n.as_f64(),
+                Some(Value::String(s)) => s.trim().parse().ok(),
+                _ => None,
+            };
+            v.filter(|v| v.abs() <= max)
+                .ok_or_else(|| ApiErr::bad(format!("Bad Request: wrong {key} specified")))
+        };
+        let location = json!({
+            "latitude": coordinate("latitude", 90.0)?,
+            "longitude": coordinate("longitude", 180.0)?,
+        });
+        let markup = Self::reply_markup(p)?;
+        let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
+        if rate {
+            self.check_rate(chat_id)?;
+        }
+        let mut content = Map::new();
+        content.insert("location".to_owned(), location);
+        Ok(self.post(
+            bot_id,
+            chat_id,
+            Method::SendLocation,
+            content,
+            markup,
+            reply_to,
+            thread,
+        ))
+    }
+
+    /// The content fields of an injected media message; `caption` is its text.
+    fn media_content(
+        &mut self,
+        media: &InjectMedia,
+        caption: &str,
+    ) -> Result<Map<String, Value>, SandboxError> {
+        let invalid = |m: &str| SandboxError::InvalidInput(m.to_owned());
+        let mut c = Map::new();
+        match media.kind {
+            MediaKind::Location => {
+                let (Some(lat), Some(lon)) = (media.latitude, media.longitude) else {
+                    return Err(invalid("a location needs latitude and longitude"));
+                };
+                if lat.abs() > 90.0 || lon.abs() > 180.0 {
+                    return Err(invalid(
+                        "latitude must be within ±90 and longitude within ±180",
+                    ));
+                }
+                c.insert(
+                    "location".to_owned(),
+                    json!({"latitude": lat, "longitude": lon}),
+                );
+            }
+            MediaKind::Contact => {
+                let phone = media
+                    .phone_number
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| invalid("a contact needs phone_number"))?;
+                let name = media
+                    .first_name
+                    .clone()
+                    .unwrap_or_else(|| "Contact".to_owned());
+                c.insert(
+                    "contact".to_owned(),
+                    json!({"phone_number": phone, "first_name": name}),
+                );
+            }
+            kind => {
+                let name = kind.as_str();
+                let n = self.next_file;
+                self.next_file += 1;
+                let file_id = format!("sbx-{name}-{n}");
+                let rec = FileRec {
+                    kind: name,
+                    unique_id: format!("sbxu{n}"),
+                    file_name: media.file_name.clone(),
+                    mime_type: media.mime_type.clone(),
+                    size: media.file_size.unwrap_or(0),
+                    duration: media.duration,
+                    emoji: media.emoji.clone(),
+                };
+                let json = file_json(&file_id, &rec);
+                self.files.insert(file_id, rec);
+                if kind == MediaKind::Animation {
+                    c.insert("document".to_owned(), json.clone());
+                }
+                c.insert(name.to_owned(), json);
+            }
+        }
+        if media.kind.has_caption() && !caption.is_empty() {
+            c.insert("caption".to_owned(), json!(caption));
+        }
+        Ok(c)
+    }
+
+    /// createForumTopic, editForumTopic, closeForumTopic, reopenForumTopic, deleteForumTopic.
+    fn forum_topic(&mut self, bot_id: i64, p: &Params, method: Method) -> Result<Value, ApiErr> {
+        let chat_id = p.chat_id("chat_id")?;
+        self.writable_chat(chat_id)?;
+        let from = self.bot_user(bot_id);
+        let chat = self
+            .chats
+            .get_mut(&chat_id)
+            .expect("checked by writable_chat");
+        if !chat.is_forum {
+            return Err(ApiErr::bad("Bad Request: the chat is not a forum"));
+        }
+        let name = p.str("name");
+        if let Some(n) = &name
+            && utf16_len(n) > 128
+        {
+            return Err(ApiErr::bad("Bad Request: TOPIC_TITLE_TOO_LONG"));
+        }
+        let emoji = p.str("icon_custom_emoji_id");
+        if method == Method::CreateForumTopic {
+            let name = name
+                .filter(|n| !n.trim().is_empty())
+                .ok_or_else(|| ApiErr::bad("Bad Request: TOPIC_TITLE_EMPTY"))?;
+            let color = p.i64("icon_color")?.unwrap_or(TOPIC_COLORS[0]);
+            if !TOPIC_COLORS.contains(&color) {
+                return Err(ApiErr::bad("Bad Request: TOPIC_ICON_COLOR_INVALID"));
+            }
+            let emoji = emoji.filter(|e| !e.is_empty());
+            let thread = chat.create_topic(from, name.clone(), color, emoji.clone());
+            let mut topic = json!({"message_thread_id": thread, "name": name, "icon_color": color});
+            if let Some(e) = emoji {
+                topic["icon_custom_emoji_id"] = json!(e);
+            }
+            self.record(
+                chat_id,
+                method,
+                EventRec::Topic {
+                    thread,
+                    action: "created",
+                    name,
+                },
+            );
+            return Ok(topic);
+        }
+        let thread = p
+            .i64("message_thread_id")?
+            .and_then(|t| i32::try_from(t).ok())
+            .ok_or_else(ApiErr::thread_not_found)?;
+        let topic = chat
+            .topics
+            .get_mut(&thread)
+            .filter(|x| !x.deleted)
+            .ok_or_else(ApiErr::thread_not_found)?;
+        let not_modified = || ApiErr::bad("Bad Request: TOPIC_NOT_MODIFIED");
+        let action = match method {
+            Method::EditForumTopic => {
+                let new_name = name.filter(|n| !n.trim().is_empty());
+                if new_name.as_ref().is_none_or(|n| *n == topic.name)
+                    && emoji
+                        .as_ref()
+                        .is_none_or(|e| Some(e) == topic.icon_custom_emoji_id.as_ref())
+                {
+                    return Err(not_modified());
+                }
+                if let Some(n) = new_name {
+                    topic.name = n;
+                }
+                if let Some(e) = emoji {
+                    topic.icon_custom_emoji_id = Some(e).filter(|e| !e.is_empty());
+                }
+                "edited"
+            }
+            Method::CloseForumTopic | Method::ReopenForumTopic => {
+                let close = method == Method::CloseForumTopic;
+                if topic.closed == close {
+                    return Err(not_modified());
+                }
+                topic.closed = close;
+                if close { "closed" } else { "reopened" }
+            }
+            _ => "deleted",
+        };
+        let name = topic.name.clone();
+        if action == "deleted" {
+            chat.delete_topic(thread);
+        }
+        self.record(
+            chat_id,
+            method,
+            EventRec::Topic {
+                thread,
+                action,
+                name,
+            },
+        );
+        Ok(Value::Bool(true))
+    }
+
+    /// The file of a send (`photo`, `voice`, …): an upload, a known file_id or an HTTP URL.
     fn resolve_file(&mut self, p: &Params, kind: &'static str) -> Result<Value, ApiErr> {
         let upload = match p.str(kind) {
             Some(v) if v.starts_with("attach://") => {
@@ -1836,10 +2367,18 @@ impl BotState {
                 file_name: Some(u.file_name).filter(|n| !n.is_empty()),
                 mime_type: u.mime,
                 size: u.size,
+                ..FileRec::default()
             },
             None => {
                 let v = p.str(kind).unwrap_or_default();
                 if let Some(known) = self.files.get(&v) {
+                    // An animation may be sent as a document, nothing else changes kind.
+                    if known.kind != kind && !(known.kind == "animation" && kind == "document") {
+                        return Err(ApiErr::bad(format!(
+                            "Bad Request: can't use file of type {} as {kind}",
+                            known.kind
+                        )));
+                    }
                     let known = known.clone();
                     return Ok(file_json(&v, &known));
                 }
@@ -1853,6 +2392,7 @@ impl BotState {
                         }),
                         mime_type: None,
                         size: 0,
+                        ..FileRec::default()
                     }
                 } else if v.is_empty() {
                     return Err(ApiErr::bad(format!(
@@ -2046,16 +2586,12 @@ impl BotState {
         let src = source.json.as_object().cloned().unwrap_or_default();
         let src_markup = source.markup.clone();
         let mut content = Map::new();
-        for key in [
-            "text",
-            "entities",
-            "photo",
-            "document",
-            "caption",
-            "caption_entities",
-        ] {
-            if let Some(v) = src.get(key) {
-                content.insert(key.to_owned(), v.clone());
+        for key in CONTENT_KEYS
+            .iter()
+            .chain(&["entities", "caption", "caption_entities"])
+        {
+            if let Some(v) = src.get(*key) {
+                content.insert((*key).to_owned(), v.clone());
             }
         }
         let (markup, reply_to) = if method == Method::ForwardMessage {
@@ -2083,10 +2619,11 @@ impl BotState {
             }
             (Self::reply_markup(p)?, self.reply_target(chat_id, p)?)
         };
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
-        let msg = self.post(bot_id, chat_id, method, content, markup, reply_to);
+        let msg = self.post(bot_id, chat_id, method, content, markup, reply_to, thread);
         if method == Method::CopyMessage {
             Ok(json!({"message_id": msg["message_id"]}))
         } else {
@@ -2186,10 +2723,42 @@ fn file_json(file_id: &str, f: &FileRec) -> Value {
             "file_unique_id": f.unique_id,
             "file_size": f.size,
         });
+        let duration = f.duration.unwrap_or(1);
+        match f.kind {
+            "video" | "animation" => {
+                d["width"] = json!(320);
+                d["height"] = json!(240);
+                d["duration"] = json!(duration);
+            }
+            "voice" | "audio" => d["duration"] = json!(duration),
+            "video_note" => {
+                d["length"] = json!(240);
+                d["duration"] = json!(duration);
+            }
+            "sticker" => {
+                d["type"] = json!("regular");
+                d["width"] = json!(512);
+                d["height"] = json!(512);
+                d["is_animated"] = json!(false);
+                d["is_video"] = json!(false);
+                if let Some(e) = &f.emoji {
+                    d["emoji"] = json!(e);
+                }
+            }
+            _ => {}
+        }
         if let Some(n) = &f.file_name {
             d["file_name"] = json!(n);
         }
-        if let Some(m) = &f.mime_type {
+        // Telegram names a MIME type for these kinds, and teloxide 0.17 drops the message's
+        // content (`MessageKind::Empty`) when the field is missing, so default it.
+        let default_mime = match f.kind {
+            "video" | "animation" => Some("video/mp4"),
+            "voice" => Some("audio/ogg"),
+            "audio" => Some("audio/mpeg"),
+            _ => None,
+        };
+        if let Some(m) = f.mime_type.as_deref().or(default_mime) {
             d["mime_type"] = json!(m);
         }
         d
