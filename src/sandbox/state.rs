@@ -1057,7 +1057,7 @@ impl Shared {
     }
 
     /// The forum supergroup `chat_id` of `token`'s bot, for an admin's topic action.
-    fn forum_of<'a>(st: &'a mut BotState, chat_id: i64) -> Result<&'a mut ChatRec, SandboxError> {
+    fn forum_of(st: &mut BotState, chat_id: i64) -> Result<&mut ChatRec, SandboxError> {
         let chat = st.chats.get_mut(&chat_id).ok_or_else(|| {
             SandboxError::InvalidInput(format!("no chat {chat_id}; inject a message into it first"))
         })?;
@@ -1502,6 +1502,12 @@ fn commands_key(p: &Params) -> Result<String, ApiErr> {
         "{scope_full}|{}",
         p.str("language_code").unwrap_or_default()
     ))
+}
+
+/// Where a new bot message goes: the message it replies to and its forum topic.
+struct Placement {
+    reply_to: Option<Value>,
+    thread: Option<i32>,
 }
 
 /// A copy of a message as it appears inside another one's `reply_to_message`.
@@ -2017,8 +2023,7 @@ impl BotState {
         method: Method,
         content: Map<String, Value>,
         markup: Option<Value>,
-        reply_to: Option<Value>,
-        thread: Option<i32>,
+        place: Placement,
     ) -> Value {
         let from = self.bot_user(bot_id);
         let chat = self
@@ -2034,7 +2039,7 @@ impl BotState {
         });
         let obj = msg.as_object_mut().expect("object literal");
         obj.extend(content);
-        chat.place(obj, thread, reply_to);
+        chat.place(obj, place.thread, place.reply_to);
         // Only inline keyboards are part of a Message; reply keyboards live on the client.
         if let Some(m) = markup
             .as_ref()
@@ -2082,8 +2087,7 @@ impl BotState {
             Method::SendMessage,
             content,
             markup,
-            reply_to,
-            thread,
+            Placement { reply_to, thread },
         ))
     }
 
@@ -2136,7 +2140,14 @@ impl BotState {
             "video_note" => Method::SendVideoNote,
             _ => Method::SendDocument,
         };
-        Ok(self.post(bot_id, chat_id, method, content, markup, reply_to, thread))
+        Ok(self.post(
+            bot_id,
+            chat_id,
+            method,
+            content,
+            markup,
+            Placement { reply_to, thread },
+        ))
     }
 
     /// The forum topic a send into `chat_id` goes to (see [`ChatRec::send_thread`]).
@@ -2177,8 +2188,7 @@ impl BotState {
             Method::SendLocation,
             content,
             markup,
-            reply_to,
-            thread,
+            Placement { reply_to, thread },
         ))
     }
 
@@ -2623,7 +2633,14 @@ impl BotState {
         if rate {
             self.check_rate(chat_id)?;
         }
-        let msg = self.post(bot_id, chat_id, method, content, markup, reply_to, thread);
+        let msg = self.post(
+            bot_id,
+            chat_id,
+            method,
+            content,
+            markup,
+            Placement { reply_to, thread },
+        );
         if method == Method::CopyMessage {
             Ok(json!({"message_id": msg["message_id"]}))
         } else {
