@@ -2,24 +2,25 @@
 //!
 //! [`Sandbox`] serves the Bot API at `{base}/bot{TOKEN}/{method}` the way Telegram does, so
 //! teloxide pointed at it with `Bot::set_api_url` runs its production code path, plus a JSON
-//! control API under `/sandbox/` (docs/sandbox.md). [`SandboxHandle`] drives the same state
-//! in-process.
+//! control API under `/sandbox/` (docs/sandbox.md) and an OpenAI-compatible
+//! `POST /v1/chat/completions` with a deterministic echo model. [`SandboxHandle`] drives the
+//! same state in-process.
 //!
 //! Loops:
 //! - the HTTP server (axum), one task per connection, until the shutdown token fires;
-//! - (the OpenAI-compatible `POST /v1/chat/completions` is served by the same server);
 //! - one webhook delivery loop per bot with a webhook (`sandbox-webhook-<bot id>`, spawned
 //!   through [`Tasks`](crate::tasks::Tasks)), ending when the webhook is deleted or replaced.
 //!
 //! Invariants:
 //! - state lives behind one `std::sync::Mutex` per bot (plus a read-mostly registry); no lock
 //!   is held across an `.await`; waiters sleep on `tokio::sync::Notify`, never poll;
-//! - updates are delivered in `update_id` order and an update is gone only once confirmed
-//!   (getUpdates offset above it, or a 2xx webhook answer);
+//! - updates are delivered in the order they were queued (`update_id` order, except for raw
+//!   updates carrying their own ids) and an update is gone only once confirmed (getUpdates
+//!   offset above its id, or a 2xx webhook answer);
 //! - at most one getUpdates per bot is in flight: a newer one terminates the older one with
 //!   409, as Telegram does; a request dropped by its client releases its marker (drop guard);
 //! - every Bot API call is counted per token and method, authorised or not;
-//! - full tokens never reach the log (see [`mask_token`]).
+//! - full tokens never reach the log (see [`mask_token`]), nor do AI API keys.
 
 mod ai;
 mod api;
