@@ -1,6 +1,7 @@
 //! The Bot API endpoint: `/bot<TOKEN>/<method>` with Telegram's envelopes and status codes.
 //!
-//! Order of checks for each call: count it, apply a matching fault (delay, then error), check
+//! Order of checks for each call: count it, wait in a matching hold (until released), apply a
+//! matching fault (delay, then error), check
 //! the token (malformed → 404 "Not Found", unknown or revoked → 401 "Unauthorized"), check the
 //! method (unknown → 404 "Not Found"), then parse parameters and run the method.
 
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::params::{Params, Upload};
-use super::state::{ApiErr, Method, Shared, well_formed};
+use super::state::{ApiErr, Method, Shared, UpdateBody, well_formed};
 
 /// Largest request body accepted (Telegram's upload limit for bots is 50 MB).
 pub(crate) const MAX_BODY: usize = 50 * 1024 * 1024;
@@ -41,6 +42,26 @@ fn envelope(result: Result<Value, ApiErr>) -> Response {
         status,
         [(header::CONTENT_TYPE, "application/json")],
         Bytes::from(bytes),
+    )
+        .into_response()
+}
+
+/// The answer of a successful getUpdates: elements are written out as they are, so raw
+/// updates (not JSON, broken JSON, lone surrogates) reach the client byte for byte.
+fn updates_envelope(batch: &[UpdateBody]) -> Response {
+    let mut out = Vec::with_capacity(64 + batch.len() * 256);
+    out.extend_from_slice(br#"{"ok":true,"result":["#);
+    for (i, u) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&u.to_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(out),
     )
         .into_response()
 }
@@ -120,6 +141,19 @@ pub(crate) async fn bot_api(State(shared): State<Arc<Shared>>, req: Request) -> 
     let method = Method::lookup(raw_method);
     let params = read_params(req).await;
     let bot = shared.authorise(token, method, raw_method);
+    if let Some(held) = shared.take_hold(token, method) {
+        let max = async {
+            match held.max {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = held.release.cancelled() => {}
+            () = max => {}
+        }
+        drop(held);
+    }
     if let Some(hit) = shared.take_fault(token, method) {
         if let Some(delay) = hit.delay {
             tokio::select! {
@@ -128,6 +162,7 @@ pub(crate) async fn bot_api(State(shared): State<Arc<Shared>>, req: Request) -> 
             }
         }
         if let Some(e) = hit.error {
+            shared.count_fault_error(token);
             return envelope(Err(e));
         }
     }
@@ -145,12 +180,13 @@ pub(crate) async fn bot_api(State(shared): State<Arc<Shared>>, req: Request) -> 
         Ok(p) => p,
         Err(e) => return envelope(Err(e)),
     };
-    let result = if method == Method::GetUpdates {
-        shared.get_updates(&bot, &params).await
-    } else {
-        shared.call(&bot, method, &params)
-    };
-    envelope(result)
+    if method == Method::GetUpdates {
+        return match shared.get_updates(&bot, &params).await {
+            Ok(batch) => updates_envelope(&batch),
+            Err(e) => envelope(Err(e)),
+        };
+    }
+    envelope(shared.call(&bot, method, &params))
 }
 
 #[cfg(test)]

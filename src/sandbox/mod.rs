@@ -2,8 +2,9 @@
 //!
 //! [`Sandbox`] serves the Bot API at `{base}/bot{TOKEN}/{method}` the way Telegram does, so
 //! teloxide pointed at it with `Bot::set_api_url` runs its production code path, plus a JSON
-//! control API under `/sandbox/` (docs/sandbox.md). [`SandboxHandle`] drives the same state
-//! in-process.
+//! control API under `/sandbox/` (docs/sandbox.md) and an OpenAI-compatible
+//! `POST /v1/chat/completions` with a deterministic echo model. [`SandboxHandle`] drives the
+//! same state in-process.
 //!
 //! Loops:
 //! - the HTTP server (axum), one task per connection, until the shutdown token fires;
@@ -13,13 +14,15 @@
 //! Invariants:
 //! - state lives behind one `std::sync::Mutex` per bot (plus a read-mostly registry); no lock
 //!   is held across an `.await`; waiters sleep on `tokio::sync::Notify`, never poll;
-//! - updates are delivered in `update_id` order and an update is gone only once confirmed
-//!   (getUpdates offset above it, or a 2xx webhook answer);
+//! - updates are delivered in the order they were queued (`update_id` order, except for raw
+//!   updates carrying their own ids) and an update is gone only once confirmed (getUpdates
+//!   offset above its id, or a 2xx webhook answer);
 //! - at most one getUpdates per bot is in flight: a newer one terminates the older one with
 //!   409, as Telegram does; a request dropped by its client releases its marker (drop guard);
 //! - every Bot API call is counted per token and method, authorised or not;
-//! - full tokens never reach the log (see [`mask_token`]).
+//! - full tokens never reach the log (see [`mask_token`]), nor do AI API keys.
 
+mod ai;
 mod api;
 mod control;
 mod markup;
@@ -33,11 +36,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
 use tokio_util::sync::CancellationToken;
 
 pub use types::{
-    BotInfo, BotStats, ChatType, Fault, InjectCallback, InjectMessage, SentEvent, SentKind, Stats,
+    AiFault, AiRequest, BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback,
+    InjectMedia, InjectMessage, MediaKind, SentEvent, SentKind, Stats,
 };
 
 use state::Shared;
@@ -85,6 +91,12 @@ pub enum SandboxError {
     MalformedToken {
         /// The masked token.
         token: String,
+    },
+    /// No hold has this id (never added, or already released).
+    #[error("no hold {id}; it was released already or never added (GET /sandbox/holds lists them)")]
+    UnknownHold {
+        /// The id asked for.
+        id: u64,
     },
     /// A control request was invalid; the message says what to fix.
     #[error("{0}")]
@@ -140,6 +152,12 @@ impl Sandbox {
         url::Url::parse(&format!("http://{}/", self.addr)).expect("a socket address makes a URL")
     }
 
+    /// Base URL of the OpenAI-compatible endpoint, e.g. `http://127.0.0.1:PORT/v1` (clients
+    /// append `/chat/completions`).
+    pub fn ai_base_url(&self) -> url::Url {
+        url::Url::parse(&format!("http://{}/v1", self.addr)).expect("a socket address makes a URL")
+    }
+
     /// In-process handle for tests to drive the sandbox without HTTP (same state as the control API).
     pub fn handle(&self) -> SandboxHandle {
         SandboxHandle {
@@ -152,6 +170,8 @@ impl Sandbox {
         let shared = self.shared;
         let app = Router::new()
             .nest("/sandbox", control::router())
+            .route("/v1/chat/completions", post(ai::chat))
+            .route("/v1/{*rest}", axum::routing::any(ai::unknown))
             .fallback(api::bot_api)
             .layer(DefaultBodyLimit::max(api::MAX_BODY))
             .with_state(Arc::clone(&shared));
@@ -250,6 +270,80 @@ impl SandboxHandle {
     /// Call counters, 409 counts, pending updates and long polls.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Queues `raw` verbatim as one element of the bot's getUpdates `result` (or one webhook
+    /// body) and returns the id that confirms it: its readable `update_id`, or one assigned.
+    pub fn inject_raw(&self, token: &str, raw: impl Into<Bytes>) -> Result<i64, SandboxError> {
+        self.shared.inject_raw(token, raw.into())
+    }
+
+    /// Restarts the bot's update ids at `next_id` (Telegram does so after a week without
+    /// updates). Refused while updates are pending unless `drop_pending`; returns how many
+    /// pending updates were dropped.
+    pub fn reset_update_ids(
+        &self,
+        token: &str,
+        next_id: i64,
+        drop_pending: bool,
+    ) -> Result<usize, SandboxError> {
+        self.shared.reset_update_ids(token, next_id, drop_pending)
+    }
+
+    /// Creates a forum topic in `chat_id` as an admin would; returns its `message_thread_id`.
+    pub fn create_topic(&self, token: &str, chat_id: i64, name: &str) -> Result<i32, SandboxError> {
+        self.shared.admin_create_topic(token, chat_id, name)
+    }
+
+    /// Deletes a forum topic as an admin would: its messages go, sends into it fail with
+    /// "Bad Request: message thread not found".
+    pub fn delete_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        thread_id: i32,
+    ) -> Result<(), SandboxError> {
+        self.shared.admin_delete_topic(token, chat_id, thread_id)
+    }
+
+    /// Adds a hold: matching Bot API calls wait until released; returns its id.
+    pub fn add_hold(&self, hold: Hold) -> Result<u64, SandboxError> {
+        self.shared.add_hold(hold)
+    }
+
+    /// The holds not yet released, with how many calls wait in each.
+    pub fn holds(&self) -> Vec<HoldInfo> {
+        self.shared.holds()
+    }
+
+    /// Lets the calls waiting in hold `id` go on and removes it; returns how many were waiting.
+    pub fn release_hold(&self, id: u64) -> Result<u64, SandboxError> {
+        self.shared.release_hold(id)
+    }
+
+    /// Releases and removes every hold; returns how many holds there were.
+    pub fn release_all_holds(&self) -> usize {
+        self.shared.release_all_holds()
+    }
+
+    /// Requests the OpenAI-compatible endpoint received, oldest first (only `key`'s if given).
+    pub fn ai_requests(&self, key: Option<&str>) -> Vec<AiRequest> {
+        self.shared.ai.requests(key)
+    }
+
+    /// Forgets the recorded AI requests; returns how many there were.
+    pub fn clear_ai_requests(&self) -> usize {
+        self.shared.ai.clear_requests()
+    }
+
+    /// Adds a fault to the OpenAI-compatible endpoint; returns how many are now active.
+    pub fn add_ai_fault(&self, fault: AiFault) -> Result<usize, SandboxError> {
+        self.shared.ai.add_fault(fault)
+    }
+
+    /// Removes every AI fault; returns how many there were.
+    pub fn clear_ai_faults(&self) -> usize {
+        self.shared.ai.clear_faults()
     }
 }
 

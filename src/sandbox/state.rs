@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::markup::{self, ParseMode, utf16_len};
 use super::params::Params;
 use super::types::{
-    BotInfo, BotStats, ChatType, Fault, InjectCallback, InjectMessage, SentEvent, SentKind, Stats,
+    BotInfo, BotStats, ChatType, Fault, Hold, HoldInfo, InjectCallback, InjectMedia, InjectMessage,
+    MediaKind, SentEvent, SentKind, Stats,
 };
 use super::{SandboxConfig, SandboxError, mask_token};
 use crate::tasks::Tasks;
@@ -81,6 +83,10 @@ impl ApiErr {
         )
     }
 
+    pub(crate) fn thread_not_found() -> Self {
+        Self::bad("Bad Request: message thread not found")
+    }
+
     pub(crate) fn webhook_active() -> Self {
         Self::new(
             409,
@@ -131,6 +137,50 @@ methods! {
     DeleteMyCommands = "deleteMyCommands",
     SendPhoto = "sendPhoto",
     SendDocument = "sendDocument",
+    SendVoice = "sendVoice",
+    SendVideo = "sendVideo",
+    SendAudio = "sendAudio",
+    SendSticker = "sendSticker",
+    SendAnimation = "sendAnimation",
+    SendVideoNote = "sendVideoNote",
+    SendLocation = "sendLocation",
+    CreateForumTopic = "createForumTopic",
+    EditForumTopic = "editForumTopic",
+    CloseForumTopic = "closeForumTopic",
+    ReopenForumTopic = "reopenForumTopic",
+    DeleteForumTopic = "deleteForumTopic",
+}
+
+/// The message fields that make up a message's content, in the order a kind is named by:
+/// `animation` before `document` (Telegram sends both for an animation).
+const CONTENT_KEYS: [&str; 11] = [
+    "text",
+    "animation",
+    "photo",
+    "document",
+    "voice",
+    "video",
+    "audio",
+    "sticker",
+    "location",
+    "contact",
+    "video_note",
+];
+
+/// Topic icon colours Telegram allows (RGB).
+const TOPIC_COLORS: [i64; 6] = [0x6FB9F0, 0xFFD67E, 0xCB86DB, 0x8EEE98, 0xFF93B2, 0xFB6F5F];
+
+/// The kind of a message: `text` or the first media field it carries.
+fn message_kind(msg: &Value) -> &'static str {
+    CONTENT_KEYS
+        .iter()
+        .find(|k| msg.get(**k).is_some())
+        .copied()
+        .or_else(|| {
+            msg.get("forum_topic_created")
+                .map(|_| "forum_topic_created")
+        })
+        .unwrap_or("other")
 }
 
 /// Per-token call counters.
@@ -139,6 +189,8 @@ pub(crate) struct Counters {
     known: Vec<u64>,
     other: HashMap<String, u64>,
     conflicts: u64,
+    rate_limited: u64,
+    fault_errors: u64,
 }
 
 impl Counters {
@@ -168,12 +220,31 @@ impl Counters {
     }
 }
 
+/// The body of a pending update as it goes out: built JSON, or raw text injected verbatim.
+#[derive(Clone, Debug)]
+pub(crate) enum UpdateBody {
+    Json(Value),
+    Raw(Bytes),
+}
+
+impl UpdateBody {
+    /// The bytes that go on the wire: serialised JSON, or the raw text unchanged.
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        match self {
+            Self::Json(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            Self::Raw(b) => b.clone(),
+        }
+    }
+}
+
 /// One pending update.
 #[derive(Debug)]
 pub(crate) struct PendingUpdate {
+    /// The id that confirms it: its own `update_id`, or one assigned to a raw update.
     pub(crate) id: i64,
-    kind: &'static str,
-    pub(crate) json: Value,
+    /// Its kind (`message`, …) for `allowed_updates`; raw updates have none and always go out.
+    kind: Option<&'static str>,
+    pub(crate) body: UpdateBody,
 }
 
 /// The webhook of a bot and the state of its delivery.
@@ -214,6 +285,11 @@ enum EventRec {
         url: Option<String>,
     },
     ChatAction(String),
+    Topic {
+        thread: i32,
+        action: &'static str,
+        name: String,
+    },
 }
 
 #[derive(Debug)]
@@ -225,22 +301,36 @@ struct Event {
 }
 
 #[derive(Debug)]
+struct TopicRec {
+    name: String,
+    icon_custom_emoji_id: Option<String>,
+    closed: bool,
+    deleted: bool,
+    /// The `forum_topic_created` service message, which topic messages reply to by default.
+    created: Value,
+}
+
+#[derive(Debug)]
 struct ChatRec {
     json: Value,
     kind: ChatType,
+    is_forum: bool,
+    topics: BTreeMap<i32, TopicRec>,
     next_message_id: i32,
     messages: BTreeMap<i32, StoredMsg>,
     events: VecDeque<Event>,
     sends: VecDeque<Instant>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct FileRec {
     kind: &'static str,
     unique_id: String,
     file_name: Option<String>,
     mime_type: Option<String>,
     size: u64,
+    duration: Option<u32>,
+    emoji: Option<String>,
 }
 
 #[derive(Debug)]
@@ -298,6 +388,35 @@ impl BotEntry {
 }
 
 #[derive(Debug)]
+struct HoldRec {
+    id: u64,
+    token: Option<String>,
+    method: Option<Method>,
+    remaining: Option<u32>,
+    max: Option<Duration>,
+    release: CancellationToken,
+    waiting: u64,
+    caught: u64,
+}
+
+/// A call caught by a hold: wait on `release` (or `max`), then drop the guard.
+pub(crate) struct HeldCall<'a> {
+    shared: &'a Shared,
+    pub(crate) hold_id: u64,
+    pub(crate) release: CancellationToken,
+    pub(crate) max: Option<Duration>,
+}
+
+impl Drop for HeldCall<'_> {
+    fn drop(&mut self) {
+        let mut holds = lock(&self.shared.holds);
+        if let Some(h) = holds.iter_mut().find(|h| h.id == self.hold_id) {
+            h.waiting -= 1;
+        }
+    }
+}
+
+#[derive(Debug)]
 struct FaultRec {
     fault: Fault,
     method: Option<Method>,
@@ -319,6 +438,11 @@ pub(crate) struct Shared {
     unknown: Mutex<HashMap<String, Counters>>,
     faults: Mutex<Vec<FaultRec>>,
     faults_active: AtomicBool,
+    holds: Mutex<Vec<HoldRec>>,
+    holds_active: AtomicBool,
+    next_hold: AtomicU64,
+    /// The OpenAI-compatible endpoint's requests and faults.
+    pub(crate) ai: super::ai::AiState,
     pub(crate) long_polls: AtomicU64,
     pub(crate) tasks: Tasks,
     /// Cancelled when the sandbox shuts down: ends long polls, waits and webhook loops.
@@ -363,6 +487,10 @@ impl Shared {
             unknown: Mutex::default(),
             faults: Mutex::default(),
             faults_active: AtomicBool::new(false),
+            holds: Mutex::default(),
+            holds_active: AtomicBool::new(false),
+            next_hold: AtomicU64::new(1),
+            ai: super::ai::AiState::default(),
             long_polls: AtomicU64::new(0),
             tasks: Tasks::new(stop.clone()),
             stop,
@@ -540,6 +668,110 @@ impl Shared {
         Ok(faults.len())
     }
 
+    /// Counts an error answer given by a fault to a call made with `token`.
+    pub(crate) fn count_fault_error(&self, token: &str) {
+        match self.bot(token) {
+            Some(b) => b.lock().counters.fault_errors += 1,
+            None => {
+                let mut unknown = lock(&self.unknown);
+                if let Some(c) = unknown.get_mut(token) {
+                    c.fault_errors += 1;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn add_hold(&self, hold: Hold) -> Result<u64, SandboxError> {
+        if hold.count == Some(0) {
+            return Err(SandboxError::InvalidInput(
+                "count must be at least 1 (leave it out for \"until released\")".to_owned(),
+            ));
+        }
+        let method = match &hold.method {
+            None => None,
+            Some(m) => Some(Method::lookup(m).ok_or_else(|| {
+                SandboxError::InvalidInput(format!("unknown Bot API method {m:?}"))
+            })?),
+        };
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        let mut holds = lock(&self.holds);
+        holds.push(HoldRec {
+            id,
+            token: hold.token,
+            method,
+            remaining: hold.count,
+            max: hold.max_ms.map(Duration::from_millis),
+            release: self.stop.child_token(),
+            waiting: 0,
+            caught: 0,
+        });
+        self.holds_active.store(true, Ordering::Release);
+        Ok(id)
+    }
+
+    pub(crate) fn holds(&self) -> Vec<HoldInfo> {
+        lock(&self.holds)
+            .iter()
+            .map(|h| HoldInfo {
+                hold_id: h.id,
+                token: h.token.clone(),
+                method: h.method.map(|m| m.name().to_owned()),
+                waiting: h.waiting,
+                caught: h.caught,
+            })
+            .collect()
+    }
+
+    /// Releases the calls waiting in hold `id` and removes it; returns how many were waiting.
+    pub(crate) fn release_hold(&self, id: u64) -> Result<u64, SandboxError> {
+        let mut holds = lock(&self.holds);
+        let pos = holds
+            .iter()
+            .position(|h| h.id == id)
+            .ok_or_else(|| SandboxError::UnknownHold { id })?;
+        let h = holds.remove(pos);
+        h.release.cancel();
+        if holds.is_empty() {
+            self.holds_active.store(false, Ordering::Release);
+        }
+        Ok(h.waiting)
+    }
+
+    /// Releases and removes every hold; returns how many holds there were.
+    pub(crate) fn release_all_holds(&self) -> usize {
+        let mut holds = lock(&self.holds);
+        self.holds_active.store(false, Ordering::Release);
+        let all = std::mem::take(&mut *holds);
+        for h in &all {
+            h.release.cancel();
+        }
+        all.len()
+    }
+
+    /// The first hold still catching calls that matches this call, if any.
+    pub(crate) fn take_hold(&self, token: &str, method: Option<Method>) -> Option<HeldCall<'_>> {
+        if !self.holds_active.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut holds = lock(&self.holds);
+        let h = holds.iter_mut().find(|h| {
+            h.remaining != Some(0)
+                && h.token.as_deref().is_none_or(|t| t == token)
+                && (h.method.is_none() || h.method == method)
+        })?;
+        if let Some(n) = h.remaining.as_mut() {
+            *n -= 1;
+        }
+        h.waiting += 1;
+        h.caught += 1;
+        Some(HeldCall {
+            shared: self,
+            hold_id: h.id,
+            release: h.release.clone(),
+            max: h.max,
+        })
+    }
+
     pub(crate) fn clear_faults(&self) -> usize {
         let mut faults = lock(&self.faults);
         self.faults_active.store(false, Ordering::Release);
@@ -621,6 +853,8 @@ impl Shared {
                     revoked: b.is_revoked(),
                     calls: st.counters.export(),
                     conflicts: st.counters.conflicts,
+                    rate_limited: st.counters.rate_limited,
+                    fault_errors: st.counters.fault_errors,
                     pending_updates: st.updates.len(),
                     long_polls: st.long_polls,
                 },
@@ -632,6 +866,7 @@ impl Shared {
                 BotStats {
                     calls: c.export(),
                     conflicts: c.conflicts,
+                    fault_errors: c.fault_errors,
                     ..BotStats::default()
                 },
             );
@@ -655,14 +890,26 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn inject_message(&self, m: InjectMessage) -> Result<i64, SandboxError> {
-        if m.text.trim().is_empty() {
-            return Err(SandboxError::InvalidInput(
-                "text must not be empty".to_owned(),
-            ));
+    pub(crate) fn inject_message(&self, mut m: InjectMessage) -> Result<i64, SandboxError> {
+        let invalid = |msg: String| Err(SandboxError::InvalidInput(msg));
+        match &m.media {
+            None if m.text.trim().is_empty() => {
+                return invalid("text must not be empty".to_owned());
+            }
+            Some(media) if !media.kind.has_caption() && !m.text.is_empty() => {
+                return invalid(format!(
+                    "a {} has no caption; leave text out",
+                    media.kind.as_str()
+                ));
+            }
+            _ => {}
         }
         let bot = self.bot_or_err(&m.token)?;
         let mut st = bot.lock();
+        // A known chat keeps its kind when none is given.
+        m.chat_type = m
+            .chat_type
+            .or_else(|| st.chats.get(&m.chat_id).map(|c| c.kind));
         let (user, chat_id) = st.user_and_chat(
             m.chat_id,
             m.chat_type,
@@ -670,22 +917,70 @@ impl Shared {
             m.first_name.as_deref(),
             m.language_code.as_deref(),
         )?;
+        let content = match &m.media {
+            None => {
+                let mut c = Map::new();
+                c.insert("text".to_owned(), json!(m.text));
+                if let Some(e) = markup::command_entity(&m.text) {
+                    c.insert("entities".to_owned(), json!([e]));
+                }
+                c
+            }
+            Some(media) => st.media_content(media, &m.text)?,
+        };
         let date = now();
         let chat = st
             .chats
             .get_mut(&chat_id)
             .expect("created by user_and_chat");
+        if m.is_forum {
+            if chat.kind != ChatType::Supergroup {
+                return invalid(
+                    "only a supergroup can be a forum (chat_type: supergroup)".to_owned(),
+                );
+            }
+            chat.is_forum = true;
+            chat.json["is_forum"] = json!(true);
+        }
+        let thread = match m.message_thread_id {
+            None => None,
+            Some(t) => {
+                if !chat.is_forum {
+                    return invalid(format!(
+                        "chat {chat_id} is not a forum; inject with \"is_forum\": true first"
+                    ));
+                }
+                match chat.topics.get(&t).filter(|x| !x.deleted) {
+                    None => return invalid(format!("no topic {t} in chat {chat_id}")),
+                    Some(x) if x.closed => {
+                        return invalid(format!("topic {t} is closed; users cannot write in it"));
+                    }
+                    Some(_) => Some(t),
+                }
+            }
+        };
+        let reply_to = match m.reply_to_message_id {
+            Some(id) => Some(
+                chat.messages
+                    .get(&id)
+                    .filter(|x| !x.deleted)
+                    .map(|x| without_reply(&x.json))
+                    .ok_or_else(|| {
+                        SandboxError::InvalidInput(format!("no message {id} in chat {chat_id}"))
+                    })?,
+            ),
+            None => None,
+        };
         let message_id = chat.next_id();
         let mut msg = json!({
             "message_id": message_id,
             "from": user,
             "chat": chat.json,
             "date": date,
-            "text": m.text,
         });
-        if let Some(e) = markup::command_entity(&m.text) {
-            msg["entities"] = json!([e]);
-        }
+        let obj = msg.as_object_mut().expect("object literal");
+        obj.extend(content);
+        chat.place(obj, thread, reply_to);
         chat.store(
             message_id,
             StoredMsg {
@@ -700,6 +995,115 @@ impl Shared {
         drop(st);
         bot.updates.notify_waiters();
         Ok(id)
+    }
+
+    /// Queues `raw` verbatim as one element of the bot's updates; returns its confirming id.
+    pub(crate) fn inject_raw(&self, token: &str, raw: Bytes) -> Result<i64, SandboxError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(SandboxError::InvalidInput(
+                "the raw update must not be empty (it becomes one element of the result array)"
+                    .to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let id = match raw_update_id(&raw) {
+            Some(id) => {
+                // Later updates must stay above it, or confirming it would drop them.
+                st.next_update_id = st.next_update_id.max(id.saturating_add(1));
+                id
+            }
+            None => {
+                let id = st.next_update_id;
+                st.next_update_id += 1;
+                id
+            }
+        };
+        st.updates.push_back(PendingUpdate {
+            id,
+            kind: None,
+            body: UpdateBody::Raw(raw),
+        });
+        drop(st);
+        bot.updates.notify_waiters();
+        Ok(id)
+    }
+
+    /// Restarts the bot's update ids at `next_id`, as Telegram does after a week without updates.
+    ///
+    /// Refused while updates are pending unless `drop_pending`; returns how many were dropped.
+    pub(crate) fn reset_update_ids(
+        &self,
+        token: &str,
+        next_id: i64,
+        drop_pending: bool,
+    ) -> Result<usize, SandboxError> {
+        if next_id < 1 {
+            return Err(SandboxError::InvalidInput(
+                "next_id must be at least 1".to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let pending = st.updates.len();
+        if pending > 0 && !drop_pending {
+            return Err(SandboxError::InvalidInput(format!(
+                "{pending} updates are still pending; let the bot confirm them first, or pass \"drop_pending\": true"
+            )));
+        }
+        st.updates.clear();
+        st.next_update_id = next_id;
+        Ok(pending)
+    }
+
+    /// The forum supergroup `chat_id` of `token`'s bot, for an admin's topic action.
+    fn forum_of(st: &mut BotState, chat_id: i64) -> Result<&mut ChatRec, SandboxError> {
+        let chat = st.chats.get_mut(&chat_id).ok_or_else(|| {
+            SandboxError::InvalidInput(format!("no chat {chat_id}; inject a message into it first"))
+        })?;
+        if !chat.is_forum {
+            return Err(SandboxError::InvalidInput(format!(
+                "chat {chat_id} is not a forum; inject with \"is_forum\": true first"
+            )));
+        }
+        Ok(chat)
+    }
+
+    /// An admin (user id 1, "Sandbox Admin") creates a topic; returns its thread id.
+    pub(crate) fn admin_create_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        name: &str,
+    ) -> Result<i32, SandboxError> {
+        if name.trim().is_empty() || utf16_len(name) > 128 {
+            return Err(SandboxError::InvalidInput(
+                "name must be 1-128 characters".to_owned(),
+            ));
+        }
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let chat = Self::forum_of(&mut st, chat_id)?;
+        let admin = json!({"id": 1, "is_bot": false, "first_name": "Sandbox Admin"});
+        Ok(chat.create_topic(admin, name.to_owned(), TOPIC_COLORS[0], None))
+    }
+
+    /// An admin deletes a topic with its messages; sends into it fail from now on.
+    pub(crate) fn admin_delete_topic(
+        &self,
+        token: &str,
+        chat_id: i64,
+        thread_id: i32,
+    ) -> Result<(), SandboxError> {
+        let bot = self.bot_or_err(token)?;
+        let mut st = bot.lock();
+        let chat = Self::forum_of(&mut st, chat_id)?;
+        if !chat.delete_topic(thread_id) {
+            return Err(SandboxError::InvalidInput(format!(
+                "no topic {thread_id} in chat {chat_id}"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn inject_callback(&self, c: InjectCallback) -> Result<i64, SandboxError> {
@@ -855,19 +1259,35 @@ impl Shared {
             Method::SendDocument => {
                 st.send_media(bot.id, p, "document", self.config.enforce_rate_limits)
             }
+            Method::SendVoice => st.send_media(bot.id, p, "voice", self.config.enforce_rate_limits),
+            Method::SendVideo => st.send_media(bot.id, p, "video", self.config.enforce_rate_limits),
+            Method::SendAudio => st.send_media(bot.id, p, "audio", self.config.enforce_rate_limits),
+            Method::SendSticker => {
+                st.send_media(bot.id, p, "sticker", self.config.enforce_rate_limits)
+            }
+            Method::SendAnimation => {
+                st.send_media(bot.id, p, "animation", self.config.enforce_rate_limits)
+            }
+            Method::SendVideoNote => {
+                st.send_media(bot.id, p, "video_note", self.config.enforce_rate_limits)
+            }
+            Method::SendLocation => st.send_location(bot.id, p, self.config.enforce_rate_limits),
+            Method::CreateForumTopic
+            | Method::EditForumTopic
+            | Method::CloseForumTopic
+            | Method::ReopenForumTopic
+            | Method::DeleteForumTopic => st.forum_topic(bot.id, p, method),
         };
-        let touched_chat = matches!(
+        let touched_chat = !matches!(
             method,
-            Method::SendMessage
-                | Method::EditMessageText
-                | Method::EditMessageReplyMarkup
-                | Method::DeleteMessage
-                | Method::AnswerCallbackQuery
-                | Method::ForwardMessage
-                | Method::CopyMessage
-                | Method::SendChatAction
-                | Method::SendPhoto
-                | Method::SendDocument
+            Method::GetMe
+                | Method::GetUpdates
+                | Method::SetWebhook
+                | Method::DeleteWebhook
+                | Method::GetWebhookInfo
+                | Method::SetMyCommands
+                | Method::GetMyCommands
+                | Method::DeleteMyCommands
         );
         drop(st);
         if touched_chat && result.is_ok() {
@@ -948,7 +1368,7 @@ impl Shared {
         &self,
         bot: &Arc<BotEntry>,
         p: &Params,
-    ) -> Result<Value, ApiErr> {
+    ) -> Result<Vec<UpdateBody>, ApiErr> {
         let offset = p.i64("offset")?;
         let limit = p.i64("limit")?.unwrap_or(100).clamp(1, 100) as usize;
         let timeout = p
@@ -1010,7 +1430,7 @@ impl Shared {
                 let mut st = bot.lock();
                 let batch = st.take_updates(limit);
                 if !batch.is_empty() || timeout == 0 || Instant::now() >= deadline {
-                    return Ok(Value::Array(batch));
+                    return Ok(batch);
                 }
                 if !guard.counted {
                     guard.counted = true;
@@ -1022,7 +1442,7 @@ impl Shared {
                 () = &mut notified => {}
                 () = cancel.cancelled() => {}
                 () = tokio::time::sleep_until(deadline) => {}
-                () = self.stop.cancelled() => return Ok(json!([])),
+                () = self.stop.cancelled() => return Ok(Vec::new()),
             }
         }
     }
@@ -1084,7 +1504,113 @@ fn commands_key(p: &Params) -> Result<String, ApiErr> {
     ))
 }
 
+/// Where a new bot message goes: the message it replies to and its forum topic.
+struct Placement {
+    reply_to: Option<Value>,
+    thread: Option<i32>,
+}
+
+/// A copy of a message as it appears inside another one's `reply_to_message`.
+fn without_reply(msg: &Value) -> Value {
+    let mut j = msg.clone();
+    if let Some(o) = j.as_object_mut() {
+        o.remove("reply_to_message");
+    }
+    j
+}
+
 impl ChatRec {
+    /// Puts a new message into its topic and reply: in a topic, a message that replies to
+    /// nothing replies to the topic's `forum_topic_created` message, as in Telegram.
+    fn place(&self, obj: &mut Map<String, Value>, thread: Option<i32>, reply_to: Option<Value>) {
+        let reply_to = match thread {
+            Some(t) => {
+                obj.insert("message_thread_id".to_owned(), json!(t));
+                obj.insert("is_topic_message".to_owned(), json!(true));
+                reply_to.or_else(|| self.topics.get(&t).map(|x| x.created.clone()))
+            }
+            None => reply_to,
+        };
+        if let Some(r) = reply_to {
+            obj.insert("reply_to_message".to_owned(), r);
+        }
+    }
+
+    /// The topic a send goes to: `message_thread_id` must name a live topic of a forum;
+    /// other chats ignore it.
+    fn send_thread(&self, p: &Params) -> Result<Option<i32>, ApiErr> {
+        let Some(t) = p.i64("message_thread_id")?.filter(|t| *t != 0) else {
+            return Ok(None);
+        };
+        if !self.is_forum {
+            return Ok(None);
+        }
+        let t = i32::try_from(t).map_err(|_| ApiErr::thread_not_found())?;
+        match self.topics.get(&t) {
+            Some(x) if !x.deleted => Ok(Some(t)),
+            _ => Err(ApiErr::thread_not_found()),
+        }
+    }
+
+    /// Creates a topic: its `forum_topic_created` service message's id is its thread id.
+    fn create_topic(
+        &mut self,
+        from: Value,
+        name: String,
+        icon_color: i64,
+        icon_custom_emoji_id: Option<String>,
+    ) -> i32 {
+        let id = self.next_id();
+        let mut created_info = json!({"name": name, "icon_color": icon_color});
+        if let Some(e) = &icon_custom_emoji_id {
+            created_info["icon_custom_emoji_id"] = json!(e);
+        }
+        let created = json!({
+            "message_id": id,
+            "from": from,
+            "chat": self.json,
+            "date": now(),
+            "message_thread_id": id,
+            "is_topic_message": true,
+            "forum_topic_created": created_info,
+        });
+        self.store(
+            id,
+            StoredMsg {
+                json: created.clone(),
+                from_bot: false,
+                deleted: false,
+                edited: false,
+                markup: None,
+            },
+        );
+        self.topics.insert(
+            id,
+            TopicRec {
+                name,
+                icon_custom_emoji_id,
+                closed: false,
+                deleted: false,
+                created,
+            },
+        );
+        id
+    }
+
+    /// Deletes a topic and every message in it.
+    fn delete_topic(&mut self, thread: i32) -> bool {
+        let Some(topic) = self.topics.get_mut(&thread).filter(|x| !x.deleted) else {
+            return false;
+        };
+        topic.deleted = true;
+        for m in self.messages.values_mut() {
+            if m.json.get("message_thread_id").and_then(Value::as_i64) == Some(i64::from(thread)) {
+                m.deleted = true;
+            }
+        }
+        true
+    }
+
     fn next_id(&mut self) -> i32 {
         let id = self.next_message_id;
         self.next_message_id += 1;
@@ -1105,7 +1631,11 @@ impl BotState {
         self.next_update_id += 1;
         let mut json = json!({"update_id": id});
         json[kind] = body;
-        self.updates.push_back(PendingUpdate { id, kind, json });
+        self.updates.push_back(PendingUpdate {
+            id,
+            kind: Some(kind),
+            body: UpdateBody::Json(json),
+        });
         id
     }
 
@@ -1120,12 +1650,12 @@ impl BotState {
     }
 
     /// Forgets every update below `offset`; a negative offset keeps only the last `-offset`.
+    ///
+    /// Raw updates may carry any id, so the whole queue is checked, not only its front.
     fn confirm(&mut self, offset: Option<i64>) {
         match offset {
             Some(o) if o > 0 => {
-                while self.updates.front().is_some_and(|u| u.id < o) {
-                    self.updates.pop_front();
-                }
+                self.updates.retain(|u| u.id >= o);
             }
             Some(o) if o < 0 => {
                 let keep = o.unsigned_abs() as usize;
@@ -1137,13 +1667,13 @@ impl BotState {
         }
     }
 
-    fn take_updates(&mut self, limit: usize) -> Vec<Value> {
+    fn take_updates(&mut self, limit: usize) -> Vec<UpdateBody> {
         // Updates of kinds the bot does not want are never delivered: drop them.
         if self.allowed_updates.is_some() {
             let allowed: Vec<bool> = self
                 .updates
                 .iter()
-                .map(|u| self.is_allowed(u.kind))
+                .map(|u| u.kind.is_none_or(|k| self.is_allowed(k)))
                 .collect();
             let mut it = allowed.into_iter();
             self.updates.retain(|_| it.next().unwrap_or(true));
@@ -1151,7 +1681,7 @@ impl BotState {
         self.updates
             .iter()
             .take(limit)
-            .map(|u| u.json.clone())
+            .map(|u| u.body.clone())
             .collect()
     }
 
@@ -1252,6 +1782,8 @@ impl BotState {
                     ChatRec {
                         json: chat_json,
                         kind,
+                        is_forum: false,
+                        topics: BTreeMap::new(),
                         next_message_id: 1,
                         messages: BTreeMap::new(),
                         events: VecDeque::new(),
@@ -1304,9 +1836,11 @@ impl BotState {
             })
         };
         if let Some(secs) = wait(&mut chat.sends, limit, window) {
+            self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
         if let Some(secs) = wait(&mut self.sends, 30, Duration::from_secs(1)) {
+            self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
         self.chats
@@ -1351,6 +1885,10 @@ impl BotState {
                         let json = m.map(|m| m.json.clone()).unwrap_or(Value::Null);
                         SentKind::Message {
                             message_id: *id,
+                            kind: message_kind(&json).to_owned(),
+                            message_thread_id: json["message_thread_id"]
+                                .as_i64()
+                                .and_then(|t| i32::try_from(t).ok()),
                             text: json["text"].as_str().map(str::to_owned),
                             caption: json["caption"].as_str().map(str::to_owned),
                             reply_markup: m.and_then(|m| m.markup.clone()),
@@ -1381,6 +1919,15 @@ impl BotState {
                         url: url.clone(),
                     },
                     EventRec::ChatAction(a) => SentKind::ChatAction { action: a.clone() },
+                    EventRec::Topic {
+                        thread,
+                        action,
+                        name,
+                    } => SentKind::Topic {
+                        message_thread_id: *thread,
+                        action: (*action).to_owned(),
+                        name: name.clone(),
+                    },
                 },
             })
             .collect()
@@ -1476,7 +2023,7 @@ impl BotState {
         method: Method,
         content: Map<String, Value>,
         markup: Option<Value>,
-        reply_to: Option<Value>,
+        place: Placement,
     ) -> Value {
         let from = self.bot_user(bot_id);
         let chat = self
@@ -1492,9 +2039,7 @@ impl BotState {
         });
         let obj = msg.as_object_mut().expect("object literal");
         obj.extend(content);
-        if let Some(r) = reply_to {
-            obj.insert("reply_to_message".to_owned(), r);
-        }
+        chat.place(obj, place.thread, place.reply_to);
         // Only inline keyboards are part of a Message; reply keyboards live on the client.
         if let Some(m) = markup
             .as_ref()
@@ -1527,6 +2072,7 @@ impl BotState {
         }
         let markup = Self::reply_markup(p)?;
         let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
@@ -1541,7 +2087,7 @@ impl BotState {
             Method::SendMessage,
             content,
             markup,
-            reply_to,
+            Placement { reply_to, thread },
         ))
     }
 
@@ -1555,7 +2101,12 @@ impl BotState {
         let chat_id = p.chat_id("chat_id")?;
         self.writable_chat(chat_id)?;
         let file = self.resolve_file(p, kind)?;
-        let caption = Self::formatted(p, "caption", "caption_entities")?;
+        // Stickers and video notes have no caption; Telegram ignores one.
+        let caption = if matches!(kind, "sticker" | "video_note") {
+            None
+        } else {
+            Self::formatted(p, "caption", "caption_entities")?
+        };
         if let Some((c, _)) = &caption
             && utf16_len(c) > MAX_CAPTION
         {
@@ -1563,10 +2114,15 @@ impl BotState {
         }
         let markup = Self::reply_markup(p)?;
         let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
         let mut content = Map::new();
+        if kind == "animation" {
+            // Telegram sends an animation as a document too, for older clients.
+            content.insert("document".to_owned(), file.clone());
+        }
         content.insert(kind.to_owned(), file);
         if let Some((c, e)) = caption.filter(|(c, _)| !c.is_empty()) {
             content.insert("caption".to_owned(), Value::String(c));
@@ -1574,15 +2130,233 @@ impl BotState {
                 content.insert("caption_entities".to_owned(), e);
             }
         }
-        let method = if kind == "photo" {
-            Method::SendPhoto
-        } else {
-            Method::SendDocument
+        let method = match kind {
+            "photo" => Method::SendPhoto,
+            "voice" => Method::SendVoice,
+            "video" => Method::SendVideo,
+            "audio" => Method::SendAudio,
+            "sticker" => Method::SendSticker,
+            "animation" => Method::SendAnimation,
+            "video_note" => Method::SendVideoNote,
+            _ => Method::SendDocument,
         };
-        Ok(self.post(bot_id, chat_id, method, content, markup, reply_to))
+        Ok(self.post(
+            bot_id,
+            chat_id,
+            method,
+            content,
+            markup,
+            Placement { reply_to, thread },
+        ))
     }
 
-    /// The `photo`/`document` of a send: an upload, a known file_id or an HTTP URL.
+    /// The forum topic a send into `chat_id` goes to (see [`ChatRec::send_thread`]).
+    fn thread(&self, chat_id: i64, p: &Params) -> Result<Option<i32>, ApiErr> {
+        self.chats
+            .get(&chat_id)
+            .ok_or_else(ApiErr::chat_not_found)?
+            .send_thread(p)
+    }
+
+    fn send_location(&mut self, bot_id: i64, p: &Params, rate: bool) -> Result<Value, ApiErr> {
+        let chat_id = p.chat_id("chat_id")?;
+        self.writable_chat(chat_id)?;
+        let coordinate = |key: &str, max: f64| -> Result<f64, ApiErr> {
+            let v = match p.get(key) {
+                Some(Value::Number(n)) => n.as_f64(),
+                Some(Value::String(s)) => s.trim().parse().ok(),
+                _ => None,
+            };
+            v.filter(|v| v.abs() <= max)
+                .ok_or_else(|| ApiErr::bad(format!("Bad Request: wrong {key} specified")))
+        };
+        let location = json!({
+            "latitude": coordinate("latitude", 90.0)?,
+            "longitude": coordinate("longitude", 180.0)?,
+        });
+        let markup = Self::reply_markup(p)?;
+        let reply_to = self.reply_target(chat_id, p)?;
+        let thread = self.thread(chat_id, p)?;
+        if rate {
+            self.check_rate(chat_id)?;
+        }
+        let mut content = Map::new();
+        content.insert("location".to_owned(), location);
+        Ok(self.post(
+            bot_id,
+            chat_id,
+            Method::SendLocation,
+            content,
+            markup,
+            Placement { reply_to, thread },
+        ))
+    }
+
+    /// The content fields of an injected media message; `caption` is its text.
+    fn media_content(
+        &mut self,
+        media: &InjectMedia,
+        caption: &str,
+    ) -> Result<Map<String, Value>, SandboxError> {
+        let invalid = |m: &str| SandboxError::InvalidInput(m.to_owned());
+        let mut c = Map::new();
+        match media.kind {
+            MediaKind::Location => {
+                let (Some(lat), Some(lon)) = (media.latitude, media.longitude) else {
+                    return Err(invalid("a location needs latitude and longitude"));
+                };
+                if lat.abs() > 90.0 || lon.abs() > 180.0 {
+                    return Err(invalid(
+                        "latitude must be within ±90 and longitude within ±180",
+                    ));
+                }
+                c.insert(
+                    "location".to_owned(),
+                    json!({"latitude": lat, "longitude": lon}),
+                );
+            }
+            MediaKind::Contact => {
+                let phone = media
+                    .phone_number
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| invalid("a contact needs phone_number"))?;
+                let name = media
+                    .first_name
+                    .clone()
+                    .unwrap_or_else(|| "Contact".to_owned());
+                c.insert(
+                    "contact".to_owned(),
+                    json!({"phone_number": phone, "first_name": name}),
+                );
+            }
+            kind => {
+                let name = kind.as_str();
+                let n = self.next_file;
+                self.next_file += 1;
+                let file_id = format!("sbx-{name}-{n}");
+                let rec = FileRec {
+                    kind: name,
+                    unique_id: format!("sbxu{n}"),
+                    file_name: media.file_name.clone(),
+                    mime_type: media.mime_type.clone(),
+                    size: media.file_size.unwrap_or(0),
+                    duration: media.duration,
+                    emoji: media.emoji.clone(),
+                };
+                let json = file_json(&file_id, &rec);
+                self.files.insert(file_id, rec);
+                if kind == MediaKind::Animation {
+                    c.insert("document".to_owned(), json.clone());
+                }
+                c.insert(name.to_owned(), json);
+            }
+        }
+        if media.kind.has_caption() && !caption.is_empty() {
+            c.insert("caption".to_owned(), json!(caption));
+        }
+        Ok(c)
+    }
+
+    /// createForumTopic, editForumTopic, closeForumTopic, reopenForumTopic, deleteForumTopic.
+    fn forum_topic(&mut self, bot_id: i64, p: &Params, method: Method) -> Result<Value, ApiErr> {
+        let chat_id = p.chat_id("chat_id")?;
+        self.writable_chat(chat_id)?;
+        let from = self.bot_user(bot_id);
+        let chat = self
+            .chats
+            .get_mut(&chat_id)
+            .expect("checked by writable_chat");
+        if !chat.is_forum {
+            return Err(ApiErr::bad("Bad Request: the chat is not a forum"));
+        }
+        let name = p.str("name");
+        if let Some(n) = &name
+            && utf16_len(n) > 128
+        {
+            return Err(ApiErr::bad("Bad Request: TOPIC_TITLE_TOO_LONG"));
+        }
+        let emoji = p.str("icon_custom_emoji_id");
+        if method == Method::CreateForumTopic {
+            let name = name
+                .filter(|n| !n.trim().is_empty())
+                .ok_or_else(|| ApiErr::bad("Bad Request: TOPIC_TITLE_EMPTY"))?;
+            let color = p.i64("icon_color")?.unwrap_or(TOPIC_COLORS[0]);
+            if !TOPIC_COLORS.contains(&color) {
+                return Err(ApiErr::bad("Bad Request: TOPIC_ICON_COLOR_INVALID"));
+            }
+            let emoji = emoji.filter(|e| !e.is_empty());
+            let thread = chat.create_topic(from, name.clone(), color, emoji.clone());
+            let mut topic = json!({"message_thread_id": thread, "name": name, "icon_color": color});
+            if let Some(e) = emoji {
+                topic["icon_custom_emoji_id"] = json!(e);
+            }
+            self.record(
+                chat_id,
+                method,
+                EventRec::Topic {
+                    thread,
+                    action: "created",
+                    name,
+                },
+            );
+            return Ok(topic);
+        }
+        let thread = p
+            .i64("message_thread_id")?
+            .and_then(|t| i32::try_from(t).ok())
+            .ok_or_else(ApiErr::thread_not_found)?;
+        let topic = chat
+            .topics
+            .get_mut(&thread)
+            .filter(|x| !x.deleted)
+            .ok_or_else(ApiErr::thread_not_found)?;
+        let not_modified = || ApiErr::bad("Bad Request: TOPIC_NOT_MODIFIED");
+        let action = match method {
+            Method::EditForumTopic => {
+                let new_name = name.filter(|n| !n.trim().is_empty());
+                if new_name.as_ref().is_none_or(|n| *n == topic.name)
+                    && emoji
+                        .as_ref()
+                        .is_none_or(|e| Some(e) == topic.icon_custom_emoji_id.as_ref())
+                {
+                    return Err(not_modified());
+                }
+                if let Some(n) = new_name {
+                    topic.name = n;
+                }
+                if let Some(e) = emoji {
+                    topic.icon_custom_emoji_id = Some(e).filter(|e| !e.is_empty());
+                }
+                "edited"
+            }
+            Method::CloseForumTopic | Method::ReopenForumTopic => {
+                let close = method == Method::CloseForumTopic;
+                if topic.closed == close {
+                    return Err(not_modified());
+                }
+                topic.closed = close;
+                if close { "closed" } else { "reopened" }
+            }
+            _ => "deleted",
+        };
+        let name = topic.name.clone();
+        if action == "deleted" {
+            chat.delete_topic(thread);
+        }
+        self.record(
+            chat_id,
+            method,
+            EventRec::Topic {
+                thread,
+                action,
+                name,
+            },
+        );
+        Ok(Value::Bool(true))
+    }
+
+    /// The file of a send (`photo`, `voice`, …): an upload, a known file_id or an HTTP URL.
     fn resolve_file(&mut self, p: &Params, kind: &'static str) -> Result<Value, ApiErr> {
         let upload = match p.str(kind) {
             Some(v) if v.starts_with("attach://") => {
@@ -1603,10 +2377,18 @@ impl BotState {
                 file_name: Some(u.file_name).filter(|n| !n.is_empty()),
                 mime_type: u.mime,
                 size: u.size,
+                ..FileRec::default()
             },
             None => {
                 let v = p.str(kind).unwrap_or_default();
                 if let Some(known) = self.files.get(&v) {
+                    // An animation may be sent as a document, nothing else changes kind.
+                    if known.kind != kind && !(known.kind == "animation" && kind == "document") {
+                        return Err(ApiErr::bad(format!(
+                            "Bad Request: can't use file of type {} as {kind}",
+                            known.kind
+                        )));
+                    }
                     let known = known.clone();
                     return Ok(file_json(&v, &known));
                 }
@@ -1620,6 +2402,7 @@ impl BotState {
                         }),
                         mime_type: None,
                         size: 0,
+                        ..FileRec::default()
                     }
                 } else if v.is_empty() {
                     return Err(ApiErr::bad(format!(
@@ -1813,16 +2596,12 @@ impl BotState {
         let src = source.json.as_object().cloned().unwrap_or_default();
         let src_markup = source.markup.clone();
         let mut content = Map::new();
-        for key in [
-            "text",
-            "entities",
-            "photo",
-            "document",
-            "caption",
-            "caption_entities",
-        ] {
-            if let Some(v) = src.get(key) {
-                content.insert(key.to_owned(), v.clone());
+        for key in CONTENT_KEYS
+            .iter()
+            .chain(&["entities", "caption", "caption_entities"])
+        {
+            if let Some(v) = src.get(*key) {
+                content.insert((*key).to_owned(), v.clone());
             }
         }
         let (markup, reply_to) = if method == Method::ForwardMessage {
@@ -1850,10 +2629,18 @@ impl BotState {
             }
             (Self::reply_markup(p)?, self.reply_target(chat_id, p)?)
         };
+        let thread = self.thread(chat_id, p)?;
         if rate {
             self.check_rate(chat_id)?;
         }
-        let msg = self.post(bot_id, chat_id, method, content, markup, reply_to);
+        let msg = self.post(
+            bot_id,
+            chat_id,
+            method,
+            content,
+            markup,
+            Placement { reply_to, thread },
+        );
         if method == Method::CopyMessage {
             Ok(json!({"message_id": msg["message_id"]}))
         } else {
@@ -1953,10 +2740,42 @@ fn file_json(file_id: &str, f: &FileRec) -> Value {
             "file_unique_id": f.unique_id,
             "file_size": f.size,
         });
+        let duration = f.duration.unwrap_or(1);
+        match f.kind {
+            "video" | "animation" => {
+                d["width"] = json!(320);
+                d["height"] = json!(240);
+                d["duration"] = json!(duration);
+            }
+            "voice" | "audio" => d["duration"] = json!(duration),
+            "video_note" => {
+                d["length"] = json!(240);
+                d["duration"] = json!(duration);
+            }
+            "sticker" => {
+                d["type"] = json!("regular");
+                d["width"] = json!(512);
+                d["height"] = json!(512);
+                d["is_animated"] = json!(false);
+                d["is_video"] = json!(false);
+                if let Some(e) = &f.emoji {
+                    d["emoji"] = json!(e);
+                }
+            }
+            _ => {}
+        }
         if let Some(n) = &f.file_name {
             d["file_name"] = json!(n);
         }
-        if let Some(m) = &f.mime_type {
+        // Telegram names a MIME type for these kinds, and teloxide 0.17 drops the message's
+        // content (`MessageKind::Empty`) when the field is missing, so default it.
+        let default_mime = match f.kind {
+            "video" | "animation" => Some("video/mp4"),
+            "voice" => Some("audio/ogg"),
+            "audio" => Some("audio/mpeg"),
+            _ => None,
+        };
+        if let Some(m) = f.mime_type.as_deref().or(default_mime) {
             d["mime_type"] = json!(m);
         }
         d
@@ -1989,7 +2808,7 @@ pub(crate) fn webhook_result(
 }
 
 /// One webhook delivery: update id, body, URL and secret.
-pub(crate) type Delivery = (i64, Value, String, Option<String>);
+pub(crate) type Delivery = (i64, UpdateBody, String, Option<String>);
 
 /// The next update for a webhook, or `None` when the queue is empty; `Err` when it is gone.
 pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Delivery>, ()> {
@@ -2003,7 +2822,41 @@ pub(crate) fn webhook_next(bot: &BotEntry, generation: u64) -> Result<Option<Del
     Ok(st
         .updates
         .front()
-        .map(|u| (u.id, u.json.clone(), url, secret)))
+        .map(|u| (u.id, u.body.clone(), url, secret)))
+}
+
+/// The `update_id` a raw update carries, if it can be read.
+///
+/// First as the top-level field of a JSON object (other fields are skipped unchecked, so lone
+/// surrogates elsewhere do not matter), then as the first `"update_id": <integer>` in the
+/// text, which also finds it in truncated or otherwise broken JSON.
+fn raw_update_id(raw: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        update_id: i64,
+    }
+    if let Ok(p) = serde_json::from_slice::<Probe>(raw) {
+        return Some(p.update_id);
+    }
+    const KEY: &[u8] = b"\"update_id\"";
+    let at = raw.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = &raw[at + KEY.len()..];
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let sign = usize::from(rest.first() == Some(&b'-'));
+    let digits = rest[sign..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..sign + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The `chat_id` and `message_id` a method acts on (editMessage*, deleteMessage).
@@ -2014,4 +2867,26 @@ fn target_message(p: &Params) -> Result<(i64, i32), ApiErr> {
         .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
         as i32;
     Ok((chat_id, message_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_update_id;
+
+    #[test]
+    fn raw_update_ids_are_read_when_readable() {
+        let cases: [(&[u8], Option<i64>); 8] = [
+            (br#"{"update_id":5,"message":{"text":"\ud800"}}"#, Some(5)),
+            (br#"{"message":{"text":"x"},"update_id": 12}"#, Some(12)),
+            (br#"{"update_id":7,"message":"#, Some(7)),
+            (br#"{"update_id" : -3}"#, Some(-3)),
+            (b"not json at all", None),
+            (br#"{"message":{"text":"hi"}}"#, None),
+            (br#"{"update_id":"9"}"#, None),
+            (b"{\"update_id\":8,\xff\xfe}", Some(8)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(raw_update_id(raw), want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
 }

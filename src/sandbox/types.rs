@@ -48,8 +48,107 @@ pub struct InjectMessage {
     pub language_code: Option<String>,
     /// Kind of chat; defaults to private for positive ids and group for negative ones.
     pub chat_type: Option<ChatType>,
-    /// The text; a leading `/command` gets a `bot_command` entity.
+    /// The text; a leading `/command` gets a `bot_command` entity. With `media` it is the
+    /// caption (may be empty; must be empty for kinds without a caption).
     pub text: String,
+    /// Makes the supergroup a forum (`is_forum: true`, topics allowed); it stays one.
+    #[serde(default)]
+    pub is_forum: bool,
+    /// The forum topic the message is written in (an open topic of a forum supergroup).
+    pub message_thread_id: Option<i32>,
+    /// The message this one replies to (e.g. an admin replying to the bot in a group).
+    pub reply_to_message_id: Option<i32>,
+    /// A photo, voice, location … instead of a plain text message.
+    pub media: Option<InjectMedia>,
+}
+
+/// The content kinds a message can carry besides text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    /// A photo (`photo`: one size, 320×320).
+    #[default]
+    Photo,
+    /// A file (`document`).
+    Document,
+    /// A voice note (`voice`).
+    Voice,
+    /// A video (`video`).
+    Video,
+    /// A music file (`audio`).
+    Audio,
+    /// A sticker (`sticker`), no caption.
+    Sticker,
+    /// A location (`location`), no caption.
+    Location,
+    /// A shared contact (`contact`), no caption.
+    Contact,
+    /// A GIF or silent video (`animation`, plus `document` as Telegram sends it).
+    Animation,
+    /// A round video (`video_note`), no caption.
+    VideoNote,
+}
+
+impl MediaKind {
+    /// The field of a `Message` holding this content, e.g. `video_note`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Photo => "photo",
+            Self::Document => "document",
+            Self::Voice => "voice",
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::Sticker => "sticker",
+            Self::Location => "location",
+            Self::Contact => "contact",
+            Self::Animation => "animation",
+            Self::VideoNote => "video_note",
+        }
+    }
+
+    /// Whether Telegram lets this kind carry a caption.
+    pub fn has_caption(self) -> bool {
+        !matches!(
+            self,
+            Self::Sticker | Self::Location | Self::Contact | Self::VideoNote
+        )
+    }
+}
+
+/// The media of an injected message. Files get a `file_id` the bot can send again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectMedia {
+    /// What it is.
+    pub kind: MediaKind,
+    /// File name (document, audio, video, animation).
+    pub file_name: Option<String>,
+    /// MIME type of the file.
+    pub mime_type: Option<String>,
+    /// File size in bytes (default 0).
+    pub file_size: Option<u64>,
+    /// Duration in seconds (voice, video, audio, animation, video note; default 1).
+    pub duration: Option<u32>,
+    /// The sticker's emoji.
+    pub emoji: Option<String>,
+    /// Latitude of a location (−90…90).
+    pub latitude: Option<f64>,
+    /// Longitude of a location (−180…180).
+    pub longitude: Option<f64>,
+    /// Phone number of a contact (required for a contact).
+    pub phone_number: Option<String>,
+    /// First name of a contact (default "Contact").
+    pub first_name: Option<String>,
+}
+
+impl InjectMedia {
+    /// Media of `kind` with default metadata (a location needs coordinates, a contact a number).
+    pub fn new(kind: MediaKind) -> Self {
+        Self {
+            kind,
+            ..Self::default()
+        }
+    }
 }
 
 impl InjectMessage {
@@ -104,6 +203,68 @@ pub struct Fault {
     pub delay_ms: Option<u64>,
 }
 
+/// Bot API calls held in flight until released (`POST /sandbox/holds`).
+///
+/// A matching call waits before anything else happens to it (before faults, the token check
+/// and the method itself), so a test can observe the caller while its request is in flight.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// Only calls with this token (any token when absent).
+    pub token: Option<String>,
+    /// Only calls of this method, case-insensitive (any method when absent).
+    pub method: Option<String>,
+    /// How many calls it catches; absent means every matching call until released.
+    pub count: Option<u32>,
+    /// A held call goes on by itself after this many milliseconds (default: only on release).
+    pub max_ms: Option<u64>,
+}
+
+/// A hold as `GET /sandbox/holds` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldInfo {
+    /// Id to release it with.
+    pub hold_id: u64,
+    /// The token it matches, if limited to one.
+    pub token: Option<String>,
+    /// The method it matches (Telegram spelling), if limited to one.
+    pub method: Option<String>,
+    /// Calls waiting in it right now.
+    pub waiting: u64,
+    /// Calls it caught so far (waiting or gone on).
+    pub caught: u64,
+}
+
+/// A request the OpenAI-compatible endpoint received (`GET /sandbox/ai/requests`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AiRequest {
+    /// Arrival order, from 1.
+    pub seq: u64,
+    /// The API key of its `Authorization: Bearer` header (absent when there was none). The
+    /// control API is local and shows it; the sandbox's log never does.
+    pub key: Option<String>,
+    /// The request body: the JSON sent, or its text (lossy UTF-8) when it was not JSON.
+    pub body: Value,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+}
+
+/// An error or latency injected into the OpenAI-compatible endpoint (`POST /sandbox/ai/faults`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiFault {
+    /// HTTP status to answer with (429, 500, …); 200 means "no error, only the delay".
+    pub status: u16,
+    /// How many requests it affects; absent means until the AI faults are cleared.
+    pub count: Option<u32>,
+    /// Latency before answering, in milliseconds (longer than a client's timeout: a timeout).
+    pub delay_ms: Option<u64>,
+    /// The `Retry-After` header in seconds (defaults to 1 for a 429).
+    pub retry_after: Option<u32>,
+    /// `error.message` of the answer; defaults to OpenAI's text for the status.
+    pub message: Option<String>,
+}
+
 /// Something a bot did in a chat, in the order it happened (`GET /sandbox/sent`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SentEvent {
@@ -133,11 +294,17 @@ impl SentEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SentKind {
-    /// A message the bot sent (sendMessage, sendPhoto, sendDocument, forward, copy), as it is
-    /// now: later edits are applied and `deleted` says whether it was deleted since.
+    /// A message the bot sent (sendMessage, sendPhoto, …, forward, copy), as it is now: later
+    /// edits are applied and `deleted` says whether it was deleted since.
     Message {
         /// Id of the message in its chat.
         message_id: i32,
+        /// Its content: `text`, or the media field (`photo`, `voice`, `location`, …).
+        #[serde(default)]
+        kind: String,
+        /// The forum topic it was sent to, if any.
+        #[serde(default)]
+        message_thread_id: Option<i32>,
         /// Current text of a text message.
         text: Option<String>,
         /// Current caption of a media message.
@@ -181,6 +348,15 @@ pub enum SentKind {
         /// The action.
         action: String,
     },
+    /// A forum topic the bot created, edited, closed, reopened or deleted.
+    Topic {
+        /// The topic's id.
+        message_thread_id: i32,
+        /// `created`, `edited`, `closed`, `reopened` or `deleted`.
+        action: String,
+        /// The topic's name after the action.
+        name: String,
+    },
 }
 
 /// A registered bot as getMe describes it.
@@ -215,6 +391,11 @@ impl Stats {
     pub fn conflicts(&self, token: &str) -> u64 {
         self.bots.get(token).map_or(0, |b| b.conflicts)
     }
+
+    /// 429 answers the rate limits gave to calls made with `token` (faults not included).
+    pub fn rate_limited(&self, token: &str) -> u64 {
+        self.bots.get(token).map_or(0, |b| b.rate_limited)
+    }
 }
 
 /// Counters of one token.
@@ -228,6 +409,13 @@ pub struct BotStats {
     pub calls: BTreeMap<String, u64>,
     /// 409 Conflict answers returned.
     pub conflicts: u64,
+    /// 429 answers given because of the rate limits (`enforce_rate_limits`); fault-injected
+    /// 429s are not counted here but in `fault_errors`.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Error answers given by injected faults (`POST /sandbox/faults`), any status.
+    #[serde(default)]
+    pub fault_errors: u64,
     /// Updates waiting to be fetched or delivered.
     pub pending_updates: usize,
     /// getUpdates requests of this bot currently waiting.

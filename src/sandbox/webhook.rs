@@ -1,6 +1,6 @@
 //! Webhook delivery: one loop per bot with a webhook, POSTing its updates in order.
 //!
-//! The loop takes the oldest pending update, POSTs it as JSON with the
+//! The loop takes the oldest pending update, POSTs it as JSON (a raw update verbatim) with the
 //! `X-Telegram-Bot-Api-Secret-Token` header when a secret is set, and removes it only after a
 //! 2xx answer. On failure it records `last_error_date` / `last_error_message` (shown by
 //! getWebhookInfo) and retries the same update after a capped exponential backoff. It ends
@@ -43,7 +43,12 @@ pub(crate) async fn deliver(
                 () = cancel.cancelled() => return,
             }
         };
-        let mut request = shared.http.post(&url).json(&body);
+        // Sent as bytes, so a raw update goes out exactly as it was injected.
+        let mut request = shared
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_bytes());
         if let Some(s) = &secret {
             request = request.header("X-Telegram-Bot-Api-Secret-Token", s);
         }
