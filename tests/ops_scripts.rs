@@ -145,6 +145,24 @@ impl Deploy {
         fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
+    /// The fake systemctl's calls other than `show` (setup and health checks): the starts,
+    /// stops and restarts.
+    fn systemctl_actions(&self) -> Vec<String> {
+        self.log("systemctl.log")
+            .lines()
+            .filter(|l| !l.starts_with("show"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many times the fake cargo built.
+    fn builds(&self) -> usize {
+        self.log("cargo.log")
+            .lines()
+            .filter(|l| *l == "cargo build --release --locked")
+            .count()
+    }
+
     fn update(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("bash");
         cmd.arg(script("update.sh"))
@@ -164,7 +182,8 @@ impl Deploy {
             .env("FAKE_BOTVISOR_LOG", self.path("botvisor.log"))
             .env("FAKE_SERVICE_BINARY", self.installed())
             .env_remove("ADMIN_PANEL_UNIT")
-            .env_remove("BACKUP_BEFORE_MIGRATE");
+            .env_remove("BACKUP_BEFORE_MIGRATE")
+            .env_remove("CARGO_TARGET_DIR");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -203,15 +222,10 @@ fn update_happy_path_installs_keeps_previous_and_restarts() {
         "v1",
         "previous kept"
     );
-    assert_eq!(d.log("cargo.log"), "cargo build --release --locked\n");
+    assert_eq!(d.builds(), 1);
     // Backup before migrating, migrations by the NEW binary before the restart.
-    let systemctl = d.log("systemctl.log");
-    let calls: Vec<&str> = systemctl
-        .lines()
-        .filter(|l| !l.starts_with("show"))
-        .collect();
     assert_eq!(
-        calls,
+        d.systemctl_actions(),
         [
             "start botvisor-backup.service",
             "restart botvisor",
@@ -269,7 +283,7 @@ fn update_build_failure_leaves_everything_as_it_was() {
     assert_eq!(d.installed_version(), "v1");
     assert!(!d.path("bin/botvisor.prev").exists());
     assert_eq!(d.head(), old, "checkout put back");
-    assert_eq!(d.log("systemctl.log"), "", "nothing restarted");
+    assert!(d.systemctl_actions().is_empty(), "nothing restarted");
     assert!(!d.log("botvisor.log").contains("migrate"), "no migrations");
 }
 
@@ -282,7 +296,11 @@ fn update_failed_migration_installs_nothing() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("panel migrations failed"), "{all}");
     assert_eq!(d.installed_version(), "v1");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert_eq!(
+        d.systemctl_actions(),
+        ["start botvisor-backup.service"],
+        "backed up, nothing restarted"
+    );
 }
 
 #[test]
@@ -321,7 +339,7 @@ fn update_refuses_a_dirty_tree() {
     assert_eq!(d.head(), old);
     assert_eq!(d.installed_version(), "v1");
     assert_eq!(d.log("cargo.log"), "");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert!(d.systemctl_actions().is_empty());
 }
 
 #[test]
@@ -358,8 +376,153 @@ fn update_dry_run_changes_nothing() {
     assert_eq!(d.installed_version(), "v1");
     assert!(!d.path("bin/botvisor.prev").exists());
     assert_eq!(d.log("cargo.log"), "");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert!(d.systemctl_actions().is_empty());
     assert_eq!(d.log("botvisor.log"), "");
+    // The plan's steps are numbered 1, 2, 3, … and include the backup (on by default).
+    let numbers: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(". "))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u32).collect::<Vec<_>>(),
+        "{all}"
+    );
+    assert!(numbers.len() >= 6, "{all}");
+    assert!(all.contains("start botvisor-backup.service"), "{all}");
+}
+
+#[test]
+fn update_dry_run_checks_the_setup_and_a_real_run_refuses_it() {
+    let d = Deploy::new();
+    let old = d.head();
+    d.commit("v2", "healthy", false);
+    fs::remove_file(d.installed()).unwrap();
+    let env = [("FAKE_MISSING_UNITS", "botvisor botvisor-backup.service")];
+    let out = d.update(&["--dry-run"], &env);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("--dry-run found 3 problem(s)"), "{all}");
+    assert!(all.contains("no botvisor binary at"), "{all}");
+    assert!(all.contains("unit botvisor is not installed"), "{all}");
+    assert!(
+        all.contains("backup unit botvisor-backup.service is not installed"),
+        "{all}"
+    );
+    // The same setup stops a real update before it changes anything.
+    let out = d.update(&[], &env);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("3 problem(s) with the setup"), "{all}");
+    assert_eq!(d.head(), old);
+    assert_eq!(d.builds(), 0);
+    assert!(d.systemctl_actions().is_empty());
+    // Without the backup the remaining problems are still reported.
+    let out = d.update(
+        &["--dry-run"],
+        &[
+            ("FAKE_MISSING_UNITS", "botvisor"),
+            ("BACKUP_BEFORE_MIGRATE", "0"),
+        ],
+    );
+    assert!(text(&out).contains("found 2 problem(s)"), "{}", text(&out));
+}
+
+#[test]
+fn update_with_nothing_new_builds_installs_and_restarts_nothing() {
+    let d = Deploy::new();
+    // No incoming commit and no record of what is installed: one build shows the installed
+    // binary is already this commit's, so nothing is installed or restarted.
+    let out = d.update(&[], &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("already up to date"), "{all}");
+    assert_eq!(d.builds(), 1);
+    assert!(d.systemctl_actions().is_empty(), "{all}");
+    assert!(!d.path("bin/botvisor.prev").exists(), "{all}");
+    assert!(!d.log("botvisor.log").contains("migrate"), "{all}");
+
+    // A real update, then another with nothing new: no build, no restart, and the rollback
+    // binary is still the previous version.
+    d.commit("v2", "healthy", false);
+    let out = d.update(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(d.builds(), 2);
+    let restarts = d.systemctl_actions().len();
+    for args in [&[][..], &["--dry-run"][..]] {
+        let out = d.update(args, &[]);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("already up to date"), "{all}");
+    }
+    assert_eq!(d.builds(), 2, "nothing rebuilt");
+    assert_eq!(d.systemctl_actions().len(), restarts, "nothing restarted");
+    assert_eq!(d.installed_version(), "v2");
+    assert_eq!(version_of(&d.path("bin/botvisor.prev")), "v1");
+}
+
+#[test]
+fn update_keeps_the_rollback_binary_when_the_build_is_unchanged() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    assert!(d.update(&[], &[]).status.success());
+    // A commit that does not change the binary (documentation only).
+    fs::write(d.path("dev/NOTES"), "docs only\n").unwrap();
+    d.git("dev", &["add", "NOTES"]);
+    d.git("dev", &["commit", "-q", "-m", "docs only"]);
+    d.git("dev", &["push", "-q", "origin", "main"]);
+    let out = d.update(&[], &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("left as it was"), "{all}");
+    assert_eq!(d.installed_version(), "v2");
+    assert_eq!(
+        version_of(&d.path("bin/botvisor.prev")),
+        "v1",
+        "the rollback binary is still the older version: {all}"
+    );
+}
+
+#[test]
+fn update_takes_the_binary_from_cargos_target_dir() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    let elsewhere = d.path("elsewhere");
+    let out = d.update(&[], &[("CARGO_TARGET_DIR", elsewhere.to_str().unwrap())]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(d.installed_version(), "v2");
+    assert!(elsewhere.join("release/botvisor").exists(), "{all}");
+    assert!(!d.path("checkout/target").exists(), "{all}");
+}
+
+#[test]
+fn update_backs_up_before_migrating_by_default() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    // BACKUP_BEFORE_MIGRATE is unset here (Deploy::update removes it).
+    let out = d.update(&[], &[("FAKE_BACKUP_FAILS", "1")]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("the backup failed"), "{all}");
+    assert_eq!(d.systemctl_actions(), ["start botvisor-backup.service"]);
+    assert!(
+        !d.log("botvisor.log").contains("migrate"),
+        "no migration without a backup"
+    );
+    assert_eq!(d.installed_version(), "v1");
+
+    let out = d.update(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        d.systemctl_actions(),
+        [
+            "start botvisor-backup.service",
+            "start botvisor-backup.service",
+            "restart botvisor"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -880,6 +1043,7 @@ fn scripts_are_shellcheck_clean() {
     .collect();
     files.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/run"));
     files.push(script("lib/pg.sh"));
+    files.push(script("lib/cargo.sh"));
     for f in [
         "fake-botvisor.sh",
         "fake-cargo",
