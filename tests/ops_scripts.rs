@@ -794,6 +794,175 @@ fn backup_fails_loudly_on_a_missing_database_but_saves_the_rest() {
     );
 }
 
+/// The real botvisor binary this test run was built with.
+fn botvisor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_botvisor")
+}
+
+/// A sandbox-style token: `<digits>:<35 characters>`.
+fn token(n: u32) -> String {
+    format!("{n}:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0")
+}
+
+/// A panel database migrated by the real binary; returns its name.
+fn real_panel(dbs: &Dbs) -> String {
+    let panel = dbs.name("panel");
+    dbs.sql("postgres", &format!("CREATE DATABASE \"{panel}\""));
+    ok(Command::new(botvisor_bin())
+        .arg("migrate")
+        .env("BOTVISOR_PANEL_URL", dbs.url(&panel)));
+    panel
+}
+
+/// backup.sh finding the bot databases itself, through the real botvisor CLI.
+fn backup_discovering(dbs: &Dbs, panel: &str, dir: &Path, extra: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script("backup.sh"))
+        .env("BOTVISOR_PANEL_URL", dbs.url(panel))
+        .env("BOTVISOR", botvisor_bin())
+        .env("BOTVISOR_CONFIG", dir.join("no-botvisor.toml"))
+        .env("BACKUP_DIR", dir)
+        .env_remove("BACKUP_DATABASES")
+        .env_remove("BOTVISOR__BOT_DATABASE__SERVER_URL")
+        .env_remove("BOTVISOR__BOT_DATABASE__NAME_TEMPLATE")
+        .env_remove("JOURNAL_STREAM");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn backup_saves_orphaned_bot_databases_and_flags_them() {
+    let dbs = Dbs::new();
+    let panel = real_panel(&dbs);
+    let add = |name: &str, n: u32| -> String {
+        ok(Command::new(botvisor_bin())
+            .args(["bot", "add", "--name", name, "--token", &token(n)])
+            .env("BOTVISOR_PANEL_URL", dbs.url(&panel)))
+        .trim()
+        .to_string()
+    };
+    let live_id = add("live", 1);
+    let _never_started = add("never_started", 2);
+    // The default template is {panel_db}_bot_{id}; `dbs.create` prefixes the test's name,
+    // and the panel is `<prefix>_panel`.
+    let live = dbs.create(&format!("panel_bot_{live_id}"), 20);
+    let orphan = dbs.create("panel_bot_9999", 7);
+    let not_a_bot = dbs.create("panel_bot_9999_old_20240101", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = backup_discovering(&dbs, &panel, tmp.path(), &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("1/3 panel: {panel} OK")), "{all}");
+    assert!(
+        stdout.contains(&format!("2/3 bot {live_id} (live): {live} OK")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "3/3 orphan (no bot in the panel uses it): {orphan} OK"
+        )),
+        "{all}"
+    );
+    assert!(stdout.contains("does not exist yet"), "{all}");
+    assert!(
+        stdout.contains(&format!(
+            "OK: 3 of 3 databases saved (1 orphan(s): {orphan})"
+        )),
+        "{all}"
+    );
+    let run_dir = tmp
+        .path()
+        .join("daily")
+        .join(&runs(&tmp.path().join("daily"))[0]);
+    for db in [&panel, &live, &orphan] {
+        assert!(run_dir.join(format!("{db}.dump")).exists(), "{db}: {all}");
+    }
+    assert!(!run_dir.join(format!("{not_a_bot}.dump")).exists(), "{all}");
+    assert_eq!(
+        fs::read_to_string(run_dir.join("ORPHANS")).unwrap(),
+        format!("{orphan}\n")
+    );
+}
+
+#[test]
+fn backup_of_the_panel_alone_counts_it_saved() {
+    let dbs = Dbs::new();
+    let panel = real_panel(&dbs);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = backup_discovering(&dbs, &panel, tmp.path(), &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("backup: 1/1 panel"), "{all}");
+    assert!(all.contains("OK: 1 of 1 databases saved"), "{all}");
+
+    // Without a botvisor binary the bot list is a problem, but the panel was saved and the
+    // summary says so.
+    let missing = tmp.path().join("no-botvisor");
+    let out = backup_discovering(
+        &dbs,
+        &panel,
+        tmp.path(),
+        &[("BOTVISOR", missing.to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("BACKUP FAILED: could not list bots"), "{all}");
+    assert!(
+        all.contains("BACKUP FAILED: 1 of 1 databases saved; 2 other problem(s)"),
+        "{all}"
+    );
+    assert!(!all.contains("not saved"), "{all}");
+}
+
+#[test]
+fn backup_has_help_and_reads_the_env_file_as_systemd_does() {
+    let out = run(Command::new("bash")
+        .arg(script("backup.sh"))
+        .arg("--help")
+        .env_remove("BOTVISOR_PANEL_URL")
+        .env_remove("DATABASE_URL"));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("Usage:"), "{all}");
+    assert!(all.contains("BACKUP_KEEP_DAILY"), "{all}");
+    let out = run(Command::new("bash").arg(script("backup.sh")).arg("--bogus"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The shipped env.example, comment lines and all, with this test's panel URL.
+    let dbs = Dbs::new();
+    let panel = dbs.create("panel", 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let example = fs::read_to_string(root().join("deploy/env.example")).unwrap();
+    assert!(example.lines().any(|l| l.starts_with('#')));
+    let env_file: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("BOTVISOR_PANEL_URL=") {
+                format!("BOTVISOR_PANEL_URL={}", dbs.url(&panel))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(tmp.path().join("env"), env_file).unwrap();
+    let out = run(Command::new("bash")
+        .arg(script("backup.sh"))
+        .arg("--env-file")
+        .arg(tmp.path().join("env"))
+        .env_remove("BOTVISOR_PANEL_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("BOTVISOR__BOT_DATABASE__SERVER_URL")
+        .env("BACKUP_DATABASES", "")
+        .env("BACKUP_DIR", tmp.path().join("dumps")));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("1/1 panel: {panel} OK")), "{all}");
+}
+
 #[test]
 fn backup_fails_loudly_on_a_corrupt_dump() {
     let dbs = Dbs::new();
@@ -1044,6 +1213,7 @@ fn scripts_are_shellcheck_clean() {
     files.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/run"));
     files.push(script("lib/pg.sh"));
     files.push(script("lib/cargo.sh"));
+    files.push(script("lib/env.sh"));
     for f in [
         "fake-botvisor.sh",
         "fake-cargo",
