@@ -1095,6 +1095,197 @@ fn restore_swap_replaces_live_bot_database() {
 }
 
 // ---------------------------------------------------------------------------------------
+// dev.sh
+// ---------------------------------------------------------------------------------------
+
+/// scripts/dev.sh running in its own process group, its stdout read up to the line saying
+/// that `botvisor serve` starts.
+struct DevRun {
+    child: std::process::Child,
+    /// stdout up to and including the "dev: panel …" line.
+    printed: Vec<String>,
+}
+
+impl DevRun {
+    fn start(dbs: &Dbs, dir: &Path, sandbox: &str) -> DevRun {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("bash")
+            .arg(script("dev.sh"))
+            .env("DEV_DB", dbs.name("dev"))
+            .env("SANDBOX_ADDR", sandbox)
+            .env("CARGO", fixture("fake-cargo"))
+            .env("FAKE_CARGO_BIN", botvisor_bin())
+            .env("FAKE_CARGO_LOG", dir.join("cargo.log"))
+            .env("CARGO_TARGET_DIR", dir.join("target-elsewhere"))
+            .env_remove("BOTVISOR_PANEL_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("DEMO_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(dir.join("dev.stderr")).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut printed = Vec::new();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let Some(line) = lines.next() else {
+                let _ = child.wait();
+                panic!(
+                    "dev.sh ended before starting serve:\n{}\n--- stderr\n{}",
+                    printed.join("\n"),
+                    fs::read_to_string(dir.join("dev.stderr")).unwrap_or_default()
+                );
+            };
+            let line = line.unwrap();
+            let done = line.starts_with("dev: panel ");
+            printed.push(line);
+            if done {
+                return DevRun { child, printed };
+            }
+        }
+    }
+
+    /// The printed command groups: runs of indented lines, comments left out.
+    fn command_groups(&self) -> Vec<Vec<String>> {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new()];
+        for line in &self.printed {
+            if let Some(cmd) = line.strip_prefix("  ") {
+                if !cmd.trim_start().starts_with('#') {
+                    groups.last_mut().unwrap().push(cmd.to_string());
+                }
+            } else if !groups.last().unwrap().is_empty() {
+                groups.push(Vec::new());
+            }
+        }
+        groups.retain(|g| !g.is_empty());
+        groups
+    }
+
+    /// Stops dev.sh as Ctrl-C would stop a terminal's foreground job (the whole group).
+    fn stop(mut self) {
+        let pgid = format!("-{}", self.child.id());
+        ok(Command::new("kill").args(["-TERM", "--", &pgid]));
+        self.child.wait().unwrap();
+    }
+}
+
+/// Runs printed commands in bash and returns their output lines (each ends with `echo`).
+fn run_commands(cmds: &[String]) -> Vec<String> {
+    let out = ok(Command::new("bash")
+        .args(["-euo", "pipefail", "-c"])
+        .arg(cmds.join("\n")));
+    out.lines().map(str::to_string).collect()
+}
+
+/// The sandbox's record of what the bot sent to chat 1, after `after`, waiting up to 10 s.
+fn sent_after(sandbox: &str, token: &str, after: u64) -> Vec<serde_json::Value> {
+    let body = ok(Command::new("curl").arg("-s").arg(format!(
+        "http://{sandbox}/sandbox/sent?token={token}&chat_id=1&after={after}&wait_ms=10000"
+    )));
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Reads the bot's events (each read waits for new ones) until one has `text`; returns
+/// every event seen. Gives up after six empty 10-second waits.
+fn events_until(sandbox: &str, token: &str, text: &str) -> Vec<serde_json::Value> {
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..6 {
+        let after = seen.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        seen.extend(sent_after(sandbox, token, after));
+        if seen.iter().any(|e| e["text"] == text) {
+            return seen;
+        }
+    }
+    panic!("no event with text {text:?}: {seen:?}");
+}
+
+#[test]
+fn dev_prints_commands_that_talk_to_the_demo_bot() {
+    if !have("curl") {
+        eprintln!("skipped: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let dbs = Dbs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sandbox = format!("127.0.0.1:{port}");
+    let token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0";
+
+    // First run: the binary is found in CARGO_TARGET_DIR (not target/debug), the demo bot
+    // is registered and the commands carry its real token.
+    let dev = DevRun::start(&dbs, tmp.path(), &sandbox);
+    let printed = dev.printed.join("\n");
+    assert!(printed.contains("registered the demo bot"), "{printed}");
+    assert!(printed.contains(token), "the real token: {printed}");
+    assert!(!printed.contains("****"), "{printed}");
+    assert!(printed.contains("wait_ms="), "{printed}");
+    let groups = dev.command_groups();
+    assert_eq!(groups.len(), 2, "{printed}");
+
+    // Group 1: /start, then a read that waits for the answer.
+    let out = run_commands(&groups[0]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    assert!(out[1].contains("\"events\""), "{out:?}");
+    let events = events_until(&sandbox, token, "Main menu");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["text"].as_str().is_some_and(|t| t.starts_with("Hello"))),
+        "the greeting: {events:?}"
+    );
+    let last_seq = events.last().unwrap()["seq"].as_u64().unwrap();
+
+    // Group 2: press "About"; the last read shows only what came after.
+    let out = run_commands(&groups[1]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    let after: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
+    let new_events = after["events"].as_array().unwrap();
+    assert!(!new_events.is_empty(), "{out:?}");
+    assert!(
+        new_events
+            .iter()
+            .all(|e| e["seq"].as_u64().unwrap() > last_seq),
+        "{out:?}"
+    );
+    let events = events_until(&sandbox, token, "About us");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "edit" && e["text"] == "About us"),
+        "the menu was edited in place: {events:?}"
+    );
+    dev.stop();
+
+    // Second run: nothing registered again, the same commands printed.
+    let again = DevRun::start(&dbs, tmp.path(), &sandbox);
+    let printed2 = again.printed.join("\n");
+    assert!(!printed2.contains("registered the demo bot"), "{printed2}");
+    assert_eq!(again.command_groups(), groups, "{printed2}");
+    again.stop();
+    let bots = ok(Command::new(botvisor_bin())
+        .args(["bot", "list"])
+        .env("BOTVISOR_PANEL_URL", dbs.url(&dbs.name("dev"))));
+    assert_eq!(
+        bots.lines().filter(|l| l.contains("demo")).count(),
+        1,
+        "{bots}"
+    );
+    // dev.sh's build went through cargo, and the binary came from where cargo reported.
+    assert!(
+        fs::read_to_string(tmp.path().join("cargo.log"))
+            .unwrap()
+            .contains("metadata --format-version 1 --no-deps --locked")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // systemd units and shellcheck
 // ---------------------------------------------------------------------------------------
 
