@@ -1082,7 +1082,17 @@ fn restore_swap_replaces_live_bot_database() {
         .collect();
     assert_eq!(old.len(), 1, "{:?}", dbs.all());
     assert_eq!(dbs.fingerprint(&old[0]), damaged, "previous database kept");
-    assert!(all.contains("DROP DATABASE"), "tells how to drop it: {all}");
+    // The printed drop command names the server and works as printed.
+    let hint = all
+        .lines()
+        .find_map(|l| l.split_once("drop the previous database: ").map(|(_, c)| c))
+        .unwrap_or_else(|| panic!("tells how to drop it: {all}"));
+    assert!(
+        hint.starts_with(&format!("psql '{}/postgres'", server_url())),
+        "{hint}"
+    );
+    ok(Command::new("bash").args(["-c", hint]));
+    assert!(!dbs.exists(&old[0]), "{hint}");
     let calls = fs::read_to_string(tmp.path().join("botvisor.log")).unwrap();
     let disable = calls.find("bot disable 1").expect("disabled");
     let enable = calls.find("bot enable 1").expect("enabled again");
