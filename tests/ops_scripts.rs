@@ -1172,11 +1172,19 @@ impl DevRun {
         groups
     }
 
-    /// Stops dev.sh as Ctrl-C would stop a terminal's foreground job (the whole group).
-    fn stop(mut self) {
+    /// Stops dev.sh and what it started (the whole process group: sandbox and daemon), and
+    /// waits for it; dropping the value does the same, so a failing test leaves nothing
+    /// running.
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for DevRun {
+    fn drop(&mut self) {
         let pgid = format!("-{}", self.child.id());
-        ok(Command::new("kill").args(["-TERM", "--", &pgid]));
-        self.child.wait().unwrap();
+        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+        let _ = self.child.wait();
     }
 }
 
