@@ -1246,6 +1246,15 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
     assert!(printed.contains("wait_ms="), "{printed}");
     let groups = dev.command_groups();
     assert_eq!(groups.len(), 2, "{printed}");
+    // README shows the same commands, for the default address.
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    for cmd in groups.concat() {
+        let documented = cmd.replace(&sandbox, "127.0.0.1:8081");
+        assert!(
+            readme.lines().any(|l| l == documented),
+            "README lacks {documented}"
+        );
+    }
 
     // Group 1: /start, then a read that waits for the answer.
     let out = run_commands(&groups[0]);
