@@ -1,26 +1,48 @@
 #!/usr/bin/env bash
 # Runs botvisor locally in the foreground: PostgreSQL up, a dev panel database migrated, the
-# Bot API sandbox on 127.0.0.1:8081 (any well-formed token accepted), a demo bot registered,
+# Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered,
 # and `botvisor serve` pointed at the sandbox. Ctrl-C stops everything.
 #
-# Talk to the demo bot from another terminal:
-#   curl -s -XPOST localhost:8081/sandbox/updates -H 'content-type: application/json' \
-#        -d '{"token": "'"$DEMO_TOKEN"'", "chat_id": 1, "text": "/start"}'
-#   curl -s 'localhost:8081/sandbox/sent?token='"$DEMO_TOKEN"'&chat_id=1'
+# Every run (the first and every later one) prints ready-to-paste curl commands for the
+# sandbox's control API (docs/sandbox.md), with the demo bot's real sandbox token: send
+# /start, read the answers (waiting for them with wait_ms), press a menu button, read only
+# what came after it.
+#
+# Needs psql and curl (the printed commands use curl too).
+#
+# Settings (environment):
+#   DEV_DB        the panel database, default botvisor_dev (created if missing)
+#   SANDBOX_ADDR  where the sandbox listens, default 127.0.0.1:8081
+#   DEMO_TOKEN    the demo bot's token (a local sandbox token, not a Telegram one)
+#   CARGO         default cargo. The binary is taken from where cargo builds it
+#                 (`cargo metadata`), so CARGO_TARGET_DIR and build.target-dir work.
+#
+# Tested by tests/ops_scripts.rs (dev_prints_commands_that_talk_to_the_demo_bot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEV_DB=${DEV_DB:-botvisor_dev}
 SANDBOX_ADDR=${SANDBOX_ADDR:-127.0.0.1:8081}
 DEMO_TOKEN=${DEMO_TOKEN:-123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0}
+CARGO=${CARGO:-cargo}
+
+# shellcheck source=scripts/lib/cargo.sh
+source scripts/lib/cargo.sh
+
+die() {
+  printf 'dev: %s\n' "$*" >&2
+  exit 1
+}
 
 scripts/pg-up.sh
 if ! psql -h 127.0.0.1 -U postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = '$DEV_DB'" postgres | grep -q 1; then
   psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE \"$DEV_DB\"" postgres
 fi
 
-cargo build --locked --bin botvisor
-bin=target/debug/botvisor
+"$CARGO" build --locked --bin botvisor
+target_dir=$(cargo_target_dir) || die "cannot tell where cargo put the build (cargo metadata failed)"
+bin=$target_dir/debug/botvisor
+[[ -x $bin ]] || die "the build left no $bin"
 
 export BOTVISOR_PANEL_URL="postgres://postgres@127.0.0.1:5432/$DEV_DB"
 export BOTVISOR_TELEGRAM_API_URL="http://$SANDBOX_ADDR"
@@ -32,11 +54,52 @@ export BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS=${BOTVISOR__SUPERVISOR__SHUT
 sandbox_pid=$!
 trap 'kill "$sandbox_pid" 2>/dev/null || true' EXIT
 
-if ! "$bin" bot list --json | grep -q '"name": "demo"'; then
+# The commands printed below must work as soon as they are pasted, before the daemon has
+# polled: wait (up to 10 s) until the sandbox answers, and register the demo token with it
+# (updates for a token the sandbox has not seen yet are refused). Ours must still be running:
+# another sandbox on the same address makes it exit.
+registered=0
+for _ in $(seq 1 100); do
+  kill -0 "$sandbox_pid" 2>/dev/null || die "the sandbox exited; is $SANDBOX_ADDR already in use? (set SANDBOX_ADDR)"
+  if curl -sf -XPOST "http://$SANDBOX_ADDR/sandbox/bots" -H 'content-type: application/json' \
+    -d "{\"token\": \"$DEMO_TOKEN\"}" >/dev/null 2>&1; then
+    registered=1
+    break
+  fi
+  sleep 0.1
+done
+((registered)) || die "the sandbox on $SANDBOX_ADDR did not accept the demo token within 10 s"
+
+id=$("$bin" bot list | awk '$2 == "demo" { print $1; exit }')
+if [[ -z $id ]]; then
   id=$("$bin" bot add --name demo --token "$DEMO_TOKEN" --manifest docs/manifest.example.json)
   "$bin" text import "$id" docs/demo-texts.json >/dev/null
-  echo "dev: registered the demo bot (id $id, token ${DEMO_TOKEN%%:*}:****)"
+  echo "dev: registered the demo bot (id $id)"
+else
+  # The CLI only shows tokens masked; setting it makes the commands below right even when
+  # DEMO_TOKEN changed since the bot was registered.
+  "$bin" bot set-token "$id" "$DEMO_TOKEN" >/dev/null
 fi
+
+api="http://$SANDBOX_ADDR/sandbox"
+json="-H 'content-type: application/json'"
+cat <<EOF
+
+dev: talk to the demo bot (id $id) from another terminal, through the sandbox (docs/sandbox.md);
+dev: pipe a read into jq for readable JSON.
+
+  # send /start as user 1 in chat 1: the bot answers with a greeting and its main menu
+  curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "text": "/start"}'; echo
+  # read what the bot sent to chat 1 (waits up to 10 s for the first answer)
+  curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1&wait_ms=10000'; echo
+
+  # press the menu's "About" button (row 0, column 1) on the bot's latest message in chat 1,
+  # then read only what came after (after=: the last seq seen; waits up to 10 s)
+  after=\$(curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1' | grep -o '"seq":[0-9]*' | tail -n 1 | cut -d: -f2)
+  curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "callback_data": "b|main|0|1"}'; echo
+  curl -s "$api/sent?token=$DEMO_TOKEN&chat_id=1&after=\${after:-0}&wait_ms=10000"; echo
+
+EOF
 
 echo "dev: panel $BOTVISOR_PANEL_URL, sandbox http://$SANDBOX_ADDR; starting botvisor serve (Ctrl-C stops)"
 "$bin" serve

@@ -8,7 +8,8 @@
 #             the daemon's idle connections to it, rename live -> <db>_old_<ts> and
 #             restored -> <db> in one transaction, `botvisor bot enable ID` (if it was enabled).
 #   --panel:  `systemctl stop botvisor`, the same renames, `systemctl start botvisor`.
-# The old database is never dropped; the script prints the command to drop it.
+# The old database is never dropped; the script prints the command to drop it (with the
+# server's URL, its password left out: psql asks for it).
 #
 # Usage:
 #   restore.sh [--bot ID | --panel] [--into NAME] [--swap] DUMP_FILE
@@ -127,7 +128,7 @@ log "created database $target${owner:+ (owner $owner)}"
 restore_args=(--exit-on-error)
 if [[ ${RESTORE_NO_OWNER:-0} == 1 ]]; then restore_args+=(--no-owner --no-acl); fi
 if ! pg "$(url_with_db "$server_url" "$target")" "$PG_RESTORE" "${restore_args[@]}" "$dump"; then
-  die "pg_restore into $target failed; the live database $live is untouched. Drop the partial copy with: psql -c 'DROP DATABASE \"$target\"'"
+  die "pg_restore into $target failed; the live database $live is untouched. Drop the partial copy with: $(drop_hint "$server_url" "$target")"
 fi
 
 # Verify: every table the dump lists exists in the copy.
@@ -142,7 +143,7 @@ log "restored $dump into $target: $actual tables, verified"
 if ((!swap)); then
   if [[ -n $bot_id ]]; then which="--bot $bot_id"; elif ((panel)); then which="--panel"; else which="--bot <ID>"; fi
   log "the live database $live is untouched. To put the copy in its place: $0 $which --swap $dump"
-  log "(or compare first, then drop the copy: psql -c 'DROP DATABASE \"$target\"')"
+  log "(or compare first, then drop the copy: $(drop_hint "$server_url" "$target"))"
   exit 0
 fi
 
@@ -207,5 +208,5 @@ fi
 resume
 trap - EXIT
 if [[ -n $old ]]; then
-  log "when you are sure, drop the previous database: psql -c 'DROP DATABASE \"$old\"'"
+  log "when you are sure, drop the previous database: $(drop_hint "$server_url" "$old")"
 fi

@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# Updates botvisor on this server: the one command an operator runs (`sudo bash
+# Updates botvisor on this server: the one command an operator runs (as root: `bash
 # scripts/update.sh`). In order:
-#   1. refuses a dirty tree or a branch that has diverged from its upstream;
-#   2. `git pull --ff-only`; `cargo build --release --locked` (on failure the checkout goes
-#      back to the old commit and nothing else has changed);
-#   3. with BACKUP_BEFORE_MIGRATE=1, `systemctl start botvisor-backup.service` (backup.sh as
-#      the service user) and stops if it fails;
-#   4. applies panel and bot migrations with the NEW binary (`migrate`, `migrate --all-bots`)
+#   1. refuses a dirty tree or a branch that has diverged from its upstream, and checks the
+#      setup: cargo and jq present, a binary installed at INSTALL_PATH (the rollback needs
+#      one), the units it will start or restart installed;
+#   2. stops here when there is nothing new: no incoming commit and the checkout's commit is
+#      the one installed (recorded as the git ref refs/botvisor/installed) — nothing is
+#      built, installed or restarted;
+#   3. `git pull --ff-only`; `cargo build --release --locked` (on failure the checkout goes
+#      back to the old commit and nothing else has changed); the binary is taken from where
+#      cargo builds (`cargo metadata`: CARGO_TARGET_DIR is honoured). A build identical to
+#      the installed binary ends the update there (and, in any case, never replaces .prev);
+#   4. backs up every database first (`systemctl start botvisor-backup.service`, backup.sh as
+#      the service user) and stops if that fails — the old system's rule, back up before
+#      migrating; BACKUP_BEFORE_MIGRATE=0 skips it;
+#   5. applies panel and bot migrations with the NEW binary (`migrate`, `migrate --all-bots`)
 #      while the old daemon keeps running (migrations only add, so it copes);
-#   5. keeps the installed binary as <install path>.prev, installs the new one atomically
+#   6. keeps the installed binary as <install path>.prev, installs the new one atomically
 #      (copy next to it, then rename);
-#   6. restarts botvisor (and ADMIN_PANEL_UNIT if set), then waits until it is active and
+#   7. restarts botvisor (and ADMIN_PANEL_UNIT if set), then waits until it is active and
 #      running (Type=notify: READY=1 was sent) without restarting, for HEALTH_TIMEOUT seconds;
-#   7. if it is not healthy: puts the .prev binary back, restarts, says so loudly, exits 1;
-#   8. prints a summary: old -> new commit, time taken, bots running.
-# `--dry-run` prints the plan (after a `git fetch`) and changes nothing else.
+#   8. if it is not healthy: puts the .prev binary back, restarts, says so loudly, exits 1;
+#   9. prints a summary: old -> new commit, time taken, bots running.
+# `--dry-run` runs the checks of step 1, prints the plan (after a `git fetch`) and changes
+# nothing else; it exits 1 when a check failed.
 #
 # Settings: the environment, or KEY=value lines in $UPDATE_CONFIG (default
 # /etc/botvisor/update.env; the environment wins):
@@ -26,7 +35,8 @@
 #   HEALTH_SETTLE       seconds it must then stay up without a restart, default 5
 #   ENV_FILE            secrets for migrations, default /etc/botvisor/env
 #   BOTVISOR_CONFIG     settings file, default /etc/botvisor/botvisor.toml (if present)
-#   BACKUP_BEFORE_MIGRATE=1 and BACKUP_UNIT (default botvisor-backup.service)
+#   BACKUP_BEFORE_MIGRATE  default 1 (0: no backup before migrating);
+#                       BACKUP_UNIT  default botvisor-backup.service
 #   ALLOW_BOT_MIGRATION_FAILURES=1  go on when `migrate --all-bots` fails (those bots
 #                       then fail to start and show it in `bot list`)
 #   UPDATE_LOCK         lock file, default /run/lock/botvisor-update.lock
@@ -56,13 +66,16 @@ HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-90}
 HEALTH_SETTLE=${HEALTH_SETTLE:-5}
 ENV_FILE=${ENV_FILE:-/etc/botvisor/env}
 BOTVISOR_CONFIG=${BOTVISOR_CONFIG:-/etc/botvisor/botvisor.toml}
-BACKUP_BEFORE_MIGRATE=${BACKUP_BEFORE_MIGRATE:-0}
+BACKUP_BEFORE_MIGRATE=${BACKUP_BEFORE_MIGRATE:-1}
 BACKUP_UNIT=${BACKUP_UNIT:-botvisor-backup.service}
 ALLOW_BOT_MIGRATION_FAILURES=${ALLOW_BOT_MIGRATION_FAILURES:-0}
 UPDATE_LOCK=${UPDATE_LOCK:-/run/lock/botvisor-update.lock}
 if [[ -z ${CARGO:-} ]]; then
   if command -v cargo >/dev/null; then CARGO=cargo; else CARGO=$HOME/.cargo/bin/cargo; fi
 fi
+
+# shellcheck source=scripts/lib/cargo.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/cargo.sh"
 
 dry_run=0
 for arg in "$@"; do
@@ -119,17 +132,57 @@ fi
 incoming=$(git rev-list --count HEAD..'@{upstream}')
 say "$branch at ${old_commit:0:10}; $upstream at ${new_commit:0:10} ($incoming new commit(s))"
 
+# The setup the steps below rely on; every problem is listed before anything changes.
+unit_loaded() {
+  [[ $("$SYSTEMCTL" show "$1" -p LoadState 2>/dev/null) == *LoadState=loaded* ]]
+}
+setup_problems=()
+command -v "$CARGO" >/dev/null 2>&1 ||
+  setup_problems+=("cargo not found ($CARGO): install Rust (docs/operations.md) or set CARGO")
+command -v jq >/dev/null 2>&1 || setup_problems+=("jq is not installed (apt-get install jq)")
+[[ -x $INSTALL_PATH ]] ||
+  setup_problems+=("no botvisor binary at $INSTALL_PATH to roll back to: install the first one by hand (docs/operations.md, \"Install from scratch\") or set INSTALL_PATH")
+for unit in "$SERVICE" ${ADMIN_PANEL_UNIT:+"$ADMIN_PANEL_UNIT"}; do
+  unit_loaded "$unit" || setup_problems+=("unit $unit is not installed ($SYSTEMCTL show $unit: not loaded)")
+done
+if [[ $BACKUP_BEFORE_MIGRATE == 1 ]] && ! unit_loaded "$BACKUP_UNIT"; then
+  setup_problems+=("backup unit $BACKUP_UNIT is not installed: install deploy/botvisor-backup.service, or set BACKUP_BEFORE_MIGRATE=0 to migrate without a backup")
+fi
+if ((${#setup_problems[@]} > 0)); then
+  for p in "${setup_problems[@]}"; do printf 'problem: %s\n' "$p" >&2; done
+  if ((dry_run)); then die "--dry-run found ${#setup_problems[@]} problem(s); fix them before updating"; fi
+  die "${#setup_problems[@]} problem(s) with the setup; nothing changed"
+fi
+say "setup: cargo, jq, $INSTALL_PATH and the units are in place"
+
+# The commit whose build is installed, recorded after every successful update.
+INSTALLED_REF=refs/botvisor/installed
+installed_commit=$(git rev-parse --quiet --verify "$INSTALLED_REF^{commit}" 2>/dev/null) || installed_commit=""
+if ((incoming == 0)) && [[ $installed_commit == "$old_commit" ]]; then
+  step "already up to date: ${old_commit:0:10} is built and installed; nothing to do"
+  exit 0
+fi
+
 all_bots=1
 if ((dry_run)); then
   step "plan (--dry-run: nothing below is done)"
   if ((incoming > 0)); then git log --oneline HEAD..'@{upstream}' | sed 's/^/      /'; fi
-  say "1. git pull --ff-only"
-  say "2. (cd $REPO_DIR && $CARGO build --release --locked)"
-  if [[ $BACKUP_BEFORE_MIGRATE == 1 ]]; then say "3. $SYSTEMCTL start $BACKUP_UNIT (backup of every database)"; fi
-  say "4. target/release/botvisor migrate; target/release/botvisor migrate --all-bots"
-  say "5. copy $INSTALL_PATH to $INSTALL_PATH.prev; install the new binary at $INSTALL_PATH"
-  say "6. $SYSTEMCTL restart $SERVICE${ADMIN_PANEL_UNIT:+ $ADMIN_PANEL_UNIT}; wait up to ${HEALTH_TIMEOUT}s until active and running"
-  say "7. if unhealthy: put $INSTALL_PATH.prev back and restart"
+  n=0
+  plan() {
+    n=$((n + 1))
+    say "$n. $*"
+  }
+  if ((incoming > 0)); then
+    plan "git pull --ff-only"
+  else
+    plan "no new commit, but the installed binary is not recorded as ${old_commit:0:10}'s: build it, and stop if it is the installed one"
+  fi
+  plan "(cd $REPO_DIR && $CARGO build --release --locked); the binary from cargo's target directory"
+  if [[ $BACKUP_BEFORE_MIGRATE == 1 ]]; then plan "$SYSTEMCTL start $BACKUP_UNIT (backup of every database)"; fi
+  plan "<new binary> migrate; <new binary> migrate --all-bots"
+  plan "copy $INSTALL_PATH to $INSTALL_PATH.prev; install the new binary at $INSTALL_PATH"
+  plan "$SYSTEMCTL restart $SERVICE${ADMIN_PANEL_UNIT:+ $ADMIN_PANEL_UNIT}; wait up to ${HEALTH_TIMEOUT}s until active and running"
+  plan "if unhealthy: put $INSTALL_PATH.prev back and restart"
   exit 0
 fi
 
@@ -140,8 +193,16 @@ step "building (${CARGO} build --release --locked)"
 if ! "$CARGO" build --release --locked; then
   abort "the build failed"
 fi
-new_bin=$REPO_DIR/target/release/botvisor
+target_dir=$(cargo_target_dir) || abort "cannot tell where cargo put the build (cargo metadata failed)"
+new_bin=$target_dir/release/botvisor
 [[ -x $new_bin ]] || abort "the build produced no $new_bin"
+same_binary=0
+if cmp -s "$new_bin" "$INSTALL_PATH"; then same_binary=1; fi
+if ((same_binary && incoming == 0)); then
+  git update-ref "$INSTALLED_REF" "$new_commit"
+  step "already up to date: the installed binary is ${new_commit:0:10}'s build; nothing migrated, installed or restarted"
+  exit 0
+fi
 
 if [[ -r $ENV_FILE ]]; then
   # Secrets the migrations need (BOTVISOR_PANEL_URL); the daemon reads the same file.
@@ -185,7 +246,11 @@ install_binary() {
 
 step "installing $INSTALL_PATH"
 had_prev=0
-if [[ -e $INSTALL_PATH ]]; then
+if ((same_binary)); then
+  # Replacing .prev with the same binary would lose the only way back to the older one.
+  had_prev=$([[ -e $INSTALL_PATH.prev ]] && echo 1 || echo 0)
+  say "the new build is identical to the installed binary; $INSTALL_PATH.prev left as it was"
+elif [[ -e $INSTALL_PATH ]]; then
   tmp=$(mktemp "$(dirname "$INSTALL_PATH")/.botvisor.prev.XXXXXX")
   cp -p "$INSTALL_PATH" "$tmp"
   mv -f "$tmp" "$INSTALL_PATH.prev"
@@ -250,6 +315,8 @@ if ! restart_and_check; then
   fi
   die "no previous binary to roll back to: look at journalctl -u $SERVICE now"
 fi
+
+git update-ref "$INSTALLED_REF" "$new_commit"
 
 step "summary"
 say "commit:   ${old_commit:0:10} -> ${new_commit:0:10} ($(git log -1 --format=%s "$new_commit"))"

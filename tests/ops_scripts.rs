@@ -145,6 +145,24 @@ impl Deploy {
         fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
+    /// The fake systemctl's calls other than `show` (setup and health checks): the starts,
+    /// stops and restarts.
+    fn systemctl_actions(&self) -> Vec<String> {
+        self.log("systemctl.log")
+            .lines()
+            .filter(|l| !l.starts_with("show"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many times the fake cargo built.
+    fn builds(&self) -> usize {
+        self.log("cargo.log")
+            .lines()
+            .filter(|l| *l == "cargo build --release --locked")
+            .count()
+    }
+
     fn update(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("bash");
         cmd.arg(script("update.sh"))
@@ -164,7 +182,8 @@ impl Deploy {
             .env("FAKE_BOTVISOR_LOG", self.path("botvisor.log"))
             .env("FAKE_SERVICE_BINARY", self.installed())
             .env_remove("ADMIN_PANEL_UNIT")
-            .env_remove("BACKUP_BEFORE_MIGRATE");
+            .env_remove("BACKUP_BEFORE_MIGRATE")
+            .env_remove("CARGO_TARGET_DIR");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -203,15 +222,10 @@ fn update_happy_path_installs_keeps_previous_and_restarts() {
         "v1",
         "previous kept"
     );
-    assert_eq!(d.log("cargo.log"), "cargo build --release --locked\n");
+    assert_eq!(d.builds(), 1);
     // Backup before migrating, migrations by the NEW binary before the restart.
-    let systemctl = d.log("systemctl.log");
-    let calls: Vec<&str> = systemctl
-        .lines()
-        .filter(|l| !l.starts_with("show"))
-        .collect();
     assert_eq!(
-        calls,
+        d.systemctl_actions(),
         [
             "start botvisor-backup.service",
             "restart botvisor",
@@ -269,7 +283,7 @@ fn update_build_failure_leaves_everything_as_it_was() {
     assert_eq!(d.installed_version(), "v1");
     assert!(!d.path("bin/botvisor.prev").exists());
     assert_eq!(d.head(), old, "checkout put back");
-    assert_eq!(d.log("systemctl.log"), "", "nothing restarted");
+    assert!(d.systemctl_actions().is_empty(), "nothing restarted");
     assert!(!d.log("botvisor.log").contains("migrate"), "no migrations");
 }
 
@@ -282,7 +296,11 @@ fn update_failed_migration_installs_nothing() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("panel migrations failed"), "{all}");
     assert_eq!(d.installed_version(), "v1");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert_eq!(
+        d.systemctl_actions(),
+        ["start botvisor-backup.service"],
+        "backed up, nothing restarted"
+    );
 }
 
 #[test]
@@ -321,7 +339,7 @@ fn update_refuses_a_dirty_tree() {
     assert_eq!(d.head(), old);
     assert_eq!(d.installed_version(), "v1");
     assert_eq!(d.log("cargo.log"), "");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert!(d.systemctl_actions().is_empty());
 }
 
 #[test]
@@ -358,8 +376,153 @@ fn update_dry_run_changes_nothing() {
     assert_eq!(d.installed_version(), "v1");
     assert!(!d.path("bin/botvisor.prev").exists());
     assert_eq!(d.log("cargo.log"), "");
-    assert_eq!(d.log("systemctl.log"), "");
+    assert!(d.systemctl_actions().is_empty());
     assert_eq!(d.log("botvisor.log"), "");
+    // The plan's steps are numbered 1, 2, 3, … and include the backup (on by default).
+    let numbers: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(". "))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u32).collect::<Vec<_>>(),
+        "{all}"
+    );
+    assert!(numbers.len() >= 6, "{all}");
+    assert!(all.contains("start botvisor-backup.service"), "{all}");
+}
+
+#[test]
+fn update_dry_run_checks_the_setup_and_a_real_run_refuses_it() {
+    let d = Deploy::new();
+    let old = d.head();
+    d.commit("v2", "healthy", false);
+    fs::remove_file(d.installed()).unwrap();
+    let env = [("FAKE_MISSING_UNITS", "botvisor botvisor-backup.service")];
+    let out = d.update(&["--dry-run"], &env);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("--dry-run found 3 problem(s)"), "{all}");
+    assert!(all.contains("no botvisor binary at"), "{all}");
+    assert!(all.contains("unit botvisor is not installed"), "{all}");
+    assert!(
+        all.contains("backup unit botvisor-backup.service is not installed"),
+        "{all}"
+    );
+    // The same setup stops a real update before it changes anything.
+    let out = d.update(&[], &env);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("3 problem(s) with the setup"), "{all}");
+    assert_eq!(d.head(), old);
+    assert_eq!(d.builds(), 0);
+    assert!(d.systemctl_actions().is_empty());
+    // Without the backup the remaining problems are still reported.
+    let out = d.update(
+        &["--dry-run"],
+        &[
+            ("FAKE_MISSING_UNITS", "botvisor"),
+            ("BACKUP_BEFORE_MIGRATE", "0"),
+        ],
+    );
+    assert!(text(&out).contains("found 2 problem(s)"), "{}", text(&out));
+}
+
+#[test]
+fn update_with_nothing_new_builds_installs_and_restarts_nothing() {
+    let d = Deploy::new();
+    // No incoming commit and no record of what is installed: one build shows the installed
+    // binary is already this commit's, so nothing is installed or restarted.
+    let out = d.update(&[], &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("already up to date"), "{all}");
+    assert_eq!(d.builds(), 1);
+    assert!(d.systemctl_actions().is_empty(), "{all}");
+    assert!(!d.path("bin/botvisor.prev").exists(), "{all}");
+    assert!(!d.log("botvisor.log").contains("migrate"), "{all}");
+
+    // A real update, then another with nothing new: no build, no restart, and the rollback
+    // binary is still the previous version.
+    d.commit("v2", "healthy", false);
+    let out = d.update(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(d.builds(), 2);
+    let restarts = d.systemctl_actions().len();
+    for args in [&[][..], &["--dry-run"][..]] {
+        let out = d.update(args, &[]);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("already up to date"), "{all}");
+    }
+    assert_eq!(d.builds(), 2, "nothing rebuilt");
+    assert_eq!(d.systemctl_actions().len(), restarts, "nothing restarted");
+    assert_eq!(d.installed_version(), "v2");
+    assert_eq!(version_of(&d.path("bin/botvisor.prev")), "v1");
+}
+
+#[test]
+fn update_keeps_the_rollback_binary_when_the_build_is_unchanged() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    assert!(d.update(&[], &[]).status.success());
+    // A commit that does not change the binary (documentation only).
+    fs::write(d.path("dev/NOTES"), "docs only\n").unwrap();
+    d.git("dev", &["add", "NOTES"]);
+    d.git("dev", &["commit", "-q", "-m", "docs only"]);
+    d.git("dev", &["push", "-q", "origin", "main"]);
+    let out = d.update(&[], &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("left as it was"), "{all}");
+    assert_eq!(d.installed_version(), "v2");
+    assert_eq!(
+        version_of(&d.path("bin/botvisor.prev")),
+        "v1",
+        "the rollback binary is still the older version: {all}"
+    );
+}
+
+#[test]
+fn update_takes_the_binary_from_cargos_target_dir() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    let elsewhere = d.path("elsewhere");
+    let out = d.update(&[], &[("CARGO_TARGET_DIR", elsewhere.to_str().unwrap())]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(d.installed_version(), "v2");
+    assert!(elsewhere.join("release/botvisor").exists(), "{all}");
+    assert!(!d.path("checkout/target").exists(), "{all}");
+}
+
+#[test]
+fn update_backs_up_before_migrating_by_default() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    // BACKUP_BEFORE_MIGRATE is unset here (Deploy::update removes it).
+    let out = d.update(&[], &[("FAKE_BACKUP_FAILS", "1")]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("the backup failed"), "{all}");
+    assert_eq!(d.systemctl_actions(), ["start botvisor-backup.service"]);
+    assert!(
+        !d.log("botvisor.log").contains("migrate"),
+        "no migration without a backup"
+    );
+    assert_eq!(d.installed_version(), "v1");
+
+    let out = d.update(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        d.systemctl_actions(),
+        [
+            "start botvisor-backup.service",
+            "start botvisor-backup.service",
+            "restart botvisor"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -631,6 +794,175 @@ fn backup_fails_loudly_on_a_missing_database_but_saves_the_rest() {
     );
 }
 
+/// The real botvisor binary this test run was built with.
+fn botvisor_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_botvisor")
+}
+
+/// A sandbox-style token: `<digits>:<35 characters>`.
+fn token(n: u32) -> String {
+    format!("{n}:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0")
+}
+
+/// A panel database migrated by the real binary; returns its name.
+fn real_panel(dbs: &Dbs) -> String {
+    let panel = dbs.name("panel");
+    dbs.sql("postgres", &format!("CREATE DATABASE \"{panel}\""));
+    ok(Command::new(botvisor_bin())
+        .arg("migrate")
+        .env("BOTVISOR_PANEL_URL", dbs.url(&panel)));
+    panel
+}
+
+/// backup.sh finding the bot databases itself, through the real botvisor CLI.
+fn backup_discovering(dbs: &Dbs, panel: &str, dir: &Path, extra: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script("backup.sh"))
+        .env("BOTVISOR_PANEL_URL", dbs.url(panel))
+        .env("BOTVISOR", botvisor_bin())
+        .env("BOTVISOR_CONFIG", dir.join("no-botvisor.toml"))
+        .env("BACKUP_DIR", dir)
+        .env_remove("BACKUP_DATABASES")
+        .env_remove("BOTVISOR__BOT_DATABASE__SERVER_URL")
+        .env_remove("BOTVISOR__BOT_DATABASE__NAME_TEMPLATE")
+        .env_remove("JOURNAL_STREAM");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn backup_saves_orphaned_bot_databases_and_flags_them() {
+    let dbs = Dbs::new();
+    let panel = real_panel(&dbs);
+    let add = |name: &str, n: u32| -> String {
+        ok(Command::new(botvisor_bin())
+            .args(["bot", "add", "--name", name, "--token", &token(n)])
+            .env("BOTVISOR_PANEL_URL", dbs.url(&panel)))
+        .trim()
+        .to_string()
+    };
+    let live_id = add("live", 1);
+    let _never_started = add("never_started", 2);
+    // The default template is {panel_db}_bot_{id}; `dbs.create` prefixes the test's name,
+    // and the panel is `<prefix>_panel`.
+    let live = dbs.create(&format!("panel_bot_{live_id}"), 20);
+    let orphan = dbs.create("panel_bot_9999", 7);
+    let not_a_bot = dbs.create("panel_bot_9999_old_20240101", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = backup_discovering(&dbs, &panel, tmp.path(), &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("1/3 panel: {panel} OK")), "{all}");
+    assert!(
+        stdout.contains(&format!("2/3 bot {live_id} (live): {live} OK")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "3/3 orphan (no bot in the panel uses it): {orphan} OK"
+        )),
+        "{all}"
+    );
+    assert!(stdout.contains("does not exist yet"), "{all}");
+    assert!(
+        stdout.contains(&format!(
+            "OK: 3 of 3 databases saved (1 orphan(s): {orphan})"
+        )),
+        "{all}"
+    );
+    let run_dir = tmp
+        .path()
+        .join("daily")
+        .join(&runs(&tmp.path().join("daily"))[0]);
+    for db in [&panel, &live, &orphan] {
+        assert!(run_dir.join(format!("{db}.dump")).exists(), "{db}: {all}");
+    }
+    assert!(!run_dir.join(format!("{not_a_bot}.dump")).exists(), "{all}");
+    assert_eq!(
+        fs::read_to_string(run_dir.join("ORPHANS")).unwrap(),
+        format!("{orphan}\n")
+    );
+}
+
+#[test]
+fn backup_of_the_panel_alone_counts_it_saved() {
+    let dbs = Dbs::new();
+    let panel = real_panel(&dbs);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = backup_discovering(&dbs, &panel, tmp.path(), &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("backup: 1/1 panel"), "{all}");
+    assert!(all.contains("OK: 1 of 1 databases saved"), "{all}");
+
+    // Without a botvisor binary the bot list is a problem, but the panel was saved and the
+    // summary says so.
+    let missing = tmp.path().join("no-botvisor");
+    let out = backup_discovering(
+        &dbs,
+        &panel,
+        tmp.path(),
+        &[("BOTVISOR", missing.to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("BACKUP FAILED: could not list bots"), "{all}");
+    assert!(
+        all.contains("BACKUP FAILED: 1 of 1 databases saved; 2 other problem(s)"),
+        "{all}"
+    );
+    assert!(!all.contains("not saved"), "{all}");
+}
+
+#[test]
+fn backup_has_help_and_reads_the_env_file_as_systemd_does() {
+    let out = run(Command::new("bash")
+        .arg(script("backup.sh"))
+        .arg("--help")
+        .env_remove("BOTVISOR_PANEL_URL")
+        .env_remove("DATABASE_URL"));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("Usage:"), "{all}");
+    assert!(all.contains("BACKUP_KEEP_DAILY"), "{all}");
+    let out = run(Command::new("bash").arg(script("backup.sh")).arg("--bogus"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The shipped env.example, comment lines and all, with this test's panel URL.
+    let dbs = Dbs::new();
+    let panel = dbs.create("panel", 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let example = fs::read_to_string(root().join("deploy/env.example")).unwrap();
+    assert!(example.lines().any(|l| l.starts_with('#')));
+    let env_file: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("BOTVISOR_PANEL_URL=") {
+                format!("BOTVISOR_PANEL_URL={}", dbs.url(&panel))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(tmp.path().join("env"), env_file).unwrap();
+    let out = run(Command::new("bash")
+        .arg(script("backup.sh"))
+        .arg("--env-file")
+        .arg(tmp.path().join("env"))
+        .env_remove("BOTVISOR_PANEL_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("BOTVISOR__BOT_DATABASE__SERVER_URL")
+        .env("BACKUP_DATABASES", "")
+        .env("BACKUP_DIR", tmp.path().join("dumps")));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("1/1 panel: {panel} OK")), "{all}");
+}
+
 #[test]
 fn backup_fails_loudly_on_a_corrupt_dump() {
     let dbs = Dbs::new();
@@ -750,7 +1082,17 @@ fn restore_swap_replaces_live_bot_database() {
         .collect();
     assert_eq!(old.len(), 1, "{:?}", dbs.all());
     assert_eq!(dbs.fingerprint(&old[0]), damaged, "previous database kept");
-    assert!(all.contains("DROP DATABASE"), "tells how to drop it: {all}");
+    // The printed drop command names the server and works as printed.
+    let hint = all
+        .lines()
+        .find_map(|l| l.split_once("drop the previous database: ").map(|(_, c)| c))
+        .unwrap_or_else(|| panic!("tells how to drop it: {all}"));
+    assert!(
+        hint.starts_with(&format!("psql '{}/postgres'", server_url())),
+        "{hint}"
+    );
+    ok(Command::new("bash").args(["-c", hint]));
+    assert!(!dbs.exists(&old[0]), "{hint}");
     let calls = fs::read_to_string(tmp.path().join("botvisor.log")).unwrap();
     let disable = calls.find("bot disable 1").expect("disabled");
     let enable = calls.find("bot enable 1").expect("enabled again");
@@ -760,6 +1102,214 @@ fn restore_swap_replaces_live_bot_database() {
         "true"
     );
     assert!(dbs.exists(&live));
+}
+
+// ---------------------------------------------------------------------------------------
+// dev.sh
+// ---------------------------------------------------------------------------------------
+
+/// scripts/dev.sh running in its own process group, its stdout read up to the line saying
+/// that `botvisor serve` starts.
+struct DevRun {
+    child: std::process::Child,
+    /// stdout up to and including the "dev: panel …" line.
+    printed: Vec<String>,
+}
+
+impl DevRun {
+    fn start(dbs: &Dbs, dir: &Path, sandbox: &str) -> DevRun {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("bash")
+            .arg(script("dev.sh"))
+            .env("DEV_DB", dbs.name("dev"))
+            .env("SANDBOX_ADDR", sandbox)
+            .env("CARGO", fixture("fake-cargo"))
+            .env("FAKE_CARGO_BIN", botvisor_bin())
+            .env("FAKE_CARGO_LOG", dir.join("cargo.log"))
+            .env("CARGO_TARGET_DIR", dir.join("target-elsewhere"))
+            .env_remove("BOTVISOR_PANEL_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("DEMO_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(dir.join("dev.stderr")).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut printed = Vec::new();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let Some(line) = lines.next() else {
+                let _ = child.wait();
+                panic!(
+                    "dev.sh ended before starting serve:\n{}\n--- stderr\n{}",
+                    printed.join("\n"),
+                    fs::read_to_string(dir.join("dev.stderr")).unwrap_or_default()
+                );
+            };
+            let line = line.unwrap();
+            let done = line.starts_with("dev: panel ");
+            printed.push(line);
+            if done {
+                return DevRun { child, printed };
+            }
+        }
+    }
+
+    /// The printed command groups: runs of indented lines, comments left out.
+    fn command_groups(&self) -> Vec<Vec<String>> {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new()];
+        for line in &self.printed {
+            if let Some(cmd) = line.strip_prefix("  ") {
+                if !cmd.trim_start().starts_with('#') {
+                    groups.last_mut().unwrap().push(cmd.to_string());
+                }
+            } else if !groups.last().unwrap().is_empty() {
+                groups.push(Vec::new());
+            }
+        }
+        groups.retain(|g| !g.is_empty());
+        groups
+    }
+
+    /// Stops dev.sh and what it started (the whole process group: sandbox and daemon), and
+    /// waits for it; dropping the value does the same, so a failing test leaves nothing
+    /// running.
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for DevRun {
+    fn drop(&mut self) {
+        let pgid = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs printed commands in bash and returns their output lines (each ends with `echo`).
+fn run_commands(cmds: &[String]) -> Vec<String> {
+    let out = ok(Command::new("bash")
+        .args(["-euo", "pipefail", "-c"])
+        .arg(cmds.join("\n")));
+    out.lines().map(str::to_string).collect()
+}
+
+/// The sandbox's record of what the bot sent to chat 1, after `after`, waiting up to 10 s.
+fn sent_after(sandbox: &str, token: &str, after: u64) -> Vec<serde_json::Value> {
+    let body = ok(Command::new("curl").arg("-s").arg(format!(
+        "http://{sandbox}/sandbox/sent?token={token}&chat_id=1&after={after}&wait_ms=10000"
+    )));
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Reads the bot's events (each read waits for new ones) until one has `text`; returns
+/// every event seen. Gives up after six empty 10-second waits.
+fn events_until(sandbox: &str, token: &str, text: &str) -> Vec<serde_json::Value> {
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..6 {
+        let after = seen.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        seen.extend(sent_after(sandbox, token, after));
+        if seen.iter().any(|e| e["text"] == text) {
+            return seen;
+        }
+    }
+    panic!("no event with text {text:?}: {seen:?}");
+}
+
+#[test]
+fn dev_prints_commands_that_talk_to_the_demo_bot() {
+    if !have("curl") {
+        eprintln!("skipped: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let dbs = Dbs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sandbox = format!("127.0.0.1:{port}");
+    let token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0";
+
+    // First run: the binary is found in CARGO_TARGET_DIR (not target/debug), the demo bot
+    // is registered and the commands carry its real token.
+    let dev = DevRun::start(&dbs, tmp.path(), &sandbox);
+    let printed = dev.printed.join("\n");
+    assert!(printed.contains("registered the demo bot"), "{printed}");
+    assert!(printed.contains(token), "the real token: {printed}");
+    assert!(!printed.contains("****"), "{printed}");
+    assert!(printed.contains("wait_ms="), "{printed}");
+    let groups = dev.command_groups();
+    assert_eq!(groups.len(), 2, "{printed}");
+    // README shows the same commands, for the default address.
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    for cmd in groups.concat() {
+        let documented = cmd.replace(&sandbox, "127.0.0.1:8081");
+        assert!(
+            readme.lines().any(|l| l == documented),
+            "README lacks {documented}"
+        );
+    }
+
+    // Group 1: /start, then a read that waits for the answer.
+    let out = run_commands(&groups[0]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    assert!(out[1].contains("\"events\""), "{out:?}");
+    let events = events_until(&sandbox, token, "Main menu");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["text"].as_str().is_some_and(|t| t.starts_with("Hello"))),
+        "the greeting: {events:?}"
+    );
+    let last_seq = events.last().unwrap()["seq"].as_u64().unwrap();
+
+    // Group 2: press "About"; the last read shows only what came after.
+    let out = run_commands(&groups[1]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    let after: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
+    let new_events = after["events"].as_array().unwrap();
+    assert!(!new_events.is_empty(), "{out:?}");
+    assert!(
+        new_events
+            .iter()
+            .all(|e| e["seq"].as_u64().unwrap() > last_seq),
+        "{out:?}"
+    );
+    let events = events_until(&sandbox, token, "About us");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "edit" && e["text"] == "About us"),
+        "the menu was edited in place: {events:?}"
+    );
+    dev.stop();
+
+    // Second run: nothing registered again, the same commands printed.
+    let again = DevRun::start(&dbs, tmp.path(), &sandbox);
+    let printed2 = again.printed.join("\n");
+    assert!(!printed2.contains("registered the demo bot"), "{printed2}");
+    assert_eq!(again.command_groups(), groups, "{printed2}");
+    again.stop();
+    let bots = ok(Command::new(botvisor_bin())
+        .args(["bot", "list"])
+        .env("BOTVISOR_PANEL_URL", dbs.url(&dbs.name("dev"))));
+    assert_eq!(
+        bots.lines().filter(|l| l.contains("demo")).count(),
+        1,
+        "{bots}"
+    );
+    // dev.sh's build went through cargo, and the binary came from where cargo reported.
+    assert!(
+        fs::read_to_string(tmp.path().join("cargo.log"))
+            .unwrap()
+            .contains("metadata --format-version 1 --no-deps --locked")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -880,6 +1430,8 @@ fn scripts_are_shellcheck_clean() {
     .collect();
     files.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/run"));
     files.push(script("lib/pg.sh"));
+    files.push(script("lib/cargo.sh"));
+    files.push(script("lib/env.sh"));
     for f in [
         "fake-botvisor.sh",
         "fake-cargo",

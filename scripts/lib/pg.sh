@@ -46,3 +46,19 @@ pg() {
     "$@" --dbname="$url"
   fi
 }
+
+# drop_hint URL DB: a ready-to-paste command that drops DB on URL's server (through its
+# maintenance database "postgres"). The password is left out of the printed URL: psql asks
+# for it (or takes PGPASSWORD / ~/.pgpass), and it never lands in a log.
+drop_hint() {
+  local url scheme rest authority
+  url=$(url_with_db "$1" postgres)
+  scheme=${url%%://*}
+  rest=${url#*://}
+  authority=${rest%%/*}
+  if [[ $authority == *@* && ${authority%@*} == *:* ]]; then
+    local user=${authority%@*}
+    url="$scheme://${user%%:*}@${authority##*@}${rest#"$authority"}"
+  fi
+  printf "psql '%s' -c 'DROP DATABASE \"%s\"'" "$url" "$2"
+}
