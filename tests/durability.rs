@@ -110,14 +110,19 @@ async fn sigkill_at_random_moments_loses_nothing() {
         .unwrap();
     eventually(
         Duration::from_secs(180),
-        "every message processed",
+        "every message processed and every answer sent",
         || async {
             let (rows, done): (i64, i64) =
                 sqlx::query_as("SELECT count(*), count(processed_at) FROM inbox")
                     .fetch_one(&bot_pool)
                     .await
                     .unwrap();
-            (rows == MESSAGES && done == MESSAGES).then_some(())
+            let unsent: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE done_at IS NULL")
+                    .fetch_one(&bot_pool)
+                    .await
+                    .unwrap();
+            (rows == MESSAGES && done == MESSAGES && unsent == 0).then_some(())
         },
     )
     .await;
@@ -153,7 +158,15 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let mut duplicates = 0;
     for chat in 1..=MESSAGES {
         let answers = sb.sent(&t, chat, 0).unwrap().len();
-        assert!(answers >= 1, "chat {chat} was never answered");
+        if answers == 0 {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = logged.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "chat {chat} was never answered; the log's end:\n{}",
+                tail.join("\n")
+            );
+        }
         duplicates += answers - 1;
     }
     eprintln!(

@@ -1,6 +1,6 @@
 //! The module seam, proved by a module that exists only here: a tiny "echo" registered in
 //! the test's daemon. It gets its update kinds into `allowed_updates` and its command into
-//! `setMyCommands`, sees updates in chain order (after core), and its background job starts
+//! `setMyCommands`, sees updates in chain order (after core, which has queued its answer), and its background job starts
 //! with the bot, is woken by a snapshot change and by an operator action, stops when a reload
 //! disables the module, and stops with the bot.
 
@@ -71,7 +71,7 @@ impl Module for Echo {
             let text = msg.text().unwrap_or_default().to_owned();
             note(
                 &self.log,
-                format!("update {text} after {} deliveries", cx.deliveries().len()),
+                format!("update {text} after {} queued", cx.queued()),
             );
             if let Some(rest) = text.strip_prefix("/echo ") {
                 let prefix = cx
@@ -180,7 +180,7 @@ async fn a_module_registered_in_tests_plugs_into_every_part_of_the_seam() {
     let seq = h.last_seq(&t, 7);
     h.say(&t, 7, "/start");
     h.reply(&t, 7, seq, |text| text.starts_with("Hello")).await;
-    logged(&log, "update /start after 1 deliveries", 1).await;
+    logged(&log, "update /start after 1 queued", 1).await;
     let seq = h.last_seq(&t, 7);
     h.say(&t, 7, "/echo hi there");
     h.reply(&t, 7, seq, |text| text == "echo: hi there").await;

@@ -368,9 +368,11 @@ async fn errors_surface_as_teloxide_variants() {
         assert!(ok, "{name}: {result:?}");
     }
 
-    // 429: one message per second in a private chat.
-    bot.send_message(ChatId(CHAT), "first").await.unwrap();
-    let limited = bot.send_message(ChatId(CHAT), "second").await;
+    // 429: one message per second in a private chat, after a burst of three.
+    for text in ["first", "second", "third"] {
+        bot.send_message(ChatId(CHAT), text).await.unwrap();
+    }
+    let limited = bot.send_message(ChatId(CHAT), "fourth").await;
     assert!(
         matches!(limited, Err(RequestError::RetryAfter(s)) if s.seconds() == 1),
         "{limited:?}"

@@ -1,4 +1,5 @@
-//! The bot database's own SQL: the inbox and offset of the durable update pipeline.
+//! The bot database's own SQL: the inbox and offset of the durable update pipeline, and the
+//! outbox its sender delivers.
 //!
 //! Each module keeps the SQL of its tables in its own `store.rs` (`modules::core::store` for
 //! users, `modules::history::store` for messages).
@@ -164,4 +165,119 @@ pub async fn inbox_counts(conn: &mut PgConnection) -> Result<(i64, i64, i64), sq
     sqlx::query_as("SELECT count(*), count(processed_at), count(error) FROM inbox")
         .fetch_one(conn)
         .await
+}
+
+/// A request waiting in the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Its id (the order of a chat's requests).
+    pub id: i64,
+    /// Its lane (0 replies, 1 scheduled, 2 bulk).
+    pub lane: i16,
+    /// The chat.
+    pub chat_id: i64,
+    /// The user it is for, when known.
+    pub user_id: Option<i64>,
+    /// The module that queued it.
+    pub origin: String,
+    /// The Bot API call as JSON.
+    pub request: sqlx::types::Json<serde_json::Value>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+}
+
+/// Queues a request (inside the caller's transaction); returns its id.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    lane: i16,
+    chat_id: i64,
+    user_id: Option<i64>,
+    origin: &str,
+    request: &serde_json::Value,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (lane, chat_id, user_id, origin, request) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(lane)
+    .bind(chat_id)
+    .bind(user_id)
+    .bind(origin)
+    .bind(sqlx::types::Json(request))
+    .fetch_one(conn)
+    .await
+}
+
+/// The oldest pending requests, lane by lane, at most `limit`.
+pub async fn pending_outbox(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, lane, chat_id, user_id, origin, request, attempts FROM outbox \
+         WHERE done_at IS NULL ORDER BY lane, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks a request done with its outcome (`sent`, `blocked`, `chat_not_found`, `failed`).
+pub async fn finish_outbox(
+    conn: &mut PgConnection,
+    id: i64,
+    outcome: &str,
+    message_id: Option<i64>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET done_at = now(), outcome = $2, message_id = $3, error = $4, \
+         attempts = attempts + 1 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(outcome)
+    .bind(message_id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts a failed attempt of a request that stays pending, keeping the error.
+pub async fn retry_outbox(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE outbox SET attempts = attempts + 1, error = $2 WHERE id = $1 RETURNING attempts",
+    )
+    .bind(id)
+    .bind(error)
+    .fetch_one(conn)
+    .await
+}
+
+/// The result of a request: (outcome, message id), once it is done.
+pub async fn outbox_result(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<(String, Option<i64>)>, sqlx::Error> {
+    let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT outcome, message_id FROM outbox WHERE id = $1 AND done_at IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(o, m)| (o.unwrap_or_default(), m)))
+}
+
+/// Deletes requests done more than `days` ago; returns how many.
+pub async fn prune_outbox(conn: &mut PgConnection, days: i64) -> Result<u64, sqlx::Error> {
+    let r =
+        sqlx::query("DELETE FROM outbox WHERE done_at < now() - make_interval(days => $1::int)")
+            .bind(days)
+            .execute(conn)
+            .await?;
+    Ok(r.rows_affected())
 }

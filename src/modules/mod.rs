@@ -4,8 +4,9 @@
 //! label), the manifest keys it owns and how to parse them, whether it is enabled for a bot's
 //! snapshot, the update kinds it needs (their union is `allowed_updates`), the commands it
 //! adds to `setMyCommands`, an [`Module::on_update`] step in the update's unit of work (a
-//! chain: each module sees the update in registry order and may pass it on), an
-//! [`Module::on_sent`] step that observes what the chain delivered, and an optional per-bot
+//! chain: each module sees the update in registry order and may pass it on; its answers are
+//! queued in the outbox), an [`Module::on_sent`] step that observes what the bot's sender
+//! delivered, and an optional per-bot
 //! background [`Module::job`]. The runtime asks the [`Registry`]; it knows no module.
 //!
 //! Import rules (checked by `tests/layers.rs`): a module imports only the content snapshot,
@@ -31,9 +32,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, BudgetError};
+use crate::botdb::store;
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
-use crate::telegram::{CallOutcome, Delivery, Messenger, SendError};
+use crate::telegram::{Delivery, Lane, Messenger, Request, SendError};
 
 /// What the chain does after a module's step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,9 @@ pub trait Module: Send + Sync + 'static {
         Box::pin(async { Ok(Flow::Continue) })
     }
 
-    /// Observes what the chain delivered (inside the same transaction, after the chain).
+    /// Observes the requests the bot's sender finished (inside the transaction that marks
+    /// them done): what Telegram made of them, with the sent message's id. Every enabled
+    /// module sees every delivery; `Delivery::origin` names the module that queued it.
     fn on_sent<'a>(
         &'a self,
         _tx: &'a mut PgConnection,
@@ -247,6 +251,10 @@ impl Registry {
 }
 
 /// What a module's step sees of one update, and how it answers.
+///
+/// Answers are not sent here: they are queued in the outbox inside the update's transaction
+/// and delivered by the bot's sender after the commit (no transaction is ever open across a
+/// Telegram call). What they came to reaches [`Module::on_sent`] once delivered.
 pub struct UpdateCx<'a> {
     /// The panel id of the bot.
     pub bot_id: i64,
@@ -258,52 +266,67 @@ pub struct UpdateCx<'a> {
     pub snapshot: &'a Snapshot,
     /// The update's transaction on the bot database.
     pub tx: &'a mut PgConnection,
-    telegram: &'a Messenger,
-    deliveries: Vec<Delivery>,
+    origin: &'static str,
+    queued: usize,
 }
 
 impl<'a> UpdateCx<'a> {
     /// The context of one unit of work.
     pub fn new(
+        bot_id: i64,
         update: &'a Update,
         me: &'a Me,
         snapshot: &'a Snapshot,
         tx: &'a mut PgConnection,
-        telegram: &'a Messenger,
     ) -> Self {
         Self {
-            bot_id: telegram.bot_id(),
+            bot_id,
             update,
             me,
             snapshot,
             tx,
-            telegram,
-            deliveries: Vec::new(),
+            origin: "",
+            queued: 0,
         }
     }
 
-    /// What the chain delivered so far.
-    pub fn deliveries(&self) -> &[Delivery] {
-        &self.deliveries
+    /// Names the module whose step runs next (its requests are routed back to it).
+    pub fn set_module(&mut self, name: &'static str) {
+        self.origin = name;
     }
 
-    /// What the chain delivered, for [`Module::on_sent`].
-    pub fn into_deliveries(self) -> Vec<Delivery> {
-        self.deliveries
+    /// How many requests this unit of work queued so far.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
-    /// Sends `text` to `chat` (for `user`, when known); the outcome is recorded for
-    /// [`Module::on_sent`].
+    /// Queues `request` to `chat` (for `user`, when known) in `lane`; returns its outbox id.
+    pub async fn queue(
+        &mut self,
+        lane: Lane,
+        chat: ChatId,
+        user: Option<i64>,
+        request: &Request,
+    ) -> Result<i64, ModuleError> {
+        let json = serde_json::to_value(request).expect("requests always serialise");
+        let id = store::enqueue(self.tx, lane.as_i16(), chat.0, user, self.origin, &json).await?;
+        self.queued += 1;
+        Ok(id)
+    }
+
+    /// Answers `text` to `chat` (for `user`, when known).
     pub async fn send(
         &mut self,
         chat: ChatId,
         user: Option<i64>,
         text: &str,
         markup: Option<ReplyMarkup>,
-    ) -> Result<(), ModuleError> {
-        let outcome = self.telegram.send_message(chat, text, markup).await?;
-        self.record(chat, user, text, &outcome, |m| Some(m.id.0));
-        Ok(())
+    ) -> Result<i64, ModuleError> {
+        let request = Request::SendMessage {
+            text: text.to_owned(),
+            reply_markup: markup,
+        };
+        self.queue(Lane::Reply, chat, user, &request).await
     }
 
     /// Edits the text (and inline keyboard) of the bot's message `message_id` in `chat`.
@@ -314,39 +337,27 @@ impl<'a> UpdateCx<'a> {
         message_id: MessageId,
         text: &str,
         markup: Option<InlineKeyboardMarkup>,
-    ) -> Result<(), ModuleError> {
-        let outcome = self
-            .telegram
-            .edit_message_text(chat, message_id, text, markup)
-            .await?;
-        self.record(chat, user, text, &outcome, |m| Some(m.id.0));
-        Ok(())
+    ) -> Result<i64, ModuleError> {
+        let request = Request::EditMessageText {
+            message_id: message_id.0,
+            text: text.to_owned(),
+            reply_markup: markup,
+        };
+        self.queue(Lane::Reply, chat, user, &request).await
     }
 
     /// Answers a callback query (stops the button's spinner), with an optional notice.
     pub async fn answer_callback(
         &mut self,
+        chat: ChatId,
         id: &CallbackQueryId,
         text: Option<&str>,
-    ) -> Result<(), ModuleError> {
-        self.telegram.answer_callback_query(id, text).await?;
-        Ok(())
-    }
-
-    fn record<T>(
-        &mut self,
-        chat: ChatId,
-        user: Option<i64>,
-        text: &str,
-        outcome: &CallOutcome<T>,
-        message_id: impl FnOnce(&T) -> Option<i32>,
-    ) {
-        self.deliveries.push(Delivery {
-            chat_id: chat.0,
-            user_id: user,
-            text: text.to_owned(),
-            outcome: outcome.delivery(message_id),
-        });
+    ) -> Result<i64, ModuleError> {
+        let request = Request::AnswerCallbackQuery {
+            callback_query_id: id.0.clone(),
+            text: text.map(str::to_owned),
+        };
+        self.queue(Lane::Reply, chat, None, &request).await
     }
 }
 
@@ -354,6 +365,10 @@ impl<'a> UpdateCx<'a> {
 pub struct JobCx {
     /// The panel id of the bot.
     pub bot_id: i64,
+    /// The module's name (its requests' origin).
+    pub module: &'static str,
+    /// Wakes the bot's sender after a commit that queued requests.
+    pub outbox: Arc<Notify>,
     /// The bot's database.
     pub db: BotPool,
     /// The bot's send interface.
@@ -380,6 +395,25 @@ pub enum Wake {
 }
 
 impl JobCx {
+    /// Queues `request` to `chat` in `lane` inside the job's transaction `tx`; call
+    /// [`JobCx::wake_sender`] after the commit.
+    pub async fn queue(
+        &self,
+        tx: &mut PgConnection,
+        lane: Lane,
+        chat: ChatId,
+        user: Option<i64>,
+        request: &Request,
+    ) -> Result<i64, ModuleError> {
+        let json = serde_json::to_value(request).expect("requests always serialise");
+        Ok(store::enqueue(tx, lane.as_i16(), chat.0, user, self.module, &json).await?)
+    }
+
+    /// Wakes the bot's sender (after a commit that queued requests).
+    pub fn wake_sender(&self) {
+        self.outbox.notify_one();
+    }
+
     /// Sleeps until the snapshot changes, an operator wakes the job, `deadline` passes (if
     /// any) or the job must stop — no polling.
     pub async fn woken(&mut self, deadline: Option<Instant>) -> Wake {

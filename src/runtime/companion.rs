@@ -9,8 +9,10 @@
 //!   with that failure, so the control plane restarts the bot with backoff.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use teloxide::types::BotCommand;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +33,8 @@ pub(super) struct Companion {
     pub failures: Failures,
     /// The run's stop token; every job's token is a child of it.
     pub stop: CancellationToken,
+    /// Wakes the run's sender (jobs queue requests too).
+    pub outbox: Arc<Notify>,
 }
 
 /// A started companion: commands registered, jobs running.
@@ -114,6 +118,8 @@ impl Started {
                     let job_stop = c.stop.child_token();
                     let cx = JobCx {
                         bot_id: c.bot_id,
+                        module: name,
+                        outbox: Arc::clone(&c.outbox),
                         db: c.db.clone(),
                         telegram: c.telegram.clone(),
                         snapshot: c.snapshot.subscribe(),

@@ -5,9 +5,12 @@
 //! 2. opens one transaction on the bot database and claims the update's inbox row (an update
 //!    already processed — a replay or a re-delivery — is skipped);
 //! 3. runs the module chain: every module enabled for the snapshot, in registry order, until
-//!    one says [`Flow::Stop`];
-//! 4. lets every enabled module observe what the chain delivered ([`Module::on_sent`]);
-//! 5. marks the row processed and commits: the modules' effects and the mark are atomic.
+//!    one says [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
+//! 4. marks the row processed and commits: the modules' effects, their queued answers and the
+//!    mark are atomic; then wakes the bot's sender ([`super::outbox`]), which delivers the
+//!    answers and lets the modules observe the results ([`Module::on_sent`]).
+//!
+//! No Telegram call happens while the transaction is open.
 //!
 //! A panic or a poison error marks that one update poisoned and the bot goes on; any other
 //! failure (database, network after retries) is reported to the run, which ends so the
@@ -81,21 +84,20 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
         return Ok(());
     }
-    let deliveries = {
-        let mut cx = UpdateCx::new(update, me, &snapshot, &mut tx, &ctx.telegram);
+    let queued = {
+        let mut cx = UpdateCx::new(ctx.bot_id, update, me, &snapshot, &mut tx);
         for module in ctx.registry.enabled(&snapshot) {
+            cx.set_module(module.name());
             if module.on_update(&mut cx).await? == Flow::Stop {
                 break;
             }
         }
-        cx.into_deliveries()
+        cx.queued()
     };
-    if !deliveries.is_empty() {
-        for module in ctx.registry.enabled(&snapshot) {
-            module.on_sent(&mut tx, &deliveries).await?;
-        }
-    }
     store::mark_processed(&mut tx, ctx.telegram_id, update_id).await?;
     tx.commit().await?;
+    if queued > 0 {
+        ctx.outbox.notify_one();
+    }
     Ok(())
 }

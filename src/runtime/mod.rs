@@ -16,6 +16,7 @@
 mod companion;
 pub mod dispatch;
 pub mod inbox;
+pub mod outbox;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -126,18 +127,26 @@ impl From<ModuleError> for RunFailure {
 pub struct Failures {
     tx: mpsc::Sender<RunFailure>,
     stop: CancellationToken,
+    failed: CancellationToken,
 }
 
 impl Failures {
     fn new(stop: CancellationToken) -> (Self, mpsc::Receiver<RunFailure>) {
         let (tx, rx) = mpsc::channel(1);
-        (Self { tx, stop }, rx)
+        let failed = CancellationToken::new();
+        (Self { tx, stop, failed }, rx)
     }
 
     /// Records `failure` (unless one was already reported) and stops the run.
     pub fn report(&self, failure: impl Into<RunFailure>) {
         let _ = self.tx.try_send(failure.into());
+        self.failed.cancel();
         self.stop.cancel();
+    }
+
+    /// Cancelled once a failure was reported (a plain stop does not cancel it).
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
     }
 }
 
@@ -186,8 +195,8 @@ pub struct BotContext {
     pub snapshot: SharedSnapshot,
     /// The modules.
     pub registry: Registry,
-    /// The bot's send interface.
-    pub telegram: Messenger,
+    /// Wakes the bot's sender after a commit that queued requests.
+    pub outbox: Arc<Notify>,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
     /// Bounds concurrent handlers of this bot.
@@ -248,6 +257,7 @@ async fn dispatch_run(
 
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
+    let outbox_wake = Arc::new(Notify::new());
     let companion = companion::Companion {
         bot_id: spec.id,
         deps: deps.clone(),
@@ -257,6 +267,7 @@ async fn dispatch_run(
         wakes: parts.wakes,
         failures: failures.clone(),
         stop: run_stop.clone(),
+        outbox: Arc::clone(&outbox_wake),
     };
     // Commands are registered before the bot reports itself running.
     let companion = companion.start().await;
@@ -276,13 +287,26 @@ async fn dispatch_run(
         run_stop.clone(),
         failures.clone(),
     );
+    let drain = CancellationToken::new();
+    let sender = outbox::Sender {
+        bot_id: spec.id,
+        db: db.clone(),
+        telegram,
+        registry: deps.registry.clone(),
+        snapshot: parts.snapshot.clone(),
+        wake: Arc::clone(&outbox_wake),
+        failures: failures.clone(),
+        stop: failures.failed(),
+        drain: drain.clone(),
+        retention_days: deps.settings.bot_database.inbox_retention_days,
+    };
     let context = Arc::new(BotContext {
         bot_id: spec.id,
         telegram_id: i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX),
         db,
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
-        telegram,
+        outbox: outbox_wake,
         failures,
         concurrency: Semaphore::new(HANDLER_CONCURRENCY),
     });
@@ -294,11 +318,13 @@ async fn dispatch_run(
             .try_dispatch_with_listener(listener, LoggingErrorHandler::new())
             .await;
         // The dispatcher ends only when the intake did (stop or failure), or at its start;
-        // either way the companion's jobs end with it.
+        // either way the companion's jobs end with it, and the sender delivers the replies
+        // the last updates queued (or stops at once after a failure).
         run_stop.cancel();
+        drain.cancel();
         dispatched
     };
-    let (dispatched, ()) = tokio::join!(dispatch, companion.run());
+    let (dispatched, (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
     if let Err(e) = dispatched {
         return Err(TelegramError::from_request(&e).into());
     }

@@ -319,8 +319,16 @@ struct ChatRec {
     next_message_id: i32,
     messages: BTreeMap<i32, StoredMsg>,
     events: VecDeque<Event>,
+    /// Sends to a group in the last minute (its sliding window).
     sends: VecDeque<Instant>,
+    /// A private chat's theoretical arrival time (its GCRA bucket).
+    tat: Option<Instant>,
 }
+
+/// A private chat's send period under `--rate-limits`.
+const PRIVATE_PERIOD: Duration = Duration::from_secs(1);
+/// Sends a private chat may get at once under `--rate-limits`.
+const PRIVATE_BURST: u32 = 3;
 
 #[derive(Debug, Clone, Default)]
 struct FileRec {
@@ -1788,6 +1796,7 @@ impl BotState {
                         messages: BTreeMap::new(),
                         events: VecDeque::new(),
                         sends: VecDeque::new(),
+                        tat: None,
                     },
                 );
             }
@@ -1811,18 +1820,15 @@ impl BotState {
         Ok(())
     }
 
-    /// Telegram's send limits: 1/s per private chat, 20/min per group, 30/s per bot.
+    /// Telegram's send limits: 1/s per private chat with bursts of up to
+    /// [`PRIVATE_BURST`] (a GCRA bucket), 20 in any minute per group, 30 in any second per bot.
     fn check_rate(&mut self, chat_id: i64) -> Result<(), ApiErr> {
         let now = Instant::now();
         let chat = self
             .chats
             .get_mut(&chat_id)
             .ok_or_else(ApiErr::chat_not_found)?;
-        let (limit, window) = if chat.kind == ChatType::Private {
-            (1, Duration::from_secs(1))
-        } else {
-            (20, Duration::from_secs(60))
-        };
+        let private = chat.kind == ChatType::Private;
         let wait = |log: &mut VecDeque<Instant>, limit: usize, window: Duration| {
             while log
                 .front()
@@ -1835,7 +1841,18 @@ impl BotState {
                 until.as_secs_f64().ceil().max(1.0) as u32
             })
         };
-        if let Some(secs) = wait(&mut chat.sends, limit, window) {
+        // A private chat: each send moves its theoretical arrival time one period on; a send
+        // is early when that time is more than a burst's worth of periods ahead of now.
+        let tat = chat.tat.unwrap_or(now).max(now);
+        let tolerance = PRIVATE_PERIOD * (PRIVATE_BURST - 1);
+        if private && tat > now + tolerance {
+            let until = tat - tolerance - now;
+            self.counters.rate_limited += 1;
+            return Err(ApiErr::retry_after(
+                until.as_secs_f64().ceil().max(1.0) as u32
+            ));
+        }
+        if !private && let Some(secs) = wait(&mut chat.sends, 20, Duration::from_secs(60)) {
             self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
@@ -1843,11 +1860,12 @@ impl BotState {
             self.counters.rate_limited += 1;
             return Err(ApiErr::retry_after(secs));
         }
-        self.chats
-            .get_mut(&chat_id)
-            .expect("checked above")
-            .sends
-            .push_back(now);
+        let chat = self.chats.get_mut(&chat_id).expect("checked above");
+        if private {
+            chat.tat = Some(tat + PRIVATE_PERIOD);
+        } else {
+            chat.sends.push_back(now);
+        }
         self.sends.push_back(now);
         Ok(())
     }

@@ -24,6 +24,9 @@ pub enum TelegramError {
     /// 429: wait exactly this long before the next call.
     #[error("Telegram asked to retry after {0:?}")]
     RetryAfter(Duration),
+    /// 400 "chat not found": the chat does not exist or the bot is not in it.
+    #[error("Telegram refused: chat not found")]
+    ChatNotFound,
     /// 409: another poller or a webhook is using this token.
     #[error("Telegram answered 409 Conflict: {0}")]
     Conflict(String),
@@ -53,6 +56,7 @@ impl TelegramError {
                 TelegramError::Blocked(redact(&e.to_string()))
             }
             RequestError::Api(ApiError::InvalidToken) => TelegramError::Unauthorized,
+            RequestError::Api(ApiError::ChatNotFound) => TelegramError::ChatNotFound,
             RequestError::RetryAfter(secs) => TelegramError::RetryAfter(secs.duration()),
             RequestError::Network(e) => TelegramError::Transient(redact(&e.to_string())),
             RequestError::Io(e) => TelegramError::Transient(redact(&e.to_string())),

@@ -4,13 +4,17 @@
 //!
 //! - [`TelegramError`]: the one classification of a failed call, whichever path made it
 //!   (teloxide's typed errors, or our raw calls' HTTP answers);
-//! - [`Messenger`] (in `send`): the send interface modules use — retries, `retry_after`
-//!   honoured exactly, outcomes as [`Delivery`] records.
+//! - [`Request`] and [`Lane`]: what a bot wants sent, as data (queued in the outbox);
+//! - [`Messenger`] (in `send`): one bot's calls — a single attempt of a [`Request`] for the
+//!   sender, and retried calls (`setMyCommands`) for the rest; outcomes as [`Delivery`]
+//!   records.
 
 mod error;
+mod outgoing;
 mod send;
 
 pub use error::TelegramError;
+pub use outgoing::{Lane, Request};
 pub use send::{CallOutcome, Delivery, DeliveryOutcome, Messenger, SendError};
 
 use std::time::Duration;

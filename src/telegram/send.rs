@@ -1,6 +1,7 @@
-//! The send interface modules use: one bot's sending calls with Telegram's failures handled.
+//! One bot's Bot API calls: single attempts of outbox requests for the sender
+//! ([`Messenger::attempt`]), and retried calls for the rest ([`Messenger::set_my_commands`]).
 //!
-//! Every call is retried on a 429 (waiting exactly `retry_after`), on network errors and on
+//! A retried call is retried on a 429 (waiting exactly `retry_after`), on network errors and on
 //! errors teloxide cannot name (doubling delays, [`SEND_ATTEMPTS`] in all); a 403 comes back
 //! as [`CallOutcome::Blocked`] and any other refusal as [`CallOutcome::Rejected`], both logged
 //! here once with the bot's id. Only a revoked token or a call that kept failing transiently
@@ -11,11 +12,9 @@ use std::time::Duration;
 use teloxide::Bot;
 use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
 use teloxide::prelude::Requester;
-use teloxide::types::{
-    BotCommand, CallbackQueryId, ChatId, InlineKeyboardMarkup, Message, MessageId, ReplyMarkup,
-};
+use teloxide::types::{BotCommand, CallbackQueryId, ChatId, MessageId};
 
-use super::TelegramError;
+use super::{Request, TelegramError};
 
 /// Attempts at one Bot API call before the caller gives up on it for now.
 const SEND_ATTEMPTS: u32 = 4;
@@ -33,15 +32,23 @@ pub enum CallOutcome<T> {
     Rejected(String),
 }
 
-/// A message the bot tried to deliver, as modules observe it after the update's chain.
+/// A request the bot's sender finished, as modules observe it ([`Module::on_sent`]).
+///
+/// [`Module::on_sent`]: crate::modules::Module::on_sent
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The outbox row (its result stays readable there).
+    pub outbox_id: i64,
+    /// The module that queued it.
+    pub origin: String,
+    /// Its lane.
+    pub lane: super::Lane,
     /// The chat it went to.
     pub chat_id: i64,
     /// The user it was for, when known.
     pub user_id: Option<i64>,
-    /// The text sent (or the new text of an edit).
-    pub text: String,
+    /// The text the chat sees (None for calls that show no message).
+    pub text: Option<String>,
     /// What Telegram made of it.
     pub outcome: DeliveryOutcome,
 }
@@ -51,19 +58,22 @@ pub struct Delivery {
 pub enum DeliveryOutcome {
     /// Sent (or edited); the message id when Telegram gave one.
     Sent(Option<i32>),
-    /// The user blocked the bot.
+    /// The user blocked the bot or was deactivated (403).
     Blocked,
-    /// Telegram refused it, with its reason.
-    Rejected(String),
+    /// The chat does not exist (400 "chat not found").
+    ChatNotFound,
+    /// Telegram refused it for good, with its reason.
+    Failed(String),
 }
 
-impl<T> CallOutcome<T> {
-    /// The delivery outcome of a call, with the sent message id when there is one.
-    pub fn delivery(&self, message_id: impl FnOnce(&T) -> Option<i32>) -> DeliveryOutcome {
+impl DeliveryOutcome {
+    /// The outcome's name in `outbox.outcome`.
+    pub fn as_str(&self) -> &'static str {
         match self {
-            CallOutcome::Done(v) => DeliveryOutcome::Sent(message_id(v)),
-            CallOutcome::Blocked => DeliveryOutcome::Blocked,
-            CallOutcome::Rejected(reason) => DeliveryOutcome::Rejected(reason.clone()),
+            DeliveryOutcome::Sent(_) => "sent",
+            DeliveryOutcome::Blocked => "blocked",
+            DeliveryOutcome::ChatNotFound => "chat_not_found",
+            DeliveryOutcome::Failed(_) => "failed",
         }
     }
 }
@@ -105,58 +115,52 @@ impl Messenger {
         self.bot_id
     }
 
-    /// `sendMessage`.
-    pub async fn send_message(
+    /// One attempt at `request` in `chat`: the sent message's id (for calls that create or
+    /// edit a message), or the classified failure. The outbox's sender decides what a
+    /// failure means (it owns the retries and Telegram's limits).
+    pub async fn attempt(
         &self,
         chat: ChatId,
-        text: &str,
-        markup: Option<ReplyMarkup>,
-    ) -> Result<CallOutcome<Message>, SendError> {
-        self.call("sendMessage", || {
-            let request = self.bot.send_message(chat, text);
-            let request = match markup.clone() {
-                Some(m) => request.reply_markup(m),
-                None => request,
-            };
-            async move { request.await }
-        })
-        .await
-    }
-
-    /// `editMessageText`, with an inline keyboard or none.
-    pub async fn edit_message_text(
-        &self,
-        chat: ChatId,
-        message_id: MessageId,
-        text: &str,
-        markup: Option<InlineKeyboardMarkup>,
-    ) -> Result<CallOutcome<Message>, SendError> {
-        self.call("editMessageText", || {
-            let request = self.bot.edit_message_text(chat, message_id, text);
-            let request = match markup.clone() {
-                Some(k) => request.reply_markup(k),
-                None => request,
-            };
-            async move { request.await }
-        })
-        .await
-    }
-
-    /// `answerCallbackQuery`, with an optional notification text.
-    pub async fn answer_callback_query(
-        &self,
-        id: &CallbackQueryId,
-        text: Option<&str>,
-    ) -> Result<CallOutcome<()>, SendError> {
-        self.call("answerCallbackQuery", || {
-            let request = self.bot.answer_callback_query(id.clone());
-            let request = match text {
-                Some(t) => request.text(t),
-                None => request,
-            };
-            async move { request.await.map(|_| ()) }
-        })
-        .await
+        request: &Request,
+    ) -> Result<Option<i32>, TelegramError> {
+        let result = match request {
+            Request::SendMessage { text, reply_markup } => {
+                let call = self.bot.send_message(chat, text);
+                let call = match reply_markup.clone() {
+                    Some(m) => call.reply_markup(m),
+                    None => call,
+                };
+                call.await.map(|m| Some(m.id.0))
+            }
+            Request::EditMessageText {
+                message_id,
+                text,
+                reply_markup,
+            } => {
+                let call = self
+                    .bot
+                    .edit_message_text(chat, MessageId(*message_id), text);
+                let call = match reply_markup.clone() {
+                    Some(k) => call.reply_markup(k),
+                    None => call,
+                };
+                call.await.map(|m| Some(m.id.0))
+            }
+            Request::AnswerCallbackQuery {
+                callback_query_id,
+                text,
+            } => {
+                let call = self
+                    .bot
+                    .answer_callback_query(CallbackQueryId(callback_query_id.clone()));
+                let call = match text {
+                    Some(t) => call.text(t),
+                    None => call,
+                };
+                call.await.map(|_| None)
+            }
+        };
+        result.map_err(|e| TelegramError::from_request(&e))
     }
 
     /// `setMyCommands`.
@@ -196,6 +200,14 @@ impl Messenger {
                 TelegramError::Rejected { description, .. } => {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");
                     return Ok(CallOutcome::Rejected(description));
+                }
+                TelegramError::ChatNotFound => {
+                    tracing::warn!(
+                        bot_id,
+                        method,
+                        "Telegram refused the request: chat not found"
+                    );
+                    return Ok(CallOutcome::Rejected("chat not found".into()));
                 }
                 TelegramError::Conflict(description) => {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");

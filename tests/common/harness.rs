@@ -22,11 +22,16 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs an in-process sandbox on a free loopback port until the returned token is cancelled.
 pub async fn start_sandbox() -> (SandboxHandle, String, CancellationToken) {
+    start_sandbox_with(false).await
+}
+
+/// [`start_sandbox`], enforcing Telegram's send limits when `rate_limits` is set.
+pub async fn start_sandbox_with(rate_limits: bool) -> (SandboxHandle, String, CancellationToken) {
     let stop = CancellationToken::new();
     let sandbox = Sandbox::bind(SandboxConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         accept_any_token: false,
-        enforce_rate_limits: false,
+        enforce_rate_limits: rate_limits,
     })
     .await
     .unwrap();
@@ -61,12 +66,21 @@ impl Harness {
 
     /// [`Harness::start`] with the modules of `registry`.
     pub async fn start_with(extra: Extra<'_>, registry: Registry) -> Self {
+        Self::start_full(extra, registry, false).await
+    }
+
+    /// [`Harness::start_with`] against a sandbox that enforces Telegram's send limits.
+    pub async fn start_rate_limited(extra: Extra<'_>, registry: Registry) -> Self {
+        Self::start_full(extra, registry, true).await
+    }
+
+    async fn start_full(extra: Extra<'_>, registry: Registry, rate_limits: bool) -> Self {
         botvisor::telemetry::init(&botvisor::settings::LogSettings {
             filter: "warn".into(),
             ..Default::default()
         });
         let panel = TestDb::create("bvt_sup").await;
-        let (handle, sandbox_url, sandbox_stop) = start_sandbox().await;
+        let (handle, sandbox_url, sandbox_stop) = start_sandbox_with(rate_limits).await;
         let mut env: HashMap<String, String> = panel.env();
         env.insert("BOTVISOR_TELEGRAM_API_URL".into(), sandbox_url.clone());
         // Only notifications and reconnects should drive the tests, not the periodic resync.

@@ -1,8 +1,9 @@
 //! The core module: the user registry, commands, menus, texts and the admin `/stats`.
 //!
 //! Runs inside the update's unit of work (see `runtime::dispatch`): users are recorded in the
-//! update's transaction; answers go through the send interface of [`UpdateCx`], and what they
-//! came to is observed in [`Core::on_sent`] (a 403 marks the user `blocked`).
+//! update's transaction; answers are queued through [`UpdateCx`] (the outbox), and what they
+//! came to is observed in [`Core::on_sent`] once the sender delivered them (a 403 marks the
+//! user `blocked`).
 
 mod section;
 pub mod store;
@@ -179,7 +180,8 @@ async fn send(
     text: &str,
     markup: Option<ReplyMarkup>,
 ) -> Result<(), ModuleError> {
-    cx.send(to.chat, to.user_id, text, markup).await
+    cx.send(to.chat, to.user_id, text, markup).await?;
+    Ok(())
 }
 
 async fn on_message(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleError> {
@@ -434,7 +436,8 @@ async fn run_action(
         .filter(|m| m.kind == MenuKind::Inline)
         .map(|m| inline_markup(snapshot, audience, m, &target_path));
     cx.edit(audience.chat, audience.user_id, message_id, &text, markup)
-        .await
+        .await?;
+    Ok(())
 }
 
 async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleError> {
@@ -442,7 +445,8 @@ async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), Mod
     let section = core_section(snapshot);
     touch(cx.tx, &q.from).await?;
     let Some(message) = q.message.as_ref() else {
-        cx.answer_callback(&q.id, None).await?;
+        let chat = ChatId(i64::try_from(q.from.id.0).unwrap_or(i64::MAX));
+        cx.answer_callback(chat, &q.id, None).await?;
         return Ok(());
     };
     let audience = Audience::new(message.chat().id, Some(&q.from), snapshot);
@@ -457,7 +461,7 @@ async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), Mod
         });
     match found {
         Some((path, menu_name, action)) => {
-            cx.answer_callback(&q.id, None).await?;
+            cx.answer_callback(audience.chat, &q.id, None).await?;
             run_action(
                 cx,
                 &audience,
@@ -473,7 +477,8 @@ async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), Mod
             let expired = audience
                 .text(snapshot, "menu_expired")
                 .unwrap_or_else(|| DEFAULT_MENU_EXPIRED.to_owned());
-            cx.answer_callback(&q.id, Some(&expired)).await?;
+            cx.answer_callback(audience.chat, &q.id, Some(&expired))
+                .await?;
             if let Some(main) = section.main_menu.clone() {
                 let menu = &section.menus[&main];
                 if menu.kind == MenuKind::Inline {

@@ -3,7 +3,8 @@
 //!
 //! - [`History::on_update`]: a user's message is recorded first in the chain, so every later
 //!   module's answer comes after it;
-//! - [`History::on_sent`]: what the chain delivered is recorded as the bot's;
+//! - [`History::on_sent`]: what the bot's sender delivered is recorded as the bot's, when
+//!   Telegram accepted it;
 //! - its job ([`job::prune`]) deletes messages past their retention once at start and every
 //!   hour, and at once when a reload shortens the retention.
 
@@ -93,8 +94,8 @@ impl Module for History {
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
             for d in deliveries {
-                if matches!(d.outcome, DeliveryOutcome::Sent(_)) {
-                    store::add_message(tx, d.chat_id, d.user_id, Role::Bot, &d.text).await?;
+                if let (DeliveryOutcome::Sent(_), Some(text)) = (&d.outcome, &d.text) {
+                    store::add_message(tx, d.chat_id, d.user_id, Role::Bot, text).await?;
                 }
             }
             Ok(())
