@@ -115,7 +115,7 @@ impl Admin {
         validate_name(bot.name)?;
         let token = BotToken::parse(bot.token)?;
         let manifest = match bot.manifest {
-            Some(text) => self.registry.parse_manifest(text)?,
+            Some(text) => self.validate_manifest(text)?,
             None => Manifest::default(),
         };
         if let Some(db) = bot.database {

@@ -32,7 +32,7 @@ pub enum TextError {
     UnknownPlaceholder(String),
     /// The value holds a control character other than a newline or a tab.
     #[error(
-        "control character U+{code:04X} at character {position}: only newlines and tabs are allowed"
+        "control character U+{code:04X} at position {position} (counting characters from 1): only newlines and tabs are allowed"
     )]
     ControlCharacter {
         /// Its position, counting characters from 1.
