@@ -162,10 +162,7 @@ mod tests {
                 "panel database error: duplicate key value at line 123",
                 "panel database error: duplicate key value",
             ),
-            (
-                "syntax error at character 15: more",
-                "syntax error: more",
-            ),
+            ("syntax error at character 15: more", "syntax error: more"),
             (
                 "TOML parse error at line 1, column 5",
                 "TOML parse error at line 1, column 5",

@@ -43,7 +43,8 @@ async fn control_characters_and_nul_are_refused_with_their_position() {
         ("bell\u{7}", "U+0007 at position 5"),
         ("\u{1b}[31mred", "U+001B at position 1"),
     ] {
-        p.run(&["text", "set", &id, "start", value]).bad_input(needle);
+        p.run(&["text", "set", &id, "start", value])
+            .bad_input(needle);
     }
     // A NUL cannot be an argument; it comes in through files (below).
     p.run(&["text", "set", &id, "start", "two\nlines\tand a tab"])
@@ -63,12 +64,24 @@ async fn control_characters_and_nul_are_refused_with_their_position() {
     let m = manifest.to_str().unwrap();
     p.run(&["config", "set", &id, m])
         .bad_input("menus.main.text: contains a NUL character");
-    p.run(&["bot", "add", "--name", "x", "--token", &token(4002), "--manifest", m])
-        .bad_input("menus.main.text: contains a NUL character");
+    p.run(&[
+        "bot",
+        "add",
+        "--name",
+        "x",
+        "--token",
+        &token(4002),
+        "--manifest",
+        m,
+    ])
+    .bad_input("menus.main.text: contains a NUL character");
     // Nothing of the refused writes landed.
     let export: serde_json::Value =
         serde_json::from_str(p.run(&["text", "export", &id]).ok()).unwrap();
-    assert_eq!(export, serde_json::json!({"start": {"en": "two\nlines\tand a tab"}}));
+    assert_eq!(
+        export,
+        serde_json::json!({"start": {"en": "two\nlines\tand a tab"}})
+    );
 }
 
 #[tokio::test]
@@ -98,7 +111,10 @@ async fn clap_errors_are_one_line_and_help_and_version_still_work() {
     botvisor(&env, &["bot", "add", "--name", "x"]).bad_input("--token");
     botvisor(&env, &["bot"]).bad_input("subcommand is missing");
     let help = botvisor(&env, &["bot", "--help"]);
-    assert!(help.ok().contains("Register, inspect and change bots"), "{help:?}");
+    assert!(
+        help.ok().contains("Register, inspect and change bots"),
+        "{help:?}"
+    );
     let version = botvisor(&env, &["--version"]);
     let line = version.ok().trim().to_owned();
     assert!(
@@ -127,7 +143,11 @@ async fn tokens_say_their_length_and_duplicates_name_the_holder() {
 #[tokio::test]
 async fn databases_that_are_not_the_bots_to_use_are_refused() {
     let p = Panel::new().await;
-    let first = p.add("first", 4301, &["--database", &format!("{}_custom", p.db.name)]);
+    let first = p.add(
+        "first",
+        4301,
+        &["--database", &format!("{}_custom", p.db.name)],
+    );
     let second = p.add("second", 4302, &[]);
     let panel_url = p.db.url.replace("127.0.0.1", "localhost");
     for (database, needle) in [
@@ -145,8 +165,17 @@ async fn databases_that_are_not_the_bots_to_use_are_refused() {
             &format!("already used by bot {second}"),
         ),
     ] {
-        p.run(&["bot", "add", "--name", "x", "--token", &token(4303), "--database", &database])
-            .bad_input(needle);
+        p.run(&[
+            "bot",
+            "add",
+            "--name",
+            "x",
+            "--token",
+            &token(4303),
+            "--database",
+            &database,
+        ])
+        .bad_input(needle);
     }
     let list: serde_json::Value =
         serde_json::from_str(p.run(&["bot", "list", "--json"]).ok()).unwrap();
@@ -169,8 +198,12 @@ async fn remove_says_what_would_happen_until_confirmed() {
     // Nothing happened.
     assert_eq!(p.run(&["text", "get", &id, "start"]).ok().trim(), "Hi");
     let removed = p.run(&["bot", "remove", &id, "--yes"]);
-    assert!(removed.ok().contains(&format!("database {db} kept")), "{removed:?}");
-    p.run(&["bot", "show", &id]).bad_input(&format!("no bot with id {id}"));
+    assert!(
+        removed.ok().contains(&format!("database {db} kept")),
+        "{removed:?}"
+    );
+    p.run(&["bot", "show", &id])
+        .bad_input(&format!("no bot with id {id}"));
     assert!(!database_exists(&db).await);
 }
 
@@ -190,7 +223,11 @@ async fn an_unreachable_panel_fails_fast_with_the_cause() {
     ] {
         let started = Instant::now();
         let r = botvisor(&env, args);
-        assert!(started.elapsed() < Duration::from_secs(3), "{args:?} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
         r.bad_input("127.0.0.1:1/nowhere");
         assert!(r.stderr.contains("refused"), "{args:?}: {r:?}");
         assert!(!r.stderr.contains("pool timed out"), "{r:?}");
@@ -201,8 +238,14 @@ async fn an_unreachable_panel_fails_fast_with_the_cause() {
     assert!(check.stdout.contains("# panel: unreachable: "), "{check:?}");
     assert!(check.stderr.contains("refused"), "{check:?}");
     let offline = botvisor(&env, &["config", "check", "--offline"]);
-    assert!(offline.ok().contains("# panel: not tried (--offline)"), "{offline:?}");
+    assert!(
+        offline.ok().contains("# panel: not tried (--offline)"),
+        "{offline:?}"
+    );
     let p = Panel::new().await;
     let reachable = p.run(&["config", "check"]);
-    assert!(reachable.ok().contains("# panel: reachable at postgres://"), "{reachable:?}");
+    assert!(
+        reachable.ok().contains("# panel: reachable at postgres://"),
+        "{reachable:?}"
+    );
 }

@@ -61,7 +61,12 @@ async fn bot_list_shows_details_aligned_filters_by_state_and_sums_up() {
     let long_detail = format!("polling failed: {}", "x".repeat(200));
     for (id, state, detail, username) in [
         (a, "running", "polling", Some("short_bot")),
-        (b, "failed", long_detail.as_str(), Some("a_username_of_thirty_two_chars_x")),
+        (
+            b,
+            "failed",
+            long_detail.as_str(),
+            Some("a_username_of_thirty_two_chars_x"),
+        ),
         (c, "stopped", "disabled", None),
     ] {
         store::upsert_status(
@@ -85,16 +90,28 @@ async fn bot_list_shows_details_aligned_filters_by_state_and_sums_up() {
     assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[0].starts_with("ID "), "{out}");
     // Every column starts where its header does, however long the values.
-    for header in ["NAME", "TOKEN", "ENABLED", "STATE", "USERNAME", "DATABASE", "DETAIL"] {
+    for header in [
+        "NAME", "TOKEN", "ENABLED", "STATE", "USERNAME", "DATABASE", "DETAIL",
+    ] {
         let column = lines[0].find(header).unwrap();
         for row in &lines[1..4] {
             let before: String = row.chars().take(column).collect();
-            assert!(before.ends_with(' '), "{header} misaligned in {row:?}\n{out}");
-            assert_ne!(row.chars().nth(column), Some(' '), "{header} in {row:?}\n{out}");
+            assert!(
+                before.ends_with(' '),
+                "{header} misaligned in {row:?}\n{out}"
+            );
+            assert_ne!(
+                row.chars().nth(column),
+                Some(' '),
+                "{header} in {row:?}\n{out}"
+            );
         }
     }
     // ID first, NAME second: what scripts/dev.sh reads.
-    assert_eq!(lines[1].split_whitespace().take(2).collect::<Vec<_>>(), [a.to_string().as_str(), "short"]);
+    assert_eq!(
+        lines[1].split_whitespace().take(2).collect::<Vec<_>>(),
+        [a.to_string().as_str(), "short"]
+    );
     assert!(out.contains("a rather long bot name that goe…"), "{out}");
     assert!(!out.contains(long_name), "{out}");
     assert!(out.contains("polling failed: xxx"), "{out}");
@@ -102,16 +119,24 @@ async fn bot_list_shows_details_aligned_filters_by_state_and_sums_up() {
     assert!(!out.contains(&"x".repeat(100)), "{out}");
     assert_eq!(lines[4], "3 bots: 1 running, 1 failed, 1 disabled", "{out}");
 
-    let failed = p.run(&["bot", "list", "--state", "failed,running"]).ok().to_owned();
-    assert!(failed.contains("short") && failed.contains("a rather"), "{failed}");
+    let failed = p
+        .run(&["bot", "list", "--state", "failed,running"])
+        .ok()
+        .to_owned();
+    assert!(
+        failed.contains("short") && failed.contains("a rather"),
+        "{failed}"
+    );
     assert!(!failed.contains(" off "), "{failed}");
     assert!(
         failed.ends_with("2 bots: 1 running, 1 failed (state failed, running; 3 bots in all)\n"),
         "{failed}"
     );
     let json: serde_json::Value = serde_json::from_str(
-        p.run(&["bot", "list", "--json", "--state", "stopped", "--state", "failed"])
-            .ok(),
+        p.run(&[
+            "bot", "list", "--json", "--state", "stopped", "--state", "failed",
+        ])
+        .ok(),
     )
     .unwrap();
     let ids: Vec<i64> = json
@@ -130,7 +155,10 @@ async fn history_says_when_a_chat_is_empty_and_prints_zoned_timestamps() {
     let id = p.add("shop", 5101, &[]);
     let pool = p.create_bot_database(id).await;
     let empty = p.run(&["history", &id.to_string(), "--chat", "42"]);
-    assert_eq!(empty.ok().trim(), format!("no messages in chat 42 of bot {id}"));
+    assert_eq!(
+        empty.ok().trim(),
+        format!("no messages in chat 42 of bot {id}")
+    );
     sqlx::query(
         "INSERT INTO messages (chat_id, role, content, created_at) \
          VALUES (42, 'user', 'hello', '2026-01-02T03:04:05Z')",
@@ -171,7 +199,10 @@ async fn migrate_all_bots_shows_progress_and_says_when_nothing_was_pending() {
     for n in 1..=3 {
         assert!(out.contains(&format!("[{n}/3] bot ")), "{out}");
     }
-    assert!(out.contains(&format!("migrated ({pending} applied)")), "{out}");
+    assert!(
+        out.contains(&format!("migrated ({pending} applied)")),
+        "{out}"
+    );
     assert!(
         out.trim_end().ends_with(&format!(
             "3 bot databases: 1 migrated ({pending} migrations applied), 1 up to date, \
@@ -181,9 +212,10 @@ async fn migrate_all_bots_shows_progress_and_says_when_nothing_was_pending() {
     );
     let again = p.run(&["migrate", "--all-bots"]);
     assert!(
-        again.ok().trim_end().ends_with(
-            "3 bot databases: nothing to apply (2 up to date, 1 not created yet)"
-        ),
+        again
+            .ok()
+            .trim_end()
+            .ends_with("3 bot databases: nothing to apply (2 up to date, 1 not created yet)"),
         "{again:?}"
     );
     let status = p.run(&["migrate", "status", "--all-bots"]);
@@ -234,7 +266,8 @@ async fn config_set_and_patch_say_what_changes() {
     assert_eq!(bad.code, 2, "{bad:?}");
     assert_eq!(bad.stderr.trim().lines().count(), 1, "{bad:?}");
     let f = write("not json");
-    p.run(&["config", "patch", &id, &f]).bad_input("the patch is not valid JSON");
+    p.run(&["config", "patch", &id, &f])
+        .bad_input("the patch is not valid JSON");
     let after: serde_json::Value =
         serde_json::from_str(p.run(&["config", "show", &id]).ok()).unwrap();
     assert_eq!(after, shown);

@@ -47,7 +47,10 @@ impl Panel {
 async fn migrate_is_idempotent_and_status_lists_migrations() {
     let mut p = Panel::new().await;
     let second = p.run(&["migrate"]);
-    assert!(second.ok().contains("panel: nothing to apply"), "{second:?}");
+    assert!(
+        second.ok().contains("panel: nothing to apply"),
+        "{second:?}"
+    );
     let status = p.run(&["migrate", "status"]);
     let out = status.ok();
     assert!(out.contains("VERSION"), "{out}");

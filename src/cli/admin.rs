@@ -137,9 +137,7 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             let all = admin.list_bots().await?;
             let views: Vec<&BotView> = all
                 .iter()
-                .filter(|v| {
-                    state.is_empty() || v.state.as_ref().is_some_and(|s| state.contains(s))
-                })
+                .filter(|v| state.is_empty() || v.state.as_ref().is_some_and(|s| state.contains(s)))
                 .collect();
             if *json {
                 writeln!(

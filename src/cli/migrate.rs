@@ -100,7 +100,12 @@ pub(super) async fn migrate(
             let show_progress = *all_bots && !*json;
             for (i, target) in targets.into_iter().enumerate() {
                 let label = if show_progress {
-                    format!("[{}/{total}] bot {} ({})", i + 1, target.bot_id, target.database)
+                    format!(
+                        "[{}/{total}] bot {} ({})",
+                        i + 1,
+                        target.bot_id,
+                        target.database
+                    )
                 } else {
                     format!("bot {} ({})", target.bot_id, target.database)
                 };

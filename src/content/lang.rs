@@ -10,7 +10,8 @@ pub fn is_language_code(s: &str) -> bool {
         && primary.bytes().all(|b| b.is_ascii_lowercase())
         && subtags.all(|t| {
             (2..=8).contains(&t.len())
-                && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
 }
 
@@ -20,12 +21,32 @@ mod tests {
 
     #[test]
     fn accepts_ietf_like_codes_only() {
-        for good in ["en", "ru", "pt-br", "zh-hans", "es-419", "ast", "sr-latn-rs"] {
+        for good in [
+            "en",
+            "ru",
+            "pt-br",
+            "zh-hans",
+            "es-419",
+            "ast",
+            "sr-latn-rs",
+        ] {
             assert!(is_language_code(good), "{good}");
         }
         for bad in [
-            "", "e", "russian", "english", "EN", "pt-BR", "pt_br", "pt-", "-en", "en--us",
-            "en-x", "en-abcdefghi", "1n", "ру",
+            "",
+            "e",
+            "russian",
+            "english",
+            "EN",
+            "pt-BR",
+            "pt_br",
+            "pt-",
+            "-en",
+            "en--us",
+            "en-x",
+            "en-abcdefghi",
+            "1n",
+            "ру",
         ] {
             assert!(!is_language_code(bad), "{bad}");
         }

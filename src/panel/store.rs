@@ -65,7 +65,12 @@ fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
 }
 
 /// Like [`map_unique`], naming the bot that already has `token` when that is the violation.
-async fn map_write_error(pool: &PgPool, e: sqlx::Error, name: &str, token: &BotToken) -> PanelError {
+async fn map_write_error(
+    pool: &PgPool,
+    e: sqlx::Error,
+    name: &str,
+    token: &BotToken,
+) -> PanelError {
     let error = map_unique(e, name);
     if let PanelError::DuplicateToken { .. } = error {
         let holder: Result<Option<(i64, String)>, _> =
