@@ -425,23 +425,19 @@ async fn text(cmd: &TextCommand, admin: &Admin, out: &mut dyn Write) -> Result<(
 
 async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
-        ConfigCommand::Set { id, file } => {
+        ConfigCommand::Set { id, file } | ConfigCommand::Patch { id, file } => {
             let text = read_file(file)?;
-            let change = match admin.replace_manifest(*id, &text).await {
+            let (result, done) = if let ConfigCommand::Set { .. } = cmd {
+                (admin.replace_manifest(*id, &text).await, "replaced")
+            } else {
+                (admin.patch_manifest(*id, &text).await, "patched")
+            };
+            let change = match result {
                 Err(e @ AdminError::Manifest(_)) => about_file(file, Err(e))?,
                 other => other?,
             };
             write_change(&change, out)?;
-            writeln!(out, "manifest of bot {id} replaced")?;
-        }
-        ConfigCommand::Patch { id, file } => {
-            let text = read_file(file)?;
-            let change = match admin.patch_manifest(*id, &text).await {
-                Err(e @ AdminError::Manifest(_)) => about_file(file, Err(e))?,
-                other => other?,
-            };
-            write_change(&change, out)?;
-            writeln!(out, "manifest of bot {id} patched")?;
+            writeln!(out, "manifest of bot {id} {done}")?;
         }
         ConfigCommand::Show { id } => {
             let manifest = admin.manifest(*id).await?;
