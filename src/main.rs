@@ -6,10 +6,14 @@ use std::process::ExitCode;
 use botvisor::cli::{Cli, CliError, Command, run_admin, sandbox, serve};
 use botvisor::settings::LogSettings;
 use clap::Parser;
+use clap::error::ErrorKind;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     // A panic message goes through tracing, masked, instead of straight to stderr: it could
     // hold a token (reqwest errors carry the request URL).
     std::panic::set_hook(Box::new(|info| {
@@ -41,4 +45,46 @@ async fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
+}
+
+/// Ends a run whose command line clap refused: help and version print as clap renders them
+/// (exit 0); any other error is one line on stderr, exit code 2, like all bad input.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("error: a subcommand is missing; add --help to list them");
+            ExitCode::from(2)
+        }
+        _ => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's multi-line error as one line: the usage and "for more information" lines dropped,
+/// the rest (the error, a tip, the possible values) joined.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut lines = rendered.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.starts_with("Usage:") {
+            // Usage may continue on indented lines until a blank one.
+            for rest in lines.by_ref() {
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        parts.push(line);
+    }
+    botvisor::mask::redact(&parts.join(" "))
 }

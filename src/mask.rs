@@ -76,7 +76,8 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// Formats an error with its sources on one line, tokens masked.
+/// Formats an error with its sources on one line, tokens masked and PostgreSQL's
+/// source-position noise (sqlx appends ` at line N` of PostgreSQL's C source) removed.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
@@ -88,7 +89,31 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    redact(&line)
+    redact(&strip_positions(&line))
+}
+
+/// Removes ` at line N` and ` at character N` where they end a message or a segment of one
+/// (followed by `:` or the end), as sqlx appends them to PostgreSQL errors; positions inside a
+/// sentence (`at line 3, column 5` of a TOML error) stay.
+fn strip_positions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for marker in [" at line ", " at character "] {
+            if let Some(after) = rest.strip_prefix(marker) {
+                let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+                let tail = &after[digits..];
+                if digits > 0 && (tail.is_empty() || tail.starts_with(':')) {
+                    rest = tail;
+                    continue 'scan;
+                }
+            }
+        }
+        let next = rest.chars().next().map_or(1, char::len_utf8);
+        out.push_str(&rest[..next]);
+        rest = &rest[next..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -127,6 +152,29 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(redact(&input), expected);
+        }
+    }
+
+    #[test]
+    fn drops_postgres_source_positions_only() {
+        let cases = [
+            (
+                "panel database error: duplicate key value at line 123",
+                "panel database error: duplicate key value",
+            ),
+            ("syntax error at character 15: more", "syntax error: more"),
+            (
+                "TOML parse error at line 1, column 5",
+                "TOML parse error at line 1, column 5",
+            ),
+            (
+                "expected value at line 1 column 2",
+                "expected value at line 1 column 2",
+            ),
+            ("at line 7", "at line 7"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(strip_positions(input), expected);
         }
     }
 

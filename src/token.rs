@@ -21,6 +21,11 @@ pub enum TokenError {
          as BotFather gives it"
     )]
     Malformed,
+    /// The shape is right but the secret part has the wrong length.
+    #[error(
+        "malformed bot token: the secret part (after the colon) has {0} characters; expected 35"
+    )]
+    SecretLength(usize),
 }
 
 impl BotToken {
@@ -36,8 +41,13 @@ impl BotToken {
             && secret
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let secret_chars_ok = secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if id_ok && secret_ok {
             Ok(Self(raw.to_owned()))
+        } else if id_ok && secret_chars_ok && !secret.is_empty() {
+            Err(TokenError::SecretLength(secret.len()))
         } else {
             Err(TokenError::Malformed)
         }
@@ -98,5 +108,14 @@ mod tests {
             let err = BotToken::parse(bad).unwrap_err();
             assert!(!err.to_string().contains("AAHdq"), "{err}");
         }
+        assert_eq!(
+            BotToken::parse("123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"),
+            Err(TokenError::SecretLength(34))
+        );
+        assert_eq!(
+            BotToken::parse("123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_x"),
+            Err(TokenError::SecretLength(36))
+        );
+        assert_eq!(BotToken::parse("x:short"), Err(TokenError::Malformed));
     }
 }

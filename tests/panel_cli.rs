@@ -47,7 +47,10 @@ impl Panel {
 async fn migrate_is_idempotent_and_status_lists_migrations() {
     let mut p = Panel::new().await;
     let second = p.run(&["migrate"]);
-    assert!(second.ok().contains("panel migrations applied"));
+    assert!(
+        second.ok().contains("panel: nothing to apply"),
+        "{second:?}"
+    );
     let status = p.run(&["migrate", "status"]);
     let out = status.ok();
     assert!(out.contains("VERSION"), "{out}");
@@ -179,7 +182,9 @@ async fn bot_lifecycle_commands_work_and_mask_tokens() {
         "{removed:?}"
     );
     assert!(!database_exists(&bot_db).await);
-    let kept = p.run(&["bot", "remove", &id2.to_string()]);
+    p.run(&["bot", "remove", &id2.to_string()])
+        .bad_input("add --yes to confirm");
+    let kept = p.run(&["bot", "remove", &id2.to_string(), "--yes"]);
     assert!(
         kept.ok().contains("database custom_news_db kept"),
         "{kept:?}"
@@ -415,7 +420,7 @@ async fn config_check_prints_effective_settings_masked() {
         "BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET".to_string(),
         "12".to_string(),
     );
-    let r = botvisor(&env, &["config", "check"]);
+    let r = botvisor(&env, &["config", "check", "--offline"]);
     let out = r.ok();
     assert!(
         out.contains("postgres://admin:****@db.example:5432/panel"),
@@ -424,5 +429,5 @@ async fn config_check_prints_effective_settings_masked() {
     assert!(out.contains("connection_budget = 12"), "{out}");
     assert!(!out.contains("s3cret"), "{out}");
     env.insert("BOTVISOR__SUPERVISOR__NOPE".to_string(), "1".to_string());
-    botvisor(&env, &["config", "check"]).bad_input("nope");
+    botvisor(&env, &["config", "check", "--offline"]).bad_input("nope");
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
 
 use super::{Admin, AdminError};
 use crate::botdb::{BotDbTarget, validate_override};
@@ -80,6 +81,19 @@ pub struct BotView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Databases every PostgreSQL server has, never a bot's.
+const RESERVED_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// Whether two connect options name the same database on the same server (loopback names
+/// count as one host).
+fn same_database(a: &PgConnectOptions, b: &PgConnectOptions) -> bool {
+    let host = |o: &PgConnectOptions| match o.get_host() {
+        "localhost" | "127.0.0.1" | "::1" | "[::1]" => "loopback".to_owned(),
+        h => h.to_ascii_lowercase(),
+    };
+    host(a) == host(b) && a.get_port() == b.get_port() && a.get_database() == b.get_database()
+}
+
 /// Checks a bot name against the naming rule.
 pub fn validate_name(name: &str) -> Result<(), AdminError> {
     let ok = !name.trim().is_empty()
@@ -101,11 +115,12 @@ impl Admin {
         validate_name(bot.name)?;
         let token = BotToken::parse(bot.token)?;
         let manifest = match bot.manifest {
-            Some(text) => self.registry.parse_manifest(text)?,
+            Some(text) => self.validate_manifest(text)?,
             None => Manifest::default(),
         };
         if let Some(db) = bot.database {
             validate_override(db).map_err(AdminError::InvalidDatabase)?;
+            self.check_database_free(db).await?;
         }
         let id = store::add_bot(
             &self.pool,
@@ -160,21 +175,34 @@ impl Admin {
         Ok(store::rename_bot(&self.pool, id, name).await?)
     }
 
-    /// Removes a bot; its database is dropped only with `drop_database` (and `confirmed`),
-    /// otherwise kept.
+    /// Removes a bot and its texts once `confirmed`; its database is dropped only with
+    /// `drop_database`, otherwise kept. Unconfirmed, the error says what would happen.
     pub async fn remove_bot(
         &self,
         id: i64,
         drop_database: bool,
         confirmed: bool,
     ) -> Result<DatabaseFate, AdminError> {
-        if drop_database && !confirmed {
-            return Err(AdminError::NotConfirmed(
-                "--drop-database deletes the bot's data for good; add --yes to confirm",
-            ));
-        }
         let bot = store::get_bot(&self.pool, id).await?;
         let target = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref());
+        if !confirmed {
+            let database = match &target {
+                Ok(t) => format!("its database {}", t.database),
+                Err(_) => "its database".to_owned(),
+            };
+            let name = &bot.name;
+            return Err(AdminError::NotConfirmed(if drop_database {
+                format!(
+                    "this would remove bot {id} ({name}) and its texts, and drop {database} \
+                     for good; add --yes to confirm"
+                )
+            } else {
+                format!(
+                    "this would remove bot {id} ({name}) and its texts; {database} is kept \
+                     (add --drop-database to drop it too); add --yes to confirm"
+                )
+            }));
+        }
         if drop_database && let Err(e) = &target {
             return Err(AdminError::InvalidDatabase(crate::mask::error_line(e)));
         }
@@ -190,6 +218,36 @@ impl Admin {
             (false, Ok(target)) => DatabaseFate::Kept(target.database),
             (_, Err(_)) => DatabaseFate::Unknown,
         })
+    }
+
+    /// Refuses a database override that PostgreSQL itself, the panel or another bot uses.
+    async fn check_database_free(&self, database: &str) -> Result<(), AdminError> {
+        let refuse = |reason: String| Err(AdminError::InvalidDatabase(reason));
+        let target = BotDbTarget::resolve(&self.settings, 0, Some(database))
+            .map_err(|e| AdminError::InvalidDatabase(crate::mask::error_line(&e)))?;
+        let name = target.database.as_str();
+        if RESERVED_DATABASES.contains(&name) {
+            return refuse(format!(
+                "database {name} belongs to PostgreSQL itself; choose another name"
+            ));
+        }
+        if let Ok(panel) = self.settings.panel_connect_options()
+            && same_database(&target.options, &panel)
+        {
+            return refuse(format!(
+                "database {name} is the panel's own database; choose another name"
+            ));
+        }
+        for (id, other) in store::list_database_overrides(&self.pool).await? {
+            if let Ok(other) = BotDbTarget::resolve(&self.settings, id, other.as_deref())
+                && same_database(&target.options, &other.options)
+            {
+                return refuse(format!(
+                    "database {name} is already used by bot {id}; choose another name"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Wakes module `module`'s job of bot `id` in the daemon that runs it.

@@ -54,9 +54,10 @@ pub enum AdminError {
         /// The language.
         lang: String,
     },
-    /// Removing a bot's data needs an explicit confirmation.
+    /// Removing a bot or its data needs an explicit confirmation (the message says what would
+    /// happen).
     #[error("{0}")]
-    NotConfirmed(&'static str),
+    NotConfirmed(String),
     /// The bot's database does not exist yet.
     #[error("bot {id} has no database yet ({database}): it is created on the bot's first start")]
     NoDatabase {

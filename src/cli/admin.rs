@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{BotCommand, CliError, Command, ConfigCommand, TextCommand};
-use crate::admin::bots::{DatabaseFate, NewBot};
+use crate::admin::bots::{BotView, DatabaseFate, NewBot};
+use crate::admin::manifests::ManifestChange;
 use crate::admin::texts::TextsFormat;
 use crate::admin::{Admin, AdminError};
 use crate::mask::error_line;
@@ -30,13 +31,8 @@ pub(super) async fn run(
     settings: &Settings,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    if let Command::Config(ConfigCommand::Check) = command {
-        writeln!(
-            out,
-            "# settings are valid; effective values (secrets masked):"
-        )?;
-        write!(out, "{}", settings.to_masked_toml())?;
-        return Ok(());
+    if let Command::Config(ConfigCommand::Check { offline }) = command {
+        return check(settings, *offline, out).await;
     }
     let options = settings.panel_connect_options()?;
     if let Command::Migrate(args) = command {
@@ -68,6 +64,36 @@ pub(super) async fn run(
     };
     pool.close().await;
     result
+}
+
+/// `config check`: the settings, masked, then whether the panel answers (unless `offline`).
+async fn check(settings: &Settings, offline: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "# settings are valid; effective values (secrets masked):"
+    )?;
+    write!(out, "{}", settings.to_masked_toml())?;
+    if offline {
+        writeln!(out, "# panel: not tried (--offline)")?;
+        return Ok(());
+    }
+    let options = settings.panel_connect_options()?;
+    match panel::connect(&options, 1).await {
+        Ok(pool) => {
+            pool.close().await;
+            writeln!(
+                out,
+                "# panel: reachable at {}",
+                crate::schema::describe(&options)
+            )?;
+            Ok(())
+        }
+        Err(e) => {
+            let line = error_line(&e);
+            writeln!(out, "# panel: unreachable: {line}")?;
+            Err(CliError::failure(line))
+        }
+    }
 }
 
 fn read_file(path: &Path) -> Result<String, CliError> {
@@ -107,8 +133,12 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             };
             writeln!(out, "{id}")?;
         }
-        BotCommand::List { json } => {
-            let views = admin.list_bots().await?;
+        BotCommand::List { json, state } => {
+            let all = admin.list_bots().await?;
+            let views: Vec<&BotView> = all
+                .iter()
+                .filter(|v| state.is_empty() || v.state.as_ref().is_some_and(|s| state.contains(s)))
+                .collect();
             if *json {
                 writeln!(
                     out,
@@ -116,27 +146,16 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                     serde_json::to_string_pretty(&views).unwrap_or_default()
                 )?;
             } else {
-                writeln!(
-                    out,
-                    "{:<6} {:<24} {:<22} {:<8} {:<12} {:<20} DATABASE",
-                    "ID", "NAME", "TOKEN", "ENABLED", "STATE", "USERNAME"
-                )?;
-                for v in &views {
-                    writeln!(
-                        out,
-                        "{:<6} {:<24} {:<22} {:<8} {:<12} {:<20} {}",
-                        v.id,
-                        v.name,
-                        v.token,
-                        if v.enabled { "yes" } else { "no" },
-                        v.state.as_deref().unwrap_or("-"),
-                        v.telegram_username
-                            .as_deref()
-                            .map(|u| format!("@{u}"))
-                            .unwrap_or("-".into()),
-                        v.database
-                    )?;
+                write_bot_table(&views, out)?;
+                let mut line = summary(&views);
+                if !state.is_empty() {
+                    line.push_str(&format!(
+                        " (state {}; {} bots in all)",
+                        state.join(", "),
+                        all.len()
+                    ));
                 }
+                writeln!(out, "{line}")?;
             }
         }
         BotCommand::Show { id, json } => {
@@ -209,6 +228,112 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
     Ok(())
 }
 
+/// Widest a column of `bot list` grows before its values are cut with `…`.
+const MAX_COLUMN: usize = 32;
+
+/// Widest the last column (DETAIL) of `bot list` grows.
+const MAX_DETAIL: usize = 60;
+
+/// `value` cut to `max` characters, the last one an ellipsis when cut; newlines flattened.
+fn truncate(value: &str, max: usize) -> String {
+    let flat = value.replace(['\n', '\r', '\t'], " ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Prints `bot list`'s table: ID first, NAME second (scripts read them), columns as wide as
+/// their longest value up to [`MAX_COLUMN`].
+fn write_bot_table(views: &[&BotView], out: &mut dyn Write) -> Result<(), CliError> {
+    const HEADERS: [&str; 8] = [
+        "ID", "NAME", "TOKEN", "ENABLED", "STATE", "USERNAME", "DATABASE", "DETAIL",
+    ];
+    let rows: Vec<[String; 8]> = views
+        .iter()
+        .map(|v| {
+            let cell = |s: &str| truncate(s, MAX_COLUMN);
+            [
+                v.id.to_string(),
+                cell(&v.name),
+                cell(&v.token),
+                if v.enabled { "yes" } else { "no" }.to_owned(),
+                cell(v.state.as_deref().unwrap_or("-")),
+                cell(
+                    &v.telegram_username
+                        .as_deref()
+                        .map(|u| format!("@{u}"))
+                        .unwrap_or("-".into()),
+                ),
+                cell(&v.database),
+                truncate(
+                    v.detail.as_deref().filter(|d| !d.is_empty()).unwrap_or("-"),
+                    MAX_DETAIL,
+                ),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 8]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$} "));
+            }
+        }
+        text
+    };
+    writeln!(out, "{}", line(HEADERS))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+    }
+    Ok(())
+}
+
+/// `47 bots: 45 running, 1 failed, 1 disabled` — disabled bots count as disabled whatever
+/// their last state; enabled ones without a status as `no status`.
+fn summary(views: &[&BotView]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for v in views {
+        let class = match (v.enabled, v.state.as_deref()) {
+            (false, _) => "disabled",
+            (true, Some(state)) => state,
+            (true, None) => "no status",
+        };
+        match counts.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((class, 1)),
+        }
+    }
+    let order = |class: &str| {
+        super::BOT_STATES
+            .iter()
+            .position(|s| *s == class)
+            .unwrap_or(match class {
+                "no status" => 100,
+                "disabled" => 101,
+                _ => 99,
+            })
+    };
+    counts.sort_by_key(|(class, _)| order(class));
+    let noun = if views.len() == 1 { "bot" } else { "bots" };
+    if counts.is_empty() {
+        return format!("0 {noun}");
+    }
+    let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    format!("{} {noun}: {}", views.len(), parts.join(", "))
+}
+
 async fn history(
     admin: &Admin,
     id: i64,
@@ -224,9 +349,11 @@ async fn history(
             "{}",
             serde_json::to_string_pretty(&messages).unwrap_or_default()
         )?;
+    } else if messages.is_empty() {
+        writeln!(out, "no messages in chat {chat} of bot {id}")?;
     } else {
         for m in &messages {
-            let at = m.created_at.format("%Y-%m-%d %H:%M:%S");
+            let at = m.created_at.format("%Y-%m-%d %H:%M:%S UTC");
             writeln!(out, "{at} {:<5} {}", m.role, m.content.replace('\n', "\\n"))?;
         }
     }
@@ -298,13 +425,19 @@ async fn text(cmd: &TextCommand, admin: &Admin, out: &mut dyn Write) -> Result<(
 
 async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
-        ConfigCommand::Set { id, file } => {
+        ConfigCommand::Set { id, file } | ConfigCommand::Patch { id, file } => {
             let text = read_file(file)?;
-            match admin.replace_manifest(*id, &text).await {
+            let (result, done) = if let ConfigCommand::Set { .. } = cmd {
+                (admin.replace_manifest(*id, &text).await, "replaced")
+            } else {
+                (admin.patch_manifest(*id, &text).await, "patched")
+            };
+            let change = match result {
                 Err(e @ AdminError::Manifest(_)) => about_file(file, Err(e))?,
                 other => other?,
-            }
-            writeln!(out, "manifest of bot {id} replaced")?;
+            };
+            write_change(&change, out)?;
+            writeln!(out, "manifest of bot {id} {done}")?;
         }
         ConfigCommand::Show { id } => {
             let manifest = admin.manifest(*id).await?;
@@ -314,7 +447,24 @@ async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Re
                 serde_json::to_string_pretty(&manifest).unwrap_or_default()
             )?;
         }
-        ConfigCommand::Check => unreachable!("handled before connecting"),
+        ConfigCommand::Check { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Prints what a manifest change does, by top-level key.
+fn write_change(change: &ManifestChange, out: &mut dyn Write) -> Result<(), CliError> {
+    if change.is_empty() {
+        writeln!(out, "no changes")?;
+    }
+    for (what, keys) in [
+        ("added", &change.added),
+        ("removed", &change.removed),
+        ("changed", &change.changed),
+    ] {
+        if !keys.is_empty() {
+            writeln!(out, "{what}: {}", keys.join(", "))?;
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use super::{CliError, MigrateAction};
 use crate::botdb::BotDbTarget;
 use crate::mask::error_line;
 use crate::panel::{self, BotRecord, store};
-use crate::schema::{self, MigrationStatus};
+use crate::schema::{self, MigrationState, MigrationStatus};
 use crate::settings::Settings;
 
 pub(super) fn lint(paths: &[std::path::PathBuf], out: &mut dyn Write) -> Result<(), CliError> {
@@ -43,13 +43,25 @@ pub(super) async fn migrate(
 ) -> Result<(), CliError> {
     match &args.action {
         None => {
-            schema::apply(&schema::PANEL, options)
+            let applied = schema::apply_counted(&schema::PANEL, options)
                 .await
                 .map_err(migration_error)?;
             let status = schema::status(&schema::PANEL, options)
                 .await
                 .map_err(migration_error)?;
-            writeln!(out, "panel migrations applied ({} in total)", status.len())?;
+            if applied == 0 {
+                writeln!(
+                    out,
+                    "panel: nothing to apply ({} migrations, all applied before)",
+                    status.len()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "panel migrations applied: {applied} new ({} in total)",
+                    status.len()
+                )?;
+            }
             if args.all_bots {
                 migrate_all_bots(settings, options, args.concurrency as usize, out).await?;
             }
@@ -84,8 +96,19 @@ pub(super) async fn migrate(
                 }
             };
             let mut missing = Vec::new();
-            for target in targets {
-                let label = format!("bot {} ({})", target.bot_id, target.database);
+            let total = targets.len();
+            let show_progress = *all_bots && !*json;
+            for (i, target) in targets.into_iter().enumerate() {
+                let label = if show_progress {
+                    format!(
+                        "[{}/{total}] bot {} ({})",
+                        i + 1,
+                        target.bot_id,
+                        target.database
+                    )
+                } else {
+                    format!("bot {} ({})", target.bot_id, target.database)
+                };
                 if !target
                     .exists()
                     .await
@@ -125,6 +148,20 @@ pub(super) async fn migrate(
                         "== {label}: database not created yet (created on first start)"
                     )?;
                 }
+                if show_progress {
+                    let bots = &reports[1..];
+                    let pending = bots
+                        .iter()
+                        .filter(|(_, s)| s.iter().any(|m| m.state != MigrationState::Applied))
+                        .count();
+                    writeln!(
+                        out,
+                        "{total} bot databases: {} up to date, {pending} with pending or \
+                         unusual migrations, {} not created yet",
+                        bots.len() - pending,
+                        missing.len()
+                    )?;
+                }
             }
         }
         Some(MigrateAction::Lint { .. }) => unreachable!("handled before settings are loaded"),
@@ -147,7 +184,8 @@ async fn all_targets(
     bots?.iter().map(|b| bot_target(settings, b)).collect()
 }
 
-/// Applies bot migrations to every existing bot database, `concurrency` at a time.
+/// Applies bot migrations to every existing bot database, `concurrency` at a time, printing
+/// each database as it finishes (`[12/45] …`) and a one-line summary.
 async fn migrate_all_bots(
     settings: &Settings,
     options: &sqlx::postgres::PgConnectOptions,
@@ -156,53 +194,73 @@ async fn migrate_all_bots(
 ) -> Result<(), CliError> {
     use futures::StreamExt;
     let targets = all_targets(settings, options).await?;
-    let results: Vec<(BotDbTarget, Result<bool, String>)> = futures::stream::iter(targets)
+    let total = targets.len();
+    if total == 0 {
+        writeln!(out, "no bots registered: no bot database to migrate")?;
+        return Ok(());
+    }
+    // Ok(None): no database yet; Ok(Some(n)): n migrations applied.
+    let mut results = futures::stream::iter(targets)
         .map(|target| async move {
             let result = match target.exists().await {
-                Ok(false) => Ok(false),
-                Ok(true) => schema::apply(&schema::BOT, &target.options)
+                Ok(false) => Ok(None),
+                Ok(true) => schema::apply_counted(&schema::BOT, &target.options)
                     .await
-                    .map(|()| true)
+                    .map(Some)
                     .map_err(|e| error_line(&e)),
                 Err(e) => Err(error_line(&e)),
             };
             (target, result)
         })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut results = results;
-    results.sort_by_key(|(t, _)| t.bot_id);
-    let mut failed = 0;
-    for (target, result) in &results {
+        .buffer_unordered(concurrency);
+    let (mut done, mut migrated, mut applied, mut current, mut missing, mut failed) =
+        (0, 0, 0, 0, 0, 0);
+    while let Some((target, result)) = results.next().await {
+        done += 1;
+        let label = format!(
+            "[{done}/{total}] bot {} ({})",
+            target.bot_id, target.database
+        );
         match result {
-            Ok(true) => writeln!(out, "bot {} ({}): migrated", target.bot_id, target.database)?,
-            Ok(false) => writeln!(
-                out,
-                "bot {} ({}): no database yet (created and migrated on first start)",
-                target.bot_id, target.database
-            )?,
-            Err(e) => {
-                failed += 1;
+            Ok(Some(0)) => {
+                current += 1;
+                writeln!(out, "{label}: up to date")?;
+            }
+            Ok(Some(n)) => {
+                migrated += 1;
+                applied += n;
+                writeln!(out, "{label}: migrated ({n} applied)")?;
+            }
+            Ok(None) => {
+                missing += 1;
                 writeln!(
                     out,
-                    "bot {} ({}): FAILED: {e}",
-                    target.bot_id, target.database
+                    "{label}: no database yet (created and migrated on first start)"
                 )?;
+            }
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "{label}: FAILED: {e}")?;
             }
         }
     }
+    if applied == 0 && failed == 0 {
+        writeln!(
+            out,
+            "{total} bot databases: nothing to apply ({current} up to date, {missing} not created yet)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{total} bot databases: {migrated} migrated ({applied} migrations applied), \
+             {current} up to date, {missing} not created yet, {failed} failed"
+        )?;
+    }
     if failed > 0 {
         return Err(CliError::failure(format!(
-            "{failed} of {} bot databases failed to migrate",
-            results.len()
+            "{failed} of {total} bot databases failed to migrate"
         )));
     }
-    writeln!(
-        out,
-        "bot migrations applied to {} bot databases",
-        results.len()
-    )?;
     Ok(())
 }
 

@@ -19,9 +19,30 @@ use clap::{Args, Parser, Subcommand};
 use crate::mask::error_line;
 use crate::settings::{ConfigError, Settings};
 
+/// What `--version` prints: the package version, the git commit and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BOTVISOR_GIT_COMMIT"),
+    ", built ",
+    env!("BOTVISOR_BUILD_DATE"),
+    ")"
+);
+
+/// The states a bot's status can have, as `bot list --state` accepts them.
+pub const BOT_STATES: [&str; 7] = [
+    "starting",
+    "running",
+    "backoff",
+    "failed",
+    "auth_failed",
+    "quarantined",
+    "stopped",
+];
+
 /// Hosts many Telegram bots in one process, each with its own PostgreSQL database.
 #[derive(Debug, Parser)]
-#[command(name = "botvisor", version, about, propagate_version = true)]
+#[command(name = "botvisor", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Settings file (TOML); default /etc/botvisor/botvisor.toml when it exists. Environment
     /// variables BOTVISOR__SECTION__KEY, BOTVISOR_PANEL_URL and BOTVISOR_TELEGRAM_API_URL
@@ -148,11 +169,16 @@ pub enum BotCommand {
         #[arg(long, value_name = "NAME_OR_URL")]
         database: Option<String>,
     },
-    /// List bots with their status.
+    /// List bots with their status, and a summary line.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only bots in these states (repeat it, or a comma list): starting, running,
+        /// backoff, failed, auth_failed, quarantined, stopped.
+        #[arg(long, value_name = "STATE", value_delimiter = ',',
+              value_parser = clap::builder::PossibleValuesParser::new(BOT_STATES))]
+        state: Vec<String>,
     },
     /// Show one bot with its status.
     Show {
@@ -186,14 +212,14 @@ pub enum BotCommand {
         /// The new name (unique; letters, digits, spaces, _ . -; up to 64 characters).
         name: String,
     },
-    /// Remove a bot; its database is kept unless --drop-database --yes.
+    /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {
         /// The bot's id.
         id: i64,
-        /// Also drop the bot's database (needs --yes).
+        /// Also drop the bot's database.
         #[arg(long)]
         drop_database: bool,
-        /// Confirm dropping the database.
+        /// Confirm; without it nothing happens and the command says what would.
         #[arg(long)]
         yes: bool,
     },
@@ -261,13 +287,26 @@ pub enum TextCommand {
 /// `botvisor config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate the daemon's settings and print them with secrets masked.
-    Check,
-    /// Replace a bot's manifest with a validated JSON file.
+    /// Validate the daemon's settings, print them with secrets masked, and try the panel.
+    Check {
+        /// Do not try to connect to the panel database.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Replace a bot's manifest with a validated JSON file; prints the top-level keys added,
+    /// removed and changed.
     Set {
         /// The bot's id.
         id: i64,
         /// The manifest JSON file.
+        file: PathBuf,
+    },
+    /// Change a bot's manifest with a JSON merge patch (RFC 7386: null removes a key); the
+    /// result is validated as a whole before it is saved.
+    Patch {
+        /// The bot's id.
+        id: i64,
+        /// The patch JSON file.
         file: PathBuf,
     },
     /// Print a bot's manifest.

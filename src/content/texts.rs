@@ -30,6 +30,16 @@ pub enum TextError {
         "unknown placeholder {{{0}}}; known placeholders: {{first_name}}, {{username}}, {{bot_name}}"
     )]
     UnknownPlaceholder(String),
+    /// The value holds a control character other than a newline or a tab.
+    #[error(
+        "control character U+{code:04X} at position {position} (counting characters from 1): only newlines and tabs are allowed"
+    )]
+    ControlCharacter {
+        /// Its position, counting characters from 1.
+        position: usize,
+        /// Its code point.
+        code: u32,
+    },
 }
 
 /// Whether `key` is an acceptable text key.
@@ -51,10 +61,21 @@ pub fn validate(key: &str, lang: &str, value: &str) -> Result<(), TextError> {
     validate_value(value)
 }
 
-/// Validates a value: not empty, within the limit, known placeholders only.
+/// Validates a value: not empty, within the limit, no control characters but `\n` and `\t`
+/// (PostgreSQL refuses `\0`; the others garble a chat), known placeholders only.
 pub fn validate_value(value: &str) -> Result<(), TextError> {
     if value.trim().is_empty() {
         return Err(TextError::Empty);
+    }
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return Err(TextError::ControlCharacter {
+            position: i + 1,
+            code: u32::from(c),
+        });
     }
     let len = value.chars().count();
     if len > MAX_TEXT_LEN {
@@ -157,6 +178,22 @@ mod tests {
             Err(TextError::TooLong(4097))
         );
         assert_eq!(validate_value(&"я".repeat(4096)), Ok(()));
+        assert_eq!(validate_value("line\n\tindented"), Ok(()));
+        for (value, position, code) in [
+            ("a\u{1}b", 2, 1),
+            ("bell\u{7}", 5, 7),
+            ("\u{1b}[31m", 1, 0x1b),
+            ("я\u{0}", 2, 0),
+            ("x\r", 2, 0x0d),
+            ("x\u{7f}", 2, 0x7f),
+            ("x\u{9b}", 2, 0x9b),
+        ] {
+            assert_eq!(
+                validate_value(value),
+                Err(TextError::ControlCharacter { position, code }),
+                "{value:?}"
+            );
+        }
         assert!(matches!(
             validate("Bad Key", "en", "x"),
             Err(TextError::InvalidKey(_))

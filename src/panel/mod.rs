@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::content::manifest::ManifestError;
 use crate::content::texts::TextError;
@@ -41,6 +42,15 @@ pub enum PanelError {
         #[source]
         source: sqlx::Error,
     },
+    /// The panel database did not answer in time.
+    #[error(
+        "cannot connect to the panel database at {url}: no answer within {}s",
+        CONNECT_TIMEOUT.as_secs()
+    )]
+    ConnectTimeout {
+        /// The masked URL.
+        url: String,
+    },
     /// No bot has this id.
     #[error("no bot with id {0}")]
     BotNotFound(i64),
@@ -48,8 +58,11 @@ pub enum PanelError {
     #[error("a bot named {0:?} already exists")]
     DuplicateName(String),
     /// The token is registered for another bot (the message never shows it).
-    #[error("this token is already registered for another bot")]
-    DuplicateToken,
+    #[error("this token is already registered for {holder}")]
+    DuplicateToken {
+        /// The bot that has it, `bot 3 (shop)`, or `another bot` when it could not be read.
+        holder: String,
+    },
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -142,9 +155,24 @@ pub struct TextRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Opens a small pool to the panel database, failing fast with the (masked) URL when it is
-/// unreachable.
+/// How long opening the first panel connection may take before we give up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a small pool to the panel database, failing fast with the (masked) URL and the real
+/// cause when it is unreachable.
+///
+/// One connection is opened first, outside the pool: a pool retries a refused connection until
+/// its acquire timeout and then reports only `pool timed out`, hiding the cause. Proven by
+/// `tests/cli_panel_errors.rs`.
 pub async fn connect(options: &PgConnectOptions, max: u32) -> Result<PgPool, PanelError> {
+    let url = describe(options);
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Err(_) => return Err(PanelError::ConnectTimeout { url }),
+        Ok(Err(source)) => return Err(PanelError::Connect { url, source }),
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+        }
+    }
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)

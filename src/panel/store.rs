@@ -53,16 +53,43 @@ fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
     {
         match db.constraint() {
             Some("bots_name_key") => return PanelError::DuplicateName(name.to_owned()),
-            Some("bots_token_key") => return PanelError::DuplicateToken,
+            Some("bots_token_key") => {
+                return PanelError::DuplicateToken {
+                    holder: "another bot".into(),
+                };
+            }
             _ => {}
         }
     }
     PanelError::Database(e)
 }
 
+/// Like [`map_unique`], naming the bot that already has `token` when that is the violation.
+async fn map_write_error(
+    pool: &PgPool,
+    e: sqlx::Error,
+    name: &str,
+    token: &BotToken,
+) -> PanelError {
+    let error = map_unique(e, name);
+    if let PanelError::DuplicateToken { .. } = error {
+        let holder: Result<Option<(i64, String)>, _> =
+            sqlx::query_as("SELECT id, name FROM bots WHERE token = $1")
+                .bind(token.expose())
+                .fetch_optional(pool)
+                .await;
+        if let Ok(Some((id, name))) = holder {
+            return PanelError::DuplicateToken {
+                holder: format!("bot {id} ({name})"),
+            };
+        }
+    }
+    error
+}
+
 /// Registers a bot and returns its id.
 pub async fn add_bot(pool: &PgPool, bot: &NewBot<'_>) -> Result<i64, PanelError> {
-    sqlx::query_scalar(
+    let result = sqlx::query_scalar(
         "INSERT INTO bots (name, token, enabled, database, manifest) \
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
@@ -72,8 +99,20 @@ pub async fn add_bot(pool: &PgPool, bot: &NewBot<'_>) -> Result<i64, PanelError>
     .bind(bot.database)
     .bind(Json(bot.manifest.to_value()))
     .fetch_one(pool)
-    .await
-    .map_err(|e| map_unique(e, bot.name))
+    .await;
+    match result {
+        Ok(id) => Ok(id),
+        Err(e) => Err(map_write_error(pool, e, bot.name, bot.token).await),
+    }
+}
+
+/// Every bot's id and database override (`None`: the naming rule), ordered by id.
+pub async fn list_database_overrides(
+    pool: &PgPool,
+) -> Result<Vec<(i64, Option<String>)>, PanelError> {
+    Ok(sqlx::query_as("SELECT id, database FROM bots ORDER BY id")
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Every registered bot, ordered by id.
@@ -178,7 +217,10 @@ pub async fn set_token(pool: &PgPool, id: i64, token: &BotToken) -> Result<(), P
         .bind(token.expose())
         .execute(pool)
         .await;
-    expect_one(r, id, "")
+    match r {
+        Err(e) => Err(map_write_error(pool, e, "", token).await),
+        ok => expect_one(ok, id, ""),
+    }
 }
 
 /// Replaces a bot's manifest.

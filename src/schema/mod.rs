@@ -81,8 +81,26 @@ pub struct MigrationStatus {
 
 /// Applies every pending migration of `migrator` to the database at `options`.
 pub async fn apply(migrator: &Migrator, options: &PgConnectOptions) -> Result<(), MigrationError> {
+    apply_counted(migrator, options).await.map(|_| ())
+}
+
+/// Like [`apply`], returning how many migrations were pending and are now applied (0: nothing
+/// to apply).
+pub async fn apply_counted(
+    migrator: &Migrator,
+    options: &PgConnectOptions,
+) -> Result<usize, MigrationError> {
     let mut conn = connect(options).await?;
-    let result = apply_on(migrator, &mut conn).await;
+    let result = async {
+        let pending = status_on(migrator, &mut conn)
+            .await?
+            .iter()
+            .filter(|m| m.state == MigrationState::Pending)
+            .count();
+        apply_on(migrator, &mut conn).await?;
+        Ok(pending)
+    }
+    .await;
     // Closing drops the session, and with it any advisory lock a failed run left behind.
     let _ = conn.close().await;
     result
