@@ -219,7 +219,7 @@ else
   done <<<"$rows"
 
   # Orphans: databases named like a bot's that no bot in the panel uses.
-  if template=$("$BOTVISOR" "${config_args[@]}" config check 2>"$errfile" |
+  if template=$("$BOTVISOR" "${config_args[@]}" config check --offline 2>"$errfile" |
     sed -n 's/^name_template = "\(.*\)"$/\1/p') && [[ -n $template ]]; then
     re=$(template_regex "$template")
     while IFS= read -r database; do
@@ -230,7 +230,7 @@ else
       fi
     done <<<"$existing"
   else
-    problem "could not read bot_database.name_template ($BOTVISOR config check), so orphaned bot databases were not looked for: $(tail -n 3 "$errfile" | tr '\n' ' ')"
+    problem "could not read bot_database.name_template ($BOTVISOR config check --offline), so orphaned bot databases were not looked for: $(tail -n 3 "$errfile" | tr '\n' ' ')"
   fi
 fi
 
