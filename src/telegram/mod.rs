@@ -1,6 +1,13 @@
 //! The Bot API as botvisor uses it: one shared HTTP client, teloxide `Bot`s for sending, and a
-//! raw `getUpdates` that returns each update as JSON so one unparsable update can never fail a
-//! whole batch.
+//! raw `getUpdates` that returns each update as its own text, so one unparsable update can
+//! never fail a whole batch.
+//!
+//! The `result` array is split into elements before any element is parsed: first with
+//! `serde_json`'s `RawValue` (exact text, and it does not decode strings, so a lone UTF-16
+//! surrogate escape such as `\ud800` passes), and when the body is not even valid JSON as a
+//! whole (an element that is not JSON, truncated, or not UTF-8) with a tolerant byte scanner,
+//! `split_result`. Proved by `telegram::tests::the_result_array_is_split_before_parsing` and
+//! `tests/intake_corpus.rs`.
 //!
 //! - [`TelegramError`]: the one classification of a failed call, whichever path made it
 //!   (teloxide's typed errors, or our raw calls' HTTP answers);
@@ -31,11 +38,35 @@ pub struct TelegramApi {
     base: url::Url,
 }
 
+/// One element of a getUpdates `result`, as Telegram sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUpdate {
+    /// The element's text (invalid UTF-8, if any, replaced by U+FFFD).
+    pub text: String,
+    /// Whether the element was valid UTF-8 (an element that was not is never dispatched).
+    pub utf8: bool,
+}
+
+impl RawUpdate {
+    fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self {
+                text: text.to_owned(),
+                utf8: true,
+            },
+            Err(_) => Self {
+                text: String::from_utf8_lossy(bytes).into_owned(),
+                utf8: false,
+            },
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Envelope {
     ok: bool,
     #[serde(default)]
-    result: Option<Vec<serde_json::Value>>,
+    result: Option<Vec<Box<serde_json::value::RawValue>>>,
     #[serde(default)]
     error_code: Option<u16>,
     #[serde(default)]
@@ -64,7 +95,7 @@ impl TelegramApi {
         Bot::with_client(token.expose(), self.client.clone()).set_api_url(self.base.clone())
     }
 
-    /// `getUpdates`, returning the raw JSON of each update.
+    /// `getUpdates`, returning the raw text of each update (`offset: None` confirms nothing).
     pub async fn get_updates(
         &self,
         token: &BotToken,
@@ -72,7 +103,7 @@ impl TelegramApi {
         limit: u8,
         timeout: Duration,
         allowed_updates: &[&str],
-    ) -> Result<Vec<serde_json::Value>, TelegramError> {
+    ) -> Result<Vec<RawUpdate>, TelegramError> {
         let url = format!(
             "{}/bot{}/getUpdates",
             self.base.as_str().trim_end_matches('/'),
@@ -101,6 +132,10 @@ impl TelegramApi {
             .map_err(|e| TelegramError::Transient(redact(&e.without_url().to_string())))?;
         let envelope: Envelope = match serde_json::from_slice(&bytes) {
             Ok(e) => e,
+            Err(_) if status.is_success() && split_result(&bytes).is_some() => {
+                let elements = split_result(&bytes).unwrap_or_default();
+                return Ok(elements.into_iter().map(RawUpdate::from_bytes).collect());
+            }
             Err(_) if status.is_server_error() => {
                 return Err(TelegramError::Transient(format!("HTTP {status}")));
             }
@@ -111,7 +146,14 @@ impl TelegramApi {
             }
         };
         if envelope.ok {
-            return Ok(envelope.result.unwrap_or_default());
+            let result = envelope.result.unwrap_or_default();
+            return Ok(result
+                .into_iter()
+                .map(|raw| RawUpdate {
+                    text: raw.get().to_owned(),
+                    utf8: true,
+                })
+                .collect());
         }
         let code = envelope.error_code.unwrap_or(status.as_u16());
         let retry_after = envelope
@@ -123,5 +165,181 @@ impl TelegramApi {
             envelope.description.unwrap_or_default(),
             retry_after,
         ))
+    }
+}
+
+/// Splits the `result` array of a successful getUpdates body that is not valid JSON as a
+/// whole into its elements' bytes; `None` when the body has no `"ok":true` and `"result":[`.
+///
+/// Elements are separated at commas outside strings and brackets. An element that leaves a
+/// bracket or a string open (truncated JSON) would swallow the rest of the array, so when the
+/// scan ends unbalanced, the array is cut instead before every `{"update_id"` that follows a
+/// comma — text that cannot occur inside a JSON string, where quotes are escaped.
+fn split_result(body: &[u8]) -> Option<Vec<&[u8]>> {
+    if !contains_ok_true(body) {
+        return None;
+    }
+    let start = find_result_array(body)?;
+    let array = &body[start..];
+    match split_balanced(array) {
+        Some(elements) => Some(elements),
+        None => Some(split_at_update_starts(array)),
+    }
+}
+
+fn contains_ok_true(body: &[u8]) -> bool {
+    let compact: Vec<u8> = body
+        .iter()
+        .take(64)
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    compact.windows(9).any(|w| w == br#""ok":true"#)
+}
+
+/// The index just after the `[` of `"result":[`.
+fn find_result_array(body: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = br#""result""#;
+    let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+    let mut i = at + KEY.len();
+    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    (body.get(i) == Some(&b':')).then_some(())?;
+    i += 1;
+    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    (body.get(i) == Some(&b'[')).then_some(i + 1)
+}
+
+/// Splits the array text after its `[` at top-level commas; `None` if it never closes.
+fn split_balanced(array: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut elements = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut begin = 0;
+    for (i, &b) in array.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => depth -= 1,
+            b',' if depth == 0 => {
+                elements.push(trim(&array[begin..i]));
+                begin = i + 1;
+            }
+            b']' => {
+                let last = trim(&array[begin..i]);
+                if !last.is_empty() || !elements.is_empty() {
+                    elements.push(last);
+                }
+                return Some(elements);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Cuts the array text before every `{"update_id"` that follows a comma (whitespace allowed).
+fn split_at_update_starts(array: &[u8]) -> Vec<&[u8]> {
+    const START: &[u8] = br#"{"update_id""#;
+    let mut cuts = vec![0];
+    for i in 1..array.len() {
+        if array[i..].starts_with(START) {
+            let before = trim(&array[..i]);
+            if before.last() == Some(&b',') {
+                cuts.push(i);
+            }
+        }
+    }
+    cuts.push(array.len());
+    let mut elements = Vec::new();
+    for pair in cuts.windows(2) {
+        let mut piece = trim(&array[pair[0]..pair[1]]);
+        if pair[1] != array.len() {
+            piece = trim(piece.strip_suffix(b",").unwrap_or(piece));
+        } else {
+            // The last piece ends with the array's (and the envelope's) closing brackets if
+            // they are there: `…]}` or `…]`.
+            if let Some(rest) = piece.strip_suffix(b"}")
+                && let Some(rest) = trim(rest).strip_suffix(b"]")
+            {
+                piece = trim(rest);
+            } else if let Some(rest) = piece.strip_suffix(b"]") {
+                piece = trim(rest);
+            }
+        }
+        if !piece.is_empty() {
+            elements.push(piece);
+        }
+    }
+    elements
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_array_is_split_before_parsing() {
+        let cases: [(&[u8], Option<Vec<&[u8]>>); 8] = [
+            (br#"{"ok":true,"result":[]}"#, Some(vec![])),
+            (
+                br#"{"ok":true,"result":[{"update_id":1},not json,{"update_id":2}]}"#,
+                Some(vec![br#"{"update_id":1}"#, b"not json", br#"{"update_id":2}"#]),
+            ),
+            (
+                br#"{"ok": true, "result": [ {"update_id":1,"m":{"text":"a,]}\"x"}} , 7 ]}"#,
+                Some(vec![br#"{"update_id":1,"m":{"text":"a,]}\"x"}}"#, b"7"]),
+            ),
+            (
+                b"{\"ok\":true,\"result\":[{\"update_id\":8,\xff\xfe},{\"update_id\":9}]}",
+                Some(vec![b"{\"update_id\":8,\xff\xfe}", br#"{"update_id":9}"#]),
+            ),
+            // Truncated: a brace never closes, so the array is cut at update starts.
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"message":,{"update_id":8}]}"#,
+                Some(vec![br#"{"update_id":7,"message":"#, br#"{"update_id":8}"#]),
+            ),
+            // An unterminated string.
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"t":"abc,{"update_id":8,"t":"d"}]}"#,
+                Some(vec![br#"{"update_id":7,"t":"abc"#, br#"{"update_id":8,"t":"d"}"#]),
+            ),
+            (br#"{"ok":false,"error_code":401}"#, None),
+            (b"<html>bad gateway</html>", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                split_result(body),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn raw_value_keeps_elements_with_lone_surrogates_exact() {
+        let body = br#"{"ok":true,"result":[{"update_id":5,"message":{"text":"\ud800"}}, {"update_id":6}]}"#;
+        let envelope: Envelope = serde_json::from_slice(body).unwrap();
+        let texts: Vec<&str> = envelope.result.as_deref().unwrap_or_default().iter().map(|r| r.get()).collect();
+        assert_eq!(
+            texts,
+            [r#"{"update_id":5,"message":{"text":"\ud800"}}"#, r#"{"update_id":6}"#]
+        );
     }
 }
