@@ -171,20 +171,74 @@ impl TelegramApi {
 /// Splits the `result` array of a successful getUpdates body that is not valid JSON as a
 /// whole into its elements' bytes; `None` when the body has no `"ok":true` and `"result":[`.
 ///
-/// Elements are separated at commas outside strings and brackets. An element that leaves a
-/// bracket or a string open (truncated JSON) would swallow the rest of the array, so when the
-/// scan ends unbalanced, the array is cut instead before every `{"update_id"` that follows a
-/// comma — text that cannot occur inside a JSON string, where quotes are escaped.
+/// Elements are read one JSON value at a time (strings are skipped undecoded, so lone
+/// surrogates and invalid UTF-8 pass). Where no value can be read (text that is not JSON,
+/// truncated JSON), the element runs up to the next comma that is followed by an object which
+/// reads whole and is itself followed by `,` or `]` — the next element; without one, it runs
+/// to the end of the array.
 fn split_result(body: &[u8]) -> Option<Vec<&[u8]>> {
     if !contains_ok_true(body) {
         return None;
     }
-    let start = find_result_array(body)?;
-    let array = &body[start..];
-    match split_balanced(array) {
-        Some(elements) => Some(elements),
-        None => Some(split_at_update_starts(array)),
+    let array = &body[find_result_array(body)?..];
+    let mut elements = Vec::new();
+    let mut at = skip_space(array, 0);
+    if array.get(at) == Some(&b']') {
+        return Some(elements);
     }
+    while at < array.len() {
+        let end = match value_end(array, at) {
+            Some(end) => end,
+            None => next_element(array, at).unwrap_or_else(|| array_end(array, at)),
+        };
+        elements.push(trim(&array[at..end]));
+        let after = skip_space(array, end);
+        match array.get(after) {
+            Some(b',') => at = skip_space(array, after + 1),
+            _ => break,
+        }
+    }
+    Some(elements)
+}
+
+/// Where the JSON value starting at `at` ends, if one reads whole and is followed by `,` or
+/// `]`.
+fn value_end(array: &[u8], at: usize) -> Option<usize> {
+    let mut values =
+        serde_json::Deserializer::from_slice(&array[at..]).into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    let end = at + values.byte_offset();
+    matches!(array.get(skip_space(array, end)), Some(b',' | b']')).then_some(end)
+}
+
+/// The end of an unreadable element starting at `at`: the next comma followed by an element
+/// that reads whole.
+fn next_element(array: &[u8], at: usize) -> Option<usize> {
+    (at + 1..array.len()).find(|&comma| {
+        array[comma] == b','
+            && array.get(skip_space(array, comma + 1)) == Some(&b'{')
+            && value_end(array, skip_space(array, comma + 1)).is_some()
+    })
+}
+
+/// The end of the array's last element: before the closing `]` (and the envelope's `}`).
+fn array_end(array: &[u8], at: usize) -> usize {
+    let mut piece = trim(&array[at..]);
+    if let Some(rest) = piece.strip_suffix(b"}")
+        && let Some(rest) = trim(rest).strip_suffix(b"]")
+    {
+        piece = trim(rest);
+    } else if let Some(rest) = piece.strip_suffix(b"]") {
+        piece = trim(rest);
+    }
+    at + (piece.as_ptr() as usize - array[at..].as_ptr() as usize) + piece.len()
+}
+
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
 }
 
 fn contains_ok_true(body: &[u8]) -> bool {
@@ -201,88 +255,10 @@ fn contains_ok_true(body: &[u8]) -> bool {
 fn find_result_array(body: &[u8]) -> Option<usize> {
     const KEY: &[u8] = br#""result""#;
     let at = body.windows(KEY.len()).position(|w| w == KEY)?;
-    let mut i = at + KEY.len();
-    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
-        i += 1;
-    }
+    let i = skip_space(body, at + KEY.len());
     (body.get(i) == Some(&b':')).then_some(())?;
-    i += 1;
-    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
-        i += 1;
-    }
+    let i = skip_space(body, i + 1);
     (body.get(i) == Some(&b'[')).then_some(i + 1)
-}
-
-/// Splits the array text after its `[` at top-level commas; `None` if it never closes.
-fn split_balanced(array: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut elements = Vec::new();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    let mut begin = 0;
-    for (i, &b) in array.iter().enumerate() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' if depth > 0 => depth -= 1,
-            b',' if depth == 0 => {
-                elements.push(trim(&array[begin..i]));
-                begin = i + 1;
-            }
-            b']' => {
-                let last = trim(&array[begin..i]);
-                if !last.is_empty() || !elements.is_empty() {
-                    elements.push(last);
-                }
-                return Some(elements);
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Cuts the array text before every `{"update_id"` that follows a comma (whitespace allowed).
-fn split_at_update_starts(array: &[u8]) -> Vec<&[u8]> {
-    const START: &[u8] = br#"{"update_id""#;
-    let mut cuts = vec![0];
-    for i in 1..array.len() {
-        if array[i..].starts_with(START) {
-            let before = trim(&array[..i]);
-            if before.last() == Some(&b',') {
-                cuts.push(i);
-            }
-        }
-    }
-    cuts.push(array.len());
-    let mut elements = Vec::new();
-    for pair in cuts.windows(2) {
-        let mut piece = trim(&array[pair[0]..pair[1]]);
-        if pair[1] != array.len() {
-            piece = trim(piece.strip_suffix(b",").unwrap_or(piece));
-        } else {
-            // The last piece ends with the array's (and the envelope's) closing brackets if
-            // they are there: `…]}` or `…]`.
-            if let Some(rest) = piece.strip_suffix(b"}")
-                && let Some(rest) = trim(rest).strip_suffix(b"]")
-            {
-                piece = trim(rest);
-            } else if let Some(rest) = piece.strip_suffix(b"]") {
-                piece = trim(rest);
-            }
-        }
-        if !piece.is_empty() {
-            elements.push(piece);
-        }
-    }
-    elements
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -295,7 +271,7 @@ mod tests {
 
     #[test]
     fn the_result_array_is_split_before_parsing() {
-        let cases: [(&[u8], Option<Vec<&[u8]>>); 8] = [
+        let cases: [(&[u8], Option<Vec<&[u8]>>); 9] = [
             (br#"{"ok":true,"result":[]}"#, Some(vec![])),
             (
                 br#"{"ok":true,"result":[{"update_id":1},not json,{"update_id":2}]}"#,
@@ -318,6 +294,11 @@ mod tests {
             (
                 br#"{"ok":true,"result":[{"update_id":7,"t":"abc,{"update_id":8,"t":"d"}]}"#,
                 Some(vec![br#"{"update_id":7,"t":"abc"#, br#"{"update_id":8,"t":"d"}"#]),
+            ),
+            // The next element need not start with update_id (the sandbox sorts keys).
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"m":{"c":,{"m":{"t":"a"},"update_id":8},42]}"#,
+                Some(vec![br#"{"update_id":7,"m":{"c":"#, br#"{"m":{"t":"a"},"update_id":8}"#, b"42"]),
             ),
             (br#"{"ok":false,"error_code":401}"#, None),
             (b"<html>bad gateway</html>", None),

@@ -29,7 +29,9 @@
 
 mod parse;
 
-pub use parse::{Element, panic_message, parse_update, payload_text, read_element};
+pub use parse::{
+    Element, panic_message, parse_for_handlers, parse_update, payload_text, read_element,
+};
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -201,7 +203,7 @@ impl DurableListener {
             );
         }
         for (update_id, payload) in rows {
-            match parse_update(&payload_text(&payload)) {
+            match parse_for_handlers(&payload_text(&payload)) {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
