@@ -133,10 +133,11 @@ async fn no_element_of_the_corpus_blocks_the_updates_behind_it() {
         }
     }
     // The messages behind the bad elements reached the modules too: one user per /start.
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE user_id >= 1000 AND user_id < 2000")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE user_id >= 1000 AND user_id < 2000")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     pool.close().await;
     assert!(users >= injected.len() as i64, "{users} users");
     assert!(h.stop().await.clean());
@@ -166,7 +167,10 @@ async fn an_element_without_update_id_alone_in_the_queue_is_polled_with_pauses()
     let n = polls(&h) - before;
     eprintln!("{n} polls in {elapsed:?} with an id-less element pending");
     // 1 s + 2 s pauses at least between the second, third and fourth call.
-    assert!(elapsed >= Duration::from_secs(3), "{n} polls in {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "{n} polls in {elapsed:?}"
+    );
     assert!(n <= 6, "{n} polls in {elapsed:?}");
 
     // The next update confirms it, and is answered.

@@ -271,7 +271,8 @@ mod tests {
 
     #[test]
     fn the_result_array_is_split_before_parsing() {
-        let cases: [(&[u8], Option<Vec<&[u8]>>); 9] = [
+        type Case<'a> = (&'a [u8], Option<Vec<&'a [u8]>>);
+        let cases: [Case; 9] = [
             (br#"{"ok":true,"result":[]}"#, Some(vec![])),
             (
                 br#"{"ok":true,"result":[{"update_id":1},not json,{"update_id":2}]}"#,
@@ -317,10 +318,19 @@ mod tests {
     fn raw_value_keeps_elements_with_lone_surrogates_exact() {
         let body = br#"{"ok":true,"result":[{"update_id":5,"message":{"text":"\ud800"}}, {"update_id":6}]}"#;
         let envelope: Envelope = serde_json::from_slice(body).unwrap();
-        let texts: Vec<&str> = envelope.result.as_deref().unwrap_or_default().iter().map(|r| r.get()).collect();
+        let texts: Vec<&str> = envelope
+            .result
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.get())
+            .collect();
         assert_eq!(
             texts,
-            [r#"{"update_id":5,"message":{"text":"\ud800"}}"#, r#"{"update_id":6}"#]
+            [
+                r#"{"update_id":5,"message":{"text":"\ud800"}}"#,
+                r#"{"update_id":6}"#
+            ]
         );
     }
 }

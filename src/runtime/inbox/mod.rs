@@ -228,9 +228,9 @@ impl DurableListener {
             None => (None, self.poll_timeout),
         };
         let started = tokio::time::Instant::now();
-        let fetch =
-            self.api
-                .get_updates(&self.token, offset, BATCH_LIMIT, timeout, &allowed);
+        let fetch = self
+            .api
+            .get_updates(&self.token, offset, BATCH_LIMIT, timeout, &allowed);
         let raw = tokio::select! {
             () = self.stop.cancelled() => return Ok(()),
             r = fetch => r,
@@ -279,7 +279,7 @@ impl DurableListener {
                 }
                 continue;
             };
-            if update_id >= 1 && update_id < i64::MAX {
+            if (1..i64::MAX).contains(&update_id) {
                 max_id = max_id.max(Some(update_id));
             }
             match update {
@@ -390,7 +390,9 @@ impl DurableListener {
     /// Confirms the stored offset to Telegram, so the next poller does not get these again.
     async fn confirm_offset(&mut self) {
         // Only a stored batch not yet confirmed needs it; everything else is confirmed.
-        let Some(offset) = self.to_confirm else { return };
+        let Some(offset) = self.to_confirm else {
+            return;
+        };
         let allowed = self.allowed_updates();
         let confirm = self
             .api

@@ -210,7 +210,10 @@ mod tests {
             utf8,
         };
         let cases = [
-            (raw(r#"{"update_id":1}"#, true), r#"{"update_id":1}"#.to_owned()),
+            (
+                raw(r#"{"update_id":1}"#, true),
+                r#"{"update_id":1}"#.to_owned(),
+            ),
             (
                 raw(r#"{"update_id":2,"t":"\ud800"}"#, true),
                 serde_json::to_string(r#"{"update_id":2,"t":"\ud800"}"#).unwrap(),
@@ -219,7 +222,10 @@ mod tests {
                 raw(r#"{"update_id":3,"t":"a\u0000"}"#, true),
                 serde_json::to_string(r#"{"update_id":3,"t":"a\u0000"}"#).unwrap(),
             ),
-            (raw("{\"update_id\":4}", false), "\"{\\\"update_id\\\":4}\"".to_owned()),
+            (
+                raw("{\"update_id\":4}", false),
+                "\"{\\\"update_id\\\":4}\"".to_owned(),
+            ),
             (raw("not json", true), "\"not json\"".to_owned()),
         ];
         for (raw, want) in cases {
