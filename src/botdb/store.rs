@@ -12,14 +12,16 @@ fn offset_key(telegram_bot_id: i64) -> String {
     format!("offset:{telegram_bot_id}")
 }
 
-/// One update to store: its id, chat (when parsed), raw JSON, and the error if poisoned.
+/// One update to store: its id, chat (when parsed), payload, and the error if poisoned.
 #[derive(Debug, Clone)]
 pub struct InboxRow {
     /// Telegram's update_id.
     pub update_id: i64,
     /// The chat, when the update parsed and has one.
     pub chat_id: Option<i64>,
-    /// The update as Telegram sent it.
+    /// The update as Telegram sent it, as JSON text PostgreSQL's `jsonb` accepts: the element
+    /// itself, or — when it is not valid JSON for `jsonb` (a lone surrogate, `\u0000`, not
+    /// UTF-8, truncated) — a JSON string holding its exact text.
     pub payload: String,
     /// Why it is poisoned (could not be parsed), if it is.
     pub error: Option<String>,
@@ -36,19 +38,114 @@ pub async fn load_offset(
         .await
 }
 
-/// Stores a fetched batch and the next offset in one transaction; returns the ids that were
-/// new (an id already stored is skipped, so a re-delivered update is never queued twice).
+/// What [`store_batch`] did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The batch is stored; `inserted` are the ids that were new (an id already stored with
+    /// the same payload is a re-delivery and skipped, so it is never queued twice).
+    Stored {
+        /// The ids inserted, to be dispatched.
+        inserted: Vec<i64>,
+        /// Set when the batch showed that Telegram restarted the update ids lower.
+        restart: Option<IdRestart>,
+    },
+    /// The ids restarted, but inbox rows from before the restart that would collide with the
+    /// new ids are still unprocessed: nothing was stored; try again once they are processed.
+    Blocked(IdRestart),
+}
+
+/// Telegram restarted the bot's update ids below the stored offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRestart {
+    /// The offset stored before the restart (`None`: no offset was stored yet).
+    pub stored_offset: Option<i64>,
+    /// The lowest id of the batch that showed the restart.
+    pub first_new_id: i64,
+    /// How many old inbox rows were parked (moved to `inbox_parked`).
+    pub parked: u64,
+    /// Old rows still unprocessed among those to park (only in [`Stored::Blocked`]).
+    pub unprocessed: i64,
+}
+
+/// Stores a fetched batch and the next offset in one transaction.
+///
+/// It also detects a restart of the update ids (Telegram picks a new, possibly lower, id after
+/// a week without updates; a fresh sandbox starts at 1): an id of the batch that is stored
+/// already with a different payload, or that lies below the stored offset without being
+/// stored, is a new update. Then the old rows from the lowest such id up are parked in
+/// `inbox_parked` (so they cannot make new updates look like duplicates) and the offset is
+/// set to `next_offset` even though it is lower. Ids below 1 never count (no offset can be
+/// built from them). `next_offset: None` leaves the stored offset as it is.
 pub async fn store_batch(
     conn: &mut PgConnection,
     telegram_bot_id: i64,
     rows: &[InboxRow],
-    next_offset: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
+    next_offset: Option<i64>,
+) -> Result<Stored, sqlx::Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.update_id).collect();
     let chats: Vec<Option<i64>> = rows.iter().map(|r| r.chat_id).collect();
     let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let stored_offset: Option<i64> =
+        sqlx::query_scalar("SELECT value FROM bot_state WHERE key = $1 FOR UPDATE")
+            .bind(offset_key(telegram_bot_id))
+            .fetch_optional(&mut *tx)
+            .await?;
+    let known: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT i.update_id, i.payload = u.payload::jsonb \
+         FROM inbox i JOIN UNNEST($2::bigint[], $3::text[]) AS u(id, payload) \
+              ON i.update_id = u.id \
+         WHERE i.telegram_bot_id = $1",
+    )
+    .bind(telegram_bot_id)
+    .bind(&ids)
+    .bind(&payloads)
+    .fetch_all(&mut *tx)
+    .await?;
+    let first_new_id = ids
+        .iter()
+        .copied()
+        .filter(|&id| id >= 1)
+        .filter(|id| match known.iter().find(|(k, _)| k == id) {
+            Some((_, same)) => !same,
+            None => stored_offset.is_some_and(|o| *id < o),
+        })
+        .min();
+    let mut restart = None;
+    if let Some(first_new_id) = first_new_id {
+        let unprocessed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM inbox WHERE telegram_bot_id = $1 AND update_id >= $2 \
+             AND processed_at IS NULL",
+        )
+        .bind(telegram_bot_id)
+        .bind(first_new_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut found = IdRestart {
+            stored_offset,
+            first_new_id,
+            parked: 0,
+            unprocessed,
+        };
+        if unprocessed > 0 {
+            return Ok(Stored::Blocked(found));
+        }
+        found.parked = sqlx::query(
+            "WITH moved AS (DELETE FROM inbox WHERE telegram_bot_id = $1 AND update_id >= $2 \
+                 RETURNING telegram_bot_id, update_id, chat_id, payload, received_at, \
+                           processed_at, error) \
+             INSERT INTO inbox_parked (telegram_bot_id, update_id, chat_id, payload, \
+                                       received_at, processed_at, error) \
+             SELECT * FROM moved",
+        )
+        .bind(telegram_bot_id)
+        .bind(first_new_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        restart = Some(found);
+    }
     let inserted: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, error, processed_at) \
          SELECT $5, u.id, u.chat, u.payload::jsonb, u.error, \
@@ -64,17 +161,23 @@ pub async fn store_batch(
     .bind(telegram_bot_id)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO bot_state (key, value) VALUES ($1, $2) \
-         ON CONFLICT (key) DO UPDATE SET value = GREATEST(bot_state.value, EXCLUDED.value), \
-         updated_at = now()",
-    )
-    .bind(offset_key(telegram_bot_id))
-    .bind(next_offset)
-    .execute(&mut *tx)
-    .await?;
+    if let Some(next_offset) = next_offset {
+        // After a restart the offset goes down; otherwise it only ever goes up.
+        sqlx::query(
+            "INSERT INTO bot_state (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET \
+             value = CASE WHEN $3 THEN EXCLUDED.value \
+                          ELSE GREATEST(bot_state.value, EXCLUDED.value) END, \
+             updated_at = now()",
+        )
+        .bind(offset_key(telegram_bot_id))
+        .bind(next_offset)
+        .bind(restart.is_some())
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
-    Ok(inserted)
+    Ok(Stored::Stored { inserted, restart })
 }
 
 /// Unprocessed updates with ids above `after`, oldest first, at most `limit`.
@@ -148,16 +251,24 @@ pub async fn mark_poisoned(
     Ok(())
 }
 
-/// Deletes processed, unpoisoned updates older than `days`; returns how many.
+/// Deletes processed, unpoisoned updates older than `days` (parked ones included); returns
+/// how many.
 pub async fn prune_inbox(conn: &mut PgConnection, days: i64) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1::int) \
          AND error IS NULL",
     )
     .bind(days)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(r.rows_affected())
+    let parked = sqlx::query(
+        "DELETE FROM inbox_parked WHERE parked_at < now() - make_interval(days => $1::int) \
+         AND error IS NULL",
+    )
+    .bind(days)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() + parked.rows_affected())
 }
 
 /// Counts of the inbox, for tests and status: (total, processed, poisoned).

@@ -1,6 +1,13 @@
 //! The Bot API as botvisor uses it: one shared HTTP client, teloxide `Bot`s for sending, and a
-//! raw `getUpdates` that returns each update as JSON so one unparsable update can never fail a
-//! whole batch.
+//! raw `getUpdates` that returns each update as its own text, so one unparsable update can
+//! never fail a whole batch.
+//!
+//! The `result` array is split into elements before any element is parsed: first with
+//! `serde_json`'s `RawValue` (exact text, and it does not decode strings, so a lone UTF-16
+//! surrogate escape such as `\ud800` passes), and when the body is not even valid JSON as a
+//! whole (an element that is not JSON, truncated, or not UTF-8) with a tolerant byte scanner,
+//! `split_result`. Proved by `telegram::tests::the_result_array_is_split_before_parsing` and
+//! `tests/intake_corpus.rs`.
 //!
 //! - [`TelegramError`]: the one classification of a failed call, whichever path made it
 //!   (teloxide's typed errors, or our raw calls' HTTP answers);
@@ -35,11 +42,35 @@ pub struct TelegramApi {
     base: url::Url,
 }
 
+/// One element of a getUpdates `result`, as Telegram sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUpdate {
+    /// The element's text (invalid UTF-8, if any, replaced by U+FFFD).
+    pub text: String,
+    /// Whether the element was valid UTF-8 (an element that was not is never dispatched).
+    pub utf8: bool,
+}
+
+impl RawUpdate {
+    fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self {
+                text: text.to_owned(),
+                utf8: true,
+            },
+            Err(_) => Self {
+                text: String::from_utf8_lossy(bytes).into_owned(),
+                utf8: false,
+            },
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Envelope {
     ok: bool,
     #[serde(default)]
-    result: Option<Vec<serde_json::Value>>,
+    result: Option<Vec<Box<serde_json::value::RawValue>>>,
     #[serde(default)]
     error_code: Option<u16>,
     #[serde(default)]
@@ -68,7 +99,7 @@ impl TelegramApi {
         Bot::with_client(token.expose(), self.client.clone()).set_api_url(self.base.clone())
     }
 
-    /// `getUpdates`, returning the raw JSON of each update.
+    /// `getUpdates`, returning the raw text of each update (`offset: None` confirms nothing).
     pub async fn get_updates(
         &self,
         token: &BotToken,
@@ -76,7 +107,7 @@ impl TelegramApi {
         limit: u8,
         timeout: Duration,
         allowed_updates: &[&str],
-    ) -> Result<Vec<serde_json::Value>, TelegramError> {
+    ) -> Result<Vec<RawUpdate>, TelegramError> {
         let url = format!(
             "{}/bot{}/getUpdates",
             self.base.as_str().trim_end_matches('/'),
@@ -105,6 +136,10 @@ impl TelegramApi {
             .map_err(|e| TelegramError::Transient(redact(&e.without_url().to_string())))?;
         let envelope: Envelope = match serde_json::from_slice(&bytes) {
             Ok(e) => e,
+            Err(_) if status.is_success() && split_result(&bytes).is_some() => {
+                let elements = split_result(&bytes).unwrap_or_default();
+                return Ok(elements.into_iter().map(RawUpdate::from_bytes).collect());
+            }
             Err(_) if status.is_server_error() => {
                 return Err(TelegramError::Transient(format!("HTTP {status}")));
             }
@@ -115,7 +150,14 @@ impl TelegramApi {
             }
         };
         if envelope.ok {
-            return Ok(envelope.result.unwrap_or_default());
+            let result = envelope.result.unwrap_or_default();
+            return Ok(result
+                .into_iter()
+                .map(|raw| RawUpdate {
+                    text: raw.get().to_owned(),
+                    utf8: true,
+                })
+                .collect());
         }
         let code = envelope.error_code.unwrap_or(status.as_u16());
         let retry_after = envelope
@@ -127,5 +169,172 @@ impl TelegramApi {
             envelope.description.unwrap_or_default(),
             retry_after,
         ))
+    }
+}
+
+/// Splits the `result` array of a successful getUpdates body that is not valid JSON as a
+/// whole into its elements' bytes; `None` when the body has no `"ok":true` and `"result":[`.
+///
+/// Elements are read one JSON value at a time (strings are skipped undecoded, so lone
+/// surrogates and invalid UTF-8 pass). Where no value can be read (text that is not JSON,
+/// truncated JSON), the element runs up to the next comma that is followed by an object which
+/// reads whole and is itself followed by `,` or `]` — the next element; without one, it runs
+/// to the end of the array.
+fn split_result(body: &[u8]) -> Option<Vec<&[u8]>> {
+    if !contains_ok_true(body) {
+        return None;
+    }
+    let array = &body[find_result_array(body)?..];
+    let mut elements = Vec::new();
+    let mut at = skip_space(array, 0);
+    if array.get(at) == Some(&b']') {
+        return Some(elements);
+    }
+    while at < array.len() {
+        let end = match value_end(array, at) {
+            Some(end) => end,
+            None => next_element(array, at).unwrap_or_else(|| array_end(array, at)),
+        };
+        elements.push(trim(&array[at..end]));
+        let after = skip_space(array, end);
+        match array.get(after) {
+            Some(b',') => at = skip_space(array, after + 1),
+            _ => break,
+        }
+    }
+    Some(elements)
+}
+
+/// Where the JSON value starting at `at` ends, if one reads whole and is followed by `,` or
+/// `]`.
+fn value_end(array: &[u8], at: usize) -> Option<usize> {
+    let mut values =
+        serde_json::Deserializer::from_slice(&array[at..]).into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    let end = at + values.byte_offset();
+    matches!(array.get(skip_space(array, end)), Some(b',' | b']')).then_some(end)
+}
+
+/// The end of an unreadable element starting at `at`: the next comma followed by an element
+/// that reads whole.
+fn next_element(array: &[u8], at: usize) -> Option<usize> {
+    (at + 1..array.len()).find(|&comma| {
+        array[comma] == b','
+            && array.get(skip_space(array, comma + 1)) == Some(&b'{')
+            && value_end(array, skip_space(array, comma + 1)).is_some()
+    })
+}
+
+/// The end of the array's last element: before the closing `]` (and the envelope's `}`).
+fn array_end(array: &[u8], at: usize) -> usize {
+    let mut piece = trim(&array[at..]);
+    if let Some(rest) = piece.strip_suffix(b"}")
+        && let Some(rest) = trim(rest).strip_suffix(b"]")
+    {
+        piece = trim(rest);
+    } else if let Some(rest) = piece.strip_suffix(b"]") {
+        piece = trim(rest);
+    }
+    at + (piece.as_ptr() as usize - array[at..].as_ptr() as usize) + piece.len()
+}
+
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+fn contains_ok_true(body: &[u8]) -> bool {
+    let compact: Vec<u8> = body
+        .iter()
+        .take(64)
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    compact.windows(9).any(|w| w == br#""ok":true"#)
+}
+
+/// The index just after the `[` of `"result":[`.
+fn find_result_array(body: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = br#""result""#;
+    let at = body.windows(KEY.len()).position(|w| w == KEY)?;
+    let i = skip_space(body, at + KEY.len());
+    (body.get(i) == Some(&b':')).then_some(())?;
+    let i = skip_space(body, i + 1);
+    (body.get(i) == Some(&b'[')).then_some(i + 1)
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_array_is_split_before_parsing() {
+        type Case<'a> = (&'a [u8], Option<Vec<&'a [u8]>>);
+        let cases: [Case; 9] = [
+            (br#"{"ok":true,"result":[]}"#, Some(vec![])),
+            (
+                br#"{"ok":true,"result":[{"update_id":1},not json,{"update_id":2}]}"#,
+                Some(vec![br#"{"update_id":1}"#, b"not json", br#"{"update_id":2}"#]),
+            ),
+            (
+                br#"{"ok": true, "result": [ {"update_id":1,"m":{"text":"a,]}\"x"}} , 7 ]}"#,
+                Some(vec![br#"{"update_id":1,"m":{"text":"a,]}\"x"}}"#, b"7"]),
+            ),
+            (
+                b"{\"ok\":true,\"result\":[{\"update_id\":8,\xff\xfe},{\"update_id\":9}]}",
+                Some(vec![b"{\"update_id\":8,\xff\xfe}", br#"{"update_id":9}"#]),
+            ),
+            // Truncated: a brace never closes, so the array is cut at update starts.
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"message":,{"update_id":8}]}"#,
+                Some(vec![br#"{"update_id":7,"message":"#, br#"{"update_id":8}"#]),
+            ),
+            // An unterminated string.
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"t":"abc,{"update_id":8,"t":"d"}]}"#,
+                Some(vec![br#"{"update_id":7,"t":"abc"#, br#"{"update_id":8,"t":"d"}"#]),
+            ),
+            // The next element need not start with update_id (the sandbox sorts keys).
+            (
+                br#"{"ok":true,"result":[{"update_id":7,"m":{"c":,{"m":{"t":"a"},"update_id":8},42]}"#,
+                Some(vec![br#"{"update_id":7,"m":{"c":"#, br#"{"m":{"t":"a"},"update_id":8}"#, b"42"]),
+            ),
+            (br#"{"ok":false,"error_code":401}"#, None),
+            (b"<html>bad gateway</html>", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                split_result(body),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn raw_value_keeps_elements_with_lone_surrogates_exact() {
+        let body = br#"{"ok":true,"result":[{"update_id":5,"message":{"text":"\ud800"}}, {"update_id":6}]}"#;
+        let envelope: Envelope = serde_json::from_slice(body).unwrap();
+        let texts: Vec<&str> = envelope
+            .result
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.get())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"update_id":5,"message":{"text":"\ud800"}}"#,
+                r#"{"update_id":6}"#
+            ]
+        );
     }
 }

@@ -2,27 +2,38 @@
 //!
 //! Loop, as a stream the dispatcher pulls from:
 //! 1. replay: unprocessed inbox rows, oldest first, before anything new;
-//! 2. fetch: `getUpdates(offset)` as raw JSON; each update is parsed on its own with panics
-//!    caught (unparsable ones are stored poisoned and never dispatched);
-//! 3. store: the batch and the next offset in one transaction — only then is the offset used
-//!    (confirmed) in the next `getUpdates`;
+//! 2. fetch: `getUpdates` — a long poll *without* an offset, or, right after a batch was stored,
+//!    a short call with the offset that confirms it; the `result` array comes back split into
+//!    its elements' texts (`telegram::RawUpdate`), and each element is read on its own
+//!    ([`read_element`]: its id, the payload to store, the update parsed with panics caught);
+//! 3. store: the batch and the next offset in one transaction — only then is the offset sent
+//!    (confirmed); an element that cannot be parsed is stored poisoned with its raw text; one
+//!    without a readable `update_id` is logged with its raw text and left out of the offset
+//!    arithmetic (a later update's offset confirms it);
 //! 4. yield the newly stored updates.
 //!
 //! The intake is the only way into the inbox: [`DurableListener`] polls; a webhook entrance
 //! (foreseen, not built) will store through the same `botdb::store::store_batch` and wake the
 //! same stream. Parsing lives in [`parse`].
 //!
-//! Invariants: an update reaches a handler only after it is in the inbox; the offset stored in
-//! the bot database never passes an update that is not stored; on stop the updates already
-//! stored are still yielded (the dispatcher drains them), then a last `getUpdates` confirms the
-//! offset to Telegram so the next poller for this token starts cleanly. Errors back off
-//! (1 s doubling to 30 s, `retry_after` honoured exactly); a 401 is reported as fatal.
+//! Invariants: an update reaches a handler only after it is in the inbox; only ids Telegram
+//! has just sent are ever confirmed, so a restart of the update ids (Telegram picks a new,
+//! possibly lower, id after a week without updates; a fresh sandbox starts at 1) cannot drop
+//! new updates — `store_batch` detects it, parks the old rows and resets the stored offset;
+//! no element blocks the ones behind it; no call is repeated without a pause (errors back off
+//! 1 s doubling to 30 s, `retry_after` honoured exactly; a call that brought nothing to
+//! confirm waits up to 4 s); a 401 is reported as fatal. On stop the updates already stored
+//! are still yielded (the dispatcher drains them), then a last `getUpdates` confirms the
+//! stored batch if it was not confirmed yet, so the next poller for this token starts cleanly.
+//! Proved by `tests/intake_corpus.rs` and `tests/intake_restart.rs`.
 
 mod parse;
 
-pub use parse::{panic_message, parse_update};
+pub use parse::{
+    Element, panic_message, parse_for_handlers, parse_update, payload_text, read_element,
+};
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -34,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failures, RunFailure};
 use crate::botdb::budget::BotPool;
-use crate::botdb::store::{self, InboxRow};
+use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::Registry;
 use crate::telegram::{TelegramApi, TelegramError};
@@ -48,6 +59,9 @@ const REPLAY_PAGE: i64 = 500;
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest pause after a call that brought nothing to confirm (an element without a readable
+/// id, a long poll answered empty at once): short, as a later update ends it.
+const STALL_MAX: Duration = Duration::from_secs(4);
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often processed inbox rows are pruned (also once per run start).
@@ -65,7 +79,10 @@ pub struct DurableListener {
     failures: Failures,
     stop_token: StopToken,
     buffer: VecDeque<Update>,
-    offset: Option<i64>,
+    /// The offset that confirms the last stored batch, until a call carried it.
+    to_confirm: Option<i64>,
+    /// Elements without a readable id already logged (cleared when the offset moves).
+    idless_logged: HashSet<String>,
     replayed_up_to: Option<i64>,
     backoff: Duration,
     inbox_retention_days: u32,
@@ -109,7 +126,8 @@ impl DurableListener {
             failures,
             stop_token,
             buffer: VecDeque::new(),
-            offset: None,
+            to_confirm: None,
+            idless_logged: HashSet::new(),
             replayed_up_to: Some(i64::MIN),
             backoff: BACKOFF_START,
             inbox_retention_days: parts.inbox_retention_days,
@@ -143,12 +161,17 @@ impl DurableListener {
                 }
                 Err(StepError::Retry(wait, why)) => {
                     tracing::warn!(bot_id = self.bot_id, error = %why, retry_in = ?wait, "update fetch failed");
-                    tokio::select! {
-                        () = self.stop.cancelled() => {}
-                        () = tokio::time::sleep(wait) => {}
-                    }
+                    self.pause(wait).await;
                 }
+                Err(StepError::Wait(wait)) => self.pause(wait).await,
             }
+        }
+    }
+
+    async fn pause(&self, wait: Duration) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 
@@ -164,11 +187,6 @@ impl DurableListener {
             .acquire()
             .await
             .map_err(|e| self.retry(e.to_string()))?;
-        if self.offset.is_none() {
-            self.offset = store::load_offset(&mut conn, self.telegram_id)
-                .await
-                .map_err(|e| self.retry(e.to_string()))?;
-        }
         let rows = store::pending_updates(&mut conn, self.telegram_id, after, REPLAY_PAGE)
             .await
             .map_err(|e| self.retry(e.to_string()))?;
@@ -185,7 +203,7 @@ impl DurableListener {
             );
         }
         for (update_id, payload) in rows {
-            match parse_update(&payload.to_string()) {
+            match parse_for_handlers(&payload_text(&payload)) {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
@@ -198,46 +216,73 @@ impl DurableListener {
         Ok(())
     }
 
+    /// One getUpdates call: a long poll without an offset, or — right after a batch was
+    /// stored — a short call with the offset that confirms it (and may bring the next batch).
+    ///
+    /// Long polls carry no offset so that a restart of the update ids can never make Telegram
+    /// drop new updates as "confirmed": only ids we have just been given are ever confirmed.
     async fn fetch_batch(&mut self) -> Result<(), StepError> {
         let allowed = self.allowed_updates();
-        let fetch = self.api.get_updates(
-            &self.token,
-            self.offset,
-            BATCH_LIMIT,
-            self.poll_timeout,
-            &allowed,
-        );
+        let (offset, timeout) = match self.to_confirm {
+            Some(offset) => (Some(offset), Duration::ZERO),
+            None => (None, self.poll_timeout),
+        };
+        let started = tokio::time::Instant::now();
+        let fetch = self
+            .api
+            .get_updates(&self.token, offset, BATCH_LIMIT, timeout, &allowed);
         let raw = tokio::select! {
             () = self.stop.cancelled() => return Ok(()),
             r = fetch => r,
         };
         let raw = match raw {
             Ok(raw) => raw,
-            Err(TelegramError::Unauthorized) => {
-                return Err(StepError::Fatal(RunFailure::Unauthorized));
+            Err(e) => {
+                // Whatever happened (the server may even be a new one), poll afresh.
+                self.to_confirm = None;
+                return Err(match e {
+                    TelegramError::Unauthorized => StepError::Fatal(RunFailure::Unauthorized),
+                    TelegramError::RetryAfter(wait) => {
+                        StepError::Retry(wait, "429 Too Many Requests".into())
+                    }
+                    e => self.retry(e.to_string()),
+                });
             }
-            Err(TelegramError::RetryAfter(wait)) => {
-                return Err(StepError::Retry(wait, "429 Too Many Requests".into()));
-            }
-            Err(e) => return Err(self.retry(e.to_string())),
         };
         if raw.is_empty() {
+            self.to_confirm = None;
+            if !timeout.is_zero() && started.elapsed() < timeout / 2 {
+                // A long poll that came back empty at once (a server going down does that):
+                // never poll again without a pause.
+                return Err(self.stall());
+            }
             return Ok(());
         }
         let mut rows = Vec::with_capacity(raw.len());
         let mut parsed = Vec::with_capacity(raw.len());
-        let mut max_id = None;
-        for value in raw {
-            let Some(update_id) = value.get("update_id").and_then(serde_json::Value::as_i64) else {
-                tracing::error!(
-                    bot_id = self.bot_id,
-                    "Telegram sent an update without update_id"
-                );
+        let mut max_id: Option<i64> = None;
+        for element in &raw {
+            let Element {
+                update_id,
+                payload,
+                update,
+            } = read_element(element);
+            let Some(update_id) = update_id else {
+                // Nothing can be stored or confirmed by id: say it once. A later update's
+                // offset confirms it.
+                if self.idless_logged.insert(element.text.clone()) {
+                    tracing::error!(
+                        bot_id = self.bot_id,
+                        raw = %truncate(&element.text),
+                        "Telegram sent an update without a readable update_id; skipped"
+                    );
+                }
                 continue;
             };
-            max_id = max_id.max(Some(update_id));
-            let payload = value.to_string();
-            match parse_update(&payload) {
+            if (1..i64::MAX).contains(&update_id) {
+                max_id = max_id.max(Some(update_id));
+            }
+            match update {
                 Ok(update) => {
                     rows.push(InboxRow {
                         update_id,
@@ -248,7 +293,7 @@ impl DurableListener {
                     parsed.push((update_id, update));
                 }
                 Err(error) => {
-                    tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
+                    tracing::warn!(bot_id = self.bot_id, update_id, %error, raw = %truncate(&element.text), "poisoned update");
                     rows.push(InboxRow {
                         update_id,
                         chat_id: None,
@@ -258,28 +303,66 @@ impl DurableListener {
                 }
             }
         }
-        let Some(max_id) = max_id else {
-            return Ok(());
-        };
-        let next_offset = max_id + 1;
-        let mut conn = self
-            .db
-            .acquire()
-            .await
-            .map_err(|e| self.retry(e.to_string()))?;
-        let inserted = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
-            .await
-            .map_err(|e| self.retry(e.to_string()))?;
-        drop(conn);
-        self.offset = Some(next_offset);
-        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
-        self.buffer.extend(
-            parsed
-                .into_iter()
-                .filter(|(id, _)| inserted.contains(id))
-                .map(|(_, u)| u),
-        );
-        Ok(())
+        let next_offset = max_id.map(|id| id + 1);
+        if !rows.is_empty() {
+            let mut conn = self
+                .db
+                .acquire()
+                .await
+                .map_err(|e| self.retry(e.to_string()))?;
+            let stored = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
+                .await
+                .map_err(|e| self.retry(e.to_string()))?;
+            drop(conn);
+            let inserted = match stored {
+                Stored::Stored { inserted, restart } => {
+                    if let Some(r) = restart {
+                        tracing::warn!(
+                            bot_id = self.bot_id,
+                            stored_offset = ?r.stored_offset,
+                            first_new_id = r.first_new_id,
+                            parked = r.parked,
+                            "update ids restarted below the stored offset (Telegram does after a week without updates; a fresh sandbox starts at 1): old inbox rows parked, offset reset"
+                        );
+                    }
+                    inserted
+                }
+                Stored::Blocked(r) => {
+                    self.to_confirm = None;
+                    return Err(self.retry(format!(
+                        "update ids restarted at {} below the stored offset {:?}; waiting for {} updates from before the restart to be processed",
+                        r.first_new_id, r.stored_offset, r.unprocessed
+                    )));
+                }
+            };
+            let inserted: HashSet<i64> = inserted.into_iter().collect();
+            self.buffer.extend(
+                parsed
+                    .into_iter()
+                    .filter(|(id, _)| inserted.contains(id))
+                    .map(|(_, u)| u),
+            );
+        }
+        match next_offset {
+            Some(next) => {
+                self.to_confirm = Some(next);
+                self.idless_logged.clear();
+                Ok(())
+            }
+            None => {
+                // Nothing here can be confirmed by an offset: the same call would bring the
+                // same elements back at once. Wait before asking again.
+                self.to_confirm = None;
+                Err(self.stall())
+            }
+        }
+    }
+
+    /// A pause before the next call when the last one brought nothing to confirm.
+    fn stall(&mut self) -> StepError {
+        let wait = self.backoff.min(STALL_MAX);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        StepError::Wait(wait)
     }
 
     /// Deletes processed inbox rows past their retention.
@@ -306,7 +389,10 @@ impl DurableListener {
 
     /// Confirms the stored offset to Telegram, so the next poller does not get these again.
     async fn confirm_offset(&mut self) {
-        let Some(offset) = self.offset else { return };
+        // Only a stored batch not yet confirmed needs it; everything else is confirmed.
+        let Some(offset) = self.to_confirm else {
+            return;
+        };
         let allowed = self.allowed_updates();
         let confirm = self
             .api
@@ -324,6 +410,13 @@ impl DurableListener {
 enum StepError {
     Fatal(RunFailure),
     Retry(Duration, String),
+    /// Wait this long without a warning (the reason was logged already).
+    Wait(Duration),
+}
+
+/// At most 200 characters of an element, for a log line.
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
 impl UpdateListener for DurableListener {
