@@ -50,6 +50,9 @@ async fn handle(me: Me, update: Update, ctx: Arc<BotContext>) -> Result<(), Infa
     let poison = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(ModuleError::Poison(reason))) => Some(reason),
+        // Text PostgreSQL cannot store (a NUL, an invalid byte sequence) fails the same way on
+        // every replay: poison it rather than restart the bot forever.
+        Ok(Err(e)) if is_unstorable_text(&e) => Some(crate::mask::error_line(&e)),
         Ok(Err(e)) if e.is_unauthorized() => {
             ctx.failures.report(e);
             None
@@ -74,6 +77,17 @@ async fn handle(me: Me, update: Update, ctx: Arc<BotContext>) -> Result<(), Infa
         }
     }
     Ok(())
+}
+
+/// Whether `e` is PostgreSQL refusing the text it was given (SQLSTATE 22021 character not in
+/// repertoire, 22P05 untranslatable character).
+fn is_unstorable_text(e: &ModuleError) -> bool {
+    match e {
+        ModuleError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("22021" | "22P05"))
+        }
+        _ => false,
+    }
 }
 
 async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), ModuleError> {
