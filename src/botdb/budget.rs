@@ -930,6 +930,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_default_provision_concurrency_matches_the_settings() {
+        let settings = crate::config::BotDatabaseSettings::default();
+        assert_eq!(
+            settings.provision_concurrency,
+            DEFAULT_PROVISION_CONCURRENCY
+        );
+    }
+
     #[tokio::test]
     async fn a_database_handle_opens_nothing() {
         let budget = ConnectionBudget::new(2, Duration::from_secs(1), Duration::from_secs(1));
