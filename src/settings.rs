@@ -74,6 +74,9 @@ pub struct BotDatabaseSettings {
     pub connection_budget: u32,
     /// Most connections one bot may hold at once (within the global budget).
     pub max_connections_per_bot: u32,
+    /// Most bot databases created or migrated at once; the others wait their turn, and
+    /// running bots are served before any of them (1 to `connection_budget`).
+    pub provision_concurrency: u32,
     /// Seconds an idle bot-database connection is kept before it is closed.
     pub idle_timeout_secs: u64,
     /// Seconds to wait for a connection before a bot's database operation fails.
@@ -135,6 +138,7 @@ impl Default for BotDatabaseSettings {
             server_url: String::new(),
             connection_budget: 32,
             max_connections_per_bot: 2,
+            provision_concurrency: 2,
             idle_timeout_secs: 30,
             acquire_timeout_secs: 10,
             inbox_retention_days: 7,
@@ -267,6 +271,13 @@ impl Settings {
         if per_bot == 0 || per_bot > budget {
             return Err(ConfigError::Invalid {
                 key: "bot_database.max_connections_per_bot",
+                reason: format!("must be between 1 and connection_budget ({budget})"),
+            });
+        }
+        let provisions = self.bot_database.provision_concurrency;
+        if provisions == 0 || provisions > budget {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.provision_concurrency",
                 reason: format!("must be between 1 and connection_budget ({budget})"),
             });
         }
@@ -487,6 +498,11 @@ mod tests {
                 "BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET",
                 "0",
                 "connection_budget",
+            ),
+            (
+                "BOTVISOR__BOT_DATABASE__PROVISION_CONCURRENCY",
+                "0",
+                "provision_concurrency",
             ),
             ("BOTVISOR__TELEGRAM__API_URL", "ftp://x", "api_url"),
             (

@@ -106,7 +106,8 @@ impl Daemon {
             db.connection_budget,
             std::time::Duration::from_secs(db.idle_timeout_secs),
             std::time::Duration::from_secs(db.acquire_timeout_secs),
-        );
+        )
+        .with_provision_concurrency(db.provision_concurrency);
         let tasks = Tasks::new(shutdown);
         let deps = SharedDeps {
             settings: Arc::clone(&settings),

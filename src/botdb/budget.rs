@@ -6,19 +6,41 @@
 //! a [`BotPool`] from [`ConnectionBudget::database`]; [`BotPool::acquire`] hands out a
 //! [`BudgetConn`] that goes back to the idle list when dropped.
 //!
+//! # Running bots first, provisioning after
+//! Two kinds of acquire share the budget: a running bot's ([`BotPool::acquire`]) and a
+//! provisioning's ([`BotPool::acquire_for_provisioning`], creating a database and migrating
+//! it). A provisioning first takes a [`ProvisionTurn`] from [`ConnectionBudget::provision_turn`]:
+//! at most `provision_concurrency` turns are out at once, handed out in arrival order, so
+//! 200 bots added at once queue there instead of in front of running bots. With its turn, a
+//! provisioning's acquire
+//! - takes a free slot or evicts only while no running bot's acquire waits for the budget,
+//!   and a freed slot or returned connection wakes a waiting running acquire first (test
+//!   `running_bots_are_served_before_queued_provisionings`);
+//! - evicts a connection a running bot used only once it has been idle for at least
+//!   [`PROVISION_EVICTS_AFTER_IDLE`] (test
+//!   `provisioning_evicts_only_connections_idle_for_a_while`); one last used by a provisioning
+//!   (a new bot's migration) it may evict at once.
+//!
 //! # How an acquire proceeds
 //! Within one deadline (the acquire timeout):
 //! 1. take a permit of the database's own semaphore (`max_connections` in use at once);
-//! 2. reuse the most recently returned idle connection of the same database (pinging it first
-//!    when it was idle longer than [`PING_AFTER_IDLE`] or was returned with a queued rollback;
-//!    a failed ping closes it and its slot is used to connect afresh);
+//! 2. reuse the most recently returned idle connection of the same database, checked first
+//!    with a ping (one round trip, no query: what sqlx's own pool does by default). A server
+//!    restart or `pg_terminate_backend` ends idle sessions without the broker noticing; a
+//!    connection whose ping fails (or does not answer within [`PING_TIMEOUT`]) is dropped and
+//!    its slot connects afresh within the same acquire (test
+//!    `a_connection_killed_while_idle_is_replaced_on_the_first_try`);
 //! 3. else take a free slot of the budget and connect;
-//! 4. else evict the least recently used idle connection of another database (closed
-//!    gracefully, outside the lock) and connect with its slot (test
-//!    `eviction_serves_a_third_database_at_once`);
-//! 5. else wait until a slot is freed or a connection is returned, then start over at step 2.
-//!    Waiters are woken one at a time in arrival order (fair-ish: a newcomer can still take a
-//!    slot first).
+//! 4. else evict the least recently used idle connection of another database that has no
+//!    acquire under way (closed gracefully, outside the lock) and connect with its slot (test
+//!    `eviction_serves_a_third_database_at_once`). A bot with work queued keeps its idle
+//!    connection for that work (test `a_bot_with_work_keeps_its_connection`): when more bots
+//!    are active than the budget holds, bots finish what they hold and the others wait, instead
+//!    of every bot reconnecting for every message;
+//! 5. else wait until a slot is freed, a connection is returned or a bot's last acquire ends,
+//!    then start over at step 2. Running waiters are woken one at a time in arrival order
+//!    (fair-ish: a newcomer can still take a slot first); provisioning waiters (at most one per
+//!    turn) are woken together, and only when no running acquire waits.
 //!
 //! # The loop it runs
 //! [`ConnectionBudget::run`] calls [`ConnectionBudget::reap_idle`] every `idle_timeout / 2`
@@ -34,8 +56,11 @@
 //!   `idle_connections_are_reaped_to_zero`).
 //! - A database never has more than its `max_connections` open (idle connections are reused
 //!   before a new one is opened, and a new one is opened only under a permit).
+//! - Only idle connections are evicted; a connection in use is never taken from its holder.
 //! - The state lives behind one `std::sync::Mutex` held only for short, non-async sections;
-//!   connecting, pinging and closing happen outside it.
+//!   connecting, pinging and closing happen outside it. The waiter counts are atomics that are
+//!   raised under the lock (so a releaser that changed the state afterwards sees them) and
+//!   lowered without it (so a cancelled acquire can lower them from `Drop`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -47,13 +72,24 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::schema::describe;
 
-/// Idle time after which a connection is pinged before it is handed out again.
-pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+/// Provisionings that may hold connections at once unless
+/// [`ConnectionBudget::with_provision_concurrency`] sets another number.
+pub const DEFAULT_PROVISION_CONCURRENCY: u32 = 2;
+
+/// Shortest idle time of a connection that a provisioning may evict.
+///
+/// A running bot that returned its connection less than this ago is likely to need it for its
+/// next message; closing it would make that message pay for a reconnect.
+pub const PROVISION_EVICTS_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Longest wait for the ping that checks an idle connection before it is handed out; a
+/// connection that does not answer in time is replaced by a fresh one.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest wait for a graceful close (Terminate) before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -117,6 +153,23 @@ impl BudgetError {
     }
 }
 
+/// A snapshot of the budget's counters, for tests, logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetStats {
+    /// The budget: most connections open at once.
+    pub budget: usize,
+    /// Connections open (connecting, in use, idle or closing).
+    pub open: usize,
+    /// Idle connections.
+    pub idle: usize,
+    /// Running bots' acquires waiting for a slot or an idle connection.
+    pub running_waiting: usize,
+    /// Provisionings' acquires waiting for a slot or an idle connection.
+    pub provisioning_waiting: usize,
+    /// Provisionings waiting for their turn ([`ConnectionBudget::provision_turn`]).
+    pub provisions_queued: usize,
+}
+
 /// The broker of connections to every bot database, capped at one budget.
 ///
 /// Cheap to clone (an `Arc` inside); every clone is the same budget.
@@ -130,8 +183,21 @@ struct Shared {
     idle_timeout: Duration,
     acquire_timeout: Duration,
     state: Mutex<State>,
-    /// Woken (one waiter at a time) when a slot is freed or a connection becomes idle.
-    changed: Notify,
+    /// Running acquires waiting in step 5; raised under the state lock.
+    running_waiting: AtomicUsize,
+    /// Provisioning acquires waiting in step 5; raised under the state lock.
+    provisioning_waiting: AtomicUsize,
+    /// Wakes one waiting running acquire (oldest first) when a slot is freed or a connection
+    /// may be evicted.
+    running: Notify,
+    /// Wakes every waiting provisioning acquire, when no running acquire waits.
+    provisioning: Notify,
+    /// Provisioning turns, see [`ProvisionTurn`].
+    turns: Arc<Semaphore>,
+    /// The number of turns `turns` was sized to.
+    turn_limit: AtomicUsize,
+    /// Provisionings waiting for a turn.
+    turns_queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -148,6 +214,19 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Tells waiters that a slot was freed or a connection may be evicted: one running waiter
+    /// if any waits, else every provisioning waiter. The choice is made under the lock (the
+    /// guard passed in), the notification sent after releasing it.
+    fn wake(&self, state: MutexGuard<'_, State>) {
+        let running = self.running_waiting.load(Ordering::Acquire) > 0;
+        drop(state);
+        if running {
+            self.running.notify_one();
+        } else {
+            self.provisioning.notify_waiters();
+        }
+    }
 }
 
 impl fmt::Debug for ConnectionBudget {
@@ -160,20 +239,47 @@ impl fmt::Debug for ConnectionBudget {
 }
 
 impl ConnectionBudget {
-    /// Creates a budget of `budget` connections (at least 1).
+    /// Creates a budget of `budget` connections (at least 1), with
+    /// [`DEFAULT_PROVISION_CONCURRENCY`] provisioning turns.
     ///
     /// Idle connections are closed after `idle_timeout` (by [`Self::reap_idle`] or
     /// [`Self::run`]); an acquire, connecting included, fails after `acquire_timeout`.
     pub fn new(budget: u32, idle_timeout: Duration, acquire_timeout: Duration) -> Self {
+        let turns = DEFAULT_PROVISION_CONCURRENCY as usize;
         Self {
             shared: Arc::new(Shared {
                 budget: budget.max(1) as usize,
                 idle_timeout,
                 acquire_timeout,
                 state: Mutex::new(State::default()),
-                changed: Notify::new(),
+                running_waiting: AtomicUsize::new(0),
+                provisioning_waiting: AtomicUsize::new(0),
+                running: Notify::new(),
+                provisioning: Notify::new(),
+                turns: Arc::new(Semaphore::new(turns)),
+                turn_limit: AtomicUsize::new(turns),
+                turns_queued: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Sets how many provisionings may hold connections at once (at least 1)
+    /// (`bot_database.provision_concurrency`).
+    ///
+    /// Meant right after [`Self::new`]: lowering it while turns are out lowers it only by the
+    /// turns that are free at that moment.
+    pub fn with_provision_concurrency(self, turns: u32) -> Self {
+        let turns = turns.max(1) as usize;
+        let old = self.shared.turn_limit.swap(turns, Ordering::AcqRel);
+        if turns > old {
+            self.shared.turns.add_permits(turns - old);
+        } else {
+            let forgotten = self.shared.turns.forget_permits(old - turns);
+            self.shared
+                .turn_limit
+                .fetch_add(old - turns - forgotten, Ordering::AcqRel);
+        }
+        self
     }
 
     /// A handle for one bot database; opens nothing until its first acquire.
@@ -188,14 +294,44 @@ impl ConnectionBudget {
                 options,
                 in_use: Arc::new(Semaphore::new(max)),
                 open: AtomicUsize::new(0),
+                pending: AtomicUsize::new(0),
+                returned: Notify::new(),
                 closed: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Waits for a provisioning's turn to acquire connections (with
+    /// [`BotPool::acquire_for_provisioning`]).
+    ///
+    /// At most `provision_concurrency` turns are out at once; they are handed out in arrival
+    /// order. There is no deadline: a provisioning waits for its turn however long the queue
+    /// (drop the future to give up); its acquires are bounded by the acquire timeout as usual.
+    pub async fn provision_turn(&self) -> Result<ProvisionTurn, BudgetError> {
+        let _queued = Counted::new(&self.shared.turns_queued);
+        match Arc::clone(&self.shared.turns).acquire_owned().await {
+            Ok(permit) => Ok(ProvisionTurn { _permit: permit }),
+            // The turn semaphore is never closed; treat it like a closed pool all the same.
+            Err(_) => Err(BudgetError::Closed),
         }
     }
 
     /// Connections currently open (connecting, in use, idle or closing) across all databases.
     pub fn open_connections(&self) -> usize {
         self.shared.lock().open
+    }
+
+    /// A snapshot of the budget's counters.
+    pub fn stats(&self) -> BudgetStats {
+        let state = self.shared.lock();
+        BudgetStats {
+            budget: self.shared.budget,
+            open: state.open,
+            idle: state.idle.len(),
+            running_waiting: self.shared.running_waiting.load(Ordering::Acquire),
+            provisioning_waiting: self.shared.provisioning_waiting.load(Ordering::Acquire),
+            provisions_queued: self.shared.turns_queued.load(Ordering::Acquire),
+        }
     }
 
     /// Closes the idle connections that were idle longer than the idle timeout; returns how
@@ -241,6 +377,22 @@ impl ConnectionBudget {
     }
 }
 
+/// A provisioning's turn to acquire connections, from [`ConnectionBudget::provision_turn`];
+/// the turn passes on when this is dropped.
+#[derive(Debug)]
+pub struct ProvisionTurn {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Who asks for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A running bot: served first.
+    Running,
+    /// A provisioning holding a [`ProvisionTurn`]: served when no running bot waits.
+    Provisioning,
+}
+
 /// One bot database's handle on the budget. Cheap to clone.
 #[derive(Clone)]
 pub struct BotPool {
@@ -257,6 +409,12 @@ struct Database {
     in_use: Arc<Semaphore>,
     /// This database's open connections.
     open: AtomicUsize,
+    /// Acquires of this database under way (waiting for a permit, a slot or an idle
+    /// connection): while there are any, its idle connections are kept for them, not evicted.
+    pending: AtomicUsize,
+    /// Wakes this database's waiters when one of its connections is returned while
+    /// acquires are under way, or when the pool is closed.
+    returned: Notify,
     /// Set (under the state lock) by [`BotPool::close`].
     closed: AtomicBool,
 }
@@ -281,49 +439,26 @@ enum Claim {
 }
 
 impl BotPool {
-    /// Acquires a connection to this database within the acquire timeout.
+    /// Acquires a connection to this database within the acquire timeout, as a running bot.
     ///
     /// Fails with [`BudgetError::Timeout`] when no connection became available in time (test
     /// `acquire_times_out_when_the_budget_is_held`), [`BudgetError::Connect`] when connecting
     /// failed, [`BudgetError::Closed`] after [`Self::close`].
     pub async fn acquire(&self) -> Result<BudgetConn, BudgetError> {
-        let deadline = Instant::now() + self.shared.acquire_timeout;
-        if self.db.closed.load(Ordering::Acquire) {
-            return Err(BudgetError::Closed);
-        }
-        let permit = match timeout_at(deadline, Arc::clone(&self.db.in_use).acquire_owned()).await {
-            Err(_) => return Err(self.timeout()),
-            Ok(Err(_)) => return Err(BudgetError::Closed),
-            Ok(Ok(permit)) => permit,
-        };
-        let slot = match self.claim(deadline).await? {
-            Claim::Slot(slot) => slot,
-            Claim::Evict(live) => {
-                tracing::debug!(evicted = %live.db.url, for_db = %self.db.url, "evicting an idle connection");
-                live.close().await
-            }
-            Claim::Idle(mut live) => {
-                let stale = live.returned_at.elapsed() > PING_AFTER_IDLE;
-                if !(stale || live.dirty) {
-                    return Ok(self.wrap(live, permit));
-                }
-                match timeout_at(deadline, live.conn.ping()).await {
-                    Ok(Ok(())) => {
-                        live.dirty = false;
-                        return Ok(self.wrap(live, permit));
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(url = %self.db.url, %error, "dropping a connection that failed its ping");
-                        live.into_slot()
-                    }
-                    // Out of time; the connection may be mid-ping, so it is dropped.
-                    Err(_) => return Err(self.timeout()),
-                }
-            }
-        };
-        self.connect(slot, deadline)
-            .await
-            .map(|live| self.wrap(live, permit))
+        self.acquire_as(Class::Running).await
+    }
+
+    /// Acquires a connection for provisioning (creating or migrating a database) within the
+    /// acquire timeout: served only while no running bot waits for the budget, and evicting a
+    /// connection a running bot used only once it has been idle for at least
+    /// [`PROVISION_EVICTS_AFTER_IDLE`].
+    ///
+    /// Fails like [`Self::acquire`].
+    pub async fn acquire_for_provisioning(
+        &self,
+        _turn: &ProvisionTurn,
+    ) -> Result<BudgetConn, BudgetError> {
+        self.acquire_as(Class::Provisioning).await
     }
 
     /// Closes this database's idle connections; later acquires fail with
@@ -344,14 +479,46 @@ impl BotPool {
             mine
         };
         self.db.in_use.close();
-        // Waiters of this database re-check and fail with Closed; the others wait again.
-        self.shared.changed.notify_waiters();
+        // Waiters of this database re-check and fail with Closed; the freed slots wake others.
+        self.db.returned.notify_waiters();
         close_all(idle).await;
     }
 
     /// This database's open connections (in use, idle or being closed).
     pub fn open_connections(&self) -> usize {
         self.db.open.load(Ordering::Acquire)
+    }
+
+    async fn acquire_as(&self, class: Class) -> Result<BudgetConn, BudgetError> {
+        let deadline = Instant::now() + self.shared.acquire_timeout;
+        if self.db.closed.load(Ordering::Acquire) {
+            return Err(BudgetError::Closed);
+        }
+        let _pending = Pending::start(self);
+        let permit = match timeout_at(deadline, Arc::clone(&self.db.in_use).acquire_owned()).await {
+            Err(_) => return Err(self.timeout()),
+            Ok(Err(_)) => return Err(BudgetError::Closed),
+            Ok(Ok(permit)) => permit,
+        };
+        let slot = match self.claim(class, deadline).await? {
+            Claim::Slot(slot) => slot,
+            Claim::Evict(live) => {
+                tracing::debug!(
+                    evicted = %live.db.url,
+                    for_db = %self.db.url,
+                    ?class,
+                    "evicting an idle connection"
+                );
+                live.close().await
+            }
+            Claim::Idle(live) => match self.check(live, deadline).await {
+                Ok(live) => return Ok(self.wrap(live, permit, class)),
+                Err(slot) => slot,
+            },
+        };
+        self.connect(slot, deadline)
+            .await
+            .map(|live| self.wrap(live, permit, class))
     }
 
     fn timeout(&self) -> BudgetError {
@@ -361,7 +528,8 @@ impl BotPool {
         }
     }
 
-    fn wrap(&self, live: Live, permit: OwnedSemaphorePermit) -> BudgetConn {
+    fn wrap(&self, mut live: Live, permit: OwnedSemaphorePermit, class: Class) -> BudgetConn {
+        live.running = class == Class::Running;
         BudgetConn {
             live: Some(live),
             shared: Arc::clone(&self.shared),
@@ -369,14 +537,43 @@ impl BotPool {
         }
     }
 
+    /// Checks an idle connection with a ping before it is handed out: returns it alive, or
+    /// drops it and returns its slot for a fresh connect.
+    ///
+    /// The ping also flushes a ROLLBACK queued by a dropped `Transaction` (test
+    /// `failed_transaction_is_not_reused_broken`).
+    async fn check(&self, mut live: Live, deadline: Instant) -> Result<Live, Slot> {
+        let limit = deadline.min(Instant::now() + PING_TIMEOUT);
+        let error = match timeout_at(limit, live.conn.ping()).await {
+            Ok(Ok(())) => return Ok(live),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {PING_TIMEOUT:?}"),
+        };
+        tracing::debug!(
+            url = %self.db.url,
+            %error,
+            idle = ?live.returned_at.elapsed(),
+            "replacing an idle connection that failed its ping"
+        );
+        Err(live.into_slot())
+    }
+
     /// Steps 2–5 of an acquire: an idle connection of ours, a free slot, a victim, or a wait.
-    async fn claim(&self, deadline: Instant) -> Result<Claim, BudgetError> {
+    async fn claim(&self, class: Class, deadline: Instant) -> Result<Claim, BudgetError> {
+        // Counts this acquire among the waiters from its first wait until it returns.
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             // Registered before the state is inspected, so a change made after the inspection
             // wakes this waiter (or one before it) instead of being lost.
-            let changed = self.shared.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
+            let woken = match class {
+                Class::Running => self.shared.running.notified(),
+                Class::Provisioning => self.shared.provisioning.notified(),
+            };
+            let returned = self.db.returned.notified();
+            let (mut woken, mut returned) = (std::pin::pin!(woken), std::pin::pin!(returned));
+            woken.as_mut().enable();
+            returned.as_mut().enable();
+            let mut recheck_at = deadline;
             {
                 let mut state = self.shared.lock();
                 if self.db.closed.load(Ordering::Acquire) {
@@ -389,18 +586,45 @@ impl BotPool {
                 if let Some(live) = mine.and_then(|i| state.idle.remove(i)) {
                     return Ok(Claim::Idle(live));
                 }
-                if state.open < self.shared.budget {
-                    state.open += 1;
-                    return Ok(Claim::Slot(Slot {
-                        shared: Arc::downgrade(&self.shared),
-                    }));
+                let served = class == Class::Running
+                    || self.shared.running_waiting.load(Ordering::Acquire) == 0;
+                if served {
+                    if state.open < self.shared.budget {
+                        state.open += 1;
+                        return Ok(Claim::Slot(Slot {
+                            shared: Arc::downgrade(&self.shared),
+                        }));
+                    }
+                    let now = Instant::now();
+                    let victim = state.idle.iter().position(|l| {
+                        if l.db.pending.load(Ordering::Acquire) > 0 {
+                            return false;
+                        }
+                        match class {
+                            Class::Running => true,
+                            Class::Provisioning if !l.running => true,
+                            Class::Provisioning => {
+                                let ripe = l.returned_at + PROVISION_EVICTS_AFTER_IDLE;
+                                recheck_at = recheck_at.min(ripe);
+                                ripe <= now
+                            }
+                        }
+                    });
+                    if let Some(victim) = victim.and_then(|i| state.idle.remove(i)) {
+                        return Ok(Claim::Evict(victim));
+                    }
                 }
-                if let Some(victim) = state.idle.pop_front() {
-                    return Ok(Claim::Evict(victim));
+                if Instant::now() >= deadline {
+                    return Err(self.timeout());
+                }
+                if waiting.is_none() {
+                    waiting = Some(Waiting::start(&self.shared, class));
                 }
             }
-            if timeout_at(deadline, changed).await.is_err() {
-                return Err(self.timeout());
+            tokio::select! {
+                () = woken => {}
+                () = returned => {}
+                () = sleep_until(recheck_at) => {}
             }
         }
     }
@@ -427,8 +651,84 @@ impl BotPool {
             db: DbCount(Arc::clone(&self.db)),
             slot,
             returned_at: Instant::now(),
-            dirty: false,
+            running: false,
         })
+    }
+}
+
+/// Counts one acquire of a database as under way while it lives; when the last one ends and
+/// the database has idle connections, waiters are woken, since those may now be evicted.
+struct Pending<'a> {
+    pool: &'a BotPool,
+}
+
+impl<'a> Pending<'a> {
+    fn start(pool: &'a BotPool) -> Self {
+        pool.db.pending.fetch_add(1, Ordering::AcqRel);
+        Self { pool }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.pool.db.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let state = self.pool.shared.lock();
+            if state
+                .idle
+                .iter()
+                .any(|l| Arc::ptr_eq(&l.db.0, &self.pool.db))
+            {
+                self.pool.shared.wake(state);
+            }
+        }
+    }
+}
+
+/// Counts one acquire among the waiters of its class while it lives. Started under the state
+/// lock; when the last running waiter leaves, the provisioning waiters re-check, as wake-ups
+/// went to running waiters while there were any.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    class: Class,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(shared: &'a Shared, class: Class) -> Self {
+        let waiting = Self { shared, class };
+        waiting.counter().fetch_add(1, Ordering::AcqRel);
+        waiting
+    }
+
+    fn counter(&self) -> &AtomicUsize {
+        match self.class {
+            Class::Running => &self.shared.running_waiting,
+            Class::Provisioning => &self.shared.provisioning_waiting,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let last = self.counter().fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && self.class == Class::Running {
+            self.shared.provisioning.notify_waiters();
+        }
+    }
+}
+
+/// Counts itself in a counter while it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -442,8 +742,9 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.lock().open -= 1;
-            shared.changed.notify_one();
+            let mut state = shared.lock();
+            state.open -= 1;
+            shared.wake(state);
         }
     }
 }
@@ -472,9 +773,9 @@ struct Live {
     slot: Slot,
     /// When it was last returned (or opened).
     returned_at: Instant,
-    /// Returned with output still queued (a dropped transaction's ROLLBACK): flush it with a
-    /// ping before handing the connection out again.
-    dirty: bool,
+    /// Last used by a running bot (not by a provisioning), so a provisioning evicts it only
+    /// after [`PROVISION_EVICTS_AFTER_IDLE`].
+    running: bool,
 }
 
 impl Live {
@@ -507,7 +808,7 @@ async fn close_all(lives: Vec<Live>) -> usize {
 ///
 /// Derefs to [`PgConnection`], so `conn.begin()` and `sqlx::query(..).execute(&mut *conn)`
 /// work. A connection dropped while a transaction is still open is closed; one whose dropped
-/// `Transaction` queued a ROLLBACK is flushed with a ping before it is reused (test
+/// `Transaction` queued a ROLLBACK is flushed by the ping that checks it before reuse (test
 /// `failed_transaction_is_not_reused_broken`).
 pub struct BudgetConn {
     live: Option<Live>,
@@ -559,6 +860,9 @@ impl DerefMut for BudgetConn {
 impl Drop for BudgetConn {
     /// Returns the connection to its database's idle list, or closes it.
     ///
+    /// A returned connection wakes its own database's waiters when that database has
+    /// acquires under way (they are served from it), and the budget's waiters otherwise.
+    ///
     /// A drop cannot await a graceful close, so a connection that must not be reused (pool
     /// closed, transaction still open) is dropped: its socket closes at once and the server
     /// ends the session on the EOF as it would on Terminate (logging at DEBUG1 only, outside a
@@ -569,23 +873,21 @@ impl Drop for BudgetConn {
         let Some(mut live) = self.live.take() else {
             return;
         };
-        let rejected = {
-            let mut state = self.shared.lock();
-            if live.db.closed.load(Ordering::Acquire) || live.conn.is_in_transaction() {
-                Some(live)
-            } else {
-                // `should_flush` is doc(hidden) in sqlx 0.9 but public on `Connection`: it
-                // tells that a dropped `Transaction` queued a ROLLBACK not yet sent.
-                live.dirty = live.conn.should_flush();
-                live.returned_at = Instant::now();
-                state.idle.push_back(live);
-                None
-            }
-        };
-        match rejected {
+        let mut state = self.shared.lock();
+        if live.db.closed.load(Ordering::Acquire) || live.conn.is_in_transaction() {
+            drop(state);
             // Dropped outside the lock; its slot wakes a waiter.
-            Some(live) => drop(live),
-            None => self.shared.changed.notify_one(),
+            drop(live);
+            return;
+        }
+        let db = Arc::clone(&live.db.0);
+        live.returned_at = Instant::now();
+        state.idle.push_back(live);
+        if db.pending.load(Ordering::Acquire) > 0 {
+            drop(state);
+            db.returned.notify_one();
+        } else {
+            self.shared.wake(state);
         }
     }
 }
@@ -626,6 +928,15 @@ mod tests {
         for (error, transient) in cases {
             assert_eq!(error.is_transient(), transient, "{error}");
         }
+    }
+
+    #[test]
+    fn the_default_provision_concurrency_matches_the_settings() {
+        let settings = crate::settings::BotDatabaseSettings::default();
+        assert_eq!(
+            settings.provision_concurrency,
+            DEFAULT_PROVISION_CONCURRENCY
+        );
     }
 
     #[tokio::test]

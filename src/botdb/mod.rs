@@ -198,23 +198,27 @@ impl BotDbTarget {
     /// Creates the database if needed and applies the embedded bot migrations, with every
     /// connection taken from `budget`; returns whether it was created and the bot's pool.
     ///
-    /// The migration runs on one connection of the bot's own pool; after a failure that
-    /// connection is discarded (a failed run can leave sqlx's advisory lock on its session).
+    /// It first waits for a provisioning turn (no deadline: cancel by dropping the future),
+    /// then acquires as a provisioning, so running bots are served before it and keep the
+    /// connections they are using (see [`budget`]). The migration runs on one connection of
+    /// the bot's own pool; after a failure that connection is discarded (a failed run can leave
+    /// sqlx's advisory lock on its session).
     pub async fn provision_within(
         &self,
         budget: &ConnectionBudget,
         max_connections: u32,
     ) -> Result<(bool, BotPool), BotDbError> {
+        let turn = budget.provision_turn().await?;
         let maintenance = budget.database(self.maintenance.clone(), 1);
         let created = async {
-            let mut conn = maintenance.acquire().await?;
+            let mut conn = maintenance.acquire_for_provisioning(&turn).await?;
             self.create_on(&mut conn).await
         }
         .await;
         maintenance.close().await;
         let created = created?;
         let pool = budget.database(self.options.clone(), max_connections);
-        let mut conn = pool.acquire().await?;
+        let mut conn = pool.acquire_for_provisioning(&turn).await?;
         match schema::apply_on(&schema::BOT, &mut conn).await {
             Ok(()) => Ok((created, pool)),
             Err(source) => {
