@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::botdb::budget::{BotPool, BudgetError};
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
+use crate::content::texts::{TextRef, utf16_len};
 use crate::telegram::{CallOutcome, Delivery, Messenger, SendError};
 
 /// What the chain does after a module's step.
@@ -96,6 +97,13 @@ pub trait Module: Send + Sync + 'static {
 
     /// The commands it adds to the bot's command list.
     fn commands(&self, _snapshot: &Snapshot) -> Vec<BotCommand> {
+        Vec::new()
+    }
+
+    /// The text keys its section of `snapshot` refers to, with the limits their values must
+    /// keep; the registry warns about the missing and the too long ones
+    /// ([`Registry::text_warnings`]).
+    fn text_keys(&self, _snapshot: &Snapshot) -> Vec<TextRef> {
         Vec::new()
     }
 
@@ -201,7 +209,8 @@ impl Registry {
         Ok(manifest)
     }
 
-    /// Completes `snapshot` with the sections of the modules enabled by its manifest.
+    /// Completes `snapshot` with the sections of the modules enabled by its manifest, and
+    /// records its [`Registry::text_warnings`].
     pub fn load(&self, mut snapshot: Snapshot) -> Result<Snapshot, ManifestError> {
         self.validate(&snapshot.manifest)?;
         for module in self.modules.iter() {
@@ -209,7 +218,76 @@ impl Registry {
                 snapshot.enable(module.name(), section);
             }
         }
+        let warnings = self.text_warnings(&snapshot);
+        snapshot.set_warnings(warnings);
         Ok(snapshot)
+    }
+
+    /// The text keys the enabled modules refer to, each once, in manifest order (a key used
+    /// twice keeps the tighter limit and is required if either use requires it).
+    pub fn text_keys(&self, snapshot: &Snapshot) -> Vec<TextRef> {
+        let mut keys: Vec<TextRef> = Vec::new();
+        for r in self.enabled(snapshot).flat_map(|m| m.text_keys(snapshot)) {
+            match keys.iter_mut().find(|k| k.key == r.key) {
+                Some(k) => {
+                    k.max_len = k.max_len.min(r.max_len);
+                    k.required |= r.required;
+                }
+                None => keys.push(r),
+            }
+        }
+        keys
+    }
+
+    /// The required text keys with no value in the manifest's default language: users would
+    /// see the raw key (a label), or no reply (a command).
+    pub fn missing_texts(&self, snapshot: &Snapshot) -> Vec<String> {
+        let lang = snapshot.manifest.default_language.as_str();
+        self.text_keys(snapshot)
+            .into_iter()
+            .filter(|r| r.required && !snapshot.values(&r.key).any(|(l, _)| l == lang))
+            .map(|r| r.key)
+            .collect()
+    }
+
+    /// The values longer than where they are used allows, as `key (lang): N UTF-16 units,
+    /// limit L` (a label over its limit, a callback notice over 200).
+    pub fn long_texts(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut long = Vec::new();
+        for r in self.text_keys(snapshot) {
+            let mut values: Vec<(&str, &str)> = snapshot.values(&r.key).collect();
+            values.sort_unstable();
+            for (lang, value) in values {
+                let len = utf16_len(value);
+                if len > r.max_len {
+                    long.push(format!(
+                        "{} ({lang}): {len} UTF-16 units, limit {}",
+                        r.key, r.max_len
+                    ));
+                }
+            }
+        }
+        long
+    }
+
+    /// Problems with `snapshot`'s texts that do not stop the bot, one line each:
+    /// `texts missing in en: menu_main, btn_about` and `texts too long: …`. A pure function of
+    /// the snapshot, for `bot_status.detail` and the CLI.
+    pub fn text_warnings(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let missing = self.missing_texts(snapshot);
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "texts missing in {}: {}",
+                snapshot.manifest.default_language,
+                missing.join(", ")
+            ));
+        }
+        let long = self.long_texts(snapshot);
+        if !long.is_empty() {
+            warnings.push(format!("texts too long: {}", long.join(", ")));
+        }
+        warnings
     }
 
     /// The modules enabled for `snapshot`, in chain order.
