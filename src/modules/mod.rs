@@ -479,3 +479,56 @@ impl JobCx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(manifest: &str, texts: &[(&str, &str, &str)]) -> Snapshot {
+        let registry = Registry::standard();
+        let manifest = registry.parse_manifest(manifest).unwrap();
+        let texts = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()));
+        registry
+            .load(Snapshot::new((1, 0, None), "b".into(), manifest, texts))
+            .unwrap()
+    }
+
+    #[test]
+    fn text_warnings_name_missing_and_too_long_texts() {
+        let manifest = r#"{
+            "default_language": "ru",
+            "commands": [{"command": "hours", "text": "hours", "description": "d"}],
+            "menus": {"main": {"text": "menu_main", "buttons": [[{"label": "btn", "text": "hours"}]]}}
+        }"#;
+        let s = snapshot(
+            manifest,
+            &[
+                // Only in English: Russian is the default, so users may see the raw key.
+                ("menu_main", "en", "Menu"),
+                ("hours", "ru", "9-5"),
+                ("btn", "ru", &"😀".repeat(33)),
+                ("menu_expired", "ru", &"x".repeat(201)),
+            ],
+        );
+        let registry = Registry::standard();
+        assert_eq!(registry.missing_texts(&s), ["menu_main"]);
+        assert_eq!(
+            s.warning(),
+            "texts missing in ru: menu_main; texts too long: \
+             menu_expired (ru): 201 UTF-16 units, limit 200, \
+             btn (ru): 66 UTF-16 units, limit 64"
+        );
+        let fine = snapshot(
+            manifest,
+            &[
+                ("menu_main", "ru", "Меню"),
+                ("hours", "ru", "9-5"),
+                ("btn", "ru", &"😀".repeat(32)),
+            ],
+        );
+        assert_eq!(fine.warning(), "");
+        assert_eq!(snapshot("{}", &[]).warning(), "");
+    }
+}

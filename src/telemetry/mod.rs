@@ -23,9 +23,12 @@ use crate::settings::{LogFormat, LogSettings};
 pub fn init(settings: &LogSettings) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| settings.filter.clone());
+    let filter = EnvFilter::try_new(filter_spec(&spec))
+        .unwrap_or_else(|_| EnvFilter::new(filter_spec("info")));
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     if under_journal
         && settings.format == LogFormat::Auto
@@ -50,6 +53,29 @@ pub fn init(settings: &LogSettings) {
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     drop(result);
+}
+
+/// Dependencies kept at a quieter level unless the filter names them: teloxide logs every
+/// dispatcher start and stop at `info`, one line per bot each time, which buries our own
+/// one-line-per-event output (issue 19.18); its warnings and errors still show.
+pub const QUIET_DEPENDENCIES: &[(&str, &str)] = &[("teloxide", "warn")];
+
+/// The tracing filter for `spec` (the settings' `log.filter` or `RUST_LOG`): `spec` plus a
+/// directive for each of [`QUIET_DEPENDENCIES`] it does not name itself.
+pub fn filter_spec(spec: &str) -> String {
+    let mut out = spec.trim().trim_end_matches(',').to_owned();
+    for (target, level) in QUIET_DEPENDENCIES {
+        let named = out
+            .split(',')
+            .any(|d| d.trim().split(['=', '[']).next() == Some(*target));
+        if !named {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{target}={level}"));
+        }
+    }
+    out
 }
 
 /// A `MakeWriter` for stderr that masks tokens in each formatted event before writing it.
@@ -92,3 +118,24 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 }
 
 pub mod journald;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teloxide_is_quiet_unless_the_filter_names_it() {
+        let cases = [
+            ("info,sqlx=warn", "info,sqlx=warn,teloxide=warn"),
+            ("debug", "debug,teloxide=warn"),
+            ("", "teloxide=warn"),
+            ("info,teloxide=debug", "info,teloxide=debug"),
+            ("teloxide::dispatching=info", "teloxide::dispatching=info,teloxide=warn"),
+            ("info,teloxide[x]=info", "info,teloxide[x]=info"),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(filter_spec(spec), expected, "{spec}");
+            assert!(EnvFilter::try_new(filter_spec(spec)).is_ok(), "{spec}");
+        }
+    }
+}
