@@ -106,7 +106,10 @@ mod tests {
         assert_eq!(format!("{t} {t:?}"), "123456:**** BotToken(123456:****)");
         assert_eq!(t.expose(), good);
         assert_eq!(t.clone(), t);
-        assert_ne!(t, BotToken::parse(&good.replace("123456", "123457")).unwrap());
+        assert_ne!(
+            t,
+            BotToken::parse(&good.replace("123456", "123457")).unwrap()
+        );
         for bad in [
             "",
             "123456",

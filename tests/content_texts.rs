@@ -39,13 +39,17 @@ async fn until_reply(h: &Harness, t: &str, chat: i64, text: &str, expected: &str
 
 /// Waits until the bot runs with exactly `detail` in its status.
 async fn until_detail(h: &Harness, id: i64, detail: &str) {
-    eventually(DEADLINE, &format!("bot {id} running with {detail:?}"), || async {
-        store::get_status(&h.pool, id)
-            .await
-            .unwrap()
-            .filter(|s| s.state == "running" && s.detail == detail)
-            .map(|_| ())
-    })
+    eventually(
+        DEADLINE,
+        &format!("bot {id} running with {detail:?}"),
+        || async {
+            store::get_status(&h.pool, id)
+                .await
+                .unwrap()
+                .filter(|s| s.state == "running" && s.detail == detail)
+                .map(|_| ())
+        },
+    )
     .await;
 }
 
@@ -76,7 +80,11 @@ async fn missing_texts_warn_names_render_and_unanswered_messages_get_the_fallbac
     set_texts(
         &h,
         id,
-        &[("hours", "9-5"), ("menu_main", "Menu"), ("btn_about", "About")],
+        &[
+            ("hours", "9-5"),
+            ("menu_main", "Menu"),
+            ("btn_about", "About"),
+        ],
     )
     .await;
     until_detail(&h, id, "").await;

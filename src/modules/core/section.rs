@@ -291,7 +291,6 @@ mod tests {
             ),
             (r#"{"main_menu": "x"}"#, "main_menu", "not defined"),
             (r#"{"fallback": "Not A Key"}"#, "fallback", "text key"),
-
             ("[1]", "$", "invalid type"),
             ("{", "$", "EOF"),
         ];
