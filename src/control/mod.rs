@@ -429,7 +429,9 @@ impl Supervisor {
             state: Arc::clone(&state),
         };
         let done_guard = done.clone().drop_guard();
-        let span = tracing::info_span!("bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
+        // A root span: created in the supervisor's task, it would otherwise show `task=supervisor`
+        // on every line of the bot.
+        let span = tracing::info_span!(parent: None, "bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
         self.tasks.spawn(
             format!("bot-{}", bot.id),
             async move {

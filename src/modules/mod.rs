@@ -270,6 +270,23 @@ impl Registry {
         long
     }
 
+    /// [`Registry::text_warnings`] for a manifest and its texts `(key, lang, value)` without a
+    /// panel row, for the CLI (`config set`, `bot add`, `text delete`); an invalid manifest is
+    /// an error.
+    pub fn text_warnings_for(
+        &self,
+        manifest: &Manifest,
+        texts: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Result<Vec<String>, ManifestError> {
+        let snapshot = self.load(Snapshot::new(
+            (0, 0, None),
+            String::new(),
+            manifest.clone(),
+            texts,
+        ))?;
+        Ok(self.text_warnings(&snapshot))
+    }
+
     /// Problems with `snapshot`'s texts that do not stop the bot, one line each:
     /// `texts missing in en: menu_main, btn_about` and `texts too long: …`. A pure function of
     /// the snapshot, for `bot_status.detail` and the CLI.
@@ -530,5 +547,22 @@ mod tests {
         );
         assert_eq!(fine.warning(), "");
         assert_eq!(snapshot("{}", &[]).warning(), "");
+        let m = registry.parse_manifest(manifest).unwrap();
+        let texts = [
+            ("hours", "ru", "9-5"),
+            ("btn", "ru", "B"),
+            ("menu_main", "ru", "M"),
+        ];
+        let texts = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()));
+        assert_eq!(
+            registry.text_warnings_for(&m, texts).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            registry.text_warnings_for(&m, []).unwrap(),
+            ["texts missing in ru: hours, menu_main, btn"]
+        );
     }
 }
