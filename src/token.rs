@@ -1,6 +1,9 @@
-//! Bot tokens: validated at the edge, masked whenever printed.
+//! Bot tokens: validated at the edge, masked whenever printed, wiped from memory when dropped.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use secrecy::{ExposeSecret, SecretString};
 
 /// Length of the secret part of a Telegram bot token (after the colon).
 pub const SECRET_LEN: usize = 35;
@@ -8,9 +11,25 @@ pub const SECRET_LEN: usize = 35;
 /// A well-formed bot token (`<digits>:<35 url-safe characters>`).
 ///
 /// `Display` and `Debug` print the masked form (`123456:****`); only [`BotToken::expose`]
-/// gives the secret, for the Bot API client and the panel database.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct BotToken(String);
+/// gives the secret, for the Bot API client and the panel database. The secret is held in a
+/// [`SecretString`], zeroed when the last copy is dropped; it has no `Serialize`, so a token
+/// cannot end up in JSON by accident.
+#[derive(Clone)]
+pub struct BotToken(SecretString);
+
+impl PartialEq for BotToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for BotToken {}
+
+impl Hash for BotToken {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.expose().hash(state);
+    }
+}
 
 /// Why a string is not a bot token. The message never contains the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +64,7 @@ impl BotToken {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if id_ok && secret_ok {
-            Ok(Self(raw.to_owned()))
+            Ok(Self(SecretString::from(raw)))
         } else if id_ok && secret_chars_ok && !secret.is_empty() {
             Err(TokenError::SecretLength(secret.len()))
         } else {
@@ -55,12 +74,12 @@ impl BotToken {
 
     /// The full token, for the Bot API and the panel database only.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// The bot's Telegram user id (the digits before the colon).
     pub fn bot_user_id(&self) -> u64 {
-        self.0
+        self.expose()
             .split_once(':')
             .and_then(|(id, _)| id.parse().ok())
             .expect("validated in BotToken::parse")
@@ -68,7 +87,7 @@ impl BotToken {
 
     /// The masked form, `123456:****`.
     pub fn masked(&self) -> String {
-        crate::mask::mask_token(&self.0)
+        crate::mask::mask_token(self.expose())
     }
 }
 
@@ -95,6 +114,12 @@ mod tests {
         let t = BotToken::parse(good).unwrap();
         assert_eq!(t.bot_user_id(), 123456);
         assert_eq!(format!("{t} {t:?}"), "123456:**** BotToken(123456:****)");
+        assert_eq!(t.expose(), good);
+        assert_eq!(t.clone(), t);
+        assert_ne!(
+            t,
+            BotToken::parse(&good.replace("123456", "123457")).unwrap()
+        );
         for bad in [
             "",
             "123456",

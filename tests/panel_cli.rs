@@ -263,9 +263,10 @@ async fn bad_input_exits_2_with_a_message_naming_the_problem() {
         .bad_input("no bot with id 999999");
     p.run(&["text", "set", &id, "start", "Hi {name}"])
         .bad_input("unknown placeholder {name}");
-    let long = "x".repeat(4097);
+    // 2,100 emoji are 2,100 characters but 4,200 UTF-16 units, as Telegram counts.
+    let long = "😀".repeat(2100);
     p.run(&["text", "set", &id, "start", &long])
-        .bad_input("4097 characters");
+        .bad_input("text is 4200 UTF-16 units long (Telegram's limit is 4096)");
     p.run(&["text", "set", &id, "Bad Key", "x"])
         .bad_input("invalid text key");
     p.run(&["text", "set", &id, "start", "x", "--lang", "English"])

@@ -228,13 +228,15 @@ pub enum BotCommand {
 /// `botvisor text` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TextCommand {
-    /// Set a text (validated: known placeholders, at most 4096 characters).
+    /// Set a text (validated: known placeholders, at most 4096 UTF-16 units as Telegram counts,
+    /// no control characters but newline and tab).
     Set {
         /// The bot's id.
         id: i64,
         /// The text key, e.g. `start`.
         key: String,
-        /// The value; placeholders {first_name}, {username}, {bot_name}.
+        /// The value; placeholders {first_name}, {username}, {bot_name} (the Telegram bot's
+        /// name), {panel_name}.
         value: String,
         /// Language; default: the manifest's default_language.
         #[arg(long)]

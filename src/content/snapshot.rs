@@ -26,21 +26,23 @@ pub type Section = Arc<dyn Any + Send + Sync>;
 pub struct Snapshot {
     /// The fingerprint of the panel rows this snapshot was built from.
     pub fingerprint: Fingerprint,
-    /// The bot's name in the panel (`{bot_name}`).
-    pub bot_name: String,
+    /// The bot's name in the panel (`{panel_name}`).
+    pub panel_name: String,
     /// The manifest (common keys validated; sections parsed below).
     pub manifest: Manifest,
     /// Texts by key, then language.
     texts: HashMap<String, HashMap<String, String>>,
     /// Parsed sections of the modules enabled for this bot, by module name.
     sections: BTreeMap<&'static str, Section>,
+    /// Problems that do not stop the bot (texts the manifest names without a value).
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
             .field("fingerprint", &self.fingerprint)
-            .field("bot_name", &self.bot_name)
+            .field("panel_name", &self.panel_name)
             .field("modules", &self.sections.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -50,7 +52,7 @@ impl Snapshot {
     /// A snapshot without module sections; texts are `(key, lang, value)`.
     pub fn new(
         fingerprint: Fingerprint,
-        bot_name: String,
+        panel_name: String,
         manifest: Manifest,
         texts: impl IntoIterator<Item = (String, String, String)>,
     ) -> Self {
@@ -60,16 +62,28 @@ impl Snapshot {
         }
         Self {
             fingerprint,
-            bot_name,
+            panel_name,
             manifest,
             texts: map,
             sections: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 
     /// Records module `name` as enabled, with its parsed section.
     pub fn enable(&mut self, name: &'static str, section: Section) {
         self.sections.insert(name, section);
+    }
+
+    /// Records the problems that do not stop the bot (see [`Snapshot::warning`]).
+    pub fn set_warnings(&mut self, warnings: Vec<String>) {
+        self.warnings = warnings;
+    }
+
+    /// The problems found at load as one line for `bot_status.detail` (empty when none),
+    /// e.g. `texts missing in en: menu_main, btn_about`.
+    pub fn warning(&self) -> String {
+        self.warnings.join("; ")
     }
 
     /// Whether module `name` is enabled for this bot.
@@ -97,6 +111,14 @@ impl Snapshot {
         candidates
             .into_iter()
             .find_map(|l| by_lang.get(&l.to_ascii_lowercase()).map(String::as_str))
+    }
+
+    /// Every language's value of `key`, as `(language, value)`.
+    pub fn values(&self, key: &str) -> impl Iterator<Item = (&str, &str)> {
+        self.texts
+            .get(key)
+            .into_iter()
+            .flat_map(|by_lang| by_lang.iter().map(|(l, v)| (l.as_str(), v.as_str())))
     }
 
     /// The text for `key` rendered with `vars`, if the text exists.

@@ -1,14 +1,62 @@
 //! Bot texts: keys, per-language values, and `{placeholder}` rendering.
 //!
 //! A text is validated when it is set (CLI `text set`/`text import`), not at send time: an
-//! unknown placeholder or a value longer than Telegram's 4096-character message limit is
-//! rejected with a message naming the problem.
+//! unknown placeholder or a value longer than Telegram's 4096-unit message limit is rejected
+//! with a message naming the problem.
+//!
+//! Telegram counts lengths in UTF-16 code units, not characters: an emoji outside the Basic
+//! Multilingual Plane counts 2, a combining mark counts 1 on its own. Every limit in botvisor
+//! is checked with [`utf16_len`]. The limit is checked on the template as written, so a text
+//! whose placeholders expand (a long `{first_name}`) can still exceed it when rendered.
 
-/// Telegram's limit for a message text, in characters.
+/// Telegram's limit for a message text, in UTF-16 code units.
 pub const MAX_TEXT_LEN: usize = 4096;
 
 /// Placeholders a text may use.
-pub const PLACEHOLDERS: [&str; 3] = ["first_name", "username", "bot_name"];
+pub const PLACEHOLDERS: [&str; 4] = ["first_name", "username", "bot_name", "panel_name"];
+
+/// The length of `s` as Telegram counts it: UTF-16 code units.
+///
+/// `"é"` is 1, `"😀"` is 2, `"e\u{301}"` (e + combining acute) is 2, `"中"` is 1.
+pub fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+/// A text key a manifest refers to, and what its value must keep to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextRef {
+    /// The text key.
+    pub key: String,
+    /// The longest value Telegram accepts where the text is used, in UTF-16 units.
+    pub max_len: usize,
+    /// Whether users see something wrong (a raw key, or no reply) when the key has no value;
+    /// keys with a built-in default are not required.
+    pub required: bool,
+}
+
+impl TextRef {
+    /// A key the bot cannot do without, used as a message text.
+    pub fn required(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            max_len: MAX_TEXT_LEN,
+            required: true,
+        }
+    }
+
+    /// A key with a built-in default, used as a message text.
+    pub fn optional(key: impl Into<String>) -> Self {
+        Self {
+            required: false,
+            ..Self::required(key)
+        }
+    }
+
+    /// The same key with a tighter limit (a button label, a callback notice).
+    pub fn max_len(self, max_len: usize) -> Self {
+        Self { max_len, ..self }
+    }
+}
 
 /// Why a text value or key was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,12 +70,13 @@ pub enum TextError {
     /// The value is empty.
     #[error("text is empty: Telegram cannot send an empty message")]
     Empty,
-    /// The value is over Telegram's limit.
-    #[error("text is {0} characters long; Telegram's limit is 4096")]
+    /// The value is over Telegram's limit (the length is in UTF-16 units).
+    #[error("text is {0} UTF-16 units long (Telegram's limit is 4096)")]
     TooLong(usize),
     /// The value uses a placeholder we do not fill.
     #[error(
-        "unknown placeholder {{{0}}}; known placeholders: {{first_name}}, {{username}}, {{bot_name}}"
+        "unknown placeholder {{{0}}}; known placeholders: {{first_name}}, {{username}}, \
+         {{bot_name}}, {{panel_name}}"
     )]
     UnknownPlaceholder(String),
     /// The value holds a control character other than a newline or a tab.
@@ -77,7 +126,7 @@ pub fn validate_value(value: &str) -> Result<(), TextError> {
             code: u32::from(c),
         });
     }
-    let len = value.chars().count();
+    let len = utf16_len(value);
     if len > MAX_TEXT_LEN {
         return Err(TextError::TooLong(len));
     }
@@ -96,8 +145,10 @@ pub struct Vars<'a> {
     pub first_name: &'a str,
     /// The user's username, without `@` (empty when they have none).
     pub username: &'a str,
-    /// The bot's name in the panel.
+    /// The Telegram bot's name (`first_name` from getMe).
     pub bot_name: &'a str,
+    /// The bot's name in the panel.
+    pub panel_name: &'a str,
 }
 
 /// Fills the placeholders of `template`; anything that is not a `{name}` stays as written.
@@ -113,6 +164,7 @@ pub fn render(template: &str, vars: &Vars<'_>) -> String {
                     "first_name" => out.push_str(vars.first_name),
                     "username" => out.push_str(vars.username),
                     "bot_name" => out.push_str(vars.bot_name),
+                    "panel_name" => out.push_str(vars.panel_name),
                     other => {
                         out.push('{');
                         out.push_str(other);
@@ -151,11 +203,13 @@ mod tests {
         let vars = Vars {
             first_name: "Ann",
             username: "ann",
-            bot_name: "shop",
+            bot_name: "Shop Bot",
+            panel_name: "shop",
         };
         let cases = [
             ("Hi {first_name}!", "Hi Ann!"),
-            ("{username}@{bot_name}", "ann@shop"),
+            ("{username}@{panel_name}", "ann@shop"),
+            ("I am {bot_name}", "I am Shop Bot"),
             ("json {\"a\": 1} {", "json {\"a\": 1} {"),
             ("{first_name}{first_name}", "AnnAnn"),
             ("no placeholders", "no placeholders"),
@@ -194,6 +248,7 @@ mod tests {
                 "{value:?}"
             );
         }
+        assert_eq!(validate_value("{panel_name} {bot_name}"), Ok(()));
         assert!(matches!(
             validate("Bad Key", "en", "x"),
             Err(TextError::InvalidKey(_))
@@ -202,5 +257,35 @@ mod tests {
             validate("k", "EN", "x"),
             Err(TextError::InvalidLang(_))
         ));
+    }
+
+    #[test]
+    fn lengths_are_counted_in_utf16_units_as_telegram_does() {
+        let cases = [
+            ("", 0),
+            ("abc", 3),
+            ("я", 1),
+            ("中文", 2),
+            ("😀", 2),
+            ("👍🏽", 4),
+            ("e\u{301}", 2),
+            ("👨‍👩‍👧", 8),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(utf16_len(s), expected, "{s:?}");
+        }
+        // 2,100 emoji are 2,100 characters but 4,200 units: Telegram refuses them.
+        let emoji = "😀".repeat(2100);
+        assert_eq!(validate_value(&emoji), Err(TextError::TooLong(4200)));
+        assert_eq!(
+            TextError::TooLong(4200).to_string(),
+            "text is 4200 UTF-16 units long (Telegram's limit is 4096)"
+        );
+        assert_eq!(validate_value(&"😀".repeat(2048)), Ok(()));
+        assert_eq!(validate_value(&"中".repeat(4096)), Ok(()));
+        assert_eq!(
+            validate_value(&"e\u{301}".repeat(2049)),
+            Err(TextError::TooLong(4098))
+        );
     }
 }

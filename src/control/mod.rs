@@ -362,8 +362,16 @@ impl Supervisor {
         slot.fingerprint = bot.config_fingerprint();
         match built {
             Ok(snapshot) => {
+                // A running bot's detail shows the new snapshot's warnings (texts missing in
+                // the default language, …), or clears an earlier one; other states keep the
+                // detail their failure wrote.
+                let warning = snapshot.warning();
                 slot.snapshot.store(snapshot);
                 tracing::info!(bot_id = bot.id, "configuration reloaded");
+                let state = *slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state == BotState::Running {
+                    status.set(state, &warning, None, false).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(bot_id = bot.id, error = %e, "invalid configuration; keeping the previous one");
@@ -421,7 +429,9 @@ impl Supervisor {
             state: Arc::clone(&state),
         };
         let done_guard = done.clone().drop_guard();
-        let span = tracing::info_span!("bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
+        // A root span: created in the supervisor's task, it would otherwise show `task=supervisor`
+        // on every line of the bot.
+        let span = tracing::info_span!(parent: None, "bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
         self.tasks.spawn(
             format!("bot-{}", bot.id),
             async move {

@@ -75,10 +75,13 @@ impl Slot {
             let (outcome, respec) = {
                 let status = self.status.clone();
                 let state = Arc::clone(&self.state);
+                let snapshot = self.snapshot.clone();
                 let on_running = async move |username: &str| {
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = BotState::Running;
+                    // A running bot's detail is its content's warnings (texts missing, …).
+                    let warning = snapshot.load().warning();
                     status
-                        .set(BotState::Running, "", Some(username), false)
+                        .set(BotState::Running, &warning, Some(username), false)
                         .await;
                 };
                 let parts = RunParts {

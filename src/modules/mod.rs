@@ -35,6 +35,7 @@ use crate::botdb::budget::{BotPool, BudgetError};
 use crate::botdb::store;
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
+use crate::content::texts::{TextRef, utf16_len};
 use crate::telegram::{Delivery, Lane, Messenger, Request, SendError};
 
 /// What the chain does after a module's step.
@@ -98,6 +99,13 @@ pub trait Module: Send + Sync + 'static {
 
     /// The commands it adds to the bot's command list.
     fn commands(&self, _snapshot: &Snapshot) -> Vec<BotCommand> {
+        Vec::new()
+    }
+
+    /// The text keys its section of `snapshot` refers to, with the limits their values must
+    /// keep; the registry warns about the missing and the too long ones
+    /// ([`Registry::text_warnings`]).
+    fn text_keys(&self, _snapshot: &Snapshot) -> Vec<TextRef> {
         Vec::new()
     }
 
@@ -205,7 +213,8 @@ impl Registry {
         Ok(manifest)
     }
 
-    /// Completes `snapshot` with the sections of the modules enabled by its manifest.
+    /// Completes `snapshot` with the sections of the modules enabled by its manifest, and
+    /// records its [`Registry::text_warnings`].
     pub fn load(&self, mut snapshot: Snapshot) -> Result<Snapshot, ManifestError> {
         self.validate(&snapshot.manifest)?;
         for module in self.modules.iter() {
@@ -213,7 +222,93 @@ impl Registry {
                 snapshot.enable(module.name(), section);
             }
         }
+        let warnings = self.text_warnings(&snapshot);
+        snapshot.set_warnings(warnings);
         Ok(snapshot)
+    }
+
+    /// The text keys the enabled modules refer to, each once, in manifest order (a key used
+    /// twice keeps the tighter limit and is required if either use requires it).
+    pub fn text_keys(&self, snapshot: &Snapshot) -> Vec<TextRef> {
+        let mut keys: Vec<TextRef> = Vec::new();
+        for r in self.enabled(snapshot).flat_map(|m| m.text_keys(snapshot)) {
+            match keys.iter_mut().find(|k| k.key == r.key) {
+                Some(k) => {
+                    k.max_len = k.max_len.min(r.max_len);
+                    k.required |= r.required;
+                }
+                None => keys.push(r),
+            }
+        }
+        keys
+    }
+
+    /// The required text keys with no value in the manifest's default language: users would
+    /// see the raw key (a label), or no reply (a command).
+    pub fn missing_texts(&self, snapshot: &Snapshot) -> Vec<String> {
+        let lang = snapshot.manifest.default_language.as_str();
+        self.text_keys(snapshot)
+            .into_iter()
+            .filter(|r| r.required && !snapshot.values(&r.key).any(|(l, _)| l == lang))
+            .map(|r| r.key)
+            .collect()
+    }
+
+    /// The values longer than where they are used allows, as `key (lang): N UTF-16 units,
+    /// limit L` (a label over its limit, a callback notice over 200).
+    pub fn long_texts(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut long = Vec::new();
+        for r in self.text_keys(snapshot) {
+            let mut values: Vec<(&str, &str)> = snapshot.values(&r.key).collect();
+            values.sort_unstable();
+            for (lang, value) in values {
+                let len = utf16_len(value);
+                if len > r.max_len {
+                    long.push(format!(
+                        "{} ({lang}): {len} UTF-16 units, limit {}",
+                        r.key, r.max_len
+                    ));
+                }
+            }
+        }
+        long
+    }
+
+    /// [`Registry::text_warnings`] for a manifest and its texts `(key, lang, value)` without a
+    /// panel row, for the CLI (`config set`, `bot add`, `text delete`); an invalid manifest is
+    /// an error.
+    pub fn text_warnings_for(
+        &self,
+        manifest: &Manifest,
+        texts: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Result<Vec<String>, ManifestError> {
+        let snapshot = self.load(Snapshot::new(
+            (0, 0, None),
+            String::new(),
+            manifest.clone(),
+            texts,
+        ))?;
+        Ok(self.text_warnings(&snapshot))
+    }
+
+    /// Problems with `snapshot`'s texts that do not stop the bot, one line each:
+    /// `texts missing in en: menu_main, btn_about` and `texts too long: …`. A pure function of
+    /// the snapshot, for `bot_status.detail` and the CLI.
+    pub fn text_warnings(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let missing = self.missing_texts(snapshot);
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "texts missing in {}: {}",
+                snapshot.manifest.default_language,
+                missing.join(", ")
+            ));
+        }
+        let long = self.long_texts(snapshot);
+        if !long.is_empty() {
+            warnings.push(format!("texts too long: {}", long.join(", ")));
+        }
+        warnings
     }
 
     /// The modules enabled for `snapshot`, in chain order.
@@ -433,5 +528,75 @@ impl JobCx {
             () = self.wake.notified() => Wake::Operator,
             () = timer => Wake::Timer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(manifest: &str, texts: &[(&str, &str, &str)]) -> Snapshot {
+        let registry = Registry::standard();
+        let manifest = registry.parse_manifest(manifest).unwrap();
+        let texts = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()));
+        registry
+            .load(Snapshot::new((1, 0, None), "b".into(), manifest, texts))
+            .unwrap()
+    }
+
+    #[test]
+    fn text_warnings_name_missing_and_too_long_texts() {
+        let manifest = r#"{
+            "default_language": "ru",
+            "commands": [{"command": "hours", "text": "hours", "description": "d"}],
+            "menus": {"main": {"text": "menu_main", "buttons": [[{"label": "btn", "text": "hours"}]]}}
+        }"#;
+        let s = snapshot(
+            manifest,
+            &[
+                // Only in English: Russian is the default, so users may see the raw key.
+                ("menu_main", "en", "Menu"),
+                ("hours", "ru", "9-5"),
+                ("btn", "ru", &"😀".repeat(33)),
+                ("menu_expired", "ru", &"x".repeat(201)),
+            ],
+        );
+        let registry = Registry::standard();
+        assert_eq!(registry.missing_texts(&s), ["menu_main"]);
+        assert_eq!(
+            s.warning(),
+            "texts missing in ru: menu_main; texts too long: \
+             menu_expired (ru): 201 UTF-16 units, limit 200, \
+             btn (ru): 66 UTF-16 units, limit 64"
+        );
+        let fine = snapshot(
+            manifest,
+            &[
+                ("menu_main", "ru", "Меню"),
+                ("hours", "ru", "9-5"),
+                ("btn", "ru", &"😀".repeat(32)),
+            ],
+        );
+        assert_eq!(fine.warning(), "");
+        assert_eq!(snapshot("{}", &[]).warning(), "");
+        let m = registry.parse_manifest(manifest).unwrap();
+        let texts = [
+            ("hours", "ru", "9-5"),
+            ("btn", "ru", "B"),
+            ("menu_main", "ru", "M"),
+        ];
+        let texts = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()));
+        assert_eq!(
+            registry.text_warnings_for(&m, texts).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            registry.text_warnings_for(&m, []).unwrap(),
+            ["texts missing in ru: hours, menu_main, btn"]
+        );
     }
 }

@@ -125,6 +125,9 @@ impl JournaldLayer {
                 }
             }
         }
+        // One value per name: an event field wins over a span field of the same name, so an
+        // event inside the bot's span that names `bot_id` again still yields one `BOT_ID`.
+        fields.retain(|(k, _)| !collector.fields.iter().any(|(e, _)| e == k));
         fields.extend(collector.fields);
         let mut message = redact(&collector.message);
         for (k, v) in &fields {
@@ -207,6 +210,30 @@ mod tests {
         );
         assert!(!entry.contains("AAHdq"), "{entry}");
         assert!(entry.starts_with("MESSAGE\n"), "{entry}");
+    }
+
+    #[test]
+    fn a_field_named_by_the_span_and_the_event_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.socket");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let layer = JournaldLayer::connect(&path).unwrap();
+        let mut empty = [0u8; 16];
+        assert_eq!(server.recv(&mut empty).unwrap(), 0);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("bot", bot_id = 42);
+            let _guard = span.enter();
+            tracing::info!(bot_id = 42, state = "running", "bot status");
+        });
+        let mut buf = vec![0u8; 65536];
+        let n = server.recv(&mut buf).unwrap();
+        let entry = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert_eq!(entry.matches("BOT_ID=").count(), 1, "{entry}");
+        assert!(
+            entry.contains("MESSAGE=bot status bot_id=42 state=running\n"),
+            "{entry}"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! [`init`] installs one subscriber for the process. Every log line passes through
 //! [`RedactingStderr`], which masks anything shaped like a bot token (`123456:****`), so a token
 //! cannot reach the log even through a dependency's error text (reqwest errors include the
-//! request URL, and a Bot API URL contains the token). Under systemd (`JOURNAL_STREAM` set) the
-//! lines are plain: no colour and no timestamp, journald adds its own.
+//! request URL, and a Bot API URL contains the token). Text lines ([`console::Console`]) are one
+//! line per event with every field once and no span prefix; on a terminal they carry the time
+//! of day, in a file the full date, and under systemd (`JOURNAL_STREAM` set) no timestamp and
+//! no colour, as journald adds its own. teloxide is kept at `warn` ([`filter_spec`]).
 
 use std::io::{IsTerminal, Write};
 
@@ -13,6 +15,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::mask::redact;
 use crate::settings::{LogFormat, LogSettings};
+use console::{Clock, Console, SpanFieldsLayer};
 
 /// Installs the global subscriber; call once from `main`. Later calls are ignored.
 ///
@@ -23,9 +26,12 @@ use crate::settings::{LogFormat, LogSettings};
 pub fn init(settings: &LogSettings) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| settings.filter.clone());
+    let filter = EnvFilter::try_new(filter_spec(&spec))
+        .unwrap_or_else(|_| EnvFilter::new(filter_spec("info")));
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     if under_journal
         && settings.format == LogFormat::Auto
@@ -39,17 +45,50 @@ pub fn init(settings: &LogSettings) {
         return;
     }
     let terminal = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(RedactingStderr);
-    let result = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Auto if under_journal => builder.with_ansi(false).without_time().try_init(),
-        LogFormat::Auto => builder.with_ansi(terminal).try_init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if settings.format == LogFormat::Json {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(RedactingStderr);
+        registry.with(json).try_init()
+    } else {
+        let (clock, ansi) = match settings.format {
+            LogFormat::Auto if under_journal => (Clock::None, false),
+            LogFormat::Auto => (Clock::Time, terminal),
+            LogFormat::Text | LogFormat::Json => (Clock::DateTime, false),
+        };
+        let text = tracing_subscriber::fmt::layer()
+            .with_writer(RedactingStderr)
+            .with_ansi(ansi)
+            .event_format(Console { clock });
+        registry.with(SpanFieldsLayer).with(text).try_init()
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     drop(result);
+}
+
+/// Dependencies kept at a quieter level unless the filter names them: teloxide logs every
+/// dispatcher start and stop at `info`, one line per bot each time, which buries our own
+/// one-line-per-event output (issue 19.18); its warnings and errors still show.
+pub const QUIET_DEPENDENCIES: &[(&str, &str)] = &[("teloxide", "warn")];
+
+/// The tracing filter for `spec` (the settings' `log.filter` or `RUST_LOG`): `spec` plus a
+/// directive for each of [`QUIET_DEPENDENCIES`] it does not name itself.
+pub fn filter_spec(spec: &str) -> String {
+    let mut out = spec.trim().trim_end_matches(',').to_owned();
+    for (target, level) in QUIET_DEPENDENCIES {
+        let named = out
+            .split(',')
+            .any(|d| d.trim().split(['=', '[']).next() == Some(*target));
+        if !named {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{target}={level}"));
+        }
+    }
+    out
 }
 
 /// A `MakeWriter` for stderr that masks tokens in each formatted event before writing it.
@@ -91,4 +130,29 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
     }
 }
 
+pub mod console;
 pub mod journald;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teloxide_is_quiet_unless_the_filter_names_it() {
+        let cases = [
+            ("info,sqlx=warn", "info,sqlx=warn,teloxide=warn"),
+            ("debug", "debug,teloxide=warn"),
+            ("", "teloxide=warn"),
+            ("info,teloxide=debug", "info,teloxide=debug"),
+            (
+                "teloxide::dispatching=info",
+                "teloxide::dispatching=info,teloxide=warn",
+            ),
+            ("info,teloxide[x]=info", "info,teloxide[x]=info"),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(filter_spec(spec), expected, "{spec}");
+            assert!(EnvFilter::try_new(filter_spec(spec)).is_ok(), "{spec}");
+        }
+    }
+}

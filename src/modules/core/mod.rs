@@ -8,7 +8,10 @@
 mod section;
 pub mod store;
 
-pub use section::{ButtonAction, ButtonSpec, CommandSpec, CoreSection, MenuKind, MenuSpec};
+pub use section::{
+    ButtonAction, ButtonSpec, CommandSpec, CoreSection, MAX_LABEL_LEN, MAX_NOTICE_LEN, MenuKind,
+    MenuSpec,
+};
 
 use std::sync::Arc;
 
@@ -16,13 +19,13 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use teloxide::types::{
     BotCommand, CallbackQuery, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton,
-    KeyboardMarkup, Message, MessageId, ReplyMarkup, UpdateKind, User,
+    KeyboardMarkup, Me, Message, MessageId, ReplyMarkup, UpdateKind, User,
 };
 
 use super::{Flow, Module, ModuleError, UpdateCx};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
-use crate::content::texts::{Vars, render};
+use crate::content::texts::{TextRef, Vars, render};
 use crate::telegram::{Delivery, DeliveryOutcome};
 use store::SeenUser;
 
@@ -78,6 +81,10 @@ impl Module for Core {
                 .map(|c| BotCommand::new(&c.command, &c.description)),
         );
         commands
+    }
+
+    fn text_keys(&self, snapshot: &Snapshot) -> Vec<TextRef> {
+        core_section(snapshot).text_keys()
     }
 
     fn on_update<'a>(
@@ -151,7 +158,9 @@ struct Audience<'a> {
 }
 
 impl<'a> Audience<'a> {
-    fn new(chat: ChatId, user: Option<&'a User>, snapshot: &'a Snapshot) -> Self {
+    /// `me` is the bot's Telegram identity (`{bot_name}` is its first name); the snapshot
+    /// gives the panel's name (`{panel_name}`).
+    fn new(chat: ChatId, user: Option<&'a User>, me: &'a Me, snapshot: &'a Snapshot) -> Self {
         Self {
             chat,
             user_id: user.map(user_id),
@@ -159,7 +168,8 @@ impl<'a> Audience<'a> {
             vars: Vars {
                 first_name: user.map(|u| u.first_name.as_str()).unwrap_or(""),
                 username: user.and_then(|u| u.username.as_deref()).unwrap_or(""),
-                bot_name: &snapshot.bot_name,
+                bot_name: &me.user.first_name,
+                panel_name: &snapshot.panel_name,
             },
         }
     }
@@ -190,7 +200,7 @@ async fn on_message(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleEr
     if let Some(user) = user {
         touch(cx.tx, user).await?;
     }
-    let audience = Audience::new(msg.chat.id, user, snapshot);
+    let audience = Audience::new(msg.chat.id, user, cx.me, snapshot);
     let Some(text) = msg.text() else {
         return Ok(());
     };
@@ -201,7 +211,30 @@ async fn on_message(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleEr
     if let Some((menu_name, action)) = find_reply_button(snapshot, &audience, text) {
         return run_action(cx, &audience, &menu_name, action, None).await;
     }
-    Ok(())
+    reply_fallback(cx, &audience, "plain text").await
+}
+
+/// Answers a message nothing else answered with the manifest's `fallback` text; without one
+/// (or without its value) the message gets no reply and one debug line says so.
+async fn reply_fallback(
+    cx: &mut UpdateCx<'_>,
+    audience: &Audience<'_>,
+    what: &'static str,
+) -> Result<(), ModuleError> {
+    let snapshot = cx.snapshot;
+    let key = core_section(snapshot).fallback.as_deref();
+    match key.and_then(|k| audience.text(snapshot, k)) {
+        Some(text) => send(cx, audience, &text, None).await,
+        None => {
+            tracing::debug!(
+                chat_id = audience.chat.0,
+                kind = what,
+                fallback = key,
+                "no reply: nothing answers this message and no fallback text is set"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Parses `/command@bot args`; a command addressed to another bot is ignored.
@@ -256,17 +289,22 @@ async fn on_command(
             send(cx, audience, &text, None).await?;
         }
         other => {
-            let custom = section
-                .commands
-                .iter()
-                .find(|c| c.command == other)
-                .map(|c| c.text.clone());
-            let text = match custom {
-                Some(key) => audience.text(snapshot, &key),
-                None => audience.text(snapshot, "unknown_command"),
-            };
-            if let Some(text) = text {
-                send(cx, audience, &text, None).await?;
+            let custom = section.commands.iter().find(|c| c.command == other);
+            match custom {
+                Some(c) => match audience.text(snapshot, &c.text) {
+                    Some(text) => send(cx, audience, &text, None).await?,
+                    // Also a load-time warning in bot_status (Registry::text_warnings).
+                    None => tracing::debug!(
+                        chat_id = audience.chat.0,
+                        command = other,
+                        text = c.text.as_str(),
+                        "no reply: the command's text is not set"
+                    ),
+                },
+                None => match audience.text(snapshot, "unknown_command") {
+                    Some(text) => send(cx, audience, &text, None).await?,
+                    None => reply_fallback(cx, audience, "unknown command").await?,
+                },
             }
         }
     }
@@ -449,7 +487,7 @@ async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), Mod
         cx.answer_callback(chat, &q.id, None).await?;
         return Ok(());
     };
-    let audience = Audience::new(message.chat().id, Some(&q.from), snapshot);
+    let audience = Audience::new(message.chat().id, Some(&q.from), cx.me, snapshot);
     let found = q
         .data
         .as_deref()

@@ -1,21 +1,29 @@
 //! The core module's manifest section: custom commands, menus and the main menu.
 //!
 //! For compatibility with every manifest written so far, core's keys stay at the top level of
-//! the manifest (`commands`, `menus`, `main_menu`) instead of under a `core` object.
+//! the manifest (`commands`, `menus`, `main_menu`, `fallback`) instead of under a `core`
+//! object.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::content::manifest::{ManifestError, check_text_key};
+use crate::content::texts::{TextRef, utf16_len};
 
 /// Longest command name Telegram accepts.
 const MAX_COMMAND_LEN: usize = 32;
-/// Longest command description Telegram accepts.
+/// Longest command description Telegram accepts, in UTF-16 units.
 const MAX_DESCRIPTION_LEN: usize = 256;
+/// Longest button label we accept, in UTF-16 units. Telegram documents no limit; a phone
+/// shows about 20–30 characters of a button and cuts the rest, so 64 leaves room while still
+/// catching a message text used as a label by mistake.
+pub const MAX_LABEL_LEN: usize = 64;
+/// Longest notice Telegram shows for a pressed button (`answerCallbackQuery`'s `text`).
+pub const MAX_NOTICE_LEN: usize = 200;
 
 /// The top-level manifest keys core owns.
-pub const KEYS: &[&str] = &["commands", "menus", "main_menu"];
+pub const KEYS: &[&str] = &["commands", "menus", "main_menu", "fallback"];
 
 /// Core's section of the manifest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +38,10 @@ pub struct CoreSection {
     /// The menu `/menu` (and `/start`, when set) opens.
     #[serde(default)]
     pub main_menu: Option<String>,
+    /// Key of the text answering a message nothing else answered: plain text that is neither
+    /// a command nor a reply-keyboard button (without it such a message gets no reply).
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 /// A custom command.
@@ -40,7 +52,7 @@ pub struct CommandSpec {
     pub command: String,
     /// Key of the text it replies with.
     pub text: String,
-    /// Description shown in Telegram's command list (1–256 characters).
+    /// Description shown in Telegram's command list (1–256 UTF-16 units).
     pub description: String,
 }
 
@@ -136,9 +148,15 @@ impl CoreSection {
                 return Err(err(format!("{p}.command"), "is defined twice"));
             }
             check_text_key(format!("{p}.text"), &c.text)?;
-            let len = c.description.chars().count();
+            let len = utf16_len(c.description.trim());
             if len == 0 || len > MAX_DESCRIPTION_LEN {
-                return Err(err(format!("{p}.description"), "must be 1-256 characters"));
+                return Err(ManifestError::new(
+                    format!("{p}.description"),
+                    format!(
+                        "is {len} UTF-16 units long; Telegram accepts 1-256 \
+                         (an emoji counts 2)"
+                    ),
+                ));
             }
         }
         for (name, menu) in &self.menus {
@@ -183,7 +201,43 @@ impl CoreSection {
         {
             return Err(err("main_menu".into(), "names a menu that is not defined"));
         }
+        if let Some(key) = &self.fallback {
+            check_text_key("fallback", key)?;
+        }
         Ok(())
+    }
+
+    /// The text keys this section refers to, with their limits: every key named in the
+    /// manifest is required; `start`, `help`, `unknown_command` and `menu_expired` have
+    /// built-in defaults.
+    pub fn text_keys(&self) -> Vec<TextRef> {
+        let mut keys = vec![
+            TextRef::optional("start"),
+            TextRef::optional("help"),
+            TextRef::optional("unknown_command"),
+            TextRef::optional("menu_expired").max_len(MAX_NOTICE_LEN),
+        ];
+        keys.extend(self.commands.iter().map(|c| TextRef::required(&c.text)));
+        let main_first = self
+            .main_menu
+            .iter()
+            .filter_map(|m| self.menus.get_key_value(m))
+            .chain(
+                self.menus
+                    .iter()
+                    .filter(|(name, _)| Some(*name) != self.main_menu.as_ref()),
+            );
+        for (_, menu) in main_first {
+            keys.push(TextRef::required(&menu.text));
+            for b in menu.buttons.iter().flatten() {
+                keys.push(TextRef::required(&b.label).max_len(MAX_LABEL_LEN));
+                if let Some(t) = &b.text {
+                    keys.push(TextRef::required(t));
+                }
+            }
+        }
+        keys.extend(self.fallback.iter().map(TextRef::required));
+        keys
     }
 }
 
@@ -236,6 +290,7 @@ mod tests {
                 "exactly one action",
             ),
             (r#"{"main_menu": "x"}"#, "main_menu", "not defined"),
+            (r#"{"fallback": "Not A Key"}"#, "fallback", "text key"),
             ("[1]", "$", "invalid type"),
             ("{", "$", "EOF"),
         ];
@@ -244,5 +299,51 @@ mod tests {
             assert_eq!(e.path, path, "{json}: {e}");
             assert!(e.reason.contains(reason), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn descriptions_are_counted_in_utf16_units() {
+        let with = |description: &str| {
+            parse(&format!(
+                r#"{{"commands": [{{"command": "x", "text": "x", "description": "{description}"}}]}}"#
+            ))
+        };
+        // 129 emoji are 129 characters but 258 UTF-16 units.
+        let e = with(&"😀".repeat(129)).unwrap_err();
+        assert_eq!(e.path, "commands[0].description");
+        assert!(e.reason.contains("258 UTF-16 units"), "{e}");
+        assert!(with(&"😀".repeat(128)).is_ok());
+        assert!(with(&"中".repeat(256)).is_ok());
+        assert!(with(" ").is_err());
+    }
+
+    #[test]
+    fn text_keys_list_every_key_the_section_names() {
+        let s = parse(include_str!("../../../docs/manifest.example.json")).unwrap();
+        let keys = s.text_keys();
+        let required: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.required)
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(
+            required,
+            [
+                "prices",
+                "contact",
+                "menu_main",
+                "btn_prices",
+                "prices",
+                "btn_about",
+                "menu_about",
+                "btn_contact",
+                "contact",
+                "btn_back"
+            ]
+        );
+        let label = keys.iter().find(|k| k.key == "btn_about").unwrap();
+        assert_eq!(label.max_len, MAX_LABEL_LEN);
+        let notice = keys.iter().find(|k| k.key == "menu_expired").unwrap();
+        assert_eq!((notice.required, notice.max_len), (false, MAX_NOTICE_LEN));
     }
 }
