@@ -7,37 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{TestDb, botvisor, database_exists, token};
-
-struct Panel {
-    db: TestDb,
-    env: HashMap<String, String>,
-}
-
-impl Panel {
-    async fn new() -> Self {
-        let db = TestDb::create("bvt_clin").await;
-        let env = db.env();
-        botvisor(&env, &["migrate"]).ok();
-        Self { db, env }
-    }
-
-    fn run(&self, args: &[&str]) -> common::Run {
-        botvisor(&self.env, args)
-    }
-
-    fn add(&self, name: &str, token_id: u64, extra: &[&str]) -> String {
-        let t = token(token_id);
-        let mut args = vec!["bot", "add", "--name", name, "--token", &t];
-        args.extend_from_slice(extra);
-        self.run(&args).ok().trim().to_owned()
-    }
-}
+use common::cli::CliPanel as Panel;
+use common::{botvisor, database_exists, token};
 
 #[tokio::test]
 async fn control_characters_and_nul_are_refused_with_their_position() {
-    let p = Panel::new().await;
-    let id = p.add("shop", 4001, &[]);
+    let p = Panel::new("bvt_clin").await;
+    let id = p.add("shop", 4001, &[]).to_string();
     for (value, needle) in [
         ("a\u{1}b", "U+0001 at position 2"),
         ("bell\u{7}", "U+0007 at position 5"),
@@ -86,8 +62,8 @@ async fn control_characters_and_nul_are_refused_with_their_position() {
 
 #[tokio::test]
 async fn language_codes_must_be_ietf_like() {
-    let p = Panel::new().await;
-    let id = p.add("shop", 4101, &[]);
+    let p = Panel::new("bvt_clin").await;
+    let id = p.add("shop", 4101, &[]).to_string();
     p.run(&["text", "set", &id, "start", "x", "--lang", "english"])
         .bad_input("invalid language \"english\"");
     p.run(&["text", "set", &id, "start", "x", "--lang", "pt-br"])
@@ -126,29 +102,31 @@ async fn clap_errors_are_one_line_and_help_and_version_still_work() {
 
 #[tokio::test]
 async fn tokens_say_their_length_and_duplicates_name_the_holder() {
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clin").await;
     let t = token(4201);
-    let id = p.add("shop", 4201, &[]);
+    let id = p.add("shop", 4201, &[]).to_string();
     let short = &t[..t.len() - 1];
     let r = p.run(&["bot", "add", "--name", "x", "--token", short]);
     r.bad_input("the secret part (after the colon) has 34 characters; expected 35");
     assert!(!r.stderr.contains(&short[5..]), "{r:?}");
     p.run(&["bot", "add", "--name", "other", "--token", &t])
         .bad_input(&format!("already registered for bot {id} (shop)"));
-    let id2 = p.add("news", 4202, &[]);
+    let id2 = p.add("news", 4202, &[]).to_string();
     p.run(&["bot", "set-token", &id2, &t])
         .bad_input(&format!("already registered for bot {id} (shop)"));
 }
 
 #[tokio::test]
 async fn databases_that_are_not_the_bots_to_use_are_refused() {
-    let p = Panel::new().await;
-    let first = p.add(
-        "first",
-        4301,
-        &["--database", &format!("{}_custom", p.db.name)],
-    );
-    let second = p.add("second", 4302, &[]);
+    let p = Panel::new("bvt_clin").await;
+    let first = p
+        .add(
+            "first",
+            4301,
+            &["--database", &format!("{}_custom", p.db.name)],
+        )
+        .to_string();
+    let second = p.add("second", 4302, &[]).to_string();
     let panel_url = p.db.url.replace("127.0.0.1", "localhost");
     for (database, needle) in [
         ("postgres".to_owned(), "belongs to PostgreSQL itself"),
@@ -184,8 +162,8 @@ async fn databases_that_are_not_the_bots_to_use_are_refused() {
 
 #[tokio::test]
 async fn remove_says_what_would_happen_until_confirmed() {
-    let p = Panel::new().await;
-    let id = p.add("shop", 4401, &[]);
+    let p = Panel::new("bvt_clin").await;
+    let id = p.add("shop", 4401, &[]).to_string();
     p.run(&["text", "set", &id, "start", "Hi"]).ok();
     let db = format!("{}_bot_{id}", p.db.name);
     let r = p.run(&["bot", "remove", &id]);
@@ -242,7 +220,7 @@ async fn an_unreachable_panel_fails_fast_with_the_cause() {
         offline.ok().contains("# panel: not tried (--offline)"),
         "{offline:?}"
     );
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clin").await;
     let reachable = p.run(&["config", "check"]);
     assert!(
         reachable.ok().contains("# panel: reachable at postgres://"),

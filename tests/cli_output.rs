@@ -4,55 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use botvisor::panel::store::{self, StatusUpdate};
-use common::{TestDb, botvisor, token};
-
-struct Panel {
-    db: TestDb,
-    env: HashMap<String, String>,
-}
-
-impl Panel {
-    async fn new() -> Self {
-        let db = TestDb::create("bvt_clout").await;
-        let env = db.env();
-        botvisor(&env, &["migrate"]).ok();
-        Self { db, env }
-    }
-
-    fn run(&self, args: &[&str]) -> common::Run {
-        botvisor(&self.env, args)
-    }
-
-    fn add(&self, name: &str, token_id: u64, extra: &[&str]) -> i64 {
-        let t = token(token_id);
-        let mut args = vec!["bot", "add", "--name", name, "--token", &t];
-        args.extend_from_slice(extra);
-        self.run(&args).ok().trim().parse().unwrap()
-    }
-
-    /// Creates bot `id`'s database with the bot schema, as the daemon would on first start.
-    async fn create_bot_database(&self, id: i64) -> sqlx::PgPool {
-        let db = format!("{}_bot_{id}", self.db.name);
-        let pool = self.db.pool().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        let url = format!("{}/{db}", common::server_url());
-        botvisor::schema::apply(&botvisor::schema::BOT, &url.parse().unwrap())
-            .await
-            .unwrap();
-        sqlx::PgPool::connect(&url).await.unwrap()
-    }
-}
+use common::cli::CliPanel as Panel;
 
 #[tokio::test]
 async fn bot_list_shows_details_aligned_filters_by_state_and_sums_up() {
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clout").await;
     let long_name = "a rather long bot name that goes on and on for ever";
     let a = p.add("short", 5001, &[]);
     let b = p.add(long_name, 5002, &[]);
@@ -151,7 +108,7 @@ async fn bot_list_shows_details_aligned_filters_by_state_and_sums_up() {
 
 #[tokio::test]
 async fn history_says_when_a_chat_is_empty_and_prints_zoned_timestamps() {
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clout").await;
     let id = p.add("shop", 5101, &[]);
     let pool = p.create_bot_database(id).await;
     let empty = p.run(&["history", &id.to_string(), "--chat", "42"]);
@@ -173,7 +130,7 @@ async fn history_says_when_a_chat_is_empty_and_prints_zoned_timestamps() {
 
 #[tokio::test]
 async fn migrate_all_bots_shows_progress_and_says_when_nothing_was_pending() {
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clout").await;
     let a = p.add("one", 5201, &[]);
     let b = p.add("two", 5202, &[]);
     p.add("three", 5203, &[]);
@@ -231,7 +188,7 @@ async fn migrate_all_bots_shows_progress_and_says_when_nothing_was_pending() {
 
 #[tokio::test]
 async fn config_set_and_patch_say_what_changes() {
-    let p = Panel::new().await;
+    let p = Panel::new("bvt_clout").await;
     let id = p.add("shop", 5301, &[]).to_string();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.json");
@@ -271,4 +228,47 @@ async fn config_set_and_patch_say_what_changes() {
     let after: serde_json::Value =
         serde_json::from_str(p.run(&["config", "show", &id]).ok()).unwrap();
     assert_eq!(after, shown);
+}
+
+#[tokio::test]
+async fn texts_the_manifest_names_without_a_value_are_warned_about() {
+    let p = Panel::new("bvt_clout").await;
+    let id = p.add("shop", 5401, &[]).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.json");
+    std::fs::write(
+        &file,
+        r#"{"main_menu": "main", "menus": {"main": {"text": "menu_main",
+            "buttons": [[{"label": "btn_about", "text": "about"}]]}}}"#,
+    )
+    .unwrap();
+    let set = p.run(&["config", "set", &id, file.to_str().unwrap()]);
+    set.ok();
+    assert!(
+        set.stderr.contains(
+            "warning: bot {id}: texts missing in en: "
+                .replace("{id}", &id)
+                .as_str()
+        ),
+        "{set:?}"
+    );
+    for key in ["menu_main", "btn_about", "about"] {
+        assert!(set.stderr.contains(key), "{key}: {set:?}");
+    }
+    for (key, value) in [
+        ("menu_main", "Menu"),
+        ("btn_about", "About"),
+        ("about", "Us"),
+    ] {
+        p.run(&["text", "set", &id, key, value]).ok();
+    }
+    // All set: no warning; deleting one brings it back.
+    let quiet = p.run(&["config", "set", &id, file.to_str().unwrap()]);
+    assert!(!quiet.stderr.contains("warning"), "{quiet:?}");
+    let deleted = p.run(&["text", "delete", &id, "about"]);
+    deleted.ok();
+    assert!(
+        deleted.stderr.contains("texts missing in en: about"),
+        "{deleted:?}"
+    );
 }

@@ -52,6 +52,19 @@ impl ManifestChange {
 }
 
 impl Admin {
+    /// What a bot's texts lack for its manifest: keys the manifest names without a value in
+    /// the default language, values too long where they are used. Warnings, not errors: the
+    /// bot runs, and shows them in `bot_status.detail` too.
+    pub async fn text_warnings(&self, id: i64) -> Result<Vec<String>, AdminError> {
+        let bot = store::get_bot(&self.pool, id).await?;
+        let manifest = Manifest::from_value(&bot.manifest.0)?;
+        let texts = store::list_texts(&self.pool, id).await?;
+        Ok(self.registry.text_warnings_for(
+            &manifest,
+            texts.into_iter().map(|t| (t.key, t.lang, t.value)),
+        )?)
+    }
+
     /// A bot's manifest as stored.
     pub async fn manifest(&self, id: i64) -> Result<serde_json::Value, AdminError> {
         Ok(store::get_bot(&self.pool, id).await?.manifest.0)

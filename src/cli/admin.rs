@@ -132,6 +132,7 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 (_, result) => result?,
             };
             writeln!(out, "{id}")?;
+            warn_about_texts(admin, id).await?;
         }
         BotCommand::List { json, state } => {
             let all = admin.list_bots().await?;
@@ -378,6 +379,7 @@ async fn text(cmd: &TextCommand, admin: &Admin, out: &mut dyn Write) -> Result<(
         TextCommand::Delete { id, key, lang } => {
             let lang = admin.delete_text(*id, key, lang.as_deref()).await?;
             writeln!(out, "text {key} [{lang}] deleted from bot {id}")?;
+            warn_about_texts(admin, *id).await?;
         }
         TextCommand::List { id, json } => {
             let texts = admin.list_texts(*id).await?;
@@ -438,6 +440,7 @@ async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Re
             };
             write_change(&change, out)?;
             writeln!(out, "manifest of bot {id} {done}")?;
+            warn_about_texts(admin, *id).await?;
         }
         ConfigCommand::Show { id } => {
             let manifest = admin.manifest(*id).await?;
@@ -448,6 +451,14 @@ async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Re
             )?;
         }
         ConfigCommand::Check { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Says on stderr what the bot's texts lack for its manifest (the output stays the result).
+async fn warn_about_texts(admin: &Admin, id: i64) -> Result<(), CliError> {
+    for warning in admin.text_warnings(id).await? {
+        eprintln!("warning: bot {id}: {warning}");
     }
     Ok(())
 }

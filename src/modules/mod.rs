@@ -403,8 +403,7 @@ impl<'a> UpdateCx<'a> {
         user: Option<i64>,
         request: &Request,
     ) -> Result<i64, ModuleError> {
-        let json = serde_json::to_value(request).expect("requests always serialise");
-        let id = store::enqueue(self.tx, lane.as_i16(), chat.0, user, self.origin, &json).await?;
+        let id = enqueue(self.tx, self.origin, lane, chat, user, request).await?;
         self.queued += 1;
         Ok(id)
     }
@@ -456,6 +455,19 @@ impl<'a> UpdateCx<'a> {
     }
 }
 
+/// Queues `request` from module `origin` in the outbox, inside `tx`.
+async fn enqueue(
+    tx: &mut PgConnection,
+    origin: &str,
+    lane: Lane,
+    chat: ChatId,
+    user: Option<i64>,
+    request: &Request,
+) -> Result<i64, ModuleError> {
+    let json = serde_json::to_value(request).expect("requests always serialise");
+    Ok(store::enqueue(tx, lane.as_i16(), chat.0, user, origin, &json).await?)
+}
+
 /// What a module's background job works with.
 pub struct JobCx {
     /// The panel id of the bot.
@@ -500,8 +512,7 @@ impl JobCx {
         user: Option<i64>,
         request: &Request,
     ) -> Result<i64, ModuleError> {
-        let json = serde_json::to_value(request).expect("requests always serialise");
-        Ok(store::enqueue(tx, lane.as_i16(), chat.0, user, self.module, &json).await?)
+        enqueue(tx, self.module, lane, chat, user, request).await
     }
 
     /// Wakes the bot's sender (after a commit that queued requests).

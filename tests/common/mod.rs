@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
