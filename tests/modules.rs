@@ -185,6 +185,21 @@ async fn inline_menus_navigate_with_edits_in_place_and_survive_a_reload() {
         .unwrap();
     let back = h.reply(&t, chat, seq, |s| s == "Main menu").await;
     assert!(matches!(back.kind, SentKind::Edit { .. }));
+    // Button presses are the user's entries in history, with the label they pressed.
+    let pool = h.bot_pool(id).await;
+    let presses: Vec<String> = sqlx::query_scalar(
+        "SELECT content FROM messages WHERE chat_id = $1 AND role = 'user' \
+         AND content LIKE '[button]%' ORDER BY id",
+    )
+    .bind(chat)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        presses,
+        ["[button] About", "[button] Contact", "[button] Back"]
+    );
+    pool.close().await;
 
     // Open the sub-menu again, then remove it by hot reload while the user is inside it.
     let seq = h.last_seq(&t, chat);

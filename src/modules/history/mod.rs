@@ -1,8 +1,8 @@
 //! The history module: every message in and out, `{role, content, timestamp}` per chat, kept
 //! for the manifest's `history.retention_days` (0 keeps it forever).
 //!
-//! - [`History::on_update`]: a user's message is recorded first in the chain, so every later
-//!   module's answer comes after it;
+//! - [`History::on_update`]: a user's message, or a button press (`[button] <label>`), is
+//!   recorded first in the chain, so every later module's answer comes after it;
 //! - [`History::on_sent`]: what the bot's sender delivered is recorded as the bot's, when
 //!   Telegram accepted it;
 //! - its job ([`job::prune`]) deletes messages past their retention once at start and every
@@ -64,7 +64,7 @@ impl Module for History {
     }
 
     fn update_kinds(&self) -> &'static [&'static str] {
-        &["message"]
+        &["message", "callback_query"]
     }
 
     fn on_update<'a>(
@@ -82,6 +82,13 @@ impl Module for History {
                     .or_else(|| msg.caption())
                     .unwrap_or("[non-text message]");
                 store::add_message(cx.tx, msg.chat.id.0, user, Role::User, content).await?;
+            }
+            if let UpdateKind::CallbackQuery(q) = &cx.update.kind
+                && let Some(msg) = q.regular_message()
+            {
+                let user = i64::try_from(q.from.id.0).unwrap_or(i64::MAX);
+                let content = pressed(msg, q.data.as_deref());
+                store::add_message(cx.tx, msg.chat.id.0, Some(user), Role::User, &content).await?;
             }
             Ok(Flow::Continue)
         })
@@ -104,6 +111,28 @@ impl Module for History {
 
     fn job(&self, cx: JobCx) -> Option<BoxFuture<'static, Result<(), ModuleError>>> {
         Some(Box::pin(job::prune(cx)))
+    }
+}
+
+/// A button press as history shows it: `[button] <label>` (the label the user saw on the
+/// message's inline keyboard), or the callback data when the button is gone.
+fn pressed(msg: &teloxide::types::Message, data: Option<&str>) -> String {
+    use teloxide::types::InlineKeyboardButtonKind;
+    let label = msg.reply_markup().and_then(|k| {
+        k.inline_keyboard
+            .iter()
+            .flatten()
+            .find_map(|b| match &b.kind {
+                InlineKeyboardButtonKind::CallbackData(d) if Some(d.as_str()) == data => {
+                    Some(b.text.clone())
+                }
+                _ => None,
+            })
+    });
+    match (label, data) {
+        (Some(label), _) => format!("[button] {label}"),
+        (None, Some(data)) => format!("[button] {data}"),
+        (None, None) => "[button]".into(),
     }
 }
 
