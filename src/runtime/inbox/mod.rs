@@ -48,6 +48,8 @@ const REPLAY_PAGE: i64 = 500;
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Consecutive failed fetches after which the bot reports itself degraded (about 7 s).
+const DEGRADED_AFTER: u32 = 3;
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often processed inbox rows are pruned (also once per run start).
@@ -72,6 +74,8 @@ pub struct DurableListener {
     snapshot: SharedSnapshot,
     registry: Registry,
     last_prune: Option<tokio::time::Instant>,
+    health: tokio::sync::watch::Sender<Option<String>>,
+    failing: u32,
 }
 
 /// What a listener works with.
@@ -92,6 +96,8 @@ pub struct ListenerParts {
     pub snapshot: SharedSnapshot,
     /// The modules.
     pub registry: Registry,
+    /// Where the listener says fetching keeps failing ([`crate::runtime::RunParts::health`]).
+    pub health: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl DurableListener {
@@ -116,6 +122,8 @@ impl DurableListener {
             snapshot: parts.snapshot,
             registry: parts.registry,
             last_prune: None,
+            health: parts.health,
+            failing: 0,
         }
     }
 
@@ -136,13 +144,25 @@ impl DurableListener {
                 self.fetch_batch().await
             };
             match step {
-                Ok(()) => self.backoff = BACKOFF_START,
+                Ok(()) => {
+                    self.backoff = BACKOFF_START;
+                    self.failing = 0;
+                    self.health.send_if_modified(|h| h.take().is_some());
+                }
                 Err(StepError::Fatal(f)) => {
                     self.failures.report(f);
                     return None;
                 }
                 Err(StepError::Retry(wait, why)) => {
                     tracing::warn!(bot_id = self.bot_id, error = %why, retry_in = ?wait, "update fetch failed");
+                    self.failing += 1;
+                    if self.failing >= DEGRADED_AFTER {
+                        self.health.send_if_modified(|h| {
+                            let changed = h.as_deref() != Some(why.as_str());
+                            *h = Some(why);
+                            changed
+                        });
+                    }
                     tokio::select! {
                         () = self.stop.cancelled() => {}
                         () = tokio::time::sleep(wait) => {}
@@ -163,15 +183,15 @@ impl DurableListener {
             .db
             .acquire()
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         if self.offset.is_none() {
             self.offset = store::load_offset(&mut conn, self.telegram_id)
                 .await
-                .map_err(|e| self.retry(e.to_string()))?;
+                .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         }
         let rows = store::pending_updates(&mut conn, self.telegram_id, after, REPLAY_PAGE)
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         if (rows.len() as i64) < REPLAY_PAGE {
             self.replayed_up_to = None;
         } else if let Some((last, _)) = rows.last() {
@@ -191,7 +211,7 @@ impl DurableListener {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
                     store::mark_poisoned(&mut conn, self.telegram_id, update_id, &error)
                         .await
-                        .map_err(|e| self.retry(e.to_string()))?;
+                        .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
                 }
             }
         }
@@ -219,7 +239,7 @@ impl DurableListener {
             Err(TelegramError::RetryAfter(wait)) => {
                 return Err(StepError::Retry(wait, "429 Too Many Requests".into()));
             }
-            Err(e) => return Err(self.retry(e.to_string())),
+            Err(e) => return Err(self.retry(crate::mask::error_line(&e))),
         };
         if raw.is_empty() {
             return Ok(());
@@ -266,10 +286,10 @@ impl DurableListener {
             .db
             .acquire()
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         let inserted = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         drop(conn);
         self.offset = Some(next_offset);
         let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
@@ -288,10 +308,10 @@ impl DurableListener {
             .db
             .acquire()
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         let inbox = store::prune_inbox(&mut conn, i64::from(self.inbox_retention_days))
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         self.last_prune = Some(tokio::time::Instant::now());
         if inbox > 0 {
             tracing::info!(bot_id = self.bot_id, inbox, "pruned processed updates");
