@@ -112,14 +112,11 @@ async fn a_second_serve_stands_by() {
     alpha.signal("TERM");
     assert_eq!(alpha.wait().await, Some(0));
     eventually(DEADLINE, "running on beta", || running_on("beta")).await;
-    let instances = store::list_instances(&pool).await.unwrap();
-    assert_eq!(
-        instances
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect::<Vec<_>>(),
-        ["beta"]
-    );
+    let instances: Vec<String> = sqlx::query_scalar("SELECT name FROM instances")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(instances, ["beta"]);
     beta.signal("TERM");
     assert_eq!(beta.wait().await, Some(0));
     sandbox_stop.cancel();
