@@ -221,6 +221,17 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Whether process `pid` on this host has ended (no such process, or a zombie).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+    }
+}
+
 /// The next panel event, or never while there is no LISTEN connection.
 async fn next_event(listener: &mut Option<PanelListener>) -> PanelEvent {
     match listener {
@@ -413,7 +424,23 @@ impl Supervisor {
 
     /// Refreshes this instance's heartbeat, or finds the other live instance and stands by.
     async fn claim(&mut self, pending: &mut Pending) -> Result<(), PanelError> {
-        let other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
+        let mut other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
+        if let Some(o) = &other
+            && o.host == self.host
+            && process_gone(o.pid)
+        {
+            // A predecessor on this host that crashed (SIGKILL, OOM): no need to wait for its
+            // heartbeat to go stale.
+            tracing::info!(other_instance = %o.name, other_pid = o.pid, "the previous instance on this host has ended; taking over");
+            let gone = store::InstanceBeat {
+                name: &o.name,
+                pid: o.pid,
+                host: &o.host,
+                live_within_secs: 0.0,
+            };
+            store::release_instance(&self.panel, &gone).await?;
+            other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
+        }
         match other {
             None => {
                 if let Role::Standby(other) = &self.role {
@@ -701,5 +728,26 @@ fn spec(bot: &BotRecord, token: BotToken) -> BotSpec {
         name: bot.name.clone(),
         token,
         database: bot.database.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_process_is_not_gone_and_an_absent_one_is() {
+        assert!(!process_gone(i32::try_from(std::process::id()).unwrap()));
+        assert!(process_gone(i32::MAX));
+    }
+
+    #[test]
+    fn outage_backoff_doubles_to_the_cap_and_resets_on_recovery() {
+        let mut outage = Outage::default();
+        let e = || PanelError::BotNotFound(1);
+        let delays: Vec<u64> = (0..7).map(|_| outage.failed(&e()).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 15, 15, 15]);
+        outage.recovered();
+        assert_eq!(outage.failed(&e()), RETRY_START);
     }
 }
