@@ -377,10 +377,16 @@ impl Supervisor {
                 _ = resync.tick() => pending.full = true,
                 Some(()) = self.reload_rx.recv() => pending.reload_all = true,
                 _ = beat.tick(), if retry_at.is_none() && self.role != Role::Unknown => {
-                    if let Err(e) = self.claim(&mut pending).await {
-                        let delay = outage.failed(&e);
-                        retry_at = Some(tokio::time::Instant::now() + delay);
-                        self.set_panel_unreachable(true);
+                    match self.claim(&mut pending).await {
+                        Ok(()) => {
+                            outage.recovered();
+                            self.set_panel_unreachable(false);
+                        }
+                        Err(e) => {
+                            let delay = outage.failed(&e);
+                            retry_at = Some(tokio::time::Instant::now() + delay);
+                            self.set_panel_unreachable(true);
+                        }
                     }
                 }
                 _ = refresh.tick() => {
