@@ -1,12 +1,15 @@
 //! `botvisor serve`: the daemon's parts wired together, with an ordered shutdown.
 //!
-//! Start: connect to the panel (fail fast with the masked URL), apply panel migrations, build
-//! the shared Bot API client and the connection budget, then run the supervisor. Shutdown
+//! Start: connect to the panel and apply its migrations — while the panel is unreachable, wait
+//! for it with a capped backoff (one log line at most every [`WAIT_LOG_EVERY`], `STATUS=` and
+//! `EXTEND_TIMEOUT_USEC=` to systemd so the start timeout follows the wait), then build the
+//! shared Bot API client and the connection budget and run the supervisor. Shutdown
 //! (the token passed to [`Daemon::run`] is cancelled): every bot stops fetching, in-flight
 //! handlers finish within `shutdown_deadline`, offsets are confirmed; tasks still running after
 //! the deadline are named in the [`ShutdownReport`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +26,14 @@ use crate::telegram::TelegramApi;
 
 /// Connections the daemon keeps to the panel database (LISTEN, reconcile, status writes).
 const PANEL_CONNECTIONS: u32 = 4;
+/// First delay between attempts to reach the panel at start; doubled up to [`WAIT_MAX`].
+const WAIT_START: Duration = Duration::from_secs(1);
+/// Longest delay between attempts to reach the panel at start.
+const WAIT_MAX: Duration = Duration::from_secs(10);
+/// At most one log line per this long while waiting for the panel.
+pub const WAIT_LOG_EVERY: Duration = Duration::from_secs(30);
+/// How far each attempt pushes systemd's start timeout (beyond the next attempt).
+const WAIT_EXTEND: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +50,9 @@ pub enum DaemonError {
     /// The supervisor failed.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// Shutdown was asked for while waiting for the panel.
+    #[error("stopped while waiting for the panel database")]
+    Cancelled,
 }
 
 /// How the daemon ended.
@@ -75,6 +89,8 @@ pub struct Daemon {
     supervisor: Supervisor,
     tasks: Tasks,
     budget: ConnectionBudget,
+    panel: sqlx::PgPool,
+    instance: (String, String),
 }
 
 impl Daemon {
@@ -98,8 +114,7 @@ impl Daemon {
             .panel_connect_options()
             .expect("validated in Settings::validate")
             .application_name("botvisor-panel");
-        let panel = panel::connect(&options, PANEL_CONNECTIONS).await?;
-        schema::apply(&schema::PANEL, &options).await?;
+        let panel = wait_for_panel(&options, &shutdown).await?;
         let api = TelegramApi::new(settings.telegram_api_url())?;
         let db = &settings.bot_database;
         let budget = ConnectionBudget::new(
@@ -116,7 +131,9 @@ impl Daemon {
             registry,
             tasks: tasks.clone(),
         };
-        let mut supervisor = Supervisor::new(deps, panel, tasks.clone());
+        let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
+        let me = supervisor.instance_beat();
+        let instance = (me.name.to_owned(), me.host.to_owned());
         let handles = DaemonHandles {
             ready: supervisor.ready(),
             counts: supervisor.counts(),
@@ -130,6 +147,8 @@ impl Daemon {
                 supervisor,
                 tasks,
                 budget,
+                panel,
+                instance,
             },
             handles,
         ))
@@ -162,7 +181,69 @@ impl Daemon {
         } else {
             tracing::error!(tasks = ?not_drained, "shutdown deadline passed with tasks still running");
         }
+        // Free the panel for a standby instance at once (it would otherwise wait for this
+        // instance's heartbeat to go stale).
+        let me = crate::panel::store::InstanceBeat {
+            name: &self.instance.0,
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            host: &self.instance.1,
+            live_within_secs: 0.0,
+        };
+        let release = crate::panel::store::release_instance(&self.panel, &me);
+        match tokio::time::timeout(Duration::from_secs(5), release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::mask::error_line(&e), "cannot remove this instance from the panel; another instance takes over once its heartbeat is stale")
+            }
+            Err(_) => tracing::warn!(
+                "timed out removing this instance from the panel; another instance takes over once its heartbeat is stale"
+            ),
+        }
         result.map(|()| ShutdownReport { not_drained })
+    }
+}
+
+/// Connects to the panel and applies its migrations, retrying while the panel is unreachable
+/// (test `resilience_panel::serve_waits_for_an_unreachable_panel`). A migration that cannot
+/// succeed without a change (an edited or failing migration) ends the wait with an error.
+async fn wait_for_panel(
+    options: &sqlx::postgres::PgConnectOptions,
+    shutdown: &CancellationToken,
+) -> Result<sqlx::PgPool, DaemonError> {
+    let mut delay = WAIT_START;
+    let mut attempt: u64 = 0;
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let started = tokio::time::Instant::now();
+    loop {
+        attempt += 1;
+        let error = match panel::connect(options, PANEL_CONNECTIONS).await {
+            Ok(pool) => match schema::apply(&schema::PANEL, options).await {
+                Ok(_) => {
+                    if attempt > 1 {
+                        tracing::info!(attempts = attempt, waited = ?started.elapsed(), "panel database reachable; starting");
+                    }
+                    return Ok(pool);
+                }
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                Err(e) => crate::mask::error_line(&e),
+            },
+            Err(e) => crate::mask::error_line(&e),
+        };
+        if last_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+            last_log = Some(tokio::time::Instant::now());
+            tracing::warn!(error = %error, attempt, retry_in = ?delay, "panel database unreachable; waiting for it before starting bots");
+        }
+        let status = format!("waiting for the panel database (attempt {attempt}): {error}");
+        let extend = u32::try_from((delay + WAIT_EXTEND).as_micros()).unwrap_or(u32::MAX);
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Status(&status),
+            sd_notify::NotifyState::ExtendTimeoutUsec(extend),
+        ]);
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(DaemonError::Cancelled),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(WAIT_MAX);
     }
 }
 
@@ -181,15 +262,43 @@ pub async fn notify_systemd(
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     };
-    tokio::select! {
-        r = ready => if r.is_err() { return },
-        () = shutdown.cancelled() => return,
+    // Until READY, keep pushing the start timeout while the loop turns (the panel may be
+    // unreachable before the first pass is done); a stuck loop is still killed.
+    let mut ready = ready;
+    let mut extend = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            r = &mut ready => if r.is_err() { return } else { break },
+            () = shutdown.cancelled() => return,
+            _ = extend.tick() => {
+                if heartbeat.borrow().elapsed() < Duration::from_secs(10) {
+                    let usec = u32::try_from(WAIT_EXTEND.as_micros()).unwrap_or(u32::MAX);
+                    let mut states = vec![NotifyState::ExtendTimeoutUsec(usec)];
+                    let text;
+                    if counts.borrow().panel_unreachable {
+                        text = "waiting for the panel database before the first reconcile".to_owned();
+                        states.push(NotifyState::Status(&text));
+                    }
+                    send(&states);
+                }
+            }
+        }
     }
     let status = |c: &BotCounts| {
-        format!(
+        let mut text = format!(
             "bots: {} running, {} starting, {} failed",
             c.running, c.starting, c.failed
-        )
+        );
+        if c.degraded > 0 {
+            text.push_str(&format!(", {} degraded", c.degraded));
+        }
+        if c.standby {
+            text.push_str("; standby: another instance runs the bots");
+        }
+        if c.panel_unreachable {
+            text.push_str("; panel database unreachable, retrying (bots keep running)");
+        }
+        text
     };
     let text = status(&counts.borrow_and_update());
     send(&[NotifyState::Ready, NotifyState::Status(&text)]);
@@ -218,8 +327,8 @@ pub async fn notify_systemd(
                 send(&[NotifyState::Status(&text)]);
             }
             _ = tick.tick() => {
-                // Fed only while the reconcile loop turns: a stuck loop gets the daemon
-                // restarted by systemd.
+                // Fed only while the reconcile loop turns (it does during a panel outage
+                // too): a stuck loop gets the daemon restarted by systemd.
                 if let Some(w) = watchdog
                     && heartbeat.borrow().elapsed() < w / 2
                 {

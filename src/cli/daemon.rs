@@ -46,9 +46,19 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let running = settings.clone();
-    let (daemon, handles) = crate::app::Daemon::start(settings, shutdown.clone())
-        .await
-        .map_err(|e| CliError::input(error_line(&e)))?;
+    // The start waits for an unreachable panel; a signal meanwhile ends it cleanly.
+    let start = crate::app::Daemon::start(settings, shutdown.clone());
+    tokio::pin!(start);
+    let started = tokio::select! {
+        r = &mut start => r,
+        _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutdown requested"); shutdown.cancel(); start.await }
+        _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutdown requested"); shutdown.cancel(); start.await }
+    };
+    let (daemon, handles) = match started {
+        Ok(started) => started,
+        Err(crate::app::DaemonError::Cancelled) => return Ok(()),
+        Err(e) => return Err(CliError::input(error_line(&e))),
+    };
     let reload = handles.reload.clone();
     let notifier = crate::app::notify_systemd(
         handles.ready,

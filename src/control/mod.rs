@@ -13,6 +13,17 @@
 //! stopped first); reload manifest + texts when their fingerprint changed or a reload was
 //! asked for — a validated snapshot swapped atomically, the poller untouched; an invalid one
 //! keeps the previous snapshot and says why in `bot_status`.
+//!
+//! Panel outages: a failed pass (or LISTEN connection) is retried with a capped backoff from
+//! inside the loop, so the loop keeps turning — its heartbeat, which feeds systemd's watchdog,
+//! says the loop is alive, not that the panel answers — and running bots keep serving
+//! however long the outage lasts (test `resilience_panel::watchdog_and_bots_survive_a_panel_outage`).
+//! One warning at most every [`OUTAGE_LOG_EVERY`]; `STATUS=` says the panel is unreachable.
+//!
+//! Instances: every [`INSTANCE_BEAT`] the loop refreshes this instance's row in `instances`.
+//! When another instance's heartbeat is fresher than [`INSTANCE_LIVE`], this one logs one
+//! line naming it, runs no bots and writes no `bot_status`, and keeps checking; it takes over
+//! once the other's row is gone or stale (test `resilience_instances::a_second_serve_stands_by`).
 
 pub mod plan;
 pub mod policy;
@@ -20,6 +31,7 @@ pub mod slot;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,8 +54,17 @@ use status::{BotState, StatusReporter};
 
 /// How long to keep collecting notifications after the first one before reconciling.
 const COALESCE: Duration = Duration::from_millis(5);
-/// Delay before retrying a reconcile that failed (panel unreachable).
-const RETRY_RECONCILE: Duration = Duration::from_secs(2);
+/// First delay before retrying a pass that failed (panel unreachable); doubled up to
+/// [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_secs(1);
+/// Longest delay between attempts to reach the panel.
+const RETRY_MAX: Duration = Duration::from_secs(15);
+/// At most one warning per this long while the panel stays unreachable.
+pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
+/// How often this instance refreshes its row in `instances`.
+pub const INSTANCE_BEAT: Duration = Duration::from_secs(5);
+/// Another instance whose heartbeat is younger than this is alive (three missed beats).
+pub const INSTANCE_LIVE: Duration = Duration::from_secs(15);
 
 /// Errors that stop the supervisor (the panel cannot be reached at start).
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +88,12 @@ pub struct BotCounts {
     pub starting: usize,
     /// Waiting for a panel change.
     pub failed: usize,
+    /// Running, but fetching updates keeps failing.
+    pub degraded: usize,
+    /// The panel cannot be reached right now (bots keep running).
+    pub panel_unreachable: bool,
+    /// Another live instance runs the bots; this one stands by.
+    pub standby: bool,
 }
 
 struct SlotHandle {
@@ -135,12 +162,93 @@ pub fn build_snapshot(
     ))
 }
 
+/// Whether this instance runs the bots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// Not known yet (the panel was not reached).
+    Unknown,
+    /// This instance runs the bots.
+    Owner,
+    /// The named instance runs them; this one waits.
+    Standby(String),
+}
+
+/// Bookkeeping of a panel outage: backoff and rate-limited logging.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+    last_log: Option<tokio::time::Instant>,
+    delay: Option<Duration>,
+    attempts: u64,
+}
+
+impl Outage {
+    /// Records a failed attempt; returns the delay before the next one.
+    fn failed(&mut self, error: &PanelError) -> Duration {
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.attempts += 1;
+        let delay = self.delay.map_or(RETRY_START, |d| (d * 2).min(RETRY_MAX));
+        self.delay = Some(delay);
+        if self.last_log.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) {
+            self.last_log = Some(now);
+            tracing::warn!(
+                error = %crate::mask::error_line(error),
+                attempts = self.attempts,
+                down_for = ?(now - since),
+                retry_in = ?delay,
+                "panel database unreachable; running bots keep serving, retrying"
+            );
+        }
+        delay
+    }
+
+    /// Records a successful attempt.
+    fn recovered(&mut self) {
+        if let Some(since) = self.since {
+            tracing::info!(down_for = ?since.elapsed(), attempts = self.attempts, "panel database reachable again");
+        }
+        *self = Self::default();
+    }
+}
+
+/// The host name written to `instances.host`.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whether process `pid` on this host has ended (no such process, or a zombie).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+    }
+}
+
+/// The next panel event, or never while there is no LISTEN connection.
+async fn next_event(listener: &mut Option<PanelListener>) -> PanelEvent {
+    match listener {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The reconcile loop and the running set.
 pub struct Supervisor {
     deps: SharedDeps,
     panel: PgPool,
     tasks: Tasks,
     instance: Arc<str>,
+    host: String,
+    role: Role,
+    writing: Arc<AtomicBool>,
     slots: HashMap<i64, SlotHandle>,
     retiring: HashMap<BotToken, CancellationToken>,
     config_errors: HashMap<i64, Fingerprint>,
@@ -164,6 +272,9 @@ impl Supervisor {
             panel,
             tasks,
             instance,
+            host: host_name(),
+            role: Role::Unknown,
+            writing: Arc::new(AtomicBool::new(false)),
             slots: HashMap::new(),
             retiring: HashMap::new(),
             config_errors: HashMap::new(),
@@ -195,48 +306,89 @@ impl Supervisor {
         rx
     }
 
-    /// Runs until `shutdown`; bots stop with it (their tokens are children of it).
+    /// Who this instance is in `instances`.
+    pub fn instance_beat(&self) -> store::InstanceBeat<'_> {
+        store::InstanceBeat {
+            name: &self.instance,
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            host: &self.host,
+            live_within_secs: INSTANCE_LIVE.as_secs_f64(),
+        }
+    }
+
+    /// Runs until `shutdown`; bots stop with it (their tokens are children of it). Never
+    /// fails: an unreachable panel is retried (see the module docs).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SupervisorError> {
-        let mut listener = PanelListener::connect(&self.panel)
-            .await
-            .map_err(SupervisorError::Listen)?;
+        let mut listener: Option<PanelListener> = None;
         let mut pending = Pending {
             full: true,
             ..Pending::default()
         };
+        let mut outage = Outage::default();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut resync = tokio::time::interval(self.deps.settings.resync_interval());
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        let mut beat = tokio::time::interval(INSTANCE_BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if !pending.is_empty() {
-                let work = std::mem::take(&mut pending);
-                if let Err(e) = self.reconcile(&work, &shutdown).await {
-                    tracing::warn!(error = %crate::mask::error_line(&e), "reconcile failed; retrying");
-                    pending = work;
-                    pending.full = true;
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(RETRY_RECONCILE) => continue,
+            let needed = listener.is_none()
+                || self.role == Role::Unknown
+                || (self.role == Role::Owner && !pending.is_empty());
+            if retry_at.is_none() && needed {
+                match self.attempt(&mut listener, &mut pending, &shutdown).await {
+                    Ok(()) => {
+                        outage.recovered();
+                        self.set_panel_unreachable(false);
+                        if let Some(ready) = self.ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Err(e) => {
+                        let delay = outage.failed(&e);
+                        retry_at = Some(tokio::time::Instant::now() + delay);
+                        self.set_panel_unreachable(true);
                     }
                 }
-                if let Some(ready) = self.ready.take() {
-                    let _ = ready.send(());
-                }
             }
+            if self.role != Role::Owner && self.role != Role::Unknown {
+                pending = Pending::default();
+            }
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                event = listener.next() => {
+                event = next_event(&mut listener) => {
                     tracing::debug!(?event, "panel event");
                     pending.add(event);
                     // Coalesce a burst: take whatever else arrives right away.
-                    while let Ok(event) = tokio::time::timeout(COALESCE, listener.next()).await {
+                    while let Ok(event) = tokio::time::timeout(COALESCE, next_event(&mut listener)).await {
                         tracing::debug!(?event, "panel event");
                         pending.add(event);
                     }
                 }
+                () = retry => retry_at = None,
                 _ = resync.tick() => pending.full = true,
                 Some(()) = self.reload_rx.recv() => pending.reload_all = true,
+                _ = beat.tick(), if retry_at.is_none() && self.role != Role::Unknown => {
+                    match self.claim(&mut pending).await {
+                        Ok(()) => {
+                            outage.recovered();
+                            self.set_panel_unreachable(false);
+                        }
+                        Err(e) => {
+                            let delay = outage.failed(&e);
+                            retry_at = Some(tokio::time::Instant::now() + delay);
+                            self.set_panel_unreachable(true);
+                        }
+                    }
+                }
                 _ = refresh.tick() => {
                     self.publish_counts();
                     self.heartbeat.send_replace(tokio::time::Instant::now());
@@ -249,14 +401,115 @@ impl Supervisor {
         Ok(())
     }
 
+    /// One attempt at the panel: LISTEN (before any load, so nothing falls in between), the
+    /// instance claim, then the pending pass if this instance runs the bots.
+    async fn attempt(
+        &mut self,
+        listener: &mut Option<PanelListener>,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PanelError> {
+        if listener.is_none() {
+            *listener = Some(PanelListener::connect(&self.panel).await?);
+            pending.full = true;
+        }
+        if self.role == Role::Unknown {
+            self.claim(pending).await?;
+        }
+        if self.role != Role::Owner {
+            return Ok(());
+        }
+        let work = std::mem::take(pending);
+        if let Err(e) = self.reconcile(&work, shutdown).await {
+            *pending = work;
+            pending.full = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Refreshes this instance's heartbeat, or finds the other live instance and stands by.
+    async fn claim(&mut self, pending: &mut Pending) -> Result<(), PanelError> {
+        let mut other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
+        if let Some(o) = &other
+            && o.host == self.host
+            && process_gone(o.pid)
+        {
+            // A predecessor on this host that crashed (SIGKILL, OOM): no need to wait for its
+            // heartbeat to go stale.
+            tracing::info!(other_instance = %o.name, other_pid = o.pid, "the previous instance on this host has ended; taking over");
+            let gone = store::InstanceBeat {
+                name: &o.name,
+                pid: o.pid,
+                host: &o.host,
+                live_within_secs: 0.0,
+            };
+            store::release_instance(&self.panel, &gone).await?;
+            other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
+        }
+        match other {
+            None => {
+                if let Role::Standby(other) = &self.role {
+                    tracing::warn!(other_instance = %other, "the other instance is gone; this instance takes over the bots");
+                }
+                if self.role != Role::Owner {
+                    pending.full = true;
+                }
+                self.role = Role::Owner;
+                self.writing.store(true, Ordering::Release);
+            }
+            Some(other) => {
+                if self.role != Role::Standby(other.name.clone()) {
+                    tracing::error!(
+                        other_instance = %other.name,
+                        other_host = %other.host,
+                        other_pid = other.pid,
+                        other_heartbeat_at = %other.heartbeat_at,
+                        "another botvisor instance is running the bots of this panel; this one \
+                         runs none and takes over only when that one stops"
+                    );
+                }
+                // Stop writing first: our stopping slots must not overwrite the other's rows.
+                self.writing.store(false, Ordering::Release);
+                let ids: Vec<i64> = self.slots.keys().copied().collect();
+                for id in ids {
+                    self.stop_slot(id);
+                }
+                self.role = Role::Standby(other.name);
+            }
+        }
+        self.counts.send_if_modified(|c| {
+            let standby = matches!(self.role, Role::Standby(_));
+            let changed = c.standby != standby;
+            c.standby = standby;
+            changed
+        });
+        Ok(())
+    }
+
+    fn set_panel_unreachable(&self, down: bool) {
+        self.counts.send_if_modified(|c| {
+            let changed = c.panel_unreachable != down;
+            c.panel_unreachable = down;
+            changed
+        });
+    }
+
     fn publish_counts(&self) {
+        let old = *self.counts.borrow();
         let mut c = BotCounts {
             total: self.slots.len(),
+            panel_unreachable: old.panel_unreachable,
+            standby: old.standby,
             ..BotCounts::default()
         };
         for slot in self.slots.values() {
             match *slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
                 BotState::Running => c.running += 1,
+                BotState::Degraded => {
+                    c.running += 1;
+                    c.degraded += 1;
+                }
                 BotState::Starting | BotState::Backoff => c.starting += 1,
                 BotState::Failed | BotState::AuthFailed | BotState::Quarantined => c.failed += 1,
                 BotState::Stopped => {}
@@ -311,6 +564,8 @@ impl Supervisor {
         let rows: HashMap<i64, BotRecord> = rows.into_iter().map(|b| (b.id, b)).collect();
         for action in plan::plan(&scope, &desired, &running, &asked) {
             tracing::debug!(?action, "plan");
+            // A long pass that makes progress is a loop that turns.
+            self.heartbeat.send_replace(tokio::time::Instant::now());
             match action {
                 Action::Stop(id) => self.stop_slot(id),
                 Action::Reject(id, reason) => {
@@ -333,7 +588,12 @@ impl Supervisor {
     }
 
     fn status(&self, id: i64) -> StatusReporter {
-        StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), id)
+        StatusReporter::new(
+            self.panel.clone(),
+            Arc::clone(&self.instance),
+            id,
+            Arc::clone(&self.writing),
+        )
     }
 
     /// Hands a changed row to its slot; a token or database change restarts the run there,
@@ -484,5 +744,26 @@ fn spec(bot: &BotRecord, token: BotToken) -> BotSpec {
         name: bot.name.clone(),
         token,
         database: bot.database.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_process_is_not_gone_and_an_absent_one_is() {
+        assert!(!process_gone(i32::try_from(std::process::id()).unwrap()));
+        assert!(process_gone(i32::MAX));
+    }
+
+    #[test]
+    fn outage_backoff_doubles_to_the_cap_and_resets_on_recovery() {
+        let mut outage = Outage::default();
+        let e = || PanelError::BotNotFound(1);
+        let delays: Vec<u64> = (0..7).map(|_| outage.failed(&e()).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 15, 15, 15]);
+        outage.recovered();
+        assert_eq!(outage.failed(&e()), RETRY_START);
     }
 }

@@ -4,7 +4,10 @@
 //! (quarantine when failures come too often) → on a fatal failure (401, database cannot be
 //! created, migration failed) wait for a panel change → on a token or database change stop the
 //! run completely (its last offset confirmed) and start again with the new spec → on stop write
-//! `stopped` and end. Every state goes to `bot_status` with a readable detail.
+//! `stopped` and end. Every state goes to `bot_status` with a readable detail. While a run keeps
+//! failing to fetch updates (Telegram or the bot's database) it reports the cause through
+//! [`RunParts::health`] and the slot writes `degraded` with the cause and since when, then
+//! `running` again once fetching works (test `resilience_status::a_failing_database_degrades_the_bot`).
 //!
 //! Invariants: at most one run of this bot at a time, and a new run for the same token starts
 //! only after the previous one (in this slot or a retired slot) has fully ended, so Telegram
@@ -84,9 +87,13 @@ impl Slot {
                         .set(BotState::Running, &warning, Some(username), false)
                         .await;
                 };
+                let (health_tx, mut health) = watch::channel(None::<String>);
+                let mut health_open = true;
+                let mut degraded_since: Option<chrono::DateTime<chrono::Utc>> = None;
                 let parts = RunParts {
                     snapshot: self.snapshot.clone(),
                     wakes: self.wakes.clone(),
+                    health: health_tx,
                 };
                 let run = runtime::run(&self.deps, &spec, parts, run_stop.clone(), on_running);
                 tokio::pin!(run);
@@ -95,6 +102,14 @@ impl Slot {
                 let outcome = loop {
                     tokio::select! {
                         r = &mut run => break r,
+                        changed = health.changed(), if health_open => {
+                            if changed.is_err() {
+                                health_open = false;
+                                continue;
+                            }
+                            let cause = health.borrow_and_update().clone();
+                            self.report_health(cause, &mut degraded_since).await;
+                        }
                         changed = self.respec.changed(), if pending.is_none() && !orphaned => {
                             if changed.is_err() {
                                 // The supervisor dropped this slot: stop.
@@ -172,6 +187,36 @@ impl Slot {
         }
         self.set_state(BotState::Stopped);
         self.status.set(BotState::Stopped, "", None, false).await;
+    }
+
+    /// Writes `degraded` (with the cause and since when) or, once healthy again, `running`.
+    async fn report_health(
+        &self,
+        cause: Option<String>,
+        since: &mut Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let bot_id = self.spec.id;
+        match cause {
+            Some(cause) => {
+                let at = *since.get_or_insert_with(chrono::Utc::now);
+                self.set_state(BotState::Degraded);
+                tracing::warn!(bot_id, error = %cause, since = %at, "bot degraded: fetching updates keeps failing");
+                let detail = format!(
+                    "fetching updates failing since {}: {cause}",
+                    at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+                self.status
+                    .set(BotState::Degraded, &detail, None, false)
+                    .await;
+            }
+            None => {
+                if since.take().is_some() {
+                    tracing::info!(bot_id, "fetching updates works again");
+                }
+                self.set_state(BotState::Running);
+                self.status.set(BotState::Running, "", None, false).await;
+            }
+        }
     }
 
     /// Waits for a new spec (panel change), the optional delay, or stop.

@@ -1,6 +1,10 @@
 //! Bot states, and the writer of `bot_status` rows.
+//!
+//! Only the instance that runs the bots writes: a reporter whose instance stands by (another
+//! live instance holds the panel) writes nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgPool;
 
@@ -13,6 +17,9 @@ pub enum BotState {
     Starting,
     /// Polling and handling updates.
     Running,
+    /// Still running, but fetching updates keeps failing (Telegram or the bot's database); the
+    /// detail names the cause and since when.
+    Degraded,
     /// Waiting to retry after a failure.
     Backoff,
     /// Waiting for a panel change (database, manifest or token problem).
@@ -31,6 +38,7 @@ impl BotState {
         match self {
             BotState::Starting => "starting",
             BotState::Running => "running",
+            BotState::Degraded => "degraded",
             BotState::Backoff => "backoff",
             BotState::Failed => "failed",
             BotState::AuthFailed => "auth_failed",
@@ -60,20 +68,31 @@ pub struct StatusReporter {
     panel: PgPool,
     instance: Arc<str>,
     bot_id: i64,
+    writing: Arc<AtomicBool>,
 }
 
 impl StatusReporter {
-    /// A reporter for `bot_id`.
-    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64) -> Self {
+    /// A reporter for `bot_id`; it writes only while `writing` is set (this instance runs
+    /// the bots).
+    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64, writing: Arc<AtomicBool>) -> Self {
         Self {
             panel,
             instance,
             bot_id,
+            writing,
         }
     }
 
     /// Writes the state, a detail, and (when known) the Telegram username.
     pub async fn set(&self, state: BotState, detail: &str, username: Option<&str>, started: bool) {
+        if !self.writing.load(Ordering::Acquire) {
+            tracing::debug!(
+                bot_id = self.bot_id,
+                state = state.as_str(),
+                "standing by; bot status not written"
+            );
+            return;
+        }
         let update = StatusUpdate {
             bot_id: self.bot_id,
             instance: &self.instance,

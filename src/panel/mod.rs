@@ -130,7 +130,7 @@ pub struct BotStatus {
     pub bot_id: i64,
     /// The instance running it.
     pub instance: String,
-    /// starting, running, backoff, quarantined, auth_failed, failed, stopped.
+    /// starting, running, degraded, backoff, quarantined, auth_failed, failed, stopped.
     pub state: String,
     /// A readable explanation.
     pub detail: String,
@@ -140,6 +140,21 @@ pub struct BotStatus {
     pub started_at: Option<DateTime<Utc>>,
     /// When the status was written.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A daemon instance, as its latest heartbeat left it in `instances`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InstanceRecord {
+    /// The instance's name (`supervisor.instance`, default the host name).
+    pub name: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its latest heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Its process id.
+    pub pid: i32,
+    /// The host it runs on.
+    pub host: String,
 }
 
 /// A text row.

@@ -3,7 +3,7 @@
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
-use super::{BotRecord, BotStatus, PanelError, TextRecord};
+use super::{BotRecord, BotStatus, InstanceRecord, PanelError, TextRecord};
 use crate::content::manifest::Manifest;
 use crate::token::BotToken;
 
@@ -387,4 +387,86 @@ pub async fn notify_wake(pool: &PgPool, id: i64, module: &str) -> Result<(), Pan
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Key of the transaction-level advisory lock that serialises instance claims.
+const INSTANCE_LOCK: i64 = 0x626f_7476_6973_6f72;
+
+/// Who this daemon instance is, for `instances`.
+#[derive(Debug, Clone)]
+pub struct InstanceBeat<'a> {
+    /// The instance's name.
+    pub name: &'a str,
+    /// Its process id.
+    pub pid: i32,
+    /// Its host.
+    pub host: &'a str,
+    /// Another instance whose heartbeat is younger than this many seconds is alive.
+    pub live_within_secs: f64,
+}
+
+/// Refreshes this instance's heartbeat, unless another live instance (another name, or the
+/// same name in another process) holds the panel: then writes nothing and returns it.
+/// Claims are serialised, so of two instances starting together one wins.
+pub async fn claim_instance(
+    pool: &PgPool,
+    me: &InstanceBeat<'_>,
+) -> Result<Option<InstanceRecord>, PanelError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INSTANCE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let other: Option<InstanceRecord> = sqlx::query_as(
+        "SELECT name, started_at, heartbeat_at, pid, host FROM instances \
+         WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $4) \
+           AND NOT (name = $1 AND pid = $2 AND host = $3) \
+         ORDER BY heartbeat_at DESC LIMIT 1",
+    )
+    .bind(me.name)
+    .bind(me.pid)
+    .bind(me.host)
+    .bind(me.live_within_secs)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if other.is_some() {
+        tx.rollback().await?;
+        return Ok(other);
+    }
+    sqlx::query(
+        "INSERT INTO instances (name, pid, host) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET \
+            heartbeat_at = clock_timestamp(), pid = EXCLUDED.pid, host = EXCLUDED.host, \
+            started_at = CASE WHEN instances.pid = EXCLUDED.pid \
+                               AND instances.host = EXCLUDED.host \
+                              THEN instances.started_at ELSE clock_timestamp() END",
+    )
+    .bind(me.name)
+    .bind(me.pid)
+    .bind(me.host)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(None)
+}
+
+/// Deletes this instance's row (a clean stop), so a standby instance takes over at once.
+pub async fn release_instance(pool: &PgPool, me: &InstanceBeat<'_>) -> Result<(), PanelError> {
+    sqlx::query("DELETE FROM instances WHERE name = $1 AND pid = $2 AND host = $3")
+        .bind(me.name)
+        .bind(me.pid)
+        .bind(me.host)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Every instance row, the freshest heartbeat first.
+pub async fn list_instances(pool: &PgPool) -> Result<Vec<InstanceRecord>, PanelError> {
+    Ok(sqlx::query_as(
+        "SELECT name, started_at, heartbeat_at, pid, host FROM instances \
+         ORDER BY heartbeat_at DESC",
+    )
+    .fetch_all(pool)
+    .await?)
 }

@@ -209,6 +209,9 @@ pub struct RunParts {
     pub snapshot: SharedSnapshot,
     /// Operator wake-ups of its module jobs.
     pub wakes: Wakes,
+    /// Set by the run to the cause while fetching updates keeps failing, cleared (`None`)
+    /// once it works again; the slot reports it as `degraded`.
+    pub health: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Runs the bot until `stop` is cancelled (Ok) or a failure ends the run (Err).
@@ -283,6 +286,7 @@ async fn dispatch_run(
             inbox_retention_days: deps.settings.bot_database.inbox_retention_days,
             snapshot: parts.snapshot.clone(),
             registry: deps.registry.clone(),
+            health: parts.health,
         },
         run_stop.clone(),
         failures.clone(),

@@ -62,6 +62,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Longest pause after a call that brought nothing to confirm (an element without a readable
 /// id, a long poll answered empty at once): short, as a later update ends it.
 const STALL_MAX: Duration = Duration::from_secs(4);
+/// Consecutive failed fetches after which the bot reports itself degraded (about 7 s).
+const DEGRADED_AFTER: u32 = 3;
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often processed inbox rows are pruned (also once per run start).
@@ -89,6 +91,8 @@ pub struct DurableListener {
     snapshot: SharedSnapshot,
     registry: Registry,
     last_prune: Option<tokio::time::Instant>,
+    health: tokio::sync::watch::Sender<Option<String>>,
+    failing: u32,
 }
 
 /// What a listener works with.
@@ -109,6 +113,8 @@ pub struct ListenerParts {
     pub snapshot: SharedSnapshot,
     /// The modules.
     pub registry: Registry,
+    /// Where the listener says fetching keeps failing ([`crate::runtime::RunParts::health`]).
+    pub health: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl DurableListener {
@@ -134,6 +140,8 @@ impl DurableListener {
             snapshot: parts.snapshot,
             registry: parts.registry,
             last_prune: None,
+            health: parts.health,
+            failing: 0,
         }
     }
 
@@ -154,13 +162,25 @@ impl DurableListener {
                 self.fetch_batch().await
             };
             match step {
-                Ok(()) => self.backoff = BACKOFF_START,
+                Ok(()) => {
+                    self.backoff = BACKOFF_START;
+                    self.failing = 0;
+                    self.health.send_if_modified(|h| h.take().is_some());
+                }
                 Err(StepError::Fatal(f)) => {
                     self.failures.report(f);
                     return None;
                 }
                 Err(StepError::Retry(wait, why)) => {
                     tracing::warn!(bot_id = self.bot_id, error = %why, retry_in = ?wait, "update fetch failed");
+                    self.failing += 1;
+                    if self.failing >= DEGRADED_AFTER {
+                        self.health.send_if_modified(|h| {
+                            let changed = h.as_deref() != Some(why.as_str());
+                            *h = Some(why);
+                            changed
+                        });
+                    }
                     self.pause(wait).await;
                 }
                 Err(StepError::Wait(wait)) => self.pause(wait).await,
@@ -186,10 +206,10 @@ impl DurableListener {
             .db
             .acquire()
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         let rows = store::pending_updates(&mut conn, self.telegram_id, after, REPLAY_PAGE)
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         if (rows.len() as i64) < REPLAY_PAGE {
             self.replayed_up_to = None;
         } else if let Some((last, _)) = rows.last() {
@@ -209,7 +229,7 @@ impl DurableListener {
                     tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
                     store::mark_poisoned(&mut conn, self.telegram_id, update_id, &error)
                         .await
-                        .map_err(|e| self.retry(e.to_string()))?;
+                        .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
                 }
             }
         }
@@ -245,7 +265,7 @@ impl DurableListener {
                     TelegramError::RetryAfter(wait) => {
                         StepError::Retry(wait, "429 Too Many Requests".into())
                     }
-                    e => self.retry(e.to_string()),
+                    e => self.retry(crate::mask::error_line(&e)),
                 });
             }
         };
@@ -309,10 +329,10 @@ impl DurableListener {
                 .db
                 .acquire()
                 .await
-                .map_err(|e| self.retry(e.to_string()))?;
+                .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
             let stored = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
                 .await
-                .map_err(|e| self.retry(e.to_string()))?;
+                .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
             drop(conn);
             let inserted = match stored {
                 Stored::Stored { inserted, restart } => {
@@ -371,10 +391,10 @@ impl DurableListener {
             .db
             .acquire()
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         let inbox = store::prune_inbox(&mut conn, i64::from(self.inbox_retention_days))
             .await
-            .map_err(|e| self.retry(e.to_string()))?;
+            .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
         self.last_prune = Some(tokio::time::Instant::now());
         if inbox > 0 {
             tracing::info!(bot_id = self.bot_id, inbox, "pruned processed updates");
