@@ -539,14 +539,17 @@ fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 }
 
 /// Issue 13's scenario at the broker: three running bots answer 20 messages/s in total while
-/// 200 new bots are provisioned at once. Prints the running bots' acquire and message latency
-/// before and during the provisioning; asserts only that everything succeeds within the
-/// budget (latency targets belong to the benchmark, not to a timed test).
+/// new bots are provisioned at once — 40 in CI, the issue's 200 with
+/// `BOTVISOR_MEASURE_PROVISIONINGS=200 cargo test --test botdb_budget measure_ -- --nocapture`.
+/// Prints the running bots' acquire and message latency before and during the provisioning;
+/// asserts only that everything succeeds within the budget (latency targets belong to the
+/// benchmark, not to a timed test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement (≈ 1 min, 200 databases): \
-            cargo test --test botdb_budget measure_ -- --ignored --nocapture"]
-async fn measure_running_bots_while_200_bots_provision() {
-    const PROVISIONINGS: usize = 200;
+async fn measure_running_bots_while_bots_provision() {
+    let count: usize = std::env::var("BOTVISOR_MEASURE_PROVISIONINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
     const RUNNING: usize = 3;
     const BUDGET: usize = 16;
     const MESSAGE_EVERY: Duration = Duration::from_millis(150);
@@ -627,7 +630,7 @@ async fn measure_running_bots_while_200_bots_provision() {
     tokio::time::sleep(BASELINE).await;
     provisioning.store(true, Ordering::Relaxed);
     let started = std::time::Instant::now();
-    let provisionings: Vec<_> = (0..PROVISIONINGS)
+    let provisionings: Vec<_> = (0..count)
         .map(|i| {
             let (target, budget) = (target(&db, i), budget.clone());
             tokio::spawn(async move {
@@ -673,7 +676,7 @@ async fn measure_running_bots_while_200_bots_provision() {
     }
     let peak = peak.load(Ordering::Relaxed);
     eprintln!(
-        "{PROVISIONINGS} provisionings in {provisioned_in:?} ({failed} failed), \
+        "{count} provisionings in {provisioned_in:?} ({failed} failed), \
          {failed_messages} messages failed, budget {BUDGET}, peak open {peak}"
     );
     assert_eq!((failed, failed_messages), (0, 0));
