@@ -8,4 +8,6 @@ scripts/pg-up.sh
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# The import rules of docs/architecture.md first: a layer violation fails fast.
+cargo test --locked --test layers
 cargo test --locked --all-targets --no-fail-fast
