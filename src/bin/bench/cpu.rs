@@ -60,22 +60,30 @@ enum Role {
 /// Classifies a PostgreSQL process by its command line; `ours` is the bench's panel database
 /// (its bot databases are `<ours>_bot_<id>`).
 fn role(cmdline: &str, ours: &str) -> Role {
-    // Backends retitle themselves `postgres: <user> <database> <client> <state>`; auxiliary
-    // processes `postgres: <cluster>: <what>`; the postmaster keeps its executable path.
+    // Backends retitle themselves `postgres: [<cluster>: ]<user> <database> <client> <state>`,
+    // the client being `host(port)` or `[local]`; auxiliary processes
+    // `postgres: [<cluster>: ]<what>`; the postmaster keeps its executable path.
     let Some(title) = cmdline.strip_prefix("postgres: ") else {
         return Role::Aux;
     };
-    let mut words = title.split_whitespace();
-    let first = words.next().unwrap_or_default();
-    if first.ends_with(':') {
-        return Role::Aux;
-    }
-    match words.next() {
-        Some(db) if db == ours || db.strip_prefix(ours).is_some_and(|r| r.starts_with("_bot_")) => {
-            Role::Ours
+    let words: Vec<&str> = title.split_whitespace().collect();
+    let words = match words.first() {
+        Some(w) if w.ends_with(':') => &words[1..],
+        _ => &words[..],
+    };
+    match words {
+        [_, db, client, ..] if client.contains('(') || *client == "[local]" => {
+            if *db == ours
+                || db
+                    .strip_prefix(ours)
+                    .is_some_and(|r| r.starts_with("_bot_"))
+            {
+                Role::Ours
+            } else {
+                Role::Other
+            }
         }
-        Some(_) => Role::Other,
-        None => Role::Aux,
+        _ => Role::Aux,
     }
 }
 
@@ -274,6 +282,15 @@ mod tests {
                 "postgres: postgres botvisor_bench_421_bot_1 127.0.0.1(5003) idle",
                 Role::Other,
             ),
+            (
+                "postgres: 15/main: postgres botvisor_bench_42_bot_3 127.0.0.1(5004) idle",
+                Role::Ours,
+            ),
+            (
+                "postgres: 15/main: postgres postgres [local] idle",
+                Role::Other,
+            ),
+            ("postgres: 15/main: background writer", Role::Aux),
         ] {
             assert_eq!(role(cmdline, ours), want, "{cmdline}");
         }

@@ -833,10 +833,14 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     fig.p95_ms = percentile(&measured.latencies_ms, 95.0);
     fig.p99_ms = percentile(&measured.latencies_ms, 99.0);
     fig.latency_at_half = half.is_some();
-    fig.phases = [("first", Some(&main)), ("half", half.as_ref()), ("overload", overload.as_ref())]
-        .into_iter()
-        .filter_map(|(name, p)| p.map(|p| (name.to_owned(), p.describe(), p.cpu.describe())))
-        .collect();
+    fig.phases = [
+        ("first", Some(&main)),
+        ("half", half.as_ref()),
+        ("overload", overload.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(name, p)| p.map(|p| (name.to_owned(), p.describe(), p.cpu.describe())))
+    .collect();
     ctx.daemon.as_mut().expect("daemon").check_alive()?;
 
     // Phase 4: Telegram's limits enforced by the sandbox: one chat flooded, one bot streaming.
