@@ -1,5 +1,7 @@
 //! The benchmark's smoke mode, so `cargo run --release --bin bench` never rots
-//! (docs/performance.md): every phase runs once at a tiny size against the local PostgreSQL.
+//! (docs/performance.md): every phase runs once at a tiny size against the local PostgreSQL,
+//! and every figure of the JSON line — the machine-independent costs, the overload factor and
+//! the rate-limit phases' figures included — is present and finite.
 
 use std::process::Command;
 
@@ -18,6 +20,15 @@ const KEYS: &[&str] = &[
     "add_to_answer_p95_ms",
     "reload_p95_ms",
     "cold_start_s",
+    "pg_cpu_us_per_update",
+    "baseline_pg_cpu_us_per_insert",
+    "pg_cost_ratio",
+    "daemon_cpu_us_per_update",
+    "overload_updates_per_s",
+    "overload_factor",
+    "rate_limited",
+    "rate_limit_one_chat_s",
+    "rate_limit_one_bot_s",
 ];
 
 fn smoke(mode: &str) {
@@ -46,9 +57,13 @@ fn smoke(mode: &str) {
         );
     }
     assert_eq!(object.len(), KEYS.len(), "unexpected keys: {last}");
-    // The smoke run measures everything, so nothing may be null.
+    // The smoke run measures everything (--baseline, --half, --overload and --rate-limits
+    // included), so nothing may be null, and every figure is a finite number.
     for key in KEYS {
-        assert!(object[*key].is_number(), "{key} not measured: {last}");
+        let value = object[*key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} not measured: {last}"));
+        assert!(value.is_finite(), "{key} is not finite: {last}");
     }
 }
 

@@ -211,14 +211,25 @@ impl Sampler {
     }
 }
 
+/// What the baseline measured.
+pub struct Baseline {
+    /// Inserts committed per second.
+    pub inserts_per_s: f64,
+    /// Inserts committed in the window.
+    pub inserts: u64,
+    /// Where the CPU went in the window.
+    pub cpu: crate::cpu::Usage,
+}
+
 /// pgbench-style ceiling: single-row autocommit INSERTs from `connections` connections for
-/// `secs` seconds into a scratch table of database `db`; returns inserts per second.
+/// `secs` seconds into a scratch table of database `db` (the panel database, so its backends
+/// count as the run's own in the CPU split).
 pub async fn baseline(
     server: &Server,
     db: &str,
     connections: u32,
     secs: f64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Baseline> {
     let mut setup = server.connect(db).await?;
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_baseline; \
@@ -253,8 +264,12 @@ pub async fn baseline(
     }
     start.wait().await;
     let t0 = Instant::now();
+    let n0 = inserts.load(Ordering::Relaxed);
+    // No daemon runs yet: pid 0 reads as nothing.
+    let before = crate::cpu::Snapshot::take(0, db);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let n = inserts.load(Ordering::Relaxed);
+    let n = inserts.load(Ordering::Relaxed) - n0;
+    let after = crate::cpu::Snapshot::take(0, db);
     let elapsed = t0.elapsed().as_secs_f64();
     stop.cancel();
     for w in workers {
@@ -264,5 +279,9 @@ pub async fn baseline(
         .execute(&mut setup)
         .await?;
     setup.close().await.ok();
-    Ok(n as f64 / elapsed)
+    Ok(Baseline {
+        inserts_per_s: n as f64 / elapsed,
+        inserts: n,
+        cpu: before.usage(&after, elapsed),
+    })
 }
