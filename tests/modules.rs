@@ -121,10 +121,12 @@ async fn commands_reply_with_texts_and_are_registered() {
             "text": "hours",
             "description": "Opening hours",
         }));
-    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
+    // The text first: once the command is registered, the snapshot that registered it has
+    // the text too (the other order races the second reload).
     store::set_text(&h.pool, id, "hours", "en", "9 to 5")
         .await
         .unwrap();
+    store::set_manifest(&h.pool, id, &manifest).await.unwrap();
     eventually(DEADLINE, "commands re-registered", || async {
         let cmds = names(bot.get_my_commands().await.unwrap());
         cmds.contains(&"hours".to_string()).then_some(())

@@ -4,7 +4,6 @@
 //! Each module keeps the SQL of its tables in its own `store.rs` (`modules::core::store` for
 //! users, `modules::history::store` for messages).
 
-use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 /// Key of the next getUpdates offset of Telegram bot `telegram_bot_id` in `bot_state`.
@@ -199,37 +198,26 @@ pub async fn pending_updates(
     .await
 }
 
-/// Locks an update's inbox row for this transaction; returns whether it still needs
-/// processing (false when it was processed already or is not in the inbox).
+/// Claims an update for this transaction in one statement: locks its inbox row and marks it
+/// processed — a mark the transaction's rollback undoes, so the effects and the mark stay
+/// atomic. Returns whether it still needed processing (false when it was processed already,
+/// or is not in the inbox); a concurrent claim waits for this transaction and then finds it
+/// processed.
 pub async fn claim_update(
     conn: &mut PgConnection,
     telegram_bot_id: i64,
     update_id: i64,
 ) -> Result<bool, sqlx::Error> {
-    let row: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
-        "SELECT processed_at FROM inbox WHERE telegram_bot_id = $1 AND update_id = $2 FOR UPDATE",
+    let claimed: Option<i64> = sqlx::query_scalar(
+        "UPDATE inbox SET processed_at = now() \
+         WHERE telegram_bot_id = $1 AND update_id = $2 AND processed_at IS NULL \
+         RETURNING update_id",
     )
     .bind(telegram_bot_id)
     .bind(update_id)
     .fetch_optional(conn)
     .await?;
-    Ok(matches!(row, Some(None)))
-}
-
-/// Marks an update processed (inside the handler's transaction).
-pub async fn mark_processed(
-    conn: &mut PgConnection,
-    telegram_bot_id: i64,
-    update_id: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE inbox SET processed_at = now() WHERE telegram_bot_id = $1 AND update_id = $2",
-    )
-    .bind(telegram_bot_id)
-    .bind(update_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    Ok(claimed.is_some())
 }
 
 /// Marks an update poisoned: processed, with the error kept for inspection.

@@ -2,12 +2,13 @@
 //!
 //! [`handler`] is the dispatcher's single endpoint. For each update it:
 //! 1. takes a slot of the bot's handler concurrency;
-//! 2. opens one transaction on the bot database and claims the update's inbox row (an update
-//!    already processed — a replay or a re-delivery — is skipped);
+//! 2. opens one transaction on the bot database and claims the update's inbox row — one
+//!    statement that locks it and marks it processed, undone if the transaction rolls back (an
+//!    update already processed — a replay or a re-delivery — is skipped);
 //! 3. runs the module chain: every module enabled for the snapshot, in registry order, until
 //!    one says [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
-//! 4. marks the row processed and commits: the modules' effects, their queued answers and the
-//!    mark are atomic; then wakes the bot's sender ([`super::outbox`]), which delivers the
+//! 4. commits: the modules' effects, their queued answers and the mark are atomic; then wakes
+//!    the bot's sender ([`super::outbox`]), which delivers the
 //!    answers and lets the modules observe the results ([`Module::on_sent`]).
 //!
 //! No Telegram call happens while the transaction is open.
@@ -108,7 +109,6 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
         }
         cx.queued()
     };
-    store::mark_processed(&mut tx, ctx.telegram_id, update_id).await?;
     tx.commit().await?;
     if queued > 0 {
         ctx.outbox.notify_one();

@@ -16,7 +16,9 @@
 //! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; any other refusal →
 //! `failed` with Telegram's text kept; network and server errors back off (1 s doubling to
 //! 30 s) and retry; an error teloxide cannot name is retried [`MAX_UNKNOWN_ATTEMPTS`] times,
-//! then `failed`; a revoked token ends the run. A crash between a send and its mark repeats
+//! then `failed`; a revoked token ends the run. The bot's database out of reach pauses the
+//! sender (1 s doubling to 30 s) and a result that could not be recorded is recorded later —
+//! never sent twice for that — so the run does not end for it. A crash between a send and its mark repeats
 //! that one send; nothing committed is lost, nothing uncommitted is sent.
 //!
 //! When the dispatcher has stopped, the sender delivers the pending replies (lane 0), then
@@ -119,9 +121,16 @@ impl Sender {
                     reload = false;
                     match self.load(&flying).await {
                         Ok(rows) => queue = rows,
+                        // The database is out of reach: back off and load again; a run that
+                        // is draining leaves what is left for the next run.
                         Err(e) => {
-                            self.fail(e);
-                            break;
+                            if draining {
+                                break;
+                            }
+                            let wait = self.trouble(&e, &mut backoff);
+                            paused_until = Some(Instant::now() + wait);
+                            reload = true;
+                            continue;
                         }
                     }
                 }
@@ -145,8 +154,7 @@ impl Sender {
                         Err(e) => {
                             let outcome =
                                 DeliveryOutcome::Failed(format!("unreadable request: {e}"));
-                            if let Err(e) = self.record(&row, None, outcome).await {
-                                self.fail(e);
+                            if self.record_retrying(&row, None, outcome).await.is_err() {
                                 return;
                             }
                             continue;
@@ -204,10 +212,9 @@ impl Sender {
                             paused_until = Some(Instant::now() + d);
                             reload = true;
                         }
-                        Err(e) => {
-                            self.fail(e);
-                            break;
-                        }
+                        // Stopped before the result could be recorded: the request stays
+                        // pending and is sent again by the next run.
+                        Err(_) => break,
                     }
                     if queue.is_empty() {
                         reload = true;
@@ -271,13 +278,22 @@ impl Sender {
             }
             Err(e @ (TelegramError::Transient(_) | TelegramError::Unknown(_))) => {
                 let text = e.to_string();
-                let attempts = {
+                let counted = async {
                     let mut conn = self
                         .db
                         .acquire()
                         .await
                         .map_err(|e| RecordError::Module(e.into()))?;
-                    store::retry_outbox(&mut conn, row.id, &text).await?
+                    Ok::<i32, RecordError>(store::retry_outbox(&mut conn, row.id, &text).await?)
+                }
+                .await;
+                let attempts = match counted {
+                    Ok(n) => n,
+                    // Not counted: the attempt is tried again all the same.
+                    Err(e) => {
+                        let wait = self.trouble(&e, backoff);
+                        return Ok(Next::Pause(wait));
+                    }
                 };
                 if matches!(e, TelegramError::Unknown(_)) && attempts >= MAX_UNKNOWN_ATTEMPTS {
                     tracing::error!(bot_id, method, error = %text, attempts, "Telegram kept refusing the request; giving up on it");
@@ -290,7 +306,7 @@ impl Sender {
                 }
             }
         };
-        self.record(&row, request.text(), outcome).await?;
+        self.record_retrying(&row, request.text(), outcome).await?;
         Ok(Next::Go)
     }
 
@@ -355,13 +371,38 @@ impl Sender {
         }
     }
 
-    fn fail(&self, e: RecordError) {
-        tracing::warn!(bot_id = self.bot_id, error = %crate::mask::error_line(&e), "the sender stops; the bot restarts");
-        let failure = match e {
-            RecordError::Module(m) => RunFailure::from(m),
-            RecordError::Database(d) => RunFailure::from(ModuleError::from(d)),
-        };
-        self.failures.report(failure);
+    /// Records a result, retrying while the database is out of reach (the send happened:
+    /// recording it later beats sending it twice). Gives up only when the run stops or
+    /// drains; the request then stays pending and the next run sends it again.
+    async fn record_retrying(
+        &self,
+        row: &OutboxRow,
+        text: Option<&str>,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), RecordError> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let error = match self.record(row, text, outcome.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if self.drain.is_cancelled() {
+                return Err(error);
+            }
+            let wait = self.trouble(&error, &mut backoff);
+            tokio::select! {
+                () = self.stop.cancelled() => return Err(error),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Logs a database failure and says how long to wait before trying again.
+    fn trouble(&self, e: &RecordError, backoff: &mut Duration) -> Duration {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        tracing::warn!(bot_id = self.bot_id, error = %crate::mask::error_line(e), retry_in = ?wait, "the sender cannot reach the bot's database; retrying");
+        wait
     }
 }
 
