@@ -8,42 +8,15 @@ use std::time::Duration;
 use botvisor::sandbox::{SentEvent, SentKind, Stats};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use util::{Running, start, token};
+use util::{Running, assert_error, call, post, start, token};
 
 const CHAT: i64 = 5151;
-
-async fn post(sb: &Running, path: &str, body: Value) -> (StatusCode, Value) {
-    let r = Client::new()
-        .post(sb.control(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
 
 async fn send(sb: &Running, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let _ = sb;
     let r = req.send().await.unwrap();
     let status = r.status();
     (status, r.json().await.unwrap())
-}
-
-async fn call(sb: &Running, t: &str, method: &str, body: Value) -> (StatusCode, Value) {
-    let r = Client::new()
-        .post(sb.method(t, method))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
-
-/// Asserts a 400 (or `status`) with an `error` message containing `needle`.
-fn assert_error(got: (StatusCode, Value), status: StatusCode, needle: &str) {
-    assert_eq!(got.0, status, "{}", got.1);
-    let msg = got.1["error"].as_str().unwrap_or_default();
-    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
 }
 
 #[tokio::test]

@@ -11,30 +11,10 @@ use botvisor::sandbox::{AiFault, Fault, Hold, InjectMessage, SentKind};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use teloxide::prelude::*;
-use util::{Running, eventually, start, start_with, token};
+use util::{Running, assert_error, call, eventually, post, start, start_with, token};
 
 const CHAT: i64 = 6161;
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn post(sb: &Running, path: &str, body: Value) -> (StatusCode, Value) {
-    let r = Client::new()
-        .post(sb.control(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
-
-async fn call(sb: &Running, t: &str, method: &str, body: Value) -> (StatusCode, Value) {
-    let r = Client::new()
-        .post(sb.method(t, method))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
 
 /// getUpdates as raw bytes (the answer may hold elements that are not JSON).
 async fn get_updates_raw(sb: &Running, t: &str, offset: i64) -> String {
@@ -57,12 +37,6 @@ async fn raw_inject(sb: &Running, t: &str, raw: &'static [u8]) -> (StatusCode, V
         .await
         .unwrap();
     (r.status(), r.json().await.unwrap())
-}
-
-fn assert_error(got: (StatusCode, Value), status: StatusCode, needle: &str) {
-    assert_eq!(got.0, status, "{}", got.1);
-    let msg = got.1["error"].as_str().unwrap_or_default();
-    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
 }
 
 #[tokio::test]

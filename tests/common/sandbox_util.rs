@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use botvisor::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// A sandbox running in the background; shut down when dropped.
@@ -83,4 +85,33 @@ pub async fn eventually<T>(deadline: Duration, mut check: impl FnMut() -> Option
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// POSTs `body` to the control endpoint `path`; the status and the JSON answer.
+pub async fn post(sb: &Running, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = Client::new()
+        .post(sb.control(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// Calls Bot API `method` with `t`'s token and a JSON body; the status and the JSON answer.
+pub async fn call(sb: &Running, t: &str, method: &str, body: Value) -> (StatusCode, Value) {
+    let r = Client::new()
+        .post(sb.method(t, method))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// Asserts `status` with an `error` message containing `needle`.
+pub fn assert_error(got: (StatusCode, Value), status: StatusCode, needle: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    let msg = got.1["error"].as_str().unwrap_or_default();
+    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
 }
