@@ -81,16 +81,12 @@ async fn forty_databases_never_exceed_the_budget() {
         Duration::from_millis(300),
         Duration::from_secs(60),
     );
-    let pools: Vec<BotPool> = names
-        .iter()
-        .map(|n| budget.database(options(n), 2))
-        .collect();
-    for pool in &pools {
-        let mut conn = pool.acquire().await.unwrap();
-        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, task int NOT NULL)")
-            .await
-            .unwrap();
-    }
+    let pools = pools_with_table(
+        &budget,
+        &names,
+        "CREATE TABLE t (id serial PRIMARY KEY, task int NOT NULL)",
+    )
+    .await;
 
     let stop = CancellationToken::new();
     let broker_peak = Arc::new(AtomicUsize::new(0));
@@ -561,16 +557,12 @@ async fn measure_running_bots_while_bots_provision() {
         Duration::from_secs(30),
         Duration::from_secs(10),
     );
-    let pools: Vec<BotPool> = names
-        .iter()
-        .map(|n| budget.database(options(n), 2))
-        .collect();
-    for pool in &pools {
-        let mut conn = pool.acquire().await.unwrap();
-        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
-            .await
-            .unwrap();
-    }
+    let pools = pools_with_table(
+        &budget,
+        &names,
+        "CREATE TABLE t (id serial PRIMARY KEY, at timestamptz DEFAULT now())",
+    )
+    .await;
 
     // Each running bot handles a message every MESSAGE_EVERY, each in its own task like the
     // dispatcher does: acquire, then a small transaction.
@@ -681,4 +673,22 @@ async fn measure_running_bots_while_bots_provision() {
     );
     assert_eq!((failed, failed_messages), (0, 0));
     assert!(peak <= BUDGET, "peak {peak}");
+}
+
+/// A pool of `budget` (2 connections each) per database of `names`, each with a table made
+/// by `ddl`.
+async fn pools_with_table(
+    budget: &ConnectionBudget,
+    names: &[String],
+    ddl: &'static str,
+) -> Vec<BotPool> {
+    let pools: Vec<BotPool> = names
+        .iter()
+        .map(|n| budget.database(options(n), 2))
+        .collect();
+    for pool in &pools {
+        let mut conn = pool.acquire().await.unwrap();
+        conn.execute(ddl).await.unwrap();
+    }
+    pools
 }
