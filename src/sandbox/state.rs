@@ -660,12 +660,7 @@ impl Shared {
                 "count must be at least 1 (leave it out for \"until cleared\")".to_owned(),
             ));
         }
-        let method = match &fault.method {
-            None => None,
-            Some(m) => Some(Method::lookup(m).ok_or_else(|| {
-                SandboxError::InvalidInput(format!("unknown Bot API method {m:?}"))
-            })?),
-        };
+        let method = known_method(fault.method.as_deref())?;
         let mut faults = lock(&self.faults);
         faults.push(FaultRec {
             remaining: fault.count,
@@ -695,12 +690,7 @@ impl Shared {
                 "count must be at least 1 (leave it out for \"until released\")".to_owned(),
             ));
         }
-        let method = match &hold.method {
-            None => None,
-            Some(m) => Some(Method::lookup(m).ok_or_else(|| {
-                SandboxError::InvalidInput(format!("unknown Bot API method {m:?}"))
-            })?),
-        };
+        let method = known_method(hold.method.as_deref())?;
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         let mut holds = lock(&self.holds);
         holds.push(HoldRec {
@@ -2885,6 +2875,15 @@ fn target_message(p: &Params) -> Result<(i64, i32), ApiErr> {
         .ok_or_else(|| ApiErr::bad("Bad Request: message identifier is not specified"))?
         as i32;
     Ok((chat_id, message_id))
+}
+
+/// The Bot API method a fault or hold names (any method when `None`), or why it is unknown.
+fn known_method(name: Option<&str>) -> Result<Option<Method>, SandboxError> {
+    name.map(|m| {
+        Method::lookup(m)
+            .ok_or_else(|| SandboxError::InvalidInput(format!("unknown Bot API method {m:?}")))
+    })
+    .transpose()
 }
 
 #[cfg(test)]
