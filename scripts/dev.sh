@@ -70,7 +70,7 @@ for _ in $(seq 1 100); do
 done
 ((registered)) || die "the sandbox on $SANDBOX_ADDR did not accept the demo token within 10 s"
 
-id=$("$bin" bot list | awk '$2 == "demo" { print $1; exit }')
+id=$("$bin" bot list | awk '$2 == "demo" && !found { print $1; found = 1 }')
 if [[ -z $id ]]; then
   id=$("$bin" bot add --name demo --token "$DEMO_TOKEN" --manifest docs/manifest.example.json)
   "$bin" text import "$id" docs/demo-texts.json >/dev/null
