@@ -220,6 +220,24 @@ pub async fn claim_update(
     Ok(claimed.is_some())
 }
 
+/// Claims several updates at once (a batch's group commit): marks those not processed yet
+/// as processed and returns their ids. Undone if the transaction rolls back.
+pub async fn claim_updates(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_ids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE inbox SET processed_at = now() \
+         WHERE telegram_bot_id = $1 AND update_id = ANY($2) AND processed_at IS NULL \
+         RETURNING update_id",
+    )
+    .bind(telegram_bot_id)
+    .bind(update_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Marks an update poisoned: processed, with the error kept for inspection.
 pub async fn mark_poisoned(
     conn: &mut PgConnection,

@@ -3,8 +3,8 @@
 //! [`run`] provisions the bot's database (create + migrate; nothing is answered before the
 //! migrations are in), checks the token with `getMe`, then runs three things side by side
 //! until the run's stop token is cancelled or a failure is reported:
-//! - the update intake ([`inbox::DurableListener`]) feeding a teloxide dispatcher whose single
-//!   endpoint is the unit of work ([`dispatch`]);
+//! - the update intake ([`inbox::DurableListener`]) feeding the unit of work's processor
+//!   ([`dispatch::Processor`]) through a bounded channel;
 //! - the companion ([`companion`]): the bot's command list kept in step with its snapshot,
 //!   and the module jobs (`bot-<id>-<module>`) started, woken and stopped;
 //! - nothing else: restarting, backoff and status belong to the control plane, which talks to
@@ -22,11 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teloxide::dispatching::Dispatcher;
-use teloxide::error_handlers::LoggingErrorHandler;
 use teloxide::prelude::Requester;
 use teloxide::types::Me;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
@@ -39,8 +37,9 @@ use crate::telegram::{Messenger, TelegramApi, TelegramError};
 use crate::token::BotToken;
 use inbox::DurableListener;
 
-/// Handlers of one bot running at once (across its chats).
-const HANDLER_CONCURRENCY: usize = 16;
+/// Stored updates waiting for the processor before the intake waits for it (backpressure:
+/// beyond this the intake stops fetching; everything it fetched is in the inbox already).
+const INTAKE_QUEUE: usize = 1024;
 
 /// What a bot is, as far as running it goes (from its panel row).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,8 +198,6 @@ pub struct BotContext {
     pub outbox: Arc<Notify>,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
-    /// Bounds concurrent handlers of this bot.
-    pub concurrency: Semaphore,
 }
 
 /// The per-run handles a bot's slot gives it.
@@ -312,26 +309,19 @@ async fn dispatch_run(
         registry: deps.registry.clone(),
         outbox: outbox_wake,
         failures,
-        concurrency: Semaphore::new(HANDLER_CONCURRENCY),
     });
-    let mut dispatcher = Dispatcher::builder(bot, dispatch::handler())
-        .dependencies(teloxide::dptree::deps![context])
-        .build();
+    let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
+    let processor = dispatch::Processor { me, ctx: context };
     let dispatch = async {
-        let dispatched = dispatcher
-            .try_dispatch_with_listener(listener, LoggingErrorHandler::new())
-            .await;
-        // The dispatcher ends only when the intake did (stop or failure), or at its start;
-        // either way the companion's jobs end with it, and the sender delivers the replies
-        // the last updates queued (or stops at once after a failure).
+        tokio::join!(listener.run(to_processor), processor.run(updates));
+        // The processor ends only when the intake did (stop or failure) and it drained what
+        // was stored, or after a failure; either way the companion's jobs end with it, and the
+        // sender delivers the replies the last updates queued (or stops at once after a
+        // failure).
         run_stop.cancel();
         drain.cancel();
-        dispatched
     };
-    let (dispatched, (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
-    if let Err(e) = dispatched {
-        return Err(TelegramError::from_request(&e).into());
-    }
+    let ((), (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
     match failed.try_recv() {
         Ok(f) => Err(f),
         Err(_) if stop.is_cancelled() => Ok(()),
