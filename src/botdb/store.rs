@@ -339,22 +339,57 @@ pub async fn pending_outbox(
     .await
 }
 
-/// Marks a request done with its outcome (`sent`, `blocked`, `chat_not_found`, `failed`).
+/// Results of sends, to be recorded together ([`finish_outbox`]).
+#[derive(Debug, Default)]
+pub struct FinishedSends {
+    ids: Vec<i64>,
+    outcomes: Vec<&'static str>,
+    message_ids: Vec<Option<i64>>,
+    errors: Vec<Option<String>>,
+}
+
+impl FinishedSends {
+    /// Room for `n` results.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            message_ids: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds the result of outbox row `id`.
+    pub fn push(
+        &mut self,
+        id: i64,
+        outcome: &'static str,
+        message_id: Option<i64>,
+        error: Option<String>,
+    ) {
+        self.ids.push(id);
+        self.outcomes.push(outcome);
+        self.message_ids.push(message_id);
+        self.errors.push(error);
+    }
+}
+
+/// Marks requests done with their outcomes, message ids and errors, in one statement.
 pub async fn finish_outbox(
     conn: &mut PgConnection,
-    id: i64,
-    outcome: &str,
-    message_id: Option<i64>,
-    error: Option<&str>,
+    done: &FinishedSends,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE outbox SET done_at = now(), outcome = $2, message_id = $3, error = $4, \
-         attempts = attempts + 1 WHERE id = $1",
+        "UPDATE outbox o SET done_at = now(), outcome = v.outcome, message_id = v.message_id, \
+         error = v.error, attempts = o.attempts + 1 \
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) \
+              AS v(id, outcome, message_id, error) \
+         WHERE o.id = v.id",
     )
-    .bind(id)
-    .bind(outcome)
-    .bind(message_id)
-    .bind(error)
+    .bind(&done.ids)
+    .bind(&done.outcomes)
+    .bind(&done.message_ids)
+    .bind(&done.errors)
     .execute(conn)
     .await?;
     Ok(())

@@ -8,9 +8,10 @@
 //! 2. start each request whose chat has nothing in flight and whose limits allow it
 //!    ([`limits::Limits`]); at most [`MAX_IN_FLIGHT`] at once, one per chat, so a chat's
 //!    messages arrive in the order they were queued;
-//! 3. record each result in a short transaction — the row marked done with its outcome and
-//!    message id, and every enabled module's `on_sent` step — so a module reads what it sent
-//!    from the outbox, and history only records what Telegram accepted.
+//! 3. record the results in short transactions — every result that is in when one arrives is
+//!    recorded with it (group commit: one statement marks the rows done with their outcomes
+//!    and message ids, then every enabled module's `on_sent` step sees them all) — so a module
+//!    reads what it sent from the outbox, and history only records what Telegram accepted.
 //!
 //! Failures: a 429 pauses this bot's sender for exactly `retry_after` (other bots are not
 //! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; any other refusal →
@@ -31,8 +32,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use teloxide::types::ChatId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -152,9 +153,18 @@ impl Sender {
                     let request: Request = match serde_json::from_value(row.request.0.clone()) {
                         Ok(r) => r,
                         Err(e) => {
-                            let outcome =
-                                DeliveryOutcome::Failed(format!("unreadable request: {e}"));
-                            if self.record_retrying(&row, None, outcome).await.is_err() {
+                            let record = Record {
+                                outcome: DeliveryOutcome::Failed(format!(
+                                    "unreadable request: {e}"
+                                )),
+                                row,
+                                text: None,
+                            };
+                            if self
+                                .record_retrying(std::slice::from_ref(&record))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             continue;
@@ -198,23 +208,39 @@ impl Sender {
                 biased;
                 () = self.stop.cancelled() => break,
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
-                    let (row, _, _): &Sent = &sent;
-                    busy.remove(&row.chat_id);
-                    flying.remove(&row.id);
-                    let id = row.id;
-                    queue.retain(|r| r.id != id);
-                    match self.finish(sent, &mut backoff).await {
-                        Ok(Next::Go) => {}
+                    // Every result that is in already is recorded with this one, in one
+                    // transaction (group commit).
+                    let mut done = vec![sent];
+                    while let Some(Some(more)) = in_flight.next().now_or_never() {
+                        done.push(more);
+                    }
+                    let mut records = Vec::with_capacity(done.len());
+                    let mut pause: Option<Duration> = None;
+                    for sent in done {
+                        let (row, _, _): &Sent = &sent;
+                        busy.remove(&row.chat_id);
+                        flying.remove(&row.id);
+                        let id = row.id;
+                        queue.retain(|r| r.id != id);
+                        match self.finish(sent, &mut backoff).await {
+                            Next::Go => {}
+                            Next::Record(record) => records.push(record),
+                            Next::Pause(d) => pause = Some(pause.map_or(d, |p| p.max(d))),
+                        }
+                    }
+                    // Stopped before the results could be recorded: those requests stay
+                    // pending and are sent again by the next run.
+                    if !records.is_empty() && self.record_retrying(&records).await.is_err() {
+                        break;
+                    }
+                    if let Some(d) = pause {
                         // While draining, a pause ends the sender: what is left waits for the
                         // next run rather than holding this one's stop.
-                        Ok(Next::Pause(_)) if draining => break,
-                        Ok(Next::Pause(d)) => {
-                            paused_until = Some(Instant::now() + d);
-                            reload = true;
+                        if draining {
+                            break;
                         }
-                        // Stopped before the result could be recorded: the request stays
-                        // pending and is sent again by the next run.
-                        Err(_) => break,
+                        paused_until = Some(Instant::now() + d);
+                        reload = true;
                     }
                     if queue.is_empty() {
                         reload = true;
@@ -242,8 +268,8 @@ impl Sender {
             .collect())
     }
 
-    /// Records what one request came to; says whether the sender must pause.
-    async fn finish(&self, sent: Sent, backoff: &mut Duration) -> Result<Next, RecordError> {
+    /// Reads what one request came to: a result to record, a pause, or nothing to do.
+    async fn finish(&self, sent: Sent, backoff: &mut Duration) -> Next {
         let bot_id = self.bot_id;
         let (row, request, result) = sent;
         let method = request.method();
@@ -270,11 +296,11 @@ impl Sender {
             }
             Err(TelegramError::Unauthorized) => {
                 self.failures.report(RunFailure::Unauthorized);
-                return Ok(Next::Go);
+                return Next::Go;
             }
             Err(TelegramError::RetryAfter(wait)) => {
                 tracing::warn!(bot_id, method, retry_after = ?wait, "Telegram asked to slow down; the sender pauses");
-                return Ok(Next::Pause(wait));
+                return Next::Pause(wait);
             }
             Err(e @ (TelegramError::Transient(_) | TelegramError::Unknown(_))) => {
                 let text = e.to_string();
@@ -292,7 +318,7 @@ impl Sender {
                     // Not counted: the attempt is tried again all the same.
                     Err(e) => {
                         let wait = self.trouble(&e, backoff);
-                        return Ok(Next::Pause(wait));
+                        return Next::Pause(wait);
                     }
                 };
                 if matches!(e, TelegramError::Unknown(_)) && attempts >= MAX_UNKNOWN_ATTEMPTS {
@@ -302,35 +328,38 @@ impl Sender {
                     let wait = *backoff;
                     *backoff = (*backoff * 2).min(BACKOFF_MAX);
                     tracing::warn!(bot_id, method, error = %text, retry_in = ?wait, "send failed; retrying");
-                    return Ok(Next::Pause(wait));
+                    return Next::Pause(wait);
                 }
             }
         };
-        self.record_retrying(&row, request.text(), outcome).await?;
-        Ok(Next::Go)
+        Next::Record(Record {
+            text: request.text().map(str::to_owned),
+            row,
+            outcome,
+        })
     }
 
-    /// Marks a request done and lets every enabled module observe it, in one transaction.
-    async fn record(
-        &self,
-        row: &OutboxRow,
-        text: Option<&str>,
-        outcome: DeliveryOutcome,
-    ) -> Result<(), RecordError> {
-        let (message_id, error) = match &outcome {
-            DeliveryOutcome::Sent(id) => (id.map(i64::from), None),
-            DeliveryOutcome::Failed(e) => (None, Some(e.as_str())),
-            _ => (None, None),
-        };
-        let delivery = Delivery {
-            outbox_id: row.id,
-            origin: row.origin.clone(),
-            lane: Lane::from_i16(row.lane),
-            chat_id: row.chat_id,
-            user_id: row.user_id,
-            text: text.map(str::to_owned),
-            outcome: outcome.clone(),
-        };
+    /// Marks requests done and lets every enabled module observe them, in one transaction.
+    async fn record(&self, records: &[Record]) -> Result<(), RecordError> {
+        let mut done = store::FinishedSends::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len());
+        for Record { row, text, outcome } in records {
+            let (message_id, error) = match outcome {
+                DeliveryOutcome::Sent(id) => (id.map(i64::from), None),
+                DeliveryOutcome::Failed(e) => (None, Some(e.clone())),
+                _ => (None, None),
+            };
+            done.push(row.id, outcome.as_str(), message_id, error);
+            deliveries.push(Delivery {
+                outbox_id: row.id,
+                origin: row.origin.clone(),
+                lane: Lane::from_i16(row.lane),
+                chat_id: row.chat_id,
+                user_id: row.user_id,
+                text: text.clone(),
+                outcome: outcome.clone(),
+            });
+        }
         let snapshot = self.snapshot.load();
         let mut conn = self
             .db
@@ -338,11 +367,9 @@ impl Sender {
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        store::finish_outbox(&mut tx, row.id, outcome.as_str(), message_id, error).await?;
+        store::finish_outbox(&mut tx, &done).await?;
         for module in self.registry.enabled(&snapshot) {
-            module
-                .on_sent(&mut tx, std::slice::from_ref(&delivery))
-                .await?;
+            module.on_sent(&mut tx, &deliveries).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -374,15 +401,10 @@ impl Sender {
     /// Records a result, retrying while the database is out of reach (the send happened:
     /// recording it later beats sending it twice). Gives up only when the run stops or
     /// drains; the request then stays pending and the next run sends it again.
-    async fn record_retrying(
-        &self,
-        row: &OutboxRow,
-        text: Option<&str>,
-        outcome: DeliveryOutcome,
-    ) -> Result<(), RecordError> {
+    async fn record_retrying(&self, records: &[Record]) -> Result<(), RecordError> {
         let mut backoff = BACKOFF_START;
         loop {
-            let error = match self.record(row, text, outcome.clone()).await {
+            let error = match self.record(records).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -406,10 +428,19 @@ impl Sender {
     }
 }
 
-/// What the loop does after recording a result.
+/// What the loop does with a request's result.
 enum Next {
-    /// Carry on.
+    /// Nothing to record (the run ends, or the request stays pending).
     Go,
+    /// Record it.
+    Record(Record),
     /// Pause the whole sender this long (429, or a backoff after an error).
     Pause(Duration),
+}
+
+/// A result to record: the row, the text the chat sees, and what Telegram made of it.
+struct Record {
+    row: OutboxRow,
+    text: Option<String>,
+    outcome: DeliveryOutcome,
 }
