@@ -50,6 +50,9 @@ pub enum DaemonError {
     /// The supervisor failed.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The connection budget could not be sized.
+    #[error(transparent)]
+    Budget(#[from] crate::botdb::BudgetSizeError),
     /// Shutdown was asked for while waiting for the panel.
     #[error("stopped while waiting for the panel database")]
     Cancelled,
@@ -117,8 +120,19 @@ impl Daemon {
         let panel = wait_for_panel(&options, &shutdown).await?;
         let api = TelegramApi::new(settings.telegram_api_url())?;
         let db = &settings.bot_database;
+        let size = crate::botdb::connection_budget(&settings).await?;
+        match size.server {
+            Some((max_connections, superuser_reserved)) => tracing::info!(
+                budget = size.budget,
+                max_connections,
+                superuser_reserved,
+                reserve = crate::settings::AUTO_BUDGET_RESERVE,
+                "connection budget sized from the server"
+            ),
+            None => tracing::debug!(budget = size.budget, "connection budget"),
+        }
         let budget = ConnectionBudget::new(
-            db.connection_budget,
+            size.budget,
             std::time::Duration::from_secs(db.idle_timeout_secs),
             std::time::Duration::from_secs(db.acquire_timeout_secs),
         )

@@ -433,3 +433,14 @@ pub async fn prune_outbox(conn: &mut PgConnection, days: i64) -> Result<u64, sql
             .await?;
     Ok(r.rows_affected())
 }
+
+/// The server's `max_connections` and `superuser_reserved_connections`.
+pub async fn server_connection_limits(conn: &mut PgConnection) -> Result<(u32, u32), sqlx::Error> {
+    let (max, reserved): (i32, i32) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int, \
+                current_setting('superuser_reserved_connections')::int",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((max.max(0) as u32, reserved.max(0) as u32))
+}
