@@ -1,7 +1,7 @@
 //! The outbox's sender: delivers what a bot's units of work and jobs queued, after their
 //! transactions committed, within Telegram's limits.
 //!
-//! Loop (part of the bot's run, beside the dispatcher and the companion):
+//! Loop (part of the bot's run, beside the intake, the processor and the companion):
 //! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first —
 //!    again whenever a commit wakes it ([`Sender::wake`]), so a new reply goes ahead of a
 //!    queued mailing;
@@ -22,7 +22,7 @@
 //! never sent twice for that — so the run does not end for it. A crash between a send and its mark repeats
 //! that one send; nothing committed is lost, nothing uncommitted is sent.
 //!
-//! When the dispatcher has stopped, the sender delivers the pending replies (lane 0), then
+//! When the processor has stopped, the sender delivers the pending replies (lane 0), then
 //! ends; scheduled and bulk requests wait for the next run, and so does everything when
 //! Telegram asks to pause or fails while draining.
 
@@ -79,7 +79,7 @@ pub struct Sender {
     pub failures: Failures,
     /// Cancelled when the run fails: stop at once.
     pub stop: CancellationToken,
-    /// Cancelled when the dispatcher has stopped: deliver pending replies, then end.
+    /// Cancelled when the processor has stopped: deliver pending replies, then end.
     pub drain: CancellationToken,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
