@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, BudgetError};
-use crate::botdb::store;
+use crate::botdb::store::{self, OutboxRow};
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{TextRef, utf16_len};
@@ -362,7 +362,18 @@ pub struct UpdateCx<'a> {
     /// The update's transaction on the bot database.
     pub tx: &'a mut PgConnection,
     origin: &'static str,
-    queued: usize,
+    queued: Vec<Queued>,
+}
+
+/// A request a unit of work queued in the outbox, as the sender will see it once the
+/// transaction committed: the runtime hands these to the bot's sender directly, so it need
+/// not read back what was just written.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The outbox row.
+    pub row: OutboxRow,
+    /// Its request, parsed.
+    pub request: Request,
 }
 
 impl<'a> UpdateCx<'a> {
@@ -381,7 +392,7 @@ impl<'a> UpdateCx<'a> {
             snapshot,
             tx,
             origin: "",
-            queued: 0,
+            queued: Vec::new(),
         }
     }
 
@@ -392,6 +403,11 @@ impl<'a> UpdateCx<'a> {
 
     /// How many requests this unit of work queued so far.
     pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// The requests this unit of work queued, in order (for the runtime, after the commit).
+    pub fn into_queued(self) -> Vec<Queued> {
         self.queued
     }
 
@@ -403,8 +419,20 @@ impl<'a> UpdateCx<'a> {
         user: Option<i64>,
         request: &Request,
     ) -> Result<i64, ModuleError> {
-        let id = enqueue(self.tx, self.origin, lane, chat, user, request).await?;
-        self.queued += 1;
+        let json = serde_json::to_value(request).expect("requests always serialise");
+        let id = store::enqueue(self.tx, lane.as_i16(), chat.0, user, self.origin, &json).await?;
+        self.queued.push(Queued {
+            row: OutboxRow {
+                id,
+                lane: lane.as_i16(),
+                chat_id: chat.0,
+                user_id: user,
+                origin: self.origin.to_owned(),
+                request: sqlx::types::Json(json),
+                attempts: 0,
+            },
+            request: request.clone(),
+        });
         Ok(id)
     }
 

@@ -13,8 +13,9 @@
 //!    chat is kept): every module enabled for the snapshot, in registry order, until one says
 //!    [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
 //! 4. commits once for the whole batch (group commit): the modules' effects, their queued
-//!    answers and the marks are atomic; then wakes the bot's sender ([`super::outbox`]), which
-//!    delivers the answers and lets the modules observe the results ([`Module::on_sent`]).
+//!    answers and the marks are atomic; then hands the queued requests to the bot's sender
+//!    ([`super::outbox`]) — it need not read back what was just written —, which delivers them
+//!    and lets the modules observe the results ([`Module::on_sent`]).
 //!
 //! If anything in a batch fails or panics, its transaction is rolled back and the batch is
 //! processed again one update per transaction ([`Processor::one`]), so one bad update never
@@ -40,7 +41,7 @@ use super::BotContext;
 use super::inbox::panic_message;
 use crate::botdb::budget::BudgetConn;
 use crate::botdb::store;
-use crate::modules::{Flow, ModuleError, UpdateCx};
+use crate::modules::{Flow, ModuleError, Queued, UpdateCx};
 
 /// Most updates one transaction takes (a getUpdates call brings at most 100).
 pub const MAX_BATCH: usize = 256;
@@ -101,9 +102,7 @@ impl Processor {
             .await;
         match together {
             Ok(Ok(queued)) => {
-                if queued > 0 {
-                    self.ctx.outbox.notify_one();
-                }
+                self.ctx.hand_over(queued);
                 Some(conn)
             }
             // The transaction was rolled back (or will be, before the connection's next use);
@@ -124,24 +123,24 @@ impl Processor {
         }
     }
 
-    /// The batch's transaction: claim all, run the chains, commit. Returns how many requests
-    /// it queued.
+    /// The batch's transaction: claim all, run the chains, commit. Returns the requests it
+    /// queued.
     async fn together(
         &self,
         conn: &mut BudgetConn,
         batch: &[Update],
-    ) -> Result<usize, ModuleError> {
+    ) -> Result<Vec<Queued>, ModuleError> {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;
-        let mut queued = 0;
+        let mut queued = Vec::new();
         for update in batch {
             if !claimed.contains(&i64::from(update.id.0)) {
                 continue;
             }
-            queued += chain(&self.me, update, ctx, &snapshot, &mut tx).await?;
+            queued.extend(chain(&self.me, update, ctx, &snapshot, &mut tx).await?);
         }
         tx.commit().await?;
         Ok(queued)
@@ -209,21 +208,18 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     }
     let queued = chain(me, update, ctx, &snapshot, &mut tx).await?;
     tx.commit().await?;
-    if queued > 0 {
-        ctx.outbox.notify_one();
-    }
+    ctx.hand_over(queued);
     Ok(())
 }
 
-/// Runs the module chain for one claimed update inside `tx`; returns how many requests it
-/// queued.
+/// Runs the module chain for one claimed update inside `tx`; returns the requests it queued.
 async fn chain(
     me: &Me,
     update: &Update,
     ctx: &BotContext,
     snapshot: &crate::content::snapshot::Snapshot,
     tx: &mut sqlx::PgConnection,
-) -> Result<usize, ModuleError> {
+) -> Result<Vec<Queued>, ModuleError> {
     let mut cx = UpdateCx::new(ctx.bot_id, update, me, snapshot, tx);
     for module in ctx.registry.enabled(snapshot) {
         cx.set_module(module.name());
@@ -231,5 +227,5 @@ async fn chain(
             break;
         }
     }
-    Ok(cx.queued())
+    Ok(cx.into_queued())
 }

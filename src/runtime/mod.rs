@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Registry};
+use crate::modules::{ModuleError, Queued, Registry};
 use crate::settings::Settings;
 use crate::tasks::Tasks;
 use crate::telegram::{Messenger, TelegramApi, TelegramError};
@@ -194,10 +194,21 @@ pub struct BotContext {
     pub snapshot: SharedSnapshot,
     /// The modules.
     pub registry: Registry,
-    /// Wakes the bot's sender after a commit that queued requests.
-    pub outbox: Arc<Notify>,
+    /// Hands the requests a committed unit of work queued to the bot's sender.
+    pub handoff: mpsc::UnboundedSender<Vec<Queued>>,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
+}
+
+impl BotContext {
+    /// Gives the sender what a commit queued (nothing to do when it queued nothing).
+    pub fn hand_over(&self, queued: Vec<Queued>) {
+        if !queued.is_empty() {
+            // A closed channel means the sender ended (the run fails or drains): the rows are
+            // in the outbox and the next run sends them.
+            let _ = self.handoff.send(queued);
+        }
+    }
 }
 
 /// The per-run handles a bot's slot gives it.
@@ -258,6 +269,7 @@ async fn dispatch_run(
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
+    let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
     let companion = companion::Companion {
         bot_id: spec.id,
         deps: deps.clone(),
@@ -296,6 +308,7 @@ async fn dispatch_run(
         registry: deps.registry.clone(),
         snapshot: parts.snapshot.clone(),
         wake: Arc::clone(&outbox_wake),
+        handoff: handoff_rx,
         failures: failures.clone(),
         stop: failures.failed(),
         drain: drain.clone(),
@@ -307,7 +320,7 @@ async fn dispatch_run(
         db,
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
-        outbox: outbox_wake,
+        handoff: handoff_tx,
         failures,
     });
     let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);

@@ -2,8 +2,11 @@
 //! transactions committed, within Telegram's limits.
 //!
 //! Loop (part of the bot's run, beside the intake, the processor and the companion):
-//! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first —
-//!    again whenever a commit wakes it ([`Sender::wake`]), so a new reply goes ahead of a
+//! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first,
+//!    each request read once — at start, after a pause, when a module job's commit wakes it
+//!    ([`Sender::wake`]) and when a load filled its page and the queue ran dry; what a unit
+//!    of work queued is handed over after its commit ([`Sender::handoff`]) and put in its
+//!    place by lane and id without reading the outbox again, so a new reply goes ahead of a
 //!    queued mailing;
 //! 2. start each request whose chat has nothing in flight and whose limits allow it
 //!    ([`limits::Limits`]); at most [`MAX_IN_FLIGHT`] at once, one per chat, so a chat's
@@ -35,7 +38,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use teloxide::types::ChatId;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +46,7 @@ use super::{Failures, RunFailure};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Registry};
+use crate::modules::{ModuleError, Queued, Registry};
 use crate::telegram::{Delivery, DeliveryOutcome, Lane, Messenger, Request, TelegramError};
 use limits::{Limits, Wait};
 
@@ -73,8 +76,10 @@ pub struct Sender {
     pub registry: Registry,
     /// The bot's content (which modules are enabled).
     pub snapshot: SharedSnapshot,
-    /// Notified after every commit that queued requests.
+    /// Notified after a job's commit that queued requests (the sender reloads the outbox).
     pub wake: Arc<Notify>,
+    /// What committed units of work queued, handed over directly.
+    pub handoff: mpsc::UnboundedReceiver<Vec<Queued>>,
     /// Where a revoked token or a database failure is reported.
     pub failures: Failures,
     /// Cancelled when the run fails: stop at once.
@@ -98,13 +103,17 @@ enum RecordError {
 
 impl Sender {
     /// Delivers until stopped (see the module docs).
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let limits = Limits::new();
-        let mut queue: VecDeque<OutboxRow> = VecDeque::new();
+        let mut queue: VecDeque<Entry> = VecDeque::new();
+        // Whether the outbox may hold pending requests the queue does not: at start, after a
+        // load that filled a page, after a job's wake-up or a pause.
         let mut reload = true;
+        let mut more_in_db = false;
         let mut in_flight = FuturesUnordered::new();
         let mut busy: HashSet<i64> = HashSet::new();
         let mut flying: HashSet<i64> = HashSet::new();
+        let mut recent = Recent::default();
         let mut paused_until: Option<Instant> = None;
         let mut backoff = BACKOFF_START;
         let mut last_prune: Option<Instant> = None;
@@ -121,7 +130,10 @@ impl Sender {
                 if reload {
                     reload = false;
                     match self.load(&flying).await {
-                        Ok(rows) => queue = rows,
+                        Ok((rows, full)) => {
+                            queue = rows;
+                            more_in_db = full;
+                        }
                         // The database is out of reach: back off and load again; a run that
                         // is draining leaves what is left for the next run.
                         Err(e) => {
@@ -136,7 +148,7 @@ impl Sender {
                     }
                 }
                 if draining {
-                    queue.retain(|r| Lane::from_i16(r.lane) == Lane::Reply);
+                    queue.retain(|e| Lane::from_i16(e.row.lane) == Lane::Reply);
                     if queue.is_empty() && in_flight.is_empty() {
                         break;
                     }
@@ -144,20 +156,21 @@ impl Sender {
                 let mut blocked = busy.clone();
                 let mut rest = VecDeque::with_capacity(queue.len());
                 let mut bot_full = false;
-                while let Some(row) = queue.pop_front() {
-                    if in_flight.len() >= MAX_IN_FLIGHT || blocked.contains(&row.chat_id) {
-                        rest.push_back(row);
+                while let Some(entry) = queue.pop_front() {
+                    let chat = entry.row.chat_id;
+                    if in_flight.len() >= MAX_IN_FLIGHT || blocked.contains(&chat) {
+                        rest.push_back(entry);
                         continue;
                     }
-                    blocked.insert(row.chat_id);
-                    let request: Request = match serde_json::from_value(row.request.0.clone()) {
+                    blocked.insert(chat);
+                    let request = match &entry.request {
                         Ok(r) => r,
                         Err(e) => {
                             let record = Record {
                                 outcome: DeliveryOutcome::Failed(format!(
                                     "unreadable request: {e}"
                                 )),
-                                row,
+                                row: entry.row,
                                 text: None,
                             };
                             if self
@@ -167,23 +180,28 @@ impl Sender {
                             {
                                 return;
                             }
+                            recent.insert(record.row.id);
                             continue;
                         }
                     };
                     if request.is_rate_limited() {
                         if bot_full {
-                            rest.push_back(row);
+                            rest.push_back(entry);
                             continue;
                         }
-                        if let Err(wait) = limits.try_send(row.chat_id) {
+                        if let Err(wait) = limits.try_send(chat) {
                             bot_full = matches!(wait, Wait::Bot(_));
                             let ready = now + wait.duration();
                             next_ready = Some(next_ready.map_or(ready, |t| t.min(ready)));
-                            rest.push_back(row);
+                            rest.push_back(entry);
                             continue;
                         }
                     }
-                    busy.insert(row.chat_id);
+                    let Entry { row, request } = entry;
+                    let Ok(request) = request else {
+                        unreachable!("an unreadable request was recorded above")
+                    };
+                    busy.insert(chat);
                     flying.insert(row.id);
                     let telegram = self.telegram.clone();
                     in_flight.push(async move {
@@ -207,6 +225,22 @@ impl Sender {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
+                // Checked before results, so a handed-over request that a load already
+                // brought is still in the queue or in flight when it arrives (and skipped).
+                Some(handed) = self.handoff.recv() => {
+                    if more_in_db || reload {
+                        // The queue is not the whole outbox: older requests of the same chats
+                        // may wait there, so the outbox decides the order.
+                        reload = true;
+                    } else {
+                        for q in handed {
+                            if flying.contains(&q.row.id) || recent.contains(q.row.id) {
+                                continue;
+                            }
+                            insert_ordered(&mut queue, Entry { row: q.row, request: Ok(q.request) });
+                        }
+                    }
+                }
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
                     // Every result that is in already is recorded with this one, in one
                     // transaction (group commit).
@@ -221,7 +255,7 @@ impl Sender {
                         busy.remove(&row.chat_id);
                         flying.remove(&row.id);
                         let id = row.id;
-                        queue.retain(|r| r.id != id);
+                        queue.retain(|e| e.row.id != id);
                         match self.finish(sent, &mut backoff).await {
                             Next::Go => {}
                             Next::Record(record) => records.push(record),
@@ -233,6 +267,9 @@ impl Sender {
                     if !records.is_empty() && self.record_retrying(&records).await.is_err() {
                         break;
                     }
+                    for record in &records {
+                        recent.insert(record.row.id);
+                    }
                     if let Some(d) = pause {
                         // While draining, a pause ends the sender: what is left waits for the
                         // next run rather than holding this one's stop.
@@ -242,7 +279,7 @@ impl Sender {
                         paused_until = Some(Instant::now() + d);
                         reload = true;
                     }
-                    if queue.is_empty() {
+                    if queue.is_empty() && more_in_db {
                         reload = true;
                     }
                 }
@@ -254,18 +291,26 @@ impl Sender {
     }
 
     /// Pending requests, minus those in flight (they are pending too until recorded, and
-    /// must not start twice; their chats' later requests wait behind them).
-    async fn load(&self, flying: &HashSet<i64>) -> Result<VecDeque<OutboxRow>, RecordError> {
+    /// must not start twice; their chats' later requests wait behind them), each request read
+    /// once; and whether the page was full (more may wait).
+    async fn load(&self, flying: &HashSet<i64>) -> Result<(VecDeque<Entry>, bool), RecordError> {
         let mut conn = self
             .db
             .acquire()
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
         let rows = store::pending_outbox(&mut conn, PAGE).await?;
-        Ok(rows
+        let full = rows.len() as i64 >= PAGE;
+        let queue = rows
             .into_iter()
             .filter(|r| !flying.contains(&r.id))
-            .collect())
+            .map(|row| {
+                let request = serde_json::from_value::<Request>(row.request.0.clone())
+                    .map_err(|e| e.to_string());
+                Entry { row, request }
+            })
+            .collect();
+        Ok((queue, full))
     }
 
     /// Reads what one request came to: a result to record, a pause, or nothing to do.
@@ -436,6 +481,51 @@ enum Next {
     Record(Record),
     /// Pause the whole sender this long (429, or a backoff after an error).
     Pause(Duration),
+}
+
+/// A pending request in the sender's queue, its request read once.
+struct Entry {
+    row: OutboxRow,
+    request: Result<Request, String>,
+}
+
+/// Puts `entry` in its place in a queue ordered by lane, then id.
+fn insert_ordered(queue: &mut VecDeque<Entry>, entry: Entry) {
+    let key = (entry.row.lane, entry.row.id);
+    let at = queue.partition_point(|e| (e.row.lane, e.row.id) < key);
+    if queue.get(at).is_some_and(|e| e.row.id == entry.row.id) {
+        return;
+    }
+    queue.insert(at, entry);
+}
+
+/// Ids of the requests this run recorded lately (the last [`RECENT`]), so a hand-over that
+/// arrives after a load already sent and recorded its request cannot send it twice.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<i64>,
+    ids: HashSet<i64>,
+}
+
+/// How many recorded ids [`Recent`] remembers: far more than can be handed over between a
+/// commit and its hand-over being read.
+const RECENT: usize = 4096;
+
+impl Recent {
+    fn insert(&mut self, id: i64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.ids.contains(&id)
+    }
 }
 
 /// A result to record: the row, the text the chat sees, and what Telegram made of it.
