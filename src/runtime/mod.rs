@@ -261,6 +261,7 @@ async fn dispatch_run(
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
+    let delivered = Wakes::default();
     let companion = companion::Companion {
         bot_id: spec.id,
         deps: deps.clone(),
@@ -268,6 +269,7 @@ async fn dispatch_run(
         telegram: telegram.clone(),
         snapshot: parts.snapshot.clone(),
         wakes: parts.wakes,
+        delivered: delivered.clone(),
         failures: failures.clone(),
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
@@ -299,6 +301,7 @@ async fn dispatch_run(
         registry: deps.registry.clone(),
         snapshot: parts.snapshot.clone(),
         wake: Arc::clone(&outbox_wake),
+        delivered,
         failures: failures.clone(),
         stop: failures.failed(),
         drain: drain.clone(),

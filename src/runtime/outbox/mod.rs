@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failures, RunFailure};
+use super::{Failures, RunFailure, Wakes};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
@@ -74,6 +74,8 @@ pub struct Sender {
     pub snapshot: SharedSnapshot,
     /// Notified after every commit that queued requests.
     pub wake: Arc<Notify>,
+    /// Per module: notified once a request it queued is recorded (its job may queue more).
+    pub delivered: Wakes,
     /// Where a revoked token or a database failure is reported.
     pub failures: Failures,
     /// Cancelled when the run fails: stop at once.
@@ -345,6 +347,7 @@ impl Sender {
                 .await?;
         }
         tx.commit().await?;
+        self.delivered.wake(&row.origin);
         Ok(())
     }
 
