@@ -76,7 +76,13 @@ async fn a_broadcast_reaches_everyone_once_and_counts_blocked_and_failed() {
     assert_eq!(started.audience_size, 13);
     let v = done(&admin, id, started.id).await;
     assert_eq!(
-        (v.counts.total, v.counts.sent, v.counts.blocked, v.counts.failed, v.counts.pending),
+        (
+            v.counts.total,
+            v.counts.sent,
+            v.counts.blocked,
+            v.counts.failed,
+            v.counts.pending
+        ),
         (13, 11, 1, 1, 0)
     );
     for u in (5001..5013).filter(|u| *u != 5003) {
@@ -122,19 +128,43 @@ async fn pause_resume_and_cancel_follow_the_states() {
         buttons: None,
     };
     let b = admin.start_broadcast(id, &req).await.unwrap();
-    assert_eq!(admin.broadcast_status(id, b.id).await.unwrap().state, "scheduled");
+    assert_eq!(
+        admin.broadcast_status(id, b.id).await.unwrap().state,
+        "scheduled"
+    );
     admin.pause_broadcast(id, b.id).await.unwrap();
-    assert_eq!(admin.broadcast_status(id, b.id).await.unwrap().state, "paused");
+    assert_eq!(
+        admin.broadcast_status(id, b.id).await.unwrap().state,
+        "paused"
+    );
     let e = admin.pause_broadcast(id, b.id).await.unwrap_err();
-    assert!(e.is_bad_input() && e.to_string().contains("is paused"), "{e}");
+    assert!(
+        e.is_bad_input() && e.to_string().contains("is paused"),
+        "{e}"
+    );
     admin.resume_broadcast(id, b.id).await.unwrap();
-    assert_eq!(admin.broadcast_status(id, b.id).await.unwrap().state, "scheduled");
+    assert_eq!(
+        admin.broadcast_status(id, b.id).await.unwrap().state,
+        "scheduled"
+    );
     admin.cancel_broadcast(id, b.id).await.unwrap();
     let v = admin.broadcast_status(id, b.id).await.unwrap();
     assert_eq!(v.state, "cancelled");
     assert!(v.finished_at.is_some());
-    assert!(admin.resume_broadcast(id, b.id).await.unwrap_err().is_bad_input());
-    assert!(admin.broadcast_status(id, 999).await.unwrap_err().is_bad_input());
+    assert!(
+        admin
+            .resume_broadcast(id, b.id)
+            .await
+            .unwrap_err()
+            .is_bad_input()
+    );
+    assert!(
+        admin
+            .broadcast_status(id, 999)
+            .await
+            .unwrap_err()
+            .is_bad_input()
+    );
 
     // A running broadcast paused and resumed finishes with everyone once.
     let b = admin
@@ -193,8 +223,10 @@ async fn an_admin_broadcasts_a_message_from_inside_the_bot() {
         })
         .unwrap();
     // The confirmation becomes the progress message and ends with a summary.
-    h.reply(&t, 7001, ask.seq, |x| x.contains("done in") && x.contains("sent 5 of 5"))
-        .await;
+    h.reply(&t, 7001, ask.seq, |x| {
+        x.contains("done in") && x.contains("sent 5 of 5")
+    })
+    .await;
     for u in 7002..7006 {
         let copies = h
             .sandbox
@@ -220,23 +252,62 @@ async fn bad_broadcast_and_schedule_input_is_one_line_and_exit_code_2() {
         .execute(&db)
         .await
         .unwrap();
-    run(&["broadcast", "start", &sid, "--text", "x", "--audience", "everyone"])
-        .bad_input("invalid audience");
-    run(&["broadcast", "start", &sid, "--text", "x", "--audience", "lang:de"])
-        .bad_input("is empty");
+    run(&[
+        "broadcast",
+        "start",
+        &sid,
+        "--text",
+        "x",
+        "--audience",
+        "everyone",
+    ])
+    .bad_input("invalid audience");
+    run(&[
+        "broadcast",
+        "start",
+        &sid,
+        "--text",
+        "x",
+        "--audience",
+        "lang:de",
+    ])
+    .bad_input("is empty");
     run(&["broadcast", "start", &sid, "--text-key", "nope"]).bad_input("has no text nope");
-    run(&["broadcast", "start", &sid, "--text", "x", "--at", "2001-01-01 10:00"])
-        .bad_input("in the past");
+    run(&[
+        "broadcast",
+        "start",
+        &sid,
+        "--text",
+        "x",
+        "--at",
+        "2001-01-01 10:00",
+    ])
+    .bad_input("in the past");
     run(&["broadcast", "status", &sid, "42"]).bad_input("has no broadcast 42");
     let bid = run(&["broadcast", "start", &sid, "--text", "hi {first_name}"]);
     let bid = bid.ok().trim().to_owned();
     let status = run(&["broadcast", "status", &sid, &bid, "--json"]);
     let v: serde_json::Value = serde_json::from_str(status.ok()).unwrap();
-    assert_eq!((v["state"].as_str(), v["total"].as_i64()), (Some("running"), Some(1)));
-    assert!(run(&["broadcast", "list", &sid]).ok().contains("1 broadcasts"));
+    assert_eq!(
+        (v["state"].as_str(), v["total"].as_i64()),
+        (Some("running"), Some(1))
+    );
+    assert!(
+        run(&["broadcast", "list", &sid])
+            .ok()
+            .contains("1 broadcasts")
+    );
 
     let add = |extra: &[&str]| {
-        let mut args = vec!["schedule", "add", sid.as_str(), "--chat", "1", "--text", "t"];
+        let mut args = vec![
+            "schedule",
+            "add",
+            sid.as_str(),
+            "--chat",
+            "1",
+            "--text",
+            "t",
+        ];
         args.extend_from_slice(extra);
         panel.run(&args)
     };
@@ -246,22 +317,54 @@ async fn bad_broadcast_and_schedule_input_is_one_line_and_exit_code_2() {
     add(&["--in", "soon"]).bad_input("invalid duration");
     add(&[]).bad_input("one of --at, --in and --cron");
     panel
-        .run(&["schedule", "add", &sid, "--in", "1h", "--audience", "lang:fr", "--text", "t"])
+        .run(&[
+            "schedule",
+            "add",
+            &sid,
+            "--in",
+            "1h",
+            "--audience",
+            "lang:fr",
+            "--text",
+            "t",
+        ])
         .bad_input("is empty");
     panel
-        .run(&["schedule", "add", &sid, "--in", "1h", "--chat", "1", "--text-key", "k"])
+        .run(&[
+            "schedule",
+            "add",
+            &sid,
+            "--in",
+            "1h",
+            "--chat",
+            "1",
+            "--text-key",
+            "k",
+        ])
         .bad_input("has no text k");
     let job = add(&["--cron", "30 9 * * MON-FRI", "--tz", "Europe/Berlin"]);
     let job = job.ok().trim().to_owned();
     let list = panel.run(&["schedule", "list", &sid, "--json"]);
     let jobs: serde_json::Value = serde_json::from_str(list.ok()).unwrap();
     assert_eq!(jobs[0]["tz"], "Europe/Berlin");
-    assert!(jobs[0]["next_run_local"].as_str().unwrap().contains("09:30:00 CE"));
+    assert!(
+        jobs[0]["next_run_local"]
+            .as_str()
+            .unwrap()
+            .contains("09:30:00 CE")
+    );
     panel.run(&["schedule", "pause", &sid, &job]).ok();
     panel.run(&["schedule", "resume", &sid, &job]).ok();
-    assert!(panel.run(&["schedule", "runs", &sid, &job]).ok().contains("0 runs"));
+    assert!(
+        panel
+            .run(&["schedule", "runs", &sid, &job])
+            .ok()
+            .contains("0 runs")
+    );
     panel.run(&["schedule", "remove", &sid, &job]).ok();
-    panel.run(&["schedule", "remove", &sid, &job]).bad_input("has no job");
+    panel
+        .run(&["schedule", "remove", &sid, &job])
+        .bad_input("has no job");
     db.close().await;
 }
 
@@ -317,7 +420,10 @@ async fn measure_broadcast_throughput_and_reply_latency() {
         if v.state == "done" {
             break;
         }
-        assert!(began.elapsed() < Duration::from_secs(n as u64 / 10 + 120), "too slow: {v:?}");
+        assert!(
+            began.elapsed() < Duration::from_secs(n as u64 / 10 + 120),
+            "too slow: {v:?}"
+        );
         chat += 1;
         let after = h.last_seq(&t, chat);
         let asked = Instant::now();
@@ -342,7 +448,10 @@ async fn measure_broadcast_throughput_and_reply_latency() {
         n as f64 / took.as_secs_f64(),
         v.rate,
         latencies.len(),
-        latencies.get(latencies.len() / 2).copied().unwrap_or_default(),
+        latencies
+            .get(latencies.len() / 2)
+            .copied()
+            .unwrap_or_default(),
         p99
     );
     assert_eq!((v.counts.sent, v.counts.pending), (n, 0));

@@ -13,8 +13,8 @@ use botvisor::modules::Registry;
 use botvisor::modules::scheduler::{fire_due, store};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::cli::CliPanel;
-use common::harness::Harness;
 use common::eventually;
+use common::harness::Harness;
 
 fn snapshot() -> Snapshot {
     let registry = Registry::standard();
@@ -71,15 +71,32 @@ async fn misfires_run_once_late_or_are_skipped_and_cron_never_bursts() {
     // On time (within the grace): each runs once, nothing is late.
     let pass = fire_due(&mut conn, t0, &s, "scheduler").await.unwrap();
     assert_eq!(pass.fired.len(), 3);
-    assert!(pass.fired.iter().all(|f| f.late_ms == 0 && f.outcome == "sent"));
+    assert!(
+        pass.fired
+            .iter()
+            .all(|f| f.late_ms == 0 && f.outcome == "sent")
+    );
     let next: Option<DateTime<Utc>> = store::get(&mut conn, cron).await.unwrap().unwrap().next_due;
     assert_eq!(next, Some(at("2030-01-01T10:01:00Z")));
     // The same instant again: nothing more (each occurrence once).
-    assert!(fire_due(&mut conn, t0, &s, "scheduler").await.unwrap().fired.is_empty());
+    assert!(
+        fire_due(&mut conn, t0, &s, "scheduler")
+            .await
+            .unwrap()
+            .fired
+            .is_empty()
+    );
 
     // Two hours of downtime.
     let t1 = t0 + TimeDelta::hours(2);
-    let later_once = add(&mut conn, "once", None, t0 + TimeDelta::minutes(5), "run-once").await;
+    let later_once = add(
+        &mut conn,
+        "once",
+        None,
+        t0 + TimeDelta::minutes(5),
+        "run-once",
+    )
+    .await;
     let later_skip = add(&mut conn, "once", None, t0 + TimeDelta::minutes(5), "skip").await;
     let pass = fire_due(&mut conn, t1, &s, "scheduler").await.unwrap();
     let outcome = |job: i64| {
@@ -90,7 +107,10 @@ async fn misfires_run_once_late_or_are_skipped_and_cron_never_bursts() {
             .collect::<Vec<_>>()
     };
     assert_eq!(outcome(later_once), [("late".to_owned(), 115 * 60 * 1000)]);
-    assert_eq!(outcome(later_skip), [("skipped".to_owned(), 115 * 60 * 1000)]);
+    assert_eq!(
+        outcome(later_skip),
+        [("skipped".to_owned(), 115 * 60 * 1000)]
+    );
     assert_eq!(outcome(cron), [("late".to_owned(), 119 * 60 * 1000)]);
     assert!(outcome(once).is_empty() && outcome(skip).is_empty());
     let next = store::get(&mut conn, cron).await.unwrap().unwrap().next_due;
@@ -120,7 +140,14 @@ async fn concurrent_claims_run_each_occurrence_exactly_once() {
     {
         let mut conn = pool.acquire().await.unwrap();
         for k in 0..50 {
-            add(&mut conn, "once", None, t0 + TimeDelta::milliseconds(k * 10), "run-once").await;
+            add(
+                &mut conn,
+                "once",
+                None,
+                t0 + TimeDelta::milliseconds(k * 10),
+                "run-once",
+            )
+            .await;
         }
     }
     let claim = |pool: sqlx::PgPool| async move {
@@ -175,7 +202,8 @@ async fn a_job_added_at_runtime_is_sent_on_time() {
         )
         .await
         .unwrap();
-    h.reply(&t, 8001, 0, |x| x.starts_with("Reminder for")).await;
+    h.reply(&t, 8001, 0, |x| x.starts_with("Reminder for"))
+        .await;
     let runs = eventually(common::harness::DEADLINE, "the run recorded", || async {
         let runs = admin.job_runs(id, job.id).await.unwrap();
         (!runs.is_empty()).then_some(runs)

@@ -151,15 +151,16 @@ impl Admin {
                 database: target.database,
             });
         }
-        let conn = target
-            .options
-            .connect()
-            .await
-            .map_err(|source| crate::botdb::BotDbError::Connect {
-                url: target.describe(),
-                database: target.database.clone(),
-                source,
-            })?;
+        let conn =
+            target
+                .options
+                .connect()
+                .await
+                .map_err(|source| crate::botdb::BotDbError::Connect {
+                    url: target.describe(),
+                    database: target.database.clone(),
+                    source,
+                })?;
         Ok((conn, bot))
     }
 }

@@ -108,9 +108,11 @@ impl JobView {
             misfire: j.misfire,
             paused: j.paused,
             next_run_utc: j.next_due,
-            next_run_local: j
-                .next_due
-                .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string()),
+            next_run_local: j.next_due.map(|t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            }),
         }
     }
 }
@@ -288,9 +290,9 @@ impl Admin {
                 return Ok(false);
             };
             let next = match (paused, &j.cron) {
-                (false, Some(expr)) => parse_cron(expr).ok().and_then(|c| {
-                    next_after(&c, parse_zone(&j.tz).unwrap_or(Tz::UTC), Utc::now())
-                }),
+                (false, Some(expr)) => parse_cron(expr)
+                    .ok()
+                    .and_then(|c| next_after(&c, parse_zone(&j.tz).unwrap_or(Tz::UTC), Utc::now())),
                 _ => None,
             };
             store::set_paused(&mut conn, job, paused, next).await

@@ -129,7 +129,12 @@ pub(super) async fn broadcast(
                     std::fs::write(path, text).map_err(|e| {
                         CliError::failure(format!("cannot write {}: {e}", path.display()))
                     })?;
-                    writeln!(out, "{} recipients written to {}", lines.len(), path.display())?;
+                    writeln!(
+                        out,
+                        "{} recipients written to {}",
+                        lines.len(),
+                        path.display()
+                    )?;
                 }
                 None => write!(out, "{text}")?,
             }

@@ -115,7 +115,13 @@ async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, Mo
                 match request(&b, &snapshot, r.language_code.as_deref(), &vars) {
                     Ok(req) => {
                         let outbox = cx
-                            .queue(&mut tx, Lane::Bulk, ChatId(r.user_id), Some(r.user_id), &req)
+                            .queue(
+                                &mut tx,
+                                Lane::Bulk,
+                                ChatId(r.user_id),
+                                Some(r.user_id),
+                                &req,
+                            )
                             .await?;
                         store::mark_queued(&mut tx, b.id, r.user_id, outbox).await?;
                         queued_now += 1;
@@ -128,7 +134,15 @@ async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, Mo
                 && store::finish_if_done(&mut tx, b.id).await?;
             if finished {
                 let counts = store::counts(&mut tx, b.id).await?;
-                tracing::info!(bot_id = cx.bot_id, broadcast = b.id, total = counts.total, sent = counts.sent, blocked = counts.blocked, failed = counts.failed, "broadcast done");
+                tracing::info!(
+                    bot_id = cx.bot_id,
+                    broadcast = b.id,
+                    total = counts.total,
+                    sent = counts.sent,
+                    blocked = counts.blocked,
+                    failed = counts.failed,
+                    "broadcast done"
+                );
                 edit_progress(cx, &mut tx, &b, &counts, true).await?;
                 progress.edited.remove(&b.id);
             }
@@ -185,7 +199,13 @@ fn request(
             reply_markup: keyboard,
         });
     }
-    match render_for(snapshot, b.text.as_deref(), b.text_key.as_deref(), lang, vars) {
+    match render_for(
+        snapshot,
+        b.text.as_deref(),
+        b.text_key.as_deref(),
+        lang,
+        vars,
+    ) {
         Some(text) => Ok(Request::SendMessage {
             text,
             reply_markup: keyboard.map(ReplyMarkup::InlineKeyboard),

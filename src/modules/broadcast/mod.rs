@@ -59,7 +59,9 @@ impl FromStr for Audience {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
-            format!("invalid audience {s:?}: use all, lang:CODE (e.g. lang:en), active-days:N or admins")
+            format!(
+                "invalid audience {s:?}: use all, lang:CODE (e.g. lang:en), active-days:N or admins"
+            )
         };
         match s {
             "all" => Ok(Audience::All),
@@ -67,9 +69,7 @@ impl FromStr for Audience {
             _ => match s.split_once(':') {
                 Some(("lang", code))
                     if (2..=16).contains(&code.len())
-                        && code
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                        && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
                 {
                     Ok(Audience::Lang(code.to_ascii_lowercase()))
                 }
@@ -175,7 +175,9 @@ impl Module for Broadcast {
                 let (state, error) = match &d.outcome {
                     DeliveryOutcome::Sent(_) => ("sent", None),
                     DeliveryOutcome::Blocked => ("blocked", None),
-                    DeliveryOutcome::ChatNotFound => ("failed", Some("Bad Request: chat not found")),
+                    DeliveryOutcome::ChatNotFound => {
+                        ("failed", Some("Bad Request: chat not found"))
+                    }
                     DeliveryOutcome::Failed(reason) => ("failed", Some(reason.as_str())),
                 };
                 store::record(tx, d.outbox_id, state, error).await?;
@@ -205,7 +207,10 @@ fn from_admin(snapshot: &Snapshot, user: Option<u64>) -> bool {
 /// `/broadcast` from an admin: asks for confirmation of copying the replied-to message.
 async fn ask(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleError> {
     let chat = msg.chat.id;
-    let admin = msg.from.as_ref().map(|u| i64::try_from(u.id.0).unwrap_or(0));
+    let admin = msg
+        .from
+        .as_ref()
+        .map(|u| i64::try_from(u.id.0).unwrap_or(0));
     let Some(original) = msg.reply_to_message() else {
         cx.send(
             chat,
@@ -306,7 +311,14 @@ mod tests {
         }
         assert_eq!(Audience::Lang("en".into()).to_string(), "lang:en");
         assert_eq!(Audience::ActiveDays(7).to_string(), "active-days:7");
-        for bad in ["", "everyone", "lang:", "lang:e n", "active-days:0", "active-days:x"] {
+        for bad in [
+            "",
+            "everyone",
+            "lang:",
+            "lang:e n",
+            "active-days:0",
+            "active-days:x",
+        ] {
             let e = bad.parse::<Audience>().unwrap_err();
             assert!(e.starts_with("invalid audience"), "{bad}: {e}");
         }

@@ -174,7 +174,9 @@ pub async fn freeze(
     .bind(id)
     .execute(conn)
     .await?;
-    Ok(Some(i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX)))
+    Ok(Some(
+        i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX),
+    ))
 }
 
 /// One broadcast.

@@ -116,7 +116,9 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
     };
     let fields: Vec<(usize, &str)> = expr
         .char_indices()
-        .filter(|&(i, c)| !c.is_whitespace() && (i == 0 || expr[..i].ends_with(char::is_whitespace)))
+        .filter(|&(i, c)| {
+            !c.is_whitespace() && (i == 0 || expr[..i].ends_with(char::is_whitespace))
+        })
         .map(|(i, _)| {
             let rest = &expr[i..];
             let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
@@ -125,7 +127,14 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
         .collect();
     let names: &[&str] = match fields.len() {
         5 => &["minute", "hour", "day of month", "month", "day of week"],
-        6 => &["second", "minute", "hour", "day of month", "month", "day of week"],
+        6 => &[
+            "second",
+            "minute",
+            "hour",
+            "day of month",
+            "month",
+            "day of week",
+        ],
         n => {
             return Err(format!(
                 "invalid cron expression {expr:?}: {n} fields; use 5 (minute hour day-of-month month day-of-week) or 6 (with seconds first)"
@@ -214,12 +223,18 @@ pub async fn fire_due(
         }
         let misfire = late > MISFIRE_GRACE;
         let (outcome, detail) = if misfire && job.misfire == "skip" {
-            ("skipped", Some(format!("missed by {} s", late.num_seconds())))
+            (
+                "skipped",
+                Some(format!("missed by {} s", late.num_seconds())),
+            )
         } else {
             match act(&mut tx, &job, snapshot, origin).await? {
                 Ok(Acted::Queued(n)) => {
                     pass.queued |= n > 0;
-                    (if misfire { "late" } else { "sent" }, Some(format!("{n} messages queued")))
+                    (
+                        if misfire { "late" } else { "sent" },
+                        Some(format!("{n} messages queued")),
+                    )
                 }
                 Ok(Acted::Broadcast(id, n)) => {
                     pass.broadcasts = true;
@@ -302,8 +317,13 @@ async fn act(
             panel_name: &snapshot.panel_name,
         };
         let lang = r.language_code.as_deref();
-        let Some(text) = render_for(snapshot, job.text.as_deref(), job.text_key.as_deref(), lang, &vars)
-        else {
+        let Some(text) = render_for(
+            snapshot,
+            job.text.as_deref(),
+            job.text_key.as_deref(),
+            lang,
+            &vars,
+        ) else {
             return Ok(Err(format!(
                 "text {} has no value",
                 job.text_key.as_deref().unwrap_or("-")
@@ -314,7 +334,15 @@ async fn act(
             reply_markup: None,
         };
         let user = (r.user_id > 0).then_some(r.user_id);
-        enqueue(tx, origin, Lane::Scheduled, ChatId(r.user_id), user, &request).await?;
+        enqueue(
+            tx,
+            origin,
+            Lane::Scheduled,
+            ChatId(r.user_id),
+            user,
+            &request,
+        )
+        .await?;
         queued += 1;
     }
     Ok(Ok(Acted::Queued(queued)))
@@ -336,10 +364,17 @@ mod tests {
         let e = parse_cron("0 25 * * *").unwrap_err();
         assert!(e.contains("hour field \"25\" at position 3"), "{e}");
         let e = parse_cron("0 9 * * MON x").unwrap_err();
-        assert!(e.contains("day of week field \"x\" at position 13") || e.contains("at position"), "{e}");
+        assert!(
+            e.contains("day of week field \"x\" at position 13") || e.contains("at position"),
+            "{e}"
+        );
         let e = parse_cron("* *").unwrap_err();
         assert!(e.contains("2 fields"), "{e}");
-        assert!(parse_zone("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        assert!(
+            parse_zone("Mars/Olympus")
+                .unwrap_err()
+                .contains("unknown time zone")
+        );
     }
 
     /// Daylight-saving changes, as croner documents them: a fixed time in the spring-forward
@@ -351,14 +386,30 @@ mod tests {
         // 2026-03-29: 02:00 CET jumps to 03:00 CEST.
         let daily_0230 = parse_cron("30 2 * * *").unwrap();
         let next = next_after(&daily_0230, berlin, utc("2026-03-28T12:00:00Z")).unwrap();
-        assert_eq!(next, utc("2026-03-29T01:00:00Z"), "03:00 CEST, the first valid time");
+        assert_eq!(
+            next,
+            utc("2026-03-29T01:00:00Z"),
+            "03:00 CEST, the first valid time"
+        );
         let after = next_after(&daily_0230, berlin, next).unwrap();
-        assert_eq!(after, utc("2026-03-30T00:30:00Z"), "02:30 CEST the next day");
+        assert_eq!(
+            after,
+            utc("2026-03-30T00:30:00Z"),
+            "02:30 CEST the next day"
+        );
         // 2026-10-25: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice, runs once.
         let first = next_after(&daily_0230, berlin, utc("2026-10-24T12:00:00Z")).unwrap();
-        assert_eq!(first, utc("2026-10-25T00:30:00Z"), "02:30 CEST, the first pass");
+        assert_eq!(
+            first,
+            utc("2026-10-25T00:30:00Z"),
+            "02:30 CEST, the first pass"
+        );
         let second = next_after(&daily_0230, berlin, first).unwrap();
-        assert_eq!(second, utc("2026-10-26T01:30:00Z"), "not again at 02:30 CET");
+        assert_eq!(
+            second,
+            utc("2026-10-26T01:30:00Z"),
+            "not again at 02:30 CET"
+        );
         // Every 30 minutes: the gap's times do not exist, the overlap's happen twice.
         let half_hourly = parse_cron("*/30 * * * *").unwrap();
         let mut t = utc("2026-03-29T00:00:00Z");
@@ -367,14 +418,20 @@ mod tests {
             t = next_after(&half_hourly, berlin, t).unwrap();
             spring.push(t.with_timezone(&berlin).format("%H:%M %Z").to_string());
         }
-        assert_eq!(spring, ["01:30 CET", "03:00 CEST", "03:30 CEST", "04:00 CEST"]);
+        assert_eq!(
+            spring,
+            ["01:30 CET", "03:00 CEST", "03:30 CEST", "04:00 CEST"]
+        );
         let mut t = utc("2026-10-24T23:45:00Z");
         let mut autumn = Vec::new();
         for _ in 0..4 {
             t = next_after(&half_hourly, berlin, t).unwrap();
             autumn.push(t.with_timezone(&berlin).format("%H:%M %Z").to_string());
         }
-        assert_eq!(autumn, ["02:00 CEST", "02:30 CEST", "02:00 CET", "02:30 CET"]);
+        assert_eq!(
+            autumn,
+            ["02:00 CEST", "02:30 CEST", "02:00 CET", "02:30 CET"]
+        );
         // A zone without DST keeps the wall time.
         let tokyo = parse_zone("Asia/Tokyo").unwrap();
         let nine = parse_cron("0 9 * * *").unwrap();
