@@ -18,7 +18,7 @@ use teloxide::types::{ChatId, InlineKeyboardButton, InlineKeyboardMarkup, ReplyM
 use tokio::time::Instant;
 
 use super::store::{self, BroadcastRow, Counts};
-use super::{Audience, render_for};
+use super::{Audience, render_for, vars};
 use crate::content::texts::Vars;
 use crate::modules::{JobCx, ModuleError, Wake};
 use crate::telegram::{Lane, Request};
@@ -106,12 +106,7 @@ async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, Mo
             let recipients = store::take_pending(&mut tx, b.id, WINDOW - queued).await?;
             let mut queued_now = 0;
             for r in &recipients {
-                let vars = Vars {
-                    first_name: &r.first_name,
-                    username: r.username.as_deref().unwrap_or(""),
-                    bot_name: &snapshot.panel_name,
-                    panel_name: &snapshot.panel_name,
-                };
+                let vars = vars(r, &snapshot);
                 match request(&b, &snapshot, r.language_code.as_deref(), &vars) {
                     Ok(req) => {
                         let outbox = cx

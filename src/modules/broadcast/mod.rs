@@ -113,6 +113,16 @@ pub fn render_for(
     }
 }
 
+/// The placeholders of one recipient. `{bot_name}` is the panel's name: a job has no `Me`.
+pub fn vars<'a>(r: &'a store::Recipient, snapshot: &'a Snapshot) -> Vars<'a> {
+    Vars {
+        first_name: &r.first_name,
+        username: r.username.as_deref().unwrap_or(""),
+        bot_name: &snapshot.panel_name,
+        panel_name: &snapshot.panel_name,
+    }
+}
+
 /// The broadcast module (always enabled; its job sleeps while nothing is to be sent).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Broadcast;

@@ -34,7 +34,6 @@ use super::broadcast::{self, Audience, render_for};
 use super::{JobCx, Module, ModuleError, enqueue};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
-use crate::content::texts::Vars;
 use crate::telegram::{Lane, Request};
 use store::ScheduleJob;
 
@@ -310,12 +309,7 @@ async fn act(
     };
     let mut queued = 0;
     for r in &recipients {
-        let vars = Vars {
-            first_name: &r.first_name,
-            username: r.username.as_deref().unwrap_or(""),
-            bot_name: &snapshot.panel_name,
-            panel_name: &snapshot.panel_name,
-        };
+        let vars = broadcast::vars(r, snapshot);
         let lang = r.language_code.as_deref();
         let Some(text) = render_for(
             snapshot,
