@@ -8,11 +8,15 @@
 //! - [`bots`]: add, list, show, enable/disable, set the token, rename, remove, wake a job;
 //! - [`texts`]: set, get, list, delete, import, export;
 //! - [`manifests`]: show, validate, replace;
-//! - [`history`]: a chat's message history from the bot's database.
+//! - [`history`]: a chat's message history from the bot's database;
+//! - [`broadcasts`]: start, list, show, pause, resume, cancel and report mailings;
+//! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs.
 
 pub mod bots;
+pub mod broadcasts;
 pub mod history;
 pub mod manifests;
+pub mod schedules;
 pub mod texts;
 
 use std::sync::Arc;
@@ -66,6 +70,19 @@ pub enum AdminError {
         /// The database that would be created.
         database: String,
     },
+    /// An operator's request is invalid (the message says what and what to do).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such broadcast or scheduled job in the bot's database.
+    #[error("bot {id} has no {what} {item}")]
+    NotFound {
+        /// The bot.
+        id: i64,
+        /// `broadcast` or `job`.
+        what: &'static str,
+        /// The broadcast's or job's id.
+        item: i64,
+    },
     /// The panel refused or failed.
     #[error(transparent)]
     Panel(#[from] PanelError),
@@ -118,5 +135,32 @@ impl Admin {
     /// The panel pool (for callers that close it).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection to bot `id`'s own database (which must exist already), with its row.
+    pub(crate) async fn bot_conn(
+        &self,
+        id: i64,
+    ) -> Result<(sqlx::PgConnection, crate::panel::BotRecord), AdminError> {
+        use sqlx::ConnectOptions;
+        let bot = crate::panel::store::get_bot(&self.pool, id).await?;
+        let target = self.bot_target(&bot)?;
+        if !target.exists().await? {
+            return Err(AdminError::NoDatabase {
+                id,
+                database: target.database,
+            });
+        }
+        let conn =
+            target
+                .options
+                .connect()
+                .await
+                .map_err(|source| crate::botdb::BotDbError::Connect {
+                    url: target.describe(),
+                    database: target.database.clone(),
+                    source,
+                })?;
+        Ok((conn, bot))
     }
 }

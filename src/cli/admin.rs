@@ -50,6 +50,8 @@ pub(super) async fn run(
             limit,
             json,
         } => history(&admin, *id, *chat, *limit, *json, out).await,
+        Command::Broadcast(cmd) => super::mailing::broadcast(cmd, &admin, out).await,
+        Command::Schedule(cmd) => super::mailing::schedule(cmd, &admin, out).await,
         Command::Reload { id } => {
             admin.reload(*id).await?;
             match id {

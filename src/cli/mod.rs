@@ -6,6 +6,7 @@
 
 mod admin;
 mod daemon;
+mod mailing;
 mod migrate;
 
 pub use daemon::{sandbox, serve};
@@ -87,10 +88,176 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a message to a bot's users: start, follow, pause, resume, cancel, report.
+    #[command(subcommand)]
+    Broadcast(BroadcastCommand),
+    /// Schedule messages and broadcasts of a bot: one-off or cron jobs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Ask the running daemon to reload a bot's texts and manifest (all bots without ID).
     Reload {
         /// The bot's id; omit to reload every bot.
         id: Option<i64>,
+    },
+}
+
+/// What a broadcast or a scheduled job sends.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ContentArgs {
+    /// The text (placeholders {first_name}, {username}, {bot_name}, {panel_name} are filled
+    /// per recipient).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A text key of the bot, rendered per recipient in their language.
+    #[arg(long, value_name = "KEY")]
+    pub text_key: Option<String>,
+}
+
+/// `botvisor broadcast` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BroadcastCommand {
+    /// Start a broadcast (now, or --at TIME); prints its id.
+    Start {
+        /// The bot's id.
+        id: i64,
+        /// What to send.
+        #[command(flatten)]
+        content: ContentArgs,
+        /// Who gets it: all, lang:CODE, active-days:N or admins (blocked users never).
+        #[arg(long, default_value = "all")]
+        audience: String,
+        /// When to start: RFC 3339, or "YYYY-MM-DD HH:MM" in UTC.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Inline buttons: a JSON file of rows, e.g. [[{"text": "Site", "url": "https://…"}]].
+        #[arg(long, value_name = "FILE")]
+        buttons: Option<PathBuf>,
+    },
+    /// List a bot's broadcasts, newest first.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a broadcast: state, total, sent, failed, blocked, pending, times, rate.
+    Status {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a broadcast (the sends already queued, about two seconds' worth, still go out).
+    Pause {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// Resume a paused broadcast where it stopped.
+    Resume {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// Cancel a broadcast; those not yet sent to stay unsent.
+    Cancel {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// One line per recipient: user id, outcome, error, time.
+    Report {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+        /// Write CSV to FILE instead of printing.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
+}
+
+/// `botvisor schedule` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a job; prints its id.
+    Add {
+        /// The bot's id.
+        id: i64,
+        /// Once at TIME: RFC 3339, or "YYYY-MM-DD HH:MM" in --tz.
+        #[arg(long, value_name = "TIME", group = "when")]
+        at: Option<String>,
+        /// Once after DURATION: 90s, 15m, 2h, 1d, 1h30m.
+        #[arg(long = "in", value_name = "DURATION", group = "when")]
+        in_: Option<String>,
+        /// At every occurrence of a cron expression (5 fields, or 6 with seconds) in --tz.
+        #[arg(long, value_name = "EXPR", group = "when")]
+        cron: Option<String>,
+        /// The IANA time zone of --at and --cron (default UTC).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
+        /// Send to this chat.
+        #[arg(long, value_name = "CHAT_ID", conflicts_with = "audience")]
+        chat: Option<i64>,
+        /// Send to an audience: all, lang:CODE, active-days:N or admins.
+        #[arg(long)]
+        audience: Option<String>,
+        /// What to send.
+        #[command(flatten)]
+        content: ContentArgs,
+        /// Start a broadcast of the text at each occurrence (to --audience, default all).
+        #[arg(long)]
+        broadcast: bool,
+        /// What a missed occurrence (downtime) comes to: run-once (late) or skip.
+        #[arg(long, value_name = "POLICY")]
+        misfire: Option<String>,
+    },
+    /// List a bot's jobs with their next run in UTC and in their zone.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a job.
+    Remove {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// Pause a job.
+    Pause {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// Resume a paused job (a cron job continues at its next occurrence from now).
+    Resume {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// A job's history: due, started, outcome.
+    Runs {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

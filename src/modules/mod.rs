@@ -17,8 +17,10 @@
 //! loop), one migration in `migrations/bot/`, one line in [`Registry::standard`], and its
 //! manifest keys. See docs/architecture.md, "How to add a module".
 
+pub mod broadcast;
 pub mod core;
 pub mod history;
+pub mod scheduler;
 
 use std::sync::Arc;
 
@@ -152,7 +154,12 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// botvisor's modules. Adding a module is one line here.
     pub fn standard() -> Self {
-        Self::new(vec![Arc::new(history::History), Arc::new(core::Core)])
+        Self::new(vec![
+            Arc::new(history::History),
+            Arc::new(broadcast::Broadcast),
+            Arc::new(scheduler::Scheduler::default()),
+            Arc::new(core::Core),
+        ])
     }
 
     /// A registry of exactly `modules`, in this order.
@@ -484,7 +491,7 @@ impl<'a> UpdateCx<'a> {
 }
 
 /// Queues `request` from module `origin` in the outbox, inside `tx`.
-async fn enqueue(
+pub(crate) async fn enqueue(
     tx: &mut PgConnection,
     origin: &str,
     lane: Lane,
@@ -512,8 +519,37 @@ pub struct JobCx {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Notified when an operator action concerns this module of this bot.
     pub wake: Arc<Notify>,
+    /// Notified after the bot's sender recorded the result of a request this module queued
+    /// (its [`Module::on_sent`] step has seen it), so a job can keep a window of sends
+    /// queued without polling.
+    pub delivered: Arc<Notify>,
+    /// Wakes another module's job of this bot (as an operator's `bot_wake` would), e.g. the
+    /// scheduler starting a broadcast.
+    pub peers: PeerWaker,
     /// Cancelled when the job must end (the run stops, or the module was disabled).
     pub stop: CancellationToken,
+}
+
+/// Wakes the job of another module of the same bot run, by the module's name.
+#[derive(Clone)]
+pub struct PeerWaker(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl PeerWaker {
+    /// A waker calling `wake` with the module's name.
+    pub fn new(wake: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wake))
+    }
+
+    /// Wakes module `name`'s job (or its next wait).
+    pub fn wake(&self, name: &str) {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for PeerWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerWaker")
+    }
 }
 
 /// Why a job's wait ended.
@@ -523,6 +559,8 @@ pub enum Wake {
     Snapshot,
     /// An operator action concerns this module.
     Operator,
+    /// The sender recorded the result of a request this module queued.
+    Delivered,
     /// The deadline passed.
     Timer,
     /// The job must end.
@@ -548,8 +586,8 @@ impl JobCx {
         self.outbox.notify_one();
     }
 
-    /// Sleeps until the snapshot changes, an operator wakes the job, `deadline` passes (if
-    /// any) or the job must stop — no polling.
+    /// Sleeps until the snapshot changes, an operator wakes the job, a request it queued was
+    /// delivered, `deadline` passes (if any) or the job must stop — no polling.
     pub async fn woken(&mut self, deadline: Option<Instant>) -> Wake {
         let timer = async {
             match deadline {
@@ -565,6 +603,7 @@ impl JobCx {
                 Err(_) => Wake::Stop,
             },
             () = self.wake.notified() => Wake::Operator,
+            () = self.delivered.notified() => Wake::Delivered,
             () = timer => Wake::Timer,
         }
     }

@@ -270,6 +270,7 @@ async fn dispatch_run(
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
     let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
+    let delivered = Wakes::default();
     let companion = companion::Companion {
         bot_id: spec.id,
         deps: deps.clone(),
@@ -277,6 +278,7 @@ async fn dispatch_run(
         telegram: telegram.clone(),
         snapshot: parts.snapshot.clone(),
         wakes: parts.wakes,
+        delivered: delivered.clone(),
         failures: failures.clone(),
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
@@ -309,6 +311,7 @@ async fn dispatch_run(
         snapshot: parts.snapshot.clone(),
         wake: Arc::clone(&outbox_wake),
         handoff: handoff_rx,
+        delivered,
         failures: failures.clone(),
         stop: failures.failed(),
         drain: drain.clone(),

@@ -54,6 +54,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_markup: Option<InlineKeyboardMarkup>,
     },
+    /// `copyMessage`: a copy of message `message_id` of chat `from_chat_id` (any media,
+    /// caption and entities kept), with an inline keyboard when given.
+    CopyMessage {
+        /// The chat the original is in.
+        from_chat_id: i64,
+        /// The original message.
+        message_id: i32,
+        /// An inline keyboard for the copy (none keeps none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_markup: Option<InlineKeyboardMarkup>,
+    },
     /// `answerCallbackQuery`.
     AnswerCallbackQuery {
         /// The query.
@@ -70,20 +81,24 @@ impl Request {
         match self {
             Request::SendMessage { .. } => "sendMessage",
             Request::EditMessageText { .. } => "editMessageText",
+            Request::CopyMessage { .. } => "copyMessage",
             Request::AnswerCallbackQuery { .. } => "answerCallbackQuery",
         }
     }
 
     /// Whether Telegram's sending limits (per chat, per bot) apply to it: new messages do.
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Request::SendMessage { .. })
+        matches!(
+            self,
+            Request::SendMessage { .. } | Request::CopyMessage { .. }
+        )
     }
 
     /// The text a chat sees, for history (None for calls that show no message).
     pub fn text(&self) -> Option<&str> {
         match self {
             Request::SendMessage { text, .. } | Request::EditMessageText { text, .. } => Some(text),
-            Request::AnswerCallbackQuery { .. } => None,
+            Request::AnswerCallbackQuery { .. } | Request::CopyMessage { .. } => None,
         }
     }
 }
@@ -107,6 +122,11 @@ mod tests {
             Request::AnswerCallbackQuery {
                 callback_query_id: "q".into(),
                 text: Some("changed".into()),
+            },
+            Request::CopyMessage {
+                from_chat_id: 5,
+                message_id: 9,
+                reply_markup: None,
             },
         ];
         for r in cases {

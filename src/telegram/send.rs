@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use teloxide::Bot;
-use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
+use teloxide::payloads::{
+    AnswerCallbackQuerySetters, CopyMessageSetters, EditMessageTextSetters, SendMessageSetters,
+};
 use teloxide::prelude::Requester;
 use teloxide::types::{BotCommand, CallbackQueryId, ChatId, MessageId};
 
@@ -145,6 +147,20 @@ impl Messenger {
                     None => call,
                 };
                 call.await.map(|m| Some(m.id.0))
+            }
+            Request::CopyMessage {
+                from_chat_id,
+                message_id,
+                reply_markup,
+            } => {
+                let call =
+                    self.bot
+                        .copy_message(chat, ChatId(*from_chat_id), MessageId(*message_id));
+                let call = match reply_markup.clone() {
+                    Some(k) => call.reply_markup(k),
+                    None => call,
+                };
+                call.await.map(|m| Some(m.0))
             }
             Request::AnswerCallbackQuery {
                 callback_query_id,

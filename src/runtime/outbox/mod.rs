@@ -42,7 +42,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failures, RunFailure};
+use super::{Failures, RunFailure, Wakes};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
@@ -80,6 +80,8 @@ pub struct Sender {
     pub wake: Arc<Notify>,
     /// What committed units of work queued, handed over directly.
     pub handoff: mpsc::UnboundedReceiver<Vec<Queued>>,
+    /// Per module: notified once a request it queued is recorded (its job may queue more).
+    pub delivered: Wakes,
     /// Where a revoked token or a database failure is reported.
     pub failures: Failures,
     /// Cancelled when the run fails: stop at once.
@@ -417,6 +419,12 @@ impl Sender {
             module.on_sent(&mut tx, &deliveries).await?;
         }
         tx.commit().await?;
+        let mut origins: Vec<&str> = records.iter().map(|r| r.row.origin.as_str()).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        for origin in origins {
+            self.delivered.wake(origin);
+        }
         Ok(())
     }
 
