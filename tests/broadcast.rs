@@ -466,3 +466,154 @@ async fn measure_broadcast_throughput_and_reply_latency() {
     assert!(per_chat.is_empty(), "each user queued once: {per_chat:?}");
     db.close().await;
 }
+
+/// kill -9 three times during a broadcast, with `botvisor serve` as a real child process
+/// against the rate-limited sandbox: afterwards every user has the message, the broadcast is
+/// `done` with sent = N, and the duplicates (sends repeated because a kill fell between a send
+/// and its mark) are counted, printed and at most one per kill. CI runs it with 120 users;
+/// `BOTVISOR_MEASURE_BROADCAST=3000` gives the issue's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
+    const KILLS: i64 = 3;
+    let n: i64 = std::env::var("BOTVISOR_MEASURE_BROADCAST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let panel = common::TestDb::create("bvt_bkill").await;
+    botvisor::schema::apply(&botvisor::schema::PANEL, &panel.url.parse().unwrap())
+        .await
+        .unwrap();
+    let (sb, api_url, stop_sandbox) = common::harness::start_sandbox_with(true).await;
+    let t = token(9106);
+    sb.register_bot(&t, Some("crashy_bot")).unwrap();
+    let pool = panel.pool().await;
+    let id = botvisor::panel::store::add_bot(
+        &pool,
+        &botvisor::panel::store::NewBot {
+            name: "crashy",
+            token: &botvisor::token::BotToken::parse(&t).unwrap(),
+            enabled: true,
+            database: None,
+            manifest: &botvisor::content::manifest::Manifest::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let cli_env = panel.env();
+    let mut env = panel.env();
+    env.insert("BOTVISOR_TELEGRAM_API_URL".into(), api_url);
+    env.insert("BOTVISOR__TELEGRAM__POLL_TIMEOUT_SECS".into(), "1".into());
+    env.insert("RUST_LOG".into(), "botvisor=info,warn".into());
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let mut serve = common::process::ServeProcess::start(&env, Some(&log));
+
+    // The users write plain text (no answer): the sandbox learns their chats and the bot
+    // records them.
+    let first = 200_000;
+    for u in first..first + n {
+        sb.inject_message(InjectMessage::private(&t, u, "hi"))
+            .unwrap();
+    }
+    let bot_url = format!("{}/{}_bot_{id}", common::server_url(), panel.name);
+    let db = eventually(DEADLINE, "the bot's database", || async {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&bot_url)
+            .await
+            .ok()
+    })
+    .await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap_or(-1)
+        }
+    };
+    eventually(Duration::from_secs(600), "users registered", || async {
+        (count("SELECT count(*) FROM users").await == n).then_some(())
+    })
+    .await;
+
+    let bid = common::botvisor(
+        &cli_env,
+        &[
+            "broadcast",
+            "start",
+            &id.to_string(),
+            "--text",
+            "Mailing for {first_name}",
+        ],
+    );
+    let bid = bid.ok().trim().to_owned();
+    let began = Instant::now();
+    // Kill at a quarter, half and three quarters of the mailing, restarting at once.
+    for k in 1..=KILLS {
+        let mark = n * k / (KILLS + 1);
+        eventually(Duration::from_secs(600), "sends recorded", || async {
+            let sent =
+                count("SELECT count(*) FROM broadcast_recipients WHERE state = 'sent'").await;
+            (sent >= mark).then_some(())
+        })
+        .await;
+        serve.signal("KILL");
+        serve.wait().await;
+        serve = common::process::ServeProcess::start(&env, Some(&log));
+    }
+    let status = eventually(Duration::from_secs(600), "broadcast done", || async {
+        let run = common::botvisor(
+            &cli_env,
+            &["broadcast", "status", &id.to_string(), &bid, "--json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+        (v["state"] == "done").then_some(v)
+    })
+    .await;
+    let took = began.elapsed();
+    serve.signal("TERM");
+    assert_eq!(serve.wait().await, Some(0), "log: {}", log.display());
+
+    let mut missing = Vec::new();
+    let mut duplicates = 0;
+    for u in first..first + n {
+        let got = sb
+            .sent(&t, u, 0)
+            .unwrap()
+            .iter()
+            .filter(|e| e.text().is_some_and(|x| x.starts_with("Mailing for")))
+            .count();
+        if got == 0 {
+            missing.push(u);
+        }
+        duplicates += got.saturating_sub(1);
+    }
+    let rate_limited = sb.stats().rate_limited(&t);
+    eprintln!(
+        "broadcast with {KILLS} SIGKILLs: {n} users in {:.1} s, {} missing, {duplicates} duplicates, \
+         429s: {rate_limited}, resumed {}",
+        took.as_secs_f64(),
+        missing.len(),
+        status["resumed"]
+    );
+    assert!(missing.is_empty(), "never got it: {missing:?}");
+    assert_eq!(
+        (status["sent"].as_i64(), status["pending"].as_i64()),
+        (Some(n), Some(0)),
+        "{status}"
+    );
+    // Each run after a kill resumed it (a run killed before its job started counts none).
+    assert!(
+        (1..=KILLS).contains(&status["resumed"].as_i64().unwrap_or(0)),
+        "{status}"
+    );
+    assert!(
+        duplicates <= KILLS as usize,
+        "{duplicates} duplicates after {KILLS} kills"
+    );
+    db.close().await;
+    pool.close().await;
+    stop_sandbox.cancel();
+}
