@@ -326,7 +326,8 @@ async fn jobs_due_together_across_bots_fire_on_time_once_even_across_a_kill() {
                 .unwrap();
         }
     }
-    let mut dbs = Vec::new();
+    // One connection at a time to the bots' databases: the server's 100 are shared.
+    let mut urls = Vec::new();
     for id in &ids {
         let url = format!("{}/{}_bot_{id}", common::server_url(), panel.name);
         let db = eventually(common::harness::DEADLINE, "a bot's database", || async {
@@ -345,7 +346,8 @@ async fn jobs_due_together_across_bots_fire_on_time_once_even_across_a_kill() {
             (k == PER_BOT).then_some(())
         })
         .await;
-        dbs.push(db);
+        db.close().await;
+        urls.push(url);
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("botvisor.toml");
@@ -394,24 +396,6 @@ async fn jobs_due_together_across_bots_fire_on_time_once_even_across_a_kill() {
             jobs
         }
     };
-    let runs_per_job = |dbs: &Vec<sqlx::PgPool>| {
-        let dbs = dbs.clone();
-        async move {
-            let mut per_job = Vec::new();
-            for db in &dbs {
-                let rows: Vec<(i64, i64)> = sqlx::query_as(
-                    "SELECT j.id, count(r.job_id) FROM schedule_jobs j \
-                     LEFT JOIN schedule_runs r ON r.job_id = j.id GROUP BY j.id",
-                )
-                .fetch_all(db)
-                .await
-                .unwrap();
-                per_job.extend(rows.into_iter().map(|(_, n)| n));
-            }
-            per_job
-        }
-    };
-
     // Time to add every job before the first is due (each add opens the bot's database).
     let lead = TimeDelta::seconds(5) + TimeDelta::milliseconds(100) * total as i32;
     // Undisturbed: every job within 1 s of its time.
@@ -500,15 +484,26 @@ async fn jobs_due_together_across_bots_fire_on_time_once_even_across_a_kill() {
     // sends in flight then, one per bot.
     assert!(dups <= bots, "{dups} duplicates");
     // Exactly one run per job, across both phases and the kill.
-    let runs = runs_per_job(&dbs).await;
+    let mut runs = Vec::new();
+    for url in &urls {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let per_job: Vec<i64> = sqlx::query_scalar(
+            "SELECT count(r.job_id) FROM schedule_jobs j \
+             LEFT JOIN schedule_runs r ON r.job_id = j.id GROUP BY j.id",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        runs.extend(per_job);
+        sqlx::Connection::close(conn).await.ok();
+    }
     assert_eq!(runs.len(), 2 * total);
     assert!(runs.iter().all(|n| *n == 1), "runs per job: {runs:?}");
 
     serve.signal("TERM");
     assert_eq!(serve.wait().await, Some(0), "log: {}", log.display());
-    for db in dbs {
-        db.close().await;
-    }
     pool.close().await;
     stop_sandbox.cancel();
 }
