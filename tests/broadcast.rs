@@ -13,6 +13,7 @@ use botvisor::modules::Registry;
 use botvisor::sandbox::{InjectCallback, InjectMessage, SentKind};
 use common::cli::CliPanel;
 use common::harness::{DEADLINE, Harness};
+use common::process::ServeSetup;
 use common::{eventually, token};
 
 fn admin(h: &Harness) -> Admin {
@@ -485,34 +486,11 @@ async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let panel = common::TestDb::create("bvt_bkill").await;
-    botvisor::schema::apply(&botvisor::schema::PANEL, &panel.url.parse().unwrap())
-        .await
-        .unwrap();
-    let (sb, api_url, stop_sandbox) = common::harness::start_sandbox_with(true).await;
-    let t = token(9106);
-    sb.register_bot(&t, Some("crashy_bot")).unwrap();
-    let pool = panel.pool().await;
-    let id = botvisor::panel::store::add_bot(
-        &pool,
-        &botvisor::panel::store::NewBot {
-            name: "crashy",
-            token: &botvisor::token::BotToken::parse(&t).unwrap(),
-            enabled: true,
-            database: None,
-            manifest: &botvisor::content::manifest::Manifest::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let cli_env = panel.env();
-    let mut env = panel.env();
-    env.insert("BOTVISOR_TELEGRAM_API_URL".into(), api_url);
-    env.insert("BOTVISOR__TELEGRAM__POLL_TIMEOUT_SECS".into(), "1".into());
-    env.insert("RUST_LOG".into(), "botvisor=info,warn".into());
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("serve.log");
-    let mut serve = common::process::ServeProcess::start(&env, Some(&log));
+    let setup = ServeSetup::new("bvt_bkill", true).await;
+    let sb = &setup.sandbox;
+    let (id, t) = setup.add_bot("crashy", 9106).await;
+    let cli_env = setup.panel.env();
+    let mut serve = setup.start();
 
     // The users write plain text (no answer): the sandbox learns their chats and the bot
     // records them.
@@ -521,7 +499,7 @@ async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
         sb.inject_message(InjectMessage::private(&t, u, "hi"))
             .unwrap();
     }
-    let bot_url = format!("{}/{}_bot_{id}", common::server_url(), panel.name);
+    let bot_url = setup.bot_url(id);
     let db = eventually(DEADLINE, "the bot's database", || async {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -567,7 +545,7 @@ async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
         .await;
         serve.signal("KILL");
         serve.wait().await;
-        serve = common::process::ServeProcess::start(&env, Some(&log));
+        serve = setup.start();
     }
     let status = eventually(Duration::from_secs(600), "broadcast done", || async {
         let run = common::botvisor(
@@ -580,7 +558,7 @@ async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
     .await;
     let took = began.elapsed();
     serve.signal("TERM");
-    assert_eq!(serve.wait().await, Some(0), "log: {}", log.display());
+    assert_eq!(serve.wait().await, Some(0), "log: {}", setup.log.display());
 
     let mut missing = Vec::new();
     let mut duplicates = 0;
@@ -620,6 +598,4 @@ async fn sigkill_three_times_during_a_broadcast_reaches_everyone() {
         "{duplicates} duplicates after {KILLS} kills"
     );
     db.close().await;
-    pool.close().await;
-    stop_sandbox.cancel();
 }

@@ -68,3 +68,84 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A migrated panel, an in-process sandbox and the environment that runs `botvisor serve` as
+/// a child process against them (its log appended to one file across restarts).
+pub struct ServeSetup {
+    /// The panel database.
+    pub panel: super::TestDb,
+    /// A pool to it.
+    pub pool: sqlx::PgPool,
+    /// The sandbox.
+    pub sandbox: botvisor::sandbox::SandboxHandle,
+    /// The daemon's environment.
+    pub env: HashMap<String, String>,
+    /// The daemon's log.
+    pub log: std::path::PathBuf,
+    _logs: tempfile::TempDir,
+    stop_sandbox: tokio_util::sync::CancellationToken,
+}
+
+impl ServeSetup {
+    /// A fresh panel (name prefix `prefix`) and a sandbox enforcing Telegram's send limits
+    /// when `rate_limits` is set.
+    pub async fn new(prefix: &str, rate_limits: bool) -> Self {
+        let panel = super::TestDb::create(prefix).await;
+        botvisor::schema::apply(&botvisor::schema::PANEL, &panel.url.parse().unwrap())
+            .await
+            .unwrap();
+        let (sandbox, api_url, stop_sandbox) =
+            super::harness::start_sandbox_with(rate_limits).await;
+        let pool = panel.pool().await;
+        let mut env = panel.env();
+        env.insert("BOTVISOR_TELEGRAM_API_URL".into(), api_url);
+        env.insert("BOTVISOR__TELEGRAM__POLL_TIMEOUT_SECS".into(), "1".into());
+        env.insert("RUST_LOG".into(), "botvisor=info,warn".into());
+        let logs = tempfile::tempdir().unwrap();
+        let log = logs.path().join("serve.log");
+        Self {
+            panel,
+            pool,
+            sandbox,
+            env,
+            log,
+            _logs: logs,
+            stop_sandbox,
+        }
+    }
+
+    /// Registers `token_id`'s token in the sandbox and adds an enabled bot to the panel.
+    pub async fn add_bot(&self, name: &str, token_id: u64) -> (i64, String) {
+        let t = super::token(token_id);
+        self.sandbox.register_bot(&t, None).unwrap();
+        let id = botvisor::panel::store::add_bot(
+            &self.pool,
+            &botvisor::panel::store::NewBot {
+                name,
+                token: &botvisor::token::BotToken::parse(&t).unwrap(),
+                enabled: true,
+                database: None,
+                manifest: &botvisor::content::manifest::Manifest::default(),
+            },
+        )
+        .await
+        .unwrap();
+        (id, t)
+    }
+
+    /// Starts `botvisor serve`.
+    pub fn start(&self) -> ServeProcess {
+        ServeProcess::start(&self.env, Some(&self.log))
+    }
+
+    /// The URL of bot `id`'s database (the default naming rule).
+    pub fn bot_url(&self, id: i64) -> String {
+        format!("{}/{}_bot_{id}", super::server_url(), self.panel.name)
+    }
+}
+
+impl Drop for ServeSetup {
+    fn drop(&mut self) {
+        self.stop_sandbox.cancel();
+    }
+}
