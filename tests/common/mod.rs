@@ -62,8 +62,19 @@ impl TestDb {
     }
 
     /// Environment for a botvisor child process or `Settings::load` pointing at this database.
+    ///
+    /// Tests run side by side against one server (`max_connections` = 100 here and in CI), so
+    /// each test daemon gets a small fixed connection budget instead of "auto" (which would let
+    /// every one of them take 85); a test may set its own.
     pub fn env(&self) -> HashMap<String, String> {
-        [("BOTVISOR_PANEL_URL".to_string(), self.url.clone())].into()
+        [
+            ("BOTVISOR_PANEL_URL".to_string(), self.url.clone()),
+            (
+                "BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET".to_string(),
+                "12".to_string(),
+            ),
+        ]
+        .into()
     }
 }
 
