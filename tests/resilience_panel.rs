@@ -211,6 +211,7 @@ async fn watchdog_and_bots_survive_a_panel_outage() {
     sandbox.register_bot(&t, Some("outage_bot")).unwrap();
     let id = store::add_bot(
         &panel.admin,
+        &panel.db.as_ref().unwrap().keys(),
         &NewBot {
             name: "outage",
             token: &BotToken::parse(&t).unwrap(),

@@ -9,13 +9,15 @@
 //! - [`texts`]: set, get, list, delete, import, export;
 //! - [`manifests`]: show, validate, replace;
 //! - [`history`]: a chat's message history from the bot's database;
-//! - [`secrets`]: a bot's named secrets, sealed with the master key.
+//! - [`secrets`]: a bot's named secrets, sealed with the master key;
+//! - [`keys`]: rotating the master key.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
 
 pub mod bots;
 pub mod history;
+pub mod keys;
 pub mod manifests;
 pub mod secrets;
 pub mod texts;

@@ -59,6 +59,27 @@ pub(super) async fn run(
             }
             Ok(())
         }
+        Command::Keys(crate::cli::KeysCommand::Rotate { batch_size }) => {
+            let r = admin.rotate_keys(*batch_size).await?;
+            writeln!(
+                out,
+                "{} rotation: every token and secret is sealed with master key {} ({} re-sealed \
+                 by this run); retired: {}",
+                if r.resumed {
+                    "finished an interrupted"
+                } else {
+                    "done"
+                },
+                r.key,
+                r.resealed,
+                if r.retired.is_empty() {
+                    "none".to_owned()
+                } else {
+                    r.retired.join(", ")
+                }
+            )?;
+            Ok(())
+        }
         Command::Keys(_) | Command::Migrate(_) | Command::Serve | Command::Sandbox(_) => {
             unreachable!("handled by the caller or above")
         }

@@ -303,6 +303,14 @@ pub enum KeysCommand {
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
     },
+    /// Re-seal every bot token and secret under a new master key, one transaction per batch;
+    /// the old key stays accepted until the end. Run it again to finish a rotation that was
+    /// interrupted.
+    Rotate {
+        /// Tokens (and secrets) re-sealed per transaction.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10000))]
+        batch_size: i64,
+    },
 }
 
 /// `botvisor secret` subcommands.

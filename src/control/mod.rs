@@ -561,7 +561,7 @@ impl Supervisor {
             }
             (Scope::Only(ids), rows)
         };
-        let desired: Vec<Desired> = rows.iter().map(desired).collect();
+        let desired: Vec<Desired> = rows.iter().map(|b| desired(b, &self.deps.keys)).collect();
         let running: BTreeMap<i64, Running> = self
             .slots
             .iter()
@@ -619,7 +619,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&bot.id) else {
             return;
         };
-        let Ok(token) = BotToken::parse(&bot.token) else {
+        let Ok(token) = bot.open_token(&self.deps.keys) else {
             return;
         };
         slot.version = bot.version;
@@ -678,7 +678,7 @@ impl Supervisor {
         bot: &BotRecord,
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
-        let Ok(token) = BotToken::parse(&bot.token) else {
+        let Ok(token) = bot.open_token(&self.deps.keys) else {
             return Ok(());
         };
         let built = self.content(bot).await?;
@@ -755,13 +755,13 @@ impl Supervisor {
 }
 
 /// What the planner needs of a panel row.
-fn desired(bot: &BotRecord) -> Desired {
+fn desired(bot: &BotRecord, keys: &Keyring) -> Desired {
     Desired {
         id: bot.id,
         enabled: bot.enabled,
         version: bot.version,
         fingerprint: bot.config_fingerprint(),
-        invalid_token: BotToken::parse(&bot.token).err().map(|e| e.to_string()),
+        invalid_token: bot.open_token(keys).err(),
     }
 }
 
