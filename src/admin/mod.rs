@@ -10,12 +10,14 @@
 //! - [`manifests`]: show, validate, replace;
 //! - [`history`]: a chat's message history from the bot's database;
 //! - [`secrets`]: a bot's named secrets, sealed with the master key;
-//! - [`keys`]: rotating the master key.
+//! - [`keys`]: rotating the master key;
+//! - [`data`]: erasing a bot; exporting and erasing one user's rows.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
 
 pub mod bots;
+pub mod data;
 pub mod history;
 pub mod keys;
 pub mod manifests;

@@ -45,6 +45,7 @@ pub(super) async fn run(
         Command::Text(cmd) => text(cmd, &admin, out).await,
         Command::Config(cmd) => manifest(cmd, &admin, out).await,
         Command::Secret(cmd) => super::secret::run(cmd, &admin, out).await,
+        Command::User(cmd) => super::secret::user(cmd, &admin, out).await,
         Command::History {
             id,
             chat,
@@ -246,6 +247,18 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 DatabaseFate::Kept(db) => writeln!(out, "database {db} kept")?,
                 DatabaseFate::Unknown => {}
             }
+        }
+        BotCommand::Erase { id, yes } => {
+            let fate = admin.erase_bot(*id, *yes).await?;
+            match fate {
+                DatabaseFate::Dropped(db) => writeln!(out, "database {db} dropped")?,
+                DatabaseFate::Missing(db) => writeln!(out, "database {db} did not exist")?,
+                DatabaseFate::Kept(db) => writeln!(out, "database {db} kept")?,
+                DatabaseFate::Unknown => {
+                    writeln!(out, "its database override is invalid: nothing was dropped")?
+                }
+            }
+            writeln!(out, "bot {id} erased with its texts and secrets")?;
         }
     }
     Ok(())

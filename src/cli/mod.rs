@@ -71,6 +71,9 @@ pub enum Command {
     /// Set, read, import and export a bot's texts.
     #[command(subcommand)]
     Text(TextCommand),
+    /// Export or erase everything a bot's database holds about one user.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Create the master key that seals bot tokens and secrets (see docs/security.md).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -219,6 +222,15 @@ pub enum BotCommand {
         /// The new name (unique; letters, digits, spaces, _ . -; up to 64 characters).
         name: String,
     },
+    /// Erase a bot for good (needs --yes): disable it, drop its database, delete it with its
+    /// texts and secrets — in that order, so running it again finishes an interrupted erase.
+    Erase {
+        /// The bot's id.
+        id: i64,
+        /// Confirm; without it nothing happens and the command says what would.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {
         /// The bot's id.
@@ -290,6 +302,30 @@ pub enum TextCommand {
     Export {
         /// The bot's id.
         id: i64,
+    },
+}
+
+/// `botvisor user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Print as JSON every row about the user in the bot's database, by table (profile,
+    /// history, and any module's rows with a user_id or chat_id).
+    Export {
+        /// The bot's id.
+        id: i64,
+        /// The user's Telegram id.
+        user_id: i64,
+    },
+    /// Delete every row about the user in the bot's database, in one transaction, and print
+    /// the count per table (needs --yes).
+    Erase {
+        /// The bot's id.
+        id: i64,
+        /// The user's Telegram id.
+        user_id: i64,
+        /// Confirm; without it nothing happens and the command says what would.
+        #[arg(long)]
+        yes: bool,
     },
 }
 

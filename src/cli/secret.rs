@@ -1,8 +1,9 @@
-//! `botvisor secret`: a bot's sealed secrets — set from standard input, list names, remove.
+//! `botvisor secret`: a bot's sealed secrets — set from standard input, list names, remove;
+//! `botvisor user`: one user's rows exported or erased.
 
 use std::io::{Read, Write};
 
-use super::{CliError, SecretCommand};
+use super::{CliError, SecretCommand, UserCommand};
 use crate::admin::Admin;
 
 pub(super) async fn run(
@@ -55,6 +56,35 @@ pub(super) async fn run(
         SecretCommand::Remove { id, name } => {
             admin.remove_secret(*id, name).await?;
             writeln!(out, "secret {name} of bot {id} removed")?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn user(
+    cmd: &UserCommand,
+    admin: &Admin,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        UserCommand::Export { id, user_id } => {
+            let rows = admin.export_user(*id, *user_id).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            )?;
+        }
+        UserCommand::Erase { id, user_id, yes } => {
+            let erased = admin.erase_user(*id, *user_id, *yes).await?;
+            let total: u64 = erased.iter().map(|e| e.rows).sum();
+            for e in &erased {
+                writeln!(out, "{}: {}", e.table, e.rows)?;
+            }
+            writeln!(
+                out,
+                "user {user_id}: {total} rows erased from bot {id}'s database"
+            )?;
         }
     }
     Ok(())
