@@ -106,7 +106,7 @@ impl Admin {
     }
 
     /// One connection to bot `id`'s database (which must exist).
-    async fn bot_connection(&self, id: i64) -> Result<sqlx::PgConnection, AdminError> {
+    pub(super) async fn bot_connection(&self, id: i64) -> Result<sqlx::PgConnection, AdminError> {
         let bot = store::get_bot(&self.pool, id).await?;
         let target = self.bot_target(&bot)?;
         if !target.exists().await? {

@@ -1,10 +1,9 @@
 //! A chat's message history, read from the bot's own database.
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 use super::{Admin, AdminError};
 use crate::modules::history::store::{self, MessageRecord};
-use crate::panel::store as panel;
 
 impl Admin {
     /// The latest `limit` messages of `chat` in bot `id`'s database, oldest first.
@@ -14,24 +13,7 @@ impl Admin {
         chat: i64,
         limit: i64,
     ) -> Result<Vec<MessageRecord>, AdminError> {
-        let bot = panel::get_bot(&self.pool, id).await?;
-        let target = self.bot_target(&bot)?;
-        if !target.exists().await? {
-            return Err(AdminError::NoDatabase {
-                id,
-                database: target.database,
-            });
-        }
-        let mut conn =
-            target
-                .options
-                .connect()
-                .await
-                .map_err(|source| crate::botdb::BotDbError::Connect {
-                    url: target.describe(),
-                    database: target.database.clone(),
-                    source,
-                })?;
+        let mut conn = self.bot_connection(id).await?;
         let messages = store::chat_history(&mut conn, chat, limit).await;
         let _ = conn.close().await;
         messages.map_err(AdminError::BotDbQuery)

@@ -394,6 +394,17 @@ fn validated(key: &str, lang: &str, value: &str) -> Result<(), PanelError> {
     })
 }
 
+/// A foreign-key violation (SQLSTATE 23503) on a bot's row: the bot does not exist (it may
+/// have been removed meanwhile).
+fn missing_bot(e: sqlx::Error, id: i64) -> PanelError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+            PanelError::BotNotFound(id)
+        }
+        _ => PanelError::Database(e),
+    }
+}
+
 /// Sets one text (validated first).
 pub async fn set_text(
     pool: &PgPool,
@@ -435,12 +446,7 @@ pub async fn import_texts(
         .bind(value)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-                PanelError::BotNotFound(id)
-            }
-            _ => PanelError::Database(e),
-        })?;
+        .map_err(|e| missing_bot(e, id))?;
     }
     tx.commit().await?;
     Ok(())
@@ -510,12 +516,7 @@ pub async fn set_secret(
     .bind(sealed)
     .execute(pool)
     .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-            PanelError::BotNotFound(id)
-        }
-        _ => PanelError::Database(e),
-    })?;
+    .map_err(|e| missing_bot(e, id))?;
     Ok(())
 }
 
