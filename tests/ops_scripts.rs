@@ -836,10 +836,14 @@ fn backup_discovering(dbs: &Dbs, panel: &str, dir: &Path, extra: &[(&str, &str)]
 fn backup_saves_orphaned_bot_databases_and_flags_them() {
     let dbs = Dbs::new();
     let panel = real_panel(&dbs);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("master.key");
+    botvisor::crypto::init_key_file(&key).unwrap();
     let add = |name: &str, n: u32| -> String {
         ok(Command::new(botvisor_bin())
             .args(["bot", "add", "--name", name, "--token", &token(n)])
-            .env("BOTVISOR_PANEL_URL", dbs.url(&panel)))
+            .env("BOTVISOR_PANEL_URL", dbs.url(&panel))
+            .env(botvisor::crypto::KEY_FILE_ENV, &key))
         .trim()
         .to_string()
     };

@@ -10,21 +10,31 @@
 //! - [`manifests`]: show, validate, replace;
 //! - [`history`]: a chat's message history from the bot's database;
 //! - [`broadcasts`]: start, list, show, pause, resume, cancel and report mailings;
-//! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs.
+//! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs;
+//! - [`secrets`]: a bot's named secrets, sealed with the master key;
+//! - [`keys`]: rotating the master key;
+//! - [`data`]: erasing a bot; exporting and erasing one user's rows.
+//!
+//! The master key file is read when an operation first needs it (so commands that touch no
+//! secret work without it) and kept; see [`crate::crypto`].
 
 pub mod bots;
 pub mod broadcasts;
+pub mod data;
 pub mod history;
+pub mod keys;
 pub mod manifests;
 pub mod schedules;
+pub mod secrets;
 pub mod texts;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
 use crate::botdb::BotDbError;
 use crate::content::manifest::ManifestError;
+use crate::crypto::{CryptoError, Keyring};
 use crate::modules::Registry;
 use crate::panel::PanelError;
 use crate::settings::Settings;
@@ -58,6 +68,20 @@ pub enum AdminError {
         /// The language.
         lang: String,
     },
+    /// A secret's name or value is not acceptable (the message never shows the value).
+    #[error("{0}")]
+    InvalidSecret(String),
+    /// A secret asked for does not exist.
+    #[error("bot {id} has no secret {name:?}")]
+    NoSuchSecret {
+        /// The bot.
+        id: i64,
+        /// The secret's name.
+        name: String,
+    },
+    /// The master key is missing or wrong, or a sealed value cannot be opened.
+    #[error(transparent)]
+    Key(#[from] CryptoError),
     /// Removing a bot or its data needs an explicit confirmation (the message says what would
     /// happen).
     #[error("{0}")]
@@ -103,7 +127,7 @@ impl AdminError {
                 e,
                 BotDbError::InvalidTarget { .. } | BotDbError::Connect { .. }
             ),
-            AdminError::BotDbQuery(_) => false,
+            AdminError::BotDbQuery(_) | AdminError::Key(_) => false,
             _ => true,
         }
     }
@@ -115,6 +139,7 @@ pub struct Admin {
     pool: PgPool,
     settings: Arc<Settings>,
     registry: Registry,
+    keys: Arc<Mutex<Option<Arc<Keyring>>>>,
 }
 
 impl Admin {
@@ -129,7 +154,19 @@ impl Admin {
             pool,
             settings,
             registry,
+            keys: Arc::default(),
         }
+    }
+
+    /// The master keys, read from `secrets.master_key_file` on first use.
+    pub fn keys(&self) -> Result<Arc<Keyring>, AdminError> {
+        let mut slot = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = slot.as_ref() {
+            return Ok(Arc::clone(keys));
+        }
+        let keys = Arc::new(self.settings.keyring()?);
+        *slot = Some(Arc::clone(&keys));
+        Ok(keys)
     }
 
     /// The panel pool (for callers that close it).

@@ -444,3 +444,92 @@ pub async fn server_connection_limits(conn: &mut PgConnection) -> Result<(u32, u
     .await?;
     Ok((max.max(0) as u32, reserved.max(0) as u32))
 }
+
+/// The tables of a bot database that hold rows about a user: those with a `user_id` or
+/// `chat_id` column (a private chat's id is the user's id), with the matching columns and
+/// their `jsonb` columns (an update or a request names the user inside), by table name.
+/// Found in the catalogue, so a module's new table is covered without a change here.
+pub async fn user_tables(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<(String, Vec<String>, Vec<String>)>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT table_name::text, \
+                COALESCE(array_agg(column_name::text ORDER BY column_name) \
+                    FILTER (WHERE column_name IN ('user_id', 'chat_id') \
+                            AND data_type = 'bigint'), '{}'), \
+                COALESCE(array_agg(column_name::text ORDER BY column_name) \
+                    FILTER (WHERE data_type = 'jsonb'), '{}') \
+         FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
+         GROUP BY table_name \
+         HAVING bool_or(column_name IN ('user_id', 'chat_id') AND data_type = 'bigint') \
+         ORDER BY table_name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
+/// The `WHERE` clause matching rows about user `$1` in a table with `ids` and `jsonb` columns.
+fn about_user(ids: &[String], jsonb: &[String]) -> String {
+    let mut terms: Vec<String> = ids
+        .iter()
+        .map(|c| format!("{} = $1", quote_ident(c)))
+        .collect();
+    for c in jsonb {
+        terms.push(format!(
+            "jsonb_path_exists({}, '$.** ? (@.from.id == $u || @.chat.id == $u || @.user.id == $u)', \
+             jsonb_build_object('u', $1))",
+            quote_ident(c)
+        ));
+    }
+    terms.join(" OR ")
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Every row about user `user_id`, as JSON, by table.
+pub async fn user_rows(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+) -> Result<Vec<(String, Vec<serde_json::Value>)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for (table, ids, jsonb) in user_tables(conn).await? {
+        let sql = format!(
+            "SELECT to_jsonb(t) FROM {} t WHERE {}",
+            quote_ident(&table),
+            about_user(&ids, &jsonb)
+        );
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+        out.push((table, rows));
+    }
+    Ok(out)
+}
+
+/// Deletes every row about user `user_id` in one transaction; the count per table.
+pub async fn erase_user(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut out = Vec::new();
+    for (table, ids, jsonb) in user_tables(&mut tx).await? {
+        let sql = format!(
+            "DELETE FROM {} WHERE {}",
+            quote_ident(&table),
+            about_user(&ids, &jsonb)
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        out.push((table, r.rows_affected()));
+    }
+    tx.commit().await?;
+    Ok(out)
+}

@@ -136,6 +136,7 @@ impl Harness {
         let parsed = BotToken::parse(t).unwrap();
         store::add_bot(
             &self.pool,
+            &self.panel.keys(),
             &NewBot {
                 name,
                 token: &parsed,

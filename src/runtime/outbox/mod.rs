@@ -4,7 +4,8 @@
 //! Loop (part of the bot's run, beside the intake, the processor and the companion):
 //! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first,
 //!    each request read once — at start, after a pause, when a module job's commit wakes it
-//!    ([`Sender::wake`]) and when a load filled its page and the queue ran dry; what a unit
+//!    ([`Sender::wake`]) and when the queue ran dry (a module's `on_sent` may have queued a
+//!    follow-up, or a load filled its page); what a unit
 //!    of work queued is handed over after its commit ([`Sender::handoff`]) and put in its
 //!    place by lane and id without reading the outbox again, so a new reply goes ahead of a
 //!    queued mailing;
@@ -281,7 +282,9 @@ impl Sender {
                         paused_until = Some(Instant::now() + d);
                         reload = true;
                     }
-                    if queue.is_empty() && more_in_db {
+                    // A module's `on_sent` may have queued a follow-up (a feedback topic's
+                    // first message); a queue that ran dry looks at the outbox once.
+                    if queue.is_empty() {
                         reload = true;
                     }
                 }
