@@ -120,6 +120,7 @@ impl ServeSetup {
         self.sandbox.register_bot(&t, None).unwrap();
         let id = botvisor::panel::store::add_bot(
             &self.pool,
+            &self.panel.keys(),
             &botvisor::panel::store::NewBot {
                 name,
                 token: &botvisor::token::BotToken::parse(&t).unwrap(),
