@@ -18,6 +18,7 @@
 //! manifest keys. See docs/architecture.md, "How to add a module".
 
 pub mod core;
+pub mod feedback;
 pub mod history;
 
 use std::sync::Arc;
@@ -152,7 +153,11 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// botvisor's modules. Adding a module is one line here.
     pub fn standard() -> Self {
-        Self::new(vec![Arc::new(history::History), Arc::new(core::Core)])
+        Self::new(vec![
+            Arc::new(history::History),
+            Arc::new(feedback::Feedback),
+            Arc::new(core::Core),
+        ])
     }
 
     /// A registry of exactly `modules`, in this order.
@@ -363,6 +368,7 @@ pub struct UpdateCx<'a> {
     pub tx: &'a mut PgConnection,
     origin: &'static str,
     queued: usize,
+    wake: Vec<&'static str>,
 }
 
 impl<'a> UpdateCx<'a> {
@@ -382,7 +388,22 @@ impl<'a> UpdateCx<'a> {
             tx,
             origin: "",
             queued: 0,
+            wake: Vec::new(),
         }
+    }
+
+    /// Asks for the running module's job to be woken once this unit of work committed: it
+    /// left the job work in the bot database (a queued model request, say). Nothing is lost
+    /// if the wake-up is: a job also looks for work when it starts.
+    pub fn wake_job(&mut self) {
+        if !self.wake.contains(&self.origin) {
+            self.wake.push(self.origin);
+        }
+    }
+
+    /// The modules whose jobs this unit of work asked to wake ([`UpdateCx::wake_job`]).
+    pub fn jobs_to_wake(&self) -> &[&'static str] {
+        &self.wake
     }
 
     /// Names the module whose step runs next (its requests are routed back to it).
@@ -419,6 +440,9 @@ impl<'a> UpdateCx<'a> {
         let request = Request::SendMessage {
             text: text.to_owned(),
             reply_markup: markup,
+            message_thread_id: None,
+            reply_to_message_id: None,
+            in_history: false,
         };
         self.queue(Lane::Reply, chat, user, &request).await
     }

@@ -9,7 +9,8 @@
 //!    one says [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
 //! 4. commits: the modules' effects, their queued answers and the mark are atomic; then wakes
 //!    the bot's sender ([`super::outbox`]), which delivers the
-//!    answers and lets the modules observe the results ([`Module::on_sent`]).
+//!    answers and lets the modules observe the results ([`Module::on_sent`]), and the jobs of
+//!    the modules that left them work (`UpdateCx::wake_job`: the assistant's model calls).
 //!
 //! No Telegram call happens while the transaction is open.
 //!
@@ -99,7 +100,7 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
         return Ok(());
     }
-    let queued = {
+    let (queued, jobs) = {
         let mut cx = UpdateCx::new(ctx.bot_id, update, me, &snapshot, &mut tx);
         for module in ctx.registry.enabled(&snapshot) {
             cx.set_module(module.name());
@@ -107,11 +108,14 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
                 break;
             }
         }
-        cx.queued()
+        (cx.queued(), cx.jobs_to_wake().to_vec())
     };
     tx.commit().await?;
     if queued > 0 {
         ctx.outbox.notify_one();
+    }
+    for job in jobs {
+        ctx.wakes.wake(job);
     }
     Ok(())
 }

@@ -197,6 +197,10 @@ pub struct BotContext {
     pub registry: Registry,
     /// Wakes the bot's sender after a commit that queued requests.
     pub outbox: Arc<Notify>,
+    /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
+    ///
+    /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
+    pub wakes: Wakes,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
     /// Bounds concurrent handlers of this bot.
@@ -267,7 +271,7 @@ async fn dispatch_run(
         db: db.clone(),
         telegram: telegram.clone(),
         snapshot: parts.snapshot.clone(),
-        wakes: parts.wakes,
+        wakes: parts.wakes.clone(),
         failures: failures.clone(),
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
@@ -311,6 +315,7 @@ async fn dispatch_run(
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
         outbox: outbox_wake,
+        wakes: parts.wakes,
         failures,
         concurrency: Semaphore::new(HANDLER_CONCURRENCY),
     });

@@ -75,8 +75,9 @@ impl Harness {
     }
 
     async fn start_full(extra: Extra<'_>, registry: Registry, rate_limits: bool) -> Self {
+        // `TEST_LOG=debug` shows the daemon's log while debugging a test.
         botvisor::telemetry::init(&botvisor::settings::LogSettings {
-            filter: "warn".into(),
+            filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
             ..Default::default()
         });
         let panel = TestDb::create("bvt_sup").await;

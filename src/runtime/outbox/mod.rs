@@ -13,7 +13,8 @@
 //!    from the outbox, and history only records what Telegram accepted.
 //!
 //! Failures: a 429 pauses this bot's sender for exactly `retry_after` (other bots are not
-//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; any other refusal →
+//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; 400 "message thread
+//! not found" (a deleted forum topic) → `thread_not_found`; any other refusal →
 //! `failed` with Telegram's text kept; network and server errors back off (1 s doubling to
 //! 30 s) and retry; an error teloxide cannot name is retried [`MAX_UNKNOWN_ATTEMPTS`] times,
 //! then `failed`; a revoked token ends the run. The bot's database out of reach pauses the
@@ -261,6 +262,15 @@ impl Sender {
                     "Telegram refused the request: chat not found"
                 );
                 DeliveryOutcome::ChatNotFound
+            }
+            Err(TelegramError::ThreadNotFound) => {
+                tracing::warn!(
+                    bot_id,
+                    chat_id = row.chat_id,
+                    method,
+                    "Telegram refused the request: message thread not found"
+                );
+                DeliveryOutcome::ThreadNotFound
             }
             Err(
                 TelegramError::Rejected { description, .. } | TelegramError::Conflict(description),
