@@ -17,6 +17,7 @@
 //! loop), one migration in `migrations/bot/`, one line in [`Registry::standard`], and its
 //! manifest keys. See docs/architecture.md, "How to add a module".
 
+pub mod assistant;
 pub mod core;
 pub mod feedback;
 pub mod history;
@@ -156,6 +157,7 @@ impl Registry {
         Self::new(vec![
             Arc::new(history::History),
             Arc::new(feedback::Feedback),
+            Arc::new(assistant::Assistant),
             Arc::new(core::Core),
         ])
     }
