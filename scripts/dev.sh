@@ -14,6 +14,9 @@
 #   DEV_DB        the panel database, default botvisor_dev (created if missing)
 #   SANDBOX_ADDR  where the sandbox listens, default 127.0.0.1:8081
 #   DEMO_TOKEN    the demo bot's token (a local sandbox token, not a Telegram one)
+#   BOTVISOR_MASTER_KEY_FILE  the master key sealing tokens and secrets; default
+#                 <cargo target dir>/dev-master.key, created by `botvisor keys init` when missing
+#                 (a new key cannot open what the old one sealed: drop DEV_DB with it)
 #   CARGO         default cargo. The binary is taken from where cargo builds it
 #                 (`cargo metadata`), so CARGO_TARGET_DIR and build.target-dir work.
 #
@@ -47,6 +50,8 @@ bin=$target_dir/debug/botvisor
 export BOTVISOR_PANEL_URL="postgres://postgres@127.0.0.1:5432/$DEV_DB"
 export BOTVISOR_TELEGRAM_API_URL="http://$SANDBOX_ADDR"
 export BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS=${BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS:-5}
+export BOTVISOR_MASTER_KEY_FILE=${BOTVISOR_MASTER_KEY_FILE:-$target_dir/dev-master.key}
+[[ -f $BOTVISOR_MASTER_KEY_FILE ]] || "$bin" keys init --file "$BOTVISOR_MASTER_KEY_FILE"
 
 "$bin" migrate
 

@@ -51,6 +51,25 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Secrets at rest: the master key.
+    pub secrets: SecretsSettings,
+}
+
+/// Secrets-at-rest settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// The master key file sealing bot tokens and secrets (shortcut:
+    /// `BOTVISOR_MASTER_KEY_FILE`); created by `botvisor keys init`, mode 0600.
+    pub master_key_file: String,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            master_key_file: crate::crypto::DEFAULT_KEY_FILE.into(),
+        }
+    }
 }
 
 /// Panel database settings.
@@ -218,6 +237,14 @@ impl Settings {
                 .set_override("telegram.api_url", url.as_str())
                 .map_err(|e| ConfigError::Parse(e.to_string()))?;
         }
+        if let Some(file) = env
+            .get(crate::crypto::KEY_FILE_ENV)
+            .filter(|v| !v.is_empty())
+        {
+            builder = builder
+                .set_override("secrets.master_key_file", file.as_str())
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
@@ -310,6 +337,12 @@ impl Settings {
                 reason: "must be between 1 and 15 (under the HTTP client's 17 s timeout)".into(),
             });
         }
+        if self.secrets.master_key_file.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "secrets.master_key_file",
+                reason: "must name the master key file (default /etc/botvisor/master.key)".into(),
+            });
+        }
         if self.supervisor.resync_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
@@ -347,6 +380,16 @@ impl Settings {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "botvisor".into())
+    }
+
+    /// The master key file.
+    pub fn master_key_file(&self) -> PathBuf {
+        PathBuf::from(&self.secrets.master_key_file)
+    }
+
+    /// Loads the master keys (see [`crate::crypto::Keyring::load`]).
+    pub fn keyring(&self) -> Result<crate::crypto::Keyring, crate::crypto::CryptoError> {
+        crate::crypto::Keyring::load(&self.master_key_file())
     }
 
     /// How long to wait for a full reconcile when nothing notifies.
@@ -444,6 +487,16 @@ mod tests {
         assert_eq!(s.bot_database.connection_budget, 8);
         assert_eq!(s.telegram.api_url, "http://127.0.0.1:8081");
         assert_eq!(s.panel_database_name(), "panel");
+        assert_eq!(s.master_key_file(), Path::new("/etc/botvisor/master.key"));
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u@h/p"),
+                ("BOTVISOR_MASTER_KEY_FILE", "/k/master.key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.master_key_file(), Path::new("/k/master.key"));
     }
 
     #[test]
@@ -529,9 +582,10 @@ mod tests {
 
     #[test]
     fn masked_output_hides_passwords() {
-        let s = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:secret@h/p")])).unwrap();
+        let s =
+            Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:hunter2@h/p")])).unwrap();
         let out = s.to_masked_toml();
-        assert!(!out.contains("secret"), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains("postgres://u:****@h/p"), "{out}");
     }
 

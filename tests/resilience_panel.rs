@@ -155,7 +155,7 @@ fn serve_env(
     notify: &Notifications,
     sandbox_url: &str,
 ) -> std::collections::HashMap<String, String> {
-    let mut env = std::collections::HashMap::new();
+    let mut env = panel.db.as_ref().expect("the panel exists").env();
     env.insert("BOTVISOR_PANEL_URL".into(), panel.url());
     env.insert(
         "NOTIFY_SOCKET".into(),

@@ -8,19 +8,25 @@
 //! - [`bots`]: add, list, show, enable/disable, set the token, rename, remove, wake a job;
 //! - [`texts`]: set, get, list, delete, import, export;
 //! - [`manifests`]: show, validate, replace;
-//! - [`history`]: a chat's message history from the bot's database.
+//! - [`history`]: a chat's message history from the bot's database;
+//! - [`secrets`]: a bot's named secrets, sealed with the master key.
+//!
+//! The master key file is read when an operation first needs it (so commands that touch no
+//! secret work without it) and kept; see [`crate::crypto`].
 
 pub mod bots;
 pub mod history;
 pub mod manifests;
+pub mod secrets;
 pub mod texts;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
 use crate::botdb::BotDbError;
 use crate::content::manifest::ManifestError;
+use crate::crypto::{CryptoError, Keyring};
 use crate::modules::Registry;
 use crate::panel::PanelError;
 use crate::settings::Settings;
@@ -54,6 +60,20 @@ pub enum AdminError {
         /// The language.
         lang: String,
     },
+    /// A secret's name or value is not acceptable (the message never shows the value).
+    #[error("{0}")]
+    InvalidSecret(String),
+    /// A secret asked for does not exist.
+    #[error("bot {id} has no secret {name:?}")]
+    NoSuchSecret {
+        /// The bot.
+        id: i64,
+        /// The secret's name.
+        name: String,
+    },
+    /// The master key is missing or wrong, or a sealed value cannot be opened.
+    #[error(transparent)]
+    Key(#[from] CryptoError),
     /// Removing a bot or its data needs an explicit confirmation (the message says what would
     /// happen).
     #[error("{0}")]
@@ -86,7 +106,7 @@ impl AdminError {
                 e,
                 BotDbError::InvalidTarget { .. } | BotDbError::Connect { .. }
             ),
-            AdminError::BotDbQuery(_) => false,
+            AdminError::BotDbQuery(_) | AdminError::Key(_) => false,
             _ => true,
         }
     }
@@ -98,6 +118,7 @@ pub struct Admin {
     pool: PgPool,
     settings: Arc<Settings>,
     registry: Registry,
+    keys: Arc<Mutex<Option<Arc<Keyring>>>>,
 }
 
 impl Admin {
@@ -112,7 +133,19 @@ impl Admin {
             pool,
             settings,
             registry,
+            keys: Arc::default(),
         }
+    }
+
+    /// The master keys, read from `secrets.master_key_file` on first use.
+    pub fn keys(&self) -> Result<Arc<Keyring>, AdminError> {
+        let mut slot = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = slot.as_ref() {
+            return Ok(Arc::clone(keys));
+        }
+        let keys = Arc::new(self.settings.keyring()?);
+        *slot = Some(Arc::clone(&keys));
+        Ok(keys)
     }
 
     /// The panel pool (for callers that close it).

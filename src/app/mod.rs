@@ -50,6 +50,9 @@ pub enum DaemonError {
     /// The supervisor failed.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The master key is missing, unreadable, or not the panel's.
+    #[error("cannot start without the master key: {0}")]
+    Key(#[from] crate::crypto::CryptoError),
     /// Shutdown was asked for while waiting for the panel.
     #[error("stopped while waiting for the panel database")]
     Cancelled,
@@ -110,6 +113,9 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<(Self, DaemonHandles), DaemonError> {
         let settings = Arc::new(settings);
+        // Without its key the daemon could open no token and no secret: refuse at once, before
+        // waiting for anything.
+        let keys = Arc::new(settings.keyring()?);
         let options = settings
             .panel_connect_options()
             .expect("validated in Settings::validate")
@@ -130,6 +136,7 @@ impl Daemon {
             budget: budget.clone(),
             registry,
             tasks: tasks.clone(),
+            keys,
         };
         let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
         let me = supervisor.instance_beat();

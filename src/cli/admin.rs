@@ -44,6 +44,7 @@ pub(super) async fn run(
         Command::Bot(cmd) => bot(cmd, &admin, out).await,
         Command::Text(cmd) => text(cmd, &admin, out).await,
         Command::Config(cmd) => manifest(cmd, &admin, out).await,
+        Command::Secret(cmd) => super::secret::run(cmd, &admin, out).await,
         Command::History {
             id,
             chat,
@@ -58,7 +59,7 @@ pub(super) async fn run(
             }
             Ok(())
         }
-        Command::Migrate(_) | Command::Serve | Command::Sandbox(_) => {
+        Command::Keys(_) | Command::Migrate(_) | Command::Serve | Command::Sandbox(_) => {
             unreachable!("handled by the caller or above")
         }
     };

@@ -7,6 +7,7 @@
 mod admin;
 mod daemon;
 mod migrate;
+mod secret;
 
 pub use daemon::{sandbox, serve};
 
@@ -70,6 +71,12 @@ pub enum Command {
     /// Set, read, import and export a bot's texts.
     #[command(subcommand)]
     Text(TextCommand),
+    /// Create the master key that seals bot tokens and secrets (see docs/security.md).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Set, list and remove a bot's secrets (sealed with the master key; values never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Check the daemon's settings, or set and show a bot's manifest.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -286,6 +293,50 @@ pub enum TextCommand {
     },
 }
 
+/// `botvisor keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new master key file (mode 0600); refuses to overwrite an existing one.
+    Init {
+        /// Where to write it; default: BOTVISOR_MASTER_KEY_FILE, else secrets.master_key_file,
+        /// else /etc/botvisor/master.key.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// `botvisor secret` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Seal and store a secret read from standard input (one trailing newline is dropped);
+    /// the running bot picks it up at once.
+    Set {
+        /// The bot's id.
+        id: i64,
+        /// The secret's name, e.g. `openai` (a-z 0-9 _ . -, up to 64).
+        name: String,
+        /// Read the value from standard input (required: a value on the command line would be
+        /// seen by `ps` and kept in shell history).
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// List a bot's secrets: names and when they changed, never values.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON ([{"name", "updated_at"}]) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a bot's secret (an unknown name is an error).
+    Remove {
+        /// The bot's id.
+        id: i64,
+        /// The secret's name.
+        name: String,
+    },
+}
+
 /// `botvisor config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -386,8 +437,41 @@ pub async fn run_admin(
     {
         return migrate::lint(paths, out);
     }
+    if let Command::Keys(KeysCommand::Init { file }) = &cli.command {
+        // Needs no panel: the key usually exists before the panel URL is configured.
+        let path = match file {
+            Some(path) => path.clone(),
+            None => match env
+                .get(crate::crypto::KEY_FILE_ENV)
+                .filter(|v| !v.is_empty())
+            {
+                Some(path) => PathBuf::from(path),
+                None => load_settings(cli, env)
+                    .map(|s| s.master_key_file())
+                    .unwrap_or_else(|_| PathBuf::from(crate::crypto::DEFAULT_KEY_FILE)),
+            },
+        };
+        return keys_init(&path, out);
+    }
     let settings = load_settings(cli, env)?;
     admin::run(&cli.command, &settings, out).await
+}
+
+/// `keys init`: a new master key file at `path`.
+fn keys_init(path: &std::path::Path, out: &mut dyn Write) -> Result<(), CliError> {
+    match crate::crypto::init_key_file(path) {
+        Ok(id) => {
+            writeln!(
+                out,
+                "master key {id} written to {} (mode 0600); back it up apart from the database \
+                 backups",
+                path.display()
+            )?;
+            Ok(())
+        }
+        Err(e @ crate::crypto::CryptoError::Exists { .. }) => Err(CliError::input(error_line(&e))),
+        Err(e) => Err(CliError::failure(error_line(&e))),
+    }
 }
 
 #[cfg(test)]

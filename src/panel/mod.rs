@@ -110,6 +110,10 @@ pub struct BotRecord {
     pub texts_count: i64,
     /// Latest text change.
     pub texts_updated_at: Option<DateTime<Utc>>,
+    /// Number of secrets.
+    pub secrets_count: i64,
+    /// Latest secret change.
+    pub secrets_updated_at: Option<DateTime<Utc>>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
@@ -117,9 +121,14 @@ pub struct BotRecord {
 }
 
 impl BotRecord {
-    /// A value that changes whenever the bot's manifest or texts change.
+    /// A value that changes whenever the bot's manifest, texts or secrets change: the row's
+    /// version, the number of texts and secrets, and the latest change of either.
     pub fn config_fingerprint(&self) -> (i64, i64, Option<DateTime<Utc>>) {
-        (self.version, self.texts_count, self.texts_updated_at)
+        (
+            self.version,
+            self.texts_count + self.secrets_count,
+            self.texts_updated_at.max(self.secrets_updated_at),
+        )
     }
 }
 
@@ -168,6 +177,29 @@ pub struct TextRecord {
     pub value: String,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A bot's secret as stored: sealed (see [`crate::crypto`]); only its name is readable.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SecretRecord {
+    /// The bot.
+    pub bot_id: i64,
+    /// The secret's name.
+    pub name: String,
+    /// The sealed value.
+    pub sealed: Vec<u8>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("bot_id", &self.bot_id)
+            .field("name", &self.name)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long opening the first panel connection may take before we give up.

@@ -3,17 +3,20 @@
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
-use super::{BotRecord, BotStatus, InstanceRecord, PanelError, TextRecord};
+use super::{BotRecord, BotStatus, InstanceRecord, PanelError, SecretRecord, TextRecord};
 use crate::content::manifest::Manifest;
 use crate::token::BotToken;
 
 const SELECT_BOTS: &str = "\
     SELECT b.id, b.name, b.token, b.enabled, b.database, b.manifest, b.version, \
            b.created_at, b.updated_at, \
-           COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at \
+           COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at, \
+           COALESCE(s.n, 0) AS secrets_count, s.latest AS secrets_updated_at \
     FROM bots b \
     LEFT JOIN (SELECT bot_id, count(*) AS n, max(updated_at) AS latest \
-               FROM bot_texts GROUP BY bot_id) t ON t.bot_id = b.id";
+               FROM bot_texts GROUP BY bot_id) t ON t.bot_id = b.id \
+    LEFT JOIN (SELECT bot_id, count(*) AS n, max(updated_at) AS latest \
+               FROM bot_secrets GROUP BY bot_id) s ON s.bot_id = b.id";
 
 /// A bot to register.
 #[derive(Debug)]
@@ -359,6 +362,54 @@ pub async fn delete_text(
         .bind(id)
         .bind(key)
         .bind(lang)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Stores a bot's sealed secret `name` (replacing it); the trigger notifies `reload_config`.
+pub async fn set_secret(
+    pool: &PgPool,
+    id: i64,
+    name: &str,
+    sealed: &[u8],
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "INSERT INTO bot_secrets (bot_id, name, sealed) VALUES ($1, $2, $3) \
+         ON CONFLICT (bot_id, name) DO UPDATE SET sealed = EXCLUDED.sealed",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(sealed)
+    .execute(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+            PanelError::BotNotFound(id)
+        }
+        _ => PanelError::Database(e),
+    })?;
+    Ok(())
+}
+
+/// Every sealed secret of a bot, by name.
+pub async fn list_secrets(pool: &PgPool, id: i64) -> Result<Vec<SecretRecord>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT bot_id, name, sealed, updated_at FROM bot_secrets \
+         WHERE bot_id = $1 ORDER BY name",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes a bot's secret; returns whether it existed.
+pub async fn delete_secret(pool: &PgPool, id: i64, name: &str) -> Result<bool, PanelError> {
+    ensure_bot(pool, id).await?;
+    let r = sqlx::query("DELETE FROM bot_secrets WHERE bot_id = $1 AND name = $2")
+        .bind(id)
+        .bind(name)
         .execute(pool)
         .await?;
     Ok(r.rows_affected() > 0)

@@ -181,6 +181,8 @@ pub struct SharedDeps {
     pub registry: Registry,
     /// Where runs spawn their module jobs.
     pub tasks: Tasks,
+    /// The master keys: the control plane opens tokens and secrets with them.
+    pub keys: Arc<crate::crypto::Keyring>,
 }
 
 /// What the unit of work of one bot run needs besides the update and `Me`.

@@ -33,9 +33,24 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A fresh, empty database; it and every database whose name starts with its name and `_`
 /// are dropped when this value is dropped.
+///
+/// Each one comes with its own master key file (mode 0600, in a temporary directory removed
+/// with it), named in [`TestDb::env`] as `BOTVISOR_MASTER_KEY_FILE`: every daemon and CLI a
+/// test starts from this environment seals and opens secrets with it.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The master key file of this test.
+    pub key_file: std::path::PathBuf,
+    _key_dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+/// A fresh master key file in a new temporary directory.
+pub fn master_key_file() -> (std::sync::Arc<tempfile::TempDir>, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory for the master key");
+    let path = dir.path().join("master.key");
+    botvisor::crypto::init_key_file(&path).expect("write a test master key");
+    (std::sync::Arc::new(dir), path)
 }
 
 impl TestDb {
@@ -49,7 +64,18 @@ impl TestDb {
             .expect("create test database");
         conn.close().await.ok();
         let url = format!("{}/{name}", server_url());
-        Self { name, url }
+        let (_key_dir, key_file) = master_key_file();
+        Self {
+            name,
+            url,
+            key_file,
+            _key_dir,
+        }
+    }
+
+    /// The master keys of this test (see [`TestDb`]).
+    pub fn keys(&self) -> botvisor::crypto::Keyring {
+        botvisor::crypto::Keyring::load(&self.key_file).expect("the test's master key")
     }
 
     /// A small pool to this database.
@@ -61,9 +87,17 @@ impl TestDb {
             .expect("connect to test database")
     }
 
-    /// Environment for a botvisor child process or `Settings::load` pointing at this database.
+    /// Environment for a botvisor child process or `Settings::load` pointing at this database
+    /// and its master key file.
     pub fn env(&self) -> HashMap<String, String> {
-        [("BOTVISOR_PANEL_URL".to_string(), self.url.clone())].into()
+        [
+            ("BOTVISOR_PANEL_URL".to_string(), self.url.clone()),
+            (
+                botvisor::crypto::KEY_FILE_ENV.to_string(),
+                self.key_file.display().to_string(),
+            ),
+        ]
+        .into()
     }
 }
 
@@ -163,19 +197,32 @@ impl Run {
 /// Runs the botvisor binary with only the given environment (plus PATH) and an empty
 /// settings file, so nothing on the machine leaks in.
 pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
+    botvisor_with_input(env, args, b"")
+}
+
+/// [`botvisor`] with `input` on its standard input.
+pub fn botvisor_with_input(env: &HashMap<String, String>, args: &[&str], input: &[u8]) -> Run {
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("botvisor.toml");
     std::fs::write(&config, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_botvisor"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env)
         .arg("--config")
         .arg(&config)
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run botvisor");
-    Run::from(out)
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A command that does not read its input may exit first: a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Run::from(child.wait_with_output().expect("run botvisor"))
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
