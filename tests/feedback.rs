@@ -3,54 +3,14 @@
 
 mod common;
 
-use botvisor::content::manifest::Manifest;
-use botvisor::panel::store::{self, NewBot};
+use botvisor::panel::store;
 use botvisor::sandbox::{ChatType, InjectMedia, InjectMessage, MediaKind, SentEvent, SentKind};
-use botvisor::token::BotToken;
-use common::harness::{DEADLINE, Harness};
-use common::{eventually, token};
+use common::harness::Harness;
+use common::settled;
 use sqlx::PgPool;
 
 /// The admin who answers, in every admin chat of these tests.
 const ADMIN: i64 = 900;
-
-/// Adds a bot with `manifest` and `texts` (English), enabled only once both are written, and
-/// waits until it runs.
-async fn feedback_bot(
-    h: &Harness,
-    name: &str,
-    token_id: u64,
-    manifest: serde_json::Value,
-    texts: &[(&str, &str)],
-) -> (i64, String) {
-    let t = token(token_id);
-    h.sandbox
-        .register_bot(&t, Some(&format!("{name}_bot")))
-        .unwrap();
-    let manifest = Manifest::from_value(&manifest).unwrap();
-    let id = store::add_bot(
-        &h.pool,
-        &NewBot {
-            name,
-            token: &BotToken::parse(&t).unwrap(),
-            enabled: false,
-            database: None,
-            manifest: &manifest,
-        },
-    )
-    .await
-    .unwrap();
-    let texts: Vec<(String, String, String)> = texts
-        .iter()
-        .map(|(k, v)| (k.to_string(), "en".to_string(), v.to_string()))
-        .collect();
-    if !texts.is_empty() {
-        store::import_texts(&h.pool, id, &texts).await.unwrap();
-    }
-    store::set_enabled(&h.pool, id, true).await.unwrap();
-    h.wait_state(id, "running").await;
-    (id, t)
-}
 
 /// A message from the admin in the admin chat.
 fn from_admin(t: &str, chat: i64, text: &str) -> InjectMessage {
@@ -68,33 +28,6 @@ fn from_user(t: &str, user: i64, name: &str, text: &str) -> InjectMessage {
         first_name: Some(name.into()),
         language_code: Some("en".into()),
         ..InjectMessage::private(t, user, text)
-    }
-}
-
-/// Waits for the first event in `chat` after `after` that `pred` accepts.
-async fn event(
-    h: &Harness,
-    t: &str,
-    chat: i64,
-    after: u64,
-    what: &str,
-    pred: impl Fn(&SentEvent) -> bool,
-) -> SentEvent {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut cursor = after;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "no {what} in chat {chat}; events: {:#?}",
-            h.sandbox.sent(t, chat, after)
-        );
-        for e in h.sandbox.wait_sent(t, chat, cursor, left).await.unwrap() {
-            cursor = cursor.max(e.seq);
-            if pred(&e) {
-                return e;
-            }
-        }
     }
 }
 
@@ -123,21 +56,6 @@ fn created_topic(e: &SentEvent) -> Option<(i32, &str)> {
     }
 }
 
-/// Waits until every stored update is processed and every queued request delivered.
-async fn settled(db: &PgPool) {
-    eventually(DEADLINE, "inbox processed and outbox delivered", || async {
-        let (inbox, outbox): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM inbox WHERE processed_at IS NULL), \
-                    (SELECT count(*) FROM outbox WHERE done_at IS NULL)",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap();
-        (inbox == 0 && outbox == 0).then_some(())
-    })
-    .await;
-}
-
 /// The history of `chat` as (role, content).
 async fn history(db: &PgPool, chat: i64) -> Vec<(String, String)> {
     sqlx::query_as("SELECT role, content FROM messages WHERE chat_id = $1 ORDER BY id")
@@ -152,14 +70,15 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
     let h = Harness::start(&[]).await;
     let forum = -100_170_001;
     let user = 501;
-    let (id, t) = feedback_bot(
-        &h,
-        "fb_topics",
-        17001,
-        serde_json::json!({"feedback": {"admin_chat": forum, "mode": "topics"}}),
-        &[],
-    )
-    .await;
+    let (id, t) = h
+        .add_configured(
+            "fb_topics",
+            17001,
+            serde_json::json!({"feedback": {"admin_chat": forum, "mode": "topics"}}),
+            &[],
+            &[],
+        )
+        .await;
     // The admin chat is a forum supergroup the bot is in.
     h.sandbox
         .inject_message(InjectMessage {
@@ -176,16 +95,16 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
             ..from_user(&t, user, "Ann", "my receipt")
         })
         .unwrap();
-    let topic_event = event(&h, &t, forum, 0, "a new topic", |e| {
-        created_topic(e).is_some()
-    })
-    .await;
+    let topic_event = h
+        .event(&t, forum, 0, "a new topic", |e| created_topic(e).is_some())
+        .await;
     let (topic, name) = created_topic(&topic_event).unwrap();
     assert!(name.contains("Ann") && name.contains("501"), "{name}");
-    let photo = event(&h, &t, forum, topic_event.seq, "the photo", |e| {
-        e.method == "copyMessage"
-    })
-    .await;
+    let photo = h
+        .event(&t, forum, topic_event.seq, "the photo", |e| {
+            e.method == "copyMessage"
+        })
+        .await;
     assert_eq!(message(&photo).1, "photo");
     assert_eq!(message(&photo).2, Some(topic));
     assert_eq!(photo.text(), Some("my receipt"));
@@ -200,10 +119,11 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
             ..from_admin(&t, forum, "")
         })
         .unwrap();
-    let voice = event(&h, &t, user, before, "the voice reply", |e| {
-        e.method == "copyMessage"
-    })
-    .await;
+    let voice = h
+        .event(&t, user, before, "the voice reply", |e| {
+            e.method == "copyMessage"
+        })
+        .await;
     assert_eq!(message(&voice).1, "voice");
     settled(&db).await;
     assert_eq!(
@@ -220,21 +140,18 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
     h.sandbox
         .inject_message(from_user(&t, user, "Ann", "are you there?"))
         .unwrap();
-    let recreated = event(&h, &t, forum, before, "a re-created topic", |e| {
-        created_topic(e).is_some()
-    })
-    .await;
+    let recreated = h
+        .event(&t, forum, before, "a re-created topic", |e| {
+            created_topic(e).is_some()
+        })
+        .await;
     let (topic2, _) = created_topic(&recreated).unwrap();
     assert_ne!(topic2, topic);
-    let copy = event(
-        &h,
-        &t,
-        forum,
-        recreated.seq,
-        "the copy in the new topic",
-        |e| e.method == "copyMessage",
-    )
-    .await;
+    let copy = h
+        .event(&t, forum, recreated.seq, "the copy in the new topic", |e| {
+            e.method == "copyMessage"
+        })
+        .await;
     assert_eq!(copy.text(), Some("are you there?"));
     assert_eq!(message(&copy).2, Some(topic2));
 
@@ -246,7 +163,7 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
             ..from_admin(&t, forum, "/ban")
         })
         .unwrap();
-    event(&h, &t, forum, before, "the ban notice", |e| {
+    h.event(&t, forum, before, "the ban notice", |e| {
         e.text().is_some_and(|x| x.contains("banned"))
     })
     .await;
@@ -267,7 +184,7 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
             ..from_admin(&t, forum, "/unban")
         })
         .unwrap();
-    event(&h, &t, forum, before, "the unban notice", |e| {
+    h.event(&t, forum, before, "the unban notice", |e| {
         e.text().is_some_and(|x| x.contains("unbanned"))
     })
     .await;
@@ -290,10 +207,11 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
     h.sandbox
         .inject_message(from_user(&t, user, "Ann", "thanks"))
         .unwrap();
-    let copy = event(&h, &t, forum, before, "the copy after the restart", |e| {
-        e.text() == Some("thanks")
-    })
-    .await;
+    let copy = h
+        .event(&t, forum, before, "the copy after the restart", |e| {
+            e.text() == Some("thanks")
+        })
+        .await;
     assert_eq!(message(&copy).2, Some(topic2));
 
     // /info shows the user's card.
@@ -303,10 +221,11 @@ async fn topics_round_trip_ban_a_deleted_topic_and_a_restart() {
             ..from_admin(&t, forum, "/info")
         })
         .unwrap();
-    let card = event(&h, &t, forum, before, "the user card", |e| {
-        e.text().is_some_and(|x| x.contains("Messages:"))
-    })
-    .await;
+    let card = h
+        .event(&t, forum, before, "the user card", |e| {
+            e.text().is_some_and(|x| x.contains("Messages:"))
+        })
+        .await;
     let card = card.text().unwrap();
     // Four messages: the photo, "are you there?", "let me in" (banned, still counted), "thanks".
     for needle in [
@@ -330,15 +249,16 @@ async fn replies_mode_headers_auto_reply_names_and_undeliverable_answers() {
     // A supergroup that is not a forum.
     let group = -100_170_002;
     let user = 601;
-    let (id, t) = feedback_bot(
-        &h,
-        "fb_replies",
-        17002,
-        serde_json::json!({"feedback": {"admin_chat": group, "mode": "replies",
-            "anonymous_admins": false, "auto_reply": "away"}}),
-        &[("away", "We answer soon, {first_name}.")],
-    )
-    .await;
+    let (id, t) = h
+        .add_configured(
+            "fb_replies",
+            17002,
+            serde_json::json!({"feedback": {"admin_chat": group, "mode": "replies",
+                "anonymous_admins": false, "auto_reply": "away"}}),
+            &[("away", "en", "We answer soon, {first_name}.")],
+            &[],
+        )
+        .await;
     h.sandbox
         .inject_message(from_admin(&t, group, "the bot is here"))
         .unwrap();
@@ -349,10 +269,11 @@ async fn replies_mode_headers_auto_reply_names_and_undeliverable_answers() {
     h.sandbox
         .inject_message(from_user(&t, user, "Bob", "Hello"))
         .unwrap();
-    let header = event(&h, &t, group, 0, "the forwarded text", |e| {
-        e.text().is_some_and(|x| x.contains("Hello"))
-    })
-    .await;
+    let header = h
+        .event(&t, group, 0, "the forwarded text", |e| {
+            e.text().is_some_and(|x| x.contains("Hello"))
+        })
+        .await;
     assert_eq!(header.text(), Some("From Bob, id 601:\n\nHello"));
     h.reply(&t, user, 0, |x| x == "We answer soon, Bob.").await;
     h.sandbox
@@ -366,10 +287,11 @@ async fn replies_mode_headers_auto_reply_names_and_undeliverable_answers() {
         })
         .unwrap();
     // A location has no caption: a header message, then the copy.
-    let location = event(&h, &t, group, header.seq, "the location", |e| {
-        e.method == "copyMessage"
-    })
-    .await;
+    let location = h
+        .event(&t, group, header.seq, "the location", |e| {
+            e.method == "copyMessage"
+        })
+        .await;
     assert_eq!(message(&location).1, "location");
     settled(&db).await;
     let auto_replies = h
@@ -402,10 +324,11 @@ async fn replies_mode_headers_auto_reply_names_and_undeliverable_answers() {
             ..from_admin(&t, group, "Still there?")
         })
         .unwrap();
-    let notice = event(&h, &t, group, before, "the undeliverable notice", |e| {
-        e.text().is_some_and(|x| x.starts_with("Not delivered"))
-    })
-    .await;
+    let notice = h
+        .event(&t, group, before, "the undeliverable notice", |e| {
+            e.text().is_some_and(|x| x.starts_with("Not delivered"))
+        })
+        .await;
     assert_eq!(
         notice.text(),
         Some("Not delivered to user 601: the user blocked the bot.")

@@ -149,6 +149,53 @@ impl Harness {
         .unwrap()
     }
 
+    /// Adds a bot with `manifest`, `texts` (`key, lang, value`) and `secrets` (`name, value`),
+    /// enabled only once all are written (so its first run uses them), and waits until it
+    /// runs.
+    pub async fn add_configured(
+        &self,
+        name: &str,
+        token_id: u64,
+        manifest: serde_json::Value,
+        texts: &[(&str, &str, &str)],
+        secrets: &[(&str, &str)],
+    ) -> (i64, String) {
+        let t = token(token_id);
+        self.sandbox
+            .register_bot(&t, Some(&format!("{name}_bot")))
+            .unwrap();
+        let manifest = Manifest::from_value(&manifest).unwrap();
+        let id = store::add_bot(
+            &self.pool,
+            &NewBot {
+                name,
+                token: &BotToken::parse(&t).unwrap(),
+                enabled: false,
+                database: None,
+                manifest: &manifest,
+            },
+        )
+        .await
+        .unwrap();
+        let texts: Vec<(String, String, String)> = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()))
+            .collect();
+        if !texts.is_empty() {
+            store::import_texts(&self.pool, id, &texts).await.unwrap();
+        }
+        let admin = botvisor::admin::Admin::new(
+            self.pool.clone(),
+            std::sync::Arc::new(self.settings.clone()),
+        );
+        for (secret, value) in secrets {
+            admin.set_secret(id, secret, value).await.unwrap();
+        }
+        store::set_enabled(&self.pool, id, true).await.unwrap();
+        self.wait_state(id, "running").await;
+        (id, t)
+    }
+
     /// Sends `text` from user `chat` to the bot.
     pub fn say(&self, token: &str, chat: i64, text: &str) -> i64 {
         self.sandbox
@@ -182,6 +229,34 @@ impl Harness {
             for e in events {
                 cursor = cursor.max(e.seq);
                 if e.text().is_some_and(&pred) {
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// Waits for the first event in `chat` after `after` that `pred` accepts (`what` names
+    /// it in the failure).
+    pub async fn event(
+        &self,
+        t: &str,
+        chat: i64,
+        after: u64,
+        what: &str,
+        pred: impl Fn(&SentEvent) -> bool,
+    ) -> SentEvent {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut cursor = after;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} in chat {chat}; events: {:#?}",
+                self.sandbox.sent(t, chat, after)
+            );
+            for e in self.sandbox.wait_sent(t, chat, cursor, left).await.unwrap() {
+                cursor = cursor.max(e.seq);
+                if pred(&e) {
                     return e;
                 }
             }

@@ -128,19 +128,20 @@ async fn start_calls(
             "messages": messages,
             "max_tokens": spec.max_reply_tokens,
         });
-        let key = key(snapshot, spec);
         busy.insert(request.chat_id);
         flying.insert(request.id);
-        let call = ask(
-            cx.telegram.clone(),
-            http.clone(),
-            spec.base_url.clone(),
-            key,
-            body,
-            Duration::from_secs(u64::from(spec.timeout_secs)),
-            request,
-        );
-        started.push(Box::pin(call));
+        match key(snapshot, spec) {
+            Ok(key) => started.push(Box::pin(ask(
+                cx.telegram.clone(),
+                http.clone(),
+                spec.base_url.clone(),
+                key,
+                body,
+                Duration::from_secs(u64::from(spec.timeout_secs)),
+                request,
+            ))),
+            Err(e) => started.push(Box::pin(async move { (request, Err(e)) })),
+        }
     }
     let next = store::next_due_in(&mut conn)
         .await?
@@ -148,9 +149,18 @@ async fn start_calls(
     Ok((started, next))
 }
 
-/// The API key for a call, from the bot's secrets (None: none is configured).
-fn key(_snapshot: &Snapshot, spec: &AssistantSpec) -> Option<SecretString> {
-    spec.api_key_secret.as_ref().and(None)
+/// The API key for a call: the bot's secret `api_key_secret` (None: no key is configured);
+/// an error naming the secret (never its value) when the bot has no such secret.
+fn key(snapshot: &Snapshot, spec: &AssistantSpec) -> Result<Option<SecretString>, CallError> {
+    let Some(name) = spec.api_key_secret.as_deref() else {
+        return Ok(None);
+    };
+    match snapshot.secret(name) {
+        Some(key) => Ok(Some(key.clone())),
+        None => Err(CallError::Fatal(format!(
+            "the bot has no secret `{name}` (set it with `botvisor secret set <bot id> {name} --stdin`)"
+        ))),
+    }
 }
 
 /// Placeholders of texts the job renders: it knows no user, only the bot's panel name.
