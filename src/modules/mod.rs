@@ -360,6 +360,9 @@ impl Registry {
 pub struct UpdateCx<'a> {
     /// The panel id of the bot.
     pub bot_id: i64,
+    /// The Telegram bot's user id (the token's numeric prefix): the update's inbox row is
+    /// keyed by it ([`UpdateCx::raw_update`]).
+    pub telegram_id: i64,
     /// The update.
     pub update: &'a Update,
     /// The bot's Telegram identity.
@@ -377,6 +380,7 @@ impl<'a> UpdateCx<'a> {
     /// The context of one unit of work.
     pub fn new(
         bot_id: i64,
+        telegram_id: i64,
         update: &'a Update,
         me: &'a Me,
         snapshot: &'a Snapshot,
@@ -384,6 +388,7 @@ impl<'a> UpdateCx<'a> {
     ) -> Self {
         Self {
             bot_id,
+            telegram_id,
             update,
             me,
             snapshot,
@@ -392,6 +397,14 @@ impl<'a> UpdateCx<'a> {
             queued: 0,
             wake: Vec::new(),
         }
+    }
+
+    /// The update as Telegram sent it, read from the inbox (one query): for what teloxide
+    /// could not parse, such as a message of a kind it does not know (which it turns into an
+    /// empty message).
+    pub async fn raw_update(&mut self) -> Result<Option<serde_json::Value>, ModuleError> {
+        let update_id = i64::from(self.update.id.0);
+        Ok(store::inbox_payload(self.tx, self.telegram_id, update_id).await?)
     }
 
     /// Asks for the running module's job to be woken once this unit of work committed: it

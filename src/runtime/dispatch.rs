@@ -101,7 +101,7 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
         return Ok(());
     }
     let (queued, jobs) = {
-        let mut cx = UpdateCx::new(ctx.bot_id, update, me, &snapshot, &mut tx);
+        let mut cx = UpdateCx::new(ctx.bot_id, ctx.telegram_id, update, me, &snapshot, &mut tx);
         for module in ctx.registry.enabled(&snapshot) {
             cx.set_module(module.name());
             if module.on_update(&mut cx).await? == Flow::Stop {
