@@ -137,6 +137,26 @@ pub trait Module: Send + Sync + 'static {
     }
 }
 
+/// Loads an optional module section: `T` parsed from the manifest's `keys`, `get` takes the
+/// module's settings out of it (`None`: the module is off for this bot), `validate` checks
+/// them. For modules a manifest turns on by naming them (feedback, assistant).
+pub(crate) fn load_optional<T, S>(
+    manifest: &Manifest,
+    keys: &[&str],
+    get: impl FnOnce(T) -> Option<S>,
+    validate: impl FnOnce(&S) -> Result<(), ManifestError>,
+) -> Result<Option<Section>, ManifestError>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync + 'static,
+{
+    let Some(spec) = get(manifest.section(keys)?) else {
+        return Ok(None);
+    };
+    validate(&spec)?;
+    Ok(Some(Arc::new(spec)))
+}
+
 /// The modules of a daemon, in the order they see an update.
 #[derive(Clone)]
 pub struct Registry {

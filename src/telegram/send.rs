@@ -259,21 +259,14 @@ impl Messenger {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");
                     return Ok(CallOutcome::Rejected(description));
                 }
-                TelegramError::ChatNotFound => {
-                    tracing::warn!(
-                        bot_id,
-                        method,
-                        "Telegram refused the request: chat not found"
-                    );
-                    return Ok(CallOutcome::Rejected("chat not found".into()));
-                }
-                TelegramError::ThreadNotFound => {
-                    tracing::warn!(
-                        bot_id,
-                        method,
-                        "Telegram refused the request: message thread not found"
-                    );
-                    return Ok(CallOutcome::Rejected("message thread not found".into()));
+                e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound) => {
+                    tracing::warn!(bot_id, method, error = %e, "Telegram refused the request");
+                    let reason = if e == TelegramError::ChatNotFound {
+                        "chat not found"
+                    } else {
+                        "message thread not found"
+                    };
+                    return Ok(CallOutcome::Rejected(reason.into()));
                 }
                 TelegramError::Conflict(description) => {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");

@@ -134,13 +134,17 @@ impl Harness {
 
     /// Adds a bot whose token is already registered (or deliberately not).
     pub async fn add_registered(&self, name: &str, t: &str, manifest: &Manifest) -> i64 {
-        let parsed = BotToken::parse(t).unwrap();
+        self.insert_bot(name, t, manifest, true).await
+    }
+
+    /// Inserts a panel row for a bot with token `t`.
+    async fn insert_bot(&self, name: &str, t: &str, manifest: &Manifest, enabled: bool) -> i64 {
         store::add_bot(
             &self.pool,
             &NewBot {
                 name,
-                token: &parsed,
-                enabled: true,
+                token: &BotToken::parse(t).unwrap(),
+                enabled,
                 database: None,
                 manifest,
             },
@@ -165,18 +169,7 @@ impl Harness {
             .register_bot(&t, Some(&format!("{name}_bot")))
             .unwrap();
         let manifest = Manifest::from_value(&manifest).unwrap();
-        let id = store::add_bot(
-            &self.pool,
-            &NewBot {
-                name,
-                token: &BotToken::parse(&t).unwrap(),
-                enabled: false,
-                database: None,
-                manifest: &manifest,
-            },
-        )
-        .await
-        .unwrap();
+        let id = self.insert_bot(name, &t, &manifest, false).await;
         let texts: Vec<(String, String, String)> = texts
             .iter()
             .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()))

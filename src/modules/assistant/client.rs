@@ -65,7 +65,14 @@ pub async fn complete(
             .as_ref()
             .and_then(|j| j["error"]["message"].as_str())
             .unwrap_or("no error message");
-        let reason = crate::mask::redact(&format!("HTTP {}: {message}", status.as_u16()));
+        let mut reason = crate::mask::redact(&format!("HTTP {}: {message}", status.as_u16()));
+        // A provider may quote the key it refused; the reason is logged and stored.
+        if let Some(key) = key
+            .map(ExposeSecret::expose_secret)
+            .filter(|k| !k.is_empty())
+        {
+            reason = reason.replace(key, "****");
+        }
         return Err(if status.as_u16() == 429 || status.is_server_error() {
             CallError::Retryable {
                 reason,

@@ -20,13 +20,11 @@ pub mod store;
 pub use client::{CallError, ChatMessage};
 pub use section::{AssistantSection, AssistantSpec, Trigger};
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use teloxide::types::{BotCommand, ChatId, UpdateKind};
 
 use super::core::{parse_command, user_id};
-use super::{Flow, JobCx, Module, ModuleError, UpdateCx};
+use super::{Flow, JobCx, Module, ModuleError, UpdateCx, load_optional};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{TextRef, Vars};
@@ -56,12 +54,12 @@ impl Module for Assistant {
     }
 
     fn load(&self, manifest: &Manifest) -> Result<Option<Section>, ManifestError> {
-        let section: AssistantSection = manifest.section(section::KEYS)?;
-        let Some(spec) = section.assistant else {
-            return Ok(None);
-        };
-        spec.validate()?;
-        Ok(Some(Arc::new(spec)))
+        load_optional(
+            manifest,
+            section::KEYS,
+            |s: AssistantSection| s.assistant,
+            AssistantSpec::validate,
+        )
     }
 
     fn update_kinds(&self) -> &'static [&'static str] {

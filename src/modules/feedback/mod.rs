@@ -24,7 +24,6 @@ pub mod store;
 
 pub use section::{FeedbackSection, FeedbackSpec, Hours, Mode};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -33,7 +32,7 @@ use teloxide::types::{ChatId, Message, MessageKind, UpdateKind, User};
 
 use super::core::{parse_command, touch, user_id};
 use super::history::store::{self as history, Role};
-use super::{Flow, Module, ModuleError, UpdateCx, enqueue};
+use super::{Flow, Module, ModuleError, UpdateCx, enqueue, load_optional};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{MAX_TEXT_LEN, TextRef, Vars, utf16_len};
@@ -65,12 +64,12 @@ impl Module for Feedback {
     }
 
     fn load(&self, manifest: &Manifest) -> Result<Option<Section>, ManifestError> {
-        let section: FeedbackSection = manifest.section(section::KEYS)?;
-        let Some(spec) = section.feedback else {
-            return Ok(None);
-        };
-        spec.validate()?;
-        Ok(Some(Arc::new(spec)))
+        load_optional(
+            manifest,
+            section::KEYS,
+            |s: FeedbackSection| s.feedback,
+            FeedbackSpec::validate,
+        )
     }
 
     fn update_kinds(&self) -> &'static [&'static str] {

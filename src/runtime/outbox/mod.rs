@@ -254,23 +254,13 @@ impl Sender {
                 DeliveryOutcome::Sent(message_id)
             }
             Err(TelegramError::Blocked(_)) => DeliveryOutcome::Blocked,
-            Err(TelegramError::ChatNotFound) => {
-                tracing::warn!(
-                    bot_id,
-                    chat_id = row.chat_id,
-                    method,
-                    "Telegram refused the request: chat not found"
-                );
-                DeliveryOutcome::ChatNotFound
-            }
-            Err(TelegramError::ThreadNotFound) => {
-                tracing::warn!(
-                    bot_id,
-                    chat_id = row.chat_id,
-                    method,
-                    "Telegram refused the request: message thread not found"
-                );
-                DeliveryOutcome::ThreadNotFound
+            Err(e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound)) => {
+                tracing::warn!(bot_id, chat_id = row.chat_id, method, error = %e, "Telegram refused the request");
+                if e == TelegramError::ChatNotFound {
+                    DeliveryOutcome::ChatNotFound
+                } else {
+                    DeliveryOutcome::ThreadNotFound
+                }
             }
             Err(
                 TelegramError::Rejected { description, .. } | TelegramError::Conflict(description),
