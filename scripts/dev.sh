@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs botvisor locally in the foreground: PostgreSQL up, a dev panel database migrated, the
-# Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered,
-# and `botvisor serve` pointed at the sandbox. Ctrl-C stops everything.
+# Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered
+# (menus, and the assistant answering /ask from the sandbox's model), and `botvisor serve`
+# pointed at the sandbox. Ctrl-C stops everything.
 #
 # Every run (the first and every later one) prints ready-to-paste curl commands for the
 # sandbox's control API (docs/sandbox.md), with the demo bot's real sandbox token: send
 # /start, read the answers (waiting for them with wait_ms), press a menu button, read only
-# what came after it.
+# what came after it, ask the assistant.
 #
 # Needs psql and curl (the printed commands use curl too).
 #
@@ -86,6 +87,19 @@ else
   "$bin" bot set-token "$id" "$DEMO_TOKEN" >/dev/null
 fi
 
+# The assistant module on the demo bot, answering /ask through the sandbox's deterministic
+# OpenAI-compatible model (docs/assistant.md); its API key is a bot secret like a real one.
+# Set on every run: the sandbox address may have changed.
+assistant_patch=$(mktemp)
+cat >"$assistant_patch" <<JSON
+{"assistant": {"base_url": "http://$SANDBOX_ADDR/v1", "model": "sandbox-echo",
+  "api_key_secret": "openai", "system_prompt": "assistant_prompt", "trigger": "command",
+  "daily_limit_per_user": 50}}
+JSON
+"$bin" config patch "$id" "$assistant_patch" >/dev/null
+rm -f "$assistant_patch"
+printf 'sk-sandbox-dev' | "$bin" secret set "$id" openai --stdin >/dev/null
+
 api="http://$SANDBOX_ADDR/sandbox"
 json="-H 'content-type: application/json'"
 cat <<EOF
@@ -102,6 +116,11 @@ dev: pipe a read into jq for readable JSON.
   # then read only what came after (after=: the last seq seen; waits up to 10 s)
   after=\$(curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1' | grep -o '"seq":[0-9]*' | tail -n 1 | cut -d: -f2)
   curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "callback_data": "b|main|0|1"}'; echo
+  curl -s "$api/sent?token=$DEMO_TOKEN&chat_id=1&after=\${after:-0}&wait_ms=10000"; echo
+
+  # ask the assistant (the sandbox's model echoes the question), then read its answer
+  after=\$(curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1' | grep -o '"seq":[0-9]*' | tail -n 1 | cut -d: -f2)
+  curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "text": "/ask What is botvisor?"}'; echo
   curl -s "$api/sent?token=$DEMO_TOKEN&chat_id=1&after=\${after:-0}&wait_ms=10000"; echo
 
 EOF

@@ -1249,7 +1249,7 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
     assert!(!printed.contains("****"), "{printed}");
     assert!(printed.contains("wait_ms="), "{printed}");
     let groups = dev.command_groups();
-    assert_eq!(groups.len(), 2, "{printed}");
+    assert_eq!(groups.len(), 3, "{printed}");
     // README shows the same commands, for the default address.
     let readme = fs::read_to_string(root().join("README.md")).unwrap();
     for cmd in groups.concat() {
@@ -1292,6 +1292,11 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
             .any(|e| e["type"] == "edit" && e["text"] == "About us"),
         "the menu was edited in place: {events:?}"
     );
+
+    // Group 3: the assistant answers /ask from the sandbox's model (its key a bot secret).
+    let out = run_commands(&groups[2]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    events_until(&sandbox, token, "echo: What is botvisor?");
     dev.stop();
 
     // Second run: nothing registered again, the same commands printed.

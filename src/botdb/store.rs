@@ -238,6 +238,19 @@ pub async fn claim_updates(
     .await
 }
 
+/// The stored payload of an update, as Telegram sent it (for what teloxide could not read).
+pub async fn inbox_payload(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_id: i64,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT payload FROM inbox WHERE telegram_bot_id = $1 AND update_id = $2")
+        .bind(telegram_bot_id)
+        .bind(update_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Marks an update poisoned: processed, with the error kept for inspection.
 pub async fn mark_poisoned(
     conn: &mut PgConnection,

@@ -17,8 +17,10 @@
 //! loop), one migration in `migrations/bot/`, one line in [`Registry::standard`], and its
 //! manifest keys. See docs/architecture.md, "How to add a module".
 
+pub mod assistant;
 pub mod broadcast;
 pub mod core;
+pub mod feedback;
 pub mod history;
 pub mod scheduler;
 
@@ -137,6 +139,26 @@ pub trait Module: Send + Sync + 'static {
     }
 }
 
+/// Loads an optional module section: `T` parsed from the manifest's `keys`, `get` takes the
+/// module's settings out of it (`None`: the module is off for this bot), `validate` checks
+/// them. For modules a manifest turns on by naming them (feedback, assistant).
+pub(crate) fn load_optional<T, S>(
+    manifest: &Manifest,
+    keys: &[&str],
+    get: impl FnOnce(T) -> Option<S>,
+    validate: impl FnOnce(&S) -> Result<(), ManifestError>,
+) -> Result<Option<Section>, ManifestError>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync + 'static,
+{
+    let Some(spec) = get(manifest.section(keys)?) else {
+        return Ok(None);
+    };
+    validate(&spec)?;
+    Ok(Some(Arc::new(spec)))
+}
+
 /// The modules of a daemon, in the order they see an update.
 #[derive(Clone)]
 pub struct Registry {
@@ -158,6 +180,8 @@ impl Registry {
             Arc::new(history::History),
             Arc::new(broadcast::Broadcast),
             Arc::new(scheduler::Scheduler::default()),
+            Arc::new(feedback::Feedback),
+            Arc::new(assistant::Assistant),
             Arc::new(core::Core),
         ])
     }
@@ -360,6 +384,9 @@ impl Registry {
 pub struct UpdateCx<'a> {
     /// The panel id of the bot.
     pub bot_id: i64,
+    /// The Telegram bot's user id (the token's numeric prefix): the update's inbox row is
+    /// keyed by it ([`UpdateCx::raw_update`]).
+    pub telegram_id: i64,
     /// The update.
     pub update: &'a Update,
     /// The bot's Telegram identity.
@@ -370,6 +397,7 @@ pub struct UpdateCx<'a> {
     pub tx: &'a mut PgConnection,
     origin: &'static str,
     queued: Vec<Queued>,
+    wake: Vec<&'static str>,
 }
 
 /// A request a unit of work queued in the outbox, as the sender will see it once the
@@ -387,6 +415,7 @@ impl<'a> UpdateCx<'a> {
     /// The context of one unit of work.
     pub fn new(
         bot_id: i64,
+        telegram_id: i64,
         update: &'a Update,
         me: &'a Me,
         snapshot: &'a Snapshot,
@@ -394,13 +423,37 @@ impl<'a> UpdateCx<'a> {
     ) -> Self {
         Self {
             bot_id,
+            telegram_id,
             update,
             me,
             snapshot,
             tx,
             origin: "",
             queued: Vec::new(),
+            wake: Vec::new(),
         }
+    }
+
+    /// The update as Telegram sent it, read from the inbox (one query): for what teloxide
+    /// could not parse, such as a message of a kind it does not know (which it turns into an
+    /// empty message).
+    pub async fn raw_update(&mut self) -> Result<Option<serde_json::Value>, ModuleError> {
+        let update_id = i64::from(self.update.id.0);
+        Ok(store::inbox_payload(self.tx, self.telegram_id, update_id).await?)
+    }
+
+    /// Asks for the running module's job to be woken once this unit of work committed: it
+    /// left the job work in the bot database (a queued model request, say). Nothing is lost
+    /// if the wake-up is: a job also looks for work when it starts.
+    pub fn wake_job(&mut self) {
+        if !self.wake.contains(&self.origin) {
+            self.wake.push(self.origin);
+        }
+    }
+
+    /// The modules whose jobs this unit of work asked to wake ([`UpdateCx::wake_job`]).
+    pub fn jobs_to_wake(&self) -> &[&'static str] {
+        &self.wake
     }
 
     /// Names the module whose step runs next (its requests are routed back to it).
@@ -413,9 +466,10 @@ impl<'a> UpdateCx<'a> {
         self.queued.len()
     }
 
-    /// The requests this unit of work queued, in order (for the runtime, after the commit).
-    pub fn into_queued(self) -> Vec<Queued> {
-        self.queued
+    /// The requests this unit of work queued, in order, and the modules whose jobs it asked
+    /// to wake (for the runtime, after the commit).
+    pub fn into_effects(self) -> (Vec<Queued>, Vec<&'static str>) {
+        (self.queued, self.wake)
     }
 
     /// Queues `request` to `chat` (for `user`, when known) in `lane`; returns its outbox id.
@@ -454,6 +508,9 @@ impl<'a> UpdateCx<'a> {
         let request = Request::SendMessage {
             text: text.to_owned(),
             reply_markup: markup,
+            message_thread_id: None,
+            reply_to_message_id: None,
+            in_history: false,
         };
         self.queue(Lane::Reply, chat, user, &request).await
     }

@@ -15,7 +15,8 @@
 //! 4. commits once for the whole batch (group commit): the modules' effects, their queued
 //!    answers and the marks are atomic; then hands the queued requests to the bot's sender
 //!    ([`super::outbox`]) — it need not read back what was just written —, which delivers them
-//!    and lets the modules observe the results ([`Module::on_sent`]).
+//!    and lets the modules observe the results ([`Module::on_sent`]), and wakes the jobs of the
+//!    modules that left them work (`UpdateCx::wake_job`: the assistant's model calls).
 //!
 //! If anything in a batch fails or panics, its transaction is rolled back and the batch is
 //! processed again one update per transaction ([`Processor::one`]), so one bad update never
@@ -42,6 +43,10 @@ use super::inbox::panic_message;
 use crate::botdb::budget::BudgetConn;
 use crate::botdb::store;
 use crate::modules::{Flow, ModuleError, Queued, UpdateCx};
+
+/// What a committed unit of work leaves to do: the requests it queued (for the sender) and the
+/// modules whose jobs it asked to wake.
+type Effects = (Vec<Queued>, Vec<&'static str>);
 
 /// Most updates one transaction takes (a getUpdates call brings at most 100).
 pub const MAX_BATCH: usize = 256;
@@ -101,8 +106,8 @@ impl Processor {
             .catch_unwind()
             .await;
         match together {
-            Ok(Ok(queued)) => {
-                self.ctx.hand_over(queued);
+            Ok(Ok((queued, jobs))) => {
+                self.ctx.hand_over(queued, &jobs);
                 Some(conn)
             }
             // The transaction was rolled back (or will be, before the connection's next use);
@@ -129,21 +134,27 @@ impl Processor {
         &self,
         conn: &mut BudgetConn,
         batch: &[Update],
-    ) -> Result<Vec<Queued>, ModuleError> {
+    ) -> Result<Effects, ModuleError> {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;
-        let mut queued = Vec::new();
+        let (mut queued, mut jobs) = (Vec::new(), Vec::new());
         for update in batch {
             if !claimed.contains(&i64::from(update.id.0)) {
                 continue;
             }
-            queued.extend(chain(&self.me, update, ctx, &snapshot, &mut tx).await?);
+            let (q, j) = chain(&self.me, update, ctx, &snapshot, &mut tx).await?;
+            queued.extend(q);
+            for job in j {
+                if !jobs.contains(&job) {
+                    jobs.push(job);
+                }
+            }
         }
         tx.commit().await?;
-        Ok(queued)
+        Ok((queued, jobs))
     }
 
     /// One update in its own transaction, with its failure isolated: poisoned on a panic or a
@@ -206,26 +217,27 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
         return Ok(());
     }
-    let queued = chain(me, update, ctx, &snapshot, &mut tx).await?;
+    let (queued, jobs) = chain(me, update, ctx, &snapshot, &mut tx).await?;
     tx.commit().await?;
-    ctx.hand_over(queued);
+    ctx.hand_over(queued, &jobs);
     Ok(())
 }
 
-/// Runs the module chain for one claimed update inside `tx`; returns the requests it queued.
+/// Runs the module chain for one claimed update inside `tx`; returns the requests it queued
+/// and the modules whose jobs it asked to wake.
 async fn chain(
     me: &Me,
     update: &Update,
     ctx: &BotContext,
     snapshot: &crate::content::snapshot::Snapshot,
     tx: &mut sqlx::PgConnection,
-) -> Result<Vec<Queued>, ModuleError> {
-    let mut cx = UpdateCx::new(ctx.bot_id, update, me, snapshot, tx);
+) -> Result<Effects, ModuleError> {
+    let mut cx = UpdateCx::new(ctx.bot_id, ctx.telegram_id, update, me, snapshot, tx);
     for module in ctx.registry.enabled(snapshot) {
         cx.set_module(module.name());
         if module.on_update(&mut cx).await? == Flow::Stop {
             break;
         }
     }
-    Ok(cx.into_queued())
+    Ok(cx.into_effects())
 }

@@ -198,17 +198,24 @@ pub struct BotContext {
     pub registry: Registry,
     /// Hands the requests a committed unit of work queued to the bot's sender.
     pub handoff: mpsc::UnboundedSender<Vec<Queued>>,
+    /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
+    ///
+    /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
+    pub wakes: Wakes,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
 }
 
 impl BotContext {
-    /// Gives the sender what a commit queued (nothing to do when it queued nothing).
-    pub fn hand_over(&self, queued: Vec<Queued>) {
+    /// After a commit: gives the sender what it queued, and wakes the jobs it left work.
+    pub fn hand_over(&self, queued: Vec<Queued>, jobs: &[&'static str]) {
         if !queued.is_empty() {
             // A closed channel means the sender ended (the run fails or drains): the rows are
             // in the outbox and the next run sends them.
             let _ = self.handoff.send(queued);
+        }
+        for job in jobs {
+            self.wakes.wake(job);
         }
     }
 }
@@ -279,7 +286,7 @@ async fn dispatch_run(
         db: db.clone(),
         telegram: telegram.clone(),
         snapshot: parts.snapshot.clone(),
-        wakes: parts.wakes,
+        wakes: parts.wakes.clone(),
         delivered: delivered.clone(),
         failures: failures.clone(),
         stop: run_stop.clone(),
@@ -326,6 +333,7 @@ async fn dispatch_run(
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
         handoff: handoff_tx,
+        wakes: parts.wakes,
         failures,
     });
     let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);

@@ -249,6 +249,26 @@ where
     }
 }
 
+/// Waits until the bot database `db` has processed every stored update and delivered every
+/// queued request.
+pub async fn settled(db: &sqlx::PgPool) {
+    eventually(
+        Duration::from_secs(60),
+        "inbox processed and outbox delivered",
+        || async {
+            let (inbox, outbox): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM inbox WHERE processed_at IS NULL), \
+                        (SELECT count(*) FROM outbox WHERE done_at IS NULL)",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap();
+            (inbox == 0 && outbox == 0).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A well-formed token for bot user id `id` (unique per id).
 pub fn token(id: u64) -> String {
     format!("{id}:AAH{:0>32}", format!("{id:x}test"))

@@ -191,6 +191,9 @@ fn request(
         return Ok(Request::CopyMessage {
             from_chat_id: chat,
             message_id: i32::try_from(message).map_err(|_| "message id out of range")?,
+            message_thread_id: None,
+            caption: None,
+            reply_to_message_id: None,
             reply_markup: keyboard,
         });
     }
@@ -204,6 +207,9 @@ fn request(
         Some(text) => Ok(Request::SendMessage {
             text,
             reply_markup: keyboard.map(ReplyMarkup::InlineKeyboard),
+            message_thread_id: None,
+            reply_to_message_id: None,
+            in_history: false,
         }),
         None => Err(format!(
             "text {} has no value in {} or the default language",

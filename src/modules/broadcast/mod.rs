@@ -188,6 +188,9 @@ impl Module for Broadcast {
                     DeliveryOutcome::ChatNotFound => {
                         ("failed", Some("Bad Request: chat not found"))
                     }
+                    DeliveryOutcome::ThreadNotFound => {
+                        ("failed", Some("Bad Request: message thread not found"))
+                    }
                     DeliveryOutcome::Failed(reason) => ("failed", Some(reason.as_str())),
                 };
                 store::record(tx, d.outbox_id, state, error).await?;

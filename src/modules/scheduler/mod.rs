@@ -323,10 +323,7 @@ async fn act(
                 job.text_key.as_deref().unwrap_or("-")
             )));
         };
-        let request = Request::SendMessage {
-            text,
-            reply_markup: None,
-        };
+        let request = Request::text_message(text);
         let user = (r.user_id > 0).then_some(r.user_id);
         enqueue(
             tx,

@@ -18,7 +18,8 @@
 //!    reads what it sent from the outbox, and history only records what Telegram accepted.
 //!
 //! Failures: a 429 pauses this bot's sender for exactly `retry_after` (other bots are not
-//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; any other refusal →
+//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; 400 "message thread
+//! not found" (a deleted forum topic) → `thread_not_found`; any other refusal →
 //! `failed` with Telegram's text kept; network and server errors back off (1 s doubling to
 //! 30 s) and retry; an error teloxide cannot name is retried [`MAX_UNKNOWN_ATTEMPTS`] times,
 //! then `failed`; a revoked token ends the run. The bot's database out of reach pauses the
@@ -329,14 +330,13 @@ impl Sender {
                 DeliveryOutcome::Sent(message_id)
             }
             Err(TelegramError::Blocked(_)) => DeliveryOutcome::Blocked,
-            Err(TelegramError::ChatNotFound) => {
-                tracing::warn!(
-                    bot_id,
-                    chat_id = row.chat_id,
-                    method,
-                    "Telegram refused the request: chat not found"
-                );
-                DeliveryOutcome::ChatNotFound
+            Err(e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound)) => {
+                tracing::warn!(bot_id, chat_id = row.chat_id, method, error = %e, "Telegram refused the request");
+                if e == TelegramError::ChatNotFound {
+                    DeliveryOutcome::ChatNotFound
+                } else {
+                    DeliveryOutcome::ThreadNotFound
+                }
             }
             Err(
                 TelegramError::Rejected { description, .. } | TelegramError::Conflict(description),
