@@ -45,7 +45,7 @@ pub enum DatabaseFate {
 }
 
 /// A bot as every interface shows it: the token masked, the status joined.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BotView {
     /// Panel id.
     pub id: i64,
@@ -133,6 +133,18 @@ impl Admin {
             },
         )
         .await?;
+        self.audit(
+            "bot.add",
+            Some(id),
+            bot.name,
+            None,
+            Some(serde_json::json!({
+                "name": bot.name,
+                "token": token.to_string(),
+                "enabled": bot.enabled,
+            })),
+        )
+        .await?;
         Ok(id)
     }
 
@@ -159,20 +171,39 @@ impl Admin {
 
     /// Enables or disables a bot (the daemon starts or stops it).
     pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), AdminError> {
-        Ok(store::set_enabled(&self.pool, id, enabled).await?)
+        let before = store::get_bot(&self.pool, id).await?.enabled;
+        store::set_enabled(&self.pool, id, enabled).await?;
+        let action = if enabled { "bot.enable" } else { "bot.disable" };
+        let value = |v: bool| Some(serde_json::json!({ "enabled": v }));
+        self.audit(action, Some(id), "", value(before), value(enabled))
+            .await
     }
 
     /// Replaces a bot's token (the daemon restarts it with the new one); returns it validated.
     pub async fn set_token(&self, id: i64, token: &str) -> Result<BotToken, AdminError> {
         let token = BotToken::parse(token)?;
+        let before = mask_token(&store::get_bot(&self.pool, id).await?.token);
         store::set_token(&self.pool, id, &token).await?;
+        let value = |v: String| Some(serde_json::json!({ "token": v }));
+        self.audit(
+            "bot.set_token",
+            Some(id),
+            "",
+            value(before),
+            value(token.to_string()),
+        )
+        .await?;
         Ok(token)
     }
 
     /// Renames a bot.
     pub async fn rename_bot(&self, id: i64, name: &str) -> Result<(), AdminError> {
         validate_name(name)?;
-        Ok(store::rename_bot(&self.pool, id, name).await?)
+        let before = store::get_bot(&self.pool, id).await?.name;
+        store::rename_bot(&self.pool, id, name).await?;
+        let value = |v: &str| Some(serde_json::json!({ "name": v }));
+        self.audit("bot.rename", Some(id), "", value(&before), value(name))
+            .await
     }
 
     /// Removes a bot and its texts once `confirmed`; its database is dropped only with
@@ -207,6 +238,14 @@ impl Admin {
             return Err(AdminError::InvalidDatabase(crate::mask::error_line(e)));
         }
         store::remove_bot(&self.pool, id).await?;
+        self.audit(
+            "bot.remove",
+            Some(id),
+            &bot.name,
+            Some(serde_json::json!({"name": bot.name, "token": mask_token(&bot.token)})),
+            Some(serde_json::json!({ "drop_database": drop_database })),
+        )
+        .await?;
         Ok(match (drop_database, target) {
             (true, Ok(target)) => {
                 if target.drop_database().await? {

@@ -8,12 +8,19 @@
 //! - [`bots`]: add, list, show, enable/disable, set the token, rename, remove, wake a job;
 //! - [`texts`]: set, get, list, delete, import, export;
 //! - [`manifests`]: show, validate, replace;
-//! - [`history`]: a chat's message history from the bot's database.
+//! - [`history`]: a chat's message history from the bot's database;
+//! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
+//! - [`versions`]: the history of texts and manifests, and rollback.
+//!
+//! Every change is written to the audit log as the service's actor ([`Admin::acting_as`]),
+//! and the version triggers record the same actor.
 
 pub mod bots;
 pub mod history;
 pub mod manifests;
+pub mod operators;
 pub mod texts;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -75,6 +82,18 @@ pub enum AdminError {
     /// Reading the bot's database failed.
     #[error("cannot read the bot's database")]
     BotDbQuery(#[source] sqlx::Error),
+    /// An operator's login, role, password or bot list is not acceptable.
+    #[error("{0}")]
+    InvalidOperator(String),
+    /// The login or password is wrong (which one is not said).
+    #[error("wrong login or password")]
+    BadCredentials,
+    /// The operator's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A version asked for does not exist.
+    #[error("{0}")]
+    NoSuchVersion(String),
 }
 
 impl AdminError {
@@ -98,6 +117,7 @@ pub struct Admin {
     pool: PgPool,
     settings: Arc<Settings>,
     registry: Registry,
+    actor: String,
 }
 
 impl Admin {
@@ -112,7 +132,22 @@ impl Admin {
             pool,
             settings,
             registry,
+            actor: "cli".to_owned(),
         }
+    }
+
+    /// The same service, recording its changes (audit log, versions) as `actor`, e.g.
+    /// `panel:alice` or `cli:root`.
+    pub fn acting_as(&self, actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Who this service's changes are recorded as.
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     /// The panel pool (for callers that close it).

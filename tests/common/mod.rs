@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod web;
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
@@ -176,6 +177,33 @@ pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
         .output()
         .expect("run botvisor");
     Run::from(out)
+}
+
+/// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
+pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str) -> Run {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("botvisor.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run botvisor");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    Run::from(child.wait_with_output().unwrap())
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -1,0 +1,10 @@
+//! The HTML pages.
+
+use axum::Router;
+
+use super::AppState;
+
+/// The pages' routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}
