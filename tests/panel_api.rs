@@ -483,7 +483,7 @@ async fn versions_cover_every_writer_and_roll_back() {
     assert!(m.get("default_language").is_none_or(|l| l == "en"), "{m}");
 
     // The CLI shows and rolls back the same versions.
-    let env = p.db.env();
+    let env = p.env();
     let out = common::botvisor(&env, &["text", "history", &id.to_string(), "start"]);
     let out = out.ok();
     assert!(out.contains("VERSION"), "{out}");
@@ -526,7 +526,7 @@ async fn the_openapi_document_lists_the_routes_scripts_rely_on() {
 #[tokio::test]
 async fn operator_commands_manage_operators() {
     let p = WebPanel::start("bvt_api_ops").await;
-    let env = p.db.env();
+    let env = p.env();
     let run = |args: &[&str], input: &str| common::botvisor_stdin(&env, args, input);
     let bot = p
         .admin

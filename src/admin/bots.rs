@@ -13,6 +13,17 @@ use crate::mask::{mask_token, mask_url};
 use crate::panel::{BotRecord, BotStatus, store};
 use crate::token::BotToken;
 
+/// The states a bot's status can have (`bot_status.state`), in the order lists show them.
+pub const BOT_STATES: [&str; 7] = [
+    "starting",
+    "running",
+    "backoff",
+    "failed",
+    "auth_failed",
+    "quarantined",
+    "stopped",
+];
+
 /// Longest bot name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 

@@ -1,8 +1,9 @@
-//! A chat's message history, read from the bot's own database.
+//! What a bot's own database holds about its users: the users and each chat's history.
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::{Admin, AdminError};
+use crate::modules::core::store::{self as users, UserRecord};
 use crate::modules::history::store::{self, MessageRecord};
 use crate::panel::store as panel;
 
@@ -14,6 +15,30 @@ impl Admin {
         chat: i64,
         limit: i64,
     ) -> Result<Vec<MessageRecord>, AdminError> {
+        let mut conn = self.bot_connection(id).await?;
+        let messages = store::chat_history(&mut conn, chat, limit).await;
+        let _ = conn.close().await;
+        messages.map_err(AdminError::BotDbQuery)
+    }
+
+    /// Bot `id`'s users, the latest seen first (a page of `limit` after `offset`), only those
+    /// matching `search` (a part of the name, username or id) when given.
+    pub async fn list_users(
+        &self,
+        id: i64,
+        search: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<UserRecord>, AdminError> {
+        let mut conn = self.bot_connection(id).await?;
+        let list = users::list_users(&mut conn, search, limit.clamp(1, 1000), offset.max(0)).await;
+        let _ = conn.close().await;
+        list.map_err(AdminError::BotDbQuery)
+    }
+
+    /// One connection to bot `id`'s database (which must exist), outside the daemon's budget:
+    /// an operator's read is short and rare.
+    async fn bot_connection(&self, id: i64) -> Result<PgConnection, AdminError> {
         let bot = panel::get_bot(&self.pool, id).await?;
         let target = self.bot_target(&bot)?;
         if !target.exists().await? {
@@ -22,18 +47,12 @@ impl Admin {
                 database: target.database,
             });
         }
-        let mut conn =
-            target
-                .options
-                .connect()
-                .await
-                .map_err(|source| crate::botdb::BotDbError::Connect {
-                    url: target.describe(),
-                    database: target.database.clone(),
-                    source,
-                })?;
-        let messages = store::chat_history(&mut conn, chat, limit).await;
-        let _ = conn.close().await;
-        messages.map_err(AdminError::BotDbQuery)
+        target.options.connect().await.map_err(|source| {
+            AdminError::BotDb(crate::botdb::BotDbError::Connect {
+                url: target.describe(),
+                database: target.database.clone(),
+                source,
+            })
+        })
     }
 }

@@ -31,15 +31,7 @@ pub const VERSION: &str = concat!(
 );
 
 /// The states a bot's status can have, as `bot list --state` accepts them.
-pub const BOT_STATES: [&str; 7] = [
-    "starting",
-    "running",
-    "backoff",
-    "failed",
-    "auth_failed",
-    "quarantined",
-    "stopped",
-];
+pub use crate::admin::bots::BOT_STATES;
 
 /// Hosts many Telegram bots in one process, each with its own PostgreSQL database.
 #[derive(Debug, Parser)]

@@ -19,6 +19,7 @@ use crate::admin::bots::{BotView, NewBot};
 use crate::admin::manifests::ManifestChange;
 use crate::admin::operators::{OperatorView, Permission};
 use crate::admin::texts::TextsFormat;
+use crate::modules::core::store::UserRecord;
 use crate::panel::access::{AuditRecord, ManifestVersion, TextVersion};
 use crate::panel::{BotStatus, TextRecord};
 
@@ -53,6 +54,7 @@ pub fn routes() -> Router<AppState> {
             post(rollback_manifest),
         )
         .route("/bots/{id}/history", get(chat_history))
+        .route("/bots/{id}/users", get(list_users))
         .route("/status", get(status))
         .route("/operators", get(operators))
         .route("/audit", get(audit))
@@ -587,6 +589,34 @@ async fn chat_history(
                 timestamp: m.created_at,
             })
             .collect(),
+    ))
+}
+
+/// A page of users.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UsersQuery {
+    /// A part of the name, username or id.
+    pub q: Option<String>,
+    /// How many (1-1000, default 50).
+    pub limit: Option<i64>,
+    /// How many to skip.
+    pub offset: Option<i64>,
+}
+
+/// A bot's users, the latest seen first (paginated), from the bot's database.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/users", params(UsersQuery),
+    responses((status = 200, body = [UserRecord]), (status = 404, body = ApiError)))]
+async fn list_users(
+    ApiCaller(c): ApiCaller,
+    Path(id): Path<i64>,
+    Query(q): Query<UsersQuery>,
+) -> ApiResult<Json<Vec<UserRecord>>> {
+    c.check(Permission::ReadBot(id))?;
+    let search = q.q.as_deref().filter(|s| !s.trim().is_empty());
+    Ok(Json(
+        c.admin
+            .list_users(id, search, q.limit.unwrap_or(50), q.offset.unwrap_or(0))
+            .await?,
     ))
 }
 

@@ -18,7 +18,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 /// A running panel server.
 pub struct WebPanel {
-    pub db: TestDb,
+    /// The panel database, when this panel created it.
+    pub db: Option<TestDb>,
     pub pool: sqlx::PgPool,
     pub admin: Admin,
     pub settings: Settings,
@@ -38,13 +39,13 @@ impl WebPanel {
         )
         .await
         .unwrap();
-        Self::start_on(db, settings).await
+        let pool = db.pool().await;
+        Self::start_on(Some(db), pool, settings).await
     }
 
-    /// A panel server on an existing, migrated panel database.
-    pub async fn start_on(db: TestDb, mut settings: Settings) -> Self {
+    /// A panel server on an existing, migrated panel database (e.g. a harness's).
+    pub async fn start_on(db: Option<TestDb>, pool: sqlx::PgPool, mut settings: Settings) -> Self {
         settings.panel_http.cookie_secure = false;
-        let pool = db.pool().await;
         let admin = Admin::new(pool.clone(), Arc::new(settings.clone())).acting_as("test");
         if admin.list_operators().await.unwrap().is_empty() {
             admin
@@ -90,6 +91,17 @@ impl WebPanel {
         let (status, body) = c.sign_in(login, PASSWORD).await;
         assert_eq!(status, 200, "{body}");
         c
+    }
+}
+
+impl WebPanel {
+    /// The environment pointing the CLI at this panel's database.
+    pub fn env(&self) -> std::collections::HashMap<String, String> {
+        [(
+            "BOTVISOR_PANEL_URL".to_string(),
+            self.settings.panel.url.clone(),
+        )]
+        .into()
     }
 }
 
