@@ -5,7 +5,8 @@
 //! - edges: [`cli`] (clap + terminal rendering), [`app`] (`botvisor serve` wired together,
 //!   signals, systemd notify), [`web`] (`botvisor panel`: the web admin panel and the HTTP
 //!   API), [`sandbox`] (a local Telegram Bot API emulator);
-//! - operators' rules: [`admin`] (validated writes shared by the CLI and the coming HTTP API);
+//! - operators' rules: [`admin`] (validated writes shared by the CLI, the HTTP API and the web
+//!   pages);
 //! - control plane: [`control`] (the reconcile loop, its pure planner, slots, restart policy,
 //!   bot states) — decides, never talks to Telegram;
 //! - data plane: [`runtime`] (one hosted bot: provision, getMe, module jobs, the update intake,

@@ -1287,12 +1287,7 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
     }
     let dbs = Dbs::new();
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let sandbox = format!("127.0.0.1:{port}");
+    let sandbox = free_address();
     let token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0";
 
     // First run: the binary is found in CARGO_TARGET_DIR (not target/debug), the demo bot

@@ -6,9 +6,32 @@ mod common;
 
 use botvisor::admin::operators::Role;
 use common::token;
-use common::web::{PASSWORD, WebPanel};
+use common::web::{Client, PASSWORD, WebPanel};
 use reqwest::Method;
 use serde_json::json;
+
+/// Adds a disabled bot through the API; returns its id.
+async fn add_bot(c: &mut Client, name: &str, token_id: u64) -> i64 {
+    let (s, b) = c
+        .post(
+            "/api/v1/bots",
+            json!({"name": name, "token": token(token_id), "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    b["id"].as_i64().unwrap()
+}
+
+/// Sets text `key` of bot `id` in the default language through the API.
+async fn put_text(c: &mut Client, id: i64, key: &str, value: &str) {
+    let (s, t) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/{key}"),
+            json!({ "value": value }),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+}
 
 /// The secret part of a token (what must never appear in an answer).
 fn secret(t: &str) -> &str {
@@ -226,19 +249,8 @@ async fn bots_and_texts_routes_work_and_refuse_bad_input_with_the_clis_words() {
 async fn roles_are_enforced() {
     let p = WebPanel::start("bvt_api_roles").await;
     let mut owner = p.signed_in("owner").await;
-    let (_, b1) = owner
-        .post(
-            "/api/v1/bots",
-            json!({"name": "one", "token": token(7101), "enabled": false}),
-        )
-        .await;
-    let (_, b2) = owner
-        .post(
-            "/api/v1/bots",
-            json!({"name": "two", "token": token(7102), "enabled": false}),
-        )
-        .await;
-    let (one, two) = (b1["id"].as_i64().unwrap(), b2["id"].as_i64().unwrap());
+    let one = add_bot(&mut owner, "one", 7101).await;
+    let two = add_bot(&mut owner, "two", 7102).await;
     p.admin
         .add_operator("ed", Role::Editor, &[one], PASSWORD)
         .await
@@ -364,23 +376,9 @@ async fn wrong_passwords_are_throttled_per_login() {
 async fn the_audit_log_records_each_change_with_before_and_after() {
     let p = WebPanel::start("bvt_api_audit").await;
     let mut c = p.signed_in("owner").await;
-    let (_, b) = c
-        .post(
-            "/api/v1/bots",
-            json!({"name": "aud", "token": token(7301), "enabled": false}),
-        )
-        .await;
-    let id = b["id"].as_i64().unwrap();
-    c.put(
-        &format!("/api/v1/bots/{id}/texts/start"),
-        json!({"value": "One"}),
-    )
-    .await;
-    c.put(
-        &format!("/api/v1/bots/{id}/texts/start"),
-        json!({"value": "Two"}),
-    )
-    .await;
+    let id = add_bot(&mut c, "aud", 7301).await;
+    put_text(&mut c, id, "start", "One").await;
+    put_text(&mut c, id, "start", "Two").await;
     c.put(
         &format!("/api/v1/bots/{id}/token"),
         json!({"token": token(7302)}),
@@ -414,23 +412,9 @@ async fn the_audit_log_records_each_change_with_before_and_after() {
 async fn versions_cover_every_writer_and_roll_back() {
     let p = WebPanel::start("bvt_api_versions").await;
     let mut c = p.signed_in("owner").await;
-    let (_, b) = c
-        .post(
-            "/api/v1/bots",
-            json!({"name": "ver", "token": token(7401), "enabled": false}),
-        )
-        .await;
-    let id = b["id"].as_i64().unwrap();
-    c.put(
-        &format!("/api/v1/bots/{id}/texts/start"),
-        json!({"value": "First"}),
-    )
-    .await;
-    c.put(
-        &format!("/api/v1/bots/{id}/texts/start"),
-        json!({"value": "Second"}),
-    )
-    .await;
+    let id = add_bot(&mut c, "ver", 7401).await;
+    put_text(&mut c, id, "start", "First").await;
+    put_text(&mut c, id, "start", "Second").await;
     // A plain SQL writer is recorded too.
     sqlx::query("UPDATE bot_texts SET value = 'Third' WHERE bot_id = $1 AND key = 'start'")
         .bind(id)

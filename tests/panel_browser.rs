@@ -33,6 +33,23 @@ async fn submit(page: &chromiumoxide::Page, form: &str, fields: &[(&str, &str)])
     run(page, &script).await;
 }
 
+/// Bot `id`'s `start` text in English, as stored.
+async fn stored_start(panel: &WebPanel, id: i64) -> String {
+    panel
+        .admin
+        .get_text(id, "start", Some("en"))
+        .await
+        .unwrap()
+        .value
+}
+
+/// Sends /start to the bot in `chat` and waits for an answer starting with `prefix`.
+async fn answers_start(h: &Harness, token: &str, chat: i64, prefix: &str) {
+    let after = h.last_seq(token, chat);
+    h.say(token, chat, "/start");
+    h.reply(token, chat, after, |t| t.starts_with(prefix)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_edits_a_bot_in_the_browser_and_the_bot_answers_with_it() {
     let Some(chromium) = Chromium::launch().await else {
@@ -109,29 +126,14 @@ async fn an_operator_edits_a_bot_in_the_browser_and_the_bot_answers_with_it() {
 
     // The bot answers with the new text, without a restart.
     let chat = 42_001;
-    let after = h.last_seq(&bot_token, chat);
-    h.say(&bot_token, chat, "/start");
-    let reply = h
-        .reply(&bot_token, chat, after, |t| {
-            t.starts_with("Edited in the grid")
-        })
-        .await;
-    assert!(
-        reply.text().unwrap().contains("Edited in the grid"),
-        "{reply:?}"
-    );
+    answers_start(&h, &bot_token, chat, "Edited in the grid, ").await;
 
     // A refused value is shown next to its field, the stored one unchanged.
     submit(&page, "#t-start-en", &[("value", "Hi {nobody}")]).await;
     let html = until(&page, "the field's error", |h| h.contains("field-error")).await;
     assert!(html.contains("unknown placeholder {nobody}"), "{html}");
     assert_eq!(
-        panel
-            .admin
-            .get_text(id, "start", Some("en"))
-            .await
-            .unwrap()
-            .value,
+        stored_start(&panel, id).await,
         "Edited in the grid, {first_name}!"
     );
 
@@ -184,19 +186,8 @@ async fn an_operator_edits_a_bot_in_the_browser_and_the_bot_answers_with_it() {
         h.contains("id=\"rolled-back\"")
     })
     .await;
-    assert_eq!(
-        panel
-            .admin
-            .get_text(id, "start", Some("en"))
-            .await
-            .unwrap()
-            .value,
-        "Hello, {first_name}!"
-    );
-    let after = h.last_seq(&bot_token, chat);
-    h.say(&bot_token, chat, "/start");
-    h.reply(&bot_token, chat, after, |t| t.starts_with("Hello, "))
-        .await;
+    assert_eq!(stored_start(&panel, id).await, "Hello, {first_name}!");
+    answers_start(&h, &bot_token, chat, "Hello, ").await;
 
     // The overview, the audit log; then every screenshot shows something.
     page.goto(format!("{}/?q=sho", panel.url)).await.unwrap();

@@ -5,18 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::free_address;
 use common::harness::Harness;
 use common::process::ServeProcess;
-
-/// A loopback address with a free port.
-fn free_address() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
 
 /// Waits until the panel at `addr` serves its sign-in page.
 async fn wait_up(addr: &str) {

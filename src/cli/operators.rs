@@ -8,6 +8,16 @@ use crate::admin::Admin;
 use crate::admin::manifests::ManifestChange;
 use crate::admin::operators::Role;
 
+/// Prints `value` as pretty JSON.
+fn print_json(value: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )?;
+    Ok(())
+}
+
 /// The first line of standard input (the password), without its line break.
 fn read_password() -> Result<String, CliError> {
     let mut line = String::new();
@@ -41,11 +51,7 @@ pub(super) async fn operator(
         OperatorCommand::List { json } => {
             let ops = admin.list_operators().await?;
             if *json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&ops).unwrap_or_default()
-                )?;
+                print_json(&ops, out)?;
             } else {
                 writeln!(out, "{:<24} {:<7} BOTS", "LOGIN", "ROLE")?;
                 for o in &ops {
@@ -79,11 +85,7 @@ pub(super) async fn operator(
         OperatorCommand::Audit { limit, json } => {
             let entries = admin.audit_log(*limit, None).await?;
             if *json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&entries).unwrap_or_default()
-                )?;
+                print_json(&entries, out)?;
             } else {
                 for e in &entries {
                     let bot = e.bot_id.map(|b| format!(" bot {b}")).unwrap_or_default();
@@ -121,11 +123,7 @@ pub(super) async fn text_versions(
         } => {
             let versions = admin.text_history(*id, key, lang.as_deref()).await?;
             if *json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&versions).unwrap_or_default()
-                )?;
+                print_json(&versions, out)?;
             } else if versions.is_empty() {
                 writeln!(out, "no versions")?;
             } else {
@@ -177,11 +175,7 @@ pub(super) async fn manifest_versions(
         ConfigCommand::History { id, json } => {
             let versions = admin.manifest_history(*id).await?;
             if *json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&versions).unwrap_or_default()
-                )?;
+                print_json(&versions, out)?;
             } else {
                 writeln!(
                     out,

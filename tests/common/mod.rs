@@ -164,46 +164,47 @@ impl Run {
 /// Runs the botvisor binary with only the given environment (plus PATH) and an empty
 /// settings file, so nothing on the machine leaks in.
 pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("botvisor.toml");
-    std::fs::write(&config, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_botvisor"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .output()
-        .expect("run botvisor");
-    Run::from(out)
+    botvisor_stdin(env, args, "")
 }
 
 /// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
 pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str) -> Run {
     use std::io::Write;
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("botvisor.toml");
+    let mut child = botvisor_command(env, dir.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run botvisor");
+    // A command that does not read its input may have exited already.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    Run::from(child.wait_with_output().unwrap())
+}
+
+/// The botvisor binary with only `env` (plus PATH) and an empty settings file in `dir`.
+pub fn botvisor_command(env: &HashMap<String, String>, dir: &std::path::Path) -> Command {
+    let config = dir.join("botvisor.toml");
     std::fs::write(&config, "").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
-        .env_clear()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botvisor"));
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env)
         .arg("--config")
-        .arg(&config)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run botvisor");
-    child
-        .stdin
-        .take()
+        .arg(&config);
+    cmd
+}
+
+/// A loopback address with a free port (for a server the test starts).
+pub fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    Run::from(child.wait_with_output().unwrap())
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -23,8 +23,6 @@ impl ServeProcess {
         args: &[&str],
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("botvisor.toml");
-        std::fs::write(&config, "").unwrap();
         let stderr = match log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -35,12 +33,7 @@ impl ServeProcess {
             ),
             None => Stdio::null(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            .arg("--config")
-            .arg(&config)
+        let child = super::botvisor_command(env, dir.path())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
