@@ -610,3 +610,56 @@ async fn operator_commands_manage_operators() {
     assert!(audit.ok().contains("operator.remove"), "{audit:?}");
     assert!(audit.ok().contains("cli:"), "{audit:?}");
 }
+
+#[tokio::test]
+async fn users_and_chat_histories_are_read_from_the_bots_database() {
+    let p = WebPanel::start("bvt_api_users").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "people", 7801).await;
+    // The bot's database, as the daemon creates it on the bot's first start.
+    let db = format!("{}_bot_{id}", p.settings.panel_database_name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", common::server_url());
+    botvisor::schema::apply(&botvisor::schema::BOT, &url.parse().unwrap())
+        .await
+        .unwrap();
+    let bot_db = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO users (user_id, username, first_name, blocked) VALUES \
+           (11, 'anna', 'Анна', false), (12, NULL, 'Boris', true); \
+         INSERT INTO messages (chat_id, user_id, role, content) VALUES \
+           (11, 11, 'user', '/start'), (11, NULL, 'bot', 'Hello, Анна!')",
+    )
+    .execute(&bot_db)
+    .await
+    .unwrap();
+    bot_db.close().await;
+
+    let (s, users) = c.get(&format!("/api/v1/bots/{id}/users")).await;
+    assert_eq!((s, users.as_array().map(Vec::len)), (200, Some(2)), "{users}");
+    let (s, found) = c.get(&format!("/api/v1/bots/{id}/users?q=bor")).await;
+    assert_eq!(s, 200);
+    assert_eq!(found[0]["user_id"], 12);
+    assert_eq!(found[0]["blocked"], true);
+    let (s, history) = c.get(&format!("/api/v1/bots/{id}/history?chat=11")).await;
+    assert_eq!(s, 200);
+    let roles: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "bot"], "oldest first: {history}");
+
+    // The pages show the same, as a conversation.
+    let (s, html) = c.get(&format!("/bots/{id}/users?q=ann")).await;
+    let html = html.as_str().unwrap_or_default().to_owned();
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains("@anna") && !html.contains("Boris"), "{html}");
+    let (s, html) = c.get(&format!("/bots/{id}/chats/11")).await;
+    assert_eq!(s, 200);
+    assert!(html.as_str().unwrap().contains("Hello, Анна!"));
+}
