@@ -639,7 +639,11 @@ async fn users_and_chat_histories_are_read_from_the_bots_database() {
     bot_db.close().await;
 
     let (s, users) = c.get(&format!("/api/v1/bots/{id}/users")).await;
-    assert_eq!((s, users.as_array().map(Vec::len)), (200, Some(2)), "{users}");
+    assert_eq!(
+        (s, users.as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{users}"
+    );
     let (s, found) = c.get(&format!("/api/v1/bots/{id}/users?q=bor")).await;
     assert_eq!(s, 200);
     assert_eq!(found[0]["user_id"], 12);
