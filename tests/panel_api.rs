@@ -456,6 +456,10 @@ async fn versions_cover_every_writer_and_roll_back() {
     .await;
     let (_, mv) = c.get(&format!("/api/v1/bots/{id}/manifest/versions")).await;
     assert_eq!(mv.as_array().unwrap().len(), 2, "{mv}");
+    assert_eq!(
+        mv[1]["actor"], "panel:owner",
+        "the first version is the adder's: {mv}"
+    );
     let (s, _) = c
         .post(
             &format!("/api/v1/bots/{id}/manifest/versions/1/rollback"),

@@ -144,6 +144,7 @@ impl Admin {
             },
         )
         .await?;
+        store::claim_first_manifest_version(&self.pool, id, &self.actor).await?;
         self.audit(
             "bot.add",
             Some(id),

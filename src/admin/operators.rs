@@ -437,7 +437,7 @@ impl LoginThrottle {
         let wait = |key: String, max: u32| {
             map.get(&key).and_then(|(n, since)| {
                 let left = Self::WINDOW.checked_sub(now.duration_since(*since))?;
-                (*n >= max).then_some(left)
+                (*n >= max && !left.is_zero()).then_some(left)
             })
         };
         match wait(format!("l:{login}"), MAX_FAILURES_PER_LOGIN)

@@ -785,6 +785,24 @@ pub async fn recent_text_versions(
     .await?)
 }
 
+/// Names `actor` as the writer of a new bot's first manifest version (the insert that wrote
+/// it could not: `add_bot` runs outside a transaction of ours).
+pub async fn claim_first_manifest_version(
+    pool: &PgPool,
+    id: i64,
+    actor: &str,
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "UPDATE manifest_versions SET actor = $2 \
+         WHERE bot_id = $1 AND version = 1 AND actor LIKE 'sql:%'",
+    )
+    .bind(id)
+    .bind(actor)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Every version of a bot's manifest, newest first.
 pub async fn manifest_history(pool: &PgPool, id: i64) -> Result<Vec<ManifestVersion>, PanelError> {
     ensure_bot(pool, id).await?;

@@ -214,6 +214,38 @@ mod tests {
     }
 
     #[test]
+    fn the_client_address_trusts_forwarded_for_only_from_loopback() {
+        let parts = |peer: &str, forwarded: Option<&str>| {
+            let mut req = axum::http::Request::builder();
+            if let Some(f) = forwarded {
+                req = req.header("x-forwarded-for", f);
+            }
+            let (mut parts, ()) = req.body(()).unwrap().into_parts();
+            parts
+                .extensions
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            parts
+        };
+        let cases = [
+            ("127.0.0.1:5000", Some("203.0.113.9"), "203.0.113.9"),
+            (
+                "127.0.0.1:5000",
+                Some("1.1.1.1, 203.0.113.9"),
+                "203.0.113.9",
+            ),
+            ("127.0.0.1:5000", None, "127.0.0.1"),
+            ("198.51.100.7:5000", Some("203.0.113.9"), "198.51.100.7"),
+        ];
+        for (peer, forwarded, expected) in cases {
+            assert_eq!(
+                client_address(&parts(peer, forwarded)),
+                expected,
+                "{peer} {forwarded:?}"
+            );
+        }
+    }
+
+    #[test]
     fn secrets_compare_equal_only_when_equal() {
         assert!(constant_time_eq("abc", "abc"));
         assert!(!constant_time_eq("abc", "abd"));
