@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tempfile::TempDir;
 
+mod common;
+use common::free_address;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -1158,16 +1161,6 @@ struct DevRun {
     child: std::process::Child,
     /// stdout up to and including the "dev: panel …" line.
     printed: Vec<String>,
-}
-
-/// A loopback address with a free port.
-fn free_address() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
 }
 
 impl DevRun {

@@ -778,6 +778,18 @@ async fn rollback_manifest(
 
 // ---- Users and chats ----
 
+/// A bot whose database does not exist yet (it never started) has nothing to show: an empty
+/// list with the reason, rather than an error page.
+fn empty_without_database<T>(
+    result: Result<Vec<T>, AdminError>,
+) -> Result<(Vec<T>, Option<String>), PageError> {
+    match result {
+        Ok(items) => Ok((items, None)),
+        Err(e @ AdminError::NoDatabase { .. }) => Ok((Vec::new(), Some(e.to_string()))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "users.html")]
 struct UsersPage {
@@ -805,11 +817,7 @@ async fn users_page(
     let bot = c.admin.show_bot(id).await?;
     let q = q.q.unwrap_or_default();
     let search = Some(q.trim()).filter(|s| !s.is_empty());
-    let (users, error) = match c.admin.list_users(id, search, 200, 0).await {
-        Ok(u) => (u, None),
-        Err(e @ AdminError::NoDatabase { .. }) => (Vec::new(), Some(e.to_string())),
-        Err(e) => return Err(e.into()),
-    };
+    let (users, error) = empty_without_database(c.admin.list_users(id, search, 200, 0).await)?;
     Ok(html(&UsersPage {
         t: i18n::choose(&headers),
         me: Some(c.operator.clone()),
@@ -840,11 +848,7 @@ async fn chat_page(
 ) -> PageResult {
     c.check(Permission::ReadBot(id))?;
     let bot = c.admin.show_bot(id).await?;
-    let (messages, error) = match c.admin.chat_history(id, chat, 200).await {
-        Ok(m) => (m, None),
-        Err(e @ AdminError::NoDatabase { .. }) => (Vec::new(), Some(e.to_string())),
-        Err(e) => return Err(e.into()),
-    };
+    let (messages, error) = empty_without_database(c.admin.chat_history(id, chat, 200).await)?;
     Ok(html(&ChatPage {
         t: i18n::choose(&headers),
         me: Some(c.operator.clone()),
