@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs botvisor locally in the foreground: PostgreSQL up, a dev panel database migrated, the
-# Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered,
-# the web panel on $PANEL_ADDR with a local owner (its URL and credentials printed), and
-# `botvisor serve` pointed at the sandbox. Ctrl-C stops everything.
+# Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered
+# (menus, and the assistant answering /ask from the sandbox's model), the web panel on
+# $PANEL_ADDR with a local owner (its URL and credentials printed), and `botvisor serve`
+# pointed at the sandbox. Ctrl-C stops everything.
 #
 # Every run (the first and every later one) prints ready-to-paste curl commands for the
 # sandbox's control API (docs/sandbox.md), with the demo bot's real sandbox token: send
 # /start, read the answers (waiting for them with wait_ms), press a menu button, read only
-# what came after it.
+# what came after it, ask the assistant.
 #
 # Needs psql and curl (the printed commands use curl too).
 #
@@ -18,6 +19,9 @@
 #   DEV_OWNER     the local owner's login, default admin; DEV_PASSWORD its password
 #                 (default botvisor-dev-password; set again on every run)
 #   DEMO_TOKEN    the demo bot's token (a local sandbox token, not a Telegram one)
+#   BOTVISOR_MASTER_KEY_FILE  the master key sealing tokens and secrets; default
+#                 <cargo target dir>/dev-master.key, created by `botvisor keys init` when missing
+#                 (a new key cannot open what the old one sealed: drop DEV_DB with it)
 #   CARGO         default cargo. The binary is taken from where cargo builds it
 #                 (`cargo metadata`), so CARGO_TARGET_DIR and build.target-dir work.
 #
@@ -56,6 +60,8 @@ export BOTVISOR_TELEGRAM_API_URL="http://$SANDBOX_ADDR"
 export BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS=${BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS:-5}
 # Plain HTTP on loopback: the session cookie cannot be Secure here.
 export BOTVISOR__PANEL_HTTP__COOKIE_SECURE=false
+export BOTVISOR_MASTER_KEY_FILE=${BOTVISOR_MASTER_KEY_FILE:-$target_dir/dev-master.key}
+[[ -f $BOTVISOR_MASTER_KEY_FILE ]] || "$bin" keys init --file "$BOTVISOR_MASTER_KEY_FILE"
 
 "$bin" migrate
 
@@ -104,6 +110,18 @@ for _ in $(seq 1 100); do
   if curl -sf "http://$PANEL_ADDR/login" >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
+# The assistant module on the demo bot, answering /ask through the sandbox's deterministic
+# OpenAI-compatible model (docs/assistant.md); its API key is a bot secret like a real one.
+# Set on every run: the sandbox address may have changed.
+assistant_patch=$(mktemp)
+cat >"$assistant_patch" <<JSON
+{"assistant": {"base_url": "http://$SANDBOX_ADDR/v1", "model": "sandbox-echo",
+  "api_key_secret": "openai", "system_prompt": "assistant_prompt", "trigger": "command",
+  "daily_limit_per_user": 50}}
+JSON
+"$bin" config patch "$id" "$assistant_patch" >/dev/null
+rm -f "$assistant_patch"
+printf 'sk-sandbox-dev' | "$bin" secret set "$id" openai --stdin >/dev/null
 
 api="http://$SANDBOX_ADDR/sandbox"
 json="-H 'content-type: application/json'"
@@ -121,6 +139,11 @@ dev: pipe a read into jq for readable JSON.
   # then read only what came after (after=: the last seq seen; waits up to 10 s)
   after=\$(curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1' | grep -o '"seq":[0-9]*' | tail -n 1 | cut -d: -f2)
   curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "callback_data": "b|main|0|1"}'; echo
+  curl -s "$api/sent?token=$DEMO_TOKEN&chat_id=1&after=\${after:-0}&wait_ms=10000"; echo
+
+  # ask the assistant (the sandbox's model echoes the question), then read its answer
+  after=\$(curl -s '$api/sent?token=$DEMO_TOKEN&chat_id=1' | grep -o '"seq":[0-9]*' | tail -n 1 | cut -d: -f2)
+  curl -s -XPOST $api/updates $json -d '{"token": "$DEMO_TOKEN", "chat_id": 1, "text": "/ask What is botvisor?"}'; echo
   curl -s "$api/sent?token=$DEMO_TOKEN&chat_id=1&after=\${after:-0}&wait_ms=10000"; echo
 
 EOF

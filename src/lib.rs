@@ -16,7 +16,8 @@
 //!   [`content`] (manifest, texts, language codes, the hot-swapped snapshot);
 //! - storage: [`panel`], [`botdb`], [`schema`] — all SQL lives in their `store.rs` files (and in
 //!   each module's own `store.rs`);
-//! - leaves: [`settings`], [`telemetry`], [`mask`], [`tasks`], [`token`].
+//! - leaves: [`settings`], [`telemetry`], [`mask`], [`tasks`], [`token`], [`crypto`] (the
+//!   master key, sealing secrets at rest).
 
 pub mod admin;
 pub mod app;
@@ -24,6 +25,7 @@ pub mod botdb;
 pub mod cli;
 pub mod content;
 pub mod control;
+pub mod crypto;
 pub mod mask;
 pub mod modules;
 pub mod panel;

@@ -53,6 +53,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The web admin panel and HTTP API (`botvisor panel`).
     pub panel_http: PanelHttpSettings,
+    /// Secrets at rest: the master key.
+    pub secrets: SecretsSettings,
 }
 
 /// Settings of `botvisor panel`.
@@ -83,6 +85,23 @@ impl Default for PanelHttpSettings {
     }
 }
 
+/// Secrets-at-rest settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// The master key file sealing bot tokens and secrets (shortcut:
+    /// `BOTVISOR_MASTER_KEY_FILE`); created by `botvisor keys init`, mode 0600.
+    pub master_key_file: String,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            master_key_file: crate::crypto::DEFAULT_KEY_FILE.into(),
+        }
+    }
+}
+
 /// Panel database settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -100,8 +119,10 @@ pub struct BotDatabaseSettings {
     /// Server for bot databases (a PostgreSQL URL whose database part is ignored); empty means
     /// the panel's server.
     pub server_url: String,
-    /// Most connections the daemon holds to all bot databases together, whatever the bot count.
-    pub connection_budget: u32,
+    /// Most connections the daemon holds to all bot databases together, whatever the bot
+    /// count: a number, or `"auto"` (the default) to size it from the server's
+    /// `max_connections` at start, keeping a reserve ([`BudgetSetting`]).
+    pub connection_budget: BudgetSetting,
     /// Most connections one bot may hold at once (within the global budget).
     pub max_connections_per_bot: u32,
     /// Most bot databases created or migrated at once; the others wait their turn, and
@@ -161,12 +182,116 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// `bot_database.connection_budget`: a number of connections, or `"auto"`.
+///
+/// `"auto"` reads the bot-database server's `max_connections` when the daemon starts and
+/// keeps `superuser_reserved_connections` plus [`AUTO_BUDGET_RESERVE`] for everything else
+/// that connects (see docs/performance.md, "Connection budget").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetSetting {
+    /// Sized from the server at start.
+    Auto,
+    /// Exactly this many.
+    Fixed(u32),
+}
+
+/// Connections `"auto"` leaves to others besides the superuser reserve: the daemon's panel
+/// pool (4) and LISTEN connection (1), the web panel process (4), a backup's `pg_dump` (1)
+/// and an operator's `psql` or CLI call (2).
+pub const AUTO_BUDGET_RESERVE: u32 = 12;
+
+impl BudgetSetting {
+    /// The budget on a server with `max_connections` of which `superuser_reserved` are kept
+    /// for superusers; `None` when "auto" leaves nothing.
+    pub fn resolve(self, max_connections: u32, superuser_reserved: u32) -> Option<u32> {
+        match self {
+            BudgetSetting::Fixed(n) => Some(n),
+            BudgetSetting::Auto => max_connections
+                .checked_sub(superuser_reserved + AUTO_BUDGET_RESERVE)
+                .filter(|n| *n > 0),
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BudgetSetting::Auto => f.write_str("\"auto\""),
+            BudgetSetting::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for BudgetSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BudgetSetting::Auto => serializer.serialize_str("auto"),
+            BudgetSetting::Fixed(n) => serializer.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BudgetSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = BudgetSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of connections or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(BudgetSetting::Fixed)
+                    .map_err(|_| E::custom(format!("{v} is too large for a number of connections")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a number of connections")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let v = v.trim();
+                if v.eq_ignore_ascii_case("auto") {
+                    return Ok(BudgetSetting::Auto);
+                }
+                v.parse::<u32>().map(BudgetSetting::Fixed).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is neither a number of connections nor \"auto\""
+                    ))
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl BotDatabaseSettings {
+    /// Checks the settings bounded by the budget against `budget` connections.
+    pub fn check_budget(&self, budget: u32) -> Result<(), ConfigError> {
+        let per_bot = self.max_connections_per_bot;
+        if per_bot == 0 || per_bot > budget {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.max_connections_per_bot",
+                reason: format!("must be between 1 and connection_budget ({budget})"),
+            });
+        }
+        let provisions = self.provision_concurrency;
+        if provisions == 0 || provisions > budget {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.provision_concurrency",
+                reason: format!("must be between 1 and connection_budget ({budget})"),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for BotDatabaseSettings {
     fn default() -> Self {
         Self {
             name_template: "{panel_db}_bot_{id}".into(),
             server_url: String::new(),
-            connection_budget: 32,
+            connection_budget: BudgetSetting::Auto,
             max_connections_per_bot: 2,
             provision_concurrency: 2,
             idle_timeout_secs: 30,
@@ -248,6 +373,14 @@ impl Settings {
                 .set_override("telegram.api_url", url.as_str())
                 .map_err(|e| ConfigError::Parse(e.to_string()))?;
         }
+        if let Some(file) = env
+            .get(crate::crypto::KEY_FILE_ENV)
+            .filter(|v| !v.is_empty())
+        {
+            builder = builder
+                .set_override("secrets.master_key_file", file.as_str())
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
@@ -290,27 +423,19 @@ impl Settings {
                 reason: format!("{t:?} has a placeholder other than {{panel_db}} and {{id}}"),
             });
         }
-        let budget = self.bot_database.connection_budget;
-        if budget == 0 {
-            return Err(ConfigError::Invalid {
-                key: "bot_database.connection_budget",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let per_bot = self.bot_database.max_connections_per_bot;
-        if per_bot == 0 || per_bot > budget {
-            return Err(ConfigError::Invalid {
-                key: "bot_database.max_connections_per_bot",
-                reason: format!("must be between 1 and connection_budget ({budget})"),
-            });
-        }
-        let provisions = self.bot_database.provision_concurrency;
-        if provisions == 0 || provisions > budget {
-            return Err(ConfigError::Invalid {
-                key: "bot_database.provision_concurrency",
-                reason: format!("must be between 1 and connection_budget ({budget})"),
-            });
-        }
+        // With "auto", the bounds are checked again once the budget is known
+        // ([`BotDatabaseSettings::check_budget`]).
+        let budget = match self.bot_database.connection_budget {
+            BudgetSetting::Fixed(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "bot_database.connection_budget",
+                    reason: "must be at least 1 (or \"auto\")".into(),
+                });
+            }
+            BudgetSetting::Fixed(n) => n,
+            BudgetSetting::Auto => u32::MAX,
+        };
+        self.bot_database.check_budget(budget)?;
         if self.bot_database.inbox_retention_days == 0 {
             return Err(ConfigError::Invalid {
                 key: "bot_database.inbox_retention_days",
@@ -369,6 +494,12 @@ impl Settings {
                 reason: "must be between 1 and 2160 (90 days)".into(),
             });
         }
+        if self.secrets.master_key_file.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "secrets.master_key_file",
+                reason: "must name the master key file (default /etc/botvisor/master.key)".into(),
+            });
+        }
         if self.supervisor.resync_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
@@ -406,6 +537,16 @@ impl Settings {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "botvisor".into())
+    }
+
+    /// The master key file.
+    pub fn master_key_file(&self) -> PathBuf {
+        PathBuf::from(&self.secrets.master_key_file)
+    }
+
+    /// Loads the master keys (see [`crate::crypto::Keyring::load`]).
+    pub fn keyring(&self) -> Result<crate::crypto::Keyring, crate::crypto::CryptoError> {
+        crate::crypto::Keyring::load(&self.master_key_file())
     }
 
     /// How long to wait for a full reconcile when nothing notifies.
@@ -500,9 +641,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.panel.url, "postgres://u@h/panel");
-        assert_eq!(s.bot_database.connection_budget, 8);
+        assert_eq!(s.bot_database.connection_budget, BudgetSetting::Fixed(8));
         assert_eq!(s.telegram.api_url, "http://127.0.0.1:8081");
         assert_eq!(s.panel_database_name(), "panel");
+        assert_eq!(s.master_key_file(), Path::new("/etc/botvisor/master.key"));
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u@h/p"),
+                ("BOTVISOR_MASTER_KEY_FILE", "/k/master.key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.master_key_file(), Path::new("/k/master.key"));
     }
 
     #[test]
@@ -588,9 +739,10 @@ mod tests {
 
     #[test]
     fn masked_output_hides_passwords() {
-        let s = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:secret@h/p")])).unwrap();
+        let s =
+            Settings::load(None, &env(&[("DATABASE_URL", "postgres://u:hunter2@h/p")])).unwrap();
         let out = s.to_masked_toml();
-        assert!(!out.contains("secret"), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains("postgres://u:****@h/p"), "{out}");
     }
 
@@ -623,5 +775,54 @@ mod tests {
             render_name_template("{panel_db}_bot_{id}", "botvisor", 42),
             "botvisor_bot_42"
         );
+    }
+
+    #[test]
+    fn the_connection_budget_is_a_number_or_auto() {
+        let load = |v: &str| {
+            Settings::load(
+                None,
+                &env(&[
+                    ("DATABASE_URL", "postgres://u@h/p"),
+                    ("BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET", v),
+                ]),
+            )
+        };
+        assert_eq!(
+            Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@h/p")]))
+                .unwrap()
+                .bot_database
+                .connection_budget,
+            BudgetSetting::Auto
+        );
+        assert_eq!(
+            load("auto").unwrap().bot_database.connection_budget,
+            BudgetSetting::Auto
+        );
+        assert_eq!(
+            load("40").unwrap().bot_database.connection_budget,
+            BudgetSetting::Fixed(40)
+        );
+        let err = load("lots").unwrap_err().to_string();
+        assert!(err.contains("connection_budget"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        for (text, want) in [
+            ("connection_budget = 24", BudgetSetting::Fixed(24)),
+            ("connection_budget = \"auto\"", BudgetSetting::Auto),
+        ] {
+            std::fs::write(&path, format!("[bot_database]\n{text}\n")).unwrap();
+            let s =
+                Settings::load(Some(&path), &env(&[("DATABASE_URL", "postgres://u@h/p")])).unwrap();
+            assert_eq!(s.bot_database.connection_budget, want, "{text}");
+            assert!(s.to_masked_toml().contains(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn auto_keeps_the_reserve() {
+        assert_eq!(BudgetSetting::Auto.resolve(100, 3), Some(85));
+        assert_eq!(BudgetSetting::Auto.resolve(15, 3), None);
+        assert_eq!(BudgetSetting::Fixed(7).resolve(15, 3), Some(7));
     }
 }

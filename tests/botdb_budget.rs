@@ -692,3 +692,47 @@ async fn pools_with_table(
     }
     pools
 }
+
+/// `connection_budget = "auto"` reads the server's limits and keeps the documented reserve;
+/// a number wins; a server too small for "auto" is a clear error.
+#[tokio::test]
+async fn auto_budget_is_sized_from_the_server() {
+    use botvisor::settings::{AUTO_BUDGET_RESERVE, BudgetSetting, Settings};
+    let mut conn = PgConnection::connect(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap();
+    let (max, reserved): (i32, i32) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int, \
+                current_setting('superuser_reserved_connections')::int",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let env = std::collections::HashMap::from([(
+        "DATABASE_URL".to_string(),
+        format!("{}/postgres", server_url()),
+    )]);
+    let mut settings = Settings::load(None, &env).unwrap();
+    assert_eq!(settings.bot_database.connection_budget, BudgetSetting::Auto);
+    let size = botvisor::botdb::connection_budget(&settings).await.unwrap();
+    assert_eq!(
+        size.budget as i32,
+        max - reserved - AUTO_BUDGET_RESERVE as i32
+    );
+    assert_eq!(size.server, Some((max as u32, reserved as u32)));
+    settings.bot_database.connection_budget = BudgetSetting::Fixed(5);
+    let size = botvisor::botdb::connection_budget(&settings).await.unwrap();
+    assert_eq!((size.budget, size.server), (5, None));
+    // Too small a server for "auto": the error says what to do.
+    let small = BudgetSetting::Auto.resolve(10, 3);
+    assert_eq!(small, None);
+    let err = botvisor::botdb::BudgetSizeError::TooSmall {
+        max: 10,
+        reserved: 3,
+    }
+    .to_string();
+    assert!(
+        err.contains("raise max_connections or set a number"),
+        "{err}"
+    );
+}

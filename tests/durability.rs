@@ -56,6 +56,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let pool = panel.pool().await;
     let id = store::add_bot(
         &pool,
+        &panel.keys(),
         &NewBot {
             name: "durable",
             token: &BotToken::parse(&t).unwrap(),

@@ -208,6 +208,7 @@ async fn migrate_all_bots_continues_past_a_failure_and_reports_it() {
         let t = botvisor::token::BotToken::parse(&token(9600 + i as u64)).unwrap();
         let id = panel_store::add_bot(
             &pool,
+            &panel.keys(),
             &panel_store::NewBot {
                 name,
                 token: &t,

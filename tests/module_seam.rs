@@ -95,6 +95,8 @@ impl Module for Echo {
                     Wake::Snapshot => note(&log, "job woken: snapshot".into()),
                     Wake::Operator => note(&log, "job woken: operator".into()),
                     Wake::Timer => note(&log, "job woken: timer".into()),
+                    // Its replies are delivered too; the test follows operator wakes only.
+                    Wake::Delivered => {}
                     Wake::Stop => {
                         note(&log, "job stopped".into());
                         return Ok(());

@@ -445,3 +445,37 @@ async fn old_processed_updates_and_history_are_pruned() {
     pool.close().await;
     assert!(h.stop().await.clean());
 }
+
+/// Issue 12 item 5: teloxide 0.17 turns a message of a kind it does not know into an empty
+/// message; its caption (or text) still reaches the history, read from the stored update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_an_unknown_kind_keeps_its_caption_in_history() {
+    let h = Harness::start(&[]).await;
+    let (id, t) = h.add_bot("future", 9501).await;
+    h.wait_state(id, "running").await;
+    let chat = 9502;
+    let raw = serde_json::json!({
+        "update_id": 5000,
+        "message": {
+            "message_id": 1, "date": 1_700_000_000,
+            "chat": {"id": chat, "type": "private", "first_name": "Zoe"},
+            "from": {"id": chat, "is_bot": false, "first_name": "Zoe"},
+            "caption": "a kind from the future",
+            "holo_message": {"file_id": "h1", "depth": 3}
+        }
+    });
+    h.sandbox.inject_raw(&t, raw.to_string()).unwrap();
+    // A known message after it: once answered, the unknown one was handled too.
+    h.say(&t, chat, "/start");
+    h.reply(&t, chat, 0, |_| true).await;
+    let db = h.bot_pool(id).await;
+    let first: String = sqlx::query_scalar(
+        "SELECT content FROM messages WHERE chat_id = $1 AND role = 'user' ORDER BY id LIMIT 1",
+    )
+    .bind(chat)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(first, "a kind from the future");
+    db.close().await;
+}

@@ -883,10 +883,14 @@ fn backup_discovering(dbs: &Dbs, panel: &str, dir: &Path, extra: &[(&str, &str)]
 fn backup_saves_orphaned_bot_databases_and_flags_them() {
     let dbs = Dbs::new();
     let panel = real_panel(&dbs);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("master.key");
+    botvisor::crypto::init_key_file(&key).unwrap();
     let add = |name: &str, n: u32| -> String {
         ok(Command::new(botvisor_bin())
             .args(["bot", "add", "--name", name, "--token", &token(n)])
-            .env("BOTVISOR_PANEL_URL", dbs.url(&panel)))
+            .env("BOTVISOR_PANEL_URL", dbs.url(&panel))
+            .env(botvisor::crypto::KEY_FILE_ENV, &key))
         .trim()
         .to_string()
     };
@@ -1317,7 +1321,7 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
     assert!(!printed.contains("****"), "{printed}");
     assert!(printed.contains("wait_ms="), "{printed}");
     let groups = dev.command_groups();
-    assert_eq!(groups.len(), 2, "{printed}");
+    assert_eq!(groups.len(), 3, "{printed}");
     // README shows the same commands, for the default address.
     let readme = fs::read_to_string(root().join("README.md")).unwrap();
     for cmd in groups.concat() {
@@ -1360,6 +1364,11 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
             .any(|e| e["type"] == "edit" && e["text"] == "About us"),
         "the menu was edited in place: {events:?}"
     );
+
+    // Group 3: the assistant answers /ask from the sandbox's model (its key a bot secret).
+    let out = run_commands(&groups[2]);
+    assert!(out[0].contains("update_id"), "{out:?}");
+    events_until(&sandbox, token, "echo: What is botvisor?");
     dev.stop();
 
     // Second run: nothing registered again, the same commands printed.

@@ -53,10 +53,7 @@ impl Module for Mailer {
             .fetch_all(&mut *cx.tx)
             .await?;
             for user in users {
-                let request = Request::SendMessage {
-                    text: format!("news for {user}"),
-                    reply_markup: None,
-                };
+                let request = Request::text_message(format!("news for {user}"));
                 cx.queue(Lane::Bulk, ChatId(user), Some(user), &request)
                     .await?;
             }

@@ -59,6 +59,7 @@ async fn writes_notify_the_right_channels() {
     let t = BotToken::parse(&token(4001)).unwrap();
     let id = store::add_bot(
         &pool,
+        &db.keys(),
         &NewBot {
             name: "a",
             token: &t,
@@ -81,7 +82,7 @@ async fn writes_notify_the_right_channels() {
     );
 
     let t2 = BotToken::parse(&token(4002)).unwrap();
-    store::set_token(&pool, id, &t2).await.unwrap();
+    store::set_token(&pool, &db.keys(), id, &t2).await.unwrap();
     assert_eq!(
         drain_until_marker(&mut listener, &pool).await,
         vec![ev("bots_changed", id)]

@@ -43,6 +43,7 @@ async fn a_second_serve_stands_by() {
     let id = eventually(DEADLINE, "bot added", || async {
         store::add_bot(
             &pool,
+            &panel.keys(),
             &NewBot {
                 name: "two",
                 token: &BotToken::parse(&t).unwrap(),

@@ -155,7 +155,7 @@ fn serve_env(
     notify: &Notifications,
     sandbox_url: &str,
 ) -> std::collections::HashMap<String, String> {
-    let mut env = std::collections::HashMap::new();
+    let mut env = panel.db.as_ref().expect("the panel exists").env();
     env.insert("BOTVISOR_PANEL_URL".into(), panel.url());
     env.insert(
         "NOTIFY_SOCKET".into(),
@@ -211,6 +211,7 @@ async fn watchdog_and_bots_survive_a_panel_outage() {
     sandbox.register_bot(&t, Some("outage_bot")).unwrap();
     let id = store::add_bot(
         &panel.admin,
+        &panel.db.as_ref().unwrap().keys(),
         &NewBot {
             name: "outage",
             token: &BotToken::parse(&t).unwrap(),

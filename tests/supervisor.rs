@@ -156,13 +156,13 @@ async fn a_token_change_never_causes_a_409() {
     h.reply(&t1, 3, 0, |_| true).await;
     let t2 = token(6202);
     h.sandbox.register_bot(&t2, None).unwrap();
-    store::set_token(&h.pool, id, &BotToken::parse(&t2).unwrap())
+    store::set_token(&h.pool, &h.panel.keys(), id, &BotToken::parse(&t2).unwrap())
         .await
         .unwrap();
     h.say(&t2, 3, "/start");
     h.reply(&t2, 3, 0, |_| true).await;
     // And back to the first token: its old poller is long gone, so no conflict either.
-    store::set_token(&h.pool, id, &BotToken::parse(&t1).unwrap())
+    store::set_token(&h.pool, &h.panel.keys(), id, &BotToken::parse(&t1).unwrap())
         .await
         .unwrap();
     let after = h.last_seq(&t1, 3);
@@ -226,7 +226,7 @@ async fn a_revoked_token_fails_without_a_hot_loop_and_a_new_token_recovers() {
     // A new token brings it back.
     let t2 = token(6403);
     h.sandbox.register_bot(&t2, None).unwrap();
-    store::set_token(&h.pool, id, &BotToken::parse(&t2).unwrap())
+    store::set_token(&h.pool, &h.panel.keys(), id, &BotToken::parse(&t2).unwrap())
         .await
         .unwrap();
     h.wait_state(id, "running").await;

@@ -133,8 +133,10 @@ impl Admin {
             validate_override(db).map_err(AdminError::InvalidDatabase)?;
             self.check_database_free(db).await?;
         }
+        let keys = self.keys()?;
         let id = store::add_bot(
             &self.pool,
+            &keys,
             &store::NewBot {
                 name: bot.name,
                 token: &token,
@@ -194,15 +196,16 @@ impl Admin {
     /// Replaces a bot's token (the daemon restarts it with the new one); returns it validated.
     pub async fn set_token(&self, id: i64, token: &str) -> Result<BotToken, AdminError> {
         let token = BotToken::parse(token)?;
-        let before = mask_token(&store::get_bot(&self.pool, id).await?.token);
-        store::set_token(&self.pool, id, &token).await?;
+        let keys = self.keys()?;
+        let before = self.masked_token(&store::get_bot(&self.pool, id).await?);
+        store::set_token(&self.pool, &keys, id, &token).await?;
         let value = |v: String| Some(serde_json::json!({ "token": v }));
         self.audit(
             "bot.set_token",
             Some(id),
             "",
             value(before),
-            value(token.to_string()),
+            value(token.masked()),
         )
         .await?;
         Ok(token)
@@ -254,7 +257,7 @@ impl Admin {
             "bot.remove",
             Some(id),
             &bot.name,
-            Some(serde_json::json!({"name": bot.name, "token": mask_token(&bot.token)})),
+            Some(serde_json::json!({"name": bot.name, "token": self.masked_token(&bot)})),
             Some(serde_json::json!({ "drop_database": drop_database })),
         )
         .await?;
@@ -320,6 +323,18 @@ impl Admin {
         )?)
     }
 
+    /// The bot's token masked (`123456:****`); `****` when it cannot be opened (no key file).
+    fn masked_token(&self, bot: &BotRecord) -> String {
+        match &bot.token_clear {
+            Some(clear) if bot.token_sealed.is_none() => mask_token(clear),
+            _ => self
+                .keys()
+                .ok()
+                .and_then(|keys| bot.open_token(&keys).ok())
+                .map_or_else(|| "****".to_owned(), |t| t.masked()),
+        }
+    }
+
     fn view(&self, bot: &BotRecord, status: Option<&BotStatus>) -> BotView {
         let database = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref())
             .map(|t| t.database)
@@ -327,7 +342,7 @@ impl Admin {
         BotView {
             id: bot.id,
             name: bot.name.clone(),
-            token: mask_token(&bot.token),
+            token: self.masked_token(bot),
             enabled: bot.enabled,
             database,
             database_override: bot.database.as_deref().map(mask_url),

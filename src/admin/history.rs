@@ -1,11 +1,8 @@
 //! What a bot's own database holds about its users: the users and each chat's history.
 
-use sqlx::{ConnectOptions, Connection, PgConnection};
-
 use super::{Admin, AdminError};
 use crate::modules::core::store::{self as users, UserRecord};
 use crate::modules::history::store::{self, MessageRecord};
-use crate::panel::store as panel;
 
 impl Admin {
     /// The latest `limit` messages of `chat` in bot `id`'s database, oldest first.
@@ -15,9 +12,9 @@ impl Admin {
         chat: i64,
         limit: i64,
     ) -> Result<Vec<MessageRecord>, AdminError> {
-        let mut conn = self.bot_connection(id).await?;
+        let (mut conn, _) = self.bot_conn(id).await?;
         let messages = store::chat_history(&mut conn, chat, limit).await;
-        let _ = conn.close().await;
+        let _ = sqlx::Connection::close(conn).await;
         messages.map_err(AdminError::BotDbQuery)
     }
 
@@ -30,29 +27,9 @@ impl Admin {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<UserRecord>, AdminError> {
-        let mut conn = self.bot_connection(id).await?;
+        let (mut conn, _) = self.bot_conn(id).await?;
         let list = users::list_users(&mut conn, search, limit.clamp(1, 1000), offset.max(0)).await;
-        let _ = conn.close().await;
+        let _ = sqlx::Connection::close(conn).await;
         list.map_err(AdminError::BotDbQuery)
-    }
-
-    /// One connection to bot `id`'s database (which must exist), outside the daemon's budget:
-    /// an operator's read is short and rare.
-    async fn bot_connection(&self, id: i64) -> Result<PgConnection, AdminError> {
-        let bot = panel::get_bot(&self.pool, id).await?;
-        let target = self.bot_target(&bot)?;
-        if !target.exists().await? {
-            return Err(AdminError::NoDatabase {
-                id,
-                database: target.database,
-            });
-        }
-        target.options.connect().await.map_err(|source| {
-            AdminError::BotDb(crate::botdb::BotDbError::Connect {
-                url: target.describe(),
-                database: target.database.clone(),
-                source,
-            })
-        })
     }
 }

@@ -9,25 +9,39 @@
 //! - [`texts`]: set, get, list, delete, import, export;
 //! - [`manifests`]: show, validate, replace;
 //! - [`history`]: a chat's message history from the bot's database;
+//! - [`broadcasts`]: start, list, show, pause, resume, cancel and report mailings;
+//! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs;
+//! - [`secrets`]: a bot's named secrets, sealed with the master key;
+//! - [`keys`]: rotating the master key;
+//! - [`data`]: erasing a bot; exporting and erasing one user's rows;
 //! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
 //! - [`versions`]: the history of texts and manifests, and rollback.
+//!
+//! The master key file is read when an operation first needs it (so commands that touch no
+//! secret work without it) and kept; see [`crate::crypto`].
 //!
 //! Every change is written to the audit log as the service's actor ([`Admin::acting_as`]),
 //! and the version triggers record the same actor.
 
 pub mod bots;
+pub mod broadcasts;
+pub mod data;
 pub mod history;
+pub mod keys;
 pub mod manifests;
 pub mod operators;
+pub mod schedules;
+pub mod secrets;
 pub mod texts;
 pub mod versions;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
 use crate::botdb::BotDbError;
 use crate::content::manifest::ManifestError;
+use crate::crypto::{CryptoError, Keyring};
 use crate::modules::Registry;
 use crate::panel::PanelError;
 use crate::settings::Settings;
@@ -61,6 +75,20 @@ pub enum AdminError {
         /// The language.
         lang: String,
     },
+    /// A secret's name or value is not acceptable (the message never shows the value).
+    #[error("{0}")]
+    InvalidSecret(String),
+    /// A secret asked for does not exist.
+    #[error("bot {id} has no secret {name:?}")]
+    NoSuchSecret {
+        /// The bot.
+        id: i64,
+        /// The secret's name.
+        name: String,
+    },
+    /// The master key is missing or wrong, or a sealed value cannot be opened.
+    #[error(transparent)]
+    Key(#[from] CryptoError),
     /// Removing a bot or its data needs an explicit confirmation (the message says what would
     /// happen).
     #[error("{0}")]
@@ -72,6 +100,19 @@ pub enum AdminError {
         id: i64,
         /// The database that would be created.
         database: String,
+    },
+    /// An operator's request is invalid (the message says what and what to do).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such broadcast or scheduled job in the bot's database.
+    #[error("bot {id} has no {what} {item}")]
+    NotFound {
+        /// The bot.
+        id: i64,
+        /// `broadcast` or `job`.
+        what: &'static str,
+        /// The broadcast's or job's id.
+        item: i64,
     },
     /// The panel refused or failed.
     #[error(transparent)]
@@ -105,7 +146,7 @@ impl AdminError {
                 e,
                 BotDbError::InvalidTarget { .. } | BotDbError::Connect { .. }
             ),
-            AdminError::BotDbQuery(_) => false,
+            AdminError::BotDbQuery(_) | AdminError::Key(_) => false,
             _ => true,
         }
     }
@@ -118,6 +159,7 @@ pub struct Admin {
     settings: Arc<Settings>,
     registry: Registry,
     actor: String,
+    keys: Arc<Mutex<Option<Arc<Keyring>>>>,
 }
 
 impl Admin {
@@ -133,6 +175,7 @@ impl Admin {
             settings,
             registry,
             actor: "cli".to_owned(),
+            keys: Arc::default(),
         }
     }
 
@@ -150,8 +193,46 @@ impl Admin {
         &self.actor
     }
 
+    /// The master keys, read from `secrets.master_key_file` on first use.
+    pub fn keys(&self) -> Result<Arc<Keyring>, AdminError> {
+        let mut slot = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = slot.as_ref() {
+            return Ok(Arc::clone(keys));
+        }
+        let keys = Arc::new(self.settings.keyring()?);
+        *slot = Some(Arc::clone(&keys));
+        Ok(keys)
+    }
+
     /// The panel pool (for callers that close it).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection to bot `id`'s own database (which must exist already), with its row.
+    pub(crate) async fn bot_conn(
+        &self,
+        id: i64,
+    ) -> Result<(sqlx::PgConnection, crate::panel::BotRecord), AdminError> {
+        use sqlx::ConnectOptions;
+        let bot = crate::panel::store::get_bot(&self.pool, id).await?;
+        let target = self.bot_target(&bot)?;
+        if !target.exists().await? {
+            return Err(AdminError::NoDatabase {
+                id,
+                database: target.database,
+            });
+        }
+        let conn =
+            target
+                .options
+                .connect()
+                .await
+                .map_err(|source| crate::botdb::BotDbError::Connect {
+                    url: target.describe(),
+                    database: target.database.clone(),
+                    source,
+                })?;
+        Ok((conn, bot))
     }
 }

@@ -50,6 +50,12 @@ pub enum DaemonError {
     /// The supervisor failed.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The connection budget could not be sized.
+    #[error(transparent)]
+    Budget(#[from] crate::botdb::BudgetSizeError),
+    /// The master key is missing, unreadable, or not the panel's.
+    #[error("cannot start without the master key: {0}")]
+    Key(#[from] crate::crypto::CryptoError),
     /// Shutdown was asked for while waiting for the panel.
     #[error("stopped while waiting for the panel database")]
     Cancelled,
@@ -110,15 +116,30 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<(Self, DaemonHandles), DaemonError> {
         let settings = Arc::new(settings);
+        // Without its key the daemon could open no token and no secret: refuse at once, before
+        // waiting for anything.
+        let keys = Arc::new(settings.keyring()?);
         let options = settings
             .panel_connect_options()
             .expect("validated in Settings::validate")
             .application_name("botvisor-panel");
         let panel = wait_for_panel(&options, &shutdown).await?;
+        check_keys(&panel, &keys).await?;
         let api = TelegramApi::new(settings.telegram_api_url())?;
         let db = &settings.bot_database;
+        let size = crate::botdb::connection_budget(&settings).await?;
+        match size.server {
+            Some((max_connections, superuser_reserved)) => tracing::info!(
+                budget = size.budget,
+                max_connections,
+                superuser_reserved,
+                reserve = crate::settings::AUTO_BUDGET_RESERVE,
+                "connection budget sized from the server"
+            ),
+            None => tracing::debug!(budget = size.budget, "connection budget"),
+        }
         let budget = ConnectionBudget::new(
-            db.connection_budget,
+            size.budget,
             std::time::Duration::from_secs(db.idle_timeout_secs),
             std::time::Duration::from_secs(db.acquire_timeout_secs),
         )
@@ -130,6 +151,7 @@ impl Daemon {
             budget: budget.clone(),
             registry,
             tasks: tasks.clone(),
+            keys,
         };
         let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
         let me = supervisor.instance_beat();
@@ -205,6 +227,23 @@ impl Daemon {
 
 /// Connects to the panel and applies its migrations, retrying while the panel is unreachable
 /// (test `resilience_panel::serve_waits_for_an_unreachable_panel`). A migration that cannot
+/// Seals the tokens still in clear (rows of an older binary, or written by hand), then checks
+/// that the key file holds every key the panel's tokens and secrets were sealed with: a wrong
+/// key file stops the start here, with one line, instead of failing every bot.
+async fn check_keys(
+    panel: &sqlx::PgPool,
+    keys: &crate::crypto::Keyring,
+) -> Result<(), DaemonError> {
+    for id in panel::store::sealing_key_ids(panel).await? {
+        keys.key(id)?;
+    }
+    let sealed = panel::store::seal_clear_tokens(panel, keys).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed bot tokens that were still in clear");
+    }
+    Ok(())
+}
+
 /// succeed without a change (an edited or failing migration) ends the wait with an error.
 async fn wait_for_panel(
     options: &sqlx::postgres::PgConnectOptions,

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::schema::{self, MigrationError, describe};
-use crate::settings::{Settings, render_name_template};
+use crate::settings::{BudgetSetting, Settings, render_name_template};
 use budget::{BotPool, ConnectionBudget};
 
 /// PostgreSQL's limit on identifier length, in bytes.
@@ -75,6 +75,66 @@ impl BotDbError {
             BotDbError::Connect { .. } | BotDbError::Budget(_) => false,
         }
     }
+}
+
+/// The connection budget the daemon runs with, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSize {
+    /// Connections to all bot databases together.
+    pub budget: u32,
+    /// The server's `max_connections` and `superuser_reserved_connections`, when "auto" read
+    /// them.
+    pub server: Option<(u32, u32)>,
+}
+
+/// Resolves `bot_database.connection_budget`: a number as it is; `"auto"` from the bot
+/// database server's `max_connections`, minus `superuser_reserved_connections` and
+/// [`crate::settings::AUTO_BUDGET_RESERVE`]. Checks the settings the budget bounds.
+pub async fn connection_budget(settings: &Settings) -> Result<BudgetSize, BudgetSizeError> {
+    let setting = settings.bot_database.connection_budget;
+    let server = match setting {
+        BudgetSetting::Fixed(_) => None,
+        BudgetSetting::Auto => {
+            let target = BotDbTarget::resolve(settings, 0, None)?;
+            let mut conn = target.maintenance_connection().await?;
+            let limits = store::server_connection_limits(&mut conn).await;
+            let _ = conn.close().await;
+            let limits = limits.map_err(|source| BotDbError::Manage {
+                action: "inspect the connection limits of",
+                database: "postgres".into(),
+                source,
+            })?;
+            Some(limits)
+        }
+    };
+    let (max, reserved) = server.unwrap_or((0, 0));
+    let budget = setting
+        .resolve(max, reserved)
+        .ok_or(BudgetSizeError::TooSmall { max, reserved })?;
+    settings.bot_database.check_budget(budget)?;
+    Ok(BudgetSize { budget, server })
+}
+
+/// Why the connection budget could not be sized.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetSizeError {
+    /// The server could not be asked.
+    #[error("cannot size bot_database.connection_budget = \"auto\"")]
+    Server(#[from] BotDbError),
+    /// "auto" leaves nothing.
+    #[error(
+        "bot_database.connection_budget = \"auto\" leaves no connection: the server allows {max} (max_connections), {reserved} are reserved for superusers and {reserve} for the panel, backups and operators; raise max_connections or set a number",
+        reserve = crate::settings::AUTO_BUDGET_RESERVE
+    )]
+    TooSmall {
+        /// `max_connections`.
+        max: u32,
+        /// `superuser_reserved_connections`.
+        reserved: u32,
+    },
+    /// A setting bounded by the budget is out of bounds.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::ConfigError),
 }
 
 /// Where one bot's database lives.

@@ -220,6 +220,37 @@ pub async fn claim_update(
     Ok(claimed.is_some())
 }
 
+/// Claims several updates at once (a batch's group commit): marks those not processed yet
+/// as processed and returns their ids. Undone if the transaction rolls back.
+pub async fn claim_updates(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_ids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE inbox SET processed_at = now() \
+         WHERE telegram_bot_id = $1 AND update_id = ANY($2) AND processed_at IS NULL \
+         RETURNING update_id",
+    )
+    .bind(telegram_bot_id)
+    .bind(update_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// The stored payload of an update, as Telegram sent it (for what teloxide could not read).
+pub async fn inbox_payload(
+    conn: &mut PgConnection,
+    telegram_bot_id: i64,
+    update_id: i64,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT payload FROM inbox WHERE telegram_bot_id = $1 AND update_id = $2")
+        .bind(telegram_bot_id)
+        .bind(update_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Marks an update poisoned: processed, with the error kept for inspection.
 pub async fn mark_poisoned(
     conn: &mut PgConnection,
@@ -321,22 +352,57 @@ pub async fn pending_outbox(
     .await
 }
 
-/// Marks a request done with its outcome (`sent`, `blocked`, `chat_not_found`, `failed`).
+/// Results of sends, to be recorded together ([`finish_outbox`]).
+#[derive(Debug, Default)]
+pub struct FinishedSends {
+    ids: Vec<i64>,
+    outcomes: Vec<&'static str>,
+    message_ids: Vec<Option<i64>>,
+    errors: Vec<Option<String>>,
+}
+
+impl FinishedSends {
+    /// Room for `n` results.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            message_ids: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds the result of outbox row `id`.
+    pub fn push(
+        &mut self,
+        id: i64,
+        outcome: &'static str,
+        message_id: Option<i64>,
+        error: Option<String>,
+    ) {
+        self.ids.push(id);
+        self.outcomes.push(outcome);
+        self.message_ids.push(message_id);
+        self.errors.push(error);
+    }
+}
+
+/// Marks requests done with their outcomes, message ids and errors, in one statement.
 pub async fn finish_outbox(
     conn: &mut PgConnection,
-    id: i64,
-    outcome: &str,
-    message_id: Option<i64>,
-    error: Option<&str>,
+    done: &FinishedSends,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE outbox SET done_at = now(), outcome = $2, message_id = $3, error = $4, \
-         attempts = attempts + 1 WHERE id = $1",
+        "UPDATE outbox o SET done_at = now(), outcome = v.outcome, message_id = v.message_id, \
+         error = v.error, attempts = o.attempts + 1 \
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) \
+              AS v(id, outcome, message_id, error) \
+         WHERE o.id = v.id",
     )
-    .bind(id)
-    .bind(outcome)
-    .bind(message_id)
-    .bind(error)
+    .bind(&done.ids)
+    .bind(&done.outcomes)
+    .bind(&done.message_ids)
+    .bind(&done.errors)
     .execute(conn)
     .await?;
     Ok(())
@@ -379,4 +445,104 @@ pub async fn prune_outbox(conn: &mut PgConnection, days: i64) -> Result<u64, sql
             .execute(conn)
             .await?;
     Ok(r.rows_affected())
+}
+
+/// The server's `max_connections` and `superuser_reserved_connections`.
+pub async fn server_connection_limits(conn: &mut PgConnection) -> Result<(u32, u32), sqlx::Error> {
+    let (max, reserved): (i32, i32) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int, \
+                current_setting('superuser_reserved_connections')::int",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((max.max(0) as u32, reserved.max(0) as u32))
+}
+
+/// The tables of a bot database that hold rows about a user: those with a `user_id` or
+/// `chat_id` column (a private chat's id is the user's id), with the matching columns and
+/// their `jsonb` columns (an update or a request names the user inside), by table name.
+/// Found in the catalogue, so a module's new table is covered without a change here.
+pub async fn user_tables(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<(String, Vec<String>, Vec<String>)>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT table_name::text, \
+                COALESCE(array_agg(column_name::text ORDER BY column_name) \
+                    FILTER (WHERE column_name IN ('user_id', 'chat_id') \
+                            AND data_type = 'bigint'), '{}'), \
+                COALESCE(array_agg(column_name::text ORDER BY column_name) \
+                    FILTER (WHERE data_type = 'jsonb'), '{}') \
+         FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' \
+         GROUP BY table_name \
+         HAVING bool_or(column_name IN ('user_id', 'chat_id') AND data_type = 'bigint') \
+         ORDER BY table_name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
+/// The `WHERE` clause matching rows about user `$1` in a table with `ids` and `jsonb` columns.
+fn about_user(ids: &[String], jsonb: &[String]) -> String {
+    let mut terms: Vec<String> = ids
+        .iter()
+        .map(|c| format!("{} = $1", quote_ident(c)))
+        .collect();
+    for c in jsonb {
+        terms.push(format!(
+            "jsonb_path_exists({}, '$.** ? (@.from.id == $u || @.chat.id == $u || @.user.id == $u)', \
+             jsonb_build_object('u', $1))",
+            quote_ident(c)
+        ));
+    }
+    terms.join(" OR ")
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Every row about user `user_id`, as JSON, by table.
+pub async fn user_rows(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+) -> Result<Vec<(String, Vec<serde_json::Value>)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for (table, ids, jsonb) in user_tables(conn).await? {
+        let sql = format!(
+            "SELECT to_jsonb(t) FROM {} t WHERE {}",
+            quote_ident(&table),
+            about_user(&ids, &jsonb)
+        );
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+        out.push((table, rows));
+    }
+    Ok(out)
+}
+
+/// Deletes every row about user `user_id` in one transaction; the count per table.
+pub async fn erase_user(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut out = Vec::new();
+    for (table, ids, jsonb) in user_tables(&mut tx).await? {
+        let sql = format!(
+            "DELETE FROM {} WHERE {}",
+            quote_ident(&table),
+            about_user(&ids, &jsonb)
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        out.push((table, r.rows_affected()));
+    }
+    tx.commit().await?;
+    Ok(out)
 }

@@ -45,12 +45,16 @@ pub(super) async fn run(
         Command::Bot(cmd) => bot(cmd, &admin, out).await,
         Command::Text(cmd) => text(cmd, &admin, out).await,
         Command::Config(cmd) => manifest(cmd, &admin, out).await,
+        Command::Secret(cmd) => super::secret::run(cmd, &admin, out).await,
+        Command::User(cmd) => super::secret::user(cmd, &admin, out).await,
         Command::History {
             id,
             chat,
             limit,
             json,
         } => history(&admin, *id, *chat, *limit, *json, out).await,
+        Command::Broadcast(cmd) => super::mailing::broadcast(cmd, &admin, out).await,
+        Command::Schedule(cmd) => super::mailing::schedule(cmd, &admin, out).await,
         Command::Reload { id } => {
             admin.reload(*id).await?;
             match id {
@@ -60,7 +64,32 @@ pub(super) async fn run(
             Ok(())
         }
         Command::Operator(cmd) => super::operators::operator(cmd, &admin, out).await,
-        Command::Migrate(_) | Command::Serve | Command::Sandbox(_) | Command::Panel(_) => {
+        Command::Keys(crate::cli::KeysCommand::Rotate { batch_size }) => {
+            let r = admin.rotate_keys(*batch_size).await?;
+            writeln!(
+                out,
+                "{} rotation: every token and secret is sealed with master key {} ({} re-sealed \
+                 by this run); retired: {}",
+                if r.resumed {
+                    "finished an interrupted"
+                } else {
+                    "done"
+                },
+                r.key,
+                r.resealed,
+                if r.retired.is_empty() {
+                    "none".to_owned()
+                } else {
+                    r.retired.join(", ")
+                }
+            )?;
+            Ok(())
+        }
+        Command::Keys(_)
+        | Command::Migrate(_)
+        | Command::Serve
+        | Command::Sandbox(_)
+        | Command::Panel(_) => {
             unreachable!("handled by the caller or above")
         }
     };
@@ -226,6 +255,18 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 DatabaseFate::Kept(db) => writeln!(out, "database {db} kept")?,
                 DatabaseFate::Unknown => {}
             }
+        }
+        BotCommand::Erase { id, yes } => {
+            let fate = admin.erase_bot(*id, *yes).await?;
+            match fate {
+                DatabaseFate::Dropped(db) => writeln!(out, "database {db} dropped")?,
+                DatabaseFate::Missing(db) => writeln!(out, "database {db} did not exist")?,
+                DatabaseFate::Kept(db) => writeln!(out, "database {db} kept")?,
+                DatabaseFate::Unknown => {
+                    writeln!(out, "its database override is invalid: nothing was dropped")?
+                }
+            }
+            writeln!(out, "bot {id} erased with its texts and secrets")?;
         }
     }
     Ok(())

@@ -35,6 +35,38 @@ fn migration_error(e: schema::MigrationError) -> CliError {
     }
 }
 
+/// Seals the bot tokens still in clear (the clear column is emptied, not dropped). Needs the
+/// master key only when there is a token to seal.
+async fn seal_clear_tokens(
+    settings: &Settings,
+    options: &sqlx::postgres::PgConnectOptions,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let pool = panel::connect(options, 2).await?;
+    let result = async {
+        let clear = store::clear_token_count(&pool).await?;
+        if clear == 0 {
+            return Ok(());
+        }
+        let keys = settings.keyring().map_err(|e| {
+            CliError::failure(format!(
+                "cannot seal {clear} bot token(s) still in clear: {}",
+                error_line(&e)
+            ))
+        })?;
+        let sealed = store::seal_clear_tokens(&pool, &keys).await?;
+        writeln!(
+            out,
+            "bot tokens sealed with master key {}: {sealed} (their clear column is now empty)",
+            keys.current().id()
+        )?;
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    result
+}
+
 pub(super) async fn migrate(
     args: &super::MigrateArgs,
     settings: &Settings,
@@ -62,6 +94,7 @@ pub(super) async fn migrate(
                     status.len()
                 )?;
             }
+            seal_clear_tokens(settings, options, out).await?;
             if args.all_bots {
                 migrate_all_bots(settings, options, args.concurrency as usize, out).await?;
             }

@@ -6,8 +6,10 @@
 
 mod admin;
 mod daemon;
+mod mailing;
 mod migrate;
 mod operators;
+mod secret;
 
 pub use daemon::{panel, sandbox, serve};
 
@@ -63,6 +65,15 @@ pub enum Command {
     /// Set, read, import and export a bot's texts.
     #[command(subcommand)]
     Text(TextCommand),
+    /// Export or erase everything a bot's database holds about one user.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create the master key that seals bot tokens and secrets (see docs/security.md).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Set, list and remove a bot's secrets (sealed with the master key; values never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Check the daemon's settings, or set and show a bot's manifest.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -80,6 +91,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a message to a bot's users: start, follow, pause, resume, cancel, report.
+    #[command(subcommand)]
+    Broadcast(BroadcastCommand),
+    /// Schedule messages and broadcasts of a bot: one-off or cron jobs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Ask the running daemon to reload a bot's texts and manifest (all bots without ID).
     Reload {
         /// The bot's id; omit to reload every bot.
@@ -148,6 +165,166 @@ pub enum OperatorCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
         /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a broadcast or a scheduled job sends.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ContentArgs {
+    /// The text (placeholders {first_name}, {username}, {bot_name}, {panel_name} are filled
+    /// per recipient).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A text key of the bot, rendered per recipient in their language.
+    #[arg(long, value_name = "KEY")]
+    pub text_key: Option<String>,
+}
+
+/// `botvisor broadcast` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BroadcastCommand {
+    /// Start a broadcast (now, or --at TIME); prints its id.
+    Start {
+        /// The bot's id.
+        id: i64,
+        /// What to send.
+        #[command(flatten)]
+        content: ContentArgs,
+        /// Who gets it: all, lang:CODE, active-days:N or admins (blocked users never).
+        #[arg(long, default_value = "all")]
+        audience: String,
+        /// When to start: RFC 3339, or "YYYY-MM-DD HH:MM" in UTC.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Inline buttons: a JSON file of rows, e.g. [[{"text": "Site", "url": "https://…"}]].
+        #[arg(long, value_name = "FILE")]
+        buttons: Option<PathBuf>,
+    },
+    /// List a bot's broadcasts, newest first.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a broadcast: state, total, sent, failed, blocked, pending, times, rate.
+    Status {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a broadcast (the sends already queued, about two seconds' worth, still go out).
+    Pause {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// Resume a paused broadcast where it stopped.
+    Resume {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// Cancel a broadcast; those not yet sent to stay unsent.
+    Cancel {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+    },
+    /// One line per recipient: user id, outcome, error, time.
+    Report {
+        /// The bot's id.
+        id: i64,
+        /// The broadcast's id.
+        bid: i64,
+        /// Write CSV to FILE instead of printing.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
+}
+
+/// `botvisor schedule` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a job; prints its id.
+    Add {
+        /// The bot's id.
+        id: i64,
+        /// Once at TIME: RFC 3339, or "YYYY-MM-DD HH:MM" in --tz.
+        #[arg(long, value_name = "TIME", group = "when")]
+        at: Option<String>,
+        /// Once after DURATION: 90s, 15m, 2h, 1d, 1h30m.
+        #[arg(long = "in", value_name = "DURATION", group = "when")]
+        in_: Option<String>,
+        /// At every occurrence of a cron expression (5 fields, or 6 with seconds) in --tz.
+        #[arg(long, value_name = "EXPR", group = "when")]
+        cron: Option<String>,
+        /// The IANA time zone of --at and --cron (default UTC).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
+        /// Send to this chat.
+        #[arg(long, value_name = "CHAT_ID", conflicts_with = "audience")]
+        chat: Option<i64>,
+        /// Send to an audience: all, lang:CODE, active-days:N or admins.
+        #[arg(long)]
+        audience: Option<String>,
+        /// What to send.
+        #[command(flatten)]
+        content: ContentArgs,
+        /// Start a broadcast of the text at each occurrence (to --audience, default all).
+        #[arg(long)]
+        broadcast: bool,
+        /// What a missed occurrence (downtime) comes to: run-once (late) or skip.
+        #[arg(long, value_name = "POLICY")]
+        misfire: Option<String>,
+    },
+    /// List a bot's jobs with their next run in UTC and in their zone.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a job.
+    Remove {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// Pause a job.
+    Pause {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// Resume a paused job (a cron job continues at its next occurrence from now).
+    Resume {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+    },
+    /// A job's history: due, started, outcome.
+    Runs {
+        /// The bot's id.
+        id: i64,
+        /// The job's id.
+        job: i64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -271,6 +448,15 @@ pub enum BotCommand {
         /// The new name (unique; letters, digits, spaces, _ . -; up to 64 characters).
         name: String,
     },
+    /// Erase a bot for good (needs --yes): disable it, drop its database, delete it with its
+    /// texts and secrets — in that order, so running it again finishes an interrupted erase.
+    Erase {
+        /// The bot's id.
+        id: i64,
+        /// Confirm; without it nothing happens and the command says what would.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {
         /// The bot's id.
@@ -368,6 +554,82 @@ pub enum TextCommand {
         /// Language; default: the manifest's default_language.
         #[arg(long)]
         lang: Option<String>,
+    },
+}
+
+/// `botvisor user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Print as JSON every row about the user in the bot's database, by table (profile,
+    /// history, and any module's rows with a user_id or chat_id).
+    Export {
+        /// The bot's id.
+        id: i64,
+        /// The user's Telegram id.
+        user_id: i64,
+    },
+    /// Delete every row about the user in the bot's database, in one transaction, and print
+    /// the count per table (needs --yes).
+    Erase {
+        /// The bot's id.
+        id: i64,
+        /// The user's Telegram id.
+        user_id: i64,
+        /// Confirm; without it nothing happens and the command says what would.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `botvisor keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new master key file (mode 0600); refuses to overwrite an existing one.
+    Init {
+        /// Where to write it; default: BOTVISOR_MASTER_KEY_FILE, else secrets.master_key_file,
+        /// else /etc/botvisor/master.key.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Re-seal every bot token and secret under a new master key, one transaction per batch;
+    /// the old key stays accepted until the end. Run it again to finish a rotation that was
+    /// interrupted.
+    Rotate {
+        /// Tokens (and secrets) re-sealed per transaction.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10000))]
+        batch_size: i64,
+    },
+}
+
+/// `botvisor secret` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Seal and store a secret read from standard input (one trailing newline is dropped);
+    /// the running bot picks it up at once.
+    Set {
+        /// The bot's id.
+        id: i64,
+        /// The secret's name, e.g. `openai` (a-z 0-9 _ . -, up to 64).
+        name: String,
+        /// Read the value from standard input (required: a value on the command line would be
+        /// seen by `ps` and kept in shell history).
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// List a bot's secrets: names and when they changed, never values.
+    List {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON ([{"name", "updated_at"}]) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a bot's secret (an unknown name is an error).
+    Remove {
+        /// The bot's id.
+        id: i64,
+        /// The secret's name.
+        name: String,
     },
 }
 
@@ -487,6 +749,22 @@ pub async fn run_admin(
     {
         return migrate::lint(paths, out);
     }
+    if let Command::Keys(KeysCommand::Init { file }) = &cli.command {
+        // Needs no panel: the key usually exists before the panel URL is configured.
+        let path = match file {
+            Some(path) => path.clone(),
+            None => match env
+                .get(crate::crypto::KEY_FILE_ENV)
+                .filter(|v| !v.is_empty())
+            {
+                Some(path) => PathBuf::from(path),
+                None => load_settings(cli, env)
+                    .map(|s| s.master_key_file())
+                    .unwrap_or_else(|_| PathBuf::from(crate::crypto::DEFAULT_KEY_FILE)),
+            },
+        };
+        return keys_init(&path, out);
+    }
     let settings = load_settings(cli, env)?;
     let actor = format!(
         "cli:{}",
@@ -495,6 +773,23 @@ pub async fn run_admin(
             .map_or("unknown", String::as_str)
     );
     admin::run(&cli.command, &settings, actor, out).await
+}
+
+/// `keys init`: a new master key file at `path`.
+fn keys_init(path: &std::path::Path, out: &mut dyn Write) -> Result<(), CliError> {
+    match crate::crypto::init_key_file(path) {
+        Ok(id) => {
+            writeln!(
+                out,
+                "master key {id} written to {} (mode 0600); back it up apart from the database \
+                 backups",
+                path.display()
+            )?;
+            Ok(())
+        }
+        Err(e @ crate::crypto::CryptoError::Exists { .. }) => Err(CliError::input(error_line(&e))),
+        Err(e) => Err(CliError::failure(error_line(&e))),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::manifest::Manifest;
@@ -36,6 +37,8 @@ pub struct Snapshot {
     sections: BTreeMap<&'static str, Section>,
     /// Problems that do not stop the bot (texts the manifest names without a value).
     warnings: Vec<String>,
+    /// The bot's secrets, opened, by name (never printed: `SecretString`).
+    secrets: Arc<BTreeMap<String, SecretString>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Snapshot {
             .field("fingerprint", &self.fingerprint)
             .field("panel_name", &self.panel_name)
             .field("modules", &self.sections.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +71,23 @@ impl Snapshot {
             texts: map,
             sections: BTreeMap::new(),
             warnings: Vec::new(),
+            secrets: Arc::default(),
         }
+    }
+
+    /// Sets the bot's secrets (opened by the control plane from the panel's sealed rows).
+    pub fn set_secrets(&mut self, secrets: impl IntoIterator<Item = (String, SecretString)>) {
+        self.secrets = Arc::new(secrets.into_iter().collect());
+    }
+
+    /// The bot's secret `name` (e.g. `openai`), as set with `botvisor secret set`.
+    pub fn secret(&self, name: &str) -> Option<&SecretString> {
+        self.secrets.get(name)
+    }
+
+    /// The names of the bot's secrets.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
     }
 
     /// Records module `name` as enabled, with its parsed section.
@@ -206,5 +226,20 @@ mod tests {
         assert!(s.is_enabled("core"));
         assert_eq!(s.section::<u32>("core"), Some(&7));
         assert_eq!(s.section::<String>("core"), None);
+    }
+
+    #[test]
+    fn secrets_are_found_by_name_and_never_printed() {
+        use secrecy::ExposeSecret;
+        let mut s = snapshot("en", &[]);
+        assert!(s.secret("openai").is_none());
+        s.set_secrets([("openai".to_string(), SecretString::from("sk-123"))]);
+        assert_eq!(s.secret("openai").unwrap().expose_secret(), "sk-123");
+        assert_eq!(s.secret_names().collect::<Vec<_>>(), ["openai"]);
+        let printed = format!("{s:?}");
+        assert!(
+            printed.contains("openai") && !printed.contains("sk-123"),
+            "{printed}"
+        );
     }
 }

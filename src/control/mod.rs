@@ -42,9 +42,10 @@ use tracing::Instrument;
 
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Fingerprint, SharedSnapshot, Snapshot};
+use crate::crypto::{Keyring, secret_aad};
 use crate::modules::Registry;
 use crate::panel::listener::{PanelEvent, PanelListener};
-use crate::panel::{BotRecord, PanelError, TextRecord, store};
+use crate::panel::{BotRecord, PanelError, SecretRecord, TextRecord, store};
 use crate::runtime::{BotSpec, SharedDeps, Wakes};
 use crate::tasks::Tasks;
 use crate::token::BotToken;
@@ -160,6 +161,22 @@ pub fn build_snapshot(
         manifest,
         texts,
     ))
+}
+
+/// Opens a bot's sealed secrets for its snapshot; the error names the secret that cannot be
+/// opened (wrong key, altered row), never a value.
+pub fn open_secrets(
+    keys: &Keyring,
+    secrets: &[SecretRecord],
+) -> Result<Vec<(String, secrecy::SecretString)>, String> {
+    secrets
+        .iter()
+        .map(|s| {
+            keys.open_string(&secret_aad(s.bot_id, &s.name), &s.sealed)
+                .map(|v| (s.name.clone(), v))
+                .map_err(|e| format!("secret {:?}: {}", s.name, crate::mask::error_line(&e)))
+        })
+        .collect()
 }
 
 /// Whether this instance runs the bots.
@@ -544,7 +561,7 @@ impl Supervisor {
             }
             (Scope::Only(ids), rows)
         };
-        let desired: Vec<Desired> = rows.iter().map(desired).collect();
+        let desired: Vec<Desired> = rows.iter().map(|b| desired(b, &self.deps.keys)).collect();
         let running: BTreeMap<i64, Running> = self
             .slots
             .iter()
@@ -602,7 +619,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&bot.id) else {
             return;
         };
-        let Ok(token) = BotToken::parse(&bot.token) else {
+        let Ok(token) = bot.open_token(&self.deps.keys) else {
             return;
         };
         slot.version = bot.version;
@@ -610,11 +627,23 @@ impl Supervisor {
         slot.respec.send_replace(spec(bot, token));
     }
 
+    /// Loads a bot's content (manifest, texts, secrets) into a validated snapshot; `Ok(Err)`
+    /// says why the content is not usable.
+    async fn content(&self, bot: &BotRecord) -> Result<Result<Snapshot, String>, PanelError> {
+        let texts = store::list_texts(&self.panel, bot.id).await?;
+        let secrets = store::list_secrets(&self.panel, bot.id).await?;
+        Ok(build_snapshot(&self.deps.registry, bot, texts)
+            .map_err(|e| e.to_string())
+            .and_then(|mut snapshot| {
+                snapshot.set_secrets(open_secrets(&self.deps.keys, &secrets)?);
+                Ok(snapshot)
+            }))
+    }
+
     /// Rebuilds a running bot's snapshot; an invalid one keeps the previous snapshot and says
     /// why in `bot_status`. The run re-syncs its own commands from the new snapshot.
     async fn reload(&mut self, bot: &BotRecord) -> Result<(), PanelError> {
-        let texts = store::list_texts(&self.panel, bot.id).await?;
-        let built = build_snapshot(&self.deps.registry, bot, texts);
+        let built = self.content(bot).await?;
         let status = self.status(bot.id);
         let Some(slot) = self.slots.get_mut(&bot.id) else {
             return Ok(());
@@ -649,21 +678,19 @@ impl Supervisor {
         bot: &BotRecord,
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
-        let Ok(token) = BotToken::parse(&bot.token) else {
+        let Ok(token) = bot.open_token(&self.deps.keys) else {
             return Ok(());
         };
-        let texts = store::list_texts(&self.panel, bot.id).await?;
+        let built = self.content(bot).await?;
         let status = self.status(bot.id);
-        let snapshot = match build_snapshot(&self.deps.registry, bot, texts) {
+        let snapshot = match built {
             Ok(s) => s,
             Err(e) => {
                 // Without a valid first snapshot the bot cannot answer; a later change retries.
                 // Written once per configuration, not on every resync.
                 let fingerprint = bot.config_fingerprint();
                 if self.config_errors.insert(bot.id, fingerprint) != Some(fingerprint) {
-                    status
-                        .set(BotState::Failed, &e.to_string(), None, false)
-                        .await;
+                    status.set(BotState::Failed, &e, None, false).await;
                 }
                 return Ok(());
             }
@@ -728,13 +755,13 @@ impl Supervisor {
 }
 
 /// What the planner needs of a panel row.
-fn desired(bot: &BotRecord) -> Desired {
+fn desired(bot: &BotRecord, keys: &Keyring) -> Desired {
     Desired {
         id: bot.id,
         enabled: bot.enabled,
         version: bot.version,
         fingerprint: bot.config_fingerprint(),
-        invalid_token: BotToken::parse(&bot.token).err().map(|e| e.to_string()),
+        invalid_token: bot.open_token(keys).err(),
     }
 }
 

@@ -17,8 +17,12 @@
 //! loop), one migration in `migrations/bot/`, one line in [`Registry::standard`], and its
 //! manifest keys. See docs/architecture.md, "How to add a module".
 
+pub mod assistant;
+pub mod broadcast;
 pub mod core;
+pub mod feedback;
 pub mod history;
+pub mod scheduler;
 
 use std::sync::Arc;
 
@@ -32,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, BudgetError};
-use crate::botdb::store;
+use crate::botdb::store::{self, OutboxRow};
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{TextRef, utf16_len};
@@ -135,6 +139,26 @@ pub trait Module: Send + Sync + 'static {
     }
 }
 
+/// Loads an optional module section: `T` parsed from the manifest's `keys`, `get` takes the
+/// module's settings out of it (`None`: the module is off for this bot), `validate` checks
+/// them. For modules a manifest turns on by naming them (feedback, assistant).
+pub(crate) fn load_optional<T, S>(
+    manifest: &Manifest,
+    keys: &[&str],
+    get: impl FnOnce(T) -> Option<S>,
+    validate: impl FnOnce(&S) -> Result<(), ManifestError>,
+) -> Result<Option<Section>, ManifestError>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync + 'static,
+{
+    let Some(spec) = get(manifest.section(keys)?) else {
+        return Ok(None);
+    };
+    validate(&spec)?;
+    Ok(Some(Arc::new(spec)))
+}
+
 /// The modules of a daemon, in the order they see an update.
 #[derive(Clone)]
 pub struct Registry {
@@ -152,7 +176,14 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// botvisor's modules. Adding a module is one line here.
     pub fn standard() -> Self {
-        Self::new(vec![Arc::new(history::History), Arc::new(core::Core)])
+        Self::new(vec![
+            Arc::new(history::History),
+            Arc::new(broadcast::Broadcast),
+            Arc::new(scheduler::Scheduler::default()),
+            Arc::new(feedback::Feedback),
+            Arc::new(assistant::Assistant),
+            Arc::new(core::Core),
+        ])
     }
 
     /// A registry of exactly `modules`, in this order.
@@ -353,6 +384,9 @@ impl Registry {
 pub struct UpdateCx<'a> {
     /// The panel id of the bot.
     pub bot_id: i64,
+    /// The Telegram bot's user id (the token's numeric prefix): the update's inbox row is
+    /// keyed by it ([`UpdateCx::raw_update`]).
+    pub telegram_id: i64,
     /// The update.
     pub update: &'a Update,
     /// The bot's Telegram identity.
@@ -362,13 +396,26 @@ pub struct UpdateCx<'a> {
     /// The update's transaction on the bot database.
     pub tx: &'a mut PgConnection,
     origin: &'static str,
-    queued: usize,
+    queued: Vec<Queued>,
+    wake: Vec<&'static str>,
+}
+
+/// A request a unit of work queued in the outbox, as the sender will see it once the
+/// transaction committed: the runtime hands these to the bot's sender directly, so it need
+/// not read back what was just written.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The outbox row.
+    pub row: OutboxRow,
+    /// Its request, parsed.
+    pub request: Request,
 }
 
 impl<'a> UpdateCx<'a> {
     /// The context of one unit of work.
     pub fn new(
         bot_id: i64,
+        telegram_id: i64,
         update: &'a Update,
         me: &'a Me,
         snapshot: &'a Snapshot,
@@ -376,13 +423,37 @@ impl<'a> UpdateCx<'a> {
     ) -> Self {
         Self {
             bot_id,
+            telegram_id,
             update,
             me,
             snapshot,
             tx,
             origin: "",
-            queued: 0,
+            queued: Vec::new(),
+            wake: Vec::new(),
         }
+    }
+
+    /// The update as Telegram sent it, read from the inbox (one query): for what teloxide
+    /// could not parse, such as a message of a kind it does not know (which it turns into an
+    /// empty message).
+    pub async fn raw_update(&mut self) -> Result<Option<serde_json::Value>, ModuleError> {
+        let update_id = i64::from(self.update.id.0);
+        Ok(store::inbox_payload(self.tx, self.telegram_id, update_id).await?)
+    }
+
+    /// Asks for the running module's job to be woken once this unit of work committed: it
+    /// left the job work in the bot database (a queued model request, say). Nothing is lost
+    /// if the wake-up is: a job also looks for work when it starts.
+    pub fn wake_job(&mut self) {
+        if !self.wake.contains(&self.origin) {
+            self.wake.push(self.origin);
+        }
+    }
+
+    /// The modules whose jobs this unit of work asked to wake ([`UpdateCx::wake_job`]).
+    pub fn jobs_to_wake(&self) -> &[&'static str] {
+        &self.wake
     }
 
     /// Names the module whose step runs next (its requests are routed back to it).
@@ -392,7 +463,13 @@ impl<'a> UpdateCx<'a> {
 
     /// How many requests this unit of work queued so far.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.queued.len()
+    }
+
+    /// The requests this unit of work queued, in order, and the modules whose jobs it asked
+    /// to wake (for the runtime, after the commit).
+    pub fn into_effects(self) -> (Vec<Queued>, Vec<&'static str>) {
+        (self.queued, self.wake)
     }
 
     /// Queues `request` to `chat` (for `user`, when known) in `lane`; returns its outbox id.
@@ -403,8 +480,20 @@ impl<'a> UpdateCx<'a> {
         user: Option<i64>,
         request: &Request,
     ) -> Result<i64, ModuleError> {
-        let id = enqueue(self.tx, self.origin, lane, chat, user, request).await?;
-        self.queued += 1;
+        let json = serde_json::to_value(request).expect("requests always serialise");
+        let id = store::enqueue(self.tx, lane.as_i16(), chat.0, user, self.origin, &json).await?;
+        self.queued.push(Queued {
+            row: OutboxRow {
+                id,
+                lane: lane.as_i16(),
+                chat_id: chat.0,
+                user_id: user,
+                origin: self.origin.to_owned(),
+                request: sqlx::types::Json(json),
+                attempts: 0,
+            },
+            request: request.clone(),
+        });
         Ok(id)
     }
 
@@ -419,6 +508,9 @@ impl<'a> UpdateCx<'a> {
         let request = Request::SendMessage {
             text: text.to_owned(),
             reply_markup: markup,
+            message_thread_id: None,
+            reply_to_message_id: None,
+            in_history: false,
         };
         self.queue(Lane::Reply, chat, user, &request).await
     }
@@ -456,7 +548,7 @@ impl<'a> UpdateCx<'a> {
 }
 
 /// Queues `request` from module `origin` in the outbox, inside `tx`.
-async fn enqueue(
+pub(crate) async fn enqueue(
     tx: &mut PgConnection,
     origin: &str,
     lane: Lane,
@@ -484,8 +576,37 @@ pub struct JobCx {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Notified when an operator action concerns this module of this bot.
     pub wake: Arc<Notify>,
+    /// Notified after the bot's sender recorded the result of a request this module queued
+    /// (its [`Module::on_sent`] step has seen it), so a job can keep a window of sends
+    /// queued without polling.
+    pub delivered: Arc<Notify>,
+    /// Wakes another module's job of this bot (as an operator's `bot_wake` would), e.g. the
+    /// scheduler starting a broadcast.
+    pub peers: PeerWaker,
     /// Cancelled when the job must end (the run stops, or the module was disabled).
     pub stop: CancellationToken,
+}
+
+/// Wakes the job of another module of the same bot run, by the module's name.
+#[derive(Clone)]
+pub struct PeerWaker(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl PeerWaker {
+    /// A waker calling `wake` with the module's name.
+    pub fn new(wake: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wake))
+    }
+
+    /// Wakes module `name`'s job (or its next wait).
+    pub fn wake(&self, name: &str) {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for PeerWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerWaker")
+    }
 }
 
 /// Why a job's wait ended.
@@ -495,6 +616,8 @@ pub enum Wake {
     Snapshot,
     /// An operator action concerns this module.
     Operator,
+    /// The sender recorded the result of a request this module queued.
+    Delivered,
     /// The deadline passed.
     Timer,
     /// The job must end.
@@ -520,8 +643,8 @@ impl JobCx {
         self.outbox.notify_one();
     }
 
-    /// Sleeps until the snapshot changes, an operator wakes the job, `deadline` passes (if
-    /// any) or the job must stop — no polling.
+    /// Sleeps until the snapshot changes, an operator wakes the job, a request it queued was
+    /// delivered, `deadline` passes (if any) or the job must stop — no polling.
     pub async fn woken(&mut self, deadline: Option<Instant>) -> Wake {
         let timer = async {
             match deadline {
@@ -537,6 +660,7 @@ impl JobCx {
                 Err(_) => Wake::Stop,
             },
             () = self.wake.notified() => Wake::Operator,
+            () = self.delivered.notified() => Wake::Delivered,
             () = timer => Wake::Timer,
         }
     }

@@ -20,7 +20,9 @@ use sqlx::{ConnectOptions, Connection};
 
 use crate::content::manifest::ManifestError;
 use crate::content::texts::TextError;
+use crate::crypto::{CryptoError, Keyring, token_aad};
 use crate::schema::describe;
+use crate::token::BotToken;
 
 /// Channel notified with a bot id on every insert, update or delete of `bots`.
 pub const BOTS_CHANGED: &str = "bots_changed";
@@ -84,6 +86,9 @@ pub enum PanelError {
         #[source]
         source: TextError,
     },
+    /// A token or secret could not be sealed or opened (missing or wrong master key).
+    #[error(transparent)]
+    Key(#[from] CryptoError),
     /// Any other database error.
     #[error("panel database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -92,19 +97,23 @@ pub enum PanelError {
 impl PanelError {
     /// Whether the error is the caller's input (exit code 2 in the CLI) rather than a failure.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, PanelError::Database(_))
+        !matches!(self, PanelError::Database(_) | PanelError::Key(_))
     }
 }
 
-/// A registered bot, as stored (the token included: handle with care).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A registered bot, as stored. Its token is sealed ([`BotRecord::open_token`]); `Debug`
+/// shows neither form of it.
+#[derive(Clone, sqlx::FromRow)]
 pub struct BotRecord {
     /// Panel id.
     pub id: i64,
     /// Unique name.
     pub name: String,
-    /// The full token. Never print it; use [`crate::mask::mask_token`].
-    pub token: String,
+    /// A token still in clear: written by a binary older than sealed tokens, or by hand;
+    /// sealed and emptied by `botvisor migrate` and at the daemon's start.
+    pub token_clear: Option<String>,
+    /// The sealed token ([`crate::crypto`], associated data: the bot id).
+    pub token_sealed: Option<Vec<u8>>,
     /// Whether the bot should run.
     pub enabled: bool,
     /// Database override: a name on the default server or a full URL.
@@ -117,16 +126,56 @@ pub struct BotRecord {
     pub texts_count: i64,
     /// Latest text change.
     pub texts_updated_at: Option<DateTime<Utc>>,
+    /// Number of secrets.
+    pub secrets_count: i64,
+    /// Latest secret change.
+    pub secrets_updated_at: Option<DateTime<Utc>>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
 }
 
+impl std::fmt::Debug for BotRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("token_sealed", &self.token_sealed.is_some())
+            .field("enabled", &self.enabled)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BotRecord {
-    /// A value that changes whenever the bot's manifest or texts change.
+    /// The bot's token: the sealed one opened with `keys`, or a clear one not sealed yet.
+    /// The error says what is wrong in words, never with the token.
+    pub fn open_token(&self, keys: &Keyring) -> Result<BotToken, String> {
+        match (&self.token_sealed, &self.token_clear) {
+            (Some(sealed), _) => {
+                let secret = keys.open_string(&token_aad(self.id), sealed).map_err(|e| {
+                    format!(
+                        "cannot open the bot's token: {}",
+                        crate::mask::error_line(&e)
+                    )
+                })?;
+                BotToken::parse(secrecy::ExposeSecret::expose_secret(&secret))
+                    .map_err(|e| e.to_string())
+            }
+            (None, Some(clear)) => BotToken::parse(clear).map_err(|e| e.to_string()),
+            (None, None) => Err("the bot has no token".into()),
+        }
+    }
+
+    /// A value that changes whenever the bot's manifest, texts or secrets change: the row's
+    /// version, the number of texts and secrets, and the latest change of either.
     pub fn config_fingerprint(&self) -> (i64, i64, Option<DateTime<Utc>>) {
-        (self.version, self.texts_count, self.texts_updated_at)
+        (
+            self.version,
+            self.texts_count + self.secrets_count,
+            self.texts_updated_at.max(self.secrets_updated_at),
+        )
     }
 }
 
@@ -175,6 +224,29 @@ pub struct TextRecord {
     pub value: String,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A bot's secret as stored: sealed (see [`crate::crypto`]); only its name is readable.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SecretRecord {
+    /// The bot.
+    pub bot_id: i64,
+    /// The secret's name.
+    pub name: String,
+    /// The sealed value.
+    pub sealed: Vec<u8>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("bot_id", &self.bot_id)
+            .field("name", &self.name)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long opening the first panel connection may take before we give up.

@@ -6,17 +6,21 @@ use sqlx::types::Json;
 use super::access::{
     AuditRecord, ManifestVersion, NewAudit, OperatorRecord, SessionRecord, TextVersion,
 };
-use super::{BotRecord, BotStatus, InstanceRecord, PanelError, TextRecord};
+use super::{BotRecord, BotStatus, InstanceRecord, PanelError, SecretRecord, TextRecord};
 use crate::content::manifest::Manifest;
+use crate::crypto::{KeyId, Keyring, secret_aad, token_aad};
 use crate::token::BotToken;
 
 const SELECT_BOTS: &str = "\
-    SELECT b.id, b.name, b.token, b.enabled, b.database, b.manifest, b.version, \
+    SELECT b.id, b.name, b.token AS token_clear, b.token_sealed, b.enabled, b.database, b.manifest, b.version, \
            b.created_at, b.updated_at, \
-           COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at \
+           COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at, \
+           COALESCE(s.n, 0) AS secrets_count, s.latest AS secrets_updated_at \
     FROM bots b \
     LEFT JOIN (SELECT bot_id, count(*) AS n, max(updated_at) AS latest \
-               FROM bot_texts GROUP BY bot_id) t ON t.bot_id = b.id";
+               FROM bot_texts GROUP BY bot_id) t ON t.bot_id = b.id \
+    LEFT JOIN (SELECT bot_id, count(*) AS n, max(updated_at) AS latest \
+               FROM bot_secrets GROUP BY bot_id) s ON s.bot_id = b.id";
 
 /// A bot to register.
 #[derive(Debug)]
@@ -56,7 +60,7 @@ fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
     {
         match db.constraint() {
             Some("bots_name_key") => return PanelError::DuplicateName(name.to_owned()),
-            Some("bots_token_key") => {
+            Some("bots_token_key" | "bots_token_hash_key") => {
                 return PanelError::DuplicateToken {
                     holder: "another bot".into(),
                 };
@@ -67,45 +71,55 @@ fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
     PanelError::Database(e)
 }
 
-/// Like [`map_unique`], naming the bot that already has `token` when that is the violation.
-async fn map_write_error(
+/// The bot (other than `except`) that already has `token`, as `bot 3 (shop)`: found by its
+/// keyed hash under every held key (a rotation may be half-way), or in clear in a row not
+/// sealed yet.
+async fn token_holder(
     pool: &PgPool,
-    e: sqlx::Error,
-    name: &str,
+    keys: &Keyring,
     token: &BotToken,
-) -> PanelError {
-    let error = map_unique(e, name);
-    if let PanelError::DuplicateToken { .. } = error {
-        let holder: Result<Option<(i64, String)>, _> =
-            sqlx::query_as("SELECT id, name FROM bots WHERE token = $1")
-                .bind(token.expose())
-                .fetch_optional(pool)
-                .await;
-        if let Ok(Some((id, name))) = holder {
-            return PanelError::DuplicateToken {
-                holder: format!("bot {id} ({name})"),
-            };
-        }
-    }
-    error
+    except: Option<i64>,
+) -> Result<Option<String>, PanelError> {
+    let holder: Option<(i64, String)> = sqlx::query_as(
+        "SELECT id, name FROM bots \
+         WHERE (token_hash = ANY($1) OR token = $2) AND id IS DISTINCT FROM $3 LIMIT 1",
+    )
+    .bind(keys.token_hashes(token.expose()))
+    .bind(token.expose())
+    .bind(except)
+    .fetch_optional(pool)
+    .await?;
+    Ok(holder.map(|(id, name)| format!("bot {id} ({name})")))
 }
 
-/// Registers a bot and returns its id.
-pub async fn add_bot(pool: &PgPool, bot: &NewBot<'_>) -> Result<i64, PanelError> {
-    let result = sqlx::query_scalar(
-        "INSERT INTO bots (name, token, enabled, database, manifest) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+/// Registers a bot and returns its id. The token is stored sealed (bound to the new id) with
+/// its keyed hash; a token another bot has is refused, naming that bot.
+pub async fn add_bot(pool: &PgPool, keys: &Keyring, bot: &NewBot<'_>) -> Result<i64, PanelError> {
+    if let Some(holder) = token_holder(pool, keys, bot.token, None).await? {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    // The id is the associated data of the sealed token, so it is taken first.
+    let id: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('bots', 'id'))")
+        .fetch_one(pool)
+        .await?;
+    let key = keys.current();
+    let sealed = key.seal(&token_aad(id), bot.token.expose().as_bytes())?;
+    let result = sqlx::query(
+        "INSERT INTO bots (id, name, token, token_sealed, token_hash, enabled, database, manifest) \
+         VALUES ($1, $2, NULL, $3, $4, $5, $6, $7)",
     )
+    .bind(id)
     .bind(bot.name)
-    .bind(bot.token.expose())
+    .bind(sealed)
+    .bind(key.token_hash(bot.token.expose()))
     .bind(bot.enabled)
     .bind(bot.database)
     .bind(Json(bot.manifest.to_value()))
-    .fetch_one(pool)
+    .execute(pool)
     .await;
     match result {
-        Ok(id) => Ok(id),
-        Err(e) => Err(map_write_error(pool, e, bot.name, bot.token).await),
+        Ok(_) => Ok(id),
+        Err(e) => Err(map_unique(e, bot.name)),
     }
 }
 
@@ -213,17 +227,133 @@ pub async fn rename_bot(pool: &PgPool, id: i64, name: &str) -> Result<(), PanelE
     expect_one(r, id, name)
 }
 
-/// Replaces a bot's token.
-pub async fn set_token(pool: &PgPool, id: i64, token: &BotToken) -> Result<(), PanelError> {
-    let r = sqlx::query("UPDATE bots SET token = $2 WHERE id = $1")
-        .bind(id)
-        .bind(token.expose())
-        .execute(pool)
-        .await;
-    match r {
-        Err(e) => Err(map_write_error(pool, e, "", token).await),
-        ok => expect_one(ok, id, ""),
+/// Replaces a bot's token (sealed, with its keyed hash; the clear column emptied).
+pub async fn set_token(
+    pool: &PgPool,
+    keys: &Keyring,
+    id: i64,
+    token: &BotToken,
+) -> Result<(), PanelError> {
+    if let Some(holder) = token_holder(pool, keys, token, Some(id)).await? {
+        return Err(PanelError::DuplicateToken { holder });
     }
+    let key = keys.current();
+    let r = sqlx::query(
+        "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(key.seal(&token_aad(id), token.expose().as_bytes())?)
+    .bind(key.token_hash(token.expose()))
+    .execute(pool)
+    .await;
+    expect_one(r, id, "")
+}
+
+/// How many rows one transaction of [`seal_clear_tokens`] handles.
+pub const SEAL_BATCH: i64 = 100;
+
+/// Seals every token still in clear (rows from an older binary or written by hand) and empties
+/// the clear column, one transaction per batch; returns how many were sealed.
+pub async fn seal_clear_tokens(pool: &PgPool, keys: &Keyring) -> Result<u64, PanelError> {
+    let mut sealed = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, token FROM bots WHERE token IS NOT NULL ORDER BY id LIMIT $1 FOR UPDATE",
+        )
+        .bind(SEAL_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(sealed);
+        }
+        let key = keys.current();
+        for (id, token) in &rows {
+            sqlx::query(
+                "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(key.seal(&token_aad(*id), token.trim().as_bytes())?)
+            .bind(key.token_hash(token.trim()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        sealed += rows.len() as u64;
+    }
+}
+
+/// Re-seals up to `limit` bot tokens and up to `limit` secrets not sealed with the current
+/// key, in one transaction; returns how many it re-sealed (0: nothing is left under an older
+/// key).
+pub async fn reseal_batch(pool: &PgPool, keys: &Keyring, limit: i64) -> Result<u64, PanelError> {
+    let key = keys.current();
+    let current = key.id().0.to_vec();
+    let mut tx = pool.begin().await?;
+    let bots: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, token_sealed FROM bots \
+         WHERE token_sealed IS NOT NULL AND substring(token_sealed FROM 2 FOR 4) <> $1 \
+         ORDER BY id LIMIT $2 FOR UPDATE",
+    )
+    .bind(&current)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, sealed) in &bots {
+        let token = keys.open_string(&token_aad(*id), sealed)?;
+        let token = secrecy::ExposeSecret::expose_secret(&token);
+        sqlx::query("UPDATE bots SET token_sealed = $2, token_hash = $3 WHERE id = $1")
+            .bind(id)
+            .bind(key.seal(&token_aad(*id), token.as_bytes())?)
+            .bind(key.token_hash(token))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let secrets: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT bot_id, name, sealed FROM bot_secrets \
+         WHERE substring(sealed FROM 2 FOR 4) <> $1 \
+         ORDER BY bot_id, name LIMIT $2 FOR UPDATE",
+    )
+    .bind(&current)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, name, sealed) in &secrets {
+        let aad = secret_aad(*id, name);
+        let value = keys.open(&aad, sealed)?;
+        sqlx::query("UPDATE bot_secrets SET sealed = $3 WHERE bot_id = $1 AND name = $2")
+            .bind(id)
+            .bind(name)
+            .bind(key.seal(&aad, &value)?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((bots.len() + secrets.len()) as u64)
+}
+
+/// The ids of every key that sealed a token or secret in the panel.
+pub async fn sealing_key_ids(pool: &PgPool) -> Result<Vec<KeyId>, PanelError> {
+    let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT DISTINCT substring(token_sealed FROM 2 FOR 4) FROM bots \
+         WHERE token_sealed IS NOT NULL \
+         UNION SELECT DISTINCT substring(sealed FROM 2 FOR 4) FROM bot_secrets",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| <[u8; 4]>::try_from(id.as_slice()).ok().map(KeyId))
+        .collect())
+}
+
+/// How many tokens are still in clear.
+pub async fn clear_token_count(pool: &PgPool) -> Result<i64, PanelError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM bots WHERE token IS NOT NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Replaces a bot's manifest.
@@ -297,6 +427,17 @@ fn validated(key: &str, lang: &str, value: &str) -> Result<(), PanelError> {
     })
 }
 
+/// A foreign-key violation (SQLSTATE 23503) on a bot's row: the bot does not exist (it may
+/// have been removed meanwhile).
+fn missing_bot(e: sqlx::Error, id: i64) -> PanelError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+            PanelError::BotNotFound(id)
+        }
+        _ => PanelError::Database(e),
+    }
+}
+
 /// Sets one text (validated first).
 pub async fn set_text(
     pool: &PgPool,
@@ -368,12 +509,7 @@ pub async fn import_texts_as(
         .bind(value)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-                PanelError::BotNotFound(id)
-            }
-            _ => PanelError::Database(e),
-        })?;
+        .map_err(|e| missing_bot(e, id))?;
     }
     tx.commit().await?;
     Ok(())
@@ -418,6 +554,49 @@ pub async fn delete_text(
     lang: &str,
 ) -> Result<bool, PanelError> {
     delete_text_as(pool, id, key, lang, "").await
+}
+
+/// Stores a bot's sealed secret `name` (replacing it); the trigger notifies `reload_config`.
+pub async fn set_secret(
+    pool: &PgPool,
+    id: i64,
+    name: &str,
+    sealed: &[u8],
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "INSERT INTO bot_secrets (bot_id, name, sealed) VALUES ($1, $2, $3) \
+         ON CONFLICT (bot_id, name) DO UPDATE SET sealed = EXCLUDED.sealed",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(sealed)
+    .execute(pool)
+    .await
+    .map_err(|e| missing_bot(e, id))?;
+    Ok(())
+}
+
+/// Every sealed secret of a bot, by name.
+pub async fn list_secrets(pool: &PgPool, id: i64) -> Result<Vec<SecretRecord>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT bot_id, name, sealed, updated_at FROM bot_secrets \
+         WHERE bot_id = $1 ORDER BY name",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes a bot's secret; returns whether it existed.
+pub async fn delete_secret(pool: &PgPool, id: i64, name: &str) -> Result<bool, PanelError> {
+    ensure_bot(pool, id).await?;
+    let r = sqlx::query("DELETE FROM bot_secrets WHERE bot_id = $1 AND name = $2")
+        .bind(id)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }
 
 /// Sends `NOTIFY reload_config` for one bot, or for every bot with an empty payload.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Failures, SharedDeps, Wakes};
 use crate::botdb::budget::BotPool;
 use crate::content::snapshot::{SharedSnapshot, Snapshot};
-use crate::modules::JobCx;
+use crate::modules::{JobCx, PeerWaker};
 use crate::telegram::{CallOutcome, Messenger};
 
 /// What the companion of one run works with.
@@ -30,6 +30,8 @@ pub(super) struct Companion {
     pub telegram: Messenger,
     pub snapshot: SharedSnapshot,
     pub wakes: Wakes,
+    /// Per module, notified when the sender recorded one of its requests.
+    pub delivered: Wakes,
     pub failures: Failures,
     /// The run's stop token; every job's token is a child of it.
     pub stop: CancellationToken,
@@ -124,6 +126,11 @@ impl Started {
                         telegram: c.telegram.clone(),
                         snapshot: c.snapshot.subscribe(),
                         wake: c.wakes.get(name),
+                        delivered: c.delivered.get(name),
+                        peers: {
+                            let wakes = c.wakes.clone();
+                            PeerWaker::new(move |peer| wakes.wake(peer))
+                        },
                         stop: job_stop.clone(),
                     };
                     let Some(job) = module.job(cx) else {

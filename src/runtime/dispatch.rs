@@ -1,83 +1,201 @@
-//! The unit of work: what happens to one update, start to finish.
+//! The unit of work: what happens to the updates the intake stored, start to finish.
 //!
-//! [`handler`] is the dispatcher's single endpoint. For each update it:
-//! 1. takes a slot of the bot's handler concurrency;
-//! 2. opens one transaction on the bot database and claims the update's inbox row — one
-//!    statement that locks it and marks it processed, undone if the transaction rolls back (an
-//!    update already processed — a replay or a re-delivery — is skipped);
-//! 3. runs the module chain: every module enabled for the snapshot, in registry order, until
-//!    one says [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
-//! 4. commits: the modules' effects, their queued answers and the mark are atomic; then wakes
-//!    the bot's sender ([`super::outbox`]), which delivers the
-//!    answers and lets the modules observe the results ([`Module::on_sent`]).
+//! [`Processor::run`] takes the stored updates in arrival order, in batches: every update
+//! already waiting when a batch starts (at most [`MAX_BATCH`]). For each batch it:
+//! 1. acquires a connection on the bot database — kept for the next batch while more work
+//!    waits, so under a tight connection budget a busy bot finishes what it has instead of
+//!    reconnecting per update; the updates that arrived while it waited for the connection
+//!    join the batch (a bot that waited takes a bigger batch);
+//! 2. opens one transaction and claims every inbox row of the batch in one statement that
+//!    marks them processed, undone if the transaction rolls back (an update already
+//!    processed — a replay or a re-delivery — is skipped);
+//! 3. runs the module chain for each claimed update, in arrival order (so the order within a
+//!    chat is kept): every module enabled for the snapshot, in registry order, until one says
+//!    [`Flow::Stop`]; answers are queued in the outbox, inside the transaction;
+//! 4. commits once for the whole batch (group commit): the modules' effects, their queued
+//!    answers and the marks are atomic; then hands the queued requests to the bot's sender
+//!    ([`super::outbox`]) — it need not read back what was just written —, which delivers them
+//!    and lets the modules observe the results ([`Module::on_sent`]), and wakes the jobs of the
+//!    modules that left them work (`UpdateCx::wake_job`: the assistant's model calls).
 //!
-//! No Telegram call happens while the transaction is open.
+//! If anything in a batch fails or panics, its transaction is rolled back and the batch is
+//! processed again one update per transaction ([`Processor::one`]), so one bad update never
+//! takes the others with it: a panic or a poison error marks that one update poisoned and the
+//! bot goes on; any other failure (database, network after retries) is reported to the run,
+//! which ends so the control plane restarts it with backoff and the update is replayed — the
+//! updates after it are not processed by this run (they are replayed after it, in order); a
+//! revoked token ends it as fatal.
 //!
-//! A panic or a poison error marks that one update poisoned and the bot goes on; any other
-//! failure (database, network after retries) is reported to the run, which ends so the
-//! control plane restarts it with backoff and the update is replayed; a revoked token ends it
-//! as fatal.
+//! No Telegram call happens while a transaction is open. Why batches rather than one
+//! transaction per update: see docs/architecture.md ("Group commit").
 //!
 //! [`Module::on_sent`]: crate::modules::Module::on_sent
 
-use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use teloxide::dispatching::{DpHandlerDescription, UpdateHandler};
-use teloxide::dptree;
 use teloxide::types::{Me, Update};
+use tokio::sync::mpsc;
 
 use super::BotContext;
 use super::inbox::panic_message;
+use crate::botdb::budget::BudgetConn;
 use crate::botdb::store;
-use crate::modules::{Flow, ModuleError, UpdateCx};
+use crate::modules::{Flow, ModuleError, Queued, UpdateCx};
 
-/// The dispatcher's handler tree: one endpoint for every update.
-pub fn handler() -> UpdateHandler<Infallible> {
-    let endpoint: dptree::Handler<'static, Result<(), Infallible>, DpHandlerDescription> =
-        dptree::endpoint(handle);
-    endpoint
+/// What a committed unit of work leaves to do: the requests it queued (for the sender) and the
+/// modules whose jobs it asked to wake.
+type Effects = (Vec<Queued>, Vec<&'static str>);
+
+/// Most updates one transaction takes (a getUpdates call brings at most 100).
+pub const MAX_BATCH: usize = 256;
+
+/// Processes the updates the intake stored until its channel closes, or a failure ends the run.
+pub struct Processor {
+    /// The bot's Telegram identity.
+    pub me: Me,
+    /// What the unit of work needs.
+    pub ctx: Arc<BotContext>,
 }
 
-async fn handle(me: Me, update: Update, ctx: Arc<BotContext>) -> Result<(), Infallible> {
-    let _permit = ctx.concurrency.acquire().await;
-    let bot_id = ctx.bot_id;
-    let update_id = i64::from(update.id.0);
-    let outcome = AssertUnwindSafe(process(&me, &update, &ctx))
-        .catch_unwind()
-        .await;
-    let poison = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(ModuleError::Poison(reason))) => Some(reason),
-        // Text PostgreSQL cannot store (a NUL, an invalid byte sequence) fails the same way on
-        // every replay: poison it rather than restart the bot forever.
-        Ok(Err(e)) if is_unstorable_text(&e) => Some(crate::mask::error_line(&e)),
-        Ok(Err(e)) if e.is_unauthorized() => {
-            ctx.failures.report(e);
-            None
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(bot_id, update_id, error = %crate::mask::error_line(&e), "update failed; the bot restarts and replays it");
-            ctx.failures.report(e);
-            None
-        }
-        Err(panic) => Some(format!("handler panicked: {}", panic_message(&panic))),
-    };
-    if let Some(reason) = poison {
-        tracing::error!(bot_id, update_id, error = %reason, "update poisoned");
-        let marked = async {
-            let mut conn = ctx.db.acquire().await?;
-            store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
-            Ok::<(), ModuleError>(())
-        }
-        .await;
-        if let Err(e) = marked {
-            ctx.failures.report(e);
+impl Processor {
+    /// Runs until `updates` is closed and drained (a stop: every stored update is processed)
+    /// or a failure was reported (what is left is replayed by the next run).
+    pub async fn run(self, mut updates: mpsc::Receiver<Update>) {
+        let failed = self.ctx.failures.failed();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut held: Option<BudgetConn> = None;
+        loop {
+            if held.is_some() && updates.is_empty() {
+                // Idle: give the connection back to the budget.
+                held = None;
+            }
+            if updates.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                break;
+            }
+            let conn = match held.take() {
+                Some(conn) => conn,
+                None => match self.ctx.db.acquire().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.ctx.failures.report(ModuleError::from(e));
+                        break;
+                    }
+                },
+            };
+            // What arrived while we waited for the connection joins this batch.
+            while batch.len() < MAX_BATCH {
+                match updates.try_recv() {
+                    Ok(update) => batch.push(update),
+                    Err(_) => break,
+                }
+            }
+            held = self.batch(conn, &batch).await;
+            batch.clear();
+            if failed.is_cancelled() {
+                break;
+            }
         }
     }
-    Ok(())
+
+    /// One batch in one transaction; falls back to one transaction per update on any error.
+    /// Returns the connection when it is fit for reuse.
+    async fn batch(&self, mut conn: BudgetConn, batch: &[Update]) -> Option<BudgetConn> {
+        let together = AssertUnwindSafe(self.together(&mut conn, batch))
+            .catch_unwind()
+            .await;
+        match together {
+            Ok(Ok((queued, jobs))) => {
+                self.ctx.hand_over(queued, &jobs);
+                Some(conn)
+            }
+            // The transaction was rolled back (or will be, before the connection's next use);
+            // nothing of the batch happened. Once more, one update at a time.
+            failed => {
+                if let Ok(Err(e)) = &failed {
+                    tracing::debug!(bot_id = self.ctx.bot_id, error = %crate::mask::error_line(e), "batch failed; processing its updates one by one");
+                }
+                drop(conn);
+                for update in batch {
+                    self.one(update).await;
+                    if self.ctx.failures.failed().is_cancelled() {
+                        break;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The batch's transaction: claim all, run the chains, commit. Returns the requests it
+    /// queued.
+    async fn together(
+        &self,
+        conn: &mut BudgetConn,
+        batch: &[Update],
+    ) -> Result<Effects, ModuleError> {
+        let ctx = &self.ctx;
+        let snapshot = ctx.snapshot.load();
+        let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;
+        let (mut queued, mut jobs) = (Vec::new(), Vec::new());
+        for update in batch {
+            if !claimed.contains(&i64::from(update.id.0)) {
+                continue;
+            }
+            let (q, j) = chain(&self.me, update, ctx, &snapshot, &mut tx).await?;
+            queued.extend(q);
+            for job in j {
+                if !jobs.contains(&job) {
+                    jobs.push(job);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok((queued, jobs))
+    }
+
+    /// One update in its own transaction, with its failure isolated: poisoned on a panic or a
+    /// poison error, reported to the run otherwise.
+    async fn one(&self, update: &Update) {
+        let ctx = &self.ctx;
+        let bot_id = ctx.bot_id;
+        let update_id = i64::from(update.id.0);
+        let outcome = AssertUnwindSafe(process(&self.me, update, ctx))
+            .catch_unwind()
+            .await;
+        let poison = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(ModuleError::Poison(reason))) => Some(reason),
+            // Text PostgreSQL cannot store (a NUL, an invalid byte sequence) fails the same
+            // way on every replay: poison it rather than restart the bot forever.
+            Ok(Err(e)) if is_unstorable_text(&e) => Some(crate::mask::error_line(&e)),
+            Ok(Err(e)) if e.is_unauthorized() => {
+                ctx.failures.report(e);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(bot_id, update_id, error = %crate::mask::error_line(&e), "update failed; the bot restarts and replays it");
+                ctx.failures.report(e);
+                None
+            }
+            Err(panic) => Some(format!("handler panicked: {}", panic_message(&panic))),
+        };
+        if let Some(reason) = poison {
+            tracing::error!(bot_id, update_id, error = %reason, "update poisoned");
+            let marked = async {
+                let mut conn = ctx.db.acquire().await?;
+                store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
+                Ok::<(), ModuleError>(())
+            }
+            .await;
+            if let Err(e) = marked {
+                ctx.failures.report(e);
+            }
+        }
+    }
 }
 
 /// Whether `e` is PostgreSQL refusing the text it was given (SQLSTATE 22021 character not in
@@ -99,19 +217,27 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     if !store::claim_update(&mut tx, ctx.telegram_id, update_id).await? {
         return Ok(());
     }
-    let queued = {
-        let mut cx = UpdateCx::new(ctx.bot_id, update, me, &snapshot, &mut tx);
-        for module in ctx.registry.enabled(&snapshot) {
-            cx.set_module(module.name());
-            if module.on_update(&mut cx).await? == Flow::Stop {
-                break;
-            }
-        }
-        cx.queued()
-    };
+    let (queued, jobs) = chain(me, update, ctx, &snapshot, &mut tx).await?;
     tx.commit().await?;
-    if queued > 0 {
-        ctx.outbox.notify_one();
-    }
+    ctx.hand_over(queued, &jobs);
     Ok(())
+}
+
+/// Runs the module chain for one claimed update inside `tx`; returns the requests it queued
+/// and the modules whose jobs it asked to wake.
+async fn chain(
+    me: &Me,
+    update: &Update,
+    ctx: &BotContext,
+    snapshot: &crate::content::snapshot::Snapshot,
+    tx: &mut sqlx::PgConnection,
+) -> Result<Effects, ModuleError> {
+    let mut cx = UpdateCx::new(ctx.bot_id, ctx.telegram_id, update, me, snapshot, tx);
+    for module in ctx.registry.enabled(snapshot) {
+        cx.set_module(module.name());
+        if module.on_update(&mut cx).await? == Flow::Stop {
+            break;
+        }
+    }
+    Ok(cx.into_effects())
 }

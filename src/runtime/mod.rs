@@ -3,8 +3,8 @@
 //! [`run`] provisions the bot's database (create + migrate; nothing is answered before the
 //! migrations are in), checks the token with `getMe`, then runs three things side by side
 //! until the run's stop token is cancelled or a failure is reported:
-//! - the update intake ([`inbox::DurableListener`]) feeding a teloxide dispatcher whose single
-//!   endpoint is the unit of work ([`dispatch`]);
+//! - the update intake ([`inbox::DurableListener`]) feeding the unit of work's processor
+//!   ([`dispatch::Processor`]) through a bounded channel;
 //! - the companion ([`companion`]): the bot's command list kept in step with its snapshot,
 //!   and the module jobs (`bot-<id>-<module>`) started, woken and stopped;
 //! - nothing else: restarting, backoff and status belong to the control plane, which talks to
@@ -22,25 +22,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teloxide::dispatching::Dispatcher;
-use teloxide::error_handlers::LoggingErrorHandler;
 use teloxide::prelude::Requester;
 use teloxide::types::Me;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Registry};
+use crate::modules::{ModuleError, Queued, Registry};
 use crate::settings::Settings;
 use crate::tasks::Tasks;
 use crate::telegram::{Messenger, TelegramApi, TelegramError};
 use crate::token::BotToken;
 use inbox::DurableListener;
 
-/// Handlers of one bot running at once (across its chats).
-const HANDLER_CONCURRENCY: usize = 16;
+/// Stored updates waiting for the processor before the intake waits for it (backpressure:
+/// beyond this the intake stops fetching; everything it fetched is in the inbox already).
+const INTAKE_QUEUE: usize = 1024;
 
 /// What a bot is, as far as running it goes (from its panel row).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +180,8 @@ pub struct SharedDeps {
     pub registry: Registry,
     /// Where runs spawn their module jobs.
     pub tasks: Tasks,
+    /// The master keys: the control plane opens tokens and secrets with them.
+    pub keys: Arc<crate::crypto::Keyring>,
 }
 
 /// What the unit of work of one bot run needs besides the update and `Me`.
@@ -195,12 +196,28 @@ pub struct BotContext {
     pub snapshot: SharedSnapshot,
     /// The modules.
     pub registry: Registry,
-    /// Wakes the bot's sender after a commit that queued requests.
-    pub outbox: Arc<Notify>,
+    /// Hands the requests a committed unit of work queued to the bot's sender.
+    pub handoff: mpsc::UnboundedSender<Vec<Queued>>,
+    /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
+    ///
+    /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
+    pub wakes: Wakes,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
-    /// Bounds concurrent handlers of this bot.
-    pub concurrency: Semaphore,
+}
+
+impl BotContext {
+    /// After a commit: gives the sender what it queued, and wakes the jobs it left work.
+    pub fn hand_over(&self, queued: Vec<Queued>, jobs: &[&'static str]) {
+        if !queued.is_empty() {
+            // A closed channel means the sender ended (the run fails or drains): the rows are
+            // in the outbox and the next run sends them.
+            let _ = self.handoff.send(queued);
+        }
+        for job in jobs {
+            self.wakes.wake(job);
+        }
+    }
 }
 
 /// The per-run handles a bot's slot gives it.
@@ -261,13 +278,16 @@ async fn dispatch_run(
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
+    let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
+    let delivered = Wakes::default();
     let companion = companion::Companion {
         bot_id: spec.id,
         deps: deps.clone(),
         db: db.clone(),
         telegram: telegram.clone(),
         snapshot: parts.snapshot.clone(),
-        wakes: parts.wakes,
+        wakes: parts.wakes.clone(),
+        delivered: delivered.clone(),
         failures: failures.clone(),
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
@@ -299,6 +319,8 @@ async fn dispatch_run(
         registry: deps.registry.clone(),
         snapshot: parts.snapshot.clone(),
         wake: Arc::clone(&outbox_wake),
+        handoff: handoff_rx,
+        delivered,
         failures: failures.clone(),
         stop: failures.failed(),
         drain: drain.clone(),
@@ -310,28 +332,22 @@ async fn dispatch_run(
         db,
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
-        outbox: outbox_wake,
+        handoff: handoff_tx,
+        wakes: parts.wakes,
         failures,
-        concurrency: Semaphore::new(HANDLER_CONCURRENCY),
     });
-    let mut dispatcher = Dispatcher::builder(bot, dispatch::handler())
-        .dependencies(teloxide::dptree::deps![context])
-        .build();
+    let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
+    let processor = dispatch::Processor { me, ctx: context };
     let dispatch = async {
-        let dispatched = dispatcher
-            .try_dispatch_with_listener(listener, LoggingErrorHandler::new())
-            .await;
-        // The dispatcher ends only when the intake did (stop or failure), or at its start;
-        // either way the companion's jobs end with it, and the sender delivers the replies
-        // the last updates queued (or stops at once after a failure).
+        tokio::join!(listener.run(to_processor), processor.run(updates));
+        // The processor ends only when the intake did (stop or failure) and it drained what
+        // was stored, or after a failure; either way the companion's jobs end with it, and the
+        // sender delivers the replies the last updates queued (or stops at once after a
+        // failure).
         run_stop.cancel();
         drain.cancel();
-        dispatched
     };
-    let (dispatched, (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
-    if let Err(e) = dispatched {
-        return Err(TelegramError::from_request(&e).into());
-    }
+    let ((), (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
     match failed.try_recv() {
         Ok(f) => Err(f),
         Err(_) if stop.is_cancelled() => Ok(()),

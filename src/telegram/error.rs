@@ -12,6 +12,9 @@ use teloxide::errors::ApiError;
 
 use crate::mask::redact;
 
+/// Telegram's description of a send into a forum topic that does not exist (any more).
+const THREAD_NOT_FOUND: &str = "Bad Request: message thread not found";
+
 /// Why a Bot API call failed, classified for whoever retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TelegramError {
@@ -27,6 +30,9 @@ pub enum TelegramError {
     /// 400 "chat not found": the chat does not exist or the bot is not in it.
     #[error("Telegram refused: chat not found")]
     ChatNotFound,
+    /// 400 "message thread not found": the forum topic was deleted (or never existed).
+    #[error("Telegram refused: message thread not found")]
+    ThreadNotFound,
     /// 409: another poller or a webhook is using this token.
     #[error("Telegram answered 409 Conflict: {0}")]
     Conflict(String),
@@ -67,6 +73,12 @@ impl TelegramError {
                 code: 400,
                 description: redact(&e.to_string()),
             },
+            // teloxide 0.17 has no variant for a deleted forum topic; its text is Telegram's
+            // fixed description, so it is classified here, once (teloxide-core's own
+            // `ApiError` variants are matched on these descriptions too).
+            RequestError::Api(ApiError::Unknown(text)) if text == THREAD_NOT_FOUND => {
+                TelegramError::ThreadNotFound
+            }
             RequestError::Api(ApiError::Unknown(text)) => TelegramError::Unknown(redact(text)),
             RequestError::Api(other) => TelegramError::Rejected {
                 code: 400,
@@ -83,6 +95,7 @@ impl TelegramError {
             409 => TelegramError::Conflict(description),
             429 => TelegramError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1))),
             c if c >= 500 => TelegramError::Transient(format!("{c}: {description}")),
+            400 if description == THREAD_NOT_FOUND => TelegramError::ThreadNotFound,
             c => TelegramError::Rejected {
                 code: c,
                 description,

@@ -10,9 +10,13 @@
 use std::time::Duration;
 
 use teloxide::Bot;
-use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
+use teloxide::payloads::{
+    AnswerCallbackQuerySetters, CopyMessageSetters, EditMessageTextSetters, SendMessageSetters,
+};
 use teloxide::prelude::Requester;
-use teloxide::types::{BotCommand, CallbackQueryId, ChatId, MessageId};
+use teloxide::types::{
+    BotCommand, CallbackQueryId, ChatAction, ChatId, MessageId, ReplyParameters, ThreadId,
+};
 
 use super::{Request, TelegramError};
 
@@ -20,6 +24,11 @@ use super::{Request, TelegramError};
 const SEND_ATTEMPTS: u32 = 4;
 /// First delay between attempts of a failed call (doubles).
 const SEND_RETRY_START: Duration = Duration::from_millis(500);
+
+/// Answers message `id` of the same chat, sent anyway when that message is gone.
+fn reply_to(id: i32) -> ReplyParameters {
+    ReplyParameters::new(MessageId(id)).allow_sending_without_reply()
+}
 
 /// What one call came to, when it did not fail for good.
 #[derive(Debug)]
@@ -62,6 +71,8 @@ pub enum DeliveryOutcome {
     Blocked,
     /// The chat does not exist (400 "chat not found").
     ChatNotFound,
+    /// The forum topic it went to does not exist any more (400 "message thread not found").
+    ThreadNotFound,
     /// Telegram refused it for good, with its reason.
     Failed(String),
 }
@@ -73,6 +84,7 @@ impl DeliveryOutcome {
             DeliveryOutcome::Sent(_) => "sent",
             DeliveryOutcome::Blocked => "blocked",
             DeliveryOutcome::ChatNotFound => "chat_not_found",
+            DeliveryOutcome::ThreadNotFound => "thread_not_found",
             DeliveryOutcome::Failed(_) => "failed",
         }
     }
@@ -124,14 +136,55 @@ impl Messenger {
         request: &Request,
     ) -> Result<Option<i32>, TelegramError> {
         let result = match request {
-            Request::SendMessage { text, reply_markup } => {
-                let call = self.bot.send_message(chat, text);
-                let call = match reply_markup.clone() {
-                    Some(m) => call.reply_markup(m),
-                    None => call,
-                };
+            Request::SendMessage {
+                text,
+                reply_markup,
+                message_thread_id,
+                reply_to_message_id,
+                in_history: _,
+            } => {
+                let mut call = self.bot.send_message(chat, text);
+                if let Some(m) = reply_markup.clone() {
+                    call = call.reply_markup(m);
+                }
+                if let Some(t) = message_thread_id {
+                    call = call.message_thread_id(ThreadId(MessageId(*t)));
+                }
+                if let Some(r) = reply_to_message_id {
+                    call = call.reply_parameters(reply_to(*r));
+                }
                 call.await.map(|m| Some(m.id.0))
             }
+            Request::CopyMessage {
+                from_chat_id,
+                message_id,
+                message_thread_id,
+                caption,
+                reply_to_message_id,
+                reply_markup,
+            } => {
+                let mut call =
+                    self.bot
+                        .copy_message(chat, ChatId(*from_chat_id), MessageId(*message_id));
+                if let Some(k) = reply_markup.clone() {
+                    call = call.reply_markup(k);
+                }
+                if let Some(t) = message_thread_id {
+                    call = call.message_thread_id(ThreadId(MessageId(*t)));
+                }
+                if let Some(c) = caption {
+                    call = call.caption(c);
+                }
+                if let Some(r) = reply_to_message_id {
+                    call = call.reply_parameters(reply_to(*r));
+                }
+                call.await.map(|m| Some(m.0))
+            }
+            Request::CreateForumTopic { name } => self
+                .bot
+                .create_forum_topic(chat, name)
+                .await
+                .map(|t| Some(t.thread_id.0.0)),
             Request::EditMessageText {
                 message_id,
                 text,
@@ -161,6 +214,15 @@ impl Messenger {
             }
         };
         result.map_err(|e| TelegramError::from_request(&e))
+    }
+
+    /// `sendChatAction` "typing" in `chat`, once (it shows for about 5 seconds); a failure
+    /// is only logged at debug level: the indicator is a courtesy.
+    pub async fn typing(&self, chat: ChatId) {
+        if let Err(e) = self.bot.send_chat_action(chat, ChatAction::Typing).await {
+            let error = TelegramError::from_request(&e);
+            tracing::debug!(bot_id = self.bot_id, chat_id = chat.0, error = %error, "typing indicator failed");
+        }
     }
 
     /// `setMyCommands`.
@@ -201,13 +263,14 @@ impl Messenger {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");
                     return Ok(CallOutcome::Rejected(description));
                 }
-                TelegramError::ChatNotFound => {
-                    tracing::warn!(
-                        bot_id,
-                        method,
-                        "Telegram refused the request: chat not found"
-                    );
-                    return Ok(CallOutcome::Rejected("chat not found".into()));
+                e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound) => {
+                    tracing::warn!(bot_id, method, error = %e, "Telegram refused the request");
+                    let reason = if e == TelegramError::ChatNotFound {
+                        "chat not found"
+                    } else {
+                        "message thread not found"
+                    };
+                    return Ok(CallOutcome::Rejected(reason.into()));
                 }
                 TelegramError::Conflict(description) => {
                     tracing::warn!(bot_id, method, error = %description, "Telegram refused the request");

@@ -75,8 +75,9 @@ impl Harness {
     }
 
     async fn start_full(extra: Extra<'_>, registry: Registry, rate_limits: bool) -> Self {
+        // `TEST_LOG=debug` shows the daemon's log while debugging a test.
         botvisor::telemetry::init(&botvisor::settings::LogSettings {
-            filter: "warn".into(),
+            filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
             ..Default::default()
         });
         let panel = TestDb::create("bvt_sup").await;
@@ -133,19 +134,60 @@ impl Harness {
 
     /// Adds a bot whose token is already registered (or deliberately not).
     pub async fn add_registered(&self, name: &str, t: &str, manifest: &Manifest) -> i64 {
-        let parsed = BotToken::parse(t).unwrap();
+        self.insert_bot(name, t, manifest, true).await
+    }
+
+    /// Inserts a panel row for a bot with token `t`.
+    async fn insert_bot(&self, name: &str, t: &str, manifest: &Manifest, enabled: bool) -> i64 {
         store::add_bot(
             &self.pool,
+            &self.panel.keys(),
             &NewBot {
                 name,
-                token: &parsed,
-                enabled: true,
+                token: &BotToken::parse(t).unwrap(),
+                enabled,
                 database: None,
                 manifest,
             },
         )
         .await
         .unwrap()
+    }
+
+    /// Adds a bot with `manifest`, `texts` (`key, lang, value`) and `secrets` (`name, value`),
+    /// enabled only once all are written (so its first run uses them), and waits until it
+    /// runs.
+    pub async fn add_configured(
+        &self,
+        name: &str,
+        token_id: u64,
+        manifest: serde_json::Value,
+        texts: &[(&str, &str, &str)],
+        secrets: &[(&str, &str)],
+    ) -> (i64, String) {
+        let t = token(token_id);
+        self.sandbox
+            .register_bot(&t, Some(&format!("{name}_bot")))
+            .unwrap();
+        let manifest = Manifest::from_value(&manifest).unwrap();
+        let id = self.insert_bot(name, &t, &manifest, false).await;
+        let texts: Vec<(String, String, String)> = texts
+            .iter()
+            .map(|(k, l, v)| (k.to_string(), l.to_string(), v.to_string()))
+            .collect();
+        if !texts.is_empty() {
+            store::import_texts(&self.pool, id, &texts).await.unwrap();
+        }
+        let admin = botvisor::admin::Admin::new(
+            self.pool.clone(),
+            std::sync::Arc::new(self.settings.clone()),
+        );
+        for (secret, value) in secrets {
+            admin.set_secret(id, secret, value).await.unwrap();
+        }
+        store::set_enabled(&self.pool, id, true).await.unwrap();
+        self.wait_state(id, "running").await;
+        (id, t)
     }
 
     /// Sends `text` from user `chat` to the bot.
@@ -181,6 +223,34 @@ impl Harness {
             for e in events {
                 cursor = cursor.max(e.seq);
                 if e.text().is_some_and(&pred) {
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// Waits for the first event in `chat` after `after` that `pred` accepts (`what` names
+    /// it in the failure).
+    pub async fn event(
+        &self,
+        t: &str,
+        chat: i64,
+        after: u64,
+        what: &str,
+        pred: impl Fn(&SentEvent) -> bool,
+    ) -> SentEvent {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut cursor = after;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} in chat {chat}; events: {:#?}",
+                self.sandbox.sent(t, chat, after)
+            );
+            for e in self.sandbox.wait_sent(t, chat, cursor, left).await.unwrap() {
+                cursor = cursor.max(e.seq);
+                if pred(&e) {
                     return e;
                 }
             }

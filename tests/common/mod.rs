@@ -34,9 +34,24 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A fresh, empty database; it and every database whose name starts with its name and `_`
 /// are dropped when this value is dropped.
+///
+/// Each one comes with its own master key file (mode 0600, in a temporary directory removed
+/// with it), named in [`TestDb::env`] as `BOTVISOR_MASTER_KEY_FILE`: every daemon and CLI a
+/// test starts from this environment seals and opens secrets with it.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The master key file of this test.
+    pub key_file: std::path::PathBuf,
+    _key_dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+/// A fresh master key file in a new temporary directory.
+pub fn master_key_file() -> (std::sync::Arc<tempfile::TempDir>, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory for the master key");
+    let path = dir.path().join("master.key");
+    botvisor::crypto::init_key_file(&path).expect("write a test master key");
+    (std::sync::Arc::new(dir), path)
 }
 
 impl TestDb {
@@ -50,7 +65,18 @@ impl TestDb {
             .expect("create test database");
         conn.close().await.ok();
         let url = format!("{}/{name}", server_url());
-        Self { name, url }
+        let (_key_dir, key_file) = master_key_file();
+        Self {
+            name,
+            url,
+            key_file,
+            _key_dir,
+        }
+    }
+
+    /// The master keys of this test (see [`TestDb`]).
+    pub fn keys(&self) -> botvisor::crypto::Keyring {
+        botvisor::crypto::Keyring::load(&self.key_file).expect("the test's master key")
     }
 
     /// A small pool to this database.
@@ -62,9 +88,25 @@ impl TestDb {
             .expect("connect to test database")
     }
 
-    /// Environment for a botvisor child process or `Settings::load` pointing at this database.
+    /// Environment for a botvisor child process or `Settings::load` pointing at this database
+    /// and its master key file.
+    ///
+    /// Tests run side by side against one server (`max_connections` = 100 here and in CI), so
+    /// each test daemon gets a small fixed connection budget instead of "auto" (which would let
+    /// every one of them take 85); a test may set its own.
     pub fn env(&self) -> HashMap<String, String> {
-        [("BOTVISOR_PANEL_URL".to_string(), self.url.clone())].into()
+        [
+            ("BOTVISOR_PANEL_URL".to_string(), self.url.clone()),
+            (
+                "BOTVISOR__BOT_DATABASE__CONNECTION_BUDGET".to_string(),
+                "12".to_string(),
+            ),
+            (
+                botvisor::crypto::KEY_FILE_ENV.to_string(),
+                self.key_file.display().to_string(),
+            ),
+        ]
+        .into()
     }
 }
 
@@ -164,11 +206,16 @@ impl Run {
 /// Runs the botvisor binary with only the given environment (plus PATH) and an empty
 /// settings file, so nothing on the machine leaks in.
 pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
-    botvisor_stdin(env, args, "")
+    botvisor_with_input(env, args, b"")
 }
 
 /// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
 pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str) -> Run {
+    botvisor_with_input(env, args, input.as_bytes())
+}
+
+/// [`botvisor`] with `input` on its standard input.
+pub fn botvisor_with_input(env: &HashMap<String, String>, args: &[&str], input: &[u8]) -> Run {
     use std::io::Write;
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
@@ -179,9 +226,11 @@ pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str)
         .stderr(Stdio::piped())
         .spawn()
         .expect("run botvisor");
-    // A command that does not read its input may have exited already.
-    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    Run::from(child.wait_with_output().unwrap())
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A command that does not read its input may exit first: a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Run::from(child.wait_with_output().expect("run botvisor"))
 }
 
 /// The botvisor binary with only `env` (plus PATH) and an empty settings file in `dir`.
@@ -221,6 +270,26 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the bot database `db` has processed every stored update and delivered every
+/// queued request.
+pub async fn settled(db: &sqlx::PgPool) {
+    eventually(
+        Duration::from_secs(60),
+        "inbox processed and outbox delivered",
+        || async {
+            let (inbox, outbox): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM inbox WHERE processed_at IS NULL), \
+                        (SELECT count(*) FROM outbox WHERE done_at IS NULL)",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap();
+            (inbox == 0 && outbox == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A well-formed token for bot user id `id` (unique per id).

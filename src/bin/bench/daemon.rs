@@ -51,10 +51,24 @@ pub fn environment(panel_url: &str, api_url: &str, budget: u32) -> HashMap<Strin
         ("BOTVISOR__SUPERVISOR__INSTANCE", "bench".to_owned()),
         ("BOTVISOR__LOG__FILTER", "warn".to_owned()),
         ("BOTVISOR__LOG__FORMAT", "text".to_owned()),
+        (
+            botvisor::crypto::KEY_FILE_ENV,
+            key_file().map_or_else(|_| String::new(), |p| p.display().to_string()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// The bench's master key file (created on first use, in the temporary directory).
+pub fn key_file() -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("botvisor-bench-{}.key", std::process::id()));
+    if !path.exists() {
+        botvisor::crypto::init_key_file(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// An empty settings file, so `/etc/botvisor/botvisor.toml` never leaks into a run.

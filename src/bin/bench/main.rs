@@ -594,8 +594,10 @@ struct World {
 impl World {
     async fn add_bot(&self, name: &str, token: &str) -> anyhow::Result<i64> {
         let parsed = BotToken::parse(token).context("bench token")?;
+        let keys = botvisor::crypto::Keyring::load(&daemon::key_file()?)?;
         Ok(store::add_bot(
             &self.pool,
+            &keys,
             &NewBot {
                 name,
                 token: &parsed,

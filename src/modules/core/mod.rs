@@ -130,7 +130,8 @@ fn core_section(snapshot: &Snapshot) -> &CoreSection {
         .unwrap_or_else(|| EMPTY.get_or_init(CoreSection::default))
 }
 
-async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), ModuleError> {
+/// Records that `user` wrote (the user registry), for modules that end the chain before core.
+pub(crate) async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), ModuleError> {
     store::touch_user(
         tx,
         &SeenUser {
@@ -145,7 +146,8 @@ async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), ModuleError> {
     Ok(())
 }
 
-fn user_id(user: &User) -> i64 {
+/// A Telegram user's id as the databases store it.
+pub(crate) fn user_id(user: &User) -> i64 {
     i64::try_from(user.id.0).unwrap_or(i64::MAX)
 }
 
@@ -238,7 +240,7 @@ async fn reply_fallback(
 }
 
 /// Parses `/command@bot args`; a command addressed to another bot is ignored.
-fn parse_command(text: &str, my_username: &str) -> Option<(String, String)> {
+pub(crate) fn parse_command(text: &str, my_username: &str) -> Option<(String, String)> {
     let rest = text.strip_prefix('/')?;
     let (head, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let (name, target) = head.split_once('@').unwrap_or((head, ""));

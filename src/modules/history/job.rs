@@ -34,6 +34,8 @@ pub async fn prune(mut cx: JobCx) -> Result<(), ModuleError> {
             match cx.woken(Some(next)).await {
                 Wake::Stop => return Ok(()),
                 Wake::Timer | Wake::Operator => break,
+                // History queues nothing; nothing of its own is ever delivered.
+                Wake::Delivered => {}
                 Wake::Snapshot => {
                     let now = retention_days(&cx);
                     let shorter = now != 0 && (days == 0 || now < days);

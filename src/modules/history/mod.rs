@@ -2,7 +2,8 @@
 //! for the manifest's `history.retention_days` (0 keeps it forever).
 //!
 //! - [`History::on_update`]: a user's message, or a button press (`[button] <label>`), is
-//!   recorded first in the chain, so every later module's answer comes after it;
+//!   recorded first in the chain, so every later module's answer comes after it; a message of
+//!   a kind teloxide does not know keeps its text or caption, read from the stored update;
 //! - [`History::on_sent`]: what the bot's sender delivered is recorded as the bot's, when
 //!   Telegram accepted it;
 //! - its job ([`job::prune`]) deletes messages past their retention once at start and every
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use teloxide::types::UpdateKind;
+use teloxide::types::{MessageKind, UpdateKind};
 
 use super::{Flow, JobCx, Module, ModuleError, UpdateCx};
 use crate::content::manifest::{Manifest, ManifestError};
@@ -26,6 +27,9 @@ use store::Role;
 
 /// The module's name, and its manifest key.
 const NAME: &str = "history";
+
+/// What history shows for a message without text or caption.
+const NON_TEXT: &str = "[non-text message]";
 
 /// History's section of the manifest: `{"history": {"retention_days": N}}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -77,11 +81,17 @@ impl Module for History {
                     .from
                     .as_ref()
                     .map(|u| i64::try_from(u.id.0).unwrap_or(i64::MAX));
-                let content = msg
-                    .text()
-                    .or_else(|| msg.caption())
-                    .unwrap_or("[non-text message]");
-                store::add_message(cx.tx, msg.chat.id.0, user, Role::User, content).await?;
+                let content = match msg.text().or_else(|| msg.caption()) {
+                    Some(text) => text.to_owned(),
+                    // A kind teloxide does not know: it keeps neither text nor caption, the
+                    // stored update does.
+                    None if matches!(msg.kind, MessageKind::Empty {}) => {
+                        raw_text(cx.raw_update().await?.as_ref())
+                            .unwrap_or_else(|| NON_TEXT.to_owned())
+                    }
+                    None => NON_TEXT.to_owned(),
+                };
+                store::add_message(cx.tx, msg.chat.id.0, user, Role::User, &content).await?;
             }
             if let UpdateKind::CallbackQuery(q) = &cx.update.kind
                 && let Some(msg) = q.regular_message()
@@ -136,10 +146,53 @@ fn pressed(msg: &teloxide::types::Message, data: Option<&str>) -> String {
     }
 }
 
+/// The text, else the caption, of the message of a raw update (a JSON string payload — an
+/// update that was not valid JSON — has neither).
+fn raw_text(update: Option<&serde_json::Value>) -> Option<String> {
+    let message = update?.get("message")?;
+    ["text", "caption"]
+        .iter()
+        .find_map(|k| message.get(*k)?.as_str())
+        .map(str::to_owned)
+}
+
 /// The retention of a snapshot's history section (0: keep forever).
 fn retention_days(cx: &JobCx) -> u32 {
     cx.snapshot
         .borrow()
         .section::<HistorySection>(NAME)
         .map_or(0, |s| s.history.retention_days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_kind_is_an_empty_message_whose_caption_the_raw_update_keeps() {
+        let raw = serde_json::json!({
+            "update_id": 1,
+            "message": {
+                "message_id": 1, "date": 1_700_000_000,
+                "chat": {"id": 5, "type": "private", "first_name": "Zoe"},
+                "from": {"id": 5, "is_bot": false, "first_name": "Zoe"},
+                "caption": "a kind from the future",
+                "holo_message": {"file_id": "h1"}
+            }
+        });
+        // The premise: teloxide 0.17 drops the caption of a kind it does not know (parsed
+        // from text, as the intake does).
+        let update: teloxide::types::Update = serde_json::from_str(&raw.to_string()).unwrap();
+        let UpdateKind::Message(msg) = &update.kind else {
+            panic!("not a message: {update:?}");
+        };
+        assert!(matches!(msg.kind, MessageKind::Empty {}));
+        assert_eq!(msg.caption(), None);
+        assert_eq!(
+            raw_text(Some(&raw)).as_deref(),
+            Some("a kind from the future")
+        );
+        assert_eq!(raw_text(Some(&serde_json::json!("not json"))), None);
+        assert_eq!(raw_text(None), None);
+    }
 }

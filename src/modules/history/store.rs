@@ -14,6 +14,8 @@ pub enum Role {
     Bot,
     /// An operator writing as the bot.
     Admin,
+    /// The AI model's answer (the assistant module).
+    Assistant,
 }
 
 impl Role {
@@ -22,6 +24,7 @@ impl Role {
             Role::User => "user",
             Role::Bot => "bot",
             Role::Admin => "admin",
+            Role::Assistant => "assistant",
         }
     }
 }
@@ -47,7 +50,7 @@ pub async fn add_message(
 /// A history message: `{role, content, timestamp}`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MessageRecord {
-    /// user, bot or admin.
+    /// user, bot, admin or assistant.
     pub role: String,
     /// The text.
     pub content: String,

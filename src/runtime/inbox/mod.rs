@@ -1,6 +1,6 @@
 //! The durable update listener: botvisor's replacement for teloxide's polling listener.
 //!
-//! Loop, as a stream the dispatcher pulls from:
+//! Loop ([`DurableListener::run`], handing updates to the unit of work's processor):
 //! 1. replay: unprocessed inbox rows, oldest first, before anything new;
 //! 2. fetch: `getUpdates` — a long poll *without* an offset, or, right after a batch was stored,
 //!    a short call with the offset that confirms it; the `result` array comes back split into
@@ -23,7 +23,7 @@
 //! no element blocks the ones behind it; no call is repeated without a pause (errors back off
 //! 1 s doubling to 30 s, `retry_after` honoured exactly; a call that brought nothing to
 //! confirm waits up to 4 s); a 401 is reported as fatal. On stop the updates already stored
-//! are still yielded (the dispatcher drains them), then a last `getUpdates` confirms the
+//! are still handed on (the processor drains them), then a last `getUpdates` confirms the
 //! stored batch if it was not confirmed yet, so the next poller for this token starts cleanly.
 //! Proved by `tests/intake_corpus.rs` and `tests/intake_restart.rs`.
 
@@ -34,13 +34,10 @@ pub use parse::{
 };
 
 use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
 use std::time::Duration;
 
-use futures::stream::BoxStream;
-use teloxide::stop::{StopToken, mk_stop_token};
-use teloxide::types::{AllowedUpdate, Update};
-use teloxide::update_listeners::{AsUpdateStream, UpdateListener};
+use teloxide::types::Update;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failures, RunFailure};
@@ -79,7 +76,6 @@ pub struct DurableListener {
     poll_timeout: Duration,
     stop: CancellationToken,
     failures: Failures,
-    stop_token: StopToken,
     buffer: VecDeque<Update>,
     /// The offset that confirms the last stored batch, until a call carried it.
     to_confirm: Option<i64>,
@@ -120,7 +116,6 @@ pub struct ListenerParts {
 impl DurableListener {
     /// A listener that stops when `stop` is cancelled and reports fatal errors to `failures`.
     pub fn new(parts: ListenerParts, stop: CancellationToken, failures: Failures) -> Self {
-        let (stop_token, _flag) = mk_stop_token();
         Self {
             telegram_id: i64::try_from(parts.token.bot_user_id()).unwrap_or(i64::MAX),
             api: parts.api,
@@ -130,7 +125,6 @@ impl DurableListener {
             poll_timeout: parts.poll_timeout,
             stop,
             failures,
-            stop_token,
             buffer: VecDeque::new(),
             to_confirm: None,
             idless_logged: HashSet::new(),
@@ -142,6 +136,17 @@ impl DurableListener {
             last_prune: None,
             health: parts.health,
             failing: 0,
+        }
+    }
+
+    /// Stores and hands on updates until stopped: every update it hands to `processor` is in
+    /// the inbox first. Ends when the run stops (after handing on what it stored) or the
+    /// processor is gone.
+    pub async fn run(mut self, processor: mpsc::Sender<Update>) {
+        while let Some(update) = self.next_update().await {
+            if processor.send(update).await.is_err() {
+                break;
+            }
         }
     }
 
@@ -437,28 +442,4 @@ enum StepError {
 /// At most 200 characters of an element, for a log line.
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
-}
-
-impl UpdateListener for DurableListener {
-    type Err = Infallible;
-
-    fn stop_token(&mut self) -> StopToken {
-        self.stop_token.clone()
-    }
-
-    fn hint_allowed_updates(&mut self, _hint: &mut dyn Iterator<Item = AllowedUpdate>) {
-        // We always ask for what the enabled modules need (`Registry::allowed_updates`).
-    }
-}
-
-impl<'a> AsUpdateStream<'a> for DurableListener {
-    type StreamErr = Infallible;
-    type Stream = BoxStream<'a, Result<Update, Infallible>>;
-
-    fn as_stream(&'a mut self) -> Self::Stream {
-        Box::pin(futures::stream::unfold(self, |this| async move {
-            let update = this.next_update().await?;
-            Some((Ok(update), this))
-        }))
-    }
 }

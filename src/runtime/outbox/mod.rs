@@ -1,19 +1,25 @@
 //! The outbox's sender: delivers what a bot's units of work and jobs queued, after their
 //! transactions committed, within Telegram's limits.
 //!
-//! Loop (part of the bot's run, beside the dispatcher and the companion):
-//! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first —
-//!    again whenever a commit wakes it ([`Sender::wake`]), so a new reply goes ahead of a
+//! Loop (part of the bot's run, beside the intake, the processor and the companion):
+//! 1. load pending requests lane by lane (replies, then scheduled, then bulk), oldest first,
+//!    each request read once — at start, after a pause, when a module job's commit wakes it
+//!    ([`Sender::wake`]) and when the queue ran dry (a module's `on_sent` may have queued a
+//!    follow-up, or a load filled its page); what a unit
+//!    of work queued is handed over after its commit ([`Sender::handoff`]) and put in its
+//!    place by lane and id without reading the outbox again, so a new reply goes ahead of a
 //!    queued mailing;
 //! 2. start each request whose chat has nothing in flight and whose limits allow it
 //!    ([`limits::Limits`]); at most [`MAX_IN_FLIGHT`] at once, one per chat, so a chat's
 //!    messages arrive in the order they were queued;
-//! 3. record each result in a short transaction — the row marked done with its outcome and
-//!    message id, and every enabled module's `on_sent` step — so a module reads what it sent
-//!    from the outbox, and history only records what Telegram accepted.
+//! 3. record the results in short transactions — every result that is in when one arrives is
+//!    recorded with it (group commit: one statement marks the rows done with their outcomes
+//!    and message ids, then every enabled module's `on_sent` step sees them all) — so a module
+//!    reads what it sent from the outbox, and history only records what Telegram accepted.
 //!
 //! Failures: a 429 pauses this bot's sender for exactly `retry_after` (other bots are not
-//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; any other refusal →
+//! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; 400 "message thread
+//! not found" (a deleted forum topic) → `thread_not_found`; any other refusal →
 //! `failed` with Telegram's text kept; network and server errors back off (1 s doubling to
 //! 30 s) and retry; an error teloxide cannot name is retried [`MAX_UNKNOWN_ATTEMPTS`] times,
 //! then `failed`; a revoked token ends the run. The bot's database out of reach pauses the
@@ -21,7 +27,7 @@
 //! never sent twice for that — so the run does not end for it. A crash between a send and its mark repeats
 //! that one send; nothing committed is lost, nothing uncommitted is sent.
 //!
-//! When the dispatcher has stopped, the sender delivers the pending replies (lane 0), then
+//! When the processor has stopped, the sender delivers the pending replies (lane 0), then
 //! ends; scheduled and bulk requests wait for the next run, and so does everything when
 //! Telegram asks to pause or fails while draining.
 
@@ -31,18 +37,18 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use teloxide::types::ChatId;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failures, RunFailure};
+use super::{Failures, RunFailure, Wakes};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Registry};
+use crate::modules::{ModuleError, Queued, Registry};
 use crate::telegram::{Delivery, DeliveryOutcome, Lane, Messenger, Request, TelegramError};
 use limits::{Limits, Wait};
 
@@ -72,13 +78,17 @@ pub struct Sender {
     pub registry: Registry,
     /// The bot's content (which modules are enabled).
     pub snapshot: SharedSnapshot,
-    /// Notified after every commit that queued requests.
+    /// Notified after a job's commit that queued requests (the sender reloads the outbox).
     pub wake: Arc<Notify>,
+    /// What committed units of work queued, handed over directly.
+    pub handoff: mpsc::UnboundedReceiver<Vec<Queued>>,
+    /// Per module: notified once a request it queued is recorded (its job may queue more).
+    pub delivered: Wakes,
     /// Where a revoked token or a database failure is reported.
     pub failures: Failures,
     /// Cancelled when the run fails: stop at once.
     pub stop: CancellationToken,
-    /// Cancelled when the dispatcher has stopped: deliver pending replies, then end.
+    /// Cancelled when the processor has stopped: deliver pending replies, then end.
     pub drain: CancellationToken,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
@@ -97,13 +107,17 @@ enum RecordError {
 
 impl Sender {
     /// Delivers until stopped (see the module docs).
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let limits = Limits::new();
-        let mut queue: VecDeque<OutboxRow> = VecDeque::new();
+        let mut queue: VecDeque<Entry> = VecDeque::new();
+        // Whether the outbox may hold pending requests the queue does not: at start, after a
+        // load that filled a page, after a job's wake-up or a pause.
         let mut reload = true;
+        let mut more_in_db = false;
         let mut in_flight = FuturesUnordered::new();
         let mut busy: HashSet<i64> = HashSet::new();
         let mut flying: HashSet<i64> = HashSet::new();
+        let mut recent = Recent::default();
         let mut paused_until: Option<Instant> = None;
         let mut backoff = BACKOFF_START;
         let mut last_prune: Option<Instant> = None;
@@ -120,7 +134,10 @@ impl Sender {
                 if reload {
                     reload = false;
                     match self.load(&flying).await {
-                        Ok(rows) => queue = rows,
+                        Ok((rows, full)) => {
+                            queue = rows;
+                            more_in_db = full;
+                        }
                         // The database is out of reach: back off and load again; a run that
                         // is draining leaves what is left for the next run.
                         Err(e) => {
@@ -135,7 +152,7 @@ impl Sender {
                     }
                 }
                 if draining {
-                    queue.retain(|r| Lane::from_i16(r.lane) == Lane::Reply);
+                    queue.retain(|e| Lane::from_i16(e.row.lane) == Lane::Reply);
                     if queue.is_empty() && in_flight.is_empty() {
                         break;
                     }
@@ -143,37 +160,52 @@ impl Sender {
                 let mut blocked = busy.clone();
                 let mut rest = VecDeque::with_capacity(queue.len());
                 let mut bot_full = false;
-                while let Some(row) = queue.pop_front() {
-                    if in_flight.len() >= MAX_IN_FLIGHT || blocked.contains(&row.chat_id) {
-                        rest.push_back(row);
+                while let Some(entry) = queue.pop_front() {
+                    let chat = entry.row.chat_id;
+                    if in_flight.len() >= MAX_IN_FLIGHT || blocked.contains(&chat) {
+                        rest.push_back(entry);
                         continue;
                     }
-                    blocked.insert(row.chat_id);
-                    let request: Request = match serde_json::from_value(row.request.0.clone()) {
+                    blocked.insert(chat);
+                    let request = match &entry.request {
                         Ok(r) => r,
                         Err(e) => {
-                            let outcome =
-                                DeliveryOutcome::Failed(format!("unreadable request: {e}"));
-                            if self.record_retrying(&row, None, outcome).await.is_err() {
+                            let record = Record {
+                                outcome: DeliveryOutcome::Failed(format!(
+                                    "unreadable request: {e}"
+                                )),
+                                row: entry.row,
+                                text: None,
+                            };
+                            if self
+                                .record_retrying(std::slice::from_ref(&record))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
+                            recent.insert(record.row.id);
                             continue;
                         }
                     };
                     if request.is_rate_limited() {
                         if bot_full {
-                            rest.push_back(row);
+                            rest.push_back(entry);
                             continue;
                         }
-                        if let Err(wait) = limits.try_send(row.chat_id) {
+                        if let Err(wait) = limits.try_send(chat) {
                             bot_full = matches!(wait, Wait::Bot(_));
                             let ready = now + wait.duration();
                             next_ready = Some(next_ready.map_or(ready, |t| t.min(ready)));
-                            rest.push_back(row);
+                            rest.push_back(entry);
                             continue;
                         }
                     }
-                    busy.insert(row.chat_id);
+                    let Entry { row, request } = entry;
+                    let Ok(request) = request else {
+                        unreachable!("an unreadable request was recorded above")
+                    };
+                    busy.insert(chat);
                     flying.insert(row.id);
                     let telegram = self.telegram.clone();
                     in_flight.push(async move {
@@ -197,25 +229,62 @@ impl Sender {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
+                // Checked before results, so a handed-over request that a load already
+                // brought is still in the queue or in flight when it arrives (and skipped).
+                Some(handed) = self.handoff.recv() => {
+                    if more_in_db || reload {
+                        // The queue is not the whole outbox: older requests of the same chats
+                        // may wait there, so the outbox decides the order.
+                        reload = true;
+                    } else {
+                        for q in handed {
+                            if flying.contains(&q.row.id) || recent.contains(q.row.id) {
+                                continue;
+                            }
+                            insert_ordered(&mut queue, Entry { row: q.row, request: Ok(q.request) });
+                        }
+                    }
+                }
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
-                    let (row, _, _): &Sent = &sent;
-                    busy.remove(&row.chat_id);
-                    flying.remove(&row.id);
-                    let id = row.id;
-                    queue.retain(|r| r.id != id);
-                    match self.finish(sent, &mut backoff).await {
-                        Ok(Next::Go) => {}
+                    // Every result that is in already is recorded with this one, in one
+                    // transaction (group commit).
+                    let mut done = vec![sent];
+                    while let Some(Some(more)) = in_flight.next().now_or_never() {
+                        done.push(more);
+                    }
+                    let mut records = Vec::with_capacity(done.len());
+                    let mut pause: Option<Duration> = None;
+                    for sent in done {
+                        let (row, _, _): &Sent = &sent;
+                        busy.remove(&row.chat_id);
+                        flying.remove(&row.id);
+                        let id = row.id;
+                        queue.retain(|e| e.row.id != id);
+                        match self.finish(sent, &mut backoff).await {
+                            Next::Go => {}
+                            Next::Record(record) => records.push(record),
+                            Next::Pause(d) => pause = Some(pause.map_or(d, |p| p.max(d))),
+                        }
+                    }
+                    // Stopped before the results could be recorded: those requests stay
+                    // pending and are sent again by the next run.
+                    if !records.is_empty() && self.record_retrying(&records).await.is_err() {
+                        break;
+                    }
+                    for record in &records {
+                        recent.insert(record.row.id);
+                    }
+                    if let Some(d) = pause {
                         // While draining, a pause ends the sender: what is left waits for the
                         // next run rather than holding this one's stop.
-                        Ok(Next::Pause(_)) if draining => break,
-                        Ok(Next::Pause(d)) => {
-                            paused_until = Some(Instant::now() + d);
-                            reload = true;
+                        if draining {
+                            break;
                         }
-                        // Stopped before the result could be recorded: the request stays
-                        // pending and is sent again by the next run.
-                        Err(_) => break,
+                        paused_until = Some(Instant::now() + d);
+                        reload = true;
                     }
+                    // A module's `on_sent` may have queued a follow-up (a feedback topic's
+                    // first message); a queue that ran dry looks at the outbox once.
                     if queue.is_empty() {
                         reload = true;
                     }
@@ -228,22 +297,30 @@ impl Sender {
     }
 
     /// Pending requests, minus those in flight (they are pending too until recorded, and
-    /// must not start twice; their chats' later requests wait behind them).
-    async fn load(&self, flying: &HashSet<i64>) -> Result<VecDeque<OutboxRow>, RecordError> {
+    /// must not start twice; their chats' later requests wait behind them), each request read
+    /// once; and whether the page was full (more may wait).
+    async fn load(&self, flying: &HashSet<i64>) -> Result<(VecDeque<Entry>, bool), RecordError> {
         let mut conn = self
             .db
             .acquire()
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
         let rows = store::pending_outbox(&mut conn, PAGE).await?;
-        Ok(rows
+        let full = rows.len() as i64 >= PAGE;
+        let queue = rows
             .into_iter()
             .filter(|r| !flying.contains(&r.id))
-            .collect())
+            .map(|row| {
+                let request = serde_json::from_value::<Request>(row.request.0.clone())
+                    .map_err(|e| e.to_string());
+                Entry { row, request }
+            })
+            .collect();
+        Ok((queue, full))
     }
 
-    /// Records what one request came to; says whether the sender must pause.
-    async fn finish(&self, sent: Sent, backoff: &mut Duration) -> Result<Next, RecordError> {
+    /// Reads what one request came to: a result to record, a pause, or nothing to do.
+    async fn finish(&self, sent: Sent, backoff: &mut Duration) -> Next {
         let bot_id = self.bot_id;
         let (row, request, result) = sent;
         let method = request.method();
@@ -253,14 +330,13 @@ impl Sender {
                 DeliveryOutcome::Sent(message_id)
             }
             Err(TelegramError::Blocked(_)) => DeliveryOutcome::Blocked,
-            Err(TelegramError::ChatNotFound) => {
-                tracing::warn!(
-                    bot_id,
-                    chat_id = row.chat_id,
-                    method,
-                    "Telegram refused the request: chat not found"
-                );
-                DeliveryOutcome::ChatNotFound
+            Err(e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound)) => {
+                tracing::warn!(bot_id, chat_id = row.chat_id, method, error = %e, "Telegram refused the request");
+                if e == TelegramError::ChatNotFound {
+                    DeliveryOutcome::ChatNotFound
+                } else {
+                    DeliveryOutcome::ThreadNotFound
+                }
             }
             Err(
                 TelegramError::Rejected { description, .. } | TelegramError::Conflict(description),
@@ -270,11 +346,11 @@ impl Sender {
             }
             Err(TelegramError::Unauthorized) => {
                 self.failures.report(RunFailure::Unauthorized);
-                return Ok(Next::Go);
+                return Next::Go;
             }
             Err(TelegramError::RetryAfter(wait)) => {
                 tracing::warn!(bot_id, method, retry_after = ?wait, "Telegram asked to slow down; the sender pauses");
-                return Ok(Next::Pause(wait));
+                return Next::Pause(wait);
             }
             Err(e @ (TelegramError::Transient(_) | TelegramError::Unknown(_))) => {
                 let text = e.to_string();
@@ -292,7 +368,7 @@ impl Sender {
                     // Not counted: the attempt is tried again all the same.
                     Err(e) => {
                         let wait = self.trouble(&e, backoff);
-                        return Ok(Next::Pause(wait));
+                        return Next::Pause(wait);
                     }
                 };
                 if matches!(e, TelegramError::Unknown(_)) && attempts >= MAX_UNKNOWN_ATTEMPTS {
@@ -302,35 +378,38 @@ impl Sender {
                     let wait = *backoff;
                     *backoff = (*backoff * 2).min(BACKOFF_MAX);
                     tracing::warn!(bot_id, method, error = %text, retry_in = ?wait, "send failed; retrying");
-                    return Ok(Next::Pause(wait));
+                    return Next::Pause(wait);
                 }
             }
         };
-        self.record_retrying(&row, request.text(), outcome).await?;
-        Ok(Next::Go)
+        Next::Record(Record {
+            text: request.text().map(str::to_owned),
+            row,
+            outcome,
+        })
     }
 
-    /// Marks a request done and lets every enabled module observe it, in one transaction.
-    async fn record(
-        &self,
-        row: &OutboxRow,
-        text: Option<&str>,
-        outcome: DeliveryOutcome,
-    ) -> Result<(), RecordError> {
-        let (message_id, error) = match &outcome {
-            DeliveryOutcome::Sent(id) => (id.map(i64::from), None),
-            DeliveryOutcome::Failed(e) => (None, Some(e.as_str())),
-            _ => (None, None),
-        };
-        let delivery = Delivery {
-            outbox_id: row.id,
-            origin: row.origin.clone(),
-            lane: Lane::from_i16(row.lane),
-            chat_id: row.chat_id,
-            user_id: row.user_id,
-            text: text.map(str::to_owned),
-            outcome: outcome.clone(),
-        };
+    /// Marks requests done and lets every enabled module observe them, in one transaction.
+    async fn record(&self, records: &[Record]) -> Result<(), RecordError> {
+        let mut done = store::FinishedSends::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len());
+        for Record { row, text, outcome } in records {
+            let (message_id, error) = match outcome {
+                DeliveryOutcome::Sent(id) => (id.map(i64::from), None),
+                DeliveryOutcome::Failed(e) => (None, Some(e.clone())),
+                _ => (None, None),
+            };
+            done.push(row.id, outcome.as_str(), message_id, error);
+            deliveries.push(Delivery {
+                outbox_id: row.id,
+                origin: row.origin.clone(),
+                lane: Lane::from_i16(row.lane),
+                chat_id: row.chat_id,
+                user_id: row.user_id,
+                text: text.clone(),
+                outcome: outcome.clone(),
+            });
+        }
         let snapshot = self.snapshot.load();
         let mut conn = self
             .db
@@ -338,13 +417,17 @@ impl Sender {
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        store::finish_outbox(&mut tx, row.id, outcome.as_str(), message_id, error).await?;
+        store::finish_outbox(&mut tx, &done).await?;
         for module in self.registry.enabled(&snapshot) {
-            module
-                .on_sent(&mut tx, std::slice::from_ref(&delivery))
-                .await?;
+            module.on_sent(&mut tx, &deliveries).await?;
         }
         tx.commit().await?;
+        let mut origins: Vec<&str> = records.iter().map(|r| r.row.origin.as_str()).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        for origin in origins {
+            self.delivered.wake(origin);
+        }
         Ok(())
     }
 
@@ -374,15 +457,10 @@ impl Sender {
     /// Records a result, retrying while the database is out of reach (the send happened:
     /// recording it later beats sending it twice). Gives up only when the run stops or
     /// drains; the request then stays pending and the next run sends it again.
-    async fn record_retrying(
-        &self,
-        row: &OutboxRow,
-        text: Option<&str>,
-        outcome: DeliveryOutcome,
-    ) -> Result<(), RecordError> {
+    async fn record_retrying(&self, records: &[Record]) -> Result<(), RecordError> {
         let mut backoff = BACKOFF_START;
         loop {
-            let error = match self.record(row, text, outcome.clone()).await {
+            let error = match self.record(records).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -406,10 +484,64 @@ impl Sender {
     }
 }
 
-/// What the loop does after recording a result.
+/// What the loop does with a request's result.
 enum Next {
-    /// Carry on.
+    /// Nothing to record (the run ends, or the request stays pending).
     Go,
+    /// Record it.
+    Record(Record),
     /// Pause the whole sender this long (429, or a backoff after an error).
     Pause(Duration),
+}
+
+/// A pending request in the sender's queue, its request read once.
+struct Entry {
+    row: OutboxRow,
+    request: Result<Request, String>,
+}
+
+/// Puts `entry` in its place in a queue ordered by lane, then id.
+fn insert_ordered(queue: &mut VecDeque<Entry>, entry: Entry) {
+    let key = (entry.row.lane, entry.row.id);
+    let at = queue.partition_point(|e| (e.row.lane, e.row.id) < key);
+    if queue.get(at).is_some_and(|e| e.row.id == entry.row.id) {
+        return;
+    }
+    queue.insert(at, entry);
+}
+
+/// Ids of the requests this run recorded lately (the last [`RECENT`]), so a hand-over that
+/// arrives after a load already sent and recorded its request cannot send it twice.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<i64>,
+    ids: HashSet<i64>,
+}
+
+/// How many recorded ids [`Recent`] remembers: far more than can be handed over between a
+/// commit and its hand-over being read.
+const RECENT: usize = 4096;
+
+impl Recent {
+    fn insert(&mut self, id: i64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
+/// A result to record: the row, the text the chat sees, and what Telegram made of it.
+struct Record {
+    row: OutboxRow,
+    text: Option<String>,
+    outcome: DeliveryOutcome,
 }
