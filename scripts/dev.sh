@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs botvisor locally in the foreground: PostgreSQL up, a dev panel database migrated, the
 # Bot API sandbox on $SANDBOX_ADDR (any well-formed token accepted), a demo bot registered
-# (menus, and the assistant answering /ask from the sandbox's model), and `botvisor serve`
+# (menus, and the assistant answering /ask from the sandbox's model), the web panel on
+# $PANEL_ADDR with a local owner (its URL and credentials printed), and `botvisor serve`
 # pointed at the sandbox. Ctrl-C stops everything.
 #
 # Every run (the first and every later one) prints ready-to-paste curl commands for the
@@ -14,6 +15,9 @@
 # Settings (environment):
 #   DEV_DB        the panel database, default botvisor_dev (created if missing)
 #   SANDBOX_ADDR  where the sandbox listens, default 127.0.0.1:8081
+#   PANEL_ADDR    where the web panel listens, default 127.0.0.1:8080
+#   DEV_OWNER     the local owner's login, default admin; DEV_PASSWORD its password
+#                 (default botvisor-dev-password; set again on every run)
 #   DEMO_TOKEN    the demo bot's token (a local sandbox token, not a Telegram one)
 #   BOTVISOR_MASTER_KEY_FILE  the master key sealing tokens and secrets; default
 #                 <cargo target dir>/dev-master.key, created by `botvisor keys init` when missing
@@ -27,6 +31,9 @@ cd "$(dirname "$0")/.."
 
 DEV_DB=${DEV_DB:-botvisor_dev}
 SANDBOX_ADDR=${SANDBOX_ADDR:-127.0.0.1:8081}
+PANEL_ADDR=${PANEL_ADDR:-127.0.0.1:8080}
+DEV_OWNER=${DEV_OWNER:-admin}
+DEV_PASSWORD=${DEV_PASSWORD:-botvisor-dev-password}
 DEMO_TOKEN=${DEMO_TOKEN:-123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0}
 CARGO=${CARGO:-cargo}
 
@@ -51,6 +58,8 @@ bin=$target_dir/debug/botvisor
 export BOTVISOR_PANEL_URL="postgres://postgres@127.0.0.1:5432/$DEV_DB"
 export BOTVISOR_TELEGRAM_API_URL="http://$SANDBOX_ADDR"
 export BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS=${BOTVISOR__SUPERVISOR__SHUTDOWN_DEADLINE_SECS:-5}
+# Plain HTTP on loopback: the session cookie cannot be Secure here.
+export BOTVISOR__PANEL_HTTP__COOKIE_SECURE=false
 export BOTVISOR_MASTER_KEY_FILE=${BOTVISOR_MASTER_KEY_FILE:-$target_dir/dev-master.key}
 [[ -f $BOTVISOR_MASTER_KEY_FILE ]] || "$bin" keys init --file "$BOTVISOR_MASTER_KEY_FILE"
 
@@ -58,7 +67,8 @@ export BOTVISOR_MASTER_KEY_FILE=${BOTVISOR_MASTER_KEY_FILE:-$target_dir/dev-mast
 
 "$bin" sandbox --listen "$SANDBOX_ADDR" --accept-any-token &
 sandbox_pid=$!
-trap 'kill "$sandbox_pid" 2>/dev/null || true' EXIT
+panel_pid=""
+trap 'kill "$sandbox_pid" $panel_pid 2>/dev/null || true' EXIT
 
 # The commands printed below must work as soon as they are pasted, before the daemon has
 # polled: wait (up to 10 s) until the sandbox answers, and register the demo token with it
@@ -87,6 +97,19 @@ else
   "$bin" bot set-token "$id" "$DEMO_TOKEN" >/dev/null
 fi
 
+# The web panel, with a local owner whose password is (re)set on every run.
+if "$bin" operator list | awk 'NR > 1 { print $1 }' | grep -qx "$DEV_OWNER"; then
+  printf '%s\n' "$DEV_PASSWORD" | "$bin" operator passwd "$DEV_OWNER" >/dev/null
+else
+  printf '%s\n' "$DEV_PASSWORD" | "$bin" operator add --login "$DEV_OWNER" --role owner --password-stdin >/dev/null
+fi
+"$bin" panel --listen "$PANEL_ADDR" &
+panel_pid=$!
+for _ in $(seq 1 100); do
+  kill -0 "$panel_pid" 2>/dev/null || die "the web panel exited; is $PANEL_ADDR already in use? (set PANEL_ADDR)"
+  if curl -sf "http://$PANEL_ADDR/login" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
 # The assistant module on the demo bot, answering /ask through the sandbox's deterministic
 # OpenAI-compatible model (docs/assistant.md); its API key is a bot secret like a real one.
 # Set on every run: the sandbox address may have changed.
@@ -125,5 +148,6 @@ dev: pipe a read into jq for readable JSON.
 
 EOF
 
+echo "dev: web panel http://$PANEL_ADDR/ - sign in as $DEV_OWNER / $DEV_PASSWORD (docs/panel-web.md)"
 echo "dev: panel $BOTVISOR_PANEL_URL, sandbox http://$SANDBOX_ADDR; starting botvisor serve (Ctrl-C stops)"
 "$bin" serve

@@ -18,8 +18,9 @@
 #      while the old daemon keeps running (migrations only add, so it copes);
 #   6. keeps the installed binary as <install path>.prev, installs the new one atomically
 #      (copy next to it, then rename);
-#   7. restarts botvisor (and ADMIN_PANEL_UNIT if set), then waits until it is active and
-#      running (Type=notify: READY=1 was sent) without restarting, for HEALTH_TIMEOUT seconds;
+#   7. restarts botvisor, the web panel (PANEL_UNIT, when that unit is installed) and
+#      ADMIN_PANEL_UNIT if set, then waits until each is active and running (the daemon is
+#      Type=notify: READY=1 was sent) without restarting, for HEALTH_TIMEOUT seconds;
 #   8. if it is not healthy: puts the .prev binary back, restarts, says so loudly, exits 1;
 #   9. prints a summary: old -> new commit, time taken, bots running.
 # `--dry-run` runs the checks of step 1, prints the plan (after a `git fetch`) and changes
@@ -30,6 +31,8 @@
 #   REPO_DIR            the checkout; default: this script's repository
 #   INSTALL_PATH        default /usr/local/bin/botvisor
 #   SERVICE             default botvisor;  ADMIN_PANEL_UNIT  another unit to restart (none)
+#   PANEL_UNIT          the web panel (`botvisor panel`), default botvisor-panel; restarted
+#                       when installed, skipped with a note when not; empty: never
 #   SYSTEMCTL           default systemctl;  CARGO  default cargo (or ~/.cargo/bin/cargo)
 #   HEALTH_TIMEOUT      seconds to wait for health, default 90
 #   HEALTH_SETTLE       seconds it must then stay up without a restart, default 5
@@ -61,6 +64,7 @@ REPO_DIR=${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 INSTALL_PATH=${INSTALL_PATH:-/usr/local/bin/botvisor}
 SERVICE=${SERVICE:-botvisor}
 ADMIN_PANEL_UNIT=${ADMIN_PANEL_UNIT:-}
+PANEL_UNIT=${PANEL_UNIT-botvisor-panel}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-90}
 HEALTH_SETTLE=${HEALTH_SETTLE:-5}
@@ -145,6 +149,16 @@ command -v jq >/dev/null 2>&1 || setup_problems+=("jq is not installed (apt-get 
 for unit in "$SERVICE" ${ADMIN_PANEL_UNIT:+"$ADMIN_PANEL_UNIT"}; do
   unit_loaded "$unit" || setup_problems+=("unit $unit is not installed ($SYSTEMCTL show $unit: not loaded)")
 done
+# The web panel is optional: restarted with the daemon when its unit is installed.
+units=("$SERVICE")
+if [[ -n $PANEL_UNIT ]]; then
+  if unit_loaded "$PANEL_UNIT"; then
+    units+=("$PANEL_UNIT")
+  else
+    say "note: $PANEL_UNIT is not installed; the web panel is not restarted (deploy/botvisor-panel.service)"
+  fi
+fi
+if [[ -n $ADMIN_PANEL_UNIT ]]; then units+=("$ADMIN_PANEL_UNIT"); fi
 if [[ $BACKUP_BEFORE_MIGRATE == 1 ]] && ! unit_loaded "$BACKUP_UNIT"; then
   setup_problems+=("backup unit $BACKUP_UNIT is not installed: install deploy/botvisor-backup.service, or set BACKUP_BEFORE_MIGRATE=0 to migrate without a backup")
 fi
@@ -181,7 +195,7 @@ if ((dry_run)); then
   if [[ $BACKUP_BEFORE_MIGRATE == 1 ]]; then plan "$SYSTEMCTL start $BACKUP_UNIT (backup of every database)"; fi
   plan "<new binary> migrate; <new binary> migrate --all-bots"
   plan "copy $INSTALL_PATH to $INSTALL_PATH.prev; install the new binary at $INSTALL_PATH"
-  plan "$SYSTEMCTL restart $SERVICE${ADMIN_PANEL_UNIT:+ $ADMIN_PANEL_UNIT}; wait up to ${HEALTH_TIMEOUT}s until active and running"
+  plan "$SYSTEMCTL restart ${units[*]}; wait up to ${HEALTH_TIMEOUT}s until active and running"
   plan "if unhealthy: put $INSTALL_PATH.prev back and restart"
   exit 0
 fi
@@ -291,11 +305,11 @@ healthy() {
 
 restart_and_check() {
   local unit ok=0
-  for unit in "$SERVICE" ${ADMIN_PANEL_UNIT:+"$ADMIN_PANEL_UNIT"}; do
+  for unit in "${units[@]}"; do
     step "restarting $unit"
     "$SYSTEMCTL" restart "$unit" || say "systemctl restart $unit failed"
   done
-  for unit in "$SERVICE" ${ADMIN_PANEL_UNIT:+"$ADMIN_PANEL_UNIT"}; do
+  for unit in "${units[@]}"; do
     step "waiting for $unit to be healthy (up to ${HEALTH_TIMEOUT}s)"
     if healthy "$unit"; then say "$unit is active and running"; else ok=1; fi
   done

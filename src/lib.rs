@@ -3,8 +3,10 @@
 //! Module map, in layer order (an import may only point down this list; `tests/layers.rs`
 //! enforces it — see docs/architecture.md):
 //! - edges: [`cli`] (clap + terminal rendering), [`app`] (`botvisor serve` wired together,
-//!   signals, systemd notify), [`sandbox`] (a local Telegram Bot API emulator);
-//! - operators' rules: [`admin`] (validated writes shared by the CLI and the coming HTTP API);
+//!   signals, systemd notify), [`web`] (`botvisor panel`: the web admin panel and the HTTP
+//!   API), [`sandbox`] (a local Telegram Bot API emulator);
+//! - operators' rules: [`admin`] (validated writes shared by the CLI, the HTTP API and the web
+//!   pages);
 //! - control plane: [`control`] (the reconcile loop, its pure planner, slots, restart policy,
 //!   bot states) — decides, never talks to Telegram;
 //! - data plane: [`runtime`] (one hosted bot: provision, getMe, module jobs, the update intake,
@@ -35,3 +37,4 @@ pub mod tasks;
 pub mod telegram;
 pub mod telemetry;
 pub mod token;
+pub mod web;

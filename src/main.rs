@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use botvisor::cli::{Cli, CliError, Command, run_admin, sandbox, serve};
+use botvisor::cli::{Cli, CliError, Command, panel, run_admin, sandbox, serve};
 use botvisor::settings::LogSettings;
 use clap::Parser;
 use clap::error::ErrorKind;
@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
     let result: Result<(), CliError> = match &cli.command {
         Command::Serve => serve(&cli, &env).await,
         Command::Sandbox(args) => sandbox(args).await,
+        Command::Panel(args) => panel(&cli, args, &env).await,
         _ => {
             // Admin commands log only warnings: their output is the result.
             botvisor::telemetry::init(&LogSettings {

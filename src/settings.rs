@@ -51,8 +51,38 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The web admin panel and HTTP API (`botvisor panel`).
+    pub panel_http: PanelHttpSettings,
     /// Secrets at rest: the master key.
     pub secrets: SecretsSettings,
+}
+
+/// Settings of `botvisor panel`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PanelHttpSettings {
+    /// Address to listen on (`--listen` overrides it); keep it on loopback behind a TLS
+    /// reverse proxy.
+    pub listen: String,
+    /// The URL operators open (behind the proxy), e.g. `https://panel.example.com`; printed
+    /// at start and used in links. Empty: `http://<listen>`.
+    pub public_base_url: String,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Turn it off only for plain
+    /// HTTP on loopback during development.
+    pub cookie_secure: bool,
+    /// Hours a session lasts after sign-in.
+    pub session_hours: u64,
+}
+
+impl Default for PanelHttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_base_url: String::new(),
+            cookie_secure: true,
+            session_hours: 12,
+        }
+    }
 }
 
 /// Secrets-at-rest settings.
@@ -433,6 +463,35 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "telegram.poll_timeout_secs",
                 reason: "must be between 1 and 15 (under the HTTP client's 17 s timeout)".into(),
+            });
+        }
+        if self
+            .panel_http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "panel_http.listen",
+                reason: format!(
+                    "{:?} is not an address such as 127.0.0.1:8080",
+                    self.panel_http.listen
+                ),
+            });
+        }
+        if !self.panel_http.public_base_url.is_empty()
+            && !url::Url::parse(&self.panel_http.public_base_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "panel_http.public_base_url",
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if !(1..=24 * 90).contains(&self.panel_http.session_hours) {
+            return Err(ConfigError::Invalid {
+                key: "panel_http.session_hours",
+                reason: "must be between 1 and 2160 (90 days)".into(),
             });
         }
         if self.secrets.master_key_file.trim().is_empty() {

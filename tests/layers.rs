@@ -15,9 +15,14 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     rules.insert(
         "cli",
         &[
-            "admin", "app", "sandbox", "control", "runtime", "modules", "telegram", "content",
-            "panel", "botdb", "schema",
+            "admin", "app", "web", "sandbox", "control", "runtime", "modules", "telegram",
+            "content", "panel", "botdb", "schema",
         ],
+    );
+    // The web panel and HTTP API: the operators' rules and what they hand out.
+    rules.insert(
+        "web",
+        &["admin", "modules", "content", "panel", "botdb", "schema"],
     );
     rules.insert(
         "app",

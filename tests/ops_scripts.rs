@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tempfile::TempDir;
 
+mod common;
+use common::free_address;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -182,6 +185,8 @@ impl Deploy {
             .env("FAKE_BOTVISOR_LOG", self.path("botvisor.log"))
             .env("FAKE_SERVICE_BINARY", self.installed())
             .env_remove("ADMIN_PANEL_UNIT")
+            // The web panel's unit is covered by its own tests below.
+            .env("PANEL_UNIT", "")
             .env_remove("BACKUP_BEFORE_MIGRATE")
             .env_remove("CARGO_TARGET_DIR");
         for (k, v) in extra_env {
@@ -199,6 +204,48 @@ fn version_of(path: &Path) -> String {
         .find_map(|l| l.strip_prefix("VERSION="))
         .unwrap()
         .to_string()
+}
+
+#[test]
+fn update_restarts_the_web_panel_when_its_unit_is_installed() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    let out = d.update(
+        &[],
+        &[
+            ("PANEL_UNIT", "botvisor-panel"),
+            ("BACKUP_BEFORE_MIGRATE", "0"),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        d.systemctl_actions(),
+        ["restart botvisor", "restart botvisor-panel"],
+        "{all}"
+    );
+    assert!(
+        all.contains("botvisor-panel is active and running"),
+        "{all}"
+    );
+}
+
+#[test]
+fn update_goes_on_without_a_web_panel_unit() {
+    let d = Deploy::new();
+    d.commit("v2", "healthy", false);
+    let out = d.update(
+        &[],
+        &[
+            ("PANEL_UNIT", "botvisor-panel"),
+            ("BACKUP_BEFORE_MIGRATE", "0"),
+            ("FAKE_MISSING_UNITS", "botvisor-panel"),
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(d.systemctl_actions(), ["restart botvisor"], "{all}");
+    assert!(all.contains("botvisor-panel is not installed"), "{all}");
 }
 
 #[test]
@@ -1122,12 +1169,17 @@ struct DevRun {
 
 impl DevRun {
     fn start(dbs: &Dbs, dir: &Path, sandbox: &str) -> DevRun {
+        Self::start_with_panel(dbs, dir, sandbox, &free_address())
+    }
+
+    fn start_with_panel(dbs: &Dbs, dir: &Path, sandbox: &str, panel: &str) -> DevRun {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut child = Command::new("bash")
             .arg(script("dev.sh"))
             .env("DEV_DB", dbs.name("dev"))
             .env("SANDBOX_ADDR", sandbox)
+            .env("PANEL_ADDR", panel)
             .env("CARGO", fixture("fake-cargo"))
             .env("FAKE_CARGO_BIN", botvisor_bin())
             .env("FAKE_CARGO_LOG", dir.join("cargo.log"))
@@ -1232,18 +1284,38 @@ fn dev_prints_commands_that_talk_to_the_demo_bot() {
     }
     let dbs = Dbs::new();
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let sandbox = format!("127.0.0.1:{port}");
+    let sandbox = free_address();
     let token = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0";
 
     // First run: the binary is found in CARGO_TARGET_DIR (not target/debug), the demo bot
-    // is registered and the commands carry its real token.
-    let dev = DevRun::start(&dbs, tmp.path(), &sandbox);
+    // is registered and the commands carry its real token; the web panel runs, and its
+    // printed credentials sign in.
+    let panel = free_address();
+    let dev = DevRun::start_with_panel(&dbs, tmp.path(), &sandbox, &panel);
     let printed = dev.printed.join("\n");
+    assert!(
+        printed.contains(&format!(
+            "dev: web panel http://{panel}/ - sign in as admin / botvisor-dev-password"
+        )),
+        "{printed}"
+    );
+    let session = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"login": "admin", "password": "botvisor-dev-password"}"#,
+        &format!("http://{panel}/api/v1/session"),
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&session.stdout),
+        "200",
+        "sign-in with the printed credentials"
+    );
     assert!(printed.contains("registered the demo bot"), "{printed}");
     assert!(printed.contains(token), "the real token: {printed}");
     assert!(!printed.contains("****"), "{printed}");
@@ -1375,6 +1447,33 @@ fn units_have_required_keys() {
     assert!(num("StartLimitBurst") >= 3, "survives a few quick crashes");
     assert!(num("StartLimitIntervalSec") >= num("RestartSec") * num("StartLimitBurst"));
 
+    // The web panel's unit: hardened like the daemon's, its own command.
+    let p = unit_keys("botvisor-panel.service");
+    for key in [
+        "Restart",
+        "User",
+        "Group",
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "EnvironmentFile",
+        "RestrictAddressFamilies",
+        "CapabilityBoundingSet",
+        "SystemCallFilter",
+        "MemoryDenyWriteExecute",
+    ] {
+        assert_eq!(
+            value(&p, key),
+            value(&s, key),
+            "botvisor-panel.service {key}"
+        );
+    }
+    assert_eq!(
+        value(&p, "ExecStart"),
+        "/usr/local/bin/botvisor --config /etc/botvisor/botvisor.toml panel"
+    );
+
     let b = unit_keys("botvisor-backup.service");
     assert_eq!(value(&b, "Type"), "oneshot");
     assert_eq!(value(&b, "User"), "botvisor");
@@ -1399,6 +1498,7 @@ fn units_pass_systemd_analyze_verify() {
     let mut units = Vec::new();
     for name in [
         "botvisor.service",
+        "botvisor-panel.service",
         "botvisor-backup.service",
         "botvisor-backup.timer",
     ] {

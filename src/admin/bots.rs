@@ -13,6 +13,17 @@ use crate::mask::{mask_token, mask_url};
 use crate::panel::{BotRecord, BotStatus, store};
 use crate::token::BotToken;
 
+/// The states a bot's status can have (`bot_status.state`), in the order lists show them.
+pub const BOT_STATES: [&str; 7] = [
+    "starting",
+    "running",
+    "backoff",
+    "failed",
+    "auth_failed",
+    "quarantined",
+    "stopped",
+];
+
 /// Longest bot name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -45,7 +56,7 @@ pub enum DatabaseFate {
 }
 
 /// A bot as every interface shows it: the token masked, the status joined.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BotView {
     /// Panel id.
     pub id: i64,
@@ -135,6 +146,19 @@ impl Admin {
             },
         )
         .await?;
+        store::claim_first_manifest_version(&self.pool, id, &self.actor).await?;
+        self.audit(
+            "bot.add",
+            Some(id),
+            bot.name,
+            None,
+            Some(serde_json::json!({
+                "name": bot.name,
+                "token": token.to_string(),
+                "enabled": bot.enabled,
+            })),
+        )
+        .await?;
         Ok(id)
     }
 
@@ -161,20 +185,40 @@ impl Admin {
 
     /// Enables or disables a bot (the daemon starts or stops it).
     pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), AdminError> {
-        Ok(store::set_enabled(&self.pool, id, enabled).await?)
+        let before = store::get_bot(&self.pool, id).await?.enabled;
+        store::set_enabled(&self.pool, id, enabled).await?;
+        let action = if enabled { "bot.enable" } else { "bot.disable" };
+        let value = |v: bool| Some(serde_json::json!({ "enabled": v }));
+        self.audit(action, Some(id), "", value(before), value(enabled))
+            .await
     }
 
     /// Replaces a bot's token (the daemon restarts it with the new one); returns it validated.
     pub async fn set_token(&self, id: i64, token: &str) -> Result<BotToken, AdminError> {
         let token = BotToken::parse(token)?;
-        store::set_token(&self.pool, &*self.keys()?, id, &token).await?;
+        let keys = self.keys()?;
+        let before = self.masked_token(&store::get_bot(&self.pool, id).await?);
+        store::set_token(&self.pool, &keys, id, &token).await?;
+        let value = |v: String| Some(serde_json::json!({ "token": v }));
+        self.audit(
+            "bot.set_token",
+            Some(id),
+            "",
+            value(before),
+            value(token.masked()),
+        )
+        .await?;
         Ok(token)
     }
 
     /// Renames a bot.
     pub async fn rename_bot(&self, id: i64, name: &str) -> Result<(), AdminError> {
         validate_name(name)?;
-        Ok(store::rename_bot(&self.pool, id, name).await?)
+        let before = store::get_bot(&self.pool, id).await?.name;
+        store::rename_bot(&self.pool, id, name).await?;
+        let value = |v: &str| Some(serde_json::json!({ "name": v }));
+        self.audit("bot.rename", Some(id), "", value(&before), value(name))
+            .await
     }
 
     /// Removes a bot and its texts once `confirmed`; its database is dropped only with
@@ -209,6 +253,14 @@ impl Admin {
             return Err(AdminError::InvalidDatabase(crate::mask::error_line(e)));
         }
         store::remove_bot(&self.pool, id).await?;
+        self.audit(
+            "bot.remove",
+            Some(id),
+            &bot.name,
+            Some(serde_json::json!({"name": bot.name, "token": self.masked_token(&bot)})),
+            Some(serde_json::json!({ "drop_database": drop_database })),
+        )
+        .await?;
         Ok(match (drop_database, target) {
             (true, Ok(target)) => {
                 if target.drop_database().await? {

@@ -1,6 +1,7 @@
-//! A chat's message history, read from the bot's own database.
+//! What a bot's own database holds about its users: the users and each chat's history.
 
 use super::{Admin, AdminError};
+use crate::modules::core::store::{self as users, UserRecord};
 use crate::modules::history::store::{self, MessageRecord};
 
 impl Admin {
@@ -15,5 +16,20 @@ impl Admin {
         let messages = store::chat_history(&mut conn, chat, limit).await;
         let _ = sqlx::Connection::close(conn).await;
         messages.map_err(AdminError::BotDbQuery)
+    }
+
+    /// Bot `id`'s users, the latest seen first (a page of `limit` after `offset`), only those
+    /// matching `search` (a part of the name, username or id) when given.
+    pub async fn list_users(
+        &self,
+        id: i64,
+        search: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<UserRecord>, AdminError> {
+        let (mut conn, _) = self.bot_conn(id).await?;
+        let list = users::list_users(&mut conn, search, limit.clamp(1, 1000), offset.max(0)).await;
+        let _ = sqlx::Connection::close(conn).await;
+        list.map_err(AdminError::BotDbQuery)
     }
 }

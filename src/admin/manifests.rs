@@ -13,7 +13,7 @@ use crate::content::manifest::{Manifest, ManifestError};
 use crate::panel::store;
 
 /// What replacing a manifest changed, by top-level key (its sections and common keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ManifestChange {
     /// Keys the new manifest has and the old one did not.
     pub added: Vec<String>,
@@ -86,8 +86,11 @@ impl Admin {
     ) -> Result<ManifestChange, AdminError> {
         let manifest = self.validate_manifest(text)?;
         let old = self.manifest(id).await?;
-        let change = ManifestChange::between(&old, &manifest.to_value());
-        store::set_manifest(&self.pool, id, &manifest).await?;
+        let new = manifest.to_value();
+        let change = ManifestChange::between(&old, &new);
+        store::set_manifest_as(&self.pool, id, &manifest, &self.actor).await?;
+        self.audit("manifest.replace", Some(id), "", Some(old), Some(new))
+            .await?;
         Ok(change)
     }
 

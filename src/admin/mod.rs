@@ -13,10 +13,15 @@
 //! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs;
 //! - [`secrets`]: a bot's named secrets, sealed with the master key;
 //! - [`keys`]: rotating the master key;
-//! - [`data`]: erasing a bot; exporting and erasing one user's rows.
+//! - [`data`]: erasing a bot; exporting and erasing one user's rows;
+//! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
+//! - [`versions`]: the history of texts and manifests, and rollback.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
+//!
+//! Every change is written to the audit log as the service's actor ([`Admin::acting_as`]),
+//! and the version triggers record the same actor.
 
 pub mod bots;
 pub mod broadcasts;
@@ -24,9 +29,11 @@ pub mod data;
 pub mod history;
 pub mod keys;
 pub mod manifests;
+pub mod operators;
 pub mod schedules;
 pub mod secrets;
 pub mod texts;
+pub mod versions;
 
 use std::sync::{Arc, Mutex};
 
@@ -116,6 +123,18 @@ pub enum AdminError {
     /// Reading the bot's database failed.
     #[error("cannot read the bot's database")]
     BotDbQuery(#[source] sqlx::Error),
+    /// An operator's login, role, password or bot list is not acceptable.
+    #[error("{0}")]
+    InvalidOperator(String),
+    /// The login or password is wrong (which one is not said).
+    #[error("wrong login or password")]
+    BadCredentials,
+    /// The operator's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A version asked for does not exist.
+    #[error("{0}")]
+    NoSuchVersion(String),
 }
 
 impl AdminError {
@@ -139,6 +158,7 @@ pub struct Admin {
     pool: PgPool,
     settings: Arc<Settings>,
     registry: Registry,
+    actor: String,
     keys: Arc<Mutex<Option<Arc<Keyring>>>>,
 }
 
@@ -154,8 +174,23 @@ impl Admin {
             pool,
             settings,
             registry,
+            actor: "cli".to_owned(),
             keys: Arc::default(),
         }
+    }
+
+    /// The same service, recording its changes (audit log, versions) as `actor`, e.g.
+    /// `panel:alice` or `cli:root`.
+    pub fn acting_as(&self, actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Who this service's changes are recorded as.
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     /// The master keys, read from `secrets.master_key_file` on first use.

@@ -38,7 +38,22 @@ impl Admin {
         value: &str,
     ) -> Result<String, AdminError> {
         let lang = self.default_lang(id, lang).await?;
-        store::set_text(&self.pool, id, key, &lang, value).await?;
+        let before = store::get_text(&self.pool, id, key, &lang).await?;
+        store::import_texts_as(
+            &self.pool,
+            id,
+            &[(key.to_owned(), lang.clone(), value.to_owned())],
+            &self.actor,
+        )
+        .await?;
+        self.audit(
+            "text.set",
+            Some(id),
+            &format!("{key} [{lang}]"),
+            before.map(|t| serde_json::Value::String(t.value)),
+            Some(serde_json::Value::String(value.to_owned())),
+        )
+        .await?;
         Ok(lang)
     }
 
@@ -72,7 +87,16 @@ impl Admin {
         lang: Option<&str>,
     ) -> Result<String, AdminError> {
         let lang = self.default_lang(id, lang).await?;
-        if store::delete_text(&self.pool, id, key, &lang).await? {
+        let before = store::get_text(&self.pool, id, key, &lang).await?;
+        if store::delete_text_as(&self.pool, id, key, &lang, &self.actor).await? {
+            self.audit(
+                "text.delete",
+                Some(id),
+                &format!("{key} [{lang}]"),
+                before.map(|t| serde_json::Value::String(t.value)),
+                None,
+            )
+            .await?;
             Ok(lang)
         } else {
             Err(AdminError::NoSuchText {
@@ -93,7 +117,15 @@ impl Admin {
     ) -> Result<usize, AdminError> {
         let lang = self.default_lang(id, None).await?;
         let texts = parse_texts(document, format, &lang)?;
-        store::import_texts(&self.pool, id, &texts).await?;
+        store::import_texts_as(&self.pool, id, &texts, &self.actor).await?;
+        self.audit(
+            "text.import",
+            Some(id),
+            "",
+            None,
+            Some(serde_json::json!({ "texts": texts.len() })),
+        )
+        .await?;
         Ok(texts.len())
     }
 

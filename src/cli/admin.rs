@@ -29,6 +29,7 @@ impl From<AdminError> for CliError {
 pub(super) async fn run(
     command: &Command,
     settings: &Settings,
+    actor: String,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     if let Command::Config(ConfigCommand::Check { offline }) = command {
@@ -39,7 +40,7 @@ pub(super) async fn run(
         return super::migrate::migrate(args, settings, &options, out).await;
     }
     let pool = panel::connect(&options, 2).await?;
-    let admin = Admin::new(pool.clone(), Arc::new(settings.clone()));
+    let admin = Admin::new(pool.clone(), Arc::new(settings.clone())).acting_as(actor);
     let result = match command {
         Command::Bot(cmd) => bot(cmd, &admin, out).await,
         Command::Text(cmd) => text(cmd, &admin, out).await,
@@ -62,6 +63,7 @@ pub(super) async fn run(
             }
             Ok(())
         }
+        Command::Operator(cmd) => super::operators::operator(cmd, &admin, out).await,
         Command::Keys(crate::cli::KeysCommand::Rotate { batch_size }) => {
             let r = admin.rotate_keys(*batch_size).await?;
             writeln!(
@@ -83,7 +85,11 @@ pub(super) async fn run(
             )?;
             Ok(())
         }
-        Command::Keys(_) | Command::Migrate(_) | Command::Serve | Command::Sandbox(_) => {
+        Command::Keys(_)
+        | Command::Migrate(_)
+        | Command::Serve
+        | Command::Sandbox(_)
+        | Command::Panel(_) => {
             unreachable!("handled by the caller or above")
         }
     };
@@ -458,6 +464,9 @@ async fn text(cmd: &TextCommand, admin: &Admin, out: &mut dyn Write) -> Result<(
                 serde_json::to_string_pretty(&map).unwrap_or_default()
             )?;
         }
+        TextCommand::History { .. } | TextCommand::Rollback { .. } => {
+            super::operators::text_versions(cmd, admin, out).await?;
+        }
     }
     Ok(())
 }
@@ -487,6 +496,9 @@ async fn manifest(cmd: &ConfigCommand, admin: &Admin, out: &mut dyn Write) -> Re
                 serde_json::to_string_pretty(&manifest).unwrap_or_default()
             )?;
         }
+        ConfigCommand::History { .. } | ConfigCommand::Rollback { .. } => {
+            super::operators::manifest_versions(cmd, admin, out).await?;
+        }
         ConfigCommand::Check { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -501,7 +513,7 @@ async fn warn_about_texts(admin: &Admin, id: i64) -> Result<(), CliError> {
 }
 
 /// Prints what a manifest change does, by top-level key.
-fn write_change(change: &ManifestChange, out: &mut dyn Write) -> Result<(), CliError> {
+pub(super) fn write_change(change: &ManifestChange, out: &mut dyn Write) -> Result<(), CliError> {
     if change.is_empty() {
         writeln!(out, "no changes")?;
     }

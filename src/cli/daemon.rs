@@ -100,3 +100,49 @@ pub async fn serve(cli: &Cli, env: &HashMap<String, String>) -> Result<(), CliEr
         )))
     }
 }
+
+/// Runs `botvisor panel` (the web admin panel and HTTP API) until SIGTERM/SIGINT, then lets
+/// requests in flight finish and exits 0.
+pub async fn panel(
+    cli: &Cli,
+    args: &super::PanelArgs,
+    env: &HashMap<String, String>,
+) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let settings = load_settings(cli, env)?;
+    crate::telemetry::init(&settings.log);
+    let signal_error =
+        |e: std::io::Error| CliError::failure(format!("cannot install signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let options = settings.panel_connect_options()?;
+    let pool = crate::panel::connect(&options, 8).await?;
+    let admin = crate::admin::Admin::new(pool.clone(), std::sync::Arc::new(settings.clone()));
+    let server = crate::web::PanelServer::bind(admin, &settings, args.listen)
+        .await
+        .map_err(|e| CliError::input(error_line(&e)))?;
+    let url = if settings.panel_http.public_base_url.is_empty() {
+        format!("http://{}", server.local_addr())
+    } else {
+        settings.panel_http.public_base_url.clone()
+    };
+    tracing::info!(url = %url, "panel ready");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stopper = shutdown.clone();
+    let signals = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+            () = stopper.cancelled() => {}
+        }
+        stopper.cancel();
+    };
+    let run = async {
+        let r = server.run(shutdown.clone()).await;
+        shutdown.cancel();
+        r
+    };
+    let (result, ()) = tokio::join!(run, signals);
+    pool.close().await;
+    result.map_err(|e| CliError::failure(error_line(&e)))
+}

@@ -8,9 +8,10 @@ mod admin;
 mod daemon;
 mod mailing;
 mod migrate;
+mod operators;
 mod secret;
 
-pub use daemon::{sandbox, serve};
+pub use daemon::{panel, sandbox, serve};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -32,15 +33,7 @@ pub const VERSION: &str = concat!(
 );
 
 /// The states a bot's status can have, as `bot list --state` accepts them.
-pub const BOT_STATES: [&str; 7] = [
-    "starting",
-    "running",
-    "backoff",
-    "failed",
-    "auth_failed",
-    "quarantined",
-    "stopped",
-];
+pub use crate::admin::bots::BOT_STATES;
 
 /// Hosts many Telegram bots in one process, each with its own PostgreSQL database.
 #[derive(Debug, Parser)]
@@ -108,6 +101,72 @@ pub enum Command {
     Reload {
         /// The bot's id; omit to reload every bot.
         id: Option<i64>,
+    },
+    /// Manage the operators of the web panel and the HTTP API.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Run the web admin panel and the HTTP API (/api/v1) until SIGTERM/SIGINT; see
+    /// docs/panel-web.md.
+    Panel(PanelArgs),
+}
+
+/// Arguments of `botvisor panel`.
+#[derive(Debug, Args)]
+pub struct PanelArgs {
+    /// Address to listen on; default: panel_http.listen of the settings (127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `botvisor operator` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Add an operator; the password is read from the first line of standard input.
+    Add {
+        /// The login (letters, digits, _ . - @; up to 64 characters).
+        #[arg(long)]
+        login: String,
+        /// owner (everything, operators), admin (every bot) or editor (texts and manifests
+        /// of the listed bots).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["owner", "admin", "editor"]))]
+        role: String,
+        /// The bots an editor may change: ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        bots: Vec<i64>,
+        /// Read the password from standard input (required: a password is never an argument,
+        /// which every user of the machine could see).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List operators: login, role, bots.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator (not the last owner).
+    Remove {
+        /// The login.
+        login: String,
+    },
+    /// Set an operator's password, read from standard input; its sessions end.
+    Passwd {
+        /// The login.
+        login: String,
+    },
+    /// Create an API key for an operator and print it once (only its hash is kept).
+    Key {
+        /// The login.
+        login: String,
+    },
+    /// Show the audit log, newest first.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -470,6 +529,32 @@ pub enum TextCommand {
         /// The bot's id.
         id: i64,
     },
+    /// List a text's versions, newest first: version, when, who, value.
+    History {
+        /// The bot's id.
+        id: i64,
+        /// The text key.
+        key: String,
+        /// Language; default: the manifest's default_language.
+        #[arg(long)]
+        lang: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a text back as one of its versions left it.
+    Rollback {
+        /// The bot's id.
+        id: i64,
+        /// The text key.
+        key: String,
+        /// The version (see `text history`).
+        #[arg(value_name = "VERSION")]
+        number: i64,
+        /// Language; default: the manifest's default_language.
+        #[arg(long)]
+        lang: Option<String>,
+    },
 }
 
 /// `botvisor user` subcommands.
@@ -578,6 +663,22 @@ pub enum ConfigCommand {
         /// The bot's id.
         id: i64,
     },
+    /// List a bot's manifest versions, newest first: version, when, who, keys changed.
+    History {
+        /// The bot's id.
+        id: i64,
+        /// Print JSON (with every version's manifest) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a bot's manifest back as one of its versions wrote it (validated again).
+    Rollback {
+        /// The bot's id.
+        id: i64,
+        /// The version (see `config history`).
+        #[arg(value_name = "VERSION")]
+        number: i64,
+    },
 }
 
 /// A command's failure, with the exit code it maps to.
@@ -665,7 +766,13 @@ pub async fn run_admin(
         return keys_init(&path, out);
     }
     let settings = load_settings(cli, env)?;
-    admin::run(&cli.command, &settings, out).await
+    let actor = format!(
+        "cli:{}",
+        env.get("SUDO_USER")
+            .or_else(|| env.get("USER"))
+            .map_or("unknown", String::as_str)
+    );
+    admin::run(&cli.command, &settings, actor, out).await
 }
 
 /// `keys init`: a new master key file at `path`.

@@ -7,6 +7,7 @@
 //! Every write to `bots` or `bot_texts` notifies through triggers (migrations/panel), so the
 //! CLI, an external admin panel and plain psql all wake the supervisor the same way.
 
+pub mod access;
 pub mod listener;
 pub mod store;
 
@@ -68,6 +69,12 @@ pub enum PanelError {
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// No operator has this login.
+    #[error("no operator with login {0:?}")]
+    OperatorNotFound(String),
+    /// The login is taken.
+    #[error("an operator with login {0:?} already exists")]
+    DuplicateLogin(String),
     /// A text is invalid.
     #[error("{key} [{lang}]: {source}")]
     Text {
@@ -173,7 +180,7 @@ impl BotRecord {
 }
 
 /// What a bot's owner last reported.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BotStatus {
     /// The bot.
     pub bot_id: i64,
@@ -207,7 +214,7 @@ pub struct InstanceRecord {
 }
 
 /// A text row.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TextRecord {
     /// Key.
     pub key: String,

@@ -3,6 +3,9 @@
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
+use super::access::{
+    AuditRecord, ManifestVersion, NewAudit, OperatorRecord, SessionRecord, TextVersion,
+};
 use super::{BotRecord, BotStatus, InstanceRecord, PanelError, SecretRecord, TextRecord};
 use crate::content::manifest::Manifest;
 use crate::crypto::{KeyId, Keyring, secret_aad, token_aad};
@@ -355,12 +358,42 @@ pub async fn clear_token_count(pool: &PgPool) -> Result<i64, PanelError> {
 
 /// Replaces a bot's manifest.
 pub async fn set_manifest(pool: &PgPool, id: i64, manifest: &Manifest) -> Result<(), PanelError> {
+    set_manifest_as(pool, id, manifest, "").await
+}
+
+/// Replaces a bot's manifest; its version is recorded as written by `actor` (empty: the
+/// database user, as for any SQL writer).
+pub async fn set_manifest_as(
+    pool: &PgPool,
+    id: i64,
+    manifest: &Manifest,
+    actor: &str,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, actor).await?;
     let r = sqlx::query("UPDATE bots SET manifest = $2 WHERE id = $1")
         .bind(id)
         .bind(Json(manifest.to_value()))
-        .execute(pool)
+        .execute(&mut *tx)
         .await;
-    expect_one(r, id, "")
+    expect_one(r, id, "")?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A transaction whose writes the version triggers record as `actor` (`botvisor.actor`,
+/// migrations/panel/0004); an empty actor leaves the database user.
+pub async fn begin_as(
+    pool: &PgPool,
+    actor: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, PanelError> {
+    let mut tx = pool.begin().await?;
+    if !actor.is_empty() {
+        sqlx::query("SELECT set_config('botvisor.actor', $1, true)")
+            .bind(actor)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
 }
 
 /// Deletes a bot (its texts and status go with it) and returns the deleted row.
@@ -422,6 +455,26 @@ pub async fn set_text(
     .await
 }
 
+/// Deletes one text as `actor` (see [`begin_as`]); returns whether it existed.
+pub async fn delete_text_as(
+    pool: &PgPool,
+    id: i64,
+    key: &str,
+    lang: &str,
+    actor: &str,
+) -> Result<bool, PanelError> {
+    ensure_bot(pool, id).await?;
+    let mut tx = begin_as(pool, actor).await?;
+    let r = sqlx::query("DELETE FROM bot_texts WHERE bot_id = $1 AND key = $2 AND lang = $3")
+        .bind(id)
+        .bind(key)
+        .bind(lang)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(r.rows_affected() > 0)
+}
+
 /// Sets many texts in one transaction (one reload notification); all are validated first and
 /// nothing is written if any is invalid.
 pub async fn import_texts(
@@ -429,11 +482,21 @@ pub async fn import_texts(
     id: i64,
     texts: &[(String, String, String)],
 ) -> Result<(), PanelError> {
+    import_texts_as(pool, id, texts, "").await
+}
+
+/// [`import_texts`], the versions recorded as written by `actor` (see [`begin_as`]).
+pub async fn import_texts_as(
+    pool: &PgPool,
+    id: i64,
+    texts: &[(String, String, String)],
+    actor: &str,
+) -> Result<(), PanelError> {
     for (key, lang, value) in texts {
         validated(key, lang, value)?;
     }
     ensure_bot(pool, id).await?;
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_as(pool, actor).await?;
     for (key, lang, value) in texts {
         sqlx::query(
             "INSERT INTO bot_texts (bot_id, key, lang, value) VALUES ($1, $2, $3, $4) \
@@ -490,14 +553,7 @@ pub async fn delete_text(
     key: &str,
     lang: &str,
 ) -> Result<bool, PanelError> {
-    ensure_bot(pool, id).await?;
-    let r = sqlx::query("DELETE FROM bot_texts WHERE bot_id = $1 AND key = $2 AND lang = $3")
-        .bind(id)
-        .bind(key)
-        .bind(lang)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected() > 0)
+    delete_text_as(pool, id, key, lang, "").await
 }
 
 /// Stores a bot's sealed secret `name` (replacing it); the trigger notifies `reload_config`.
@@ -646,6 +702,294 @@ pub async fn list_instances(pool: &PgPool) -> Result<Vec<InstanceRecord>, PanelE
         "SELECT name, started_at, heartbeat_at, pid, host FROM instances \
          ORDER BY heartbeat_at DESC",
     )
+    .fetch_all(pool)
+    .await?)
+}
+
+// ---- Operators, sessions, API keys, audit log, versions (migrations/panel/0004) ----
+
+const SELECT_OPERATORS: &str =
+    "SELECT id, login, role, bots, password_hash, created_at, updated_at FROM operators";
+
+/// Adds an operator; returns its id. A taken login is [`PanelError::DuplicateLogin`].
+pub async fn add_operator(
+    pool: &PgPool,
+    login: &str,
+    role: &str,
+    bots: &[i64],
+    password_hash: &str,
+) -> Result<i64, PanelError> {
+    sqlx::query_scalar(
+        "INSERT INTO operators (login, role, bots, password_hash) VALUES ($1, $2, $3, $4) \
+         RETURNING id",
+    )
+    .bind(login)
+    .bind(role)
+    .bind(bots)
+    .bind(password_hash)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            PanelError::DuplicateLogin(login.to_owned())
+        }
+        _ => PanelError::Database(e),
+    })
+}
+
+/// Every operator, by login.
+pub async fn list_operators(pool: &PgPool) -> Result<Vec<OperatorRecord>, PanelError> {
+    let sql = format!("{SELECT_OPERATORS} ORDER BY login");
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// One operator by login.
+pub async fn get_operator(pool: &PgPool, login: &str) -> Result<OperatorRecord, PanelError> {
+    let sql = format!("{SELECT_OPERATORS} WHERE login = $1");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(login)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| PanelError::OperatorNotFound(login.to_owned()))
+}
+
+/// How many operators have `role`.
+pub async fn count_operators_with_role(pool: &PgPool, role: &str) -> Result<i64, PanelError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM operators WHERE role = $1")
+            .bind(role)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Removes an operator (its sessions and keys go with it).
+pub async fn remove_operator(pool: &PgPool, login: &str) -> Result<(), PanelError> {
+    let r = sqlx::query("DELETE FROM operators WHERE login = $1")
+        .bind(login)
+        .execute(pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(PanelError::OperatorNotFound(login.to_owned()));
+    }
+    Ok(())
+}
+
+/// Replaces an operator's password hash and ends its sessions.
+pub async fn set_operator_password(
+    pool: &PgPool,
+    login: &str,
+    password_hash: &str,
+) -> Result<(), PanelError> {
+    let mut tx = pool.begin().await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "UPDATE operators SET password_hash = $2, updated_at = now() WHERE login = $1 \
+         RETURNING id",
+    )
+    .bind(login)
+    .bind(password_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        return Err(PanelError::OperatorNotFound(login.to_owned()));
+    };
+    sqlx::query("DELETE FROM operator_sessions WHERE operator_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stores a new API key's hash for an operator.
+pub async fn add_api_key(
+    pool: &PgPool,
+    operator_id: i64,
+    key_hash: &str,
+    prefix: &str,
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "INSERT INTO operator_api_keys (operator_id, key_hash, prefix) VALUES ($1, $2, $3)",
+    )
+    .bind(operator_id)
+    .bind(key_hash)
+    .bind(prefix)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The operator holding the API key with this hash (and marks the key used).
+pub async fn operator_by_api_key(
+    pool: &PgPool,
+    key_hash: &str,
+) -> Result<Option<OperatorRecord>, PanelError> {
+    Ok(sqlx::query_as(
+        "WITH k AS (UPDATE operator_api_keys SET last_used_at = now() WHERE key_hash = $1 \
+                    RETURNING operator_id) \
+         SELECT o.id, o.login, o.role, o.bots, o.password_hash, o.created_at, o.updated_at \
+         FROM operators o JOIN k ON k.operator_id = o.id",
+    )
+    .bind(key_hash)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Opens a session (and deletes expired ones).
+pub async fn create_session(
+    pool: &PgPool,
+    token_hash: &str,
+    operator_id: i64,
+    csrf: &str,
+    lifetime_secs: i64,
+) -> Result<(), PanelError> {
+    sqlx::query("DELETE FROM operator_sessions WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO operator_sessions (token_hash, operator_id, csrf, expires_at) \
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(token_hash)
+    .bind(operator_id)
+    .bind(csrf)
+    .bind(lifetime_secs as f64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The live session with this hash, if any.
+pub async fn session(pool: &PgPool, token_hash: &str) -> Result<Option<SessionRecord>, PanelError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        operator: OperatorRecord,
+        csrf: String,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT o.id, o.login, o.role, o.bots, o.password_hash, o.created_at, o.updated_at, \
+                s.csrf, s.expires_at \
+         FROM operator_sessions s JOIN operators o ON o.id = s.operator_id \
+         WHERE s.token_hash = $1 AND s.expires_at > now()",
+    )
+    .bind(token_hash)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| SessionRecord {
+        operator: r.operator,
+        csrf: r.csrf,
+        expires_at: r.expires_at,
+    }))
+}
+
+/// Ends a session.
+pub async fn delete_session(pool: &PgPool, token_hash: &str) -> Result<(), PanelError> {
+    sqlx::query("DELETE FROM operator_sessions WHERE token_hash = $1")
+        .bind(token_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Appends an entry to the audit log.
+pub async fn insert_audit(pool: &PgPool, entry: &NewAudit<'_>) -> Result<(), PanelError> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, bot_id, target, before, after) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(entry.actor)
+    .bind(entry.action)
+    .bind(entry.bot_id)
+    .bind(entry.target)
+    .bind(entry.before.clone().map(Json))
+    .bind(entry.after.clone().map(Json))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The latest `limit` audit entries older than `before_id` (all when `None`), newest first.
+pub async fn list_audit(
+    pool: &PgPool,
+    limit: i64,
+    before_id: Option<i64>,
+) -> Result<Vec<AuditRecord>, PanelError> {
+    Ok(sqlx::query_as(
+        "SELECT id, at, actor, action, bot_id, target, before, after FROM audit_log \
+         WHERE $2::bigint IS NULL OR id < $2 ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .bind(before_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every version of one text, newest first.
+pub async fn text_history(
+    pool: &PgPool,
+    id: i64,
+    key: &str,
+    lang: &str,
+) -> Result<Vec<TextVersion>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT version, key, lang, previous, value, actor, at FROM text_versions \
+         WHERE bot_id = $1 AND key = $2 AND lang = $3 ORDER BY version DESC",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(lang)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The latest `limit` text changes of a bot, any key, newest first.
+pub async fn recent_text_versions(
+    pool: &PgPool,
+    id: i64,
+    limit: i64,
+) -> Result<Vec<TextVersion>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT version, key, lang, previous, value, actor, at FROM text_versions \
+         WHERE bot_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Names `actor` as the writer of a new bot's first manifest version (the insert that wrote
+/// it could not: `add_bot` runs outside a transaction of ours).
+pub async fn claim_first_manifest_version(
+    pool: &PgPool,
+    id: i64,
+    actor: &str,
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "UPDATE manifest_versions SET actor = $2 \
+         WHERE bot_id = $1 AND version = 1 AND actor LIKE 'sql:%'",
+    )
+    .bind(id)
+    .bind(actor)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every version of a bot's manifest, newest first.
+pub async fn manifest_history(pool: &PgPool, id: i64) -> Result<Vec<ManifestVersion>, PanelError> {
+    ensure_bot(pool, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT version, previous, manifest, actor, at FROM manifest_versions \
+         WHERE bot_id = $1 ORDER BY version DESC",
+    )
+    .bind(id)
     .fetch_all(pool)
     .await?)
 }

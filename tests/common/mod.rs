@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod web;
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
@@ -208,22 +209,21 @@ pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
     botvisor_with_input(env, args, b"")
 }
 
+/// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
+pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str) -> Run {
+    botvisor_with_input(env, args, input.as_bytes())
+}
+
 /// [`botvisor`] with `input` on its standard input.
 pub fn botvisor_with_input(env: &HashMap<String, String>, args: &[&str], input: &[u8]) -> Run {
     use std::io::Write;
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("botvisor.toml");
-    std::fs::write(&config, "").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .arg("--config")
-        .arg(&config)
+    let mut child = botvisor_command(env, dir.path())
         .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run botvisor");
     let mut stdin = child.stdin.take().expect("piped stdin");
@@ -231,6 +231,29 @@ pub fn botvisor_with_input(env: &HashMap<String, String>, args: &[&str], input: 
     let _ = stdin.write_all(input);
     drop(stdin);
     Run::from(child.wait_with_output().expect("run botvisor"))
+}
+
+/// The botvisor binary with only `env` (plus PATH) and an empty settings file in `dir`.
+pub fn botvisor_command(env: &HashMap<String, String>, dir: &std::path::Path) -> Command {
+    let config = dir.join("botvisor.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botvisor"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .arg("--config")
+        .arg(&config);
+    cmd
+}
+
+/// A loopback address with a free port (for a server the test starts).
+pub fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

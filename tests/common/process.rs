@@ -13,9 +13,16 @@ impl ServeProcess {
     /// Starts `botvisor serve` with exactly `env` (plus PATH) and an empty settings file;
     /// its log goes to `log` if given.
     pub fn start(env: &HashMap<String, String>, log: Option<&std::path::Path>) -> Self {
+        Self::start_args(env, log, &["serve"])
+    }
+
+    /// Starts `botvisor ARGS…` (a long-running command such as `panel`) the same way.
+    pub fn start_args(
+        env: &HashMap<String, String>,
+        log: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("botvisor.toml");
-        std::fs::write(&config, "").unwrap();
         let stderr = match log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -26,18 +33,13 @@ impl ServeProcess {
             ),
             None => Stdio::null(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_botvisor"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
+        let child = super::botvisor_command(env, dir.path())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .expect("spawn botvisor serve");
+            .expect("spawn botvisor");
         Self { child, _dir: dir }
     }
 

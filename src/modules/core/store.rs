@@ -57,7 +57,7 @@ pub async fn set_user_blocked(
 }
 
 /// A user of the registry.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UserRecord {
     /// Telegram user id.
     pub user_id: i64,
@@ -88,6 +88,29 @@ pub async fn get_user(
     )
     .bind(user_id)
     .fetch_optional(conn)
+    .await
+}
+
+/// Users, the latest seen first: `limit` of them after `offset`, only those whose name,
+/// username or id contains `search` when it is given.
+pub async fn list_users(
+    conn: &mut PgConnection,
+    search: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<UserRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, username, first_name, last_name, language_code, first_seen, \
+         last_seen, blocked FROM users \
+         WHERE $1::text IS NULL \
+            OR strpos(lower(concat_ws(' ', user_id::text, username, first_name, last_name)), \
+                      lower($1)) > 0 \
+         ORDER BY last_seen DESC, user_id LIMIT $2 OFFSET $3",
+    )
+    .bind(search)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
     .await
 }
 

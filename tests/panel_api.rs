@@ -1,0 +1,673 @@
+//! The HTTP API of `botvisor panel` against a real panel database: every route's happy path
+//! and bad input, roles, CSRF, sign-in throttling, the audit log, versions with rollback
+//! (from the API, the CLI and plain SQL), the OpenAPI document, and no token in any answer.
+
+mod common;
+
+use botvisor::admin::operators::Role;
+use common::token;
+use common::web::{Client, PASSWORD, WebPanel};
+use reqwest::Method;
+use serde_json::json;
+
+/// Adds a disabled bot through the API; returns its id.
+async fn add_bot(c: &mut Client, name: &str, token_id: u64) -> i64 {
+    let (s, b) = c
+        .post(
+            "/api/v1/bots",
+            json!({"name": name, "token": token(token_id), "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    b["id"].as_i64().unwrap()
+}
+
+/// Sets text `key` of bot `id` in the default language through the API.
+async fn put_text(c: &mut Client, id: i64, key: &str, value: &str) {
+    let (s, t) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/{key}"),
+            json!({ "value": value }),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+}
+
+/// The secret part of a token (what must never appear in an answer).
+fn secret(t: &str) -> &str {
+    t.split_once(':').unwrap().1
+}
+
+#[tokio::test]
+async fn bots_and_texts_routes_work_and_refuse_bad_input_with_the_clis_words() {
+    let p = WebPanel::start("bvt_api").await;
+    let mut c = p.signed_in("owner").await;
+    let t1 = token(7001);
+    let t2 = token(7002);
+
+    // Add: 201 with the id; the token masked.
+    let (s, bot) = c
+        .post(
+            "/api/v1/bots",
+            json!({"name": "shop", "token": t1, "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, 201, "{bot}");
+    let id = bot["id"].as_i64().unwrap();
+    assert_eq!(bot["token"], "7001:****");
+    assert_eq!(bot["enabled"], false);
+
+    // Bad input: the CLI's message and the field at fault.
+    let (s, e) = c
+        .post("/api/v1/bots", json!({"name": "x", "token": "123:short"}))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("token")), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("malformed bot token"),
+        "{e}"
+    );
+    let (s, e) = c
+        .post("/api/v1/bots", json!({"name": "shop", "token": t2}))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (409, Some("name")), "{e}");
+    let (s, e) = c
+        .post("/api/v1/bots", json!({"name": "other", "token": t1}))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (409, Some("token")), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("bot {id} (shop)")),
+        "{e}"
+    );
+    let (s, e) = c
+        .post("/api/v1/bots", json!({"name": "bad/name", "token": t2}))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("name")), "{e}");
+    let (s, e) = c
+        .post(
+            "/api/v1/bots",
+            json!({"name": "m", "token": t2, "manifest": {"default_language": "russian"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["field"].as_str()),
+        (422, Some("default_language")),
+        "{e}"
+    );
+    let (s, _) = c.post("/api/v1/bots", json!({"name": "no token"})).await;
+    assert_eq!(s, 422, "a body without a required field is refused");
+
+    // List, show, unknown id.
+    let (s, list) = c.get("/api/v1/bots").await;
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (s, one) = c.get(&format!("/api/v1/bots/{id}")).await;
+    assert_eq!((s, one["name"].as_str()), (200, Some("shop")));
+    let (s, e) = c.get("/api/v1/bots/999").await;
+    assert_eq!(s, 404);
+    assert_eq!(e["error"], "no bot with id 999");
+
+    // Enable, disable, rename, set token (write-only).
+    let (s, b) = c
+        .post(&format!("/api/v1/bots/{id}/enable"), json!({}))
+        .await;
+    assert_eq!((s, b["enabled"].as_bool()), (200, Some(true)));
+    let (s, b) = c
+        .post(&format!("/api/v1/bots/{id}/disable"), json!({}))
+        .await;
+    assert_eq!((s, b["enabled"].as_bool()), (200, Some(false)));
+    let (s, b) = c
+        .put(&format!("/api/v1/bots/{id}/name"), json!({"name": "shop2"}))
+        .await;
+    assert_eq!((s, b["name"].as_str()), (200, Some("shop2")));
+    let (s, body) = c
+        .put(&format!("/api/v1/bots/{id}/token"), json!({"token": t2}))
+        .await;
+    assert_eq!(s, 204, "{body}");
+    let (s, e) = c
+        .put(
+            &format!("/api/v1/bots/{id}/token"),
+            json!({"token": "nope"}),
+        )
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("token")));
+
+    // Texts: put (default language), get, list, bad values, delete, import, export.
+    let (s, t) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/start"),
+            json!({"value": "Hello, {first_name}!"}),
+        )
+        .await;
+    assert_eq!((s, t["lang"].as_str()), (200, Some("en")), "{t}");
+    let (s, t) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/start"),
+            json!({"value": "Привет!", "lang": "ru"}),
+        )
+        .await;
+    assert_eq!((s, t["value"].as_str()), (200, Some("Привет!")));
+    let (s, e) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/start"),
+            json!({"value": "Hi {nobody}"}),
+        )
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("value")), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown placeholder {nobody}"),
+        "{e}"
+    );
+    let (s, e) = c
+        .put(
+            &format!("/api/v1/bots/{id}/texts/start"),
+            json!({"value": "x", "lang": "Russian!"}),
+        )
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("lang")), "{e}");
+    let (s, t) = c
+        .get(&format!("/api/v1/bots/{id}/texts/start?lang=ru"))
+        .await;
+    assert_eq!((s, t["value"].as_str()), (200, Some("Привет!")));
+    let (s, list) = c.get(&format!("/api/v1/bots/{id}/texts")).await;
+    assert_eq!((s, list.as_array().unwrap().len()), (200, 2));
+    let (s, n) = c
+        .post(
+            &format!("/api/v1/bots/{id}/texts/import"),
+            json!({"help": {"en": "Help", "ru": "Помощь"}}),
+        )
+        .await;
+    assert_eq!((s, n["imported"].as_u64()), (200, Some(2)));
+    let (s, e) = c
+        .post(&format!("/api/v1/bots/{id}/texts/import"), json!([1]))
+        .await;
+    assert_eq!(s, 422, "{e}");
+    let (s, all) = c.get(&format!("/api/v1/bots/{id}/texts/export")).await;
+    assert_eq!((s, all["help"]["ru"].as_str()), (200, Some("Помощь")));
+    let (s, _) = c
+        .delete(&format!("/api/v1/bots/{id}/texts/help?lang=ru"))
+        .await;
+    assert_eq!(s, 204);
+    let (s, e) = c
+        .delete(&format!("/api/v1/bots/{id}/texts/help?lang=ru"))
+        .await;
+    assert_eq!(s, 404, "{e}");
+
+    // Manifest: get, validate, replace, an invalid one names its JSON path.
+    let (s, m) = c.get(&format!("/api/v1/bots/{id}/manifest")).await;
+    assert_eq!(s, 200, "{m}");
+    let good = json!({"default_language": "ru"});
+    let (s, v) = c
+        .post(
+            &format!("/api/v1/bots/{id}/manifest/validate"),
+            good.clone(),
+        )
+        .await;
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(true)));
+    let (s, change) = c.put(&format!("/api/v1/bots/{id}/manifest"), good).await;
+    assert_eq!(s, 200, "{change}");
+    let bad =
+        json!({"menus": {"main": {"text": "m", "buttons": [[{"text": "go", "menu": "nowhere"}]]}}});
+    let (s, e) = c
+        .post(&format!("/api/v1/bots/{id}/manifest/validate"), bad.clone())
+        .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(
+        e["field"].as_str().unwrap().starts_with("menus.main"),
+        "{e}"
+    );
+    let (s, _) = c.put(&format!("/api/v1/bots/{id}/manifest"), bad).await;
+    assert_eq!(s, 422);
+
+    // History of a bot whose database does not exist yet; status; removal.
+    let (s, e) = c.get(&format!("/api/v1/bots/{id}/history?chat=1")).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = c
+        .get(&format!("/api/v1/bots/{id}/history?chat=1&limit=0"))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("limit")), "{e}");
+    let (s, st) = c.get("/api/v1/status").await;
+    assert_eq!((s, st.as_array().map(Vec::len)), (200, Some(0)));
+    let (s, _) = c.delete(&format!("/api/v1/bots/{id}")).await;
+    assert_eq!(s, 204);
+    let (s, _) = c.get(&format!("/api/v1/bots/{id}")).await;
+    assert_eq!(s, 404);
+
+    for body in &c.bodies {
+        for t in [&t1, &t2] {
+            assert!(!body.contains(secret(t)), "a token leaked: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn roles_are_enforced() {
+    let p = WebPanel::start("bvt_api_roles").await;
+    let mut owner = p.signed_in("owner").await;
+    let one = add_bot(&mut owner, "one", 7101).await;
+    let two = add_bot(&mut owner, "two", 7102).await;
+    p.admin
+        .add_operator("ed", Role::Editor, &[one], PASSWORD)
+        .await
+        .unwrap();
+    p.admin
+        .add_operator("adm", Role::Admin, &[], PASSWORD)
+        .await
+        .unwrap();
+
+    let mut ed = p.signed_in("ed").await;
+    let (s, list) = ed.get("/api/v1/bots").await;
+    assert_eq!(s, 200);
+    let ids: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [one], "an editor sees only its bots");
+    let (s, _) = ed
+        .put(
+            &format!("/api/v1/bots/{one}/texts/start"),
+            json!({"value": "Hi"}),
+        )
+        .await;
+    assert_eq!(s, 200, "an editor edits its bot's texts");
+    let (s, _) = ed
+        .put(&format!("/api/v1/bots/{one}/manifest"), json!({}))
+        .await;
+    assert_eq!(s, 200, "and its manifest");
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/bots/{two}")),
+        (Method::GET, format!("/api/v1/bots/{two}/texts")),
+        (Method::PUT, format!("/api/v1/bots/{two}/texts/start")),
+        (Method::GET, "/api/v1/operators".to_owned()),
+        (Method::GET, "/api/v1/audit".to_owned()),
+        (Method::POST, "/api/v1/bots".to_owned()),
+        (Method::POST, format!("/api/v1/bots/{one}/disable")),
+        (Method::PUT, format!("/api/v1/bots/{one}/token")),
+        (Method::DELETE, format!("/api/v1/bots/{one}")),
+    ] {
+        let body = json!({"value": "x", "name": "n", "token": token(7103)});
+        let (s, e) = ed.send(method.clone(), &path, Some(body)).await;
+        assert_eq!(s, 403, "{method} {path}: {e}");
+        assert!(e["error"].is_string(), "{e}");
+    }
+
+    let mut adm = p.signed_in("adm").await;
+    let (s, _) = adm
+        .post(&format!("/api/v1/bots/{two}/enable"), json!({}))
+        .await;
+    assert_eq!(s, 200, "an admin manages every bot");
+    let (s, _) = adm.get("/api/v1/operators").await;
+    assert_eq!(s, 403, "but not operators");
+    let (s, ops) = owner.get("/api/v1/operators").await;
+    assert_eq!((s, ops.as_array().map(Vec::len)), (200, Some(3)));
+    assert!(!ops.to_string().contains("argon2"), "no hash in {ops}");
+}
+
+#[tokio::test]
+async fn a_session_change_without_the_csrf_token_is_refused_and_api_keys_need_none() {
+    let p = WebPanel::start("bvt_api_csrf").await;
+    let mut c = p.signed_in("owner").await;
+    let body = json!({"name": "csrf", "token": token(7201), "enabled": false});
+    let (s, _, e) = c
+        .send_raw(Method::POST, "/api/v1/bots", Some(body.clone()), false)
+        .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("CSRF"), "{e}");
+    let (s, list) = c.get("/api/v1/bots").await;
+    assert_eq!(
+        (s, list.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "nothing was added"
+    );
+    let real = c.csrf.replace("0".repeat(64));
+    let (s, _) = c.post("/api/v1/bots", body.clone()).await;
+    assert_eq!(s, 403, "a wrong token is refused too");
+    c.csrf = real;
+
+    let key = p.admin.new_api_key("owner").await.unwrap();
+    let mut k = p.client();
+    k.bearer = Some(key);
+    let (s, b) = k.post("/api/v1/bots", body).await;
+    assert_eq!(s, 201, "{b}");
+    k.bearer = Some("bvk_unknown".into());
+    let (s, _) = k.get("/api/v1/bots").await;
+    assert_eq!(s, 401);
+    let (s, _) = p.client().get("/api/v1/bots").await;
+    assert_eq!(s, 401, "no credentials");
+
+    // Signing out ends the session.
+    let (s, _) = c.delete("/api/v1/session").await;
+    c.csrf = None;
+    assert_eq!(s, 204);
+    let (s, _) = c.get("/api/v1/bots").await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_throttled_per_login() {
+    let p = WebPanel::start("bvt_api_throttle").await;
+    let mut c = p.client();
+    for _ in 0..botvisor::admin::operators::MAX_FAILURES_PER_LOGIN {
+        let (s, e) = c.sign_in("owner", "wrong password!").await;
+        assert_eq!(s, 401, "{e}");
+        assert_eq!(e["error"], "wrong login or password");
+    }
+    let (s, e) = c.sign_in("owner", PASSWORD).await;
+    assert_eq!(s, 429, "even the right password waits: {e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed sign-ins"),
+        "{e}"
+    );
+    let (s, _) = c.sign_in("nobody", "wrong password!").await;
+    assert_eq!(s, 401, "another login is not throttled yet");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_each_change_with_before_and_after() {
+    let p = WebPanel::start("bvt_api_audit").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "aud", 7301).await;
+    put_text(&mut c, id, "start", "One").await;
+    put_text(&mut c, id, "start", "Two").await;
+    c.put(
+        &format!("/api/v1/bots/{id}/token"),
+        json!({"token": token(7302)}),
+    )
+    .await;
+    let (s, log) = c.get("/api/v1/audit?limit=10").await;
+    assert_eq!(s, 200);
+    let entries = log.as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions[..4],
+        ["bot.set_token", "text.set", "text.set", "bot.add"],
+        "{log}"
+    );
+    assert!(
+        entries[..4].iter().all(|e| e["actor"] == "panel:owner"),
+        "{log}"
+    );
+    assert_eq!(entries[1]["before"], "One");
+    assert_eq!(entries[1]["after"], "Two");
+    assert_eq!(entries[1]["target"], "start [en]");
+    assert_eq!(entries[0]["before"]["token"], "7301:****");
+    assert_eq!(entries[0]["after"]["token"], "7302:****");
+    assert!(!log.to_string().contains(secret(&token(7302))));
+}
+
+#[tokio::test]
+async fn versions_cover_every_writer_and_roll_back() {
+    let p = WebPanel::start("bvt_api_versions").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "ver", 7401).await;
+    put_text(&mut c, id, "start", "First").await;
+    put_text(&mut c, id, "start", "Second").await;
+    // A plain SQL writer is recorded too.
+    sqlx::query("UPDATE bot_texts SET value = 'Third' WHERE bot_id = $1 AND key = 'start'")
+        .bind(id)
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let (s, v) = c
+        .get(&format!("/api/v1/bots/{id}/texts/start/versions"))
+        .await;
+    assert_eq!(s, 200);
+    let v = v.as_array().unwrap();
+    assert_eq!(v.len(), 3, "{v:?}");
+    assert_eq!(v[0]["value"], "Third");
+    assert_eq!(v[0]["previous"], "Second");
+    assert_eq!(v[0]["actor"], "sql:postgres");
+    assert_eq!(v[1]["actor"], "panel:owner");
+    let (s, _) = c
+        .post(
+            &format!("/api/v1/bots/{id}/texts/start/versions/1/rollback"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, t) = c.get(&format!("/api/v1/bots/{id}/texts/start")).await;
+    assert_eq!(t["value"], "First");
+    let (s, _) = c
+        .post(
+            &format!("/api/v1/bots/{id}/texts/start/versions/99/rollback"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Manifests: version 1 is the first one; a rollback is a new version.
+    c.put(
+        &format!("/api/v1/bots/{id}/manifest"),
+        json!({"default_language": "ru"}),
+    )
+    .await;
+    let (_, mv) = c.get(&format!("/api/v1/bots/{id}/manifest/versions")).await;
+    assert_eq!(mv.as_array().unwrap().len(), 2, "{mv}");
+    assert_eq!(
+        mv[1]["actor"], "panel:owner",
+        "the first version is the adder's: {mv}"
+    );
+    let (s, _) = c
+        .post(
+            &format!("/api/v1/bots/{id}/manifest/versions/1/rollback"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, m) = c.get(&format!("/api/v1/bots/{id}/manifest")).await;
+    assert!(m.get("default_language").is_none_or(|l| l == "en"), "{m}");
+
+    // The CLI shows and rolls back the same versions.
+    let env = p.env();
+    let out = common::botvisor(&env, &["text", "history", &id.to_string(), "start"]);
+    let out = out.ok();
+    assert!(out.contains("VERSION"), "{out}");
+    assert!(
+        out.contains("sql:postgres") && out.contains("panel:owner"),
+        "{out}"
+    );
+    common::botvisor(&env, &["text", "rollback", &id.to_string(), "start", "2"]).ok();
+    let (_, t) = c.get(&format!("/api/v1/bots/{id}/texts/start")).await;
+    assert_eq!(t["value"], "Second");
+    let hist = common::botvisor(&env, &["config", "history", &id.to_string()]);
+    assert!(
+        hist.ok().contains("~default_language") || hist.ok().contains("+default_language"),
+        "{hist:?}"
+    );
+    let out = common::botvisor(&env, &["config", "rollback", &id.to_string(), "2"]);
+    assert!(out.ok().contains("rolled back to version 2"), "{out:?}");
+    common::botvisor(&env, &["config", "rollback", &id.to_string(), "77"])
+        .bad_input("no manifest version 77");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_routes_scripts_rely_on() {
+    let p = WebPanel::start("bvt_api_openapi").await;
+    let (s, doc) = p.client().get("/api/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    for path in [
+        "/api/v1/bots",
+        "/api/v1/bots/{id}",
+        "/api/v1/bots/{id}/texts",
+        "/api/v1/bots/{id}/texts/{key}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["paths"]["/api/v1/bots"]["post"].is_object());
+    assert!(doc["paths"]["/api/v1/bots/{id}/texts/{key}"]["put"].is_object());
+    assert!(doc["components"]["schemas"]["ApiError"].is_object());
+}
+
+#[tokio::test]
+async fn operator_commands_manage_operators() {
+    let p = WebPanel::start("bvt_api_ops").await;
+    let env = p.env();
+    let run = |args: &[&str], input: &str| common::botvisor_stdin(&env, args, input);
+    let bot = p
+        .admin
+        .add_bot(&botvisor::admin::bots::NewBot {
+            name: "b",
+            token: &token(7501),
+            enabled: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .to_string();
+    run(
+        &[
+            "operator",
+            "add",
+            "--login",
+            "eve",
+            "--role",
+            "editor",
+            "--bots",
+            &bot,
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    )
+    .ok();
+    let list = run(&["operator", "list"], "");
+    assert!(list.ok().contains("eve"), "{list:?}");
+    assert!(list.ok().contains(&format!("editor  {bot}")), "{list:?}");
+    run(
+        &[
+            "operator",
+            "add",
+            "--login",
+            "eve",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    )
+    .bad_input("already exists");
+    run(
+        &[
+            "operator",
+            "add",
+            "--login",
+            "x",
+            "--role",
+            "editor",
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    )
+    .bad_input("needs the bots");
+    run(
+        &[
+            "operator",
+            "add",
+            "--login",
+            "y",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "short\n",
+    )
+    .bad_input("too short");
+    run(
+        &[
+            "operator",
+            "add",
+            "--login",
+            "z",
+            "--role",
+            "boss",
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    )
+    .bad_input("boss");
+    let key = run(&["operator", "key", "eve"], "");
+    let key = key.ok().trim().to_owned();
+    assert!(key.starts_with("bvk_") && key.len() > 60, "{key}");
+    let mut k = p.client();
+    k.bearer = Some(key);
+    let (s, _) = k.get(&format!("/api/v1/bots/{bot}")).await;
+    assert_eq!(s, 200, "the printed key works");
+    run(&["operator", "passwd", "eve"], "another long password\n").ok();
+    let mut c = p.client();
+    assert_eq!(c.sign_in("eve", "another long password").await.0, 200);
+    run(&["operator", "remove", "owner"], "").bad_input("last owner");
+    run(&["operator", "remove", "eve"], "").ok();
+    run(&["operator", "remove", "eve"], "").bad_input("no operator");
+    let audit = run(&["operator", "audit"], "");
+    assert!(audit.ok().contains("operator.remove"), "{audit:?}");
+    assert!(audit.ok().contains("cli:"), "{audit:?}");
+}
+
+#[tokio::test]
+async fn users_and_chat_histories_are_read_from_the_bots_database() {
+    let p = WebPanel::start("bvt_api_users").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "people", 7801).await;
+    // The bot's database, as the daemon creates it on the bot's first start.
+    let db = format!("{}_bot_{id}", p.settings.panel_database_name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", common::server_url());
+    botvisor::schema::apply(&botvisor::schema::BOT, &url.parse().unwrap())
+        .await
+        .unwrap();
+    let bot_db = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO users (user_id, username, first_name, blocked) VALUES \
+           (11, 'anna', 'Анна', false), (12, NULL, 'Boris', true); \
+         INSERT INTO messages (chat_id, user_id, role, content) VALUES \
+           (11, 11, 'user', '/start'), (11, NULL, 'bot', 'Hello, Анна!')",
+    )
+    .execute(&bot_db)
+    .await
+    .unwrap();
+    bot_db.close().await;
+
+    let (s, users) = c.get(&format!("/api/v1/bots/{id}/users")).await;
+    assert_eq!(
+        (s, users.as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{users}"
+    );
+    let (s, found) = c.get(&format!("/api/v1/bots/{id}/users?q=bor")).await;
+    assert_eq!(s, 200);
+    assert_eq!(found[0]["user_id"], 12);
+    assert_eq!(found[0]["blocked"], true);
+    let (s, history) = c.get(&format!("/api/v1/bots/{id}/history?chat=11")).await;
+    assert_eq!(s, 200);
+    let roles: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "bot"], "oldest first: {history}");
+
+    // The pages show the same, as a conversation.
+    let (s, html) = c.get(&format!("/bots/{id}/users?q=ann")).await;
+    let html = html.as_str().unwrap_or_default().to_owned();
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains("@anna") && !html.contains("Boris"), "{html}");
+    let (s, html) = c.get(&format!("/bots/{id}/chats/11")).await;
+    assert_eq!(s, 200);
+    assert!(html.as_str().unwrap().contains("Hello, Анна!"));
+}
