@@ -203,7 +203,9 @@ impl From<AdminError> for ApiError {
                 ),
                 _ => (S::INTERNAL_SERVER_ERROR, None),
             },
-            AdminError::InvalidSecret(_) | AdminError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, None),
+            AdminError::InvalidSecret(_) | AdminError::Invalid(_) => {
+                (S::UNPROCESSABLE_ENTITY, None)
+            }
             AdminError::NoSuchSecret { .. } | AdminError::NotFound { .. } => (S::NOT_FOUND, None),
             AdminError::Key(_) => (S::INTERNAL_SERVER_ERROR, None),
             AdminError::BotDb(_) if e.is_bad_input() => (S::UNPROCESSABLE_ENTITY, None),
