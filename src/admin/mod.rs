@@ -13,11 +13,13 @@
 //! - [`schedules`]: add, list, remove, pause and resume scheduled jobs, and their runs;
 //! - [`secrets`]: a bot's named secrets, sealed with the master key;
 //! - [`keys`]: rotating the master key;
-//! - [`data`]: erasing a bot; exporting and erasing one user's rows.
+//! - [`data`]: erasing a bot; exporting and erasing one user's rows;
+//! - [`archive`]: a bot exported to one archive file and imported again as a new bot.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
 
+pub mod archive;
 pub mod bots;
 pub mod broadcasts;
 pub mod data;
@@ -97,6 +99,12 @@ pub enum AdminError {
     /// An operator's request is invalid (the message says what and what to do).
     #[error("{0}")]
     Invalid(String),
+    /// A bot archive is unreadable, corrupt or not a bot archive (nothing was written).
+    #[error("{0}")]
+    InvalidArchive(String),
+    /// Writing an archive or restoring one failed (the message says what was undone).
+    #[error("{0}")]
+    ArchiveFailed(String),
     /// No such broadcast or scheduled job in the bot's database.
     #[error("bot {id} has no {what} {item}")]
     NotFound {
@@ -127,7 +135,7 @@ impl AdminError {
                 e,
                 BotDbError::InvalidTarget { .. } | BotDbError::Connect { .. }
             ),
-            AdminError::BotDbQuery(_) | AdminError::Key(_) => false,
+            AdminError::BotDbQuery(_) | AdminError::Key(_) | AdminError::ArchiveFailed(_) => false,
             _ => true,
         }
     }
