@@ -149,8 +149,9 @@ pub struct BotDbTarget {
     /// Options connecting to the same server's `postgres` database, for CREATE/DROP.
     pub maintenance: PgConnectOptions,
     /// The server's password, if its URL has one (for the PostgreSQL client programs, which
-    /// take it from `PGPASSWORD`; [`PgConnectOptions`] does not give it back).
-    password: Option<secrecy::SecretString>,
+    /// take it from `PGPASSWORD`; [`PgConnectOptions`] does not give it back). Its `Debug`
+    /// is redacted.
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl BotDbTarget {
