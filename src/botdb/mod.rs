@@ -449,6 +449,39 @@ mod tests {
     }
 
     #[test]
+    fn the_client_programs_get_the_server_and_password_in_their_environment() {
+        let env =
+            |t: &BotDbTarget| -> HashMap<&str, String> { t.libpq_env().into_iter().collect() };
+        let t = BotDbTarget::resolve(&settings(), 7, None).unwrap();
+        let e = env(&t);
+        assert_eq!(e["PGHOST"], "h");
+        assert_eq!(e["PGPORT"], "5433");
+        assert_eq!(e["PGUSER"], "u");
+        assert_eq!(e["PGDATABASE"], t.database);
+        assert_eq!(e["PGPASSWORD"], "pw");
+        assert!(!format!("{:?}", t.password).contains("pw"));
+        // An override URL brings its own server and password, percent-decoded ('+' stays).
+        let t = BotDbTarget::resolve(
+            &settings(),
+            7,
+            Some("postgres://o:a%40b+c@other:5432/elsewhere"),
+        )
+        .unwrap();
+        let e = env(&t);
+        assert_eq!(
+            (
+                e["PGHOST"].as_str(),
+                e["PGUSER"].as_str(),
+                e["PGDATABASE"].as_str()
+            ),
+            ("other", "o", "elsewhere")
+        );
+        assert_eq!(e["PGPASSWORD"], "a@b+c");
+        let t = BotDbTarget::resolve(&settings(), 7, Some("postgres://o@other/x")).unwrap();
+        assert!(!env(&t).contains_key("PGPASSWORD"));
+    }
+
+    #[test]
     fn default_name_derives_from_the_panel_database() {
         let t = BotDbTarget::resolve(&settings(), 7, None).unwrap();
         assert_eq!(t.database, "panel_bot_7");
