@@ -336,6 +336,7 @@ fn target(db: &TestDb, i: usize) -> BotDbTarget {
         options: options(&database),
         maintenance: options("postgres"),
         database,
+        password: None,
     }
 }
 

@@ -15,7 +15,8 @@
 //! - [`keys`]: rotating the master key;
 //! - [`data`]: erasing a bot; exporting and erasing one user's rows;
 //! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
-//! - [`versions`]: the history of texts and manifests, and rollback.
+//! - [`versions`]: the history of texts and manifests, and rollback;
+//! - [`archive`]: a bot exported to one archive file and imported again as a new bot.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
@@ -23,6 +24,7 @@
 //! Every change is written to the audit log as the service's actor ([`Admin::acting_as`]),
 //! and the version triggers record the same actor.
 
+pub mod archive;
 pub mod bots;
 pub mod broadcasts;
 pub mod data;
@@ -104,6 +106,12 @@ pub enum AdminError {
     /// An operator's request is invalid (the message says what and what to do).
     #[error("{0}")]
     Invalid(String),
+    /// A bot archive is unreadable, corrupt or not a bot archive (nothing was written).
+    #[error("{0}")]
+    InvalidArchive(String),
+    /// Writing an archive or restoring one failed (the message says what was undone).
+    #[error("{0}")]
+    ArchiveFailed(String),
     /// No such broadcast or scheduled job in the bot's database.
     #[error("bot {id} has no {what} {item}")]
     NotFound {
@@ -146,7 +154,7 @@ impl AdminError {
                 e,
                 BotDbError::InvalidTarget { .. } | BotDbError::Connect { .. }
             ),
-            AdminError::BotDbQuery(_) | AdminError::Key(_) => false,
+            AdminError::BotDbQuery(_) | AdminError::Key(_) | AdminError::ArchiveFailed(_) => false,
             _ => true,
         }
     }

@@ -148,6 +148,10 @@ pub struct BotDbTarget {
     pub options: PgConnectOptions,
     /// Options connecting to the same server's `postgres` database, for CREATE/DROP.
     pub maintenance: PgConnectOptions,
+    /// The server's password, if its URL has one (for the PostgreSQL client programs, which
+    /// take it from `PGPASSWORD`; [`PgConnectOptions`] does not give it back). Its `Debug`
+    /// is redacted.
+    pub password: Option<secrecy::SecretString>,
 }
 
 impl BotDbTarget {
@@ -170,27 +174,74 @@ impl BotDbTarget {
                 })
         }
         .map_err(|e| invalid(e.to_string()))?;
-        let (server, name) = match database.map(str::trim).filter(|d| !d.is_empty()) {
+        let server_url = if settings.bot_database.server_url.is_empty() {
+            &settings.panel.url
+        } else {
+            &settings.bot_database.server_url
+        };
+        let (server, name, url) = match database.map(str::trim).filter(|d| !d.is_empty()) {
             Some(url) if url.contains("://") => {
                 let opts = parse_database_url(url).map_err(invalid)?;
                 let name = opts.get_database().unwrap_or_default().to_owned();
-                (opts, name)
+                (opts, name, url)
             }
-            Some(name) => (server, name.to_owned()),
+            Some(name) => (server, name.to_owned(), server_url.as_str()),
             None => {
                 let panel_db = settings.panel_database_name();
                 let name =
                     render_name_template(&settings.bot_database.name_template, &panel_db, bot_id);
-                (server, name)
+                (server, name, server_url.as_str())
             }
         };
+        let password = url::Url::parse(url).ok().and_then(|u| {
+            let p = u.password()?;
+            let p = url::form_urlencoded::parse(format!("p={}", p.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())?;
+            Some(secrecy::SecretString::from(p))
+        });
         validate_database_name(&name).map_err(invalid)?;
         Ok(Self {
             bot_id,
             options: server.clone().database(&name),
             maintenance: server.database("postgres"),
             database: name,
+            password,
         })
+    }
+
+    /// The environment the PostgreSQL client programs (`pg_dump`, `pg_restore`) need to reach
+    /// this database: `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGSSLMODE` and, when the
+    /// URL has one, `PGPASSWORD` (never a command-line argument, which `ps` would show).
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        use sqlx::postgres::PgSslMode;
+        let o = &self.options;
+        let host = match o.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => o.get_host().to_owned(),
+        };
+        let ssl = match o.get_ssl_mode() {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        };
+        let mut env = vec![
+            ("PGHOST", host),
+            ("PGPORT", o.get_port().to_string()),
+            ("PGUSER", o.get_username().to_owned()),
+            ("PGDATABASE", self.database.clone()),
+            ("PGSSLMODE", ssl.to_owned()),
+        ];
+        if let Some(password) = &self.password {
+            env.push((
+                "PGPASSWORD",
+                secrecy::ExposeSecret::expose_secret(password).to_owned(),
+            ));
+        }
+        env
     }
 
     /// A printable description (masked).
@@ -395,6 +446,39 @@ mod tests {
         )]
         .into();
         Settings::load(None, &env).unwrap()
+    }
+
+    #[test]
+    fn the_client_programs_get_the_server_and_password_in_their_environment() {
+        let env =
+            |t: &BotDbTarget| -> HashMap<&str, String> { t.libpq_env().into_iter().collect() };
+        let t = BotDbTarget::resolve(&settings(), 7, None).unwrap();
+        let e = env(&t);
+        assert_eq!(e["PGHOST"], "h");
+        assert_eq!(e["PGPORT"], "5433");
+        assert_eq!(e["PGUSER"], "u");
+        assert_eq!(e["PGDATABASE"], t.database);
+        assert_eq!(e["PGPASSWORD"], "pw");
+        assert!(!format!("{:?}", t.password).contains("pw"));
+        // An override URL brings its own server and password, percent-decoded ('+' stays).
+        let t = BotDbTarget::resolve(
+            &settings(),
+            7,
+            Some("postgres://o:a%40b+c@other:5432/elsewhere"),
+        )
+        .unwrap();
+        let e = env(&t);
+        assert_eq!(
+            (
+                e["PGHOST"].as_str(),
+                e["PGUSER"].as_str(),
+                e["PGDATABASE"].as_str()
+            ),
+            ("other", "o", "elsewhere")
+        );
+        assert_eq!(e["PGPASSWORD"], "a@b+c");
+        let t = BotDbTarget::resolve(&settings(), 7, Some("postgres://o@other/x")).unwrap();
+        assert!(!env(&t).contains_key("PGPASSWORD"));
     }
 
     #[test]

@@ -256,6 +256,65 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 DatabaseFate::Unknown => {}
             }
         }
+        BotCommand::Export {
+            id,
+            out: file,
+            with_token,
+        } => {
+            let tools = crate::admin::archive::PgTools::default();
+            let report = admin.export_bot(*id, file, *with_token, &tools).await?;
+            if report.with_token {
+                eprintln!(
+                    "warning: {} holds bot {id}'s token IN CLEAR: anyone with the file can run                      the bot; keep it like the token itself",
+                    file.display()
+                );
+            }
+            for part in &report.parts {
+                writeln!(
+                    out,
+                    "{:<14} {:>12} bytes  sha256 {}",
+                    part.name, part.bytes, part.sha256
+                )?;
+            }
+            if report.database.is_none() {
+                writeln!(out, "(the bot has no database yet: none exported)")?;
+            }
+            writeln!(out, "bot {id} exported to {}", file.display())?;
+        }
+        BotCommand::Import { file, name } => {
+            let tools = crate::admin::archive::PgTools::default();
+            let r = admin.import_bot(file, name.as_deref(), &tools).await?;
+            writeln!(out, "{}", r.id)?;
+            let database = r
+                .database
+                .as_deref()
+                .map_or("no database in the archive".to_owned(), |d| {
+                    format!("database {d} restored")
+                });
+            eprintln!(
+                "imported as bot {} ({}): {} texts, {database}",
+                r.id, r.name, r.texts
+            );
+            if let Some(holder) = &r.token_held_by {
+                eprintln!(
+                    "warning: the archive's token is already registered for {holder}: bot {}                      has no token; set one with `botvisor bot set-token {} TOKEN`",
+                    r.id, r.id
+                );
+            } else if !r.token {
+                eprintln!(
+                    "bot {} has no token and is disabled: `botvisor bot set-token {} TOKEN`,                      then `botvisor bot enable {}`",
+                    r.id, r.id, r.id
+                );
+            } else if !r.enabled {
+                eprintln!("bot {} is disabled, as it was when exported", r.id);
+            }
+            if !r.secrets.is_empty() {
+                eprintln!(
+                    "secrets to set again (values are never exported): {}",
+                    r.secrets.join(", ")
+                );
+            }
+        }
         BotCommand::Erase { id, yes } => {
             let fate = admin.erase_bot(*id, *yes).await?;
             match fate {

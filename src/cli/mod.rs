@@ -457,6 +457,30 @@ pub enum BotCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Write a bot to one archive file: its panel row, texts, manifest, secrets' names (never
+    /// their values) and its database (pg_dump -Fc), each part with a SHA-256 checksum; see
+    /// docs/security.md ("Bot archives").
+    Export {
+        /// The bot's id.
+        id: i64,
+        /// The archive file to write (must not exist; written with mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Put the bot's token in the archive, IN CLEAR (anyone with the file can run the bot);
+        /// without it the imported bot waits for `bot set-token`.
+        #[arg(long)]
+        with_token: bool,
+    },
+    /// Recreate a bot from an archive of `bot export` as a NEW bot (new id, its own database
+    /// restored with pg_restore); checksums are verified first. It stays disabled until it has
+    /// a token, unless the archive carried one no other bot uses.
+    Import {
+        /// The archive file.
+        file: PathBuf,
+        /// The new bot's name; default: the exported bot's name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {
         /// The bot's id.

@@ -74,7 +74,7 @@ fn map_unique(e: sqlx::Error, name: &str) -> PanelError {
 /// The bot (other than `except`) that already has `token`, as `bot 3 (shop)`: found by its
 /// keyed hash under every held key (a rotation may be half-way), or in clear in a row not
 /// sealed yet.
-async fn token_holder(
+pub async fn token_holder(
     pool: &PgPool,
     keys: &Keyring,
     token: &BotToken,
@@ -98,28 +98,109 @@ pub async fn add_bot(pool: &PgPool, keys: &Keyring, bot: &NewBot<'_>) -> Result<
     if let Some(holder) = token_holder(pool, keys, bot.token, None).await? {
         return Err(PanelError::DuplicateToken { holder });
     }
+    let mut conn = pool.acquire().await?;
+    let row = (bot.enabled, bot.database);
+    insert_bot(
+        &mut conn,
+        keys,
+        bot.name,
+        Some(bot.token),
+        row,
+        bot.manifest,
+    )
+    .await
+}
+
+/// A bot recreated from an export archive: registered disabled, with its texts.
+#[derive(Debug)]
+pub struct ImportedBot<'a> {
+    /// Unique name.
+    pub name: &'a str,
+    /// The token, when the archive carried one another bot does not have; `None`: no token
+    /// until `bot set-token`.
+    pub token: Option<&'a BotToken>,
+    /// Validated manifest.
+    pub manifest: &'a Manifest,
+    /// Texts as `(key, lang, value)`.
+    pub texts: &'a [(String, String, String)],
+}
+
+/// Registers an imported bot, disabled and on the naming rule's database, with its texts, in
+/// one transaction; returns its id. A token another bot has is refused, naming that bot.
+pub async fn add_imported_bot(
+    pool: &PgPool,
+    keys: &Keyring,
+    bot: &ImportedBot<'_>,
+) -> Result<i64, PanelError> {
+    for (key, lang, value) in bot.texts {
+        validated(key, lang, value)?;
+    }
+    if let Some(token) = bot.token
+        && let Some(holder) = token_holder(pool, keys, token, None).await?
+    {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    let mut tx = pool.begin().await?;
+    let id = insert_bot(
+        &mut tx,
+        keys,
+        bot.name,
+        bot.token,
+        (false, None),
+        bot.manifest,
+    )
+    .await?;
+    for (key, lang, value) in bot.texts {
+        sqlx::query("INSERT INTO bot_texts (bot_id, key, lang, value) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(key)
+            .bind(lang)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Inserts a bot row (`(enabled, database override)`), its token (if any) sealed under the
+/// new id, and returns the id.
+async fn insert_bot(
+    conn: &mut sqlx::PgConnection,
+    keys: &Keyring,
+    name: &str,
+    token: Option<&BotToken>,
+    (enabled, database): (bool, Option<&str>),
+    manifest: &Manifest,
+) -> Result<i64, PanelError> {
     // The id is the associated data of the sealed token, so it is taken first.
     let id: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('bots', 'id'))")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let key = keys.current();
-    let sealed = key.seal(&token_aad(id), bot.token.expose().as_bytes())?;
+    let (sealed, hash) = match token {
+        Some(token) => (
+            Some(key.seal(&token_aad(id), token.expose().as_bytes())?),
+            Some(key.token_hash(token.expose())),
+        ),
+        None => (None, None),
+    };
     let result = sqlx::query(
         "INSERT INTO bots (id, name, token, token_sealed, token_hash, enabled, database, manifest) \
          VALUES ($1, $2, NULL, $3, $4, $5, $6, $7)",
     )
     .bind(id)
-    .bind(bot.name)
+    .bind(name)
     .bind(sealed)
-    .bind(key.token_hash(bot.token.expose()))
-    .bind(bot.enabled)
-    .bind(bot.database)
-    .bind(Json(bot.manifest.to_value()))
-    .execute(pool)
+    .bind(hash)
+    .bind(enabled)
+    .bind(database)
+    .bind(Json(manifest.to_value()))
+    .execute(&mut *conn)
     .await;
     match result {
         Ok(_) => Ok(id),
-        Err(e) => Err(map_unique(e, bot.name)),
+        Err(e) => Err(map_unique(e, name)),
     }
 }
 

@@ -207,7 +207,8 @@ impl From<AdminError> for ApiError {
                 (S::UNPROCESSABLE_ENTITY, None)
             }
             AdminError::NoSuchSecret { .. } | AdminError::NotFound { .. } => (S::NOT_FOUND, None),
-            AdminError::Key(_) => (S::INTERNAL_SERVER_ERROR, None),
+            AdminError::InvalidArchive(_) => (S::UNPROCESSABLE_ENTITY, None),
+            AdminError::Key(_) | AdminError::ArchiveFailed(_) => (S::INTERNAL_SERVER_ERROR, None),
             AdminError::BotDb(_) if e.is_bad_input() => (S::UNPROCESSABLE_ENTITY, None),
             AdminError::BotDb(_) | AdminError::BotDbQuery(_) => (S::INTERNAL_SERVER_ERROR, None),
         };

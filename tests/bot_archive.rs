@@ -1,0 +1,288 @@
+//! A bot in one file and back: `bot export` → `bot erase` → `bot import` gives back the same
+//! rows and a bot that answers again; a corrupt archive is refused; the token is in an archive
+//! only with `--with-token`; a failed restore leaves nothing behind.
+
+mod common;
+
+use std::sync::Arc;
+
+use botvisor::admin::Admin;
+use botvisor::admin::archive::PgTools;
+use botvisor::panel::store;
+use common::cli::CliPanel;
+use common::harness::Harness;
+use common::{botvisor, database_exists};
+
+/// Every row of `table`, as JSON text, in a stable order.
+async fn rows(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb(x)::text FROM {table} x ORDER BY 1"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Texts of bot `id` as `(key, lang, value)`.
+async fn texts(pool: &sqlx::PgPool, id: i64) -> Vec<(String, String, String)> {
+    store::list_texts(pool, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key, t.lang, t.value))
+        .collect()
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn export_erase_import_gives_back_the_same_rows_and_the_bot_answers_again() {
+    let mut h = Harness::start(&[]).await;
+    let (id, t) = h.add_bot("porter", 6301).await;
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    admin
+        .set_text(id, "start", Some("en"), "Welcome aboard")
+        .await
+        .unwrap();
+    admin
+        .set_secret(id, "openai", "sk-archive-secret")
+        .await
+        .unwrap();
+    let users = [731_100_001_i64, 731_100_002];
+    for user in users {
+        let seq = h.last_seq(&t, user);
+        h.say(&t, user, "/start");
+        h.reply(&t, user, seq, |text| text == "Welcome aboard")
+            .await;
+    }
+    let old_pool = h.bot_pool(id).await;
+    let (old_users, old_messages) = (
+        rows(&old_pool, "users").await,
+        rows(&old_pool, "messages").await,
+    );
+    old_pool.close().await;
+    assert_eq!(old_users.len(), 2, "{old_users:?}");
+    assert!(old_messages.len() >= 4, "{old_messages:?}");
+    let old_texts = texts(&h.pool, id).await;
+    let old_manifest = store::get_bot(&h.pool, id).await.unwrap().manifest.0;
+
+    let env = h.panel.env();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("porter.tar");
+    let file_arg = file.to_str().unwrap();
+    let ids = id.to_string();
+    let out = botvisor(&env, &["bot", "export", &ids, "--out", file_arg]);
+    let text = out.ok();
+    for part in [
+        "bot.json",
+        "texts.json",
+        "manifest.json",
+        "secrets.json",
+        "database.dump",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    assert!(!out.stderr.contains("warning"), "{out:?}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!contains(&bytes, &t), "the token is in the archive");
+    assert!(
+        !contains(&bytes, "sk-archive-secret"),
+        "a secret's value is in the archive"
+    );
+    assert!(
+        contains(&bytes, "openai"),
+        "the secret's name is in the archive"
+    );
+    // Exporting onto an existing file is refused.
+    botvisor(&env, &["bot", "export", &ids, "--out", file_arg]).bad_input("exists already");
+
+    botvisor(&env, &["bot", "erase", &ids, "--yes"]).ok();
+    assert!(!database_exists(&h.bot_database(id)).await);
+
+    let run = botvisor(&env, &["bot", "import", file_arg]);
+    let new_id: i64 = run.ok().trim().parse().unwrap();
+    assert_ne!(new_id, id);
+    assert!(
+        run.stderr.contains("has no token and is disabled"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("secrets to set again"), "{run:?}");
+    assert!(run.stderr.contains("openai"), "{run:?}");
+    let bot = store::get_bot(&h.pool, new_id).await.unwrap();
+    assert_eq!(bot.name, "porter");
+    assert!(!bot.enabled);
+    assert!(bot.token_sealed.is_none() && bot.token_clear.is_none());
+    assert_eq!(bot.manifest.0, old_manifest);
+    assert_eq!(texts(&h.pool, new_id).await, old_texts);
+    let new_pool = h.bot_pool(new_id).await;
+    assert_eq!(rows(&new_pool, "users").await, old_users);
+    assert_eq!(rows(&new_pool, "messages").await, old_messages);
+    new_pool.close().await;
+
+    // With its token again, the imported bot answers with its imported texts.
+    let new_ids = new_id.to_string();
+    botvisor(&env, &["bot", "set-token", &new_ids, &t]).ok();
+    botvisor(&env, &["bot", "enable", &new_ids]).ok();
+    h.wait_state(new_id, "running").await;
+    let seq = h.last_seq(&t, users[0]);
+    h.say(&t, users[0], "/start");
+    h.reply(&t, users[0], seq, |text| text == "Welcome aboard")
+        .await;
+    assert!(h.stop().await.clean());
+}
+
+#[tokio::test]
+async fn a_corrupt_archive_is_refused_and_nothing_is_written() {
+    let p = CliPanel::new("bvt_archive_bad").await;
+    let id = p.add("fragile", 6311, &["--disabled"]);
+    let ids = id.to_string();
+    p.run(&["text", "set", &ids, "start", "Hello there"]).ok();
+    p.create_bot_database(id).await.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fragile.tar");
+    p.run(&["bot", "export", &ids, "--out", file.to_str().unwrap()])
+        .ok();
+    let bytes = std::fs::read(&file).unwrap();
+    let pool = p.db.pool().await;
+    let bots_before = store::list_bots(&pool).await.unwrap().len();
+
+    // One byte of a text changed: its checksum no longer matches.
+    let at = bytes
+        .windows(b"Hello there".len())
+        .position(|w| w == b"Hello there")
+        .unwrap();
+    let mut flipped = bytes.clone();
+    flipped[at] = b'J';
+    let bad = dir.path().join("flipped.tar");
+    std::fs::write(&bad, &flipped).unwrap();
+    p.run(&["bot", "import", bad.to_str().unwrap(), "--name", "copy"])
+        .bad_input("texts.json does not match its checksum");
+
+    // Cut short, and not an archive at all.
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let r = p.run(&["bot", "import", cut.to_str().unwrap(), "--name", "copy"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not a valid bot archive"), "{r:?}");
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"{\"hello\": 1}").unwrap();
+    let r = p.run(&["bot", "import", junk.to_str().unwrap(), "--name", "copy"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not a valid bot archive"), "{r:?}");
+
+    assert_eq!(store::list_bots(&pool).await.unwrap().len(), bots_before);
+    let next = format!("{}_bot_{}", p.db.name, id + 1);
+    assert!(!database_exists(&next).await);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn the_token_travels_only_with_with_token() {
+    let p = CliPanel::new("bvt_archive_tok").await;
+    let id = p.add("carrier", 6321, &[]);
+    let ids = id.to_string();
+    let t = common::token(6321);
+    let dir = tempfile::tempdir().unwrap();
+
+    let plain = dir.path().join("plain.tar");
+    p.run(&["bot", "export", &ids, "--out", plain.to_str().unwrap()])
+        .ok();
+    assert!(!contains(&std::fs::read(&plain).unwrap(), &t));
+
+    let with = dir.path().join("with.tar");
+    let r = p.run(&[
+        "bot",
+        "export",
+        &ids,
+        "--out",
+        with.to_str().unwrap(),
+        "--with-token",
+    ]);
+    r.ok();
+    assert!(r.stderr.contains("IN CLEAR"), "{r:?}");
+    assert!(!r.stdout.contains(&t) && !r.stderr.contains(&t), "{r:?}");
+    assert!(contains(&std::fs::read(&with).unwrap(), &t));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&with).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The original still holds the token: the copy comes without it.
+    let r = p.run(&["bot", "import", with.to_str().unwrap(), "--name", "twin"]);
+    let twin: i64 = r.ok().trim().parse().unwrap();
+    assert!(
+        r.stderr
+            .contains(&format!("already registered for bot {id}")),
+        "{r:?}"
+    );
+    let pool = p.db.pool().await;
+    let keys = p.db.keys();
+    assert!(
+        store::get_bot(&pool, twin)
+            .await
+            .unwrap()
+            .open_token(&keys)
+            .is_err()
+    );
+
+    // Once the original is gone, the token round-trips, and the bot is enabled as it was.
+    p.run(&["bot", "remove", &ids, "--yes"]).ok();
+    let r = p.run(&["bot", "import", with.to_str().unwrap()]);
+    let back: i64 = r.ok().trim().parse().unwrap();
+    let bot = store::get_bot(&pool, back).await.unwrap();
+    assert_eq!(bot.open_token(&keys).unwrap().expose(), t);
+    assert!(bot.enabled);
+    assert_eq!(bot.name, "carrier");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_restore_removes_the_new_bot_and_its_database_again() {
+    let p = CliPanel::new("bvt_archive_undo").await;
+    let id = p.add("undone", 6331, &["--disabled"]);
+    p.create_bot_database(id).await.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("undone.tar");
+    let pool = p.db.pool().await;
+    let config = dir.path().join("botvisor.toml");
+    std::fs::write(&config, "").unwrap();
+    let settings = botvisor::settings::Settings::load(Some(&config), &p.env).unwrap();
+    let admin = Admin::new(pool.clone(), Arc::new(settings));
+
+    // No pg_dump: one clear line, no file.
+    let missing = PgTools {
+        pg_dump: "/nonexistent/pg_dump".into(),
+        ..PgTools::default()
+    };
+    let e = admin
+        .export_bot(id, &file, false, &missing)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("pg_dump not found"), "{e}");
+    assert!(!file.exists());
+
+    admin
+        .export_bot(id, &file, false, &PgTools::default())
+        .await
+        .unwrap();
+    let failing = PgTools {
+        pg_restore: "false".into(),
+        ..PgTools::default()
+    };
+    let before = store::list_bots(&pool).await.unwrap().len();
+    let e = admin
+        .import_bot(&file, Some("again"), &failing)
+        .await
+        .unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains("import failed"), "{message}");
+    assert!(message.contains("removed again"), "{message}");
+    assert_eq!(store::list_bots(&pool).await.unwrap().len(), before);
+    let next = format!("{}_bot_{}", p.db.name, id + 1);
+    assert!(!database_exists(&next).await, "{message}");
+    pool.close().await;
+}
