@@ -138,7 +138,7 @@ pub enum BudgetSizeError {
 }
 
 /// Where one bot's database lives.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BotDbTarget {
     /// The bot.
     pub bot_id: i64,
@@ -152,6 +152,18 @@ pub struct BotDbTarget {
     /// take it from `PGPASSWORD`; [`PgConnectOptions`] does not give it back). Its `Debug`
     /// is redacted.
     pub password: Option<secrecy::SecretString>,
+}
+
+/// Names the server by its masked URL: sqlx's `PgConnectOptions` prints the password in its
+/// own `Debug`.
+impl std::fmt::Debug for BotDbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotDbTarget")
+            .field("bot_id", &self.bot_id)
+            .field("database", &self.database)
+            .field("server", &describe(&self.options))
+            .finish_non_exhaustive()
+    }
 }
 
 impl BotDbTarget {
@@ -460,6 +472,8 @@ mod tests {
         assert_eq!(e["PGDATABASE"], t.database);
         assert_eq!(e["PGPASSWORD"], "pw");
         assert!(!format!("{:?}", t.password).contains("pw"));
+        let debug = format!("{t:?}");
+        assert!(!debug.contains("pw") && debug.contains("h:5433"), "{debug}");
         // An override URL brings its own server and password, percent-decoded ('+' stays).
         let t = BotDbTarget::resolve(
             &settings(),
