@@ -479,3 +479,75 @@ async fn a_message_of_an_unknown_kind_keeps_its_caption_in_history() {
     assert_eq!(first, "a kind from the future");
     db.close().await;
 }
+
+/// A user who writes again within `LAST_SEEN_RESOLUTION` with the same profile leaves their
+/// row untouched (no new row version: the same `xmin`); a changed name, a blocked flag or a
+/// stale `last_seen` still writes.
+#[tokio::test]
+async fn touching_an_unchanged_user_again_writes_nothing() {
+    use botvisor::modules::core::store::{SeenUser, touch_user};
+    let db = common::TestDb::create("touch").await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
+        .await
+        .unwrap();
+    let mut seen = SeenUser {
+        user_id: 7,
+        username: Some("ann"),
+        first_name: "Ann",
+        last_name: None,
+        language_code: Some("en"),
+    };
+    touch_user(&mut conn, &seen).await.unwrap();
+    let first = row_version(&mut conn).await;
+    touch_user(&mut conn, &seen).await.unwrap();
+    assert_eq!(
+        row_version(&mut conn).await,
+        first,
+        "an unchanged touch wrote"
+    );
+    seen.language_code = None;
+    touch_user(&mut conn, &seen).await.unwrap();
+    assert_eq!(
+        row_version(&mut conn).await,
+        first,
+        "a missing language wrote"
+    );
+
+    seen.first_name = "Anna";
+    touch_user(&mut conn, &seen).await.unwrap();
+    let renamed = row_version(&mut conn).await;
+    assert_ne!(renamed, first, "a new first name was not written");
+
+    sqlx::query("UPDATE users SET blocked = TRUE WHERE user_id = 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    touch_user(&mut conn, &seen).await.unwrap();
+    assert!(
+        row_version(&mut conn).await.ends_with("/false"),
+        "blocked not cleared"
+    );
+
+    sqlx::query("UPDATE users SET last_seen = now() - interval '2 minutes' WHERE user_id = 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    touch_user(&mut conn, &seen).await.unwrap();
+    let fresh: bool = sqlx::query_scalar(
+        "SELECT last_seen > now() - interval '1 minute' FROM users WHERE user_id = 7",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(fresh, "a stale last_seen was not refreshed");
+    sqlx::Connection::close(conn).await.ok();
+    drop(db);
+}
+
+async fn row_version(conn: &mut sqlx::PgConnection) -> String {
+    let q = "SELECT xmin::text || '/' || blocked::text FROM users WHERE user_id = 7";
+    sqlx::query_scalar(q).fetch_one(conn).await.unwrap()
+}

@@ -22,7 +22,14 @@ pub struct SeenUser<'a> {
     pub language_code: Option<&'a str>,
 }
 
+/// How stale `users.last_seen` may be: a touch within this of the last one writes nothing.
+pub const LAST_SEEN_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Records that a user wrote: inserts or refreshes them and clears `blocked`.
+///
+/// A user who writes again within [`LAST_SEEN_RESOLUTION`] with the same profile leaves the
+/// row as it is: no new row version, no WAL for it (a chat's every message used to rewrite
+/// its user). `last_seen` is therefore exact to that resolution.
 pub async fn touch_user(conn: &mut PgConnection, u: &SeenUser<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (user_id, username, first_name, last_name, language_code) \
@@ -30,13 +37,20 @@ pub async fn touch_user(conn: &mut PgConnection, u: &SeenUser<'_>) -> Result<(),
          ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
             first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
             language_code = COALESCE(EXCLUDED.language_code, users.language_code), \
-            last_seen = now(), blocked = FALSE",
+            last_seen = now(), blocked = FALSE \
+         WHERE users.blocked \
+            OR users.last_seen < now() - make_interval(secs => $6) \
+            OR (users.username, users.first_name, users.last_name) \
+               IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.first_name, EXCLUDED.last_name) \
+            OR (EXCLUDED.language_code IS NOT NULL \
+                AND EXCLUDED.language_code IS DISTINCT FROM users.language_code)",
     )
     .bind(u.user_id)
     .bind(u.username)
     .bind(u.first_name)
     .bind(u.last_name)
     .bind(u.language_code)
+    .bind(LAST_SEEN_RESOLUTION.as_secs_f64())
     .execute(conn)
     .await?;
     Ok(())
