@@ -110,11 +110,14 @@ impl Module for History {
         deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
-            for d in deliveries {
-                if let (DeliveryOutcome::Sent(_), Some(text)) = (&d.outcome, &d.text) {
-                    store::add_message(tx, d.chat_id, d.user_id, Role::Bot, text).await?;
-                }
-            }
+            let sent: Vec<(i64, Option<i64>, &str)> = deliveries
+                .iter()
+                .filter_map(|d| match (&d.outcome, &d.text) {
+                    (DeliveryOutcome::Sent(_), Some(text)) => Some((d.chat_id, d.user_id, &**text)),
+                    _ => None,
+                })
+                .collect();
+            store::add_bot_messages(tx, &sent).await?;
             Ok(())
         })
     }

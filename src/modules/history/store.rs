@@ -47,6 +47,32 @@ pub async fn add_message(
     Ok(())
 }
 
+/// Appends the bot's sent messages `(chat_id, user_id, text)` in one statement (the sender
+/// records its results in groups; a row per statement was a round trip per message).
+pub async fn add_bot_messages(
+    conn: &mut PgConnection,
+    sent: &[(i64, Option<i64>, &str)],
+) -> Result<(), sqlx::Error> {
+    if sent.is_empty() {
+        return Ok(());
+    }
+    let chats: Vec<i64> = sent.iter().map(|s| s.0).collect();
+    let users: Vec<Option<i64>> = sent.iter().map(|s| s.1).collect();
+    let texts: Vec<&str> = sent.iter().map(|s| s.2).collect();
+    sqlx::query(
+        "INSERT INTO messages (chat_id, user_id, role, content) \
+         SELECT c, u, $4, t FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) \
+              WITH ORDINALITY AS m(c, u, t, n) ORDER BY n",
+    )
+    .bind(&chats)
+    .bind(&users)
+    .bind(&texts)
+    .bind(Role::Bot.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A history message: `{role, content, timestamp}`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MessageRecord {
