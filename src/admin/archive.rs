@@ -399,7 +399,11 @@ impl Undo<'_> {
                 error_line(&e)
             ));
         }
+        let disabled = store::get_bot(&self.admin.pool, id)
+            .await
+            .is_ok_and(|b| !b.enabled);
         if self.was_enabled
+            && disabled
             && let Err(e) = store::set_enabled(&self.admin.pool, id, true).await
         {
             left.push(format!(
