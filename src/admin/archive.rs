@@ -1,15 +1,17 @@
 //! A bot in one file and back: `bot export` writes an archive, `bot import` recreates the bot
-//! from it as a NEW bot (new id, its own database by the naming rule).
+//! from it as a NEW bot (new id, its own database by the naming rule), or `bot import --into`
+//! restores it in place over an existing bot.
 //!
 //! The archive is an uncompressed tar (format described in docs/security.md, "Bot archives"):
 //!
 //! | part | holds |
 //! |---|---|
-//! | `archive.json` | first: format and version, the bot's id and name, and every other part with its size and SHA-256 |
+//! | `archive.json` | first: format and version, the bot's id and name, every other part with its size and SHA-256, the dumped database's row count per table |
 //! | `bot.json` | the panel row: name, enabled, created_at, the database override masked; the token in clear only with `--with-token` |
 //! | `texts.json` | every text as `{key, lang, value}` |
 //! | `manifest.json` | the manifest as stored |
 //! | `secrets.json` | the secrets' NAMES only (values never leave the panel) |
+//! | `versions.json` | the text and manifest versions, oldest first |
 //! | `database.dump` | the bot's database, `pg_dump -Fc` (absent when the bot never started) |
 //!
 //! Import checks every part against `archive.json` before it writes anything; then it inserts
@@ -17,7 +19,15 @@
 //! dump with `pg_restore --single-transaction`. If the restore fails, the new row and database
 //! are removed again. The bot is enabled at the end only if the archive carried a token that no
 //! other bot has and the exported bot was enabled; otherwise it waits for `bot set-token` and
-//! `bot enable`.
+//! `bot enable`. The archived versions replace what the version triggers wrote for the
+//! import (`panel::store::replace_versions`).
+//!
+//! In place ([`Admin::import_bot_into`]): restore into a staging database beside the bot and
+//! verify its row counts; disable the bot and wait until it stopped; rename its database aside
+//! and the staging one into its place; replace its panel rows in one transaction (the commit
+//! point); enable it again and drop the old database. A failure before the commit puts the old
+//! data back; each database involved carries a comment (a [`Marker`]) so that running the
+//! same import again after a crash finishes it. The order is documented in docs/security.md.
 //!
 //! File work is synchronous (these are one-shot operator commands); `pg_dump` and
 //! `pg_restore` run as child processes, their password in `PGPASSWORD`.

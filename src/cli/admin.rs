@@ -265,7 +265,8 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             let report = admin.export_bot(*id, file, *with_token, &tools).await?;
             if report.with_token {
                 eprintln!(
-                    "warning: {} holds bot {id}'s token IN CLEAR: anyone with the file can run                      the bot; keep it like the token itself",
+                    "warning: {} holds bot {id}'s token IN CLEAR: anyone with the file can run \
+                     the bot; keep it like the token itself",
                     file.display()
                 );
             }
@@ -338,12 +339,14 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             );
             if let Some(holder) = &r.token_held_by {
                 eprintln!(
-                    "warning: the archive's token is already registered for {holder}: bot {}                      has no token; set one with `botvisor bot set-token {} TOKEN`",
+                    "warning: the archive's token is already registered for {holder}: bot {} \
+                     has no token; set one with `botvisor bot set-token {} TOKEN`",
                     r.id, r.id
                 );
             } else if !r.token {
                 eprintln!(
-                    "bot {} has no token and is disabled: `botvisor bot set-token {} TOKEN`,                      then `botvisor bot enable {}`",
+                    "bot {} has no token and is disabled: `botvisor bot set-token {} TOKEN`, \
+                     then `botvisor bot enable {}`",
                     r.id, r.id, r.id
                 );
             } else if !r.enabled {
