@@ -1365,3 +1365,80 @@ fn pretty<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bytes.push(b'\n');
     bytes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        pairs.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn counts_match_only_table_for_table() {
+        let archive = counts(&[("public.users", 2), ("public.messages", 4)]);
+        assert_eq!(compare_counts(&archive, &archive.clone()), Ok(2));
+        let cases = [
+            (
+                counts(&[("public.users", 3), ("public.messages", 4)]),
+                "public.users: 2 rows in the archive, 3 rows restored",
+            ),
+            (
+                counts(&[("public.users", 2)]),
+                "public.messages: 4 rows in the archive, no table restored",
+            ),
+            (
+                counts(&[("public.users", 2), ("public.messages", 4), ("public.x", 0)]),
+                "public.x: no table in the archive, 0 rows restored",
+            ),
+        ];
+        for (restored, expected) in cases {
+            let e = compare_counts(&archive, &restored).unwrap_err();
+            assert!(e.contains(expected), "{e}");
+        }
+        let many: BTreeMap<String, i64> = (0..8).map(|i| (format!("t{i}"), i)).collect();
+        let e = compare_counts(&many, &BTreeMap::new()).unwrap_err();
+        assert!(e.ends_with("(and 3 more)"), "{e}");
+    }
+
+    #[test]
+    fn markers_round_trip_and_foreign_comments_are_not_markers() {
+        let m = Marker {
+            bot_id: 7,
+            archive: "ab".repeat(32),
+            was_enabled: true,
+        };
+        let text = marker_text(&m);
+        let parsed: Marker =
+            serde_json::from_str(text.strip_prefix(MARKER_PREFIX).unwrap()).unwrap();
+        assert_eq!((parsed.bot_id, parsed.was_enabled), (7, true));
+        assert_eq!(parsed.archive, m.archive);
+        assert!("a note of the DBA".strip_prefix(MARKER_PREFIX).is_none());
+    }
+
+    #[test]
+    fn archived_versions_must_be_numbered_once_from_one() {
+        let at = Utc::now();
+        let text = |version| crate::panel::access::TextVersion {
+            version,
+            key: "start".into(),
+            lang: "en".into(),
+            previous: None,
+            value: Some("hi".into()),
+            actor: "cli".into(),
+            at,
+        };
+        let ok = ArchivedVersions {
+            texts: vec![text(1), text(2)],
+            manifests: vec![],
+        };
+        assert!(check_versions(&ok).is_ok());
+        for bad in [vec![text(1), text(1)], vec![text(0)]] {
+            let v = ArchivedVersions {
+                texts: bad,
+                manifests: vec![],
+            };
+            assert!(check_versions(&v).is_err());
+        }
+    }
+}

@@ -549,6 +549,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    #[test]
+    fn siblings_stay_within_63_bytes_and_apart() {
+        let t = |name: &str| BotDbTarget::resolve(&settings(), 1, Some(name)).unwrap();
+        let short = t("botvisor_bot_1").sibling("_import");
+        assert_eq!(short.database, "botvisor_bot_1_import");
+        assert_eq!(short.options.get_database(), Some("botvisor_bot_1_import"));
+        let long_a = t(&"a".repeat(63)).sibling("_import");
+        let long_b = t(&format!("{}b", "a".repeat(62))).sibling("_import");
+        assert_eq!(long_a.database.len(), 63);
+        assert!(long_a.database.ends_with("_import"));
+        assert_ne!(long_a.database, long_b.database);
+        assert!(validate_database_name(&long_a.database).is_ok());
+    }
+
     fn settings() -> Settings {
         let env: HashMap<String, String> = [(
             "DATABASE_URL".to_string(),
