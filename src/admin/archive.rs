@@ -1157,7 +1157,7 @@ impl Admin {
                     let alive = store::instance_alive(
                         &self.pool,
                         &s.instance,
-                        crate::control::INSTANCE_LIVE.as_secs_f64(),
+                        crate::panel::INSTANCE_LIVE.as_secs_f64(),
                     )
                     .await
                     .map_err(|e| error_line(&e))?;
