@@ -13,7 +13,7 @@ use botvisor::admin::Admin;
 use botvisor::admin::archive::{ImportStep, IntoOptions, PgTools};
 use botvisor::panel::store;
 use common::cli::CliPanel;
-use common::harness::Harness;
+use common::harness::{DEADLINE, Harness};
 use common::{botvisor, database_exists};
 
 /// Every row of `table`, as JSON text, in a stable order.
@@ -94,6 +94,18 @@ async fn cli(env: &std::collections::HashMap<String, String>, args: &[&str]) -> 
     })
     .await
     .unwrap()
+}
+
+/// Sends `/start` from `chat` until the bot answers `expected` (text changes reach a running
+/// bot asynchronously).
+async fn until_reply(h: &Harness, t: &str, chat: i64, expected: &str) {
+    common::eventually(DEADLINE, &format!("/start answers {expected}"), || async {
+        let after = h.last_seq(t, chat);
+        h.say(t, chat, "/start");
+        let r = h.reply(t, chat, after, |_| true).await;
+        (r.text() == Some(expected)).then_some(())
+    })
+    .await;
 }
 
 /// A pool to database `name` on the test server.
@@ -373,10 +385,7 @@ async fn import_in_place_restores_the_rows_and_versions_and_the_bot_answers_with
         .await
         .unwrap();
     let users = [731_200_001_i64, 731_200_002];
-    let seq = h.last_seq(&t, users[0]);
-    h.say(&t, users[0], "/start");
-    h.reply(&t, users[0], seq, |text| text == "Welcome aboard")
-        .await;
+    until_reply(&h, &t, users[0], "Welcome aboard").await;
     let pool = h.bot_pool(id).await;
     let (old_users, old_messages) = (rows(&pool, "users").await, rows(&pool, "messages").await);
     pool.close().await;
@@ -398,10 +407,7 @@ async fn import_in_place_restores_the_rows_and_versions_and_the_bot_answers_with
         .set_text(id, "start", Some("en"), "Changed since")
         .await
         .unwrap();
-    let seq = h.last_seq(&t, users[1]);
-    h.say(&t, users[1], "/start");
-    h.reply(&t, users[1], seq, |text| text == "Changed since")
-        .await;
+    until_reply(&h, &t, users[1], "Changed since").await;
     let pool = h.bot_pool(id).await;
     let (changed_users, changed_messages) =
         (rows(&pool, "users").await, rows(&pool, "messages").await);
@@ -436,10 +442,7 @@ async fn import_in_place_restores_the_rows_and_versions_and_the_bot_answers_with
     assert_eq!(rows(&pool, "users").await, changed_users);
     assert_eq!(rows(&pool, "messages").await, changed_messages);
     pool.close().await;
-    let seq = h.last_seq(&t, users[1]);
-    h.say(&t, users[1], "/start");
-    h.reply(&t, users[1], seq, |text| text == "Changed since")
-        .await;
+    until_reply(&h, &t, users[1], "Changed since").await;
 
     // The real archive: everything as exported, the history too.
     let r = cli(
@@ -465,10 +468,7 @@ async fn import_in_place_restores_the_rows_and_versions_and_the_bot_answers_with
 
     // The bot runs again and answers with the archived text.
     h.wait_state(id, "running").await;
-    let seq = h.last_seq(&t, users[0]);
-    h.say(&t, users[0], "/start");
-    h.reply(&t, users[0], seq, |text| text == "Welcome aboard")
-        .await;
+    until_reply(&h, &t, users[0], "Welcome aboard").await;
     assert!(h.stop().await.clean());
 }
 
