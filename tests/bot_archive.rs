@@ -580,5 +580,14 @@ async fn an_in_place_import_interrupted_at_any_step_finishes_when_run_again() {
         .await
         .unwrap();
     assert!(!database_exists(&aside).await);
+
+    // One import into a bot at a time.
+    let held = store::try_lock_import(&pool, id).await.unwrap().unwrap();
+    let e = admin
+        .import_bot_into(&file, id, &IntoOptions::default(), &tools)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("another import into bot"), "{e}");
+    sqlx::Connection::close(held).await.unwrap();
     pool.close().await;
 }

@@ -850,6 +850,30 @@ impl Admin {
         let read = read_archive(file, &scratch.0)?;
         let parts = self.parse_parts(file, &read)?;
         let current = store::get_bot(&self.pool, id).await?;
+        let Some(lock) = store::try_lock_import(&self.pool, id).await? else {
+            return Err(AdminError::Invalid(format!(
+                "another import into bot {id} is running; wait for it to finish (nothing was \
+                 imported)"
+            )));
+        };
+        let result = self
+            .import_locked(file, &read, parts, current, opts, tools)
+            .await;
+        let _ = sqlx::Connection::close(lock).await;
+        result
+    }
+
+    /// [`Admin::import_bot_into`] once the archive is read and the bot's import lock held.
+    async fn import_locked(
+        &self,
+        file: &Path,
+        read: &ReadArchive,
+        parts: Parts,
+        current: crate::panel::BotRecord,
+        opts: &IntoOptions<'_>,
+        tools: &PgTools,
+    ) -> Result<InPlaceReport, AdminError> {
+        let id = current.id;
         let name = opts.name.unwrap_or(&parts.bot.name).to_owned();
         validate_name(&name)?;
         if let Some(other) = store::name_holder(&self.pool, &name, id).await? {

@@ -384,6 +384,24 @@ pub async fn name_holder(
     )
 }
 
+/// Takes the session advisory lock that lets only one in-place import into bot `id` run at a
+/// time, on a connection of its own (detached from the pool: the lock lives as long as the
+/// session, so closing or dropping the connection releases it); `None` when another session
+/// holds it.
+pub async fn try_lock_import(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<sqlx::PgConnection>, PanelError> {
+    let mut conn = pool.acquire().await?.detach();
+    let got: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('botvisor in-place import ' || $1::text, 0))",
+    )
+    .bind(id)
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(got.then_some(conn))
+}
+
 /// Whether daemon instance `name` has a heartbeat younger than `live_within_secs`.
 pub async fn instance_alive(
     pool: &PgPool,
