@@ -589,5 +589,28 @@ async fn an_in_place_import_interrupted_at_any_step_finishes_when_run_again() {
         .unwrap_err();
     assert!(e.to_string().contains("another import into bot"), "{e}");
     sqlx::Connection::close(held).await.unwrap();
+
+    // The token changes only with --with-token, and only from an archive that holds one.
+    let with_token = IntoOptions {
+        with_token: true,
+        ..IntoOptions::default()
+    };
+    let e = admin
+        .import_bot_into(&file, id, &with_token, &tools)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("holds no token"), "{e}");
+    let tokened = dir.path().join("tokened.tar");
+    admin.export_bot(id, &tokened, true, &tools).await.unwrap();
+    let r = admin
+        .import_bot_into(&tokened, id, &with_token, &tools)
+        .await
+        .unwrap();
+    assert!(r.token_replaced);
+    let bot = store::get_bot(&pool, id).await.unwrap();
+    assert_eq!(
+        bot.open_token(&p.db.keys()).unwrap().expose(),
+        common::token(6351)
+    );
     pool.close().await;
 }
