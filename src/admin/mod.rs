@@ -16,7 +16,8 @@
 //! - [`data`]: erasing a bot; exporting and erasing one user's rows;
 //! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
 //! - [`versions`]: the history of texts and manifests, and rollback;
-//! - [`archive`]: a bot exported to one archive file and imported again as a new bot.
+//! - [`archive`]: a bot exported to one archive file and imported again as a new bot or in
+//!   place over an existing one.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].

@@ -318,6 +318,101 @@ impl BotDbTarget {
         result
     }
 
+    /// A database beside this one on the same server, named after it with `suffix` (the
+    /// name shortened, with a hash of the whole, when it would pass PostgreSQL's 63 bytes):
+    /// where an in-place import restores into, and where it sets the old data aside.
+    pub fn sibling(&self, suffix: &str) -> BotDbTarget {
+        let mut name = format!("{}{suffix}", self.database);
+        if name.len() > MAX_IDENTIFIER_LEN {
+            let digest = ring::digest::digest(&ring::digest::SHA256, self.database.as_bytes());
+            let hash: String = digest.as_ref()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let keep = MAX_IDENTIFIER_LEN - suffix.len() - hash.len() - 1;
+            // Validated names are ASCII, so any byte index is a character boundary.
+            name = format!("{}_{hash}{suffix}", &self.database[..keep]);
+        }
+        BotDbTarget {
+            bot_id: self.bot_id,
+            options: self.options.clone().database(&name),
+            maintenance: self.maintenance.clone(),
+            database: name,
+            password: self.password.clone(),
+        }
+    }
+
+    fn manage(&self, action: &'static str) -> impl FnOnce(sqlx::Error) -> BotDbError + '_ {
+        move |source| BotDbError::Manage {
+            action,
+            database: self.database.clone(),
+            source,
+        }
+    }
+
+    /// `None` when the database does not exist, else its comment.
+    pub async fn comment(&self) -> Result<Option<Option<String>>, BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let result = store::database_comment(&mut conn, &self.database)
+            .await
+            .map_err(self.manage("inspect"));
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Sets (`None`: removes) the database's comment.
+    pub async fn set_comment(&self, comment: Option<&str>) -> Result<(), BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let result = store::set_database_comment(&mut conn, &self.database, comment)
+            .await
+            .map_err(self.manage("comment on"));
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Renames the database to `to` on the same server, ending the sessions connected to it
+    /// first (a rename needs none); a session that reconnects in between is ended again, up
+    /// to [`RENAME_ATTEMPTS`] times.
+    pub async fn rename_to(&self, to: &str) -> Result<(), BotDbError> {
+        let mut conn = self.maintenance_connection().await?;
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let step = async {
+                store::terminate_sessions(&mut conn, &self.database).await?;
+                store::rename_database(&mut conn, &self.database, to).await
+            }
+            .await;
+            match step {
+                Err(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some("55006") && attempt < RENAME_ATTEMPTS => {}
+                other => break other.map_err(self.manage("rename")),
+            }
+        };
+        let _ = conn.close().await;
+        result
+    }
+
+    /// The row count of every table of the database (see [`store::table_counts`]).
+    pub async fn table_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, BotDbError> {
+        let mut conn = self
+            .options
+            .connect()
+            .await
+            .map_err(|source| BotDbError::Connect {
+                url: self.describe(),
+                database: self.database.clone(),
+                source,
+            })?;
+        let result = store::table_counts(&mut conn)
+            .await
+            .map_err(self.manage("count the rows of"));
+        let _ = conn.close().await;
+        result
+    }
+
     /// Creates the database if needed and applies the embedded bot migrations, with every
     /// connection taken from `budget`; returns whether it was created and the bot's pool.
     ///
@@ -416,6 +511,9 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
     Ok(opts)
 }
 
+/// How many times [`BotDbTarget::rename_to`] ends the sessions and tries again.
+pub const RENAME_ATTEMPTS: u32 = 5;
+
 /// Checks a database name: 1–63 bytes of letters, digits, `_` and `-`.
 pub fn validate_database_name(name: &str) -> Result<(), String> {
     if name.is_empty()
@@ -450,6 +548,20 @@ pub fn quote_ident(name: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn siblings_stay_within_63_bytes_and_apart() {
+        let t = |name: &str| BotDbTarget::resolve(&settings(), 1, Some(name)).unwrap();
+        let short = t("botvisor_bot_1").sibling("_import");
+        assert_eq!(short.database, "botvisor_bot_1_import");
+        assert_eq!(short.options.get_database(), Some("botvisor_bot_1_import"));
+        let long_a = t(&"a".repeat(63)).sibling("_import");
+        let long_b = t(&format!("{}b", "a".repeat(62))).sibling("_import");
+        assert_eq!(long_a.database.len(), 63);
+        assert!(long_a.database.ends_with("_import"));
+        assert_ne!(long_a.database, long_b.database);
+        assert!(validate_database_name(&long_a.database).is_ok());
+    }
 
     fn settings() -> Settings {
         let env: HashMap<String, String> = [(

@@ -591,3 +591,105 @@ pub async fn erase_user(
     tx.commit().await?;
     Ok(out)
 }
+
+// ---- Whole databases: archives and in-place restores (admin::archive) ----
+
+/// Starts a read-only repeatable-read transaction on `conn` and exports its snapshot, so
+/// `pg_dump --snapshot` and [`table_counts`] on the same connection see the same rows; the
+/// transaction ends when the connection is closed.
+pub async fn begin_exported_snapshot(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// The row count of every ordinary table outside the system schemas, as `schema.table`.
+pub async fn table_counts(
+    conn: &mut PgConnection,
+) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await?;
+        counts.insert(format!("{schema}.{table}"), n);
+    }
+    Ok(counts)
+}
+
+/// Whether database `name` exists on the server of `conn`, and its comment.
+pub async fn database_comment(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(c,)| c))
+}
+
+/// Sets (or with `None` removes) database `name`'s comment.
+pub async fn set_database_comment(
+    conn: &mut PgConnection,
+    name: &str,
+    comment: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let value = match comment {
+        Some(c) => format!("'{}'", c.replace('\'', "''")),
+        None => "NULL".to_owned(),
+    };
+    let sql = format!("COMMENT ON DATABASE {} IS {value}", quote_ident(name));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends every other session connected to database `name` (waiting up to 5 s for each).
+pub async fn terminate_sessions(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Renames database `from` to `to`; fails with SQLSTATE 55006 while sessions use `from`.
+pub async fn rename_database(
+    conn: &mut PgConnection,
+    from: &str,
+    to: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(from),
+        quote_ident(to)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -265,7 +265,8 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             let report = admin.export_bot(*id, file, *with_token, &tools).await?;
             if report.with_token {
                 eprintln!(
-                    "warning: {} holds bot {id}'s token IN CLEAR: anyone with the file can run                      the bot; keep it like the token itself",
+                    "warning: {} holds bot {id}'s token IN CLEAR: anyone with the file can run \
+                     the bot; keep it like the token itself",
                     file.display()
                 );
             }
@@ -281,7 +282,48 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             }
             writeln!(out, "bot {id} exported to {}", file.display())?;
         }
-        BotCommand::Import { file, name } => {
+        BotCommand::Import {
+            file,
+            name,
+            into: Some(id),
+            with_token,
+        } => {
+            let tools = crate::admin::archive::PgTools::default();
+            let opts = crate::admin::archive::IntoOptions {
+                name: name.as_deref(),
+                with_token: *with_token,
+                halt_after: None,
+            };
+            let r = admin.import_bot_into(file, *id, &opts, &tools).await?;
+            for note in &r.notes {
+                eprintln!("{note}");
+            }
+            let database = r.database.as_deref().map_or(
+                "the archive has no database: the bot gets a new one on its next start".to_owned(),
+                |d| match r.tables_verified {
+                    Some(n) => format!("database {d} restored ({n} tables verified)"),
+                    None => format!("database {d} restored (archive version 1: no row counts)"),
+                },
+            );
+            eprintln!(
+                "bot {id} ({}) restored in place: {} texts, {} text and {} manifest versions, \
+                 {database}",
+                r.name, r.texts, r.text_versions, r.manifest_versions
+            );
+            if r.token_replaced {
+                eprintln!("bot {id} now has the archive's token");
+            }
+            if r.enabled {
+                eprintln!("bot {id} is enabled again");
+            }
+            writeln!(out, "{id}")?;
+        }
+        BotCommand::Import {
+            file,
+            name,
+            into: None,
+            ..
+        } => {
             let tools = crate::admin::archive::PgTools::default();
             let r = admin.import_bot(file, name.as_deref(), &tools).await?;
             writeln!(out, "{}", r.id)?;
@@ -297,12 +339,14 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
             );
             if let Some(holder) = &r.token_held_by {
                 eprintln!(
-                    "warning: the archive's token is already registered for {holder}: bot {}                      has no token; set one with `botvisor bot set-token {} TOKEN`",
+                    "warning: the archive's token is already registered for {holder}: bot {} \
+                     has no token; set one with `botvisor bot set-token {} TOKEN`",
                     r.id, r.id
                 );
             } else if !r.token {
                 eprintln!(
-                    "bot {} has no token and is disabled: `botvisor bot set-token {} TOKEN`,                      then `botvisor bot enable {}`",
+                    "bot {} has no token and is disabled: `botvisor bot set-token {} TOKEN`, \
+                     then `botvisor bot enable {}`",
                     r.id, r.id, r.id
                 );
             } else if !r.enabled {

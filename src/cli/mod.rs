@@ -472,14 +472,25 @@ pub enum BotCommand {
         with_token: bool,
     },
     /// Recreate a bot from an archive of `bot export` as a NEW bot (new id, its own database
-    /// restored with pg_restore); checksums are verified first. It stays disabled until it has
-    /// a token, unless the archive carried one no other bot uses.
+    /// restored with pg_restore), or with --into restore it IN PLACE over an existing bot;
+    /// checksums are verified first. A new bot stays disabled until it has a token, unless the
+    /// archive carried one no other bot uses. See docs/security.md ("Bot archives").
     Import {
         /// The archive file.
         file: PathBuf,
-        /// The new bot's name; default: the exported bot's name.
+        /// The bot's name afterwards; default: the exported bot's name.
         #[arg(long)]
         name: Option<String>,
+        /// Restore in place over bot ID: its database, texts, manifest, name and text/manifest
+        /// versions become the archive's (restored and verified beside it first; the bot is
+        /// stopped only for the swap and enabled again if it was). Its token and secrets stay.
+        /// After a crash, run the same command again: it finishes the import.
+        #[arg(long, value_name = "ID")]
+        into: Option<i64>,
+        /// With --into: take the archive's token too (it must hold one, exported with
+        /// --with-token).
+        #[arg(long, requires = "into")]
+        with_token: bool,
     },
     /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {

@@ -2,7 +2,7 @@
 //! and the version history of texts and manifests. Their SQL lives in [`super::store`].
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 /// An operator of the panel and the HTTP API (the password hash included: never show it).
@@ -76,7 +76,7 @@ pub struct NewAudit<'a> {
 }
 
 /// One version of a text: the change from `previous` to `value` (`None`: absent).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TextVersion {
     /// 1, 2, … per bot, key and language.
     pub version: i64,
@@ -95,7 +95,7 @@ pub struct TextVersion {
 }
 
 /// One version of a manifest.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ManifestVersion {
     /// 1, 2, … per bot.
     pub version: i64,

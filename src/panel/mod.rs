@@ -252,6 +252,11 @@ impl std::fmt::Debug for SecretRecord {
 /// How long opening the first panel connection may take before we give up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A daemon instance whose heartbeat in `instances` is younger than this is alive (three
+/// missed beats of the control loop's 5 s): the rule for a standby's takeover and for an
+/// in-place import waiting for a bot to stop.
+pub const INSTANCE_LIVE: Duration = Duration::from_secs(15);
+
 /// Opens a small pool to the panel database, failing fast with the (masked) URL and the real
 /// cause when it is unreachable.
 ///

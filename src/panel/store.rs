@@ -123,10 +123,25 @@ pub struct ImportedBot<'a> {
     pub manifest: &'a Manifest,
     /// Texts as `(key, lang, value)`.
     pub texts: &'a [(String, String, String)],
+    /// The archived history of its texts and manifest.
+    pub versions: &'a ArchivedVersions,
+    /// Who imports (the history's closing entries name `import:<actor>`).
+    pub actor: &'a str,
 }
 
-/// Registers an imported bot, disabled and on the naming rule's database, with its texts, in
-/// one transaction; returns its id. A token another bot has is refused, naming that bot.
+/// A bot's text and manifest versions as an archive carries them, oldest first.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedVersions {
+    /// Text versions, in the order they were written.
+    pub texts: Vec<TextVersion>,
+    /// Manifest versions, in the order they were written.
+    pub manifests: Vec<ManifestVersion>,
+}
+
+/// Registers an imported bot, disabled and on the naming rule's database, with its texts and
+/// its archived versions (see [`replace_versions`]), in one transaction; returns its id. A
+/// token another bot has is refused, naming that bot.
 pub async fn add_imported_bot(
     pool: &PgPool,
     keys: &Keyring,
@@ -140,7 +155,8 @@ pub async fn add_imported_bot(
     {
         return Err(PanelError::DuplicateToken { holder });
     }
-    let mut tx = pool.begin().await?;
+    let actor = format!("import:{}", bot.actor);
+    let mut tx = begin_as(pool, &actor).await?;
     let id = insert_bot(
         &mut tx,
         keys,
@@ -150,17 +166,256 @@ pub async fn add_imported_bot(
         bot.manifest,
     )
     .await?;
+    insert_texts(&mut tx, id, bot.texts).await?;
+    replace_versions(&mut tx, id, bot.versions, &actor).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// A bot's panel rows as an in-place import restores them.
+#[derive(Debug)]
+pub struct RestoredBot<'a> {
+    /// Its name (unique).
+    pub name: &'a str,
+    /// A new token; `None`: the bot keeps its own.
+    pub token: Option<&'a BotToken>,
+    /// Validated manifest.
+    pub manifest: &'a Manifest,
+    /// Its texts as `(key, lang, value)`: they replace every text it has.
+    pub texts: &'a [(String, String, String)],
+    /// Its history: it replaces the bot's (see [`replace_versions`]).
+    pub versions: &'a ArchivedVersions,
+    /// Who imports.
+    pub actor: &'a str,
+}
+
+/// Replaces bot `id`'s name, manifest, texts and versions (and its token, when given) in one
+/// transaction. Running it twice gives the same rows. The enabled flag, the database override
+/// and the secrets are left as they are.
+pub async fn restore_bot_rows(
+    pool: &PgPool,
+    keys: Option<&Keyring>,
+    id: i64,
+    bot: &RestoredBot<'_>,
+) -> Result<(), PanelError> {
     for (key, lang, value) in bot.texts {
+        validated(key, lang, value)?;
+    }
+    if let Some(token) = bot.token
+        && let Some(keys) = keys
+        && let Some(holder) = token_holder(pool, keys, token, Some(id)).await?
+    {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    let actor = format!("import:{}", bot.actor);
+    let mut tx = begin_as(pool, &actor).await?;
+    let r = sqlx::query("UPDATE bots SET name = $2, manifest = $3 WHERE id = $1")
+        .bind(id)
+        .bind(bot.name)
+        .bind(Json(bot.manifest.to_value()))
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, bot.name)?;
+    if let (Some(token), Some(keys)) = (bot.token, keys) {
+        let key = keys.current();
+        sqlx::query(
+            "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(key.seal(&token_aad(id), token.expose().as_bytes())?)
+        .bind(key.token_hash(token.expose()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_unique(e, bot.name))?;
+    }
+    sqlx::query("DELETE FROM bot_texts WHERE bot_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    insert_texts(&mut tx, id, bot.texts).await?;
+    replace_versions(&mut tx, id, bot.versions, &actor).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts texts (the bot has none of these keys yet).
+async fn insert_texts(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+    texts: &[(String, String, String)],
+) -> Result<(), PanelError> {
+    for (key, lang, value) in texts {
         sqlx::query("INSERT INTO bot_texts (bot_id, key, lang, value) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(key)
             .bind(lang)
             .bind(value)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
     }
-    tx.commit().await?;
-    Ok(id)
+    Ok(())
+}
+
+/// Replaces bot `id`'s versions with `versions`, in the transaction that just wrote its texts
+/// and manifest: the entries the version triggers wrote for those writes are deleted with the
+/// rest, the archived ones inserted as they were (numbers, actors, times), and then one entry
+/// by `actor` closes each history that does not end in the value the bot now has (a text or
+/// manifest older than the version tables, or a text the history still shows and the bot no
+/// longer has). An import therefore adds at most one version per text and manifest, and none
+/// when the archive's history is complete; running it twice gives the same rows.
+pub async fn replace_versions(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+    versions: &ArchivedVersions,
+    actor: &str,
+) -> Result<(), PanelError> {
+    for table in ["text_versions", "manifest_versions"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE bot_id = $1"
+        )))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for v in &versions.texts {
+        sqlx::query(
+            "INSERT INTO text_versions (bot_id, key, lang, version, previous, value, actor, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(&v.key)
+        .bind(&v.lang)
+        .bind(v.version)
+        .bind(&v.previous)
+        .bind(&v.value)
+        .bind(&v.actor)
+        .bind(v.at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for v in &versions.manifests {
+        sqlx::query(
+            "INSERT INTO manifest_versions (bot_id, version, previous, manifest, actor, at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(v.version)
+        .bind(&v.previous)
+        .bind(&v.manifest)
+        .bind(&v.actor)
+        .bind(v.at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Texts whose history ends elsewhere than in their value (or is empty).
+    sqlx::query(
+        "INSERT INTO text_versions (bot_id, key, lang, version, previous, value, actor) \
+         SELECT t.bot_id, t.key, t.lang, COALESCE(v.version, 0) + 1, v.value, t.value, $2 \
+         FROM bot_texts t \
+         LEFT JOIN LATERAL (SELECT version, value FROM text_versions \
+                            WHERE bot_id = t.bot_id AND key = t.key AND lang = t.lang \
+                            ORDER BY version DESC LIMIT 1) v ON true \
+         WHERE t.bot_id = $1 AND v.value IS DISTINCT FROM t.value",
+    )
+    .bind(id)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    // Texts the history shows present that the bot does not have.
+    sqlx::query(
+        "INSERT INTO text_versions (bot_id, key, lang, version, previous, value, actor) \
+         SELECT bot_id, key, lang, version + 1, value, NULL, $2 FROM ( \
+             SELECT DISTINCT ON (key, lang) bot_id, key, lang, version, value \
+             FROM text_versions WHERE bot_id = $1 ORDER BY key, lang, version DESC) last \
+         WHERE value IS NOT NULL AND NOT EXISTS ( \
+             SELECT 1 FROM bot_texts t \
+             WHERE t.bot_id = last.bot_id AND t.key = last.key AND t.lang = last.lang)",
+    )
+    .bind(id)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO manifest_versions (bot_id, version, previous, manifest, actor) \
+         SELECT b.id, COALESCE(m.version, 0) + 1, m.manifest, b.manifest, $2 FROM bots b \
+         LEFT JOIN LATERAL (SELECT version, manifest FROM manifest_versions \
+                            WHERE bot_id = b.id ORDER BY version DESC LIMIT 1) m ON true \
+         WHERE b.id = $1 AND m.manifest IS DISTINCT FROM b.manifest",
+    )
+    .bind(id)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Bot `id`'s text and manifest versions, oldest first, for an archive.
+pub async fn all_versions(pool: &PgPool, id: i64) -> Result<ArchivedVersions, PanelError> {
+    ensure_bot(pool, id).await?;
+    let texts = sqlx::query_as(
+        "SELECT version, key, lang, previous, value, actor, at FROM text_versions \
+         WHERE bot_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let manifests = sqlx::query_as(
+        "SELECT version, previous, manifest, actor, at FROM manifest_versions \
+         WHERE bot_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(ArchivedVersions { texts, manifests })
+}
+
+/// The id of the bot other than `except` named `name`, if any.
+pub async fn name_holder(
+    pool: &PgPool,
+    name: &str,
+    except: i64,
+) -> Result<Option<i64>, PanelError> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM bots WHERE name = $1 AND id <> $2")
+            .bind(name)
+            .bind(except)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Takes the session advisory lock that lets only one in-place import into bot `id` run at a
+/// time, on a connection of its own (detached from the pool: the lock lives as long as the
+/// session, so closing or dropping the connection releases it); `None` when another session
+/// holds it.
+pub async fn try_lock_import(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<sqlx::PgConnection>, PanelError> {
+    let mut conn = pool.acquire().await?.detach();
+    let got: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('botvisor in-place import ' || $1::text, 0))",
+    )
+    .bind(id)
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(got.then_some(conn))
+}
+
+/// Whether daemon instance `name` has a heartbeat younger than `live_within_secs`.
+pub async fn instance_alive(
+    pool: &PgPool,
+    name: &str,
+    live_within_secs: f64,
+) -> Result<bool, PanelError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM instances WHERE name = $1 \
+         AND heartbeat_at > clock_timestamp() - make_interval(secs => $2))",
+    )
+    .bind(name)
+    .bind(live_within_secs)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Inserts a bot row (`(enabled, database override)`), its token (if any) sealed under the
