@@ -8,7 +8,8 @@
 //! - [`auth`]: who is calling (session cookie or `Authorization: Bearer`), CSRF, the client
 //!   address, sign-in throttling;
 //! - [`api`]: the JSON API and its OpenAPI document (generated from the code by utoipa);
-//! - [`pages`]: the HTML pages (askama templates in `templates/`), in English and Russian.
+//! - [`pages`]: the HTML pages (askama templates in `templates/`), in English and Russian;
+//! - [`mailings`]: the broadcasts and schedules pages.
 //!
 //! Tokens never leave this process unmasked: every bot is shown through
 //! [`crate::admin::bots::BotView`], and the token is only ever written.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod i18n;
+pub mod mailings;
 pub mod pages;
 
 use std::net::SocketAddr;
@@ -123,6 +125,7 @@ impl PanelServer {
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(pages::routes())
+        .merge(mailings::routes())
         .nest("/api/v1", api::routes())
         .with_state(state)
 }
