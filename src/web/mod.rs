@@ -9,7 +9,8 @@
 //!   address, sign-in throttling;
 //! - [`api`]: the JSON API and its OpenAPI document (generated from the code by utoipa);
 //! - [`pages`]: the HTML pages (askama templates in `templates/`), in English and Russian;
-//! - [`mailings`]: the broadcasts and schedules pages.
+//! - [`mailings`]: the broadcasts and schedules pages;
+//! - [`menus`]: commands and menus edited as a form.
 //!
 //! Tokens never leave this process unmasked: every bot is shown through
 //! [`crate::admin::bots::BotView`], and the token is only ever written.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod auth;
 pub mod i18n;
 pub mod mailings;
+pub mod menus;
 pub mod pages;
 
 use std::net::SocketAddr;
@@ -126,6 +128,7 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(pages::routes())
         .merge(mailings::routes())
+        .merge(menus::routes())
         .nest("/api/v1", api::routes())
         .with_state(state)
 }
