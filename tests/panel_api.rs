@@ -384,6 +384,44 @@ async fn wrong_passwords_are_throttled_per_login() {
     );
     let (s, _) = c.sign_in("nobody", "wrong password!").await;
     assert_eq!(s, 401, "another login is not throttled yet");
+
+    // The counters are in the panel database: a restarted panel still refuses.
+    let restarted = WebPanel::start_on(None, p.pool.clone(), p.settings.clone()).await;
+    let (s, headers, e) = restarted
+        .client()
+        .send_raw(
+            Method::POST,
+            "/api/v1/session",
+            Some(json!({"login": "owner", "password": PASSWORD})),
+            false,
+        )
+        .await;
+    assert_eq!(s, 429, "{e}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+
+    // Once the window has passed (moved back here rather than waited for), it may try again.
+    sqlx::query("UPDATE login_failures SET since = since - interval '16 minutes'")
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let (s, e) = restarted.client().sign_in("owner", PASSWORD).await;
+    assert_eq!(s, 200, "{e}");
+
+    // Per client address too: 20 failures from one address, whatever the logins.
+    let max = botvisor::admin::operators::MAX_FAILURES_PER_ADDRESS;
+    for i in 0..max {
+        p.admin
+            .sign_in_failed(&format!("u{i}"), "203.0.113.9")
+            .await
+            .unwrap();
+    }
+    let wait = p.admin.sign_in_wait("carol", "203.0.113.9").await.unwrap();
+    assert!(wait.is_some_and(|w| w.as_secs() <= 900), "{wait:?}");
+    assert_eq!(
+        p.admin.sign_in_wait("carol", "198.51.100.1").await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

@@ -1074,3 +1074,54 @@ pub async fn manifest_history(pool: &PgPool, id: i64) -> Result<Vec<ManifestVers
     .fetch_all(pool)
     .await?)
 }
+
+/// The longest time, in seconds, any of `keys` must still wait: a key waits when it has at
+/// least its maximum of failures within the last `window_secs` (none waits: `None`).
+pub async fn login_wait(
+    pool: &PgPool,
+    keys: &[(String, i32)],
+    window_secs: f64,
+) -> Result<Option<f64>, PanelError> {
+    let (names, maxima): (Vec<&str>, Vec<i32>) = keys.iter().map(|(k, m)| (k.as_str(), *m)).unzip();
+    Ok(sqlx::query_scalar(
+        "SELECT max(extract(epoch FROM f.since + make_interval(secs => $3) - now()))::float8 \
+         FROM login_failures f JOIN unnest($1::text[], $2::int[]) AS k(key, max) USING (key) \
+         WHERE f.failures >= k.max AND f.since > now() - make_interval(secs => $3)",
+    )
+    .bind(names)
+    .bind(maxima)
+    .bind(window_secs)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Counts one failed sign-in for each of `keys`; a key whose window passed starts again.
+pub async fn login_failed(
+    pool: &PgPool,
+    keys: &[String],
+    window_secs: f64,
+) -> Result<(), PanelError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM login_failures WHERE since <= now() - make_interval(secs => $1)")
+        .bind(window_secs)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO login_failures (key, failures) SELECT unnest($1::text[]), 1 \
+         ON CONFLICT (key) DO UPDATE SET failures = login_failures.failures + 1",
+    )
+    .bind(keys)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets the failures of `key` (a login that signed in).
+pub async fn login_forget(pool: &PgPool, key: &str) -> Result<(), PanelError> {
+    sqlx::query("DELETE FROM login_failures WHERE key = $1")
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -3,7 +3,6 @@
 //! The OpenAPI document (`/api/v1/openapi.json`) is generated from these handlers by utoipa.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -186,8 +185,7 @@ pub async fn check_sign_in(
     login: &str,
     password: &str,
 ) -> ApiResult<crate::admin::operators::NewSession> {
-    let now = Instant::now();
-    if let Err(wait) = state.throttle.check(login, address, now) {
+    if let Some(wait) = state.admin.sign_in_wait(login, address).await? {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -204,11 +202,11 @@ pub async fn check_sign_in(
         .await
     {
         Ok(session) => {
-            state.throttle.succeeded(login);
+            state.admin.sign_in_succeeded(login).await?;
             Ok(session)
         }
         Err(e @ crate::admin::AdminError::BadCredentials) => {
-            state.throttle.failed(login, address, now);
+            state.admin.sign_in_failed(login, address).await?;
             tracing::warn!(login, address, "failed sign-in");
             Err(e.into())
         }

@@ -23,7 +23,6 @@ pub mod menus;
 pub mod pages;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -32,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::operators::LoginThrottle;
 use crate::admin::{Admin, AdminError};
 use crate::panel::PanelError;
 use crate::settings::Settings;
@@ -59,8 +57,6 @@ pub enum WebError {
 pub struct AppState {
     /// The service layer (acting as nobody; handlers act as the caller).
     pub admin: Admin,
-    /// Failed sign-ins per login and address.
-    pub throttle: Arc<LoginThrottle>,
     /// Whether the session cookie is `Secure`.
     pub cookie_secure: bool,
     /// How long a session lasts.
@@ -95,7 +91,6 @@ impl PanelServer {
             listener,
             state: AppState {
                 admin,
-                throttle: Arc::new(LoginThrottle::default()),
                 cookie_secure: settings.panel_http.cookie_secure,
                 session_lifetime: Duration::from_secs(settings.panel_http.session_hours * 3600),
             },
