@@ -1185,3 +1185,79 @@ async fn the_panel_opens_at_most_its_bot_database_connections() {
     assert!(most <= 2, "{most} connections open at once (limit 1)");
     assert_eq!(admin.bot_db_permits_free(), 1, "every permit came back");
 }
+
+#[tokio::test]
+async fn each_audit_entry_commits_in_the_transaction_of_its_change() {
+    let p = WebPanel::start("bvt_api_audit_tx").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "tx", 8401).await;
+    put_text(&mut c, id, "start", "Hi").await;
+    put_text(&mut c, id, "gone", "Bye").await;
+    let (s, _) = c.delete(&format!("/api/v1/bots/{id}/texts/gone")).await;
+    assert_eq!(s, 204);
+    let (s, _) = c
+        .put(
+            &format!("/api/v1/bots/{id}/manifest"),
+            json!({"default_language": "ru"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = c
+        .put(&format!("/api/v1/bots/{id}/name"), json!({"name": "tx2"}))
+        .await;
+    assert_eq!(s, 200);
+    // A row written in a transaction carries that transaction's id (xmin): the audit entry and
+    // the row it records have the same one, so neither can commit without the other.
+    let same = |sql: &'static str| {
+        let pool = p.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(sql)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for (what, sql) in [
+        (
+            "text.set",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, text_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'text.set' AND a.target = 'start [en]' \
+               AND v.bot_id = $1 AND v.key = 'start'",
+        ),
+        (
+            "text.delete",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, text_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'text.delete' \
+               AND v.bot_id = $1 AND v.key = 'gone' AND v.value IS NULL",
+        ),
+        (
+            "manifest.replace",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, manifest_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'manifest.replace' \
+               AND v.bot_id = $1 AND v.manifest->>'default_language' = 'ru'",
+        ),
+        (
+            "bot.rename",
+            "SELECT a.xmin::text = b.xmin::text FROM audit_log a, bots b \
+             WHERE a.bot_id = $1 AND a.action = 'bot.rename' AND b.id = $1",
+        ),
+    ] {
+        assert!(same(sql).await, "{what}: not in the same transaction");
+    }
+    // A refused change leaves no entry.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    add_bot(&mut c, "other", 8402).await;
+    let (s, _) = c
+        .put(&format!("/api/v1/bots/{id}/name"), json!({"name": "other"}))
+        .await;
+    assert_eq!(s, 409);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, before + 1, "only the added bot is recorded");
+}

@@ -380,7 +380,28 @@ impl Admin {
             .map(|r| Operator::from_record(&r)))
     }
 
-    /// Appends to the audit log as this service's actor.
+    /// An audit entry as this service's actor, for a store function that writes it in the
+    /// transaction of the change it records.
+    pub(super) fn audit_entry<'a>(
+        &'a self,
+        action: &'a str,
+        bot_id: Option<i64>,
+        target: &'a str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> NewAudit<'a> {
+        NewAudit {
+            actor: &self.actor,
+            action,
+            bot_id,
+            target,
+            before,
+            after,
+        }
+    }
+
+    /// Appends to the audit log as this service's actor (after the change, in a transaction
+    /// of its own: for changes outside the panel database, such as a bot's broadcasts).
     pub(super) async fn audit(
         &self,
         action: &str,

@@ -1,5 +1,6 @@
 //! All SQL against the panel database.
 
+use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
@@ -439,7 +440,7 @@ pub async fn clear_token_count(pool: &PgPool) -> Result<i64, PanelError> {
 
 /// Replaces a bot's manifest.
 pub async fn set_manifest(pool: &PgPool, id: i64, manifest: &Manifest) -> Result<(), PanelError> {
-    set_manifest_as(pool, id, manifest, "").await
+    set_manifest_as(pool, id, manifest, "", None).await
 }
 
 /// Replaces a bot's manifest; its version is recorded as written by `actor` (empty: the
@@ -449,6 +450,7 @@ pub async fn set_manifest_as(
     id: i64,
     manifest: &Manifest,
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<(), PanelError> {
     let mut tx = begin_as(pool, actor).await?;
     let r = sqlx::query("UPDATE bots SET manifest = $2 WHERE id = $1")
@@ -457,6 +459,9 @@ pub async fn set_manifest_as(
         .execute(&mut *tx)
         .await;
     expect_one(r, id, "")?;
+    if let Some(entry) = audit {
+        insert_audit_on(&mut tx, entry).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -536,13 +541,15 @@ pub async fn set_text(
     .await
 }
 
-/// Deletes one text as `actor` (see [`begin_as`]); returns whether it existed.
+/// Deletes one text as `actor` (see [`begin_as`]), recording `audit` in the same transaction
+/// when it existed; returns whether it existed.
 pub async fn delete_text_as(
     pool: &PgPool,
     id: i64,
     key: &str,
     lang: &str,
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<bool, PanelError> {
     ensure_bot(pool, id).await?;
     let mut tx = begin_as(pool, actor).await?;
@@ -552,6 +559,9 @@ pub async fn delete_text_as(
         .bind(lang)
         .execute(&mut *tx)
         .await?;
+    if let Some(entry) = audit.filter(|_| r.rows_affected() > 0) {
+        insert_audit_on(&mut tx, entry).await?;
+    }
     tx.commit().await?;
     Ok(r.rows_affected() > 0)
 }
@@ -563,7 +573,7 @@ pub async fn import_texts(
     id: i64,
     texts: &[(String, String, String)],
 ) -> Result<(), PanelError> {
-    import_texts_as(pool, id, texts, "").await
+    import_texts_as(pool, id, texts, "", None).await
 }
 
 /// [`import_texts`], the versions recorded as written by `actor` (see [`begin_as`]).
@@ -572,6 +582,7 @@ pub async fn import_texts_as(
     id: i64,
     texts: &[(String, String, String)],
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<(), PanelError> {
     for (key, lang, value) in texts {
         validated(key, lang, value)?;
@@ -591,6 +602,9 @@ pub async fn import_texts_as(
         .execute(&mut *tx)
         .await
         .map_err(|e| missing_bot(e, id))?;
+    }
+    if let Some(entry) = audit {
+        insert_audit_on(&mut tx, entry).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -634,7 +648,7 @@ pub async fn delete_text(
     key: &str,
     lang: &str,
 ) -> Result<bool, PanelError> {
-    delete_text_as(pool, id, key, lang, "").await
+    delete_text_as(pool, id, key, lang, "", None).await
 }
 
 /// Stores a bot's sealed secret `name` (replacing it); the trigger notifies `reload_config`.
@@ -978,6 +992,16 @@ pub async fn delete_session(pool: &PgPool, token_hash: &str) -> Result<(), Panel
 
 /// Appends an entry to the audit log.
 pub async fn insert_audit(pool: &PgPool, entry: &NewAudit<'_>) -> Result<(), PanelError> {
+    let mut conn = pool.acquire().await?;
+    insert_audit_on(&mut conn, entry).await
+}
+
+/// Appends `entry` to the audit log on `conn` — inside the transaction of the change it
+/// records, so the change and its entry commit (or roll back) together.
+pub async fn insert_audit_on(
+    conn: &mut PgConnection,
+    entry: &NewAudit<'_>,
+) -> Result<(), PanelError> {
     sqlx::query(
         "INSERT INTO audit_log (actor, action, bot_id, target, before, after) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -988,8 +1012,92 @@ pub async fn insert_audit(pool: &PgPool, entry: &NewAudit<'_>) -> Result<(), Pan
     .bind(entry.target)
     .bind(entry.before.clone().map(Json))
     .bind(entry.after.clone().map(Json))
-    .execute(pool)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Enables or disables a bot and records `audit` in the same transaction (written as its
+/// actor).
+pub async fn set_enabled_audited(
+    pool: &PgPool,
+    id: i64,
+    enabled: bool,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("UPDATE bots SET enabled = $2 WHERE id = $1")
+        .bind(id)
+        .bind(enabled)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Renames a bot and records `audit` in the same transaction.
+pub async fn rename_bot_audited(
+    pool: &PgPool,
+    id: i64,
+    name: &str,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("UPDATE bots SET name = $2 WHERE id = $1")
+        .bind(id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, name)?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Replaces a bot's token (sealed) and records `audit` in the same transaction.
+pub async fn set_token_audited(
+    pool: &PgPool,
+    keys: &Keyring,
+    id: i64,
+    token: &BotToken,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    if let Some(holder) = token_holder(pool, keys, token, Some(id)).await? {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    let key = keys.current();
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query(
+        "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(key.seal(&token_aad(id), token.expose().as_bytes())?)
+    .bind(key.token_hash(token.expose()))
+    .execute(&mut *tx)
+    .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes a bot (its texts and status go with it) and records `audit` in the same
+/// transaction.
+pub async fn remove_bot_audited(
+    pool: &PgPool,
+    id: i64,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("DELETE FROM bots WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
     Ok(())
 }
 
