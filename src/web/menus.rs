@@ -197,13 +197,16 @@ fn rows_from(fields: &BTreeMap<String, String>) -> (Vec<CommandRow>, Vec<MenuRow
     (commands, menus)
 }
 
+/// Where a menu's `buttons[r][c]` came from: the form's button row.
+type ButtonOrigins = BTreeMap<(usize, usize), usize>;
+
 /// Where each JSON path of the built section points back to in the form.
 #[derive(Debug, Default)]
 struct Origins {
     /// `commands[i]` → the command row.
     commands: Vec<usize>,
     /// Menu name → (menu row, `buttons[r][c]` → button row).
-    menus: BTreeMap<String, (usize, BTreeMap<(usize, usize), usize>)>,
+    menus: BTreeMap<String, (usize, ButtonOrigins)>,
 }
 
 /// A refusal found while reading the form, before the manifest's own validation.
