@@ -176,6 +176,12 @@ impl Admin {
             .collect())
     }
 
+    /// The daemon instances and their latest heartbeats (a live daemon beats every few
+    /// seconds; a stopped one has no row).
+    pub async fn instances(&self) -> Result<Vec<crate::panel::InstanceRecord>, AdminError> {
+        Ok(store::list_instances(&self.pool).await?)
+    }
+
     /// One bot with its status.
     pub async fn show_bot(&self, id: i64) -> Result<BotView, AdminError> {
         let bot = store::get_bot(&self.pool, id).await?;

@@ -64,7 +64,7 @@ pub struct BroadcastView {
     pub audience: String,
     /// What it sends, in short (`text: …`, `text-key: …`, `copy of message N`).
     pub content: String,
-    /// cli, bot or schedule.
+    /// cli, panel (the web panel or the API), bot or schedule.
     pub created_by: String,
     /// Recipient counts.
     #[serde(flatten)]

@@ -213,6 +213,10 @@ pub struct InstanceRecord {
     pub host: String,
 }
 
+/// An instance whose heartbeat (`instances.heartbeat_at`) is younger than this is alive:
+/// three missed beats of the daemon's `control::INSTANCE_BEAT`.
+pub const INSTANCE_LIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A text row.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TextRecord {

@@ -281,40 +281,42 @@ async fn switch_language(Path(code): Path<String>, headers: HeaderMap) -> Respon
 
 // ---- Bots overview ----
 
-/// A bot in the overview: its view and what `bot_status` says about its liveness.
+/// A bot in the overview: its view, how long its run has lasted, and whether the daemon
+/// instance that wrote its status is still alive.
 struct OverviewRow {
     bot: BotView,
     /// How long its current run has lasted ("" when not running).
     up_for: String,
-    /// How long ago the daemon last wrote its status ("" when never).
-    written_ago: String,
-    /// The status is older than [`STALE_STATUS`] while the bot should be running.
+    /// How long ago the instance running it last beat ("" when no instance runs it).
+    beat_ago: String,
+    /// Its status says it runs, but its instance stopped beating (or is gone): the daemon
+    /// died, and the state shown is the last one it wrote.
     stale: bool,
 }
 
-/// A status older than this, for an enabled bot, is shown as stale (the daemon writes the
-/// status on every change of state and its instance heartbeats far more often).
-const STALE_STATUS: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
-
 impl OverviewRow {
-    fn new(bot: BotView, t: &Tr, now: chrono::DateTime<chrono::Utc>) -> Self {
-        let running = matches!(bot.state.as_deref(), Some("running" | "degraded"));
+    fn new(
+        bot: BotView,
+        t: &Tr,
+        now: chrono::DateTime<chrono::Utc>,
+        beats: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
+        let running = matches!(
+            bot.state.as_deref(),
+            Some("starting" | "running" | "degraded" | "backoff")
+        );
         let up_for = match bot.started_at {
             Some(at) if running => span(t, now - at),
             _ => String::new(),
         };
-        let written_ago = bot
-            .status_updated_at
-            .map(|at| span(t, now - at))
-            .unwrap_or_default();
-        let stale = bot.enabled
-            && bot
-                .status_updated_at
-                .is_some_and(|at| running && now - at > STALE_STATUS);
+        let beat = bot.instance.as_ref().and_then(|i| beats.get(i)).copied();
+        let live = chrono::TimeDelta::from_std(crate::panel::INSTANCE_LIVE)
+            .unwrap_or(chrono::TimeDelta::seconds(15));
+        let stale = running && beat.is_none_or(|at| now - at > live);
         Self {
             bot,
             up_for,
-            written_ago,
+            beat_ago: beat.map(|at| span(t, now - at)).unwrap_or_default(),
             stale,
         }
     }
@@ -368,6 +370,13 @@ async fn bots_view(c: &Caller, t: &'static Tr, query: BotsQuery) -> Result<BotsP
     let q = query.q.unwrap_or_default();
     let state = query.state.unwrap_or_default();
     let needle = q.trim().to_lowercase();
+    let beats: BTreeMap<String, chrono::DateTime<chrono::Utc>> = c
+        .admin
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| (i.name, i.heartbeat_at))
+        .collect();
     let bots = c
         .admin
         .list_bots()
@@ -376,7 +385,7 @@ async fn bots_view(c: &Caller, t: &'static Tr, query: BotsQuery) -> Result<BotsP
         .filter(|b| c.operator.may_read(b.id))
         .filter(|b| needle.is_empty() || b.name.to_lowercase().contains(&needle))
         .filter(|b| state.is_empty() || b.state.as_deref() == Some(state.as_str()))
-        .map(|b| OverviewRow::new(b, t, chrono::Utc::now()))
+        .map(|b| OverviewRow::new(b, t, chrono::Utc::now(), &beats))
         .collect();
     let states = crate::admin::bots::BOT_STATES
         .iter()
