@@ -72,6 +72,10 @@ pub struct PanelHttpSettings {
     pub cookie_secure: bool,
     /// Hours a session lasts after sign-in.
     pub session_hours: u64,
+    /// Connections to bots' own databases (users, histories, broadcasts, schedules) this
+    /// process opens at most at once; more requests wait their turn. Counted in
+    /// [`AUTO_BUDGET_RESERVE`] at its default (1-16).
+    pub bot_db_connections: u32,
 }
 
 impl Default for PanelHttpSettings {
@@ -81,6 +85,7 @@ impl Default for PanelHttpSettings {
             public_base_url: String::new(),
             cookie_secure: true,
             session_hours: 12,
+            bot_db_connections: 2,
         }
     }
 }
@@ -196,9 +201,13 @@ pub enum BudgetSetting {
 }
 
 /// Connections `"auto"` leaves to others besides the superuser reserve: the daemon's panel
-/// pool (4) and LISTEN connection (1), the web panel process (4), a backup's `pg_dump` (1)
-/// and an operator's `psql` or CLI call (2).
+/// pool (4) and LISTEN connection (1), the web panel process (4: its panel pool of
+/// [`PANEL_PROCESS_POOL`] and `panel_http.bot_db_connections`, default 2), a backup's
+/// `pg_dump` (1) and an operator's `psql` or CLI call (2).
 pub const AUTO_BUDGET_RESERVE: u32 = 12;
+
+/// Connections of the web panel process's pool to the panel database.
+pub const PANEL_PROCESS_POOL: u32 = 2;
 
 impl BudgetSetting {
     /// The budget on a server with `max_connections` of which `superuser_reserved` are kept
@@ -492,6 +501,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "panel_http.session_hours",
                 reason: "must be between 1 and 2160 (90 days)".into(),
+            });
+        }
+        if !(1..=16).contains(&self.panel_http.bot_db_connections) {
+            return Err(ConfigError::Invalid {
+                key: "panel_http.bot_db_connections",
+                reason: "must be between 1 and 16".into(),
             });
         }
         if self.secrets.master_key_file.trim().is_empty() {

@@ -33,6 +33,20 @@ async fn put_text(c: &mut Client, id: i64, key: &str, value: &str) {
     assert_eq!(s, 200, "{t}");
 }
 
+/// Bot `id`'s database, created and migrated as the daemon does on the bot's first start.
+async fn bot_database(p: &WebPanel, id: i64) -> sqlx::PgPool {
+    let db = format!("{}_bot_{id}", p.settings.panel_database_name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", common::server_url());
+    botvisor::schema::apply(&botvisor::schema::BOT, &url.parse().unwrap())
+        .await
+        .unwrap();
+    sqlx::PgPool::connect(&url).await.unwrap()
+}
+
 /// The secret part of a token (what must never appear in an answer).
 fn secret(t: &str) -> &str {
     t.split_once(':').unwrap().1
@@ -370,6 +384,44 @@ async fn wrong_passwords_are_throttled_per_login() {
     );
     let (s, _) = c.sign_in("nobody", "wrong password!").await;
     assert_eq!(s, 401, "another login is not throttled yet");
+
+    // The counters are in the panel database: a restarted panel still refuses.
+    let restarted = WebPanel::start_on(None, p.pool.clone(), p.settings.clone()).await;
+    let (s, headers, e) = restarted
+        .client()
+        .send_raw(
+            Method::POST,
+            "/api/v1/session",
+            Some(json!({"login": "owner", "password": PASSWORD})),
+            false,
+        )
+        .await;
+    assert_eq!(s, 429, "{e}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+
+    // Once the window has passed (moved back here rather than waited for), it may try again.
+    sqlx::query("UPDATE login_failures SET since = since - interval '16 minutes'")
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    let (s, e) = restarted.client().sign_in("owner", PASSWORD).await;
+    assert_eq!(s, 200, "{e}");
+
+    // Per client address too: 20 failures from one address, whatever the logins.
+    let max = botvisor::admin::operators::MAX_FAILURES_PER_ADDRESS;
+    for i in 0..max {
+        p.admin
+            .sign_in_failed(&format!("u{i}"), "203.0.113.9")
+            .await
+            .unwrap();
+    }
+    let wait = p.admin.sign_in_wait("carol", "203.0.113.9").await.unwrap();
+    assert!(wait.is_some_and(|w| w.as_secs() <= 900), "{wait:?}");
+    assert_eq!(
+        p.admin.sign_in_wait("carol", "198.51.100.1").await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -503,6 +555,10 @@ async fn the_openapi_document_lists_the_routes_scripts_rely_on() {
         "/api/v1/bots/{id}",
         "/api/v1/bots/{id}/texts",
         "/api/v1/bots/{id}/texts/{key}",
+        "/api/v1/bots/{id}/broadcasts",
+        "/api/v1/bots/{id}/broadcasts/{bid}/report.csv",
+        "/api/v1/bots/{id}/schedules",
+        "/api/v1/bots/{id}/schedules/{job}/pause",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
@@ -620,17 +676,7 @@ async fn users_and_chat_histories_are_read_from_the_bots_database() {
     let p = WebPanel::start("bvt_api_users").await;
     let mut c = p.signed_in("owner").await;
     let id = add_bot(&mut c, "people", 7801).await;
-    // The bot's database, as the daemon creates it on the bot's first start.
-    let db = format!("{}_bot_{id}", p.settings.panel_database_name());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .execute(&p.pool)
-        .await
-        .unwrap();
-    let url = format!("{}/{db}", common::server_url());
-    botvisor::schema::apply(&botvisor::schema::BOT, &url.parse().unwrap())
-        .await
-        .unwrap();
-    let bot_db = sqlx::PgPool::connect(&url).await.unwrap();
+    let bot_db = bot_database(&p, id).await;
     sqlx::raw_sql(
         "INSERT INTO users (user_id, username, first_name, blocked) VALUES \
            (11, 'anna', 'Анна', false), (12, NULL, 'Boris', true); \
@@ -670,4 +716,548 @@ async fn users_and_chat_histories_are_read_from_the_bots_database() {
     let (s, html) = c.get(&format!("/bots/{id}/chats/11")).await;
     assert_eq!(s, 200);
     assert!(html.as_str().unwrap().contains("Hello, Анна!"));
+}
+
+#[tokio::test]
+async fn broadcasts_are_composed_sized_steered_and_reported_through_the_api() {
+    let p = WebPanel::start("bvt_api_bc").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "mail", 8101).await;
+    let other = add_bot(&mut c, "other", 8102).await;
+    // Without a database (the bot never started) there is nothing to send to: a 404 saying so.
+    let (s, e) = c.get(&format!("/api/v1/bots/{id}/broadcasts")).await;
+    assert_eq!(s, 404, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("no database yet"),
+        "{e}"
+    );
+
+    let bot_db = bot_database(&p, id).await;
+    sqlx::raw_sql(
+        "INSERT INTO users (user_id, first_name, language_code, blocked) VALUES \
+           (21, 'Anna', 'ru', false), (22, 'Boris', 'en', false), (23, 'Gone', 'en', true)",
+    )
+    .execute(&bot_db)
+    .await
+    .unwrap();
+    let (s, list) = c.get(&format!("/api/v1/bots/{id}/broadcasts")).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(0)), "{list}");
+
+    // The audience's size before anything is sent (blocked users never count).
+    let (s, size) = c
+        .get(&format!(
+            "/api/v1/bots/{id}/broadcasts/audience?audience=all"
+        ))
+        .await;
+    assert_eq!((s, size["size"].as_i64()), (200, Some(2)), "{size}");
+    let (s, size) = c
+        .get(&format!(
+            "/api/v1/bots/{id}/broadcasts/audience?audience=lang:ru"
+        ))
+        .await;
+    assert_eq!((s, size["size"].as_i64()), (200, Some(1)), "{size}");
+    let (s, e) = c
+        .get(&format!(
+            "/api/v1/bots/{id}/broadcasts/audience?audience=everyone"
+        ))
+        .await;
+    assert_eq!((s, e["field"].as_str()), (422, Some("audience")), "{e}");
+
+    // Bad input: the CLI's words, nothing created.
+    let url = format!("/api/v1/bots/{id}/broadcasts");
+    for (body, needle) in [
+        (json!({"audience": "all"}), "say what to send"),
+        (json!({"text": "x", "text_key": "start"}), "not both"),
+        (json!({"text": "x", "audience": "lang:xx"}), "is empty"),
+        (
+            json!({"text": "x", "audience": "nobody"}),
+            "invalid audience",
+        ),
+        (json!({"text": "x", "at": "yesterday"}), "invalid time"),
+        (
+            json!({"text": "x", "buttons": [[{"text": ""}]]}),
+            "invalid buttons",
+        ),
+        (json!({"text_key": "nope"}), "has no text nope"),
+        (json!({"text": "x".repeat(4097)}), "UTF-16 units"),
+    ] {
+        let (s, e) = c.post(&url, body.clone()).await;
+        assert_eq!(s, 422, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(needle), "{body}: {e}");
+    }
+    let (s, list) = c.get(&url).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(0)), "{list}");
+
+    // Start one now: its audience is frozen at once.
+    let (s, started) = c
+        .post(
+            &url,
+            json!({"text": "Sale, {first_name}!", "audience": "all"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{started}");
+    assert_eq!(started["audience_size"], 2);
+    let bid = started["id"].as_i64().unwrap();
+    let (s, b) = c.get(&format!("{url}/{bid}")).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("running")), "{b}");
+    assert_eq!(
+        (b["total"].as_i64(), b["pending"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(b["created_by"], "panel");
+
+    // Pause, resume, cancel; a second cancel says why not.
+    let (s, b) = c.post(&format!("{url}/{bid}/pause"), json!({})).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("paused")), "{b}");
+    let (s, b) = c.post(&format!("{url}/{bid}/resume"), json!({})).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("running")), "{b}");
+    let (s, b) = c.post(&format!("{url}/{bid}/cancel"), json!({})).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("cancelled")), "{b}");
+    let (s, e) = c.post(&format!("{url}/{bid}/cancel"), json!({})).await;
+    assert_eq!(s, 422, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("is cancelled"), "{e}");
+    let (s, _) = c.get(&format!("{url}/999")).await;
+    assert_eq!(s, 404);
+
+    // The report: one CSV line per recipient.
+    let (s, headers, csv) = c
+        .send_raw(Method::GET, &format!("{url}/{bid}/report.csv"), None, true)
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = csv.as_str().unwrap().to_owned();
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        ["user_id,outcome,error,time", "21,pending,,", "22,pending,,"],
+        "{csv}"
+    );
+
+    // A scheduled one waits for its time.
+    let (s, later) = c
+        .post(&url, json!({"text": "Later", "at": "2099-01-01 09:00"}))
+        .await;
+    assert_eq!(s, 201, "{later}");
+    let (_, b) = c.get(&format!("{url}/{}", later["id"])).await;
+    assert_eq!(b["state"], "scheduled");
+
+    // An editor of this bot may do all of it; of another bot, nothing.
+    p.admin
+        .add_operator("ed", Role::Editor, &[id], PASSWORD)
+        .await
+        .unwrap();
+    let mut ed = p.signed_in("ed").await;
+    let (s, b) = ed.post(&url, json!({"text": "From the editor"})).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _) = ed
+        .post(&format!("{url}/{}/pause", b["id"]), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/bots/{other}/broadcasts")),
+        (Method::POST, format!("/api/v1/bots/{other}/broadcasts")),
+        (
+            Method::GET,
+            format!("/api/v1/bots/{other}/broadcasts/audience"),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/bots/{other}/broadcasts/1/pause"),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/bots/{other}/broadcasts/1/report.csv"),
+        ),
+    ] {
+        let (s, e) = ed
+            .send(method.clone(), &path, Some(json!({"text": "x"})))
+            .await;
+        assert_eq!(s, 403, "{method} {path}: {e}");
+    }
+
+    // Every change is in the audit log, with who did it.
+    let (_, log) = c.get("/api/v1/audit?limit=20").await;
+    let actions: Vec<String> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["bot_id"] == id)
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "panel:owner broadcast.start",
+        "panel:owner broadcast.pause",
+        "panel:owner broadcast.resume",
+        "panel:owner broadcast.cancel",
+        "panel:ed broadcast.start",
+        "panel:ed broadcast.pause",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} in {actions:?}"
+        );
+    }
+    bot_db.close().await;
+}
+
+#[tokio::test]
+async fn schedules_are_listed_with_their_next_run_added_paused_and_removed_through_the_api() {
+    let p = WebPanel::start("bvt_api_jobs").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "sched", 8201).await;
+    let other = add_bot(&mut c, "else", 8202).await;
+    let bot_db = bot_database(&p, id).await;
+    sqlx::raw_sql("INSERT INTO users (user_id, first_name) VALUES (31, 'Vera')")
+        .execute(&bot_db)
+        .await
+        .unwrap();
+    let url = format!("/api/v1/bots/{id}/schedules");
+    let (s, list) = c.get(&url).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(0)), "{list}");
+
+    // A weekday-morning job in Moscow: its next run is shown in that zone and in UTC.
+    let (s, job) = c
+        .post(
+            &url,
+            json!({"cron": "0 9 * * 1-5", "tz": "Europe/Moscow", "chat": 31, "text": "Morning!"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let jid = job["id"].as_i64().unwrap();
+    let local = job["next_run_local"].as_str().unwrap();
+    assert!(local.contains(" 09:00:00 MSK"), "{job}");
+    let utc = job["next_run_utc"].as_str().unwrap();
+    assert!(
+        utc.contains("T06:00:00"),
+        "9:00 in Moscow is 6:00 UTC: {job}"
+    );
+    assert_eq!(job["target"], "chat:31");
+    let (s, one_off) = c
+        .post(
+            &url,
+            json!({"in": "2h", "audience": "all", "text": "Soon", "broadcast": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{one_off}");
+    assert_eq!(one_off["kind"], "once");
+    assert_eq!(one_off["target"], "audience:all +broadcast");
+
+    // Bad input: the CLI's words.
+    for (body, needle) in [
+        (
+            json!({"chat": 31, "text": "x"}),
+            "exactly one of at, in and cron",
+        ),
+        (
+            json!({"in": "1h", "cron": "* * * * *", "chat": 31, "text": "x"}),
+            "exactly one",
+        ),
+        (
+            json!({"cron": "61 * * * *", "chat": 31, "text": "x"}),
+            "cron",
+        ),
+        (
+            json!({"in": "1h", "tz": "Mars/Olympus", "chat": 31, "text": "x"}),
+            "unknown time zone",
+        ),
+        (
+            json!({"at": "2001-01-01 00:00", "chat": 31, "text": "x"}),
+            "in the past",
+        ),
+        (json!({"in": "1h", "text": "x"}), "say whom to send to"),
+        (
+            json!({"in": "1h", "chat": 31, "audience": "all", "text": "x"}),
+            "not both",
+        ),
+        (json!({"in": "1h", "chat": 31}), "say what to send"),
+        (
+            json!({"in": "1h", "chat": 31, "text": "x", "misfire": "later"}),
+            "misfire",
+        ),
+    ] {
+        let (s, e) = c.post(&url, body.clone()).await;
+        assert_eq!(s, 422, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(needle), "{body}: {e}");
+    }
+
+    // Pause and resume; remove; an unknown job is a 404.
+    let (s, j) = c.post(&format!("{url}/{jid}/pause"), json!({})).await;
+    assert_eq!((s, j["paused"].as_bool()), (200, Some(true)), "{j}");
+    let (s, j) = c.post(&format!("{url}/{jid}/resume"), json!({})).await;
+    assert_eq!((s, j["paused"].as_bool()), (200, Some(false)), "{j}");
+    assert!(
+        j["next_run_local"]
+            .as_str()
+            .unwrap()
+            .contains("09:00:00 MSK")
+    );
+    let (s, _) = c.delete(&format!("{url}/{}", one_off["id"])).await;
+    assert_eq!(s, 204);
+    let (s, list) = c.get(&url).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(1)), "{list}");
+    let (s, e) = c.post(&format!("{url}/999/pause"), json!({})).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, _) = c.delete(&format!("{url}/999")).await;
+    assert_eq!(s, 404);
+
+    // An editor of another bot may do none of it.
+    p.admin
+        .add_operator("ed", Role::Editor, &[other], PASSWORD)
+        .await
+        .unwrap();
+    let mut ed = p.signed_in("ed").await;
+    for (method, path) in [
+        (Method::GET, url.clone()),
+        (Method::POST, url.clone()),
+        (Method::POST, format!("{url}/{jid}/pause")),
+        (Method::DELETE, format!("{url}/{jid}")),
+    ] {
+        let body = json!({"in": "1h", "chat": 31, "text": "x"});
+        let (s, e) = ed.send(method.clone(), &path, Some(body)).await;
+        assert_eq!(s, 403, "{method} {path}: {e}");
+    }
+    let (_, list) = c.get(&url).await;
+    assert_eq!(list[0]["paused"], false, "the editor changed nothing");
+
+    let (_, log) = c.get("/api/v1/audit?limit=20").await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "schedule.add",
+        "schedule.pause",
+        "schedule.resume",
+        "schedule.remove",
+    ] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+    bot_db.close().await;
+}
+
+#[tokio::test]
+async fn the_sign_in_form_needs_its_own_csrf_token() {
+    let p = WebPanel::start("bvt_api_login_csrf").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = |csrf: Option<&str>| {
+        let mut f = vec![("login", "owner"), ("password", PASSWORD)];
+        if let Some(t) = csrf {
+            f.push(("csrf", t));
+        }
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(f)
+            .finish()
+    };
+    let post = |body: String, cookie: Option<String>| {
+        let mut r = http
+            .post(format!("{}/login", p.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+    let session_set = |r: &reqwest::Response| {
+        r.headers().get_all("set-cookie").iter().any(|c| {
+            c.to_str().unwrap().starts_with("botvisor_session=")
+                && !c.to_str().unwrap().starts_with("botvisor_session=;")
+        })
+    };
+
+    // The page hands out a token: in a hidden field and in an HttpOnly, SameSite=Strict cookie.
+    let page = http.get(format!("{}/login", p.url)).send().await.unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("botvisor_login_csrf="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!("name=\"csrf\" value=\"{token}\"")),
+        "{html}"
+    );
+
+    // A form posted from elsewhere (no cookie, or no field, or another token) is refused
+    // before the password is checked, and signs nobody in.
+    for (body, c) in [
+        (form(None), None),
+        (form(Some(&token)), None),
+        (form(None), Some(format!("botvisor_login_csrf={token}"))),
+        (
+            form(Some(&"0".repeat(64))),
+            Some(format!("botvisor_login_csrf={token}")),
+        ),
+    ] {
+        let r = post(body, c).await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(!session_set(&r));
+        let html = r.text().await.unwrap();
+        assert!(html.contains("sign in again on this page"), "{html}");
+    }
+    // The same form with its token signs in.
+    let r = post(
+        form(Some(&token)),
+        Some(format!("botvisor_login_csrf={token}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(session_set(&r));
+
+    // The API's sign-in takes JSON only, which no cross-site form can send.
+    let r = http
+        .post(format!("{}/api/v1/session", p.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert!(!session_set(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_panel_opens_at_most_its_bot_database_connections() {
+    let p = WebPanel::start("bvt_api_bound").await;
+    assert_eq!(p.settings.panel_http.bot_db_connections, 2, "the default");
+    assert_eq!(p.admin.bot_db_permits_free(), 2);
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "bounded", 8301).await;
+    bot_database(&p, id).await.close().await;
+    let db = format!("{}_bot_{id}", p.settings.panel_database_name());
+    let open = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&db)
+            .fetch_one(&p.pool)
+            .await
+            .unwrap()
+    };
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "no connection left",
+        || async { (open().await == 0).then_some(()) },
+    )
+    .await;
+
+    // A service allowed one connection at a time, and 24 reads at once: meanwhile the
+    // server never shows more than one connection to the bot's database, plus at most one
+    // whose backend is still exiting (closing is asynchronous on the server's side).
+    let mut settings = p.settings.clone();
+    settings.panel_http.bot_db_connections = 1;
+    let admin = botvisor::admin::Admin::new(p.pool.clone(), std::sync::Arc::new(settings));
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let admin = admin.clone();
+        reads.spawn(async move { admin.list_users(id, None, 10, 0).await.map(|_| ()) });
+    }
+    let mut most = 0;
+    while !reads.is_empty() {
+        most = most.max(open().await);
+        if let Some(done) = reads.try_join_next() {
+            done.unwrap().unwrap();
+        }
+    }
+    assert!(most <= 2, "{most} connections open at once (limit 1)");
+    assert_eq!(admin.bot_db_permits_free(), 1, "every permit came back");
+}
+
+#[tokio::test]
+async fn each_audit_entry_commits_in_the_transaction_of_its_change() {
+    let p = WebPanel::start("bvt_api_audit_tx").await;
+    let mut c = p.signed_in("owner").await;
+    let id = add_bot(&mut c, "tx", 8401).await;
+    put_text(&mut c, id, "start", "Hi").await;
+    put_text(&mut c, id, "gone", "Bye").await;
+    let (s, _) = c.delete(&format!("/api/v1/bots/{id}/texts/gone")).await;
+    assert_eq!(s, 204);
+    let (s, _) = c
+        .put(
+            &format!("/api/v1/bots/{id}/manifest"),
+            json!({"default_language": "ru"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = c
+        .put(&format!("/api/v1/bots/{id}/name"), json!({"name": "tx2"}))
+        .await;
+    assert_eq!(s, 200);
+    // A row written in a transaction carries that transaction's id (xmin): the audit entry and
+    // the row it records have the same one, so neither can commit without the other.
+    let same = |sql: &'static str| {
+        let pool = p.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(sql)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for (what, sql) in [
+        (
+            "text.set",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, text_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'text.set' AND a.target = 'start [en]' \
+               AND v.bot_id = $1 AND v.key = 'start'",
+        ),
+        (
+            "text.delete",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, text_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'text.delete' \
+               AND v.bot_id = $1 AND v.key = 'gone' AND v.value IS NULL",
+        ),
+        (
+            "manifest.replace",
+            "SELECT a.xmin::text = v.xmin::text FROM audit_log a, manifest_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'manifest.replace' \
+               AND v.bot_id = $1 AND v.manifest->>'default_language' = 'ru'",
+        ),
+        (
+            "bot.rename",
+            "SELECT a.xmin::text = b.xmin::text FROM audit_log a, bots b \
+             WHERE a.bot_id = $1 AND a.action = 'bot.rename' AND b.id = $1",
+        ),
+    ] {
+        assert!(same(sql).await, "{what}: not in the same transaction");
+    }
+    // A refused change leaves no entry.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    add_bot(&mut c, "other", 8402).await;
+    let (s, _) = c
+        .put(&format!("/api/v1/bots/{id}/name"), json!({"name": "other"}))
+        .await;
+    assert_eq!(s, 409);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, before + 1, "only the added bot is recorded");
 }

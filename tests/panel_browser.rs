@@ -1,7 +1,9 @@
 //! The web panel in a real headless Chromium, against a running daemon and the Telegram
 //! sandbox: sign in, add a bot, add and edit a text in the grid — and the bot in the sandbox
 //! answers with the new text —, a refused text shows its error next to the field, an invalid
-//! manifest shows its JSON path, switch to Russian, roll a text back. Screenshots of the main
+//! manifest shows its JSON path, switch to Russian, roll a text back, add a command in the
+//! commands form (the bot answers it), compose a broadcast to the bot's users and follow it
+//! until it is done, add a schedule and see its next run. Screenshots of the main
 //! pages are saved under `target/panel-screenshots/` and checked not to be blank.
 //!
 //! Without Chromium the test fails when `CI=true` (`.ci/run` installs Debian's `chromium`).
@@ -31,6 +33,42 @@ async fn submit(page: &chromiumoxide::Page, form: &str, fields: &[(&str, &str)])
         "const b = f.querySelectorAll('button[type=submit]'); f.requestSubmit(b[b.length - 1]); })()",
     );
     run(page, &script).await;
+}
+
+/// Fills the fields of the form `form` and submits it with the button `button`.
+async fn submit_with(
+    page: &chromiumoxide::Page,
+    form: &str,
+    fields: &[(&str, &str)],
+    button: &str,
+) {
+    let mut script = format!("(() => {{ const f = document.querySelector({});", js(form));
+    for (name, value) in fields {
+        script.push_str(&format!("f.elements[{}].value = {};", js(name), js(value)));
+    }
+    script.push_str(&format!(
+        "f.requestSubmit(document.querySelector({})); }})()",
+        js(button)
+    ));
+    run(page, &script).await;
+}
+
+/// Sends `text` to the bot in `chat` until it answers with something starting with `prefix`
+/// (a manifest change reaches the running bot a moment after it is saved).
+async fn answers(h: &Harness, token: &str, chat: i64, text: &str, prefix: &str) {
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        &format!("{text} answered with {prefix}…"),
+        || async {
+            let after = h.last_seq(token, chat);
+            h.say(token, chat, text);
+            let e = h.reply(token, chat, after, |_| true).await;
+            e.text()
+                .is_some_and(|t| t.starts_with(prefix))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Bot `id`'s `start` text in English, as stored.
@@ -188,6 +226,112 @@ async fn an_operator_edits_a_bot_in_the_browser_and_the_bot_answers_with_it() {
     .await;
     assert_eq!(stored_start(&panel, id).await, "Hello, {first_name}!");
     answers_start(&h, &bot_token, chat, "Hello, ").await;
+
+    // Commands as a form: a refused description is shown next to its field and nothing is
+    // stored; a valid one is saved, and the bot answers the new command.
+    page.goto(format!("{}/bots/{id}/commands", panel.url))
+        .await
+        .unwrap();
+    until(&page, "the commands form", |h| {
+        h.contains("id=\"commands-form\"")
+    })
+    .await;
+    let command = [("c0.command", "prices"), ("c0.text", "start")];
+    submit(
+        &page,
+        "#commands-form",
+        &[command[0], command[1], ("c0.description", "")],
+    )
+    .await;
+    let html = until(&page, "the description's error", |h| {
+        h.contains("id=\"c0-error\"")
+    })
+    .await;
+    assert!(html.contains("description"), "{html}");
+    assert!(
+        panel
+            .admin
+            .manifest(id)
+            .await
+            .unwrap()
+            .get("commands")
+            .is_none()
+    );
+    submit(
+        &page,
+        "#commands-form",
+        &[command[0], command[1], ("c0.description", "Our prices")],
+    )
+    .await;
+    until(&page, "the saved commands", |h| h.contains("id=\"saved\"")).await;
+    shots.push(screenshot(&page, "08-commands-ru").await);
+    assert_eq!(
+        panel.admin.manifest(id).await.unwrap()["commands"][0]["description"],
+        "Our prices"
+    );
+    answers(&h, &bot_token, chat, "/prices", "Hello, ").await;
+
+    // A broadcast to the bot's users: the empty state, the audience's size, then its
+    // progress until it is done — and every user got it.
+    let other_chat = 42_002;
+    answers_start(&h, &bot_token, other_chat, "Hello, ").await;
+    page.goto(format!("{}/bots/{id}/broadcasts", panel.url))
+        .await
+        .unwrap();
+    until(&page, "no broadcasts yet", |h| {
+        h.contains("id=\"no-broadcasts\"")
+    })
+    .await;
+    let sale = [("text", "Sale today, {first_name}!"), ("audience", "all")];
+    submit_with(&page, "#compose", &sale, "#count-audience").await;
+    let html = until(&page, "the audience's size", |h| {
+        h.contains("id=\"audience-size\"")
+    })
+    .await;
+    assert!(html.contains("<strong>2</strong>"), "two users: {html}");
+    shots.push(screenshot(&page, "09-broadcast-compose-ru").await);
+    let seqs = [
+        h.last_seq(&bot_token, chat),
+        h.last_seq(&bot_token, other_chat),
+    ];
+    submit_with(&page, "#compose", &sale, "#send-broadcast").await;
+    let html = until(&page, "the broadcast done", |h| {
+        h.contains("id=\"state-done\"")
+    })
+    .await;
+    assert!(html.contains("2 / 2"), "{html}");
+    assert!(html.contains("id=\"report\""), "the report's link");
+    shots.push(screenshot(&page, "10-broadcast-done-ru").await);
+    for (c, after) in [chat, other_chat].into_iter().zip(seqs) {
+        h.reply(&bot_token, c, after, |t| t.starts_with("Sale today, "))
+            .await;
+    }
+
+    // A schedule: its next run in its zone.
+    page.goto(format!("{}/bots/{id}/schedules", panel.url))
+        .await
+        .unwrap();
+    until(&page, "no schedules yet", |h| {
+        h.contains("id=\"no-schedules\"")
+    })
+    .await;
+    submit(
+        &page,
+        "#add-job",
+        &[
+            ("when_kind", "cron"),
+            ("when", "0 9 * * *"),
+            ("tz", "Europe/Moscow"),
+            ("to", "42001"),
+            ("text", "Good morning"),
+        ],
+    )
+    .await;
+    until(&page, "the job with its next run", |h| {
+        h.contains("id=\"added\"") && h.contains("09:00:00 MSK")
+    })
+    .await;
+    shots.push(screenshot(&page, "11-schedules-ru").await);
 
     // The overview, the audit log; then every screenshot shows something.
     page.goto(format!("{}/?q=sho", panel.url)).await.unwrap();

@@ -176,6 +176,12 @@ impl Admin {
             .collect())
     }
 
+    /// The daemon instances and their latest heartbeats (a live daemon beats every few
+    /// seconds; a stopped one has no row).
+    pub async fn instances(&self) -> Result<Vec<crate::panel::InstanceRecord>, AdminError> {
+        Ok(store::list_instances(&self.pool).await?)
+    }
+
     /// One bot with its status.
     pub async fn show_bot(&self, id: i64) -> Result<BotView, AdminError> {
         let bot = store::get_bot(&self.pool, id).await?;
@@ -186,11 +192,10 @@ impl Admin {
     /// Enables or disables a bot (the daemon starts or stops it).
     pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), AdminError> {
         let before = store::get_bot(&self.pool, id).await?.enabled;
-        store::set_enabled(&self.pool, id, enabled).await?;
         let action = if enabled { "bot.enable" } else { "bot.disable" };
         let value = |v: bool| Some(serde_json::json!({ "enabled": v }));
-        self.audit(action, Some(id), "", value(before), value(enabled))
-            .await
+        let entry = self.audit_entry(action, Some(id), "", value(before), value(enabled));
+        Ok(store::set_enabled_audited(&self.pool, id, enabled, &entry).await?)
     }
 
     /// Replaces a bot's token (the daemon restarts it with the new one); returns it validated.
@@ -198,16 +203,15 @@ impl Admin {
         let token = BotToken::parse(token)?;
         let keys = self.keys()?;
         let before = self.masked_token(&store::get_bot(&self.pool, id).await?);
-        store::set_token(&self.pool, &keys, id, &token).await?;
         let value = |v: String| Some(serde_json::json!({ "token": v }));
-        self.audit(
+        let entry = self.audit_entry(
             "bot.set_token",
             Some(id),
             "",
             value(before),
             value(token.masked()),
-        )
-        .await?;
+        );
+        store::set_token_audited(&self.pool, &keys, id, &token, &entry).await?;
         Ok(token)
     }
 
@@ -215,10 +219,9 @@ impl Admin {
     pub async fn rename_bot(&self, id: i64, name: &str) -> Result<(), AdminError> {
         validate_name(name)?;
         let before = store::get_bot(&self.pool, id).await?.name;
-        store::rename_bot(&self.pool, id, name).await?;
         let value = |v: &str| Some(serde_json::json!({ "name": v }));
-        self.audit("bot.rename", Some(id), "", value(&before), value(name))
-            .await
+        let entry = self.audit_entry("bot.rename", Some(id), "", value(&before), value(name));
+        Ok(store::rename_bot_audited(&self.pool, id, name, &entry).await?)
     }
 
     /// Removes a bot and its texts once `confirmed`; its database is dropped only with
@@ -252,15 +255,14 @@ impl Admin {
         if drop_database && let Err(e) = &target {
             return Err(AdminError::InvalidDatabase(crate::mask::error_line(e)));
         }
-        store::remove_bot(&self.pool, id).await?;
-        self.audit(
+        let entry = self.audit_entry(
             "bot.remove",
             Some(id),
             &bot.name,
             Some(serde_json::json!({"name": bot.name, "token": self.masked_token(&bot)})),
             Some(serde_json::json!({ "drop_database": drop_database })),
-        )
-        .await?;
+        );
+        store::remove_bot_audited(&self.pool, id, &entry).await?;
         Ok(match (drop_database, target) {
             (true, Ok(target)) => {
                 if target.drop_database().await? {

@@ -43,7 +43,7 @@ pub struct BroadcastRequest<'a> {
 }
 
 /// A created broadcast.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Started {
     /// Its id in the bot's database.
     pub id: i64,
@@ -54,7 +54,7 @@ pub struct Started {
 }
 
 /// A broadcast as every interface shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BroadcastView {
     /// Its id.
     pub id: i64,
@@ -64,7 +64,7 @@ pub struct BroadcastView {
     pub audience: String,
     /// What it sends, in short (`text: …`, `text-key: …`, `copy of message N`).
     pub content: String,
-    /// cli, bot or schedule.
+    /// cli, panel (the web panel or the API), bot or schedule.
     pub created_by: String,
     /// Recipient counts.
     #[serde(flatten)]
@@ -212,11 +212,11 @@ impl Admin {
                 text_key,
                 buttons: buttons.as_ref(),
                 audience: &audience_text,
-                created_by: "cli",
+                created_by: self.origin(),
                 start_at,
                 ..Default::default()
             };
-            let mut tx = sqlx::Connection::begin(&mut conn).await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let bid = store::create(&mut tx, &new).await?;
             let size = match start_at {
                 Some(_) => size,
@@ -232,10 +232,52 @@ impl Admin {
             })
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         let started = result?;
         self.wake(id, NAME).await?;
+        let content = match req.content {
+            Content::Text(t) => serde_json::json!({ "text": t }),
+            Content::TextKey(k) => serde_json::json!({ "text_key": k }),
+        };
+        self.audit(
+            "broadcast.start",
+            Some(id),
+            &format!("broadcast {}", started.id),
+            None,
+            Some(serde_json::json!({
+                "content": content,
+                "audience": req.audience,
+                "start_at": started.start_at,
+                "audience_size": started.audience_size,
+            })),
+        )
+        .await?;
         Ok(started)
+    }
+
+    /// How many users `audience` of bot `id` has now (blocked users excluded); zero is an
+    /// answer here, not an error, so a form can show it before anything is sent.
+    pub async fn audience_preview(&self, id: i64, audience: &str) -> Result<i64, AdminError> {
+        let audience: Audience = audience.trim().parse().map_err(AdminError::Invalid)?;
+        let (mut conn, bot) = self.bot_conn(id).await?;
+        let manifest = Manifest::from_value(&bot.manifest.0);
+        let size = match manifest {
+            Ok(m) => store::count_audience(&mut conn, &audience, &m.admins)
+                .await
+                .map_err(AdminError::BotDbQuery),
+            Err(e) => Err(e.into()),
+        };
+        conn.close().await;
+        size
+    }
+
+    /// What a change made through this service records as a broadcast's creator.
+    fn origin(&self) -> &'static str {
+        if self.actor().starts_with("panel:") || self.actor().starts_with("api:") {
+            "panel"
+        } else {
+            "cli"
+        }
     }
 
     /// Every broadcast of bot `id`, newest first.
@@ -250,7 +292,7 @@ impl Admin {
             Ok::<_, sqlx::Error>(views)
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         result.map_err(AdminError::BotDbQuery)
     }
 
@@ -265,7 +307,7 @@ impl Admin {
             Ok::<_, sqlx::Error>(Some(BroadcastView::new(b, counts)))
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         result
             .map_err(AdminError::BotDbQuery)?
             .ok_or(AdminError::NotFound {
@@ -311,11 +353,18 @@ impl Admin {
             Ok(None) => store::get(&mut conn, bid).await.ok().flatten(),
             _ => None,
         };
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         match changed.map_err(AdminError::BotDbQuery)? {
             Some(_) => {
                 self.wake(id, NAME).await?;
-                Ok(())
+                self.audit(
+                    &format!("broadcast.{}", action_of(to)),
+                    Some(id),
+                    &format!("broadcast {bid}"),
+                    None,
+                    Some(serde_json::Value::from(to)),
+                )
+                .await
             }
             None => match current {
                 None => Err(AdminError::NotFound {
@@ -337,8 +386,17 @@ impl Admin {
         self.broadcast_status(id, bid).await?;
         let (mut conn, _) = self.bot_conn(id).await?;
         let lines = store::report(&mut conn, bid).await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         lines.map_err(AdminError::BotDbQuery)
+    }
+}
+
+/// The audit log's verb for a broadcast entering state `to`.
+fn action_of(to: &str) -> &'static str {
+    match to {
+        "paused" => "pause",
+        "cancelled" => "cancel",
+        _ => "resume",
     }
 }
 

@@ -12,7 +12,6 @@
 //! `chat` or `user`), so a module's own table is covered without a change here.
 
 use serde::Serialize;
-use sqlx::Connection;
 
 use super::bots::DatabaseFate;
 use super::{Admin, AdminError};
@@ -72,7 +71,7 @@ impl Admin {
     ) -> Result<serde_json::Map<String, serde_json::Value>, AdminError> {
         let mut conn = self.bot_conn(id).await?.0;
         let rows = botdb::user_rows(&mut conn, user_id).await;
-        let _ = conn.close().await;
+        conn.close().await;
         Ok(rows
             .map_err(AdminError::BotDbQuery)?
             .into_iter()
@@ -97,7 +96,7 @@ impl Admin {
         }
         let mut conn = self.bot_conn(id).await?.0;
         let erased = botdb::erase_user(&mut conn, user_id).await;
-        let _ = conn.close().await;
+        conn.close().await;
         Ok(erased
             .map_err(AdminError::BotDbQuery)?
             .into_iter()

@@ -14,7 +14,7 @@ impl Admin {
     ) -> Result<Vec<MessageRecord>, AdminError> {
         let (mut conn, _) = self.bot_conn(id).await?;
         let messages = store::chat_history(&mut conn, chat, limit).await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         messages.map_err(AdminError::BotDbQuery)
     }
 
@@ -29,7 +29,15 @@ impl Admin {
     ) -> Result<Vec<UserRecord>, AdminError> {
         let (mut conn, _) = self.bot_conn(id).await?;
         let list = users::list_users(&mut conn, search, limit.clamp(1, 1000), offset.max(0)).await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         list.map_err(AdminError::BotDbQuery)
+    }
+
+    /// Bot `id`'s traffic over the last hour, from its own database.
+    pub async fn traffic(&self, id: i64) -> Result<crate::botdb::store::Traffic, AdminError> {
+        let (mut conn, _) = self.bot_conn(id).await?;
+        let traffic = crate::botdb::store::traffic(&mut conn).await;
+        conn.close().await;
+        traffic.map_err(AdminError::BotDbQuery)
     }
 }

@@ -88,9 +88,8 @@ impl Admin {
         let old = self.manifest(id).await?;
         let new = manifest.to_value();
         let change = ManifestChange::between(&old, &new);
-        store::set_manifest_as(&self.pool, id, &manifest, &self.actor).await?;
-        self.audit("manifest.replace", Some(id), "", Some(old), Some(new))
-            .await?;
+        let entry = self.audit_entry("manifest.replace", Some(id), "", Some(old), Some(new));
+        store::set_manifest_as(&self.pool, id, &manifest, &self.actor, Some(&entry)).await?;
         Ok(change)
     }
 

@@ -38,9 +38,11 @@ pub mod secrets;
 pub mod texts;
 pub mod versions;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::botdb::BotDbError;
 use crate::content::manifest::ManifestError;
@@ -169,6 +171,40 @@ pub struct Admin {
     registry: Registry,
     actor: String,
     keys: Arc<Mutex<Option<Arc<Keyring>>>>,
+    /// Permits for connections to bots' own databases: at most
+    /// `panel_http.bot_db_connections` are open at once in this process (the web panel's
+    /// share of `settings::AUTO_BUDGET_RESERVE`); more requests wait their turn.
+    bot_db: Arc<Semaphore>,
+}
+
+/// A connection to a bot's own database, holding one of the process's bot-database permits
+/// until it is closed or dropped.
+#[derive(Debug)]
+pub(crate) struct BotConn {
+    conn: PgConnection,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BotConn {
+    /// Closes the connection (politely; a failure only means it was gone already) and gives
+    /// the permit back.
+    pub(crate) async fn close(self) {
+        let _ = sqlx::Connection::close(self.conn).await;
+    }
+}
+
+impl Deref for BotConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for BotConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
 }
 
 impl Admin {
@@ -179,7 +215,9 @@ impl Admin {
 
     /// A service validating manifests with `registry`.
     pub fn with_registry(pool: PgPool, settings: Arc<Settings>, registry: Registry) -> Self {
+        let permits = settings.panel_http.bot_db_connections.max(1) as usize;
         Self {
+            bot_db: Arc::new(Semaphore::new(permits)),
             pool,
             settings,
             registry,
@@ -219,12 +257,19 @@ impl Admin {
     }
 
     /// A connection to bot `id`'s own database (which must exist already), with its row.
+    /// It waits for one of the process's bot-database permits first, so this process never
+    /// holds more than `panel_http.bot_db_connections` of them
+    /// (`admin::tests::bot_database_connections_are_bounded`).
     pub(crate) async fn bot_conn(
         &self,
         id: i64,
-    ) -> Result<(sqlx::PgConnection, crate::panel::BotRecord), AdminError> {
+    ) -> Result<(BotConn, crate::panel::BotRecord), AdminError> {
         use sqlx::ConnectOptions;
         let bot = crate::panel::store::get_bot(&self.pool, id).await?;
+        let permit = Arc::clone(&self.bot_db)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let target = self.bot_target(&bot)?;
         if !target.exists().await? {
             return Err(AdminError::NoDatabase {
@@ -242,6 +287,17 @@ impl Admin {
                     database: target.database.clone(),
                     source,
                 })?;
-        Ok((conn, bot))
+        Ok((
+            BotConn {
+                conn,
+                _permit: permit,
+            },
+            bot,
+        ))
+    }
+
+    /// Bot-database permits free now (for tests of the bound).
+    pub fn bot_db_permits_free(&self) -> usize {
+        self.bot_db.available_permits()
     }
 }

@@ -6,8 +6,7 @@
 //!   (texts and manifests of the listed bots only) — [`Operator::check`].
 //! - [`LoginThrottle`] refuses sign-ins after repeated failures per login and per address.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -381,7 +380,28 @@ impl Admin {
             .map(|r| Operator::from_record(&r)))
     }
 
-    /// Appends to the audit log as this service's actor.
+    /// An audit entry as this service's actor, for a store function that writes it in the
+    /// transaction of the change it records.
+    pub(super) fn audit_entry<'a>(
+        &'a self,
+        action: &'a str,
+        bot_id: Option<i64>,
+        target: &'a str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> NewAudit<'a> {
+        NewAudit {
+            actor: &self.actor,
+            action,
+            bot_id,
+            target,
+            before,
+            after,
+        }
+    }
+
+    /// Appends to the audit log as this service's actor (after the change, in a transaction
+    /// of its own: for changes outside the panel database, such as a bot's broadcasts).
     pub(super) async fn audit(
         &self,
         action: &str,
@@ -420,47 +440,51 @@ pub const MAX_FAILURES_PER_LOGIN: u32 = 5;
 /// Failed sign-ins allowed per client address within [`LoginThrottle::WINDOW`].
 pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
 
-/// Counts failed sign-ins per login and per client address; once either has too many within
-/// the window, sign-ins are refused (without checking the password) until it passes.
-#[derive(Debug, Default)]
-pub struct LoginThrottle {
-    failures: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
-}
+/// The sign-in throttle: failed sign-ins are counted per login and per client address in
+/// the panel database (`login_failures`, so a restart of the panel does not reset them); once
+/// either has too many within [`LoginThrottle::WINDOW`], sign-ins are refused (without
+/// checking the password) until the window, counted from its first failure, passes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoginThrottle;
 
 impl LoginThrottle {
     /// How long failures are remembered.
     pub const WINDOW: Duration = Duration::from_secs(15 * 60);
+}
 
-    /// `Err(retry_after)` when `login` or `address` may not try now.
-    pub fn check(&self, login: &str, address: &str, now: Instant) -> Result<(), Duration> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = |key: String, max: u32| {
-            map.get(&key).and_then(|(n, since)| {
-                let left = Self::WINDOW.checked_sub(now.duration_since(*since))?;
-                (*n >= max && !left.is_zero()).then_some(left)
-            })
-        };
-        match wait(format!("l:{login}"), MAX_FAILURES_PER_LOGIN)
-            .or_else(|| wait(format!("a:{address}"), MAX_FAILURES_PER_ADDRESS))
-        {
-            Some(left) => Err(left.max(Duration::from_secs(1))),
-            None => Ok(()),
-        }
+fn login_key(login: &str) -> String {
+    format!("l:{login}")
+}
+
+fn address_key(address: &str) -> String {
+    format!("a:{address}")
+}
+
+impl Admin {
+    /// `Ok(Some(retry_after))` when `login` or `address` may not try to sign in now.
+    pub async fn sign_in_wait(
+        &self,
+        login: &str,
+        address: &str,
+    ) -> Result<Option<Duration>, AdminError> {
+        let keys = [
+            (login_key(login), MAX_FAILURES_PER_LOGIN as i32),
+            (address_key(address), MAX_FAILURES_PER_ADDRESS as i32),
+        ];
+        let left =
+            store::login_wait(&self.pool, &keys, LoginThrottle::WINDOW.as_secs_f64()).await?;
+        Ok(left.map(|secs| Duration::from_secs_f64(secs.max(1.0))))
     }
 
-    /// Records a failed sign-in.
-    pub fn failed(&self, login: &str, address: &str, now: Instant) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (_, since)| now.duration_since(*since) < Self::WINDOW);
-        for key in [format!("l:{login}"), format!("a:{address}")] {
-            map.entry(key).or_insert((0, now)).0 += 1;
-        }
+    /// Records a failed sign-in for `login` and `address`.
+    pub async fn sign_in_failed(&self, login: &str, address: &str) -> Result<(), AdminError> {
+        let keys = [login_key(login), address_key(address)];
+        Ok(store::login_failed(&self.pool, &keys, LoginThrottle::WINDOW.as_secs_f64()).await?)
     }
 
     /// Forgets a login's failures after it signed in.
-    pub fn succeeded(&self, login: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&format!("l:{login}"));
+    pub async fn sign_in_succeeded(&self, login: &str) -> Result<(), AdminError> {
+        Ok(store::login_forget(&self.pool, &login_key(login)).await?)
     }
 }
 
@@ -507,27 +531,6 @@ mod tests {
         assert!(h.starts_with("$argon2id$"), "{h}");
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("wrong horse battery", &h));
-    }
-
-    #[test]
-    fn throttle_counts_per_login_and_per_address() {
-        let t = LoginThrottle::default();
-        let now = Instant::now();
-        for _ in 0..MAX_FAILURES_PER_LOGIN {
-            assert!(t.check("alice", "1.2.3.4", now).is_ok());
-            t.failed("alice", "1.2.3.4", now);
-        }
-        let wait = t.check("alice", "5.6.7.8", now).unwrap_err();
-        assert!(wait <= LoginThrottle::WINDOW, "{wait:?}");
-        assert!(t.check("bob", "5.6.7.8", now).is_ok());
-        assert!(
-            t.check("alice", "1.2.3.4", now + LoginThrottle::WINDOW)
-                .is_ok()
-        );
-        for i in 0..MAX_FAILURES_PER_ADDRESS {
-            t.failed(&format!("u{i}"), "9.9.9.9", now);
-        }
-        assert!(t.check("carol", "9.9.9.9", now).is_err());
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct JobRequest<'a> {
 }
 
 /// A job as every interface shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Its id.
     pub id: i64,
@@ -256,17 +256,25 @@ impl Admin {
             Ok::<_, AdminError>(store::get(&mut conn, job_id).await?)
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
-        let job = result?.ok_or(AdminError::Invalid("the job vanished".into()))?;
+        conn.close().await;
+        let job = JobView::new(result?.ok_or(AdminError::Invalid("the job vanished".into()))?);
         self.wake(id, NAME).await?;
-        Ok(JobView::new(job))
+        self.audit(
+            "schedule.add",
+            Some(id),
+            &format!("job {}", job.id),
+            None,
+            serde_json::to_value(&job).ok(),
+        )
+        .await?;
+        Ok(job)
     }
 
     /// Every job of bot `id`.
     pub async fn list_jobs(&self, id: i64) -> Result<Vec<JobView>, AdminError> {
         let (mut conn, _) = self.bot_conn(id).await?;
         let jobs = store::list(&mut conn).await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         Ok(jobs?.into_iter().map(JobView::new).collect())
     }
 
@@ -274,11 +282,27 @@ impl Admin {
     pub async fn remove_job(&self, id: i64, job: i64) -> Result<(), AdminError> {
         let (mut conn, _) = self.bot_conn(id).await?;
         let removed = store::remove(&mut conn, job).await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         if !removed? {
             return Err(not_found(id, job));
         }
-        self.wake(id, NAME).await
+        self.wake(id, NAME).await?;
+        self.audit(
+            "schedule.remove",
+            Some(id),
+            &format!("job {job}"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// One job of bot `id`.
+    pub async fn get_job(&self, id: i64, job: i64) -> Result<JobView, AdminError> {
+        let (mut conn, _) = self.bot_conn(id).await?;
+        let found = store::get(&mut conn, job).await;
+        conn.close().await;
+        found?.map(JobView::new).ok_or_else(|| not_found(id, job))
     }
 
     /// Pauses (`true`) or resumes a job; a resumed cron job continues from its next
@@ -298,11 +322,24 @@ impl Admin {
             store::set_paused(&mut conn, job, paused, next).await
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         if !result? {
             return Err(not_found(id, job));
         }
-        self.wake(id, NAME).await
+        self.wake(id, NAME).await?;
+        let action = if paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
+        self.audit(
+            action,
+            Some(id),
+            &format!("job {job}"),
+            Some(serde_json::Value::from(!paused)),
+            Some(serde_json::Value::from(paused)),
+        )
+        .await
     }
 
     /// A job's runs: due, started, outcome.
@@ -315,7 +352,7 @@ impl Admin {
             Ok::<_, sqlx::Error>(Some(store::runs(&mut conn, job).await?))
         }
         .await;
-        let _ = sqlx::Connection::close(conn).await;
+        conn.close().await;
         result?.ok_or_else(|| not_found(id, job))
     }
 }

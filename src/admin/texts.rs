@@ -39,19 +39,20 @@ impl Admin {
     ) -> Result<String, AdminError> {
         let lang = self.default_lang(id, lang).await?;
         let before = store::get_text(&self.pool, id, key, &lang).await?;
+        let target = format!("{key} [{lang}]");
+        let entry = self.audit_entry(
+            "text.set",
+            Some(id),
+            &target,
+            before.map(|t| serde_json::Value::String(t.value)),
+            Some(serde_json::Value::String(value.to_owned())),
+        );
         store::import_texts_as(
             &self.pool,
             id,
             &[(key.to_owned(), lang.clone(), value.to_owned())],
             &self.actor,
-        )
-        .await?;
-        self.audit(
-            "text.set",
-            Some(id),
-            &format!("{key} [{lang}]"),
-            before.map(|t| serde_json::Value::String(t.value)),
-            Some(serde_json::Value::String(value.to_owned())),
+            Some(&entry),
         )
         .await?;
         Ok(lang)
@@ -88,15 +89,15 @@ impl Admin {
     ) -> Result<String, AdminError> {
         let lang = self.default_lang(id, lang).await?;
         let before = store::get_text(&self.pool, id, key, &lang).await?;
-        if store::delete_text_as(&self.pool, id, key, &lang, &self.actor).await? {
-            self.audit(
-                "text.delete",
-                Some(id),
-                &format!("{key} [{lang}]"),
-                before.map(|t| serde_json::Value::String(t.value)),
-                None,
-            )
-            .await?;
+        let target = format!("{key} [{lang}]");
+        let entry = self.audit_entry(
+            "text.delete",
+            Some(id),
+            &target,
+            before.map(|t| serde_json::Value::String(t.value)),
+            None,
+        );
+        if store::delete_text_as(&self.pool, id, key, &lang, &self.actor, Some(&entry)).await? {
             Ok(lang)
         } else {
             Err(AdminError::NoSuchText {
@@ -117,15 +118,14 @@ impl Admin {
     ) -> Result<usize, AdminError> {
         let lang = self.default_lang(id, None).await?;
         let texts = parse_texts(document, format, &lang)?;
-        store::import_texts_as(&self.pool, id, &texts, &self.actor).await?;
-        self.audit(
+        let entry = self.audit_entry(
             "text.import",
             Some(id),
             "",
             None,
             Some(serde_json::json!({ "texts": texts.len() })),
-        )
-        .await?;
+        );
+        store::import_texts_as(&self.pool, id, &texts, &self.actor, Some(&entry)).await?;
         Ok(texts.len())
     }
 

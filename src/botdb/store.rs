@@ -693,3 +693,28 @@ pub async fn rename_database(
         .await?;
     Ok(())
 }
+
+/// A bot's traffic over the last hour, as its own database records it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Traffic {
+    /// Updates handled (or set aside as poisoned) in the last hour.
+    pub updates_last_hour: i64,
+    /// Messages Telegram accepted from the bot in the last hour.
+    pub sent_last_hour: i64,
+    /// Messages waiting in the outbox now.
+    pub outbox_pending: i64,
+}
+
+/// The bot's traffic over the last hour (inbox and outbox, by their time indexes).
+pub async fn traffic(conn: &mut PgConnection) -> Result<Traffic, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT \
+           (SELECT count(*) FROM inbox WHERE processed_at > now() - interval '1 hour') \
+             AS updates_last_hour, \
+           (SELECT count(*) FROM outbox WHERE done_at > now() - interval '1 hour' \
+              AND outcome = 'sent') AS sent_last_hour, \
+           (SELECT count(*) FROM outbox WHERE done_at IS NULL) AS outbox_pending",
+    )
+    .fetch_one(conn)
+    .await
+}

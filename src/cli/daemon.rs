@@ -116,7 +116,7 @@ pub async fn panel(
     let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let options = settings.panel_connect_options()?;
-    let pool = crate::panel::connect(&options, 8).await?;
+    let pool = crate::panel::connect(&options, crate::settings::PANEL_PROCESS_POOL).await?;
     let admin = crate::admin::Admin::new(pool.clone(), std::sync::Arc::new(settings.clone()));
     let server = crate::web::PanelServer::bind(admin, &settings, args.listen)
         .await

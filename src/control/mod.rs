@@ -64,9 +64,9 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How often this instance refreshes its row in `instances`.
 pub const INSTANCE_BEAT: Duration = Duration::from_secs(5);
-/// Another instance whose heartbeat is younger than this is alive (three missed beats); kept
-/// in the panel layer so operators' commands judge liveness by the same rule.
-pub const INSTANCE_LIVE: Duration = crate::panel::INSTANCE_LIVE;
+/// Another instance whose heartbeat is younger than this is alive (three missed beats);
+/// kept with the `instances` table so the web panel judges liveness the same way.
+pub use crate::panel::INSTANCE_LIVE;
 
 /// Errors that stop the supervisor (the panel cannot be reached at start).
 #[derive(Debug, thiserror::Error)]

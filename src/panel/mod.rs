@@ -253,8 +253,8 @@ impl std::fmt::Debug for SecretRecord {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A daemon instance whose heartbeat in `instances` is younger than this is alive (three
-/// missed beats of the control loop's 5 s): the rule for a standby's takeover and for an
-/// in-place import waiting for a bot to stop.
+/// missed beats of the control loop's 5 s): the rule for a standby's takeover, for an
+/// in-place import waiting for a bot to stop, and for the web panel's "daemon gone" mark.
 pub const INSTANCE_LIVE: Duration = Duration::from_secs(15);
 
 /// Opens a small pool to the panel database, failing fast with the (masked) URL and the real

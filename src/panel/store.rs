@@ -1,5 +1,6 @@
 //! All SQL against the panel database.
 
+use sqlx::PgConnection;
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
@@ -694,7 +695,7 @@ pub async fn clear_token_count(pool: &PgPool) -> Result<i64, PanelError> {
 
 /// Replaces a bot's manifest.
 pub async fn set_manifest(pool: &PgPool, id: i64, manifest: &Manifest) -> Result<(), PanelError> {
-    set_manifest_as(pool, id, manifest, "").await
+    set_manifest_as(pool, id, manifest, "", None).await
 }
 
 /// Replaces a bot's manifest; its version is recorded as written by `actor` (empty: the
@@ -704,6 +705,7 @@ pub async fn set_manifest_as(
     id: i64,
     manifest: &Manifest,
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<(), PanelError> {
     let mut tx = begin_as(pool, actor).await?;
     let r = sqlx::query("UPDATE bots SET manifest = $2 WHERE id = $1")
@@ -712,6 +714,9 @@ pub async fn set_manifest_as(
         .execute(&mut *tx)
         .await;
     expect_one(r, id, "")?;
+    if let Some(entry) = audit {
+        insert_audit_on(&mut tx, entry).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -791,13 +796,15 @@ pub async fn set_text(
     .await
 }
 
-/// Deletes one text as `actor` (see [`begin_as`]); returns whether it existed.
+/// Deletes one text as `actor` (see [`begin_as`]), recording `audit` in the same transaction
+/// when it existed; returns whether it existed.
 pub async fn delete_text_as(
     pool: &PgPool,
     id: i64,
     key: &str,
     lang: &str,
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<bool, PanelError> {
     ensure_bot(pool, id).await?;
     let mut tx = begin_as(pool, actor).await?;
@@ -807,6 +814,9 @@ pub async fn delete_text_as(
         .bind(lang)
         .execute(&mut *tx)
         .await?;
+    if let Some(entry) = audit.filter(|_| r.rows_affected() > 0) {
+        insert_audit_on(&mut tx, entry).await?;
+    }
     tx.commit().await?;
     Ok(r.rows_affected() > 0)
 }
@@ -818,7 +828,7 @@ pub async fn import_texts(
     id: i64,
     texts: &[(String, String, String)],
 ) -> Result<(), PanelError> {
-    import_texts_as(pool, id, texts, "").await
+    import_texts_as(pool, id, texts, "", None).await
 }
 
 /// [`import_texts`], the versions recorded as written by `actor` (see [`begin_as`]).
@@ -827,6 +837,7 @@ pub async fn import_texts_as(
     id: i64,
     texts: &[(String, String, String)],
     actor: &str,
+    audit: Option<&NewAudit<'_>>,
 ) -> Result<(), PanelError> {
     for (key, lang, value) in texts {
         validated(key, lang, value)?;
@@ -846,6 +857,9 @@ pub async fn import_texts_as(
         .execute(&mut *tx)
         .await
         .map_err(|e| missing_bot(e, id))?;
+    }
+    if let Some(entry) = audit {
+        insert_audit_on(&mut tx, entry).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -889,7 +903,7 @@ pub async fn delete_text(
     key: &str,
     lang: &str,
 ) -> Result<bool, PanelError> {
-    delete_text_as(pool, id, key, lang, "").await
+    delete_text_as(pool, id, key, lang, "", None).await
 }
 
 /// Stores a bot's sealed secret `name` (replacing it); the trigger notifies `reload_config`.
@@ -1233,6 +1247,16 @@ pub async fn delete_session(pool: &PgPool, token_hash: &str) -> Result<(), Panel
 
 /// Appends an entry to the audit log.
 pub async fn insert_audit(pool: &PgPool, entry: &NewAudit<'_>) -> Result<(), PanelError> {
+    let mut conn = pool.acquire().await?;
+    insert_audit_on(&mut conn, entry).await
+}
+
+/// Appends `entry` to the audit log on `conn` — inside the transaction of the change it
+/// records, so the change and its entry commit (or roll back) together.
+pub async fn insert_audit_on(
+    conn: &mut PgConnection,
+    entry: &NewAudit<'_>,
+) -> Result<(), PanelError> {
     sqlx::query(
         "INSERT INTO audit_log (actor, action, bot_id, target, before, after) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1243,8 +1267,92 @@ pub async fn insert_audit(pool: &PgPool, entry: &NewAudit<'_>) -> Result<(), Pan
     .bind(entry.target)
     .bind(entry.before.clone().map(Json))
     .bind(entry.after.clone().map(Json))
-    .execute(pool)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Enables or disables a bot and records `audit` in the same transaction (written as its
+/// actor).
+pub async fn set_enabled_audited(
+    pool: &PgPool,
+    id: i64,
+    enabled: bool,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("UPDATE bots SET enabled = $2 WHERE id = $1")
+        .bind(id)
+        .bind(enabled)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Renames a bot and records `audit` in the same transaction.
+pub async fn rename_bot_audited(
+    pool: &PgPool,
+    id: i64,
+    name: &str,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("UPDATE bots SET name = $2 WHERE id = $1")
+        .bind(id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, name)?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Replaces a bot's token (sealed) and records `audit` in the same transaction.
+pub async fn set_token_audited(
+    pool: &PgPool,
+    keys: &Keyring,
+    id: i64,
+    token: &BotToken,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    if let Some(holder) = token_holder(pool, keys, token, Some(id)).await? {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    let key = keys.current();
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query(
+        "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(key.seal(&token_aad(id), token.expose().as_bytes())?)
+    .bind(key.token_hash(token.expose()))
+    .execute(&mut *tx)
+    .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes a bot (its texts and status go with it) and records `audit` in the same
+/// transaction.
+pub async fn remove_bot_audited(
+    pool: &PgPool,
+    id: i64,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("DELETE FROM bots WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -1328,4 +1436,55 @@ pub async fn manifest_history(pool: &PgPool, id: i64) -> Result<Vec<ManifestVers
     .bind(id)
     .fetch_all(pool)
     .await?)
+}
+
+/// The longest time, in seconds, any of `keys` must still wait: a key waits when it has at
+/// least its maximum of failures within the last `window_secs` (none waits: `None`).
+pub async fn login_wait(
+    pool: &PgPool,
+    keys: &[(String, i32)],
+    window_secs: f64,
+) -> Result<Option<f64>, PanelError> {
+    let (names, maxima): (Vec<&str>, Vec<i32>) = keys.iter().map(|(k, m)| (k.as_str(), *m)).unzip();
+    Ok(sqlx::query_scalar(
+        "SELECT max(extract(epoch FROM f.since + make_interval(secs => $3) - now()))::float8 \
+         FROM login_failures f JOIN unnest($1::text[], $2::int[]) AS k(key, max) USING (key) \
+         WHERE f.failures >= k.max AND f.since > now() - make_interval(secs => $3)",
+    )
+    .bind(names)
+    .bind(maxima)
+    .bind(window_secs)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Counts one failed sign-in for each of `keys`; a key whose window passed starts again.
+pub async fn login_failed(
+    pool: &PgPool,
+    keys: &[String],
+    window_secs: f64,
+) -> Result<(), PanelError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM login_failures WHERE since <= now() - make_interval(secs => $1)")
+        .bind(window_secs)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO login_failures (key, failures) SELECT unnest($1::text[]), 1 \
+         ON CONFLICT (key) DO UPDATE SET failures = login_failures.failures + 1",
+    )
+    .bind(keys)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets the failures of `key` (a login that signed in).
+pub async fn login_forget(pool: &PgPool, key: &str) -> Result<(), PanelError> {
+    sqlx::query("DELETE FROM login_failures WHERE key = $1")
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -3,12 +3,11 @@
 //! The OpenAPI document (`/api/v1/openapi.json`) is generated from these handlers by utoipa.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -16,9 +15,12 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::auth::{ApiCaller, ClientAddress, session_cookie};
 use super::{ApiError, AppState};
 use crate::admin::bots::{BotView, NewBot};
+use crate::admin::broadcasts::{BroadcastRequest, BroadcastView, Content, Started};
 use crate::admin::manifests::ManifestChange;
 use crate::admin::operators::{OperatorView, Permission};
+use crate::admin::schedules::{JobRequest, JobView, Target, Timing};
 use crate::admin::texts::TextsFormat;
+use crate::modules::broadcast::store::{Counts, ReportLine};
 use crate::modules::core::store::UserRecord;
 use crate::panel::access::{AuditRecord, ManifestVersion, TextVersion};
 use crate::panel::{BotStatus, TextRecord};
@@ -55,6 +57,23 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/bots/{id}/history", get(chat_history))
         .route("/bots/{id}/users", get(list_users))
+        .route(
+            "/bots/{id}/broadcasts",
+            get(list_broadcasts).post(create_broadcast),
+        )
+        .route("/bots/{id}/broadcasts/audience", get(audience_size))
+        .route("/bots/{id}/broadcasts/{bid}", get(show_broadcast))
+        .route("/bots/{id}/broadcasts/{bid}/pause", post(pause_broadcast))
+        .route("/bots/{id}/broadcasts/{bid}/resume", post(resume_broadcast))
+        .route("/bots/{id}/broadcasts/{bid}/cancel", post(cancel_broadcast))
+        .route(
+            "/bots/{id}/broadcasts/{bid}/report.csv",
+            get(broadcast_report),
+        )
+        .route("/bots/{id}/schedules", get(list_jobs).post(add_job))
+        .route("/bots/{id}/schedules/{job}", delete(remove_job))
+        .route("/bots/{id}/schedules/{job}/pause", post(pause_job))
+        .route("/bots/{id}/schedules/{job}/resume", post(resume_job))
         .route("/status", get(status))
         .route("/operators", get(operators))
         .route("/audit", get(audit))
@@ -65,7 +84,7 @@ pub fn routes() -> Router<AppState> {
 #[openapi(
     info(
         title = "botvisor panel API",
-        description = "Bots, texts, manifests, versions, audit. \
+        description = "Bots, texts, manifests, versions, users, broadcasts, schedules, audit. \
         Authenticate with the session cookie (plus X-CSRF-Token on changes) or \
         Authorization: Bearer <API key>."
     ),
@@ -94,6 +113,20 @@ pub fn routes() -> Router<AppState> {
         manifest_versions,
         rollback_manifest,
         chat_history,
+        list_users,
+        list_broadcasts,
+        create_broadcast,
+        audience_size,
+        show_broadcast,
+        pause_broadcast,
+        resume_broadcast,
+        cancel_broadcast,
+        broadcast_report,
+        list_jobs,
+        add_job,
+        remove_job,
+        pause_job,
+        resume_job,
         status,
         operators,
         audit
@@ -107,7 +140,14 @@ pub fn routes() -> Router<AppState> {
         ManifestChange,
         AuditRecord,
         OperatorView,
-        BotStatus
+        BotStatus,
+        BroadcastView,
+        Started,
+        Counts,
+        JobView,
+        AudienceSize,
+        NewBroadcastBody,
+        NewJobBody
     ))
 )]
 pub struct ApiDoc;
@@ -145,8 +185,7 @@ pub async fn check_sign_in(
     login: &str,
     password: &str,
 ) -> ApiResult<crate::admin::operators::NewSession> {
-    let now = Instant::now();
-    if let Err(wait) = state.throttle.check(login, address, now) {
+    if let Some(wait) = state.admin.sign_in_wait(login, address).await? {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -163,11 +202,11 @@ pub async fn check_sign_in(
         .await
     {
         Ok(session) => {
-            state.throttle.succeeded(login);
+            state.admin.sign_in_succeeded(login).await?;
             Ok(session)
         }
         Err(e @ crate::admin::AdminError::BadCredentials) => {
-            state.throttle.failed(login, address, now);
+            state.admin.sign_in_failed(login, address).await?;
             tracing::warn!(login, address, "failed sign-in");
             Err(e.into())
         }
@@ -670,4 +709,339 @@ async fn audit(
     Ok(Json(
         c.admin.audit_log(q.limit.unwrap_or(100), q.before).await?,
     ))
+}
+
+// ---- Broadcasts ----
+
+/// What a broadcast or a job sends: exactly one of a text and a text key (empty counts as
+/// absent, as forms send it).
+pub fn content_of<'a>(
+    text: Option<&'a str>,
+    text_key: Option<&'a str>,
+) -> Result<Content<'a>, ApiError> {
+    let text = text.filter(|t| !t.trim().is_empty());
+    let key = text_key.map(str::trim).filter(|k| !k.is_empty());
+    match (text, key) {
+        (Some(t), None) => Ok(Content::Text(t)),
+        (None, Some(k)) => Ok(Content::TextKey(k)),
+        (Some(_), Some(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give either text or text_key, not both",
+        )
+        .field("text")),
+        (None, None) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "say what to send: text or text_key",
+        )
+        .field("text")),
+    }
+}
+
+/// A broadcast to start.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewBroadcastBody {
+    /// The message (placeholders {first_name}, {username}… filled per recipient); or
+    /// `text_key`.
+    pub text: Option<String>,
+    /// A text key, rendered per recipient in their language; or `text`.
+    pub text_key: Option<String>,
+    /// `all` (default), `lang:CODE`, `active-days:N` or `admins`.
+    pub audience: Option<String>,
+    /// When it starts: RFC 3339, or `YYYY-MM-DD HH:MM` in UTC; absent: now.
+    pub at: Option<String>,
+    /// Inline buttons as rows of Telegram buttons: `[[{"text": "Site", "url": "https://…"}]]`.
+    #[schema(value_type = Option<Object>)]
+    pub buttons: Option<serde_json::Value>,
+}
+
+/// Every broadcast of a bot, newest first, with its progress.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/broadcasts",
+    responses((status = 200, body = [BroadcastView]), (status = 404, body = ApiError)))]
+async fn list_broadcasts(
+    ApiCaller(c): ApiCaller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Vec<BroadcastView>>> {
+    c.check(Permission::ReadBot(id))?;
+    Ok(Json(c.admin.list_broadcasts(id).await?))
+}
+
+/// Starts a broadcast now, or schedules it (`at`); the answer says how many users it goes to.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/broadcasts", request_body = NewBroadcastBody,
+    responses((status = 201, body = Started), (status = 422, body = ApiError),
+              (status = 403, body = ApiError)))]
+async fn create_broadcast(
+    ApiCaller(c): ApiCaller,
+    Path(id): Path<i64>,
+    Json(body): Json<NewBroadcastBody>,
+) -> ApiResult<(StatusCode, Json<Started>)> {
+    c.check(Permission::EditBot(id))?;
+    let content = content_of(body.text.as_deref(), body.text_key.as_deref())?;
+    let buttons = body.buttons.as_ref().map(|b| b.to_string());
+    let started = c
+        .admin
+        .start_broadcast(
+            id,
+            &BroadcastRequest {
+                content,
+                audience: body.audience.as_deref().unwrap_or("all"),
+                at: body.at.as_deref().filter(|a| !a.trim().is_empty()),
+                buttons: buttons.as_deref(),
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(started)))
+}
+
+/// Which audience to size.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AudienceQuery {
+    /// `all` (default), `lang:CODE`, `active-days:N` or `admins`.
+    pub audience: Option<String>,
+}
+
+/// How many users an audience has now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudienceSize {
+    /// The audience, as written.
+    pub audience: String,
+    /// Its users now (blocked users excluded).
+    pub size: i64,
+}
+
+/// How many users an audience has now, before anything is sent.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/broadcasts/audience", params(AudienceQuery),
+    responses((status = 200, body = AudienceSize), (status = 422, body = ApiError)))]
+async fn audience_size(
+    ApiCaller(c): ApiCaller,
+    Path(id): Path<i64>,
+    Query(q): Query<AudienceQuery>,
+) -> ApiResult<Json<AudienceSize>> {
+    c.check(Permission::ReadBot(id))?;
+    let audience = q.audience.unwrap_or_else(|| "all".into());
+    let size = c
+        .admin
+        .audience_preview(id, &audience)
+        .await
+        .map_err(|e| match e {
+            crate::admin::AdminError::Invalid(_) => ApiError::from(e).field("audience"),
+            e => e.into(),
+        })?;
+    Ok(Json(AudienceSize { audience, size }))
+}
+
+/// One broadcast with its progress.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/broadcasts/{bid}",
+    responses((status = 200, body = BroadcastView), (status = 404, body = ApiError)))]
+async fn show_broadcast(
+    ApiCaller(c): ApiCaller,
+    Path((id, bid)): Path<(i64, i64)>,
+) -> ApiResult<Json<BroadcastView>> {
+    c.check(Permission::ReadBot(id))?;
+    Ok(Json(c.admin.broadcast_status(id, bid).await?))
+}
+
+/// Pauses a scheduled or running broadcast.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/broadcasts/{bid}/pause",
+    responses((status = 200, body = BroadcastView), (status = 422, body = ApiError)))]
+async fn pause_broadcast(
+    ApiCaller(c): ApiCaller,
+    Path((id, bid)): Path<(i64, i64)>,
+) -> ApiResult<Json<BroadcastView>> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.pause_broadcast(id, bid).await?;
+    Ok(Json(c.admin.broadcast_status(id, bid).await?))
+}
+
+/// Resumes a paused broadcast where it stopped.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/broadcasts/{bid}/resume",
+    responses((status = 200, body = BroadcastView), (status = 422, body = ApiError)))]
+async fn resume_broadcast(
+    ApiCaller(c): ApiCaller,
+    Path((id, bid)): Path<(i64, i64)>,
+) -> ApiResult<Json<BroadcastView>> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.resume_broadcast(id, bid).await?;
+    Ok(Json(c.admin.broadcast_status(id, bid).await?))
+}
+
+/// Cancels a broadcast that has not ended.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/broadcasts/{bid}/cancel",
+    responses((status = 200, body = BroadcastView), (status = 422, body = ApiError)))]
+async fn cancel_broadcast(
+    ApiCaller(c): ApiCaller,
+    Path((id, bid)): Path<(i64, i64)>,
+) -> ApiResult<Json<BroadcastView>> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.cancel_broadcast(id, bid).await?;
+    Ok(Json(c.admin.broadcast_status(id, bid).await?))
+}
+
+/// One CSV field, quoted when it needs to be.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
+/// A broadcast's report as CSV: `user_id,outcome,error,time` (UTC, RFC 3339).
+pub fn report_csv(lines: &[ReportLine]) -> String {
+    let mut out = String::from("user_id,outcome,error,time\n");
+    for l in lines {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            l.user_id,
+            csv_field(&l.outcome),
+            csv_field(l.error.as_deref().unwrap_or("")),
+            l.time.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// A broadcast's report, one line per recipient, as a CSV download.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/broadcasts/{bid}/report.csv",
+    responses((status = 200, content_type = "text/csv", body = String),
+              (status = 404, body = ApiError)))]
+async fn broadcast_report(
+    ApiCaller(c): ApiCaller,
+    Path((id, bid)): Path<(i64, i64)>,
+) -> ApiResult<Response> {
+    c.check(Permission::ReadBot(id))?;
+    let lines = c.admin.broadcast_report(id, bid).await?;
+    let name = format!("attachment; filename=\"bot{id}-broadcast{bid}.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, name),
+        ],
+        report_csv(&lines),
+    )
+        .into_response())
+}
+
+// ---- Schedules ----
+
+/// A scheduled job to add: exactly one of `at`, `in` and `cron`; a `chat` or an `audience`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct NewJobBody {
+    /// Once, at TIME: RFC 3339, or `YYYY-MM-DD HH:MM` in `tz`.
+    pub at: Option<String>,
+    /// Once, after DURATION: `90s`, `15m`, `2h`, `1d`, `1h30m`.
+    #[serde(rename = "in")]
+    pub after: Option<String>,
+    /// At every occurrence of a cron expression (5 fields, or 6 with seconds) in `tz`.
+    pub cron: Option<String>,
+    /// The IANA zone times are read in (default UTC).
+    pub tz: Option<String>,
+    /// Send to this one chat.
+    pub chat: Option<i64>,
+    /// Or to an audience: `all`, `lang:CODE`, `active-days:N`, `admins`.
+    pub audience: Option<String>,
+    /// The message; or `text_key`.
+    pub text: Option<String>,
+    /// A text key; or `text`.
+    pub text_key: Option<String>,
+    /// Start a broadcast at each occurrence instead of sending directly.
+    pub broadcast: Option<bool>,
+    /// `run-once` (default) or `skip`: what a missed occurrence does.
+    pub misfire: Option<String>,
+}
+
+/// Reads a job request from `body` (shared with the schedules page).
+pub fn job_request(body: &NewJobBody) -> Result<JobRequest<'_>, ApiError> {
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+    let timing = match (given(&body.at), given(&body.after), given(&body.cron)) {
+        (Some(at), None, None) => Timing::At(at),
+        (None, Some(d), None) => Timing::In(d),
+        (None, None, Some(c)) => Timing::Cron(c),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "say when, with exactly one of at, in and cron",
+            )
+            .field("when"));
+        }
+    };
+    let target = match (body.chat, given(&body.audience)) {
+        (Some(chat), None) => Target::Chat(chat),
+        (None, Some(a)) => Target::Audience(a),
+        (None, None) => Target::None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give either chat or audience, not both",
+            )
+            .field("audience"));
+        }
+    };
+    Ok(JobRequest {
+        timing,
+        tz: given(&body.tz),
+        target,
+        content: content_of(body.text.as_deref(), body.text_key.as_deref())?,
+        broadcast: body.broadcast.unwrap_or(false),
+        misfire: given(&body.misfire),
+    })
+}
+
+/// Every scheduled job of a bot, with its next run in UTC and in the job's zone.
+#[utoipa::path(get, path = "/api/v1/bots/{id}/schedules",
+    responses((status = 200, body = [JobView]), (status = 404, body = ApiError)))]
+async fn list_jobs(ApiCaller(c): ApiCaller, Path(id): Path<i64>) -> ApiResult<Json<Vec<JobView>>> {
+    c.check(Permission::ReadBot(id))?;
+    Ok(Json(c.admin.list_jobs(id).await?))
+}
+
+/// Adds a scheduled job.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/schedules", request_body = NewJobBody,
+    responses((status = 201, body = JobView), (status = 422, body = ApiError),
+              (status = 403, body = ApiError)))]
+async fn add_job(
+    ApiCaller(c): ApiCaller,
+    Path(id): Path<i64>,
+    Json(body): Json<NewJobBody>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    c.check(Permission::EditBot(id))?;
+    let req = job_request(&body)?;
+    Ok((StatusCode::CREATED, Json(c.admin.add_job(id, &req).await?)))
+}
+
+/// Removes a scheduled job (and its runs).
+#[utoipa::path(delete, path = "/api/v1/bots/{id}/schedules/{job}",
+    responses((status = 204), (status = 404, body = ApiError)))]
+async fn remove_job(
+    ApiCaller(c): ApiCaller,
+    Path((id, job)): Path<(i64, i64)>,
+) -> ApiResult<StatusCode> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.remove_job(id, job).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses a scheduled job.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/schedules/{job}/pause",
+    responses((status = 200, body = JobView), (status = 404, body = ApiError)))]
+async fn pause_job(
+    ApiCaller(c): ApiCaller,
+    Path((id, job)): Path<(i64, i64)>,
+) -> ApiResult<Json<JobView>> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.pause_job(id, job, true).await?;
+    Ok(Json(c.admin.get_job(id, job).await?))
+}
+
+/// Resumes a paused job from its next occurrence after now.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/schedules/{job}/resume",
+    responses((status = 200, body = JobView), (status = 404, body = ApiError)))]
+async fn resume_job(
+    ApiCaller(c): ApiCaller,
+    Path((id, job)): Path<(i64, i64)>,
+) -> ApiResult<Json<JobView>> {
+    c.check(Permission::EditBot(id))?;
+    c.admin.pause_job(id, job, false).await?;
+    Ok(Json(c.admin.get_job(id, job).await?))
 }

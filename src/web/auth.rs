@@ -19,6 +19,12 @@ use crate::admin::operators::{Operator, Permission};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "botvisor_session";
+/// The cookie carrying the sign-in form's pre-session CSRF token (double submit).
+pub const LOGIN_CSRF_COOKIE: &str = "botvisor_login_csrf";
+/// What a sign-in without the form's token is told.
+pub const LOGIN_CSRF_REFUSED: &str =
+    "the sign-in form expired or came from another site: sign in again on this page";
+
 /// The header carrying the CSRF token for API calls made with a session.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -82,6 +88,22 @@ pub fn session_cookie(state: &AppState, token: Option<&str>) -> String {
         ),
         None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
     }
+}
+
+/// The `Set-Cookie` value carrying the sign-in form's token (an empty token clears it). Only
+/// `/login` gets it, it lasts an hour, and scripts cannot read it.
+pub fn login_csrf_cookie(state: &AppState, token: &str) -> String {
+    let secure = if state.cookie_secure { "; Secure" } else { "" };
+    let age = if token.is_empty() { 0 } else { 3600 };
+    format!(
+        "{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={age}{secure}"
+    )
+}
+
+/// Whether a sign-in form carried the same non-empty token as its cookie.
+pub fn login_csrf_matches(headers: &HeaderMap, sent: &str) -> bool {
+    cookie(headers, LOGIN_CSRF_COOKIE)
+        .is_some_and(|expected| !expected.is_empty() && constant_time_eq(&expected, sent))
 }
 
 /// The client's address: the peer, or — when the peer is a reverse proxy on loopback — the

@@ -8,7 +8,9 @@
 //! - [`auth`]: who is calling (session cookie or `Authorization: Bearer`), CSRF, the client
 //!   address, sign-in throttling;
 //! - [`api`]: the JSON API and its OpenAPI document (generated from the code by utoipa);
-//! - [`pages`]: the HTML pages (askama templates in `templates/`), in English and Russian.
+//! - [`pages`]: the HTML pages (askama templates in `templates/`), in English and Russian;
+//! - [`mailings`]: the broadcasts and schedules pages;
+//! - [`menus`]: commands and menus edited as a form.
 //!
 //! Tokens never leave this process unmasked: every bot is shown through
 //! [`crate::admin::bots::BotView`], and the token is only ever written.
@@ -16,10 +18,11 @@
 pub mod api;
 pub mod auth;
 pub mod i18n;
+pub mod mailings;
+pub mod menus;
 pub mod pages;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -28,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::operators::LoginThrottle;
 use crate::admin::{Admin, AdminError};
 use crate::panel::PanelError;
 use crate::settings::Settings;
@@ -55,8 +57,6 @@ pub enum WebError {
 pub struct AppState {
     /// The service layer (acting as nobody; handlers act as the caller).
     pub admin: Admin,
-    /// Failed sign-ins per login and address.
-    pub throttle: Arc<LoginThrottle>,
     /// Whether the session cookie is `Secure`.
     pub cookie_secure: bool,
     /// How long a session lasts.
@@ -91,7 +91,6 @@ impl PanelServer {
             listener,
             state: AppState {
                 admin,
-                throttle: Arc::new(LoginThrottle::default()),
                 cookie_secure: settings.panel_http.cookie_secure,
                 session_lifetime: Duration::from_secs(settings.panel_http.session_hours * 3600),
             },
@@ -123,6 +122,8 @@ impl PanelServer {
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(pages::routes())
+        .merge(mailings::routes())
+        .merge(menus::routes())
         .nest("/api/v1", api::routes())
         .with_state(state)
 }

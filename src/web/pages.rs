@@ -67,7 +67,7 @@ async fn stylesheet() -> Response {
 
 /// A page's failure: the message on a page of its own (or the sign-in page when signed out).
 #[derive(Debug)]
-pub struct PageError(ApiError);
+pub struct PageError(pub(super) ApiError);
 
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
@@ -105,9 +105,9 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
-fn html<T: Template>(page: &T) -> Response {
+pub(super) fn html<T: Template>(page: &T) -> Response {
     match page.render() {
         Ok(body) => Html(body).into_response(),
         Err(e) => {
@@ -117,7 +117,7 @@ fn html<T: Template>(page: &T) -> Response {
     }
 }
 
-fn csrf_of(c: &Caller) -> String {
+pub(super) fn csrf_of(c: &Caller) -> String {
     c.csrf.clone().unwrap_or_default()
 }
 
@@ -133,23 +133,60 @@ struct LoginPage {
     login: String,
 }
 
-async fn login_page(headers: HeaderMap, MaybeCaller(c): MaybeCaller) -> Response {
+/// The sign-in page with a fresh pre-session CSRF token: in the form's hidden field and in a
+/// `SameSite=Strict`, HttpOnly cookie that only this path gets (double submit). A sign-in
+/// whose field does not match the cookie — a form posted from another site, which cannot read
+/// or set the cookie — is refused before the password is looked at.
+fn login_form(
+    state: &AppState,
+    t: &'static Tr,
+    status: StatusCode,
+    error: Option<String>,
+    login: String,
+) -> Response {
+    let token = crate::admin::operators::random_hex();
+    let mut r = (
+        status,
+        html(&LoginPage {
+            t,
+            me: None,
+            csrf: token.clone(),
+            error,
+            login,
+        }),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&super::auth::login_csrf_cookie(state, &token)).expect("hex"),
+    );
+    r
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    MaybeCaller(c): MaybeCaller,
+) -> Response {
     if c.is_some() {
         return Redirect::to("/").into_response();
     }
-    html(&LoginPage {
-        t: i18n::choose(&headers),
-        me: None,
-        csrf: String::new(),
-        error: None,
-        login: String::new(),
-    })
+    login_form(
+        &state,
+        i18n::choose(&headers),
+        StatusCode::OK,
+        None,
+        String::new(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     login: String,
     password: String,
+    /// The pre-session CSRF token the sign-in page put in the form.
+    #[serde(default)]
+    csrf: String,
 }
 
 async fn login(
@@ -158,6 +195,17 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let t = i18n::choose(&headers);
+    if !super::auth::login_csrf_matches(&headers, &form.csrf) {
+        tracing::warn!(address, "sign-in without the form's CSRF token refused");
+        return login_form(
+            &state,
+            t,
+            StatusCode::FORBIDDEN,
+            Some(super::auth::LOGIN_CSRF_REFUSED.to_owned()),
+            form.login,
+        );
+    }
     match super::api::check_sign_in(&state, &address, &form.login, &form.password).await {
         Ok(session) => {
             let mut r = Redirect::to("/").into_response();
@@ -166,24 +214,28 @@ async fn login(
                 HeaderValue::from_str(&session_cookie(&state, Some(&session.token)))
                     .expect("ASCII"),
             );
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&super::auth::login_csrf_cookie(&state, "")).expect("ASCII"),
+            );
             r
         }
         Err(e) => {
-            let page = LoginPage {
-                t: i18n::choose(&headers),
-                me: None,
-                csrf: String::new(),
-                error: Some(e.error.clone()),
-                login: form.login,
-            };
-            (e.status(), html(&page)).into_response()
+            let mut r = login_form(&state, t, e.status(), Some(e.error.clone()), form.login);
+            if let Some(secs) = e.retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            r
         }
     }
 }
 
+/// A form carrying only the CSRF token.
 #[derive(Debug, Deserialize)]
-struct CsrfForm {
-    csrf: String,
+pub(super) struct CsrfForm {
+    /// The session's CSRF token.
+    pub(super) csrf: String,
 }
 
 async fn logout(
@@ -229,13 +281,78 @@ async fn switch_language(Path(code): Path<String>, headers: HeaderMap) -> Respon
 
 // ---- Bots overview ----
 
+/// A bot in the overview: its view, how long its run has lasted, and whether the daemon
+/// instance that wrote its status is still alive.
+struct OverviewRow {
+    bot: BotView,
+    /// How long its current run has lasted ("" when not running).
+    up_for: String,
+    /// How long ago the instance running it last beat ("" when no instance runs it).
+    beat_ago: String,
+    /// Its status says it runs, but its instance stopped beating (or is gone): the daemon
+    /// died, and the state shown is the last one it wrote.
+    stale: bool,
+}
+
+impl OverviewRow {
+    fn new(
+        bot: BotView,
+        t: &Tr,
+        now: chrono::DateTime<chrono::Utc>,
+        beats: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
+        let running = matches!(
+            bot.state.as_deref(),
+            Some("starting" | "running" | "degraded" | "backoff")
+        );
+        let up_for = match bot.started_at {
+            Some(at) if running => span(t, now - at),
+            _ => String::new(),
+        };
+        let beat = bot.instance.as_ref().and_then(|i| beats.get(i)).copied();
+        let live = chrono::TimeDelta::from_std(crate::panel::INSTANCE_LIVE)
+            .unwrap_or(chrono::TimeDelta::seconds(15));
+        let stale = running && beat.is_none_or(|at| now - at > live);
+        Self {
+            bot,
+            up_for,
+            beat_ago: beat.map(|at| span(t, now - at)).unwrap_or_default(),
+            stale,
+        }
+    }
+}
+
+/// A duration as an operator reads it: the two largest units (`2 d 3 h`, `5 min 10 s`).
+fn span(t: &Tr, d: chrono::TimeDelta) -> String {
+    let secs = d.num_seconds().max(0);
+    let (day, hour, min, sec) = if t.code == "ru" {
+        ("д", "ч", "мин", "с")
+    } else {
+        ("d", "h", "min", "s")
+    };
+    let parts = [
+        (secs / 86_400, day),
+        (secs % 86_400 / 3600, hour),
+        (secs % 3600 / 60, min),
+        (secs % 60, sec),
+    ];
+    let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[first..]
+        .iter()
+        .take(2)
+        .filter(|(n, _)| *n > 0 || first == 3)
+        .map(|(n, u)| format!("{n} {u}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[derive(Template)]
 #[template(path = "bots.html")]
 struct BotsPage {
     t: &'static Tr,
     me: Option<Operator>,
     csrf: String,
-    bots: Vec<BotView>,
+    bots: Vec<OverviewRow>,
     q: String,
     states: Vec<(&'static str, bool)>,
     may_manage: bool,
@@ -253,6 +370,13 @@ async fn bots_view(c: &Caller, t: &'static Tr, query: BotsQuery) -> Result<BotsP
     let q = query.q.unwrap_or_default();
     let state = query.state.unwrap_or_default();
     let needle = q.trim().to_lowercase();
+    let beats: BTreeMap<String, chrono::DateTime<chrono::Utc>> = c
+        .admin
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| (i.name, i.heartbeat_at))
+        .collect();
     let bots = c
         .admin
         .list_bots()
@@ -261,6 +385,7 @@ async fn bots_view(c: &Caller, t: &'static Tr, query: BotsQuery) -> Result<BotsP
         .filter(|b| c.operator.may_read(b.id))
         .filter(|b| needle.is_empty() || b.name.to_lowercase().contains(&needle))
         .filter(|b| state.is_empty() || b.state.as_deref() == Some(state.as_str()))
+        .map(|b| OverviewRow::new(b, t, chrono::Utc::now(), &beats))
         .collect();
     let states = crate::admin::bots::BOT_STATES
         .iter()
@@ -353,6 +478,8 @@ struct BotPage {
     me: Option<Operator>,
     csrf: String,
     bot: BotView,
+    /// The last hour's traffic from the bot's database (none: no database yet).
+    traffic: Option<crate::botdb::store::Traffic>,
     langs: Vec<String>,
     rows: Vec<Row>,
     may_edit: bool,
@@ -412,6 +539,14 @@ async fn bot_view(
         None => (None, (String::new(), default_lang, String::new(), None)),
     };
     let langs: Vec<String> = langs.into_iter().collect();
+    let traffic = match c.admin.traffic(id).await {
+        Ok(t) => Some(t),
+        Err(AdminError::NoDatabase { .. }) => None,
+        Err(e) => {
+            tracing::warn!(bot_id = id, error = %crate::mask::error_line(&e), "cannot read the bot's traffic");
+            None
+        }
+    };
     let rows = by_key
         .into_iter()
         .map(|(key, values)| Row {
@@ -455,6 +590,7 @@ async fn bot_view(
         new_lang: new.1,
         new_value: new.2,
         new_error: new.3,
+        traffic,
         bot,
     })
 }
@@ -780,7 +916,7 @@ async fn rollback_manifest(
 
 /// A bot whose database does not exist yet (it never started) has nothing to show: an empty
 /// list with the reason, rather than an error page.
-fn empty_without_database<T>(
+pub(super) fn empty_without_database<T>(
     result: Result<Vec<T>, AdminError>,
 ) -> Result<(Vec<T>, Option<String>), PageError> {
     match result {

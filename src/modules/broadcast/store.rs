@@ -70,7 +70,9 @@ const COLUMNS: &str = "id, state, text, text_key, copy_from_chat, copy_message_i
     progress_chat, progress_message_id";
 
 /// Counts of a broadcast's recipients by outcome.
-#[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, sqlx::FromRow, PartialEq, Eq, utoipa::ToSchema,
+)]
 pub struct Counts {
     /// Recipients frozen.
     pub total: i64,
