@@ -55,6 +55,36 @@ pub struct Settings {
     pub panel_http: PanelHttpSettings,
     /// Secrets at rest: the master key.
     pub secrets: SecretsSettings,
+    /// Prometheus metrics served at `/metrics` by `serve`.
+    pub metrics: MetricsSettings,
+}
+
+/// Shortest `metrics.idle_timeout_secs`: twice the refresh period of the bot state gauges.
+pub const MIN_METRICS_IDLE_TIMEOUT_SECS: u64 = 10;
+
+/// Prometheus metrics settings (docs/operations.md, "Metrics").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Seconds after which a series that was not updated (a removed bot's, a long-idle bot's
+    /// counters) is dropped from `/metrics`; a bot's state gauge is refreshed while the bot
+    /// exists, so it stays.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 3600,
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// [`Self::idle_timeout_secs`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
 }
 
 /// Settings of `botvisor panel`.
@@ -504,6 +534,15 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.metrics.idle_timeout_secs < MIN_METRICS_IDLE_TIMEOUT_SECS {
+            return Err(ConfigError::Invalid {
+                key: "metrics.idle_timeout_secs",
+                reason: format!(
+                    "must be at least {MIN_METRICS_IDLE_TIMEOUT_SECS} (bot state series are \
+                     refreshed every 5 s and must not expire in between)"
+                ),
             });
         }
         Ok(())

@@ -23,6 +23,7 @@ use crate::schema::{self, MigrationError};
 use crate::settings::Settings;
 use crate::tasks::Tasks;
 use crate::telegram::TelegramApi;
+use crate::telemetry::metrics::Metrics;
 
 /// Connections the daemon keeps to the panel database (LISTEN, reconcile, status writes).
 const PANEL_CONNECTIONS: u32 = 4;
@@ -87,6 +88,8 @@ pub struct DaemonHandles {
     pub heartbeat: watch::Receiver<tokio::time::Instant>,
     /// The connection budget of bot databases (its count of open connections is exact).
     pub budget: ConnectionBudget,
+    /// The process's Prometheus recorder (rendered at `/metrics`).
+    pub metrics: Metrics,
 }
 
 /// The daemon, ready to run.
@@ -97,6 +100,7 @@ pub struct Daemon {
     budget: ConnectionBudget,
     panel: sqlx::PgPool,
     instance: (String, String),
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -116,6 +120,7 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<(Self, DaemonHandles), DaemonError> {
         let settings = Arc::new(settings);
+        let metrics = crate::telemetry::metrics::install(settings.metrics.idle_timeout());
         // Without its key the daemon could open no token and no secret: refuse at once, before
         // waiting for anything.
         let keys = Arc::new(settings.keyring()?);
@@ -162,6 +167,7 @@ impl Daemon {
             reload: supervisor.reload_sender(),
             heartbeat: supervisor.heartbeat(),
             budget: budget.clone(),
+            metrics: metrics.clone(),
         };
         Ok((
             Self {
@@ -171,6 +177,7 @@ impl Daemon {
                 budget,
                 panel,
                 instance,
+                metrics,
             },
             handles,
         ))
@@ -181,6 +188,8 @@ impl Daemon {
         let shutdown = self.tasks.shutdown_token();
         self.tasks
             .spawn("botdb-budget", self.budget.clone().run(shutdown.clone()));
+        self.tasks
+            .spawn("metrics-upkeep", self.metrics.clone().run(shutdown.clone()));
         let supervisor = self
             .tasks
             .spawn("supervisor", self.supervisor.run(shutdown.clone()));

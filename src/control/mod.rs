@@ -48,6 +48,7 @@ use crate::panel::listener::{PanelEvent, PanelListener};
 use crate::panel::{BotRecord, PanelError, SecretRecord, TextRecord, store};
 use crate::runtime::{BotSpec, SharedDeps, Wakes};
 use crate::tasks::Tasks;
+use crate::telemetry::metrics;
 use crate::token::BotToken;
 use plan::{Action, Asked, Desired, Running, Scope};
 use slot::Slot;
@@ -274,7 +275,20 @@ pub struct Supervisor {
     reload_tx: mpsc::Sender<()>,
     reload_rx: mpsc::Receiver<()>,
     heartbeat: tokio::sync::watch::Sender<tokio::time::Instant>,
+    /// What the per-bot state gauges say, and when they were last refreshed.
+    gauges: StateGauges,
 }
+
+/// The per-bot state gauges as last exported ([`metrics::bot_state`]).
+#[derive(Default)]
+struct StateGauges {
+    states: HashMap<i64, &'static str>,
+    refreshed: Option<tokio::time::Instant>,
+}
+
+/// How often every bot's state gauge is set again although it did not change, so that series
+/// of live bots never reach the metrics idle timeout (a removed bot's do).
+const STATE_GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// A supervisor over `panel`, spawning bot slots into `tasks`.
@@ -297,6 +311,7 @@ impl Supervisor {
             config_errors: HashMap::new(),
             counts: tokio::sync::watch::channel(BotCounts::default()).0,
             ready: None,
+            gauges: StateGauges::default(),
         }
     }
 
@@ -464,6 +479,7 @@ impl Supervisor {
             store::release_instance(&self.panel, &gone).await?;
             other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
         }
+        metrics::instances(if other.is_some() { 2 } else { 1 });
         match other {
             None => {
                 if let Role::Standby(other) = &self.role {
@@ -512,7 +528,7 @@ impl Supervisor {
         });
     }
 
-    fn publish_counts(&self) {
+    fn publish_counts(&mut self) {
         let old = *self.counts.borrow();
         let mut c = BotCounts {
             total: self.slots.len(),
@@ -537,6 +553,46 @@ impl Supervisor {
             *old = c;
             changed
         });
+        self.export_states();
+    }
+
+    /// Sets the state gauges: bots by state, and each bot's own (every change at once, and
+    /// every [`STATE_GAUGE_REFRESH`] all of them; a bot gone from the slots is set to 0 and
+    /// left to the idle timeout).
+    fn export_states(&mut self) {
+        let now = tokio::time::Instant::now();
+        let refresh = self
+            .gauges
+            .refreshed
+            .is_none_or(|t| now.duration_since(t) >= STATE_GAUGE_REFRESH);
+        if refresh {
+            self.gauges.refreshed = Some(now);
+        }
+        let mut by_state: Vec<(&'static str, usize)> = Vec::new();
+        for (&id, slot) in &self.slots {
+            let state = slot
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_str();
+            match by_state.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, n)) => *n += 1,
+                None => by_state.push((state, 1)),
+            }
+            let old = self.gauges.states.insert(id, state);
+            if refresh || old != Some(state) {
+                metrics::bot_state(id, old, Some(state));
+            }
+        }
+        let slots = &self.slots;
+        self.gauges.states.retain(|&id, state| {
+            let kept = slots.contains_key(&id);
+            if !kept {
+                metrics::bot_state(id, Some(*state), None);
+            }
+            kept
+        });
+        metrics::bots_by_state(&by_state);
     }
 
     /// One pass: load the rows in scope, plan, carry the plan out.
@@ -546,6 +602,17 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
         tracing::debug!(?work, "reconcile");
+        let started = tokio::time::Instant::now();
+        let passed = self.reconcile_pass(work, shutdown).await;
+        metrics::reconcile_took(started.elapsed());
+        passed
+    }
+
+    async fn reconcile_pass(
+        &mut self,
+        work: &Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PanelError> {
         self.retiring.retain(|_, done| !done.is_cancelled());
         let (scope, rows) = if work.full || work.reload_all {
             (Scope::All, store::list_bots(&self.panel).await?)

@@ -197,7 +197,7 @@ pub struct BotContext {
     /// The modules.
     pub registry: Registry,
     /// Hands the requests a committed unit of work queued to the bot's sender.
-    pub handoff: mpsc::UnboundedSender<Vec<Queued>>,
+    pub handoff: mpsc::UnboundedSender<(tokio::time::Instant, Vec<Queued>)>,
     /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
     ///
     /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
@@ -207,12 +207,18 @@ pub struct BotContext {
 }
 
 impl BotContext {
-    /// After a commit: gives the sender what it queued, and wakes the jobs it left work.
-    pub fn hand_over(&self, queued: Vec<Queued>, jobs: &[&'static str]) {
+    /// After a commit: gives the sender what it queued (with the moment the unit of work took
+    /// its updates, for the update → reply latency), and wakes the jobs it left work.
+    pub fn hand_over(
+        &self,
+        queued: Vec<Queued>,
+        jobs: &[&'static str],
+        taken: tokio::time::Instant,
+    ) {
         if !queued.is_empty() {
             // A closed channel means the sender ended (the run fails or drains): the rows are
             // in the outbox and the next run sends them.
-            let _ = self.handoff.send(queued);
+            let _ = self.handoff.send((taken, queued));
         }
         for job in jobs {
             self.wakes.wake(job);

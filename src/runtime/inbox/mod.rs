@@ -46,6 +46,7 @@ use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::Registry;
 use crate::telegram::{TelegramApi, TelegramError};
+use crate::telemetry::metrics::{self, PoisonedAt};
 use crate::token::BotToken;
 
 /// Updates per getUpdates call (Telegram's maximum).
@@ -231,7 +232,13 @@ impl DurableListener {
             match parse_for_handlers(&payload_text(&payload)) {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
-                    tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
+                    metrics::update_poisoned(
+                        self.bot_id,
+                        update_id,
+                        PoisonedAt::Intake,
+                        &error,
+                        None,
+                    );
                     store::mark_poisoned(&mut conn, self.telegram_id, update_id, &error)
                         .await
                         .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
@@ -268,7 +275,8 @@ impl DurableListener {
                 return Err(match e {
                     TelegramError::Unauthorized => StepError::Fatal(RunFailure::Unauthorized),
                     TelegramError::RetryAfter(wait) => {
-                        StepError::Retry(wait, "429 Too Many Requests".into())
+                        metrics::rate_limited(self.bot_id, "getUpdates", wait);
+                        StepError::Wait(wait)
                     }
                     e => self.retry(crate::mask::error_line(&e)),
                 });
@@ -318,7 +326,13 @@ impl DurableListener {
                     parsed.push((update_id, update));
                 }
                 Err(error) => {
-                    tracing::warn!(bot_id = self.bot_id, update_id, %error, raw = %truncate(&element.text), "poisoned update");
+                    metrics::update_poisoned(
+                        self.bot_id,
+                        update_id,
+                        PoisonedAt::Intake,
+                        &error,
+                        Some(&truncate(&element.text)),
+                    );
                     rows.push(InboxRow {
                         update_id,
                         chat_id: None,
@@ -361,6 +375,7 @@ impl DurableListener {
                 }
             };
             let inserted: HashSet<i64> = inserted.into_iter().collect();
+            metrics::updates_received(self.bot_id, inserted.len() as u64);
             self.buffer.extend(
                 parsed
                     .into_iter()
