@@ -57,6 +57,8 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     /// Prometheus metrics served at `/metrics` by `serve`.
     pub metrics: MetricsSettings,
+    /// The HTTP listener of `botvisor serve`: webhooks, health (and metrics).
+    pub http: HttpSettings,
 }
 
 /// Shortest `metrics.idle_timeout_secs`: twice the refresh period of the bot state gauges.
@@ -85,6 +87,20 @@ impl MetricsSettings {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
+}
+
+/// Settings of the HTTP listener of `botvisor serve` (webhooks, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on, e.g. `127.0.0.1:8090` (`BOTVISOR__HTTP__LISTEN`); empty (the
+    /// default): no listener, so no webhooks and no health endpoints. Keep it on loopback
+    /// behind a TLS reverse proxy.
+    pub listen: String,
+    /// The base URL Telegram reaches the listener at through the proxy, e.g.
+    /// `https://bots.example.com` (`BOTVISOR__HTTP__PUBLIC_URL`); webhooks are set to
+    /// `{public_url}/telegram/{bot id}`. Required for webhook mode.
+    pub public_url: String,
 }
 
 /// Settings of `botvisor panel`.
@@ -530,6 +546,7 @@ impl Settings {
                 reason: "must name the master key file (default /etc/botvisor/master.key)".into(),
             });
         }
+        self.http.validate()?;
         if self.supervisor.resync_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
@@ -649,6 +666,50 @@ pub fn without_loopback_tls(url: &str, options: PgConnectOptions) -> PgConnectOp
     }
 }
 
+impl HttpSettings {
+    /// The listen address, if the listener is enabled (validated in [`Settings::validate`]).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let listen = self.listen.trim();
+        (!listen.is_empty()).then(|| listen.parse().expect("validated in Settings::validate"))
+    }
+
+    /// The public base URL without a trailing slash; `None` when not set.
+    pub fn public_base(&self) -> Option<&str> {
+        let url = self.public_url.trim().trim_end_matches('/');
+        (!url.is_empty()).then_some(url)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen = self.listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "http.listen",
+                reason: format!(
+                    "{listen:?} is not an address such as 127.0.0.1:8090 (empty: no listener)"
+                ),
+            });
+        }
+        if let Some(base) = self.public_base() {
+            let ok = url::Url::parse(base).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "http.public_url",
+                    reason: format!(
+                        "{base:?} must be an https:// URL without query or fragment, such as \
+                         https://bots.example.com (Telegram sends webhooks only over HTTPS)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Fills `{panel_db}` and `{id}` in a bot database name template.
 pub fn render_name_template(template: &str, panel_db: &str, id: i64) -> String {
     template
@@ -764,6 +825,17 @@ mod tests {
                 "0",
                 "resync_interval_secs",
             ),
+            ("BOTVISOR__HTTP__LISTEN", "8090", "http.listen"),
+            (
+                "BOTVISOR__HTTP__PUBLIC_URL",
+                "bots.example.com",
+                "http.public_url",
+            ),
+            (
+                "BOTVISOR__HTTP__PUBLIC_URL",
+                "https://bots.example.com/?a=1",
+                "http.public_url",
+            ),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@h/p"), (k, v)]))
@@ -806,6 +878,28 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn the_http_listener_is_off_unless_an_address_is_given() {
+        let base = ("DATABASE_URL", "postgres://u@h/p");
+        let s = Settings::load(None, &env(&[base])).unwrap();
+        assert_eq!(s.http.listen_addr(), None);
+        assert_eq!(s.http.public_base(), None);
+        let s = Settings::load(
+            None,
+            &env(&[
+                base,
+                ("BOTVISOR__HTTP__LISTEN", "127.0.0.1:8090"),
+                ("BOTVISOR__HTTP__PUBLIC_URL", "https://bots.example.com/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.http.listen_addr(),
+            Some("127.0.0.1:8090".parse().unwrap())
+        );
+        assert_eq!(s.http.public_base(), Some("https://bots.example.com"));
     }
 
     #[test]

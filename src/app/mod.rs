@@ -8,6 +8,9 @@
 //! handlers finish within `shutdown_deadline`, offsets are confirmed; tasks still running after
 //! the deadline are named in the [`ShutdownReport`].
 
+pub mod http;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +60,9 @@ pub enum DaemonError {
     /// The master key is missing, unreadable, or not the panel's.
     #[error("cannot start without the master key: {0}")]
     Key(#[from] crate::crypto::CryptoError),
+    /// The HTTP listener (`http.listen`) could not be bound.
+    #[error(transparent)]
+    Listener(#[from] http::HttpError),
     /// Shutdown was asked for while waiting for the panel.
     #[error("stopped while waiting for the panel database")]
     Cancelled,
@@ -90,6 +96,8 @@ pub struct DaemonHandles {
     pub budget: ConnectionBudget,
     /// The process's Prometheus recorder (rendered at `/metrics`).
     pub metrics: Metrics,
+    /// The address the HTTP listener is bound to (`None`: `http.listen` is empty).
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// The daemon, ready to run.
@@ -101,6 +109,7 @@ pub struct Daemon {
     panel: sqlx::PgPool,
     instance: (String, String),
     metrics: Metrics,
+    http: Option<http::HttpServer>,
 }
 
 impl Daemon {
@@ -161,13 +170,38 @@ impl Daemon {
         let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
         let me = supervisor.instance_beat();
         let instance = (me.name.to_owned(), me.host.to_owned());
+        // The first reconcile is told to systemd (the handles' `ready`) and to `/readyz`.
+        let (ready_tx, ready) = oneshot::channel();
+        let (reconciled_tx, reconciled) = watch::channel(false);
+        let first_pass = supervisor.ready();
+        tasks.spawn("ready", async move {
+            if first_pass.await.is_ok() {
+                reconciled_tx.send_replace(true);
+                let _ = ready_tx.send(());
+            }
+        });
+        let http = match settings.http.listen_addr() {
+            Some(addr) => {
+                let state = http::HttpState {
+                    health: http::Health {
+                        counts: supervisor.counts(),
+                        heartbeat: supervisor.heartbeat(),
+                        reconciled,
+                    },
+                    metrics: metrics.clone(),
+                };
+                Some(http::HttpServer::bind(addr, state).await?)
+            }
+            None => None,
+        };
         let handles = DaemonHandles {
-            ready: supervisor.ready(),
+            ready,
             counts: supervisor.counts(),
             reload: supervisor.reload_sender(),
             heartbeat: supervisor.heartbeat(),
             budget: budget.clone(),
             metrics: metrics.clone(),
+            http_addr: http.as_ref().map(http::HttpServer::local_addr),
         };
         Ok((
             Self {
@@ -178,6 +212,7 @@ impl Daemon {
                 panel,
                 instance,
                 metrics,
+                http,
             },
             handles,
         ))
@@ -190,6 +225,14 @@ impl Daemon {
             .spawn("botdb-budget", self.budget.clone().run(shutdown.clone()));
         self.tasks
             .spawn("metrics-upkeep", self.metrics.clone().run(shutdown.clone()));
+        if let Some(server) = self.http {
+            let stop = shutdown.clone();
+            self.tasks.spawn("http", async move {
+                if let Err(e) = server.run(stop).await {
+                    tracing::error!(error = %crate::mask::error_line(&e), "the HTTP listener stopped");
+                }
+            });
+        }
         let supervisor = self
             .tasks
             .spawn("supervisor", self.supervisor.run(shutdown.clone()));

@@ -454,7 +454,8 @@ mod tests {
         for name in all {
             assert!(name.starts_with("botvisor_"), "{name}");
             assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "{name}"
             );
         }
