@@ -37,6 +37,10 @@ pub const UPDATES_POISONED: &str = "botvisor_updates_poisoned_total";
 pub const SENDS: &str = "botvisor_sends_total";
 /// 429 Too Many Requests answers from Telegram, per bot.
 pub const RATE_LIMITED: &str = "botvisor_telegram_429_total";
+/// Webhook requests answered with an error, per bot and `reason` (unauthorized: wrong or
+/// missing secret, 401; saturated: intake full, 503; unavailable: database out of reach or the
+/// bot not running here, 503).
+pub const WEBHOOK_REJECTED: &str = "botvisor_webhook_rejected_total";
 /// 1 for the bot's current state (label `state`), 0 for a state it left, per bot.
 pub const BOT_STATE: &str = "botvisor_bot_state";
 /// Requests the bot's sender holds pending (loaded from the outbox, in flight), per bot.
@@ -187,6 +191,11 @@ pub fn describe() {
         RATE_LIMITED,
         Unit::Count,
         "429 Too Many Requests answers from Telegram (sends and getUpdates), per bot."
+    );
+    describe_counter!(
+        WEBHOOK_REJECTED,
+        Unit::Count,
+        "Webhook requests answered with an error (reason unauthorized 401, saturated or unavailable 503), per bot."
     );
     describe_gauge!(
         BOT_STATE,
@@ -360,6 +369,34 @@ pub fn rate_limited(bot_id: i64, method: &str, retry_after: Duration) {
     counter!(RATE_LIMITED, "bot_id" => bot(bot_id)).increment(1);
 }
 
+/// Why a webhook request was answered with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRejection {
+    /// Wrong or missing secret token: 401.
+    Unauthorized,
+    /// The bot's intake is full: 503 with `Retry-After`.
+    Saturated,
+    /// The bot's database is out of reach or the bot does not run here: 503.
+    Unavailable,
+}
+
+impl WebhookRejection {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookRejection::Unauthorized => "unauthorized",
+            WebhookRejection::Saturated => "saturated",
+            WebhookRejection::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A webhook request for `bot_id` was answered with an error: logs it and counts it.
+pub fn webhook_rejected(bot_id: i64, reason: WebhookRejection) {
+    tracing::warn!(bot_id, reason = reason.as_str(), "webhook request rejected");
+    counter!(WEBHOOK_REJECTED, "bot_id" => bot(bot_id), "reason" => reason.as_str()).increment(1);
+}
+
 /// The bot's state changed from `from` (if it had one) to `to`, or is confirmed (`from ==
 /// Some(to)`); `to == None` when the bot is gone from this instance.
 pub fn bot_state(bot_id: i64, from: Option<&'static str>, to: Option<&'static str>) {
@@ -430,6 +467,7 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let counters = [
+            WEBHOOK_REJECTED,
             UPDATES_RECEIVED,
             UPDATES_PROCESSED,
             UPDATES_POISONED,
