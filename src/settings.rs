@@ -192,6 +192,40 @@ pub struct TelegramSettings {
     pub api_url: String,
     /// Long-poll timeout of getUpdates, in seconds (kept under the HTTP client's timeout).
     pub poll_timeout_secs: u64,
+    /// How bots whose panel row names no mode get their updates: `polling` (the default) or
+    /// `webhook` (needs `http.listen` and `http.public_url`).
+    pub default_mode: String,
+    /// `max_connections` of every bot's `setWebhook`: simultaneous HTTPS connections Telegram
+    /// opens for one bot (1-100; Telegram's default is 40).
+    pub webhook_max_connections: u32,
+}
+
+/// How a bot gets its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// `getUpdates` long polling.
+    Polling,
+    /// Telegram POSTs updates to `{http.public_url}/telegram/{bot id}`.
+    Webhook,
+}
+
+impl UpdateMode {
+    /// `polling` or `webhook` (as stored in `bots.mode`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "polling" => Some(UpdateMode::Polling),
+            "webhook" => Some(UpdateMode::Webhook),
+            _ => None,
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMode::Polling => "polling",
+            UpdateMode::Webhook => "webhook",
+        }
+    }
 }
 
 /// Supervisor settings.
@@ -352,6 +386,8 @@ impl Default for TelegramSettings {
         Self {
             api_url: "https://api.telegram.org".into(),
             poll_timeout_secs: 10,
+            default_mode: "polling".into(),
+            webhook_max_connections: 40,
         }
     }
 }
@@ -547,6 +583,32 @@ impl Settings {
             });
         }
         self.http.validate()?;
+        match UpdateMode::parse(&self.telegram.default_mode) {
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: "telegram.default_mode",
+                    reason: format!(
+                        "{:?} is neither \"polling\" nor \"webhook\"",
+                        self.telegram.default_mode
+                    ),
+                });
+            }
+            Some(UpdateMode::Webhook) => {
+                if let Some(missing) = self.webhook_unavailable() {
+                    return Err(ConfigError::Invalid {
+                        key: "telegram.default_mode",
+                        reason: missing.into(),
+                    });
+                }
+            }
+            Some(UpdateMode::Polling) => {}
+        }
+        if !(1..=100).contains(&self.telegram.webhook_max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "telegram.webhook_max_connections",
+                reason: "must be between 1 and 100".into(),
+            });
+        }
         if self.supervisor.resync_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
@@ -581,6 +643,32 @@ impl Settings {
     /// The Telegram API base URL, parsed (validated in [`Settings::validate`]).
     pub fn telegram_api_url(&self) -> url::Url {
         url::Url::parse(&self.telegram.api_url).expect("validated in Settings::validate")
+    }
+
+    /// The mode of bots whose panel row names none.
+    pub fn default_mode(&self) -> UpdateMode {
+        UpdateMode::parse(&self.telegram.default_mode).unwrap_or(UpdateMode::Polling)
+    }
+
+    /// Why webhook mode cannot work with these settings (`None`: it can).
+    pub fn webhook_unavailable(&self) -> Option<&'static str> {
+        if self.http.listen_addr().is_none() {
+            Some("webhook mode needs the HTTP listener: set http.listen (BOTVISOR__HTTP__LISTEN)")
+        } else if self.http.public_base().is_none() {
+            Some(
+                "webhook mode needs the URL Telegram reaches the listener at: set \
+                 http.public_url (BOTVISOR__HTTP__PUBLIC_URL)",
+            )
+        } else {
+            None
+        }
+    }
+
+    /// The webhook URL of bot `bot_id` (`None` without `http.public_url`).
+    pub fn webhook_url(&self, bot_id: i64) -> Option<String> {
+        self.http
+            .public_base()
+            .map(|base| format!("{base}/telegram/{bot_id}"))
     }
 
     /// The name this instance writes into `bot_status.instance`.
@@ -826,6 +914,13 @@ mod tests {
                 "resync_interval_secs",
             ),
             ("BOTVISOR__HTTP__LISTEN", "8090", "http.listen"),
+            ("BOTVISOR__TELEGRAM__DEFAULT_MODE", "push", "default_mode"),
+            ("BOTVISOR__TELEGRAM__DEFAULT_MODE", "webhook", "http.listen"),
+            (
+                "BOTVISOR__TELEGRAM__WEBHOOK_MAX_CONNECTIONS",
+                "0",
+                "webhook_max_connections",
+            ),
             (
                 "BOTVISOR__HTTP__PUBLIC_URL",
                 "bots.example.com",

@@ -14,22 +14,34 @@
 //!   which check failed (tests `http_listener::*`, `resilience_panel::readyz_follows_the_panel`).
 //! - `GET /metrics`: the Prometheus text exposition of the process's metrics
 //!   ([`crate::telemetry::metrics`]; test `metrics::counters_move_by_what_happened_and_a_removed_bots_series_leave`).
+//! - `POST /telegram/{bot id}`: a webhook update for a bot in webhook mode
+//!   ([`crate::runtime::inbox::webhook`]): 401 for a wrong or missing
+//!   `X-Telegram-Bot-Api-Secret-Token` (counted), 200 once the update is committed to the
+//!   bot's inbox (or stored poisoned), 503 with `Retry-After` when the bot does not run here,
+//!   its intake is saturated or its database cannot store the update (tests `webhook::*`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::BotCounts;
-use crate::telemetry::metrics::Metrics;
+use crate::runtime::inbox::webhook::{AcceptError, WebhookRoutes};
+use crate::telemetry::metrics::{self, Metrics, WebhookRejection};
+
+/// `Retry-After` (seconds) of a 503 to a webhook request.
+pub const WEBHOOK_RETRY_AFTER: u64 = 5;
+/// Largest webhook body accepted (Telegram's updates are far smaller).
+const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
 
 /// The reconcile loop turns at least every second while healthy; older than this is stuck.
 pub const READY_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -122,6 +134,8 @@ pub struct HttpState {
     pub health: Health,
     /// The Prometheus recorder `/metrics` renders.
     pub metrics: Metrics,
+    /// The webhook entrances of the bots running here in webhook mode.
+    pub webhooks: WebhookRoutes,
 }
 
 /// Every route of the listener, in one place.
@@ -130,6 +144,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/telegram/{bot_id}",
+            post(webhook).layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
         .with_state(state)
 }
 
@@ -153,6 +171,56 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(report)).into_response()
+}
+
+fn retry_later(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, WEBHOOK_RETRY_AFTER.to_string())],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+async fn webhook(
+    State(state): State<HttpState>,
+    Path(bot_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // An id that is not a number cannot be a bot of ours: the same answer as an unknown bot.
+    let Some(entrance) = bot_id
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| state.webhooks.get(id))
+    else {
+        tracing::debug!(path_bot_id = %bot_id.chars().take(32).collect::<String>(), "webhook for a bot not running here in webhook mode");
+        return retry_later("this bot does not run here in webhook mode");
+    };
+    let secret = headers
+        .get("x-telegram-bot-api-secret-token")
+        .map(|v| v.as_bytes());
+    if !entrance.secret_matches(secret) {
+        state.webhooks.count_unauthorized();
+        let detail = if secret.is_some() {
+            "wrong secret token"
+        } else {
+            "missing secret token"
+        };
+        metrics::webhook_rejected(entrance.bot_id(), WebhookRejection::Unauthorized, detail);
+        return (StatusCode::UNAUTHORIZED, "wrong or missing secret token\n").into_response();
+    }
+    match entrance.accept(&body).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            let reason = match &e {
+                AcceptError::Saturated => WebhookRejection::Saturated,
+                AcceptError::Stopping | AcceptError::Database(_) => WebhookRejection::Unavailable,
+            };
+            metrics::webhook_rejected(entrance.bot_id(), reason, &e.to_string());
+            retry_later(&e.to_string())
+        }
+    }
 }
 
 /// The listener, bound and ready to run.

@@ -166,7 +166,9 @@ impl Daemon {
             registry,
             tasks: tasks.clone(),
             keys,
+            webhooks: crate::runtime::inbox::webhook::WebhookRoutes::default(),
         };
+        let deps_webhooks = deps.webhooks.clone();
         let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
         let me = supervisor.instance_beat();
         let instance = (me.name.to_owned(), me.host.to_owned());
@@ -189,6 +191,7 @@ impl Daemon {
                         reconciled,
                     },
                     metrics: metrics.clone(),
+                    webhooks: deps_webhooks,
                 };
                 Some(http::HttpServer::bind(addr, state).await?)
             }

@@ -46,7 +46,9 @@ use crate::crypto::{Keyring, secret_aad};
 use crate::modules::Registry;
 use crate::panel::listener::{PanelEvent, PanelListener};
 use crate::panel::{BotRecord, PanelError, SecretRecord, TextRecord, store};
+use crate::runtime::inbox::webhook::{WebhookSecret, WebhookSpec};
 use crate::runtime::{BotSpec, SharedDeps, Wakes};
+use crate::settings::UpdateMode;
 use crate::tasks::Tasks;
 use crate::telemetry::metrics;
 use crate::token::BotToken;
@@ -658,7 +660,7 @@ impl Supervisor {
                         .await;
                 }
                 Action::Start(id) => self.start_slot(&rows[&id], shutdown).await?,
-                Action::Respec(id) => self.respec(&rows[&id]),
+                Action::Respec(id) => self.respec(&rows[&id]).await?,
                 Action::Reload(id) => self.reload(&rows[&id]).await?,
                 Action::Wake(id, module) => {
                     if let Some(slot) = self.slots.get(&id) {
@@ -682,16 +684,95 @@ impl Supervisor {
 
     /// Hands a changed row to its slot; a token or database change restarts the run there,
     /// with the old poller fully stopped first.
-    fn respec(&mut self, bot: &BotRecord) {
-        let Some(slot) = self.slots.get_mut(&bot.id) else {
-            return;
-        };
+    async fn respec(&mut self, bot: &BotRecord) -> Result<(), PanelError> {
+        if !self.slots.contains_key(&bot.id) {
+            return Ok(());
+        }
         let Ok(token) = bot.open_token(&self.deps.keys) else {
-            return;
+            return Ok(());
+        };
+        let webhook = match self.webhook_spec(bot).await? {
+            Ok(w) => w,
+            Err(reason) => {
+                tracing::error!(bot_id = bot.id, error = %reason, "cannot run the bot in webhook mode; stopping it");
+                self.stop_slot(bot.id);
+                self.status(bot.id)
+                    .set(BotState::Failed, &reason, None, false)
+                    .await;
+                return Ok(());
+            }
+        };
+        let Some(slot) = self.slots.get_mut(&bot.id) else {
+            return Ok(());
         };
         slot.version = bot.version;
         slot.token = token.clone();
-        slot.respec.send_replace(spec(bot, token));
+        slot.respec.send_replace(spec(bot, token, webhook));
+        Ok(())
+    }
+
+    /// The webhook a bot in webhook mode keeps set (`Ok(None)`: polling); makes and stores
+    /// its secret when it has none (new, or cleared by a token change) or it cannot be opened.
+    /// `Ok(Err)` says why the bot cannot run in webhook mode.
+    async fn webhook_spec(
+        &self,
+        bot: &BotRecord,
+    ) -> Result<Result<Option<WebhookSpec>, String>, PanelError> {
+        let settings = &self.deps.settings;
+        let mode = match bot.mode.as_deref() {
+            None => settings.default_mode(),
+            Some(m) => match UpdateMode::parse(m) {
+                Some(mode) => mode,
+                None => {
+                    return Ok(Err(format!(
+                        "unknown update mode {m:?} in the panel (bots.mode): set it with \
+                         `botvisor bot set-mode {} webhook|polling|default`",
+                        bot.id
+                    )));
+                }
+            },
+        };
+        if mode == UpdateMode::Polling {
+            return Ok(Ok(None));
+        }
+        let (Some(url), None) = (settings.webhook_url(bot.id), settings.webhook_unavailable())
+        else {
+            let reason = settings
+                .webhook_unavailable()
+                .unwrap_or("webhook mode needs http.public_url");
+            return Ok(Err(format!("{reason}; or switch the bot to polling")));
+        };
+        let aad = crate::panel::webhook_secret_aad(bot.id);
+        let stored = bot.webhook_secret_sealed.as_deref().and_then(|sealed| {
+            use secrecy::ExposeSecret;
+            let opened = self.deps.keys.open_string(&aad, sealed).ok()?;
+            WebhookSecret::from_stored(opened.expose_secret().to_owned())
+        });
+        let secret = match stored {
+            Some(secret) => secret,
+            None => {
+                let secret = WebhookSecret::generate();
+                let sealed = self
+                    .deps
+                    .keys
+                    .seal(&aad, secret.expose().as_bytes())
+                    .map_err(PanelError::Key)?;
+                let stored = store::store_webhook_secret(
+                    &self.panel,
+                    bot.id,
+                    bot.webhook_secret_sealed.as_deref(),
+                    &sealed,
+                )
+                .await?;
+                tracing::info!(bot_id = bot.id, stored, "new webhook secret");
+                secret
+            }
+        };
+        Ok(Ok(Some(WebhookSpec {
+            url,
+            secret,
+            max_connections: settings.telegram.webhook_max_connections,
+        })))
     }
 
     /// Loads a bot's content (manifest, texts, secrets) into a validated snapshot; `Ok(Err)`
@@ -762,11 +843,22 @@ impl Supervisor {
                 return Ok(());
             }
         };
+        let webhook = match self.webhook_spec(bot).await? {
+            Ok(w) => w,
+            Err(reason) => {
+                let fingerprint = bot.config_fingerprint();
+                if self.config_errors.insert(bot.id, fingerprint) != Some(fingerprint) {
+                    tracing::error!(bot_id = bot.id, error = %reason, "cannot run the bot in webhook mode");
+                    status.set(BotState::Failed, &reason, None, false).await;
+                }
+                return Ok(());
+            }
+        };
         self.config_errors.remove(&bot.id);
         let fingerprint = snapshot.fingerprint;
         let snapshot = SharedSnapshot::new(snapshot);
         let wakes = Wakes::default();
-        let spec = spec(bot, token.clone());
+        let spec = spec(bot, token.clone(), webhook);
         let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let stop = shutdown.child_token();
         let done = CancellationToken::new();
@@ -832,12 +924,13 @@ fn desired(bot: &BotRecord, keys: &Keyring) -> Desired {
     }
 }
 
-fn spec(bot: &BotRecord, token: BotToken) -> BotSpec {
+fn spec(bot: &BotRecord, token: BotToken, webhook: Option<WebhookSpec>) -> BotSpec {
     BotSpec {
         id: bot.id,
         name: bot.name.clone(),
         token,
         database: bot.database.clone(),
+        webhook,
     }
 }
 

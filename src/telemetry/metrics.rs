@@ -391,10 +391,23 @@ impl WebhookRejection {
     }
 }
 
-/// A webhook request for `bot_id` was answered with an error: logs it and counts it.
-pub fn webhook_rejected(bot_id: i64, reason: WebhookRejection) {
-    tracing::warn!(bot_id, reason = reason.as_str(), "webhook request rejected");
-    counter!(WEBHOOK_REJECTED, "bot_id" => bot(bot_id), "reason" => reason.as_str()).increment(1);
+/// A webhook request for `bot_id` (a bot running here in webhook mode: never an id taken from
+/// an unknown path, which would let anyone create series) was answered with an error: logs it
+/// — at `warn`, but a saturated intake at `debug`, as it answers every request while it lasts —
+/// and counts it. `detail` says what exactly (no secret in it).
+pub fn webhook_rejected(bot_id: i64, reason: WebhookRejection, detail: &str) {
+    let why = reason.as_str();
+    if reason == WebhookRejection::Saturated {
+        tracing::debug!(
+            bot_id,
+            reason = why,
+            detail,
+            "webhook request refused for now"
+        );
+    } else {
+        tracing::warn!(bot_id, reason = why, detail, "webhook request refused");
+    }
+    counter!(WEBHOOK_REJECTED, "bot_id" => bot(bot_id), "reason" => why).increment(1);
 }
 
 /// The bot's state changed from `from` (if it had one) to `to`, or is confirmed (`from ==
