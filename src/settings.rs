@@ -55,6 +55,52 @@ pub struct Settings {
     pub panel_http: PanelHttpSettings,
     /// Secrets at rest: the master key.
     pub secrets: SecretsSettings,
+    /// Prometheus metrics served at `/metrics` by `serve`.
+    pub metrics: MetricsSettings,
+    /// The HTTP listener of `botvisor serve`: webhooks, health (and metrics).
+    pub http: HttpSettings,
+}
+
+/// Shortest `metrics.idle_timeout_secs`: twice the refresh period of the bot state gauges.
+pub const MIN_METRICS_IDLE_TIMEOUT_SECS: u64 = 10;
+
+/// Prometheus metrics settings (docs/operations.md, "Metrics").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Seconds after which a series that was not updated (a removed bot's, a long-idle bot's
+    /// counters) is dropped from `/metrics`; a bot's state gauge is refreshed while the bot
+    /// exists, so it stays.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 3600,
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// [`Self::idle_timeout_secs`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// Settings of the HTTP listener of `botvisor serve` (webhooks, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on, e.g. `127.0.0.1:8090` (`BOTVISOR__HTTP__LISTEN`); empty (the
+    /// default): no listener, so no webhooks and no health endpoints. Keep it on loopback
+    /// behind a TLS reverse proxy.
+    pub listen: String,
+    /// The base URL Telegram reaches the listener at through the proxy, e.g.
+    /// `https://bots.example.com` (`BOTVISOR__HTTP__PUBLIC_URL`); webhooks are set to
+    /// `{public_url}/telegram/{bot id}`. Required for webhook mode.
+    pub public_url: String,
 }
 
 /// Settings of `botvisor panel`.
@@ -151,6 +197,40 @@ pub struct TelegramSettings {
     pub api_url: String,
     /// Long-poll timeout of getUpdates, in seconds (kept under the HTTP client's timeout).
     pub poll_timeout_secs: u64,
+    /// How bots whose panel row names no mode get their updates: `polling` (the default) or
+    /// `webhook` (needs `http.listen` and `http.public_url`).
+    pub default_mode: String,
+    /// `max_connections` of every bot's `setWebhook`: simultaneous HTTPS connections Telegram
+    /// opens for one bot (1-100; Telegram's default is 40).
+    pub webhook_max_connections: u32,
+}
+
+/// How a bot gets its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// `getUpdates` long polling.
+    Polling,
+    /// Telegram POSTs updates to `{http.public_url}/telegram/{bot id}`.
+    Webhook,
+}
+
+impl UpdateMode {
+    /// `polling` or `webhook` (as stored in `bots.mode`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "polling" => Some(UpdateMode::Polling),
+            "webhook" => Some(UpdateMode::Webhook),
+            _ => None,
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMode::Polling => "polling",
+            UpdateMode::Webhook => "webhook",
+        }
+    }
 }
 
 /// Supervisor settings.
@@ -315,6 +395,8 @@ impl Default for TelegramSettings {
         Self {
             api_url: "https://api.telegram.org".into(),
             poll_timeout_secs: 10,
+            default_mode: "polling".into(),
+            webhook_max_connections: 40,
         }
     }
 }
@@ -515,10 +597,46 @@ impl Settings {
                 reason: "must name the master key file (default /etc/botvisor/master.key)".into(),
             });
         }
+        self.http.validate()?;
+        match UpdateMode::parse(&self.telegram.default_mode) {
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: "telegram.default_mode",
+                    reason: format!(
+                        "{:?} is neither \"polling\" nor \"webhook\"",
+                        self.telegram.default_mode
+                    ),
+                });
+            }
+            Some(UpdateMode::Webhook) => {
+                if let Some(missing) = self.webhook_unavailable() {
+                    return Err(ConfigError::Invalid {
+                        key: "telegram.default_mode",
+                        reason: missing.into(),
+                    });
+                }
+            }
+            Some(UpdateMode::Polling) => {}
+        }
+        if !(1..=100).contains(&self.telegram.webhook_max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "telegram.webhook_max_connections",
+                reason: "must be between 1 and 100".into(),
+            });
+        }
         if self.supervisor.resync_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "supervisor.resync_interval_secs",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.metrics.idle_timeout_secs < MIN_METRICS_IDLE_TIMEOUT_SECS {
+            return Err(ConfigError::Invalid {
+                key: "metrics.idle_timeout_secs",
+                reason: format!(
+                    "must be at least {MIN_METRICS_IDLE_TIMEOUT_SECS} (bot state series are \
+                     refreshed every 5 s and must not expire in between)"
+                ),
             });
         }
         Ok(())
@@ -540,6 +658,32 @@ impl Settings {
     /// The Telegram API base URL, parsed (validated in [`Settings::validate`]).
     pub fn telegram_api_url(&self) -> url::Url {
         url::Url::parse(&self.telegram.api_url).expect("validated in Settings::validate")
+    }
+
+    /// The mode of bots whose panel row names none.
+    pub fn default_mode(&self) -> UpdateMode {
+        UpdateMode::parse(&self.telegram.default_mode).unwrap_or(UpdateMode::Polling)
+    }
+
+    /// Why webhook mode cannot work with these settings (`None`: it can).
+    pub fn webhook_unavailable(&self) -> Option<&'static str> {
+        if self.http.listen_addr().is_none() {
+            Some("webhook mode needs the HTTP listener: set http.listen (BOTVISOR__HTTP__LISTEN)")
+        } else if self.http.public_base().is_none() {
+            Some(
+                "webhook mode needs the URL Telegram reaches the listener at: set \
+                 http.public_url (BOTVISOR__HTTP__PUBLIC_URL)",
+            )
+        } else {
+            None
+        }
+    }
+
+    /// The webhook URL of bot `bot_id` (`None` without `http.public_url`).
+    pub fn webhook_url(&self, bot_id: i64) -> Option<String> {
+        self.http
+            .public_base()
+            .map(|base| format!("{base}/telegram/{bot_id}"))
     }
 
     /// The name this instance writes into `bot_status.instance`.
@@ -622,6 +766,50 @@ pub fn without_loopback_tls(url: &str, options: PgConnectOptions) -> PgConnectOp
         options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
     } else {
         options
+    }
+}
+
+impl HttpSettings {
+    /// The listen address, if the listener is enabled (validated in [`Settings::validate`]).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let listen = self.listen.trim();
+        (!listen.is_empty()).then(|| listen.parse().expect("validated in Settings::validate"))
+    }
+
+    /// The public base URL without a trailing slash; `None` when not set.
+    pub fn public_base(&self) -> Option<&str> {
+        let url = self.public_url.trim().trim_end_matches('/');
+        (!url.is_empty()).then_some(url)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen = self.listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "http.listen",
+                reason: format!(
+                    "{listen:?} is not an address such as 127.0.0.1:8090 (empty: no listener)"
+                ),
+            });
+        }
+        if let Some(base) = self.public_base() {
+            let ok = url::Url::parse(base).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "http.public_url",
+                    reason: format!(
+                        "{base:?} must be an https:// URL without query or fragment, such as \
+                         https://bots.example.com (Telegram sends webhooks only over HTTPS)"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -740,6 +928,24 @@ mod tests {
                 "0",
                 "resync_interval_secs",
             ),
+            ("BOTVISOR__HTTP__LISTEN", "8090", "http.listen"),
+            ("BOTVISOR__TELEGRAM__DEFAULT_MODE", "push", "default_mode"),
+            ("BOTVISOR__TELEGRAM__DEFAULT_MODE", "webhook", "http.listen"),
+            (
+                "BOTVISOR__TELEGRAM__WEBHOOK_MAX_CONNECTIONS",
+                "0",
+                "webhook_max_connections",
+            ),
+            (
+                "BOTVISOR__HTTP__PUBLIC_URL",
+                "bots.example.com",
+                "http.public_url",
+            ),
+            (
+                "BOTVISOR__HTTP__PUBLIC_URL",
+                "https://bots.example.com/?a=1",
+                "http.public_url",
+            ),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@h/p"), (k, v)]))
@@ -782,6 +988,28 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn the_http_listener_is_off_unless_an_address_is_given() {
+        let base = ("DATABASE_URL", "postgres://u@h/p");
+        let s = Settings::load(None, &env(&[base])).unwrap();
+        assert_eq!(s.http.listen_addr(), None);
+        assert_eq!(s.http.public_base(), None);
+        let s = Settings::load(
+            None,
+            &env(&[
+                base,
+                ("BOTVISOR__HTTP__LISTEN", "127.0.0.1:8090"),
+                ("BOTVISOR__HTTP__PUBLIC_URL", "https://bots.example.com/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.http.listen_addr(),
+            Some("127.0.0.1:8090".parse().unwrap())
+        );
+        assert_eq!(s.http.public_base(), Some("https://bots.example.com"));
     }
 
     #[test]

@@ -76,3 +76,28 @@ fn smoke_in_process() {
 fn smoke_with_the_serve_binary() {
     smoke("process");
 }
+
+/// `--metrics-scrape` renders botvisor's recorder with every per-bot series of the given bots
+/// and reports the render's time and size; every series of every bot is in the text.
+#[test]
+fn metrics_scrape_mode_reports_time_and_size() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--metrics-scrape", "--bots", "50"])
+        .output()
+        .expect("run the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench --metrics-scrape failed: {stdout}"
+    );
+    let last = stdout.trim_end().lines().last().expect("some output");
+    let json: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    assert_eq!(json["metrics_scrape_bots"], 50, "{last}");
+    // 10 series per bot: received, processed, five send outcomes, two state series (the one
+    // left and the current one), the outbox depth.
+    let samples = json["metrics_scrape_samples"].as_u64().expect("samples");
+    assert!(samples >= 50 * 10, "{last}");
+    let bytes = json["metrics_scrape_bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0 && bytes < 1024 * 1024, "{last}");
+    assert!(json["metrics_scrape_p50_ms"].as_f64().is_some(), "{last}");
+}

@@ -290,3 +290,66 @@ async fn watchdog_and_bots_survive_a_panel_outage() {
     assert_eq!(serve.wait().await, Some(0));
     sandbox_stop.cancel();
 }
+
+/// The address `serve` logged for its HTTP listener.
+async fn logged_http_addr(log: &std::path::Path) -> String {
+    eventually(
+        DEADLINE,
+        "the http listener's address in the log",
+        || async {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains("http listener ready"))
+                .find_map(|l| {
+                    let at = l.find("listen=")? + "listen=".len();
+                    Some(l[at..].split_whitespace().next()?.to_owned())
+                })
+        },
+    )
+    .await
+}
+
+/// `/readyz` says 503 while the panel is unreachable and 200 once it is back; `/healthz`
+/// answers 200 throughout (issue 16 item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_panel() {
+    let panel = RolePanel::create().await;
+    let (_sandbox, sandbox_url, sandbox_stop) = common::harness::start_sandbox().await;
+    let notify = Notifications::listen();
+    let mut env = serve_env(&panel, &notify, &sandbox_url);
+    env.insert("BOTVISOR__HTTP__LISTEN".into(), "127.0.0.1:0".into());
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let serve = ServeProcess::start(&env, Some(&log));
+    notify.wait_for("READY=1", |m| m.contains("READY=1")).await;
+    let addr = logged_http_addr(&log).await;
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/readyz").await.0, 200);
+
+    panel.cut().await;
+    let (_, body) = eventually(DEADLINE, "/readyz 503 while the panel is down", || async {
+        let (code, body) = get("/readyz").await;
+        (code == 503).then_some((code, body))
+    })
+    .await;
+    assert!(body.contains("\"panel_reachable\":false"), "{body}");
+    assert_eq!(get("/healthz").await.0, 200, "healthz during the outage");
+
+    panel.restore().await;
+    eventually(DEADLINE, "/readyz 200 once the panel is back", || async {
+        (get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    serve.signal("TERM");
+    assert_eq!(serve.wait().await, Some(0));
+    sandbox_stop.cancel();
+}

@@ -11,6 +11,7 @@ use crate::botdb::{BotDbTarget, validate_override};
 use crate::content::manifest::Manifest;
 use crate::mask::{mask_token, mask_url};
 use crate::panel::{BotRecord, BotStatus, store};
+use crate::settings::UpdateMode;
 use crate::token::BotToken;
 
 /// The states a bot's status can have (`bot_status.state`), in the order lists show them.
@@ -90,6 +91,27 @@ pub struct BotView {
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
     pub updated_at: DateTime<Utc>,
+    /// How it gets its updates: `polling` or `webhook`.
+    pub mode: String,
+    /// Whether `mode` comes from the settings' `telegram.default_mode` (the row names none).
+    pub mode_is_default: bool,
+    /// Webhook mode: what `getWebhookInfo` said last (written by the instance running it).
+    pub webhook: Option<WebhookView>,
+}
+
+/// What Telegram said about a bot's webhook at the last check.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    /// The URL Telegram has (empty: none set).
+    pub url: String,
+    /// Updates Telegram has not delivered yet.
+    pub pending_update_count: Option<i64>,
+    /// Telegram's latest delivery error.
+    pub last_error_message: Option<String>,
+    /// When that error happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When getWebhookInfo was asked.
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 /// Databases every PostgreSQL server has, never a bot's.
@@ -213,6 +235,38 @@ impl Admin {
         );
         store::set_token_audited(&self.pool, &keys, id, &token, &entry).await?;
         Ok(token)
+    }
+
+    /// Sets how a bot gets its updates: `webhook`, `polling`, or `default` (the settings'
+    /// `telegram.default_mode`). The daemon restarts the bot: polling → webhook sets the
+    /// webhook after the poller stopped with its offset confirmed; webhook → polling deletes
+    /// the webhook (pending updates kept) and polls.
+    pub async fn set_mode(&self, id: i64, mode: &str) -> Result<(), AdminError> {
+        let stored = match mode {
+            "default" => None,
+            m => Some(UpdateMode::parse(m).ok_or_else(|| {
+                AdminError::Invalid(format!(
+                    "unknown mode {m:?}: use webhook, polling or default"
+                ))
+            })?),
+        };
+        let effective = stored.unwrap_or_else(|| self.settings.default_mode());
+        if effective == UpdateMode::Webhook
+            && let Some(missing) = self.settings.webhook_unavailable()
+        {
+            return Err(AdminError::Invalid(missing.into()));
+        }
+        let before = store::get_bot(&self.pool, id).await?.mode;
+        store::set_mode(&self.pool, id, stored.map(UpdateMode::as_str)).await?;
+        let value = |v: Option<&str>| Some(serde_json::json!({ "mode": v }));
+        self.audit(
+            "bot.set_mode",
+            Some(id),
+            "",
+            value(before.as_deref()),
+            value(stored.map(UpdateMode::as_str)),
+        )
+        .await
     }
 
     /// Renames a bot.
@@ -358,6 +412,23 @@ impl Admin {
             status_updated_at: status.map(|s| s.updated_at),
             created_at: bot.created_at,
             updated_at: bot.updated_at,
+            mode: bot
+                .mode
+                .as_deref()
+                .and_then(UpdateMode::parse)
+                .unwrap_or_else(|| self.settings.default_mode())
+                .as_str()
+                .to_owned(),
+            mode_is_default: bot.mode.is_none(),
+            webhook: status.and_then(|s| {
+                Some(WebhookView {
+                    url: s.webhook_url.clone()?,
+                    pending_update_count: s.webhook_pending_update_count,
+                    last_error_message: s.webhook_last_error.clone(),
+                    last_error_at: s.webhook_last_error_at,
+                    checked_at: s.webhook_checked_at,
+                })
+            }),
         }
     }
 }

@@ -8,6 +8,9 @@
 //! handlers finish within `shutdown_deadline`, offsets are confirmed; tasks still running after
 //! the deadline are named in the [`ShutdownReport`].
 
+pub mod http;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +26,7 @@ use crate::schema::{self, MigrationError};
 use crate::settings::Settings;
 use crate::tasks::Tasks;
 use crate::telegram::TelegramApi;
+use crate::telemetry::metrics::Metrics;
 
 /// Connections the daemon keeps to the panel database (LISTEN, reconcile, status writes).
 const PANEL_CONNECTIONS: u32 = 4;
@@ -56,6 +60,9 @@ pub enum DaemonError {
     /// The master key is missing, unreadable, or not the panel's.
     #[error("cannot start without the master key: {0}")]
     Key(#[from] crate::crypto::CryptoError),
+    /// The HTTP listener (`http.listen`) could not be bound.
+    #[error(transparent)]
+    Listener(#[from] http::HttpError),
     /// Shutdown was asked for while waiting for the panel.
     #[error("stopped while waiting for the panel database")]
     Cancelled,
@@ -87,6 +94,10 @@ pub struct DaemonHandles {
     pub heartbeat: watch::Receiver<tokio::time::Instant>,
     /// The connection budget of bot databases (its count of open connections is exact).
     pub budget: ConnectionBudget,
+    /// The process's Prometheus recorder (rendered at `/metrics`).
+    pub metrics: Metrics,
+    /// The address the HTTP listener is bound to (`None`: `http.listen` is empty).
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// The daemon, ready to run.
@@ -97,6 +108,8 @@ pub struct Daemon {
     budget: ConnectionBudget,
     panel: sqlx::PgPool,
     instance: (String, String),
+    metrics: Metrics,
+    http: Option<http::HttpServer>,
 }
 
 impl Daemon {
@@ -116,6 +129,7 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<(Self, DaemonHandles), DaemonError> {
         let settings = Arc::new(settings);
+        let metrics = crate::telemetry::metrics::install(settings.metrics.idle_timeout());
         // Without its key the daemon could open no token and no secret: refuse at once, before
         // waiting for anything.
         let keys = Arc::new(settings.keyring()?);
@@ -152,16 +166,45 @@ impl Daemon {
             registry,
             tasks: tasks.clone(),
             keys,
+            webhooks: crate::runtime::inbox::webhook::WebhookRoutes::default(),
         };
+        let deps_webhooks = deps.webhooks.clone();
         let mut supervisor = Supervisor::new(deps, panel.clone(), tasks.clone());
         let me = supervisor.instance_beat();
         let instance = (me.name.to_owned(), me.host.to_owned());
+        // The first reconcile is told to systemd (the handles' `ready`) and to `/readyz`.
+        let (ready_tx, ready) = oneshot::channel();
+        let (reconciled_tx, reconciled) = watch::channel(false);
+        let first_pass = supervisor.ready();
+        tasks.spawn("ready", async move {
+            if first_pass.await.is_ok() {
+                reconciled_tx.send_replace(true);
+                let _ = ready_tx.send(());
+            }
+        });
+        let http = match settings.http.listen_addr() {
+            Some(addr) => {
+                let state = http::HttpState {
+                    health: http::Health {
+                        counts: supervisor.counts(),
+                        heartbeat: supervisor.heartbeat(),
+                        reconciled,
+                    },
+                    metrics: metrics.clone(),
+                    webhooks: deps_webhooks,
+                };
+                Some(http::HttpServer::bind(addr, state).await?)
+            }
+            None => None,
+        };
         let handles = DaemonHandles {
-            ready: supervisor.ready(),
+            ready,
             counts: supervisor.counts(),
             reload: supervisor.reload_sender(),
             heartbeat: supervisor.heartbeat(),
             budget: budget.clone(),
+            metrics: metrics.clone(),
+            http_addr: http.as_ref().map(http::HttpServer::local_addr),
         };
         Ok((
             Self {
@@ -171,6 +214,8 @@ impl Daemon {
                 budget,
                 panel,
                 instance,
+                metrics,
+                http,
             },
             handles,
         ))
@@ -181,6 +226,16 @@ impl Daemon {
         let shutdown = self.tasks.shutdown_token();
         self.tasks
             .spawn("botdb-budget", self.budget.clone().run(shutdown.clone()));
+        self.tasks
+            .spawn("metrics-upkeep", self.metrics.clone().run(shutdown.clone()));
+        if let Some(server) = self.http {
+            let stop = shutdown.clone();
+            self.tasks.spawn("http", async move {
+                if let Err(e) = server.run(stop).await {
+                    tracing::error!(error = %crate::mask::error_line(&e), "the HTTP listener stopped");
+                }
+            });
+        }
         let supervisor = self
             .tasks
             .spawn("supervisor", self.supervisor.run(shutdown.clone()));

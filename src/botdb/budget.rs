@@ -76,6 +76,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::schema::describe;
+use crate::telemetry::metrics;
 
 /// Provisionings that may hold connections at once unless
 /// [`ConnectionBudget::with_provision_concurrency`] sets another number.
@@ -365,6 +366,7 @@ impl ConnectionBudget {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {
                     let closed = self.reap_idle().await;
+                    metrics::db_connections(self.open_connections(), self.shared.budget as u32);
                     if closed > 0 {
                         tracing::debug!(closed, open = self.open_connections(), "closed idle bot database connections");
                     }
@@ -490,6 +492,13 @@ impl BotPool {
     }
 
     async fn acquire_as(&self, class: Class) -> Result<BudgetConn, BudgetError> {
+        let started = Instant::now();
+        let acquired = self.acquire_within(class).await;
+        metrics::db_acquire_waited(started.elapsed());
+        acquired
+    }
+
+    async fn acquire_within(&self, class: Class) -> Result<BudgetConn, BudgetError> {
         let deadline = Instant::now() + self.shared.acquire_timeout;
         if self.db.closed.load(Ordering::Acquire) {
             return Err(BudgetError::Closed);

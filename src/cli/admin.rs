@@ -224,6 +224,33 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                     v.started_at.map(|t| t.to_rfc3339()).unwrap_or("-".into())
                 )?;
                 writeln!(out, "created_at:  {}", v.created_at.to_rfc3339())?;
+                let default = if v.mode_is_default { " (default)" } else { "" };
+                writeln!(out, "mode:        {}{default}", v.mode)?;
+                if let Some(w) = &v.webhook {
+                    let url = if w.url.is_empty() {
+                        "(none set)"
+                    } else {
+                        &w.url
+                    };
+                    writeln!(out, "webhook:     {url}")?;
+                    writeln!(
+                        out,
+                        "pending:     {}",
+                        w.pending_update_count
+                            .map_or_else(|| "-".into(), |n| n.to_string())
+                    )?;
+                    let error = match (&w.last_error_message, w.last_error_at) {
+                        (Some(m), Some(at)) => format!("{m} (at {})", at.to_rfc3339()),
+                        (Some(m), None) => m.clone(),
+                        _ => "-".into(),
+                    };
+                    writeln!(out, "last_error:  {error}")?;
+                    writeln!(
+                        out,
+                        "checked_at:  {}",
+                        w.checked_at.map(|t| t.to_rfc3339()).unwrap_or("-".into())
+                    )?;
+                }
             }
         }
         BotCommand::Enable { id } => {
@@ -237,6 +264,10 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
         BotCommand::SetToken { id, token } => {
             let token = admin.set_token(*id, token).await?;
             writeln!(out, "bot {id} token set to {token}")?;
+        }
+        BotCommand::SetMode { id, mode } => {
+            admin.set_mode(*id, mode).await?;
+            writeln!(out, "bot {id} mode set to {mode}")?;
         }
         BotCommand::Rename { id, name } => {
             admin.rename_bot(*id, name).await?;

@@ -441,6 +441,16 @@ pub enum BotCommand {
         /// The new token.
         token: String,
     },
+    /// Set how a bot gets its updates (the daemon restarts it; no update is lost): webhook
+    /// (needs http.listen and http.public_url, docs/webhooks.md), polling, or default (the
+    /// settings' telegram.default_mode).
+    SetMode {
+        /// The bot's id.
+        id: i64,
+        /// webhook, polling or default.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(["webhook", "polling", "default"]))]
+        mode: String,
+    },
     /// Rename a bot.
     Rename {
         /// The bot's id.

@@ -46,8 +46,11 @@ use crate::crypto::{Keyring, secret_aad};
 use crate::modules::Registry;
 use crate::panel::listener::{PanelEvent, PanelListener};
 use crate::panel::{BotRecord, PanelError, SecretRecord, TextRecord, store};
+use crate::runtime::inbox::webhook::{WebhookSecret, WebhookSpec};
 use crate::runtime::{BotSpec, SharedDeps, Wakes};
+use crate::settings::UpdateMode;
 use crate::tasks::Tasks;
+use crate::telemetry::metrics;
 use crate::token::BotToken;
 use plan::{Action, Asked, Desired, Running, Scope};
 use slot::Slot;
@@ -275,7 +278,20 @@ pub struct Supervisor {
     reload_tx: mpsc::Sender<()>,
     reload_rx: mpsc::Receiver<()>,
     heartbeat: tokio::sync::watch::Sender<tokio::time::Instant>,
+    /// What the per-bot state gauges say, and when they were last refreshed.
+    gauges: StateGauges,
 }
+
+/// The per-bot state gauges as last exported ([`metrics::bot_state`]).
+#[derive(Default)]
+struct StateGauges {
+    states: HashMap<i64, &'static str>,
+    refreshed: Option<tokio::time::Instant>,
+}
+
+/// How often every bot's state gauge is set again although it did not change, so that series
+/// of live bots never reach the metrics idle timeout (a removed bot's do).
+const STATE_GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// A supervisor over `panel`, spawning bot slots into `tasks`.
@@ -298,6 +314,7 @@ impl Supervisor {
             config_errors: HashMap::new(),
             counts: tokio::sync::watch::channel(BotCounts::default()).0,
             ready: None,
+            gauges: StateGauges::default(),
         }
     }
 
@@ -465,6 +482,7 @@ impl Supervisor {
             store::release_instance(&self.panel, &gone).await?;
             other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
         }
+        metrics::instances(if other.is_some() { 2 } else { 1 });
         match other {
             None => {
                 if let Role::Standby(other) = &self.role {
@@ -513,7 +531,7 @@ impl Supervisor {
         });
     }
 
-    fn publish_counts(&self) {
+    fn publish_counts(&mut self) {
         let old = *self.counts.borrow();
         let mut c = BotCounts {
             total: self.slots.len(),
@@ -538,6 +556,46 @@ impl Supervisor {
             *old = c;
             changed
         });
+        self.export_states();
+    }
+
+    /// Sets the state gauges: bots by state, and each bot's own (every change at once, and
+    /// every [`STATE_GAUGE_REFRESH`] all of them; a bot gone from the slots is set to 0 and
+    /// left to the idle timeout).
+    fn export_states(&mut self) {
+        let now = tokio::time::Instant::now();
+        let refresh = self
+            .gauges
+            .refreshed
+            .is_none_or(|t| now.duration_since(t) >= STATE_GAUGE_REFRESH);
+        if refresh {
+            self.gauges.refreshed = Some(now);
+        }
+        let mut by_state: Vec<(&'static str, usize)> = Vec::new();
+        for (&id, slot) in &self.slots {
+            let state = slot
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_str();
+            match by_state.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, n)) => *n += 1,
+                None => by_state.push((state, 1)),
+            }
+            let old = self.gauges.states.insert(id, state);
+            if refresh || old != Some(state) {
+                metrics::bot_state(id, old, Some(state));
+            }
+        }
+        let slots = &self.slots;
+        self.gauges.states.retain(|&id, state| {
+            let kept = slots.contains_key(&id);
+            if !kept {
+                metrics::bot_state(id, Some(*state), None);
+            }
+            kept
+        });
+        metrics::bots_by_state(&by_state);
     }
 
     /// One pass: load the rows in scope, plan, carry the plan out.
@@ -547,6 +605,17 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
         tracing::debug!(?work, "reconcile");
+        let started = tokio::time::Instant::now();
+        let passed = self.reconcile_pass(work, shutdown).await;
+        metrics::reconcile_took(started.elapsed());
+        passed
+    }
+
+    async fn reconcile_pass(
+        &mut self,
+        work: &Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PanelError> {
         self.retiring.retain(|_, done| !done.is_cancelled());
         let (scope, rows) = if work.full || work.reload_all {
             (Scope::All, store::list_bots(&self.panel).await?)
@@ -592,7 +661,7 @@ impl Supervisor {
                         .await;
                 }
                 Action::Start(id) => self.start_slot(&rows[&id], shutdown).await?,
-                Action::Respec(id) => self.respec(&rows[&id]),
+                Action::Respec(id) => self.respec(&rows[&id]).await?,
                 Action::Reload(id) => self.reload(&rows[&id]).await?,
                 Action::Wake(id, module) => {
                     if let Some(slot) = self.slots.get(&id) {
@@ -616,16 +685,95 @@ impl Supervisor {
 
     /// Hands a changed row to its slot; a token or database change restarts the run there,
     /// with the old poller fully stopped first.
-    fn respec(&mut self, bot: &BotRecord) {
-        let Some(slot) = self.slots.get_mut(&bot.id) else {
-            return;
-        };
+    async fn respec(&mut self, bot: &BotRecord) -> Result<(), PanelError> {
+        if !self.slots.contains_key(&bot.id) {
+            return Ok(());
+        }
         let Ok(token) = bot.open_token(&self.deps.keys) else {
-            return;
+            return Ok(());
+        };
+        let webhook = match self.webhook_spec(bot).await? {
+            Ok(w) => w,
+            Err(reason) => {
+                tracing::error!(bot_id = bot.id, error = %reason, "cannot run the bot in webhook mode; stopping it");
+                self.stop_slot(bot.id);
+                self.status(bot.id)
+                    .set(BotState::Failed, &reason, None, false)
+                    .await;
+                return Ok(());
+            }
+        };
+        let Some(slot) = self.slots.get_mut(&bot.id) else {
+            return Ok(());
         };
         slot.version = bot.version;
         slot.token = token.clone();
-        slot.respec.send_replace(spec(bot, token));
+        slot.respec.send_replace(spec(bot, token, webhook));
+        Ok(())
+    }
+
+    /// The webhook a bot in webhook mode keeps set (`Ok(None)`: polling); makes and stores
+    /// its secret when it has none (new, or cleared by a token change) or it cannot be opened.
+    /// `Ok(Err)` says why the bot cannot run in webhook mode.
+    async fn webhook_spec(
+        &self,
+        bot: &BotRecord,
+    ) -> Result<Result<Option<WebhookSpec>, String>, PanelError> {
+        let settings = &self.deps.settings;
+        let mode = match bot.mode.as_deref() {
+            None => settings.default_mode(),
+            Some(m) => match UpdateMode::parse(m) {
+                Some(mode) => mode,
+                None => {
+                    return Ok(Err(format!(
+                        "unknown update mode {m:?} in the panel (bots.mode): set it with \
+                         `botvisor bot set-mode {} webhook|polling|default`",
+                        bot.id
+                    )));
+                }
+            },
+        };
+        if mode == UpdateMode::Polling {
+            return Ok(Ok(None));
+        }
+        let (Some(url), None) = (settings.webhook_url(bot.id), settings.webhook_unavailable())
+        else {
+            let reason = settings
+                .webhook_unavailable()
+                .unwrap_or("webhook mode needs http.public_url");
+            return Ok(Err(format!("{reason}; or switch the bot to polling")));
+        };
+        let aad = crate::panel::webhook_secret_aad(bot.id);
+        let stored = bot.webhook_secret_sealed.as_deref().and_then(|sealed| {
+            use secrecy::ExposeSecret;
+            let opened = self.deps.keys.open_string(&aad, sealed).ok()?;
+            WebhookSecret::from_stored(opened.expose_secret().to_owned())
+        });
+        let secret = match stored {
+            Some(secret) => secret,
+            None => {
+                let secret = WebhookSecret::generate();
+                let sealed = self
+                    .deps
+                    .keys
+                    .seal(&aad, secret.expose().as_bytes())
+                    .map_err(PanelError::Key)?;
+                let stored = store::store_webhook_secret(
+                    &self.panel,
+                    bot.id,
+                    bot.webhook_secret_sealed.as_deref(),
+                    &sealed,
+                )
+                .await?;
+                tracing::info!(bot_id = bot.id, stored, "new webhook secret");
+                secret
+            }
+        };
+        Ok(Ok(Some(WebhookSpec {
+            url,
+            secret,
+            max_connections: settings.telegram.webhook_max_connections,
+        })))
     }
 
     /// Loads a bot's content (manifest, texts, secrets) into a validated snapshot; `Ok(Err)`
@@ -696,11 +844,22 @@ impl Supervisor {
                 return Ok(());
             }
         };
+        let webhook = match self.webhook_spec(bot).await? {
+            Ok(w) => w,
+            Err(reason) => {
+                let fingerprint = bot.config_fingerprint();
+                if self.config_errors.insert(bot.id, fingerprint) != Some(fingerprint) {
+                    tracing::error!(bot_id = bot.id, error = %reason, "cannot run the bot in webhook mode");
+                    status.set(BotState::Failed, &reason, None, false).await;
+                }
+                return Ok(());
+            }
+        };
         self.config_errors.remove(&bot.id);
         let fingerprint = snapshot.fingerprint;
         let snapshot = SharedSnapshot::new(snapshot);
         let wakes = Wakes::default();
-        let spec = spec(bot, token.clone());
+        let spec = spec(bot, token.clone(), webhook);
         let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let stop = shutdown.child_token();
         let done = CancellationToken::new();
@@ -766,12 +925,13 @@ fn desired(bot: &BotRecord, keys: &Keyring) -> Desired {
     }
 }
 
-fn spec(bot: &BotRecord, token: BotToken) -> BotSpec {
+fn spec(bot: &BotRecord, token: BotToken, webhook: Option<WebhookSpec>) -> BotSpec {
     BotSpec {
         id: bot.id,
         name: bot.name.clone(),
         token,
         database: bot.database.clone(),
+        webhook,
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Loop: run the bot ([`crate::runtime::run`]) → on a transient failure back off and retry
 //! (quarantine when failures come too often) → on a fatal failure (401, database cannot be
-//! created, migration failed) wait for a panel change → on a token or database change stop the
-//! run completely (its last offset confirmed) and start again with the new spec → on stop write
+//! created, migration failed) wait for a panel change → on a token, database or update-mode
+//! change (or a new webhook secret) stop the run completely (its last offset confirmed) and
+//! start again with the new spec → on stop write
 //! `stopped` and end. Every state goes to `bot_status` with a readable detail. While a run keeps
 //! failing to fetch updates (Telegram or the bot's database) it reports the cause through
 //! [`RunParts::health`] and the slot writes `degraded` with the cause and since when, then
@@ -89,11 +90,14 @@ impl Slot {
                 };
                 let (health_tx, mut health) = watch::channel(None::<String>);
                 let mut health_open = true;
+                let (webhook_tx, mut webhook) = watch::channel(None);
+                let mut webhook_open = true;
                 let mut degraded_since: Option<chrono::DateTime<chrono::Utc>> = None;
                 let parts = RunParts {
                     snapshot: self.snapshot.clone(),
                     wakes: self.wakes.clone(),
                     health: health_tx,
+                    webhook: webhook_tx,
                 };
                 let run = runtime::run(&self.deps, &spec, parts, run_stop.clone(), on_running);
                 tokio::pin!(run);
@@ -110,6 +114,16 @@ impl Slot {
                             let cause = health.borrow_and_update().clone();
                             self.report_health(cause, &mut degraded_since).await;
                         }
+                        changed = webhook.changed(), if webhook_open => {
+                            if changed.is_err() {
+                                webhook_open = false;
+                                continue;
+                            }
+                            let info = webhook.borrow_and_update().clone();
+                            if let Some(info) = info {
+                                self.status.webhook(&info).await;
+                            }
+                        }
                         changed = self.respec.changed(), if pending.is_none() && !orphaned => {
                             if changed.is_err() {
                                 // The supervisor dropped this slot: stop.
@@ -119,7 +133,7 @@ impl Slot {
                             }
                             let new = self.respec.borrow_and_update().clone();
                             if needs_restart(&spec, &new) {
-                                tracing::info!(bot_id, "token or database changed; restarting the bot");
+                                tracing::info!(bot_id, "token, database or update mode changed; restarting the bot");
                                 run_stop.cancel();
                                 pending = Some(new);
                             } else {
@@ -242,5 +256,5 @@ impl Slot {
 }
 
 fn needs_restart(old: &BotSpec, new: &BotSpec) -> bool {
-    old.token != new.token || old.database != new.database
+    old.token != new.token || old.database != new.database || old.webhook != new.webhook
 }

@@ -83,6 +83,22 @@ impl StatusReporter {
         }
     }
 
+    /// Writes what `getWebhookInfo` said last (a new run's first status clears it).
+    pub async fn webhook(&self, w: &crate::runtime::inbox::webhook::WebhookState) {
+        if !self.writing.load(Ordering::Acquire) {
+            return;
+        }
+        let update = store::WebhookStatusUpdate {
+            bot_id: self.bot_id,
+            url: &w.url,
+            pending_update_count: w.pending_update_count,
+            last_error: w.last_error.as_ref().map(|(at, e)| (*at, e.as_str())),
+        };
+        if let Err(e) = store::set_webhook_status(&self.panel, &update).await {
+            tracing::warn!(bot_id = self.bot_id, error = %e, "cannot write the webhook status");
+        }
+    }
+
     /// Writes the state, a detail, and (when known) the Telegram username.
     pub async fn set(&self, state: BotState, detail: &str, username: Option<&str>, started: bool) {
         if !self.writing.load(Ordering::Acquire) {

@@ -134,6 +134,16 @@ pub struct BotRecord {
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+    /// `polling`, `webhook`, or `None`: the daemon's `telegram.default_mode`.
+    pub mode: Option<String>,
+    /// The sealed webhook secret (associated data [`webhook_secret_aad`]); `None` until the
+    /// daemon first runs the bot in webhook mode, and again after a token change.
+    pub webhook_secret_sealed: Option<Vec<u8>>,
+}
+
+/// Associated data sealing a bot's webhook secret.
+pub fn webhook_secret_aad(bot_id: i64) -> Vec<u8> {
+    crate::crypto::secret_aad(bot_id, "telegram.webhook_secret")
 }
 
 impl std::fmt::Debug for BotRecord {
@@ -196,6 +206,16 @@ pub struct BotStatus {
     pub started_at: Option<DateTime<Utc>>,
     /// When the status was written.
     pub updated_at: DateTime<Utc>,
+    /// Webhook mode: the URL Telegram has (empty: none), as of `webhook_checked_at`.
+    pub webhook_url: Option<String>,
+    /// Webhook mode: updates Telegram has not delivered yet.
+    pub webhook_pending_update_count: Option<i64>,
+    /// Webhook mode: when Telegram's latest delivery error happened.
+    pub webhook_last_error_at: Option<DateTime<Utc>>,
+    /// Webhook mode: Telegram's latest delivery error.
+    pub webhook_last_error: Option<String>,
+    /// Webhook mode: when getWebhookInfo was last asked.
+    pub webhook_checked_at: Option<DateTime<Utc>>,
 }
 
 /// A daemon instance, as its latest heartbeat left it in `instances`.

@@ -14,7 +14,7 @@ use crate::token::BotToken;
 
 const SELECT_BOTS: &str = "\
     SELECT b.id, b.name, b.token AS token_clear, b.token_sealed, b.enabled, b.database, b.manifest, b.version, \
-           b.created_at, b.updated_at, \
+           b.created_at, b.updated_at, b.mode, b.webhook_secret_sealed, \
            COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at, \
            COALESCE(s.n, 0) AS secrets_count, s.latest AS secrets_updated_at \
     FROM bots b \
@@ -490,7 +490,9 @@ pub async fn get_bot(pool: &PgPool, id: i64) -> Result<BotRecord, PanelError> {
 /// Every status row, ordered by bot id.
 pub async fn list_statuses(pool: &PgPool) -> Result<Vec<BotStatus>, PanelError> {
     Ok(sqlx::query_as(
-        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at \
+        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at, \
+                webhook_url, webhook_pending_update_count, webhook_last_error_at, \
+                webhook_last_error, webhook_checked_at \
          FROM bot_status ORDER BY bot_id",
     )
     .fetch_all(pool)
@@ -500,7 +502,9 @@ pub async fn list_statuses(pool: &PgPool) -> Result<Vec<BotStatus>, PanelError> 
 /// The status of one bot, if any was reported.
 pub async fn get_status(pool: &PgPool, id: i64) -> Result<Option<BotStatus>, PanelError> {
     Ok(sqlx::query_as(
-        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at \
+        "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at, \
+                webhook_url, webhook_pending_update_count, webhook_last_error_at, \
+                webhook_last_error, webhook_checked_at \
          FROM bot_status WHERE bot_id = $1",
     )
     .bind(id)
@@ -519,6 +523,13 @@ pub async fn upsert_status(pool: &PgPool, s: &StatusUpdate<'_>) -> Result<(), Pa
             telegram_username = COALESCE(EXCLUDED.telegram_username, \
                                          bot_status.telegram_username), \
             started_at = CASE WHEN $6 THEN now() ELSE bot_status.started_at END, \
+            webhook_url = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_url END, \
+            webhook_pending_update_count = CASE WHEN $6 THEN NULL \
+                ELSE bot_status.webhook_pending_update_count END, \
+            webhook_last_error_at = CASE WHEN $6 THEN NULL \
+                ELSE bot_status.webhook_last_error_at END, \
+            webhook_last_error = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_last_error END, \
+            webhook_checked_at = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_checked_at END, \
             updated_at = now()",
     )
     .bind(s.bot_id)
@@ -542,6 +553,70 @@ fn expect_one(
         Ok(_) => Ok(()),
         Err(e) => Err(map_unique(e, name)),
     }
+}
+
+/// Sets a bot's update mode (`polling`, `webhook`, or `None`: the daemon's default).
+pub async fn set_mode(pool: &PgPool, id: i64, mode: Option<&str>) -> Result<(), PanelError> {
+    let r = sqlx::query("UPDATE bots SET mode = $2 WHERE id = $1")
+        .bind(id)
+        .bind(mode)
+        .execute(pool)
+        .await;
+    expect_one(r, id, "")
+}
+
+/// Stores a bot's sealed webhook secret, unless the row's secret is no longer `previous`
+/// (another writer, or a token change, came first). Returns whether it was stored.
+pub async fn store_webhook_secret(
+    pool: &PgPool,
+    id: i64,
+    previous: Option<&[u8]>,
+    sealed: &[u8],
+) -> Result<bool, PanelError> {
+    let r = sqlx::query(
+        "UPDATE bots SET webhook_secret_sealed = $3 \
+         WHERE id = $1 AND webhook_secret_sealed IS NOT DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(previous)
+    .bind(sealed)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// What `getWebhookInfo` said last about a bot's webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookStatusUpdate<'a> {
+    /// The bot.
+    pub bot_id: i64,
+    /// The URL Telegram has (empty: none).
+    pub url: &'a str,
+    /// Updates not delivered yet.
+    pub pending_update_count: i64,
+    /// The latest delivery error and when (Unix time).
+    pub last_error: Option<(i64, &'a str)>,
+}
+
+/// Writes a bot's webhook info into its status row (if it has one). Notifies nothing.
+pub async fn set_webhook_status(
+    pool: &PgPool,
+    w: &WebhookStatusUpdate<'_>,
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "UPDATE bot_status SET webhook_url = $2, webhook_pending_update_count = $3, \
+                webhook_last_error_at = to_timestamp($4), webhook_last_error = $5, \
+                webhook_checked_at = now() \
+         WHERE bot_id = $1",
+    )
+    .bind(w.bot_id)
+    .bind(w.url)
+    .bind(w.pending_update_count)
+    .bind(w.last_error.map(|(at, _)| at as f64))
+    .bind(w.last_error.map(|(_, e)| e))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Enables or disables a bot.

@@ -37,12 +37,14 @@ use std::sync::Arc;
 use futures::FutureExt;
 use teloxide::types::{Me, Update};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::BotContext;
 use super::inbox::panic_message;
 use crate::botdb::budget::BudgetConn;
 use crate::botdb::store;
 use crate::modules::{Flow, ModuleError, Queued, UpdateCx};
+use crate::telemetry::metrics::{self, PoisonedAt};
 
 /// What a committed unit of work leaves to do: the requests it queued (for the sender) and the
 /// modules whose jobs it asked to wake.
@@ -74,6 +76,7 @@ impl Processor {
             if updates.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 break;
             }
+            let taken = Instant::now();
             let conn = match held.take() {
                 Some(conn) => conn,
                 None => match self.ctx.db.acquire().await {
@@ -91,7 +94,7 @@ impl Processor {
                     Err(_) => break,
                 }
             }
-            held = self.batch(conn, &batch).await;
+            held = self.batch(conn, &batch, taken).await;
             batch.clear();
             if failed.is_cancelled() {
                 break;
@@ -101,13 +104,19 @@ impl Processor {
 
     /// One batch in one transaction; falls back to one transaction per update on any error.
     /// Returns the connection when it is fit for reuse.
-    async fn batch(&self, mut conn: BudgetConn, batch: &[Update]) -> Option<BudgetConn> {
+    async fn batch(
+        &self,
+        mut conn: BudgetConn,
+        batch: &[Update],
+        taken: Instant,
+    ) -> Option<BudgetConn> {
         let together = AssertUnwindSafe(self.together(&mut conn, batch))
             .catch_unwind()
             .await;
         match together {
-            Ok(Ok((queued, jobs))) => {
-                self.ctx.hand_over(queued, &jobs);
+            Ok(Ok(((queued, jobs), processed))) => {
+                metrics::updates_processed(self.ctx.bot_id, processed);
+                self.ctx.hand_over(queued, &jobs, taken);
                 Some(conn)
             }
             // The transaction was rolled back (or will be, before the connection's next use);
@@ -118,7 +127,7 @@ impl Processor {
                 }
                 drop(conn);
                 for update in batch {
-                    self.one(update).await;
+                    self.one(update, taken).await;
                     if self.ctx.failures.failed().is_cancelled() {
                         break;
                     }
@@ -129,12 +138,12 @@ impl Processor {
     }
 
     /// The batch's transaction: claim all, run the chains, commit. Returns the requests it
-    /// queued.
+    /// queued and how many updates it processed (the others were processed before).
     async fn together(
         &self,
         conn: &mut BudgetConn,
         batch: &[Update],
-    ) -> Result<Effects, ModuleError> {
+    ) -> Result<(Effects, u64), ModuleError> {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
@@ -154,16 +163,16 @@ impl Processor {
             }
         }
         tx.commit().await?;
-        Ok((queued, jobs))
+        Ok(((queued, jobs), claimed.len() as u64))
     }
 
     /// One update in its own transaction, with its failure isolated: poisoned on a panic or a
     /// poison error, reported to the run otherwise.
-    async fn one(&self, update: &Update) {
+    async fn one(&self, update: &Update, taken: Instant) {
         let ctx = &self.ctx;
         let bot_id = ctx.bot_id;
         let update_id = i64::from(update.id.0);
-        let outcome = AssertUnwindSafe(process(&self.me, update, ctx))
+        let outcome = AssertUnwindSafe(process(&self.me, update, ctx, taken))
             .catch_unwind()
             .await;
         let poison = match outcome {
@@ -184,7 +193,7 @@ impl Processor {
             Err(panic) => Some(format!("handler panicked: {}", panic_message(&panic))),
         };
         if let Some(reason) = poison {
-            tracing::error!(bot_id, update_id, error = %reason, "update poisoned");
+            metrics::update_poisoned(bot_id, update_id, PoisonedAt::Handler, &reason, None);
             let marked = async {
                 let mut conn = ctx.db.acquire().await?;
                 store::mark_poisoned(&mut conn, ctx.telegram_id, update_id, &reason).await?;
@@ -209,7 +218,12 @@ fn is_unstorable_text(e: &ModuleError) -> bool {
     }
 }
 
-async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), ModuleError> {
+async fn process(
+    me: &Me,
+    update: &Update,
+    ctx: &BotContext,
+    taken: Instant,
+) -> Result<(), ModuleError> {
     let update_id = i64::from(update.id.0);
     let snapshot = ctx.snapshot.load();
     let mut conn = ctx.db.acquire().await?;
@@ -219,7 +233,8 @@ async fn process(me: &Me, update: &Update, ctx: &BotContext) -> Result<(), Modul
     }
     let (queued, jobs) = chain(me, update, ctx, &snapshot, &mut tx).await?;
     tx.commit().await?;
-    ctx.hand_over(queued, &jobs);
+    metrics::updates_processed(ctx.bot_id, 1);
+    ctx.hand_over(queued, &jobs, taken);
     Ok(())
 }
 

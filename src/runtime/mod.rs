@@ -4,7 +4,9 @@
 //! migrations are in), checks the token with `getMe`, then runs three things side by side
 //! until the run's stop token is cancelled or a failure is reported:
 //! - the update intake ([`inbox::DurableListener`]) feeding the unit of work's processor
-//!   ([`dispatch::Processor`]) through a bounded channel;
+//!   ([`dispatch::Processor`]) through a bounded channel — in webhook mode the listener only
+//!   replays, and the webhook entrance ([`inbox::webhook`]) feeds the same channel while the
+//!   run keeps the webhook set;
 //! - the companion ([`companion`]): the bot's command list kept in step with its snapshot,
 //!   and the module jobs (`bot-<id>-<module>`) started, woken and stopped;
 //! - nothing else: restarting, backoff and status belong to the control plane, which talks to
@@ -52,6 +54,8 @@ pub struct BotSpec {
     pub token: BotToken,
     /// Database override from the panel.
     pub database: Option<String>,
+    /// Webhook mode: the webhook to keep set (`None`: polling).
+    pub webhook: Option<inbox::webhook::WebhookSpec>,
 }
 
 /// Why a bot run ended.
@@ -182,6 +186,8 @@ pub struct SharedDeps {
     pub tasks: Tasks,
     /// The master keys: the control plane opens tokens and secrets with them.
     pub keys: Arc<crate::crypto::Keyring>,
+    /// The webhook entrances of the bots running here in webhook mode.
+    pub webhooks: inbox::webhook::WebhookRoutes,
 }
 
 /// What the unit of work of one bot run needs besides the update and `Me`.
@@ -197,7 +203,7 @@ pub struct BotContext {
     /// The modules.
     pub registry: Registry,
     /// Hands the requests a committed unit of work queued to the bot's sender.
-    pub handoff: mpsc::UnboundedSender<Vec<Queued>>,
+    pub handoff: mpsc::UnboundedSender<(tokio::time::Instant, Vec<Queued>)>,
     /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
     ///
     /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
@@ -207,12 +213,18 @@ pub struct BotContext {
 }
 
 impl BotContext {
-    /// After a commit: gives the sender what it queued, and wakes the jobs it left work.
-    pub fn hand_over(&self, queued: Vec<Queued>, jobs: &[&'static str]) {
+    /// After a commit: gives the sender what it queued (with the moment the unit of work took
+    /// its updates, for the update → reply latency), and wakes the jobs it left work.
+    pub fn hand_over(
+        &self,
+        queued: Vec<Queued>,
+        jobs: &[&'static str],
+        taken: tokio::time::Instant,
+    ) {
         if !queued.is_empty() {
             // A closed channel means the sender ended (the run fails or drains): the rows are
             // in the outbox and the next run sends them.
-            let _ = self.handoff.send(queued);
+            let _ = self.handoff.send((taken, queued));
         }
         for job in jobs {
             self.wakes.wake(job);
@@ -229,6 +241,8 @@ pub struct RunParts {
     /// Set by the run to the cause while fetching updates keeps failing, cleared (`None`)
     /// once it works again; the slot reports it as `degraded`.
     pub health: tokio::sync::watch::Sender<Option<String>>,
+    /// Webhook mode: what `getWebhookInfo` said last (the slot writes it to the status).
+    pub webhook: tokio::sync::watch::Sender<Option<inbox::webhook::WebhookState>>,
 }
 
 /// Runs the bot until `stop` is cancelled (Ok) or a failure ends the run (Err).
@@ -296,6 +310,13 @@ async fn dispatch_run(
     let companion = companion.start().await;
     on_running(&username).await;
 
+    let (webhook_ready, replayed) = match spec.webhook {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let listener = DurableListener::new(
         inbox::ListenerParts {
             api: deps.api.clone(),
@@ -307,6 +328,7 @@ async fn dispatch_run(
             snapshot: parts.snapshot.clone(),
             registry: deps.registry.clone(),
             health: parts.health,
+            webhook: webhook_ready,
         },
         run_stop.clone(),
         failures.clone(),
@@ -326,9 +348,24 @@ async fn dispatch_run(
         drain: drain.clone(),
         retention_days: deps.settings.bot_database.inbox_retention_days,
     };
+    let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);
+    let keeper = spec.webhook.clone().map(|webhook| inbox::webhook::Keeper {
+        api: deps.api.clone(),
+        token: spec.token.clone(),
+        bot_id: spec.id,
+        telegram_id,
+        spec: webhook,
+        db: db.clone(),
+        routes: deps.webhooks.clone(),
+        snapshot: parts.snapshot.clone(),
+        registry: deps.registry.clone(),
+        report: parts.webhook,
+        failures: failures.clone(),
+        stop: run_stop.clone(),
+    });
     let context = Arc::new(BotContext {
         bot_id: spec.id,
-        telegram_id: i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX),
+        telegram_id,
         db,
         snapshot: parts.snapshot,
         registry: deps.registry.clone(),
@@ -338,8 +375,22 @@ async fn dispatch_run(
     });
     let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
     let processor = dispatch::Processor { me, ctx: context };
+    // Cancelled when the listener ended: the webhook entrance closes then, so the processor
+    // sees its channel close once both are gone.
+    let intake_done = CancellationToken::new();
+    let entrance_tx = to_processor.clone();
+    let entrance_done = intake_done.clone();
+    let entrance = async move {
+        if let (Some(keeper), Some(replayed)) = (keeper, replayed) {
+            keeper.run(entrance_tx, replayed, entrance_done).await;
+        }
+    };
+    let intake = async {
+        listener.run(to_processor).await;
+        intake_done.cancel();
+    };
     let dispatch = async {
-        tokio::join!(listener.run(to_processor), processor.run(updates));
+        tokio::join!(intake, entrance, processor.run(updates));
         // The processor ends only when the intake did (stop or failure) and it drained what
         // was stored, or after a failure; either way the companion's jobs end with it, and the
         // sender delivers the replies the last updates queued (or stops at once after a

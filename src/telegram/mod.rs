@@ -34,6 +34,8 @@ use crate::token::BotToken;
 
 /// Extra time the HTTP request gets beyond the long-poll timeout.
 const POLL_GRACE: Duration = Duration::from_secs(5);
+/// Time a short raw call (setWebhook, getWebhookInfo, …) gets.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The Bot API endpoint plus the process-wide HTTP client.
 #[derive(Debug, Clone)]
@@ -52,7 +54,8 @@ pub struct RawUpdate {
 }
 
 impl RawUpdate {
-    fn from_bytes(bytes: &[u8]) -> Self {
+    /// An element from its bytes (invalid UTF-8 replaced, and remembered).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {
             Ok(text) => Self {
                 text: text.to_owned(),
@@ -167,6 +170,132 @@ impl TelegramApi {
         Err(TelegramError::from_answer(
             code,
             envelope.description.unwrap_or_default(),
+            retry_after,
+        ))
+    }
+}
+
+/// What `getWebhookInfo` says about a bot's webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct WebhookInfo {
+    /// The webhook URL; empty when none is set.
+    #[serde(default)]
+    pub url: String,
+    /// Updates waiting to be delivered.
+    #[serde(default)]
+    pub pending_update_count: i64,
+    /// Unix time of the latest delivery error.
+    #[serde(default)]
+    pub last_error_date: Option<i64>,
+    /// Telegram's description of the latest delivery error.
+    #[serde(default)]
+    pub last_error_message: Option<String>,
+}
+
+/// A webhook to set (`setWebhook`).
+#[derive(Debug, Clone, Copy)]
+pub struct SetWebhook<'a> {
+    /// The HTTPS URL Telegram POSTs updates to.
+    pub url: &'a str,
+    /// Sent back in `X-Telegram-Bot-Api-Secret-Token` with every update.
+    pub secret_token: &'a str,
+    /// The update kinds wanted.
+    pub allowed_updates: &'a [&'a str],
+    /// Most simultaneous HTTPS connections Telegram opens for this bot (1-100).
+    pub max_connections: u32,
+}
+
+impl TelegramApi {
+    /// `setWebhook` (pending updates are kept: `drop_pending_updates` false).
+    pub async fn set_webhook(
+        &self,
+        token: &BotToken,
+        webhook: SetWebhook<'_>,
+    ) -> Result<(), TelegramError> {
+        let body = serde_json::json!({
+            "url": webhook.url,
+            "secret_token": webhook.secret_token,
+            "allowed_updates": webhook.allowed_updates,
+            "max_connections": webhook.max_connections,
+            "drop_pending_updates": false,
+        });
+        self.call(token, "setWebhook", &body).await.map(drop)
+    }
+
+    /// `deleteWebhook` without dropping pending updates (polling gets them next).
+    pub async fn delete_webhook(&self, token: &BotToken) -> Result<(), TelegramError> {
+        let body = serde_json::json!({ "drop_pending_updates": false });
+        self.call(token, "deleteWebhook", &body).await.map(drop)
+    }
+
+    /// `getWebhookInfo`.
+    pub async fn get_webhook_info(&self, token: &BotToken) -> Result<WebhookInfo, TelegramError> {
+        let value = self
+            .call(token, "getWebhookInfo", &serde_json::json!({}))
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|e| TelegramError::Transient(format!("unreadable getWebhookInfo: {e}")))
+    }
+
+    /// One raw Bot API call with a JSON body, returning its `result`.
+    async fn call(
+        &self,
+        token: &BotToken,
+        method: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, TelegramError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            ok: bool,
+            #[serde(default)]
+            result: serde_json::Value,
+            #[serde(default)]
+            error_code: Option<u16>,
+            #[serde(default)]
+            description: Option<String>,
+            #[serde(default)]
+            parameters: Option<Parameters>,
+        }
+        let url = format!(
+            "{}/bot{}/{method}",
+            self.base.as_str().trim_end_matches('/'),
+            token.expose()
+        );
+        let response = self
+            .client
+            .post(url)
+            .json(body)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| TelegramError::Transient(redact(&e.without_url().to_string())))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TelegramError::Transient(redact(&e.without_url().to_string())))?;
+        let answer: Answer = match serde_json::from_slice(&bytes) {
+            Ok(a) => a,
+            Err(_) if status.is_server_error() => {
+                return Err(TelegramError::Transient(format!("HTTP {status}")));
+            }
+            Err(e) => {
+                return Err(TelegramError::Transient(format!(
+                    "HTTP {status} with an unreadable body: {e}"
+                )));
+            }
+        };
+        if answer.ok {
+            return Ok(answer.result);
+        }
+        let code = answer.error_code.unwrap_or(status.as_u16());
+        let retry_after = answer
+            .parameters
+            .and_then(|p| p.retry_after)
+            .map(Duration::from_secs);
+        Err(TelegramError::from_answer(
+            code,
+            redact(&answer.description.unwrap_or_default()),
             retry_after,
         ))
     }

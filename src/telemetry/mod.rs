@@ -132,6 +132,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 pub mod console;
 pub mod journald;
+pub mod metrics;
 
 #[cfg(test)]
 mod tests {

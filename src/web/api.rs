@@ -675,6 +675,17 @@ async fn status(ApiCaller(c): ApiCaller) -> ApiResult<Json<Vec<BotStatus>>> {
                     telegram_username: b.telegram_username,
                     started_at: b.started_at,
                     updated_at: b.status_updated_at?,
+                    webhook_url: b.webhook.as_ref().map(|w| w.url.clone()),
+                    webhook_pending_update_count: b
+                        .webhook
+                        .as_ref()
+                        .and_then(|w| w.pending_update_count),
+                    webhook_last_error_at: b.webhook.as_ref().and_then(|w| w.last_error_at),
+                    webhook_last_error: b
+                        .webhook
+                        .as_ref()
+                        .and_then(|w| w.last_error_message.clone()),
+                    webhook_checked_at: b.webhook.as_ref().and_then(|w| w.checked_at),
                 })
             })
             .collect(),

@@ -50,6 +50,8 @@ pub struct Harness {
     pub settings: Settings,
     pub counts: tokio::sync::watch::Receiver<BotCounts>,
     pub budget: botvisor::botdb::budget::ConnectionBudget,
+    /// The daemon's HTTP listener (`BOTVISOR__HTTP__LISTEN` in the extra settings).
+    pub http_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     sandbox_stop: CancellationToken,
     daemon: Option<JoinHandle<Result<ShutdownReport, botvisor::app::DaemonError>>>,
@@ -116,6 +118,7 @@ impl Harness {
             settings,
             counts: handles.counts,
             budget: handles.budget,
+            http_addr: handles.http_addr,
             shutdown,
             sandbox_stop,
             daemon: Some(daemon),

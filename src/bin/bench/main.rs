@@ -18,6 +18,9 @@
 //! 6. add → answer: `--add` bots added one by one, each asked `/start` right after its commit;
 //! 7. cold start: the daemon is stopped and a fresh one started; time until every bot polls.
 //!
+//! `--metrics-scrape` runs none of these: it times a `/metrics` render with `--bots` bots'
+//! series in this process (see `scrape`).
+//!
 //! The daemon sends through an outbox that keeps Telegram's limits (one message per
 //! [`PRIVATE_PERIOD`] per private chat after a burst, one per [`BOT_PERIOD`] per bot), so the
 //! traffic spreads over many chats, each sending at most once per [`CHAT_GAP`]: the latencies
@@ -35,6 +38,7 @@
 mod cpu;
 mod daemon;
 mod pg;
+mod scrape;
 
 use botvisor::tasks::Tasks;
 use std::time::{Duration, Instant};
@@ -145,11 +149,21 @@ struct Args {
     /// A few seconds at small sizes, every phase once (the test suite runs this).
     #[arg(long)]
     smoke: bool,
+    /// Only time a `/metrics` render with `--bots` bots' worth of series (botvisor's own
+    /// recorder in this process; no database, no daemon) and report its time and size.
+    #[arg(long)]
+    metrics_scrape: bool,
 }
 
 impl Args {
     /// Applies `--smoke` and checks the knobs.
     fn resolved(mut self) -> anyhow::Result<Self> {
+        if self.metrics_scrape {
+            if self.bots == 0 || self.bots > 100_000 {
+                bail!("--bots must be between 1 and 100000 with --metrics-scrape");
+            }
+            return Ok(self);
+        }
         if self.smoke {
             self.bots = 8;
             self.active = 2;
@@ -684,6 +698,12 @@ fn main() -> std::process::ExitCode {
         filter: "warn,sqlx=error".into(),
         format: botvisor::settings::LogFormat::Text,
     });
+    if args.metrics_scrape {
+        let (table, json) = scrape::run(args.bots);
+        print!("{table}");
+        println!("{json}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,9 +12,11 @@
 //!    arithmetic (a later update's offset confirms it);
 //! 4. yield the newly stored updates.
 //!
-//! The intake is the only way into the inbox: [`DurableListener`] polls; a webhook entrance
-//! (foreseen, not built) will store through the same `botdb::store::store_batch` and wake the
-//! same stream. Parsing lives in [`parse`].
+//! Two ways lead into the inbox: [`DurableListener`] polls; in webhook mode it only replays
+//! and prunes, and the [`webhook`] entrance stores through the same
+//! `botdb::store::store_batch` and hands on to the same processor. Parsing lives in [`parse`].
+//! A polling run whose `getUpdates` meets Telegram's 409 because a webhook is set (the bot was
+//! just switched from webhook mode) deletes the webhook — pending updates kept — and polls.
 //!
 //! Invariants: an update reaches a handler only after it is in the inbox; only ids Telegram
 //! has just sent are ever confirmed, so a restart of the update ids (Telegram picks a new,
@@ -28,6 +30,7 @@
 //! Proved by `tests/intake_corpus.rs` and `tests/intake_restart.rs`.
 
 mod parse;
+pub mod webhook;
 
 pub use parse::{
     Element, panic_message, parse_for_handlers, parse_update, payload_text, read_element,
@@ -46,6 +49,7 @@ use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::Registry;
 use crate::telegram::{TelegramApi, TelegramError};
+use crate::telemetry::metrics::{self, PoisonedAt};
 use crate::token::BotToken;
 
 /// Updates per getUpdates call (Telegram's maximum).
@@ -89,6 +93,8 @@ pub struct DurableListener {
     last_prune: Option<tokio::time::Instant>,
     health: tokio::sync::watch::Sender<Option<String>>,
     failing: u32,
+    /// Webhook mode: no polling; fired once the stored updates were handed on.
+    webhook: Option<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// What a listener works with.
@@ -111,6 +117,9 @@ pub struct ListenerParts {
     pub registry: Registry,
     /// Where the listener says fetching keeps failing ([`crate::runtime::RunParts::health`]).
     pub health: tokio::sync::watch::Sender<Option<String>>,
+    /// Webhook mode: never poll; send `()` here once the replay is handed on (the webhook
+    /// entrance opens then).
+    pub webhook: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl DurableListener {
@@ -136,6 +145,7 @@ impl DurableListener {
             last_prune: None,
             health: parts.health,
             failing: 0,
+            webhook: parts.webhook.map(Some),
         }
     }
 
@@ -163,6 +173,8 @@ impl DurableListener {
                 self.replay_page(after).await
             } else if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.prune().await
+            } else if self.webhook.is_some() {
+                self.webhook_idle().await
             } else {
                 self.fetch_batch().await
             };
@@ -231,7 +243,13 @@ impl DurableListener {
             match parse_for_handlers(&payload_text(&payload)) {
                 Ok(update) => self.buffer.push_back(update),
                 Err(error) => {
-                    tracing::warn!(bot_id = self.bot_id, update_id, %error, "poisoned update");
+                    metrics::update_poisoned(
+                        self.bot_id,
+                        update_id,
+                        PoisonedAt::Intake,
+                        &error,
+                        None,
+                    );
                     store::mark_poisoned(&mut conn, self.telegram_id, update_id, &error)
                         .await
                         .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
@@ -267,8 +285,13 @@ impl DurableListener {
                 self.to_confirm = None;
                 return Err(match e {
                     TelegramError::Unauthorized => StepError::Fatal(RunFailure::Unauthorized),
+                    // A webhook is set (the bot was in webhook mode): delete it, then poll.
+                    TelegramError::Conflict(d) if d.contains("webhook") => {
+                        return self.delete_webhook().await;
+                    }
                     TelegramError::RetryAfter(wait) => {
-                        StepError::Retry(wait, "429 Too Many Requests".into())
+                        metrics::rate_limited(self.bot_id, "getUpdates", wait);
+                        StepError::Wait(wait)
                     }
                     e => self.retry(crate::mask::error_line(&e)),
                 });
@@ -318,7 +341,13 @@ impl DurableListener {
                     parsed.push((update_id, update));
                 }
                 Err(error) => {
-                    tracing::warn!(bot_id = self.bot_id, update_id, %error, raw = %truncate(&element.text), "poisoned update");
+                    metrics::update_poisoned(
+                        self.bot_id,
+                        update_id,
+                        PoisonedAt::Intake,
+                        &error,
+                        Some(&truncate(&element.text)),
+                    );
                     rows.push(InboxRow {
                         update_id,
                         chat_id: None,
@@ -361,6 +390,7 @@ impl DurableListener {
                 }
             };
             let inserted: HashSet<i64> = inserted.into_iter().collect();
+            metrics::updates_received(self.bot_id, inserted.len() as u64);
             self.buffer.extend(
                 parsed
                     .into_iter()
@@ -380,6 +410,37 @@ impl DurableListener {
                 self.to_confirm = None;
                 Err(self.stall())
             }
+        }
+    }
+
+    /// Webhook mode: says once that the replay is handed on, then waits for stop or the next
+    /// prune (updates come in through the webhook entrance).
+    async fn webhook_idle(&mut self) -> Result<(), StepError> {
+        if let Some(ready) = self.webhook.as_mut().and_then(Option::take) {
+            let _ = ready.send(());
+        }
+        let next_prune = self
+            .last_prune
+            .map_or(Duration::ZERO, |t| PRUNE_EVERY.saturating_sub(t.elapsed()));
+        self.pause(next_prune).await;
+        Ok(())
+    }
+
+    /// Deletes the webhook that makes `getUpdates` answer 409 (pending updates are kept).
+    async fn delete_webhook(&mut self) -> Result<(), StepError> {
+        match self.api.delete_webhook(&self.token).await {
+            Ok(()) => {
+                tracing::info!(
+                    bot_id = self.bot_id,
+                    "webhook deleted (pending updates kept); polling"
+                );
+                Ok(())
+            }
+            Err(TelegramError::Unauthorized) => Err(StepError::Fatal(RunFailure::Unauthorized)),
+            Err(e) => Err(self.retry(format!(
+                "cannot delete the webhook: {}",
+                crate::mask::error_line(&e)
+            ))),
         }
     }
 

@@ -33,7 +33,7 @@
 
 pub mod limits;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,7 @@ use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{ModuleError, Queued, Registry};
 use crate::telegram::{Delivery, DeliveryOutcome, Lane, Messenger, Request, TelegramError};
+use crate::telemetry::metrics::{self, SendOutcome};
 use limits::{Limits, Wait};
 
 /// Requests of one bot in flight at once (each to a different chat).
@@ -81,7 +82,7 @@ pub struct Sender {
     /// Notified after a job's commit that queued requests (the sender reloads the outbox).
     pub wake: Arc<Notify>,
     /// What committed units of work queued, handed over directly.
-    pub handoff: mpsc::UnboundedReceiver<Vec<Queued>>,
+    pub handoff: mpsc::UnboundedReceiver<(Instant, Vec<Queued>)>,
     /// Per module: notified once a request it queued is recorded (its job may queue more).
     pub delivered: Wakes,
     /// Where a revoked token or a database failure is reported.
@@ -121,6 +122,10 @@ impl Sender {
         let mut paused_until: Option<Instant> = None;
         let mut backoff = BACKOFF_START;
         let mut last_prune: Option<Instant> = None;
+        // When the unit of work took the update a handed-over reply answers (for the update →
+        // reply latency); requests loaded from the outbox after a restart have none.
+        let mut taken_at: HashMap<i64, Instant> = HashMap::new();
+        let mut depth: Option<usize> = None;
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -209,7 +214,9 @@ impl Sender {
                     flying.insert(row.id);
                     let telegram = self.telegram.clone();
                     in_flight.push(async move {
+                        let started = Instant::now();
                         let result = telegram.attempt(ChatId(row.chat_id), &request).await;
+                        metrics::send_took(started.elapsed());
                         (row, request, result)
                     });
                 }
@@ -219,6 +226,11 @@ impl Sender {
                 limits.prune();
                 self.prune().await;
                 last_prune = Some(Instant::now());
+            }
+            let now_depth = queue.len() + in_flight.len();
+            if depth != Some(now_depth) {
+                depth = Some(now_depth);
+                metrics::outbox_depth(self.bot_id, now_depth);
             }
             let timer = async {
                 match next_ready {
@@ -231,7 +243,12 @@ impl Sender {
                 () = self.stop.cancelled() => break,
                 // Checked before results, so a handed-over request that a load already
                 // brought is still in the queue or in flight when it arrives (and skipped).
-                Some(handed) = self.handoff.recv() => {
+                Some((taken, handed)) = self.handoff.recv() => {
+                    for q in &handed {
+                        if Lane::from_i16(q.row.lane) == Lane::Reply {
+                            taken_at.insert(q.row.id, taken);
+                        }
+                    }
                     if more_in_db || reload {
                         // The queue is not the whole outbox: older requests of the same chats
                         // may wait there, so the outbox decides the order.
@@ -262,7 +279,13 @@ impl Sender {
                         queue.retain(|e| e.row.id != id);
                         match self.finish(sent, &mut backoff).await {
                             Next::Go => {}
-                            Next::Record(record) => records.push(record),
+                            Next::Record(record) => {
+                                let taken = taken_at.remove(&id);
+                                if let (Some(taken), DeliveryOutcome::Sent(_)) = (taken, &record.outcome) {
+                                    metrics::update_replied(taken.elapsed());
+                                }
+                                records.push(record);
+                            }
                             Next::Pause(d) => pause = Some(pause.map_or(d, |p| p.max(d))),
                         }
                     }
@@ -327,21 +350,32 @@ impl Sender {
         let outcome = match result {
             Ok(message_id) => {
                 *backoff = BACKOFF_START;
+                metrics::send_attempt(bot_id, SendOutcome::Sent);
                 DeliveryOutcome::Sent(message_id)
             }
-            Err(TelegramError::Blocked(_)) => DeliveryOutcome::Blocked,
+            Err(TelegramError::Blocked(_)) => {
+                metrics::send_attempt(bot_id, SendOutcome::Blocked);
+                DeliveryOutcome::Blocked
+            }
             Err(e @ (TelegramError::ChatNotFound | TelegramError::ThreadNotFound)) => {
-                tracing::warn!(bot_id, chat_id = row.chat_id, method, error = %e, "Telegram refused the request");
-                if e == TelegramError::ChatNotFound {
-                    DeliveryOutcome::ChatNotFound
+                let (counted, outcome) = if e == TelegramError::ChatNotFound {
+                    (SendOutcome::ChatNotFound, DeliveryOutcome::ChatNotFound)
                 } else {
-                    DeliveryOutcome::ThreadNotFound
-                }
+                    (SendOutcome::ThreadNotFound, DeliveryOutcome::ThreadNotFound)
+                };
+                metrics::send_refused(bot_id, row.chat_id, method, counted, &e.to_string());
+                outcome
             }
             Err(
                 TelegramError::Rejected { description, .. } | TelegramError::Conflict(description),
             ) => {
-                tracing::warn!(bot_id, chat_id = row.chat_id, method, error = %description, "Telegram refused the request");
+                metrics::send_refused(
+                    bot_id,
+                    row.chat_id,
+                    method,
+                    SendOutcome::Failed,
+                    &description,
+                );
                 DeliveryOutcome::Failed(description)
             }
             Err(TelegramError::Unauthorized) => {
@@ -349,7 +383,7 @@ impl Sender {
                 return Next::Go;
             }
             Err(TelegramError::RetryAfter(wait)) => {
-                tracing::warn!(bot_id, method, retry_after = ?wait, "Telegram asked to slow down; the sender pauses");
+                metrics::rate_limited(bot_id, method, wait);
                 return Next::Pause(wait);
             }
             Err(e @ (TelegramError::Transient(_) | TelegramError::Unknown(_))) => {
@@ -372,12 +406,12 @@ impl Sender {
                     }
                 };
                 if matches!(e, TelegramError::Unknown(_)) && attempts >= MAX_UNKNOWN_ATTEMPTS {
-                    tracing::error!(bot_id, method, error = %text, attempts, "Telegram kept refusing the request; giving up on it");
+                    metrics::send_given_up(bot_id, method, &text, attempts);
                     DeliveryOutcome::Failed(text)
                 } else {
                     let wait = *backoff;
                     *backoff = (*backoff * 2).min(BACKOFF_MAX);
-                    tracing::warn!(bot_id, method, error = %text, retry_in = ?wait, "send failed; retrying");
+                    metrics::send_retry(bot_id, method, &text, wait);
                     return Next::Pause(wait);
                 }
             }
