@@ -16,7 +16,9 @@
 //!    sandbox enforcing Telegram's limits; time until all are answered, and the 429s;
 //! 5. reload: a text change, then `/start` until the reply shows it;
 //! 6. add → answer: `--add` bots added one by one, each asked `/start` right after its commit;
-//! 7. cold start: the daemon is stopped and a fresh one started; time until every bot polls.
+//! 7. cold start: the daemon is stopped and a fresh one started; time until every bot polls
+//!    (with `--webhook`, every bot runs in webhook mode, and the cold start waits for each
+//!    bot's setWebhook instead).
 //!
 //! `--metrics-scrape` runs none of these: it times a `/metrics` render with `--bots` bots'
 //! series in this process (see `scrape`).
@@ -135,6 +137,11 @@ struct Args {
     /// Skip the cold-start phase.
     #[arg(long)]
     no_cold_start: bool,
+    /// Run every bot in webhook mode: the daemon's HTTP listener on a free loopback port,
+    /// `public_url` pointing at it, the sandbox delivering by webhook (docs/webhooks.md). The
+    /// cold start then waits for every bot's setWebhook instead of its getUpdates.
+    #[arg(long)]
+    webhook: bool,
     /// PostgreSQL server, without a database part.
     #[arg(
         long,
@@ -792,7 +799,20 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     ctx.sampler = Some(Sampler::start(&server, pattern).await?);
 
     // Phase 2: 0 bots, then N idle bots.
-    let env = daemon::environment(&panel_url, &api_url, args.budget);
+    let mut env = daemon::environment(&panel_url, &api_url, args.budget);
+    if args.webhook {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        env.insert(
+            "BOTVISOR__HTTP__PUBLIC_URL".into(),
+            format!("http://{listen}"),
+        );
+        env.insert("BOTVISOR__HTTP__LISTEN".into(), listen);
+        env.insert("BOTVISOR__TELEGRAM__DEFAULT_MODE".into(), "webhook".into());
+        eprintln!("bench: webhook mode");
+    }
     let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
     wait_panel_connected(&world.pool, &panel_name, d).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -950,11 +970,17 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         let t0 = Instant::now();
         let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
         let limit = Duration::from_secs(120 + all_tokens.len() as u64 / 4);
+        // A polling bot is back once it polls; a webhook bot once it set its webhook.
+        let intake = if args.webhook {
+            "setWebhook"
+        } else {
+            "getUpdates"
+        };
         loop {
             let now = world.sandbox.stats();
             let waiting = all_tokens
                 .iter()
-                .filter(|t| now.calls(t, "getUpdates") <= before.calls(t, "getUpdates"))
+                .filter(|t| now.calls(t, intake) <= before.calls(t, intake))
                 .count();
             if waiting == 0 {
                 break;
