@@ -89,6 +89,8 @@ pub struct DurableListener {
     last_prune: Option<tokio::time::Instant>,
     health: tokio::sync::watch::Sender<Option<String>>,
     failing: u32,
+    /// Inside a burst of 409 answers (logged once; cleared by the next successful fetch).
+    conflicting: bool,
 }
 
 /// What a listener works with.
@@ -136,6 +138,7 @@ impl DurableListener {
             last_prune: None,
             health: parts.health,
             failing: 0,
+            conflicting: false,
         }
     }
 
@@ -270,10 +273,26 @@ impl DurableListener {
                     TelegramError::RetryAfter(wait) => {
                         StepError::Retry(wait, "429 Too Many Requests".into())
                     }
+                    TelegramError::Conflict(description) => {
+                        // Once per burst: another getUpdates on this token is a second poller
+                        // (another instance during a hand-over or a split brain, or another
+                        // program using the token).
+                        if !self.conflicting {
+                            self.conflicting = true;
+                            tracing::warn!(
+                                bot_id = self.bot_id,
+                                description = %description,
+                                "Telegram answered 409 Conflict: a second poller uses this bot's \
+                                 token (another botvisor instance, or another program)"
+                            );
+                        }
+                        self.retry(format!("409 Conflict: {description}"))
+                    }
                     e => self.retry(crate::mask::error_line(&e)),
                 });
             }
         };
+        self.conflicting = false;
         if raw.is_empty() {
             self.to_confirm = None;
             if !timeout.is_zero() && started.elapsed() < timeout / 2 {
