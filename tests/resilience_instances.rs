@@ -56,10 +56,14 @@ async fn every_bot_answers(setup: &ServeSetup, bots: &[(i64, String)], chat: i64
             .unwrap();
     }
     for (id, t) in bots {
-        eventually(DEADLINE, &format!("bot {id} answers in chat {chat}"), || {
-            let n = setup.sandbox.sent(t, chat, 0).unwrap().len();
-            async move { (n >= 1).then_some(()) }
-        })
+        eventually(
+            DEADLINE,
+            &format!("bot {id} answers in chat {chat}"),
+            || {
+                let n = setup.sandbox.sent(t, chat, 0).unwrap().len();
+                async move { (n >= 1).then_some(()) }
+            },
+        )
         .await;
     }
 }
@@ -93,17 +97,18 @@ async fn instances_share_the_bots_survive_kill_9_and_hand_over_to_a_newcomer() {
     every_bot_answers(&setup, &bots, 1).await;
     answered_once(&setup, &bots, 1);
     // `botvisor status` (its service call) shows both instances and what they own.
-    let owned: Vec<(String, i32, bool)> = eventually(DEADLINE, "heartbeats count 3 bots each", || async {
-        let rows: Vec<(String, i32, bool)> = sqlx::query_as(
-            "SELECT i.name, i.bots_owned, a.pid IS NOT NULL FROM instances i \
+    let owned: Vec<(String, i32, bool)> =
+        eventually(DEADLINE, "heartbeats count 3 bots each", || async {
+            let rows: Vec<(String, i32, bool)> = sqlx::query_as(
+                "SELECT i.name, i.bots_owned, a.pid IS NOT NULL FROM instances i \
              LEFT JOIN pg_stat_activity a ON a.pid = i.control_pid ORDER BY i.name",
-        )
-        .fetch_all(&setup.pool)
-        .await
-        .unwrap();
-        rows.iter().all(|r| r.1 == 3).then_some(rows)
-    })
-    .await;
+            )
+            .fetch_all(&setup.pool)
+            .await
+            .unwrap();
+            rows.iter().all(|r| r.1 == 3).then_some(rows)
+        })
+        .await;
     assert_eq!(owned.len(), 2, "{owned:?}");
     assert!(owned.iter().all(|r| r.2), "{owned:?}");
 
@@ -226,7 +231,9 @@ async fn a_lost_control_connection_fences_the_instances_bots() {
     answered_once(&setup, &bots, 2);
     // The fence came first: in alpha's log, its bots stopped before it took any lock again.
     let log = std::fs::read_to_string(&alpha_log).unwrap();
-    let fence_at = log.find("fencing, every bot of this instance stops").unwrap();
+    let fence_at = log
+        .find("fencing, every bot of this instance stops")
+        .unwrap();
     let after = &log[fence_at..];
     let took_again = after.find("took ownership of bots").unwrap_or(after.len());
     let stopped = after[..took_again].matches("stopping bot").count();

@@ -494,7 +494,10 @@ impl Supervisor {
             }
         };
         for id in &outcome.lost {
-            tracing::warn!(bot_id = *id, "another instance owns this bot now; stopping it here");
+            tracing::warn!(
+                bot_id = *id,
+                "another instance owns this bot now; stopping it here"
+            );
             if let Some(slot) = self.slots.get(id) {
                 slot.writing.store(false, Ordering::Release);
             }
@@ -522,14 +525,11 @@ impl Supervisor {
 
     /// The token cancelled once bot `id`'s last slot ended (already cancelled if none runs).
     fn retiring_done(&self, id: i64) -> CancellationToken {
-        self.retired_by_id
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| {
-                let t = CancellationToken::new();
-                t.cancel();
-                t
-            })
+        self.retired_by_id.get(&id).cloned().unwrap_or_else(|| {
+            let t = CancellationToken::new();
+            t.cancel();
+            t
+        })
     }
 
     /// The control connection failed: its session, and every lock with it, is gone. With

@@ -117,17 +117,32 @@ pub struct PassOutcome {
     pub instances: usize,
 }
 
-/// The decision of one pass, as a pure function of what the pass read (tested as a table).
+/// This instance, as the decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    /// Instance name.
+    pub name: &'a str,
+    /// Backend pid of its control session.
+    pub backend: i32,
+    /// Its host.
+    pub host: &'a str,
+}
+
+/// The decision of one pass, as a pure function of what the pass read (tested as a table):
+/// (locks to try, held bots to hand over).
 pub fn decide(
-    me: &str,
-    my_pid: i32,
-    host: &str,
+    here: Me<'_>,
     view: &OwnershipView,
     held: &BTreeSet<i64>,
     handing_over: &BTreeSet<i64>,
     running: &BTreeSet<i64>,
     process_gone: &dyn Fn(i32) -> bool,
 ) -> (Vec<i64>, Vec<i64>) {
+    let Me {
+        name: me,
+        backend: my_pid,
+        host,
+    } = here;
     let mut names: Vec<String> = view.instances.iter().map(|(n, _)| n.clone()).collect();
     if !names.iter().any(|n| n == me) {
         names.push(me.to_owned());
@@ -221,9 +236,7 @@ impl Ownership {
         self.handing_over.clear();
     }
 
-    async fn timed<T>(
-        f: impl Future<Output = Result<T, PanelError>>,
-    ) -> Result<T, OwnershipError> {
+    async fn timed<T>(f: impl Future<Output = Result<T, PanelError>>) -> Result<T, OwnershipError> {
         match tokio::time::timeout(OP_TIMEOUT, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(OwnershipError::Timeout),
@@ -251,13 +264,12 @@ impl Ownership {
     ) -> Result<PassOutcome, OwnershipError> {
         if self.conn.is_none() {
             let opts = self.panel.connect_options();
-            let conn = match tokio::time::timeout(OP_TIMEOUT, PgConnection::connect_with(&opts))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(OwnershipError::Connect(e)),
-                Err(_) => return Err(OwnershipError::Timeout),
-            };
+            let conn =
+                match tokio::time::timeout(OP_TIMEOUT, PgConnection::connect_with(&opts)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return Err(OwnershipError::Connect(e)),
+                    Err(_) => return Err(OwnershipError::Timeout),
+                };
             self.conn = Some(conn);
             self.held.clear();
             self.handing_over.clear();
@@ -286,10 +298,13 @@ impl Ownership {
         }
         self.clash_logged = false;
         let view = Self::timed(store::ownership_view(conn, me.name)).await?;
+        let here = Me {
+            name: me.name,
+            backend: self.backend,
+            host: me.host,
+        };
         let (want, give) = decide(
-            me.name,
-            self.backend,
-            me.host,
+            here,
             &view,
             &self.held,
             &self.handing_over,
@@ -306,14 +321,19 @@ impl Ownership {
         let lost: Vec<i64> = running
             .iter()
             .filter(|id| {
-                !self.held.contains(id) && !self.handing_over.contains(id) && !taken_set.contains(id)
+                !self.held.contains(id)
+                    && !self.handing_over.contains(id)
+                    && !taken_set.contains(id)
             })
             .copied()
             .collect();
         let instances = view.instances.len().max(1);
         self.peers = view.instances.iter().any(|(n, _)| n != me.name);
         Ok(PassOutcome {
-            taken: taken.into_iter().filter(|id| !running.contains(id)).collect(),
+            taken: taken
+                .into_iter()
+                .filter(|id| !running.contains(id))
+                .collect(),
             give,
             lost,
             instances,
@@ -350,6 +370,14 @@ impl Ownership {
 mod tests {
     use super::*;
     use crate::panel::store::RunningElsewhere;
+
+    fn at(host: &str) -> Me<'_> {
+        Me {
+            name: "a",
+            backend: 10,
+            host,
+        }
+    }
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| (*s).to_owned()).collect()
@@ -396,20 +424,20 @@ mod tests {
         // Alone: every free bot is wanted; nothing given.
         let v = view(&[("a", 10)], &[1, 2, 3], &[]);
         assert_eq!(
-            decide("a", 10, "h", &v, &none, &none, &none, &alive),
+            decide(at("h"), &v, &none, &none, &none, &alive),
             (vec![1, 2, 3], vec![])
         );
         // A bot held by another session is not asked for.
         let v = view(&[("a", 10)], &[1, 2, 3], &[(2, 99)]);
         assert_eq!(
-            decide("a", 10, "h", &v, &none, &none, &none, &alive).0,
+            decide(at("h"), &v, &none, &none, &none, &alive).0,
             vec![1, 3]
         );
         // Held bots that are not ours any more are given; held ones are not asked again.
         let bots: Vec<i64> = (1..=10).collect();
         let v = view(&[("a", 10), ("b", 11)], &bots, &[]);
         let all: BTreeSet<i64> = bots.iter().copied().collect();
-        let (want, give) = decide("a", 10, "h", &v, &all, &none, &none, &alive);
+        let (want, give) = decide(at("h"), &v, &all, &none, &none, &alive);
         assert!(want.is_empty());
         assert_eq!(give.len(), 5);
         // A bot another instance may still run waits for the grace, unless its process is
@@ -423,28 +451,25 @@ mod tests {
             host: "h".into(),
         });
         assert!(
-            decide("a", 10, "h", &v, &none, &none, &none, &alive)
+            decide(at("h"), &v, &none, &none, &none, &alive)
                 .0
                 .is_empty()
         );
         assert_eq!(
-            decide("a", 10, "h", &v, &none, &none, &none, &|_| true).0,
+            decide(at("h"), &v, &none, &none, &none, &|_| true).0,
             vec![1]
         );
         assert!(
-            decide("a", 10, "other-host", &v, &none, &none, &none, &|_| true)
+            decide(at("other-host"), &v, &none, &none, &none, &|_| true)
                 .0
                 .is_empty()
         );
         v.running_elsewhere[0].heartbeat_age = FENCE_GRACE.as_secs_f64() + 1.0;
-        assert_eq!(
-            decide("a", 10, "h", &v, &none, &none, &none, &alive).0,
-            vec![1]
-        );
+        assert_eq!(decide(at("h"), &v, &none, &none, &none, &alive).0, vec![1]);
         // A bot running here without a lock (connection lost while alone) is taken back
         // even when not in the share; one being handed over is not.
         let v = view(&[("a", 10), ("b", 11)], &[1, 2, 3, 4], &[]);
-        let (want, _) = decide("a", 10, "h", &v, &none, &set(&[4]), &set(&[1, 2, 3, 4]), &alive);
+        let (want, _) = decide(at("h"), &v, &none, &set(&[4]), &set(&[1, 2, 3, 4]), &alive);
         assert!(want.contains(&1) && want.contains(&2) && want.contains(&3));
         assert!(!want.contains(&4));
     }

@@ -874,11 +874,13 @@ pub async fn unlock_bots(conn: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_unlock(($2::bigint << 32) | id) FROM unnest($1::bigint[]) AS id")
-        .bind(ids)
-        .bind(OWNERSHIP_SPACE)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "SELECT pg_advisory_unlock(($2::bigint << 32) | id) FROM unnest($1::bigint[]) AS id",
+    )
+    .bind(ids)
+    .bind(OWNERSHIP_SPACE)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
