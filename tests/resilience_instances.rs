@@ -46,8 +46,7 @@ fn counts(map: &BTreeMap<i64, String>) -> BTreeMap<String, usize> {
     out
 }
 
-/// Sends `/start` from user `chat` to every bot and waits until each answered it; returns the
-/// number of replies each bot has sent to that chat in total.
+/// Sends `/start` from user `chat` to every bot and waits until each answered it.
 async fn every_bot_answers(setup: &ServeSetup, bots: &[(i64, String)], chat: i64) {
     for (_, t) in bots {
         setup
@@ -165,6 +164,23 @@ async fn instances_share_the_bots_survive_kill_9_and_hand_over_to_a_newcomer() {
         alpha_log.contains("bot handed over: run stopped, lock released"),
         "{alpha_log}"
     );
+
+    // Three instances: beta comes back; ceil(6 / 3) = 2 each.
+    let beta = start(&setup, "beta", &dir.path().join("beta.log"));
+    eventually(
+        DEADLINE,
+        "2 bots running on each of three instances",
+        || async {
+            let c = counts(&running_on(&setup.pool).await);
+            let two = |n: &str| c.get(n) == Some(&2);
+            (two("alpha") && two("beta") && two("gamma")).then_some(())
+        },
+    )
+    .await;
+    every_bot_answers(&setup, &bots, 6).await;
+    answered_once(&setup, &bots, 6);
+    beta.signal("TERM");
+    assert_eq!(beta.wait().await, Some(0));
 
     gamma.signal("TERM");
     assert_eq!(gamma.wait().await, Some(0));

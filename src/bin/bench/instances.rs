@@ -6,7 +6,8 @@
 //! 2. steady state: `/start` to every bot in one chat, each answered; the sandbox's 409 count
 //!    over this window is the "outside any hand-over" figure;
 //! 3. kill -9 of `bench-1`, then `/start` to each of its bots at once: the time from the kill
-//!    until each answers (max and p50);
+//!    until each answers (max and p50), and until all of them are `running` elsewhere
+//!    (ownership and start, without the reply);
 //! 4. no update applied twice: every `/start` of both rounds got exactly one reply;
 //! 5. the 409s from the kill until the end (the hand-over window).
 
@@ -81,6 +82,37 @@ async fn round_trip(
     Ok(times)
 }
 
+/// Seconds from `since` until every bot of `ids` is `running` on an instance other than
+/// `victim` (ownership and start, without the reply).
+async fn all_running_elsewhere(
+    world: &World,
+    ids: &[i64],
+    victim: &str,
+    since: Instant,
+    limit: Duration,
+) -> anyhow::Result<f64> {
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM bot_status \
+             WHERE bot_id = ANY($1) AND state = 'running' AND instance <> $2",
+        )
+        .bind(ids)
+        .bind(victim)
+        .fetch_one(&world.pool)
+        .await?;
+        if n as usize == ids.len() {
+            return Ok(since.elapsed().as_secs_f64());
+        }
+        if since.elapsed() > limit {
+            bail!(
+                "only {n} of {} bots running elsewhere after {limit:?}",
+                ids.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs the mode; returns the figures as JSON (the table is printed by the caller).
 pub async fn run(
     world: &World,
@@ -151,7 +183,12 @@ pub async fn run(
     let mut killed = daemons.remove(1);
     let killed_at = Instant::now();
     killed.kill()?;
-    let takeover = sorted(round_trip(world, &victim_bots, KILL_CHAT, killed_at, limit).await?);
+    let (takeover, running_again) = tokio::join!(
+        round_trip(world, &victim_bots, KILL_CHAT, killed_at, limit),
+        all_running_elsewhere(world, &victims, victim, killed_at, limit),
+    );
+    let takeover = sorted(takeover?);
+    let running_again = running_again?;
     let conflicts_kill = conflicts(world, bots) - before_kill;
     eprintln!(
         "bench: {} bots of {victim} answered again, last after {:.2} s",
@@ -185,6 +222,7 @@ pub async fn run(
         "victim_bots": victim_bots.len(),
         "takeover_p50_s": percentile(&takeover, 50.0).map(|v| round(v, 2)),
         "takeover_max_s": takeover.last().map(|v| round(*v, 2)),
+        "takeover_all_running_s": round(running_again, 2),
         "updates_not_answered_exactly_once": twice,
         "conflicts_at_startup": conflicts_startup,
         "conflicts_steady": conflicts_steady,
