@@ -14,7 +14,8 @@ use botvisor::sandbox::InjectMessage;
 use common::eventually;
 use common::process::{ServeProcess, ServeSetup};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+/// Generous: up to four `serve` processes and their bot databases on a shared, loaded machine.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn env_for(setup: &ServeSetup, instance: &str) -> HashMap<String, String> {
     let mut env = setup.env.clone();
