@@ -111,6 +111,23 @@ async fn instances_share_the_bots_survive_kill_9_and_hand_over_to_a_newcomer() {
         .await;
     assert_eq!(owned.len(), 2, "{owned:?}");
     assert!(owned.iter().all(|r| r.2), "{owned:?}");
+    // `botvisor status` shows both instances, live, with the bots they own, and the states.
+    let dir_cli = tempfile::tempdir().unwrap();
+    let out = common::botvisor_command(&setup.env, dir_cli.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for name in ["alpha", "beta"] {
+        let line = text.lines().find(|l| l.trim_start().starts_with(name));
+        let line = line.unwrap_or_else(|| panic!("no {name} in {text}"));
+        assert!(
+            line.contains("live") && line.contains("bots owned 3"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("running      6"), "{text}");
 
     // kill -9 beta: PostgreSQL ends its control session and its locks; alpha takes its bots
     // (same host, dead pid: no grace) and every one of them answers again.
