@@ -142,6 +142,15 @@ pub fn validate_name(name: &str) -> Result<(), AdminError> {
     }
 }
 
+/// What `botvisor status` shows.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    /// The `serve` instances registered on the panel (live or not), freshest first.
+    pub instances: Vec<crate::panel::InstanceRecord>,
+    /// Bots by state (`disabled`, `unknown` when no instance wrote a status yet).
+    pub states: BTreeMap<String, usize>,
+}
+
 impl Admin {
     /// Registers a bot and returns its id.
     pub async fn add_bot(&self, bot: &NewBot<'_>) -> Result<i64, AdminError> {
@@ -368,6 +377,27 @@ impl Admin {
     /// Asks the daemon to reload one bot's content, or every bot's.
     pub async fn reload(&self, id: Option<i64>) -> Result<(), AdminError> {
         Ok(store::notify_reload(&self.pool, id).await?)
+    }
+
+    /// The instances sharing the panel and the bots by state, for `botvisor status`.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, AdminError> {
+        let instances = store::list_instances(&self.pool).await?;
+        let bots = store::list_bots(&self.pool).await?;
+        let statuses: BTreeMap<i64, BotStatus> = store::list_statuses(&self.pool)
+            .await?
+            .into_iter()
+            .map(|s| (s.bot_id, s))
+            .collect();
+        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        for bot in &bots {
+            let state = match (bot.enabled, statuses.get(&bot.id)) {
+                (false, _) => "disabled".to_owned(),
+                (true, Some(s)) => s.state.clone(),
+                (true, None) => "unknown".to_owned(),
+            };
+            *states.entry(state).or_default() += 1;
+        }
+        Ok(ClusterStatus { instances, states })
     }
 
     /// The database of a bot, resolved by the settings' naming rule or its override.

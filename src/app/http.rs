@@ -85,8 +85,10 @@ pub struct Readiness {
     pub reconciled: bool,
     /// Milliseconds since the reconcile loop last turned.
     pub reconcile_loop_age_ms: u64,
-    /// Another live instance runs the bots; this one stands by.
-    pub standby: bool,
+    /// Live instances sharing the panel's bots (this one included).
+    pub instances: usize,
+    /// Bots this instance owns (holds the advisory lock of).
+    pub owned: usize,
     /// Bots by state on this instance.
     pub bots: ReadyCounts,
 }
@@ -116,7 +118,8 @@ impl Health {
             panel_reachable,
             reconciled,
             reconcile_loop_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
-            standby: counts.standby,
+            instances: counts.instances,
+            owned: counts.owned,
             bots: ReadyCounts {
                 total: counts.total,
                 running: counts.running,

@@ -258,22 +258,21 @@ impl Daemon {
         } else {
             tracing::error!(tasks = ?not_drained, "shutdown deadline passed with tasks still running");
         }
-        // Free the panel for a standby instance at once (it would otherwise wait for this
-        // instance's heartbeat to go stale).
+        // Remove this instance from `instances` (the others already saw its control session
+        // end; this keeps `botvisor status` tidy).
         let me = crate::panel::store::InstanceBeat {
             name: &self.instance.0,
             pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
             host: &self.instance.1,
-            live_within_secs: 0.0,
         };
         let release = crate::panel::store::release_instance(&self.panel, &me);
         match tokio::time::timeout(Duration::from_secs(5), release).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::mask::error_line(&e), "cannot remove this instance from the panel; another instance takes over once its heartbeat is stale")
+                tracing::warn!(error = %crate::mask::error_line(&e), "cannot remove this instance from the panel; its row stays until removed by hand")
             }
             Err(_) => tracing::warn!(
-                "timed out removing this instance from the panel; another instance takes over once its heartbeat is stale"
+                "timed out removing this instance from the panel; its row stays until removed by hand"
             ),
         }
         result.map(|()| ShutdownReport { not_drained })
@@ -386,8 +385,11 @@ pub async fn notify_systemd(
         if c.degraded > 0 {
             text.push_str(&format!(", {} degraded", c.degraded));
         }
-        if c.standby {
-            text.push_str("; standby: another instance runs the bots");
+        if c.instances > 1 {
+            text.push_str(&format!(
+                "; {} bots owned here, {} instances share the panel",
+                c.owned, c.instances
+            ));
         }
         if c.panel_unreachable {
             text.push_str("; panel database unreachable, retrying (bots keep running)");

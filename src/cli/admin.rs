@@ -55,6 +55,41 @@ pub(super) async fn run(
         } => history(&admin, *id, *chat, *limit, *json, out).await,
         Command::Broadcast(cmd) => super::mailing::broadcast(cmd, &admin, out).await,
         Command::Schedule(cmd) => super::mailing::schedule(cmd, &admin, out).await,
+        Command::Status { json: as_json } => {
+            let status = admin.cluster_status().await?;
+            if *as_json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                )?;
+                return Ok(());
+            }
+            writeln!(out, "instances:")?;
+            if status.instances.is_empty() {
+                writeln!(out, "  (none)")?;
+            }
+            for i in &status.instances {
+                writeln!(
+                    out,
+                    "  {:<20} {:<5} host {} pid {}  heartbeat {}  bots owned {}",
+                    i.name,
+                    if i.live { "live" } else { "gone" },
+                    i.host,
+                    i.pid,
+                    i.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    i.bots_owned
+                )?;
+            }
+            writeln!(out, "bots by state:")?;
+            if status.states.is_empty() {
+                writeln!(out, "  (no bots)")?;
+            }
+            for (state, n) in &status.states {
+                writeln!(out, "  {state:<12} {n}")?;
+            }
+            Ok(())
+        }
         Command::Reload { id } => {
             admin.reload(*id).await?;
             match id {

@@ -55,6 +55,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: host every enabled bot of the panel until SIGTERM/SIGINT.
     Serve,
+    /// Show the `serve` instances sharing the panel (name, heartbeat, bots owned) and the bots
+    /// by state.
+    Status {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local Telegram Bot API emulator (development, demos, tests); see docs/sandbox.md.
     Sandbox(SandboxArgs),
     /// Apply the panel migrations (idempotent), or show their status.

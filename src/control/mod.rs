@@ -20,11 +20,18 @@
 //! however long the outage lasts (test `resilience_panel::watchdog_and_bots_survive_a_panel_outage`).
 //! One warning at most every [`OUTAGE_LOG_EVERY`]; `STATUS=` says the panel is unreachable.
 //!
-//! Instances: every [`INSTANCE_BEAT`] the loop refreshes this instance's row in `instances`.
-//! When another instance's heartbeat is fresher than [`INSTANCE_LIVE`], this one logs one
-//! line naming it, runs no bots and writes no `bot_status`, and keeps checking; it takes over
-//! once the other's row is gone or stale (test `resilience_instances::a_second_serve_stands_by`).
+//! Instances: any number of `serve` processes share a panel. Every
+//! [`ownership::PASS_EVERY`] the loop runs an ownership pass ([`ownership`]): heartbeat, fair
+//! share by rendezvous hashing, advisory locks on a dedicated control connection; only owned
+//! bots run here, and only an owned bot's slot writes its `bot_status` row. A bot that is now
+//! another instance's share is handed over: its run stops completely (offset confirmed)
+//! before its lock is released. When the control connection fails, the instance fences: every
+//! bot it owned stops at once, status writes first (tests in `resilience_instances`). A lone
+//! instance (no other live one at its latest pass) keeps serving through a panel outage
+//! instead, as issue 13 promised, and takes its locks back on reconnect (see
+//! docs/architecture.md, "Several instances").
 
+pub mod ownership;
 pub mod plan;
 pub mod policy;
 pub mod slot;
@@ -65,11 +72,6 @@ const RETRY_START: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(15);
 /// At most one warning per this long while the panel stays unreachable.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
-/// How often this instance refreshes its row in `instances`.
-pub const INSTANCE_BEAT: Duration = Duration::from_secs(5);
-/// Another instance whose heartbeat is younger than this is alive (three missed beats);
-/// kept with the `instances` table so the web panel judges liveness the same way.
-pub use crate::panel::INSTANCE_LIVE;
 
 /// Errors that stop the supervisor (the panel cannot be reached at start).
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +99,10 @@ pub struct BotCounts {
     pub degraded: usize,
     /// The panel cannot be reached right now (bots keep running).
     pub panel_unreachable: bool,
-    /// Another live instance runs the bots; this one stands by.
-    pub standby: bool,
+    /// Live instances sharing the panel at the latest ownership pass (this one included).
+    pub instances: usize,
+    /// Bots whose ownership lock this instance holds.
+    pub owned: usize,
 }
 
 struct SlotHandle {
@@ -111,6 +115,7 @@ struct SlotHandle {
     stop: CancellationToken,
     done: CancellationToken,
     state: Arc<Mutex<BotState>>,
+    writing: Arc<AtomicBool>,
 }
 
 /// What one pass must look at.
@@ -183,17 +188,6 @@ pub fn open_secrets(
         .collect()
 }
 
-/// Whether this instance runs the bots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Role {
-    /// Not known yet (the panel was not reached).
-    Unknown,
-    /// This instance runs the bots.
-    Owner,
-    /// The named instance runs them; this one waits.
-    Standby(String),
-}
-
 /// Bookkeeping of a panel outage: backoff and rate-limited logging.
 #[derive(Debug, Default)]
 struct Outage {
@@ -205,7 +199,7 @@ struct Outage {
 
 impl Outage {
     /// Records a failed attempt; returns the delay before the next one.
-    fn failed(&mut self, error: &PanelError) -> Duration {
+    fn failed(&mut self, error: &(dyn std::error::Error + 'static)) -> Duration {
         let now = tokio::time::Instant::now();
         let since = *self.since.get_or_insert(now);
         self.attempts += 1;
@@ -243,7 +237,7 @@ fn host_name() -> String {
 }
 
 /// Whether process `pid` on this host has ended (no such process, or a zombie).
-fn process_gone(pid: i32) -> bool {
+pub(crate) fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat
@@ -268,10 +262,11 @@ pub struct Supervisor {
     tasks: Tasks,
     instance: Arc<str>,
     host: String,
-    role: Role,
-    writing: Arc<AtomicBool>,
+    ownership: ownership::Ownership,
+    handing_over: HashMap<i64, CancellationToken>,
     slots: HashMap<i64, SlotHandle>,
     retiring: HashMap<BotToken, CancellationToken>,
+    retired_by_id: HashMap<i64, CancellationToken>,
     config_errors: HashMap<i64, Fingerprint>,
     counts: tokio::sync::watch::Sender<BotCounts>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
@@ -298,6 +293,7 @@ impl Supervisor {
     pub fn new(deps: SharedDeps, panel: PgPool, tasks: Tasks) -> Self {
         let instance: Arc<str> = deps.settings.instance_name().into();
         let (reload_tx, reload_rx) = mpsc::channel(1);
+        let deps_panel = panel.clone();
         Self {
             reload_tx,
             reload_rx,
@@ -307,10 +303,11 @@ impl Supervisor {
             tasks,
             instance,
             host: host_name(),
-            role: Role::Unknown,
-            writing: Arc::new(AtomicBool::new(false)),
+            ownership: ownership::Ownership::new(deps_panel),
+            handing_over: HashMap::new(),
             slots: HashMap::new(),
             retiring: HashMap::new(),
+            retired_by_id: HashMap::new(),
             config_errors: HashMap::new(),
             counts: tokio::sync::watch::channel(BotCounts::default()).0,
             ready: None,
@@ -347,7 +344,6 @@ impl Supervisor {
             name: &self.instance,
             pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
             host: &self.host,
-            live_within_secs: INSTANCE_LIVE.as_secs_f64(),
         }
     }
 
@@ -364,16 +360,18 @@ impl Supervisor {
         let mut resync = tokio::time::interval(self.deps.settings.resync_interval());
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
-        let mut beat = tokio::time::interval(INSTANCE_BEAT);
+        let mut beat = tokio::time::interval(ownership::PASS_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.tick().await;
+        let mut connected = false;
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let needed = listener.is_none()
-                || self.role == Role::Unknown
-                || (self.role == Role::Owner && !pending.is_empty());
+            let needed = listener.is_none() || !connected || !pending.is_empty();
             if retry_at.is_none() && needed {
-                match self.attempt(&mut listener, &mut pending, &shutdown).await {
+                match self
+                    .attempt(&mut listener, &mut pending, &mut connected, &shutdown)
+                    .await
+                {
                     Ok(()) => {
                         outage.recovered();
                         self.set_panel_unreachable(false);
@@ -382,14 +380,11 @@ impl Supervisor {
                         }
                     }
                     Err(e) => {
-                        let delay = outage.failed(&e);
+                        let delay = outage.failed(&*e);
                         retry_at = Some(tokio::time::Instant::now() + delay);
                         self.set_panel_unreachable(true);
                     }
                 }
-            }
-            if self.role != Role::Owner && self.role != Role::Unknown {
-                pending = Pending::default();
             }
             let retry = async {
                 match retry_at {
@@ -411,13 +406,14 @@ impl Supervisor {
                 () = retry => retry_at = None,
                 _ = resync.tick() => pending.full = true,
                 Some(()) = self.reload_rx.recv() => pending.reload_all = true,
-                _ = beat.tick(), if retry_at.is_none() && self.role != Role::Unknown => {
-                    match self.claim(&mut pending).await {
+                _ = beat.tick(), if retry_at.is_none() && connected => {
+                    match self.ownership_step(&mut pending).await {
                         Ok(()) => {
                             outage.recovered();
                             self.set_panel_unreachable(false);
                         }
                         Err(e) => {
+                            connected = false;
                             let delay = outage.failed(&e);
                             retry_at = Some(tokio::time::Instant::now() + delay);
                             self.set_panel_unreachable(true);
@@ -430,97 +426,161 @@ impl Supervisor {
                 }
             }
         }
+        // Hand-over on shutdown: every run stops completely (offset confirmed) before the
+        // control connection, and with it every lock, goes away.
+        let done: Vec<CancellationToken> = self.slots.values().map(|s| s.done.clone()).collect();
         for slot in self.slots.values() {
             slot.stop.cancel();
         }
+        let all_done = async {
+            for d in done.iter().chain(self.handing_over.values()) {
+                d.cancelled().await;
+            }
+        };
+        if tokio::time::timeout(self.deps.settings.shutdown_deadline(), all_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("bots still stopping at the shutdown deadline; releasing their locks");
+        }
+        drop(self.ownership);
         Ok(())
     }
 
     /// One attempt at the panel: LISTEN (before any load, so nothing falls in between), the
-    /// instance claim, then the pending pass if this instance runs the bots.
+    /// ownership pass, then the pending pass over the owned bots.
     async fn attempt(
         &mut self,
         listener: &mut Option<PanelListener>,
         pending: &mut Pending,
+        connected: &mut bool,
         shutdown: &CancellationToken,
-    ) -> Result<(), PanelError> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if listener.is_none() {
             *listener = Some(PanelListener::connect(&self.panel).await?);
             pending.full = true;
         }
-        if self.role == Role::Unknown {
-            self.claim(pending).await?;
-        }
-        if self.role != Role::Owner {
-            return Ok(());
+        if !*connected {
+            self.ownership_step(pending).await?;
+            *connected = true;
+            pending.full = true;
         }
         let work = std::mem::take(pending);
         if let Err(e) = self.reconcile(&work, shutdown).await {
             *pending = work;
             pending.full = true;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
 
-    /// Refreshes this instance's heartbeat, or finds the other live instance and stands by.
-    async fn claim(&mut self, pending: &mut Pending) -> Result<(), PanelError> {
-        let mut other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
-        if let Some(o) = &other
-            && o.host == self.host
-            && process_gone(o.pid)
-        {
-            // A predecessor on this host that crashed (SIGKILL, OOM): no need to wait for its
-            // heartbeat to go stale.
-            tracing::info!(other_instance = %o.name, other_pid = o.pid, "the previous instance on this host has ended; taking over");
-            let gone = store::InstanceBeat {
-                name: &o.name,
-                pid: o.pid,
-                host: &o.host,
-                live_within_secs: 0.0,
-            };
-            store::release_instance(&self.panel, &gone).await?;
-            other = store::claim_instance(&self.panel, &self.instance_beat()).await?;
-        }
-        metrics::instances(if other.is_some() { 2 } else { 1 });
-        match other {
-            None => {
-                if let Role::Standby(other) = &self.role {
-                    tracing::warn!(other_instance = %other, "the other instance is gone; this instance takes over the bots");
-                }
-                if self.role != Role::Owner {
-                    pending.full = true;
-                }
-                self.role = Role::Owner;
-                self.writing.store(true, Ordering::Release);
+    /// One ownership pass: locks of finished hand-overs released, heartbeat, share; bots
+    /// newly owned are queued for the next reconcile, bots to hand over are stopped. On a
+    /// control connection error, fences (see [`Self::fence`]).
+    async fn ownership_step(
+        &mut self,
+        pending: &mut Pending,
+    ) -> Result<(), ownership::OwnershipError> {
+        let finished: Vec<i64> = self
+            .handing_over
+            .iter()
+            .filter(|(_, done)| done.is_cancelled())
+            .map(|(id, _)| *id)
+            .collect();
+        if !finished.is_empty() {
+            if let Err(e) = self.ownership.release(&finished).await {
+                self.fence(&e);
+                return Err(e);
             }
-            Some(other) => {
-                if self.role != Role::Standby(other.name.clone()) {
-                    tracing::error!(
-                        other_instance = %other.name,
-                        other_host = %other.host,
-                        other_pid = other.pid,
-                        other_heartbeat_at = %other.heartbeat_at,
-                        "another botvisor instance is running the bots of this panel; this one \
-                         runs none and takes over only when that one stops"
-                    );
-                }
-                // Stop writing first: our stopping slots must not overwrite the other's rows.
-                self.writing.store(false, Ordering::Release);
-                let ids: Vec<i64> = self.slots.keys().copied().collect();
-                for id in ids {
-                    self.stop_slot(id);
-                }
-                self.role = Role::Standby(other.name);
+            for id in &finished {
+                self.handing_over.remove(id);
+                tracing::info!(bot_id = *id, "bot handed over: run stopped, lock released");
             }
         }
+        let running: BTreeSet<i64> = self.slots.keys().copied().collect();
+        let me = store::InstanceBeat {
+            name: &self.instance,
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            host: &self.host,
+        };
+        let outcome = match self.ownership.pass(&me, &running).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.fence(&e);
+                return Err(e);
+            }
+        };
+        for id in &outcome.lost {
+            tracing::warn!(
+                bot_id = *id,
+                "another instance owns this bot now; stopping it here"
+            );
+            if let Some(slot) = self.slots.get(id) {
+                slot.writing.store(false, Ordering::Release);
+            }
+            self.stop_slot(*id);
+        }
+        for id in &outcome.give {
+            tracing::info!(bot_id = *id, "handing the bot over to another instance");
+            self.stop_slot(*id);
+            let done = self.retiring_done(*id);
+            self.handing_over.insert(*id, done);
+        }
+        if !outcome.taken.is_empty() {
+            tracing::info!(bots = outcome.taken.len(), "took ownership of bots");
+            pending.bots.extend(outcome.taken.iter().copied());
+        }
+        let owned = self.ownership.owned().len();
+        metrics::instances(outcome.instances);
         self.counts.send_if_modified(|c| {
-            let standby = matches!(self.role, Role::Standby(_));
-            let changed = c.standby != standby;
-            c.standby = standby;
+            let changed = c.instances != outcome.instances || c.owned != owned;
+            c.instances = outcome.instances;
+            c.owned = owned;
             changed
         });
         Ok(())
+    }
+
+    /// The token cancelled once bot `id`'s last slot ended (already cancelled if none runs).
+    fn retiring_done(&self, id: i64) -> CancellationToken {
+        self.retired_by_id.get(&id).cloned().unwrap_or_else(|| {
+            let t = CancellationToken::new();
+            t.cancel();
+            t
+        })
+    }
+
+    /// The control connection failed: its session, and every lock with it, is gone. With
+    /// another live instance around, stop every bot at once — status writes first, so a
+    /// stopping run never overwrites the new owner's row — before anyone else may take them.
+    /// Alone, keep serving (issue 13's outage promise) and take the locks back on reconnect.
+    fn fence(&mut self, error: &ownership::OwnershipError) {
+        self.handing_over.clear();
+        if self.slots.is_empty() {
+            return;
+        }
+        if !self.ownership.had_peers() {
+            tracing::warn!(
+                error = %crate::mask::error_line(error),
+                bots = self.slots.len(),
+                "control connection to the panel lost while no other instance was live; bots \
+                 keep serving and their locks are taken back on reconnect"
+            );
+            return;
+        }
+        for slot in self.slots.values() {
+            slot.writing.store(false, Ordering::Release);
+        }
+        let ids: Vec<i64> = self.slots.keys().copied().collect();
+        tracing::error!(
+            error = %crate::mask::error_line(error),
+            bots = ids.len(),
+            "control connection to the panel lost: fencing, every bot of this instance stops \
+             now (another instance may take them)"
+        );
+        for id in ids {
+            self.stop_slot(id);
+        }
     }
 
     fn set_panel_unreachable(&self, down: bool) {
@@ -536,7 +596,8 @@ impl Supervisor {
         let mut c = BotCounts {
             total: self.slots.len(),
             panel_unreachable: old.panel_unreachable,
-            standby: old.standby,
+            instances: old.instances,
+            owned: old.owned,
             ..BotCounts::default()
         };
         for slot in self.slots.values() {
@@ -617,6 +678,7 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<(), PanelError> {
         self.retiring.retain(|_, done| !done.is_cancelled());
+        self.retired_by_id.retain(|_, done| !done.is_cancelled());
         let (scope, rows) = if work.full || work.reload_all {
             (Scope::All, store::list_bots(&self.panel).await?)
         } else {
@@ -649,14 +711,15 @@ impl Supervisor {
             wake: work.wake.clone(),
         };
         let rows: HashMap<i64, BotRecord> = rows.into_iter().map(|b| (b.id, b)).collect();
-        for action in plan::plan(&scope, &desired, &running, &asked) {
+        let owned = self.ownership.owned().clone();
+        for action in plan::plan(&scope, &desired, &running, &asked, &owned) {
             tracing::debug!(?action, "plan");
             // A long pass that makes progress is a loop that turns.
             self.heartbeat.send_replace(tokio::time::Instant::now());
             match action {
                 Action::Stop(id) => self.stop_slot(id),
                 Action::Reject(id, reason) => {
-                    self.status(id)
+                    self.status(id, Arc::new(AtomicBool::new(true)))
                         .set(BotState::Failed, &reason, None, false)
                         .await;
                 }
@@ -674,13 +737,10 @@ impl Supervisor {
         Ok(())
     }
 
-    fn status(&self, id: i64) -> StatusReporter {
-        StatusReporter::new(
-            self.panel.clone(),
-            Arc::clone(&self.instance),
-            id,
-            Arc::clone(&self.writing),
-        )
+    /// A status writer for bot `id` that writes while `writing` is set (this instance owns
+    /// the bot).
+    fn status(&self, id: i64, writing: Arc<AtomicBool>) -> StatusReporter {
+        StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), id, writing)
     }
 
     /// Hands a changed row to its slot; a token or database change restarts the run there,
@@ -696,8 +756,10 @@ impl Supervisor {
             Ok(w) => w,
             Err(reason) => {
                 tracing::error!(bot_id = bot.id, error = %reason, "cannot run the bot in webhook mode; stopping it");
+                // Taken before the slot goes: only the owner writes the bot's status.
+                let writing = self.slots.get(&bot.id).map(|s| Arc::clone(&s.writing));
                 self.stop_slot(bot.id);
-                self.status(bot.id)
+                self.status(bot.id, writing.unwrap_or_default())
                     .set(BotState::Failed, &reason, None, false)
                     .await;
                 return Ok(());
@@ -793,7 +855,10 @@ impl Supervisor {
     /// why in `bot_status`. The run re-syncs its own commands from the new snapshot.
     async fn reload(&mut self, bot: &BotRecord) -> Result<(), PanelError> {
         let built = self.content(bot).await?;
-        let status = self.status(bot.id);
+        let Some(writing) = self.slots.get(&bot.id).map(|s| Arc::clone(&s.writing)) else {
+            return Ok(());
+        };
+        let status = self.status(bot.id, writing);
         let Some(slot) = self.slots.get_mut(&bot.id) else {
             return Ok(());
         };
@@ -831,7 +896,8 @@ impl Supervisor {
             return Ok(());
         };
         let built = self.content(bot).await?;
-        let status = self.status(bot.id);
+        let writing = Arc::new(AtomicBool::new(true));
+        let status = self.status(bot.id, Arc::clone(&writing));
         let snapshot = match built {
             Ok(s) => s,
             Err(e) => {
@@ -899,6 +965,7 @@ impl Supervisor {
                 stop,
                 done,
                 state,
+                writing,
             },
         );
         Ok(())
@@ -909,6 +976,7 @@ impl Supervisor {
         if let Some(slot) = self.slots.remove(&id) {
             tracing::info!(bot_id = id, "stopping bot");
             slot.stop.cancel();
+            self.retired_by_id.insert(id, slot.done.clone());
             self.retiring.insert(slot.token, slot.done);
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! [`plan`] reads nothing and changes nothing; the reconcile loop (`control::Supervisor`)
 //! loads the panel rows, asks for a plan and carries it out. Every rule of reconciliation is
-//! here, tested as a table below. This is where ownership by several instances will plug in
-//! (an extra input: the bots this instance owns).
+//! here, tested as a table below. With several instances, `owned` (the bots whose advisory
+//! lock this instance holds, see [`super::ownership`]) limits what may run here: a bot owned
+//! elsewhere is neither started nor rejected here, and stops if it still runs here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,6 +78,7 @@ pub fn plan(
     desired: &[Desired],
     running: &BTreeMap<i64, Running>,
     asked: &Asked,
+    owned: &BTreeSet<i64>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let present: BTreeSet<i64> = desired.iter().map(|d| d.id).collect();
@@ -97,7 +99,7 @@ pub fn plan(
     desired.sort_by_key(|d| d.id);
     for d in desired {
         let slot = running.get(&d.id);
-        if !d.enabled {
+        if !d.enabled || !owned.contains(&d.id) {
             if slot.is_some() {
                 actions.push(Action::Stop(d.id));
             }
@@ -321,6 +323,14 @@ mod tests {
                 vec![Stop(1)],
             ),
             (
+                "a bot owned elsewhere stops here and is not started",
+                Scope::All,
+                vec![d(7, true, 1, 1), d(8, true, 1, 1)],
+                vec![(7, r(1, 1))],
+                Asked::default(),
+                vec![Stop(7)],
+            ),
+            (
                 "stops come first",
                 Scope::All,
                 vec![d(2, true, 1, 1)],
@@ -331,7 +341,13 @@ mod tests {
         ];
         for (name, scope, desired, running, asked, expected) in cases {
             let running: BTreeMap<i64, Running> = running.into_iter().collect();
-            assert_eq!(plan(&scope, &desired, &running, &asked), expected, "{name}");
+            // Every bot is owned here, except 7 and 8 (owned by another instance).
+            let owned: BTreeSet<i64> = (0..100).filter(|id| *id != 7 && *id != 8).collect();
+            assert_eq!(
+                plan(&scope, &desired, &running, &asked, &owned),
+                expected,
+                "{name}"
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Bot states, and the writer of `bot_status` rows.
 //!
-//! Only the instance that runs the bots writes: a reporter whose instance stands by (another
-//! live instance holds the panel) writes nothing.
+//! Only the instance that owns a bot writes its row: each slot's reporter has its own flag,
+//! switched off when the instance fences (its control connection, and so its lock, is gone)
+//! or finds another instance holding the bot; then it writes nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,8 +73,8 @@ pub struct StatusReporter {
 }
 
 impl StatusReporter {
-    /// A reporter for `bot_id`; it writes only while `writing` is set (this instance runs
-    /// the bots).
+    /// A reporter for `bot_id`; it writes only while `writing` is set (this instance owns
+    /// the bot).
     pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64, writing: Arc<AtomicBool>) -> Self {
         Self {
             panel,
@@ -105,7 +106,7 @@ impl StatusReporter {
             tracing::debug!(
                 bot_id = self.bot_id,
                 state = state.as_str(),
-                "standing by; bot status not written"
+                "not the owner any more; bot status not written"
             );
             return;
         }

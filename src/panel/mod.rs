@@ -231,6 +231,12 @@ pub struct InstanceRecord {
     pub pid: i32,
     /// The host it runs on.
     pub host: String,
+    /// The backend pid of its control connection (the session holding its bots' locks).
+    pub control_pid: Option<i32>,
+    /// How many bots it owned at its latest heartbeat.
+    pub bots_owned: i32,
+    /// Whether its control session is open right now (seen in `pg_stat_activity`).
+    pub live: bool,
 }
 
 /// A text row.

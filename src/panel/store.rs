@@ -1049,8 +1049,12 @@ pub async fn notify_wake(pool: &PgPool, id: i64, module: &str) -> Result<(), Pan
     Ok(())
 }
 
-/// Key of the transaction-level advisory lock that serialises instance claims.
-const INSTANCE_LOCK: i64 = 0x626f_7476_6973_6f72;
+/// The high 32 bits of every bot-ownership advisory lock key: `bvow`. The low 32 bits are the
+/// bot id, so the key space is distinct from sqlx's migration locks and anyone else's.
+pub const OWNERSHIP_SPACE: i64 = 0x6276_6f77;
+
+/// The largest bot id an ownership lock can name (the key's low 32 bits).
+pub const MAX_OWNED_ID: i64 = u32::MAX as i64;
 
 /// Who this daemon instance is, for `instances`.
 #[derive(Debug, Clone)]
@@ -1061,42 +1065,49 @@ pub struct InstanceBeat<'a> {
     pub pid: i32,
     /// Its host.
     pub host: &'a str,
-    /// Another instance whose heartbeat is younger than this many seconds is alive.
-    pub live_within_secs: f64,
 }
 
-/// Refreshes this instance's heartbeat, unless another live instance (another name, or the
-/// same name in another process) holds the panel: then writes nothing and returns it.
-/// Claims are serialised, so of two instances starting together one wins.
-pub async fn claim_instance(
-    pool: &PgPool,
+/// The instance columns, with `live` computed from `pg_stat_activity`.
+const SELECT_INSTANCES: &str = "\
+    SELECT i.name, i.started_at, i.heartbeat_at, i.pid, i.host, i.control_pid, i.bots_owned, \
+           (a.pid IS NOT NULL) AS live \
+    FROM instances i \
+    LEFT JOIN pg_stat_activity a \
+           ON a.pid = i.control_pid AND a.backend_start = i.control_started_at";
+
+/// The control session's identity: its backend pid.
+pub async fn control_backend(conn: &mut sqlx::PgConnection) -> Result<i32, PanelError> {
+    Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Registers (or refreshes) this instance with its control session `conn` and the number of
+/// bots it owns. Returns another live instance that already uses this name, if any: then
+/// nothing is written (two processes must not share a name).
+pub async fn beat_instance(
+    conn: &mut sqlx::PgConnection,
     me: &InstanceBeat<'_>,
+    bots_owned: i32,
 ) -> Result<Option<InstanceRecord>, PanelError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(INSTANCE_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let other: Option<InstanceRecord> = sqlx::query_as(
-        "SELECT name, started_at, heartbeat_at, pid, host FROM instances \
-         WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $4) \
-           AND NOT (name = $1 AND pid = $2 AND host = $3) \
-         ORDER BY heartbeat_at DESC LIMIT 1",
-    )
+    let clash: Option<InstanceRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_INSTANCES} WHERE i.name = $1 AND a.pid IS NOT NULL AND a.pid <> pg_backend_pid()"
+    )))
     .bind(me.name)
-    .bind(me.pid)
-    .bind(me.host)
-    .bind(me.live_within_secs)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
-    if other.is_some() {
-        tx.rollback().await?;
-        return Ok(other);
+    if clash.is_some() {
+        return Ok(clash);
     }
     sqlx::query(
-        "INSERT INTO instances (name, pid, host) VALUES ($1, $2, $3) \
+        "INSERT INTO instances (name, pid, host, control_pid, control_started_at, bots_owned) \
+         SELECT $1, $2, $3, pid, backend_start, $4 FROM pg_stat_activity \
+         WHERE pid = pg_backend_pid() \
          ON CONFLICT (name) DO UPDATE SET \
             heartbeat_at = clock_timestamp(), pid = EXCLUDED.pid, host = EXCLUDED.host, \
+            control_pid = EXCLUDED.control_pid, \
+            control_started_at = EXCLUDED.control_started_at, \
+            bots_owned = EXCLUDED.bots_owned, \
             started_at = CASE WHEN instances.pid = EXCLUDED.pid \
                                AND instances.host = EXCLUDED.host \
                               THEN instances.started_at ELSE clock_timestamp() END",
@@ -1104,13 +1115,120 @@ pub async fn claim_instance(
     .bind(me.name)
     .bind(me.pid)
     .bind(me.host)
-    .execute(&mut *tx)
+    .bind(bots_owned)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(None)
 }
 
-/// Deletes this instance's row (a clean stop), so a standby instance takes over at once.
+/// What an instance needs to decide its share: the live instances, the enabled bots, who
+/// holds which bot's lock, and the bots that may still run elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct OwnershipView {
+    /// Live instances (open control session): (name, control pid).
+    pub instances: Vec<(String, i32)>,
+    /// Enabled bots' ids.
+    pub bots: Vec<i64>,
+    /// Bot id → backend pid holding its ownership lock.
+    pub holders: Vec<(i64, i32)>,
+    /// Bots whose latest status says another instance runs them, with that instance's
+    /// heartbeat age in seconds, its pid and host (see `control::ownership`).
+    pub running_elsewhere: Vec<RunningElsewhere>,
+}
+
+/// A bot whose `bot_status` row says another instance is (or was lately) running it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunningElsewhere {
+    /// The bot.
+    pub bot_id: i64,
+    /// The instance named in its status row.
+    pub instance: String,
+    /// Seconds since that instance's latest heartbeat.
+    pub heartbeat_age: f64,
+    /// That instance's process id.
+    pub pid: i32,
+    /// That instance's host.
+    pub host: String,
+}
+
+/// Reads the [`OwnershipView`] on the control session (four small queries).
+pub async fn ownership_view(
+    conn: &mut sqlx::PgConnection,
+    me: &str,
+) -> Result<OwnershipView, PanelError> {
+    let instances: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT i.name, i.control_pid FROM instances i \
+         JOIN pg_stat_activity a \
+           ON a.pid = i.control_pid AND a.backend_start = i.control_started_at \
+         ORDER BY i.name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let bots: Vec<i64> = sqlx::query_scalar("SELECT id FROM bots WHERE enabled ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    let holders: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT l.objid::bigint, l.pid FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.classid::bigint = $1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(OWNERSHIP_SPACE)
+    .fetch_all(&mut *conn)
+    .await?;
+    let running_elsewhere: Vec<RunningElsewhere> = sqlx::query_as(
+        "SELECT s.bot_id, s.instance, \
+                EXTRACT(EPOCH FROM clock_timestamp() - i.heartbeat_at)::float8 AS heartbeat_age, \
+                i.pid, i.host \
+         FROM bot_status s JOIN instances i ON i.name = s.instance \
+         WHERE s.instance <> $1 AND s.state NOT IN ('stopped', 'failed', 'auth_failed')",
+    )
+    .bind(me)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(OwnershipView {
+        instances,
+        bots,
+        holders,
+        running_elsewhere,
+    })
+}
+
+/// Tries to take the ownership locks of `ids` on the control session; returns the ids taken.
+/// Never waits for a lock another session holds.
+pub async fn try_lock_bots(
+    conn: &mut sqlx::PgConnection,
+    ids: &[i64],
+) -> Result<Vec<i64>, PanelError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM unnest($1::bigint[]) AS id \
+         WHERE pg_try_advisory_lock(($2::bigint << 32) | id)",
+    )
+    .bind(ids)
+    .bind(OWNERSHIP_SPACE)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Releases the ownership locks of `ids` held by the control session.
+pub async fn unlock_bots(conn: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), PanelError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_unlock(($2::bigint << 32) | id) FROM unnest($1::bigint[]) AS id",
+    )
+    .bind(ids)
+    .bind(OWNERSHIP_SPACE)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes this instance's row (a clean stop).
 pub async fn release_instance(pool: &PgPool, me: &InstanceBeat<'_>) -> Result<(), PanelError> {
     sqlx::query("DELETE FROM instances WHERE name = $1 AND pid = $2 AND host = $3")
         .bind(me.name)
@@ -1121,12 +1239,11 @@ pub async fn release_instance(pool: &PgPool, me: &InstanceBeat<'_>) -> Result<()
     Ok(())
 }
 
-/// Every instance row, the freshest heartbeat first.
+/// Every instance row, the freshest heartbeat first, with whether it is live.
 pub async fn list_instances(pool: &PgPool) -> Result<Vec<InstanceRecord>, PanelError> {
-    Ok(sqlx::query_as(
-        "SELECT name, started_at, heartbeat_at, pid, host FROM instances \
-         ORDER BY heartbeat_at DESC",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_INSTANCES} ORDER BY i.heartbeat_at DESC"
+    )))
     .fetch_all(pool)
     .await?)
 }

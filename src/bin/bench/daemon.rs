@@ -156,6 +156,14 @@ impl Running {
         }
     }
 
+    /// kill -9 of a child daemon (the in-process one cannot be killed alone).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Process { child } => Ok(child.start_kill()?),
+            Self::Inproc { .. } => bail!("an in-process daemon cannot be killed alone"),
+        }
+    }
+
     /// Stops the daemon (SIGTERM for a child) and waits for it; returns whether it drained.
     pub async fn stop(self) -> anyhow::Result<bool> {
         match self {

@@ -23,6 +23,9 @@
 //! `--metrics-scrape` runs none of these: it times a `/metrics` render with `--bots` bots'
 //! series in this process (see `scrape`).
 //!
+//! `--instances N` replaces all of that with the several-instances figure (`instances`): N
+//! `botvisor serve` processes share the panel; shares, kill -9 takeover, duplicates, 409s.
+//!
 //! The daemon sends through an outbox that keeps Telegram's limits (one message per
 //! [`PRIVATE_PERIOD`] per private chat after a burst, one per [`BOT_PERIOD`] per bot), so the
 //! traffic spreads over many chats, each sending at most once per [`CHAT_GAP`]: the latencies
@@ -39,6 +42,7 @@
 
 mod cpu;
 mod daemon;
+mod instances;
 mod pg;
 mod scrape;
 
@@ -160,6 +164,11 @@ struct Args {
     /// recorder in this process; no database, no daemon) and report its time and size.
     #[arg(long)]
     metrics_scrape: bool,
+    /// Instead of the phases above: N `botvisor serve` processes (N ≥ 2) share the panel's
+    /// `--bots`; report each one's share, the time until a kill -9'd instance's bots answer
+    /// again, duplicates and the sandbox's 409s (needs `cargo build --release --bins`).
+    #[arg(long, default_value_t = 0)]
+    instances: u32,
 }
 
 impl Args {
@@ -204,6 +213,9 @@ impl Args {
                 "--overload needs --bots at least 4 x --active ({})",
                 self.overload_bots()
             );
+        }
+        if self.instances == 1 {
+            bail!("--instances needs at least 2");
         }
         if self.rate_limits && self.bots < 2 {
             bail!("--rate-limits needs at least 2 bots");
@@ -326,10 +338,15 @@ struct Figures {
     cold_start_bots: usize,
     stop_s: Option<f64>,
     drained: Option<bool>,
+    /// The `--instances` figures.
+    instances: Option<Value>,
 }
 
 impl Figures {
     fn json(&self) -> Value {
+        if let Some(v) = &self.instances {
+            return v.clone();
+        }
         let r = |v: Option<f64>, p| v.map(|v| round(v, p));
         let ratio = match (self.updates_per_s, self.baseline_inserts_per_s) {
             (Some(u), Some(b)) if b > 0.0 => Some(round(u / b, 3)),
@@ -366,6 +383,13 @@ impl Figures {
     }
 
     fn table(&self, args: &Args) -> String {
+        if let Some(Value::Object(v)) = &self.instances {
+            let mut out = String::from("botvisor bench --instances\n");
+            for (k, v) in v {
+                out.push_str(&format!("{k:<36} {v}\n"));
+            }
+            return out;
+        }
         let f = |v: Option<f64>, unit: &str| match v {
             Some(v) => format!("{v:.1} {unit}"),
             None => "not measured".to_owned(),
@@ -795,6 +819,15 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         .collect();
     for b in &bots {
         world.sandbox.register_bot(&b.token, None)?;
+    }
+    if args.instances > 0 {
+        let mut bots = bots;
+        for (i, b) in bots.iter_mut().enumerate() {
+            b.id = world.add_bot(&format!("bench{i}"), &b.token).await?;
+        }
+        let env = daemon::environment(&panel_url, &api_url, args.budget);
+        fig.instances = Some(instances::run(&world, &bots, &env, args.instances, ctx).await?);
+        return Ok(fig);
     }
     ctx.sampler = Some(Sampler::start(&server, pattern).await?);
 

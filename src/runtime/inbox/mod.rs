@@ -95,6 +95,8 @@ pub struct DurableListener {
     failing: u32,
     /// Webhook mode: no polling; fired once the stored updates were handed on.
     webhook: Option<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Inside a burst of 409 answers (logged once; cleared by the next successful fetch).
+    conflicting: bool,
 }
 
 /// What a listener works with.
@@ -146,6 +148,7 @@ impl DurableListener {
             health: parts.health,
             failing: 0,
             webhook: parts.webhook.map(Some),
+            conflicting: false,
         }
     }
 
@@ -293,10 +296,26 @@ impl DurableListener {
                         metrics::rate_limited(self.bot_id, "getUpdates", wait);
                         StepError::Wait(wait)
                     }
+                    TelegramError::Conflict(description) => {
+                        // Once per burst: another getUpdates on this token is a second poller
+                        // (another instance during a hand-over or a split brain, or another
+                        // program using the token).
+                        if !self.conflicting {
+                            self.conflicting = true;
+                            tracing::warn!(
+                                bot_id = self.bot_id,
+                                description = %description,
+                                "Telegram answered 409 Conflict: a second poller uses this bot's \
+                                 token (another botvisor instance, or another program)"
+                            );
+                        }
+                        self.retry(format!("409 Conflict: {description}"))
+                    }
                     e => self.retry(crate::mask::error_line(&e)),
                 });
             }
         };
+        self.conflicting = false;
         if raw.is_empty() {
             self.to_confirm = None;
             if !timeout.is_zero() && started.elapsed() < timeout / 2 {
