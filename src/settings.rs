@@ -243,6 +243,9 @@ pub struct SupervisorSettings {
     pub shutdown_deadline_secs: u64,
     /// Name of this instance, written to `bot_status.instance`; empty means the host name.
     pub instance: String,
+    /// Seconds over which a bot's traffic is counted before the figures (scaled to a minute)
+    /// are written to `bot_status` for the web panel's overview.
+    pub traffic_interval_secs: u64,
 }
 
 /// Log output format.
@@ -405,6 +408,7 @@ impl Default for SupervisorSettings {
     fn default() -> Self {
         Self {
             resync_interval_secs: 30,
+            traffic_interval_secs: 60,
             shutdown_deadline_secs: 20,
             instance: String::new(),
         }
@@ -622,6 +626,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "telegram.webhook_max_connections",
                 reason: "must be between 1 and 100".into(),
+            });
+        }
+        if !(1..=3600).contains(&self.supervisor.traffic_interval_secs) {
+            return Err(ConfigError::Invalid {
+                key: "supervisor.traffic_interval_secs",
+                reason: "must be between 1 and 3600".into(),
             });
         }
         if self.supervisor.resync_interval_secs == 0 {
@@ -927,6 +937,11 @@ mod tests {
                 "BOTVISOR__SUPERVISOR__RESYNC_INTERVAL_SECS",
                 "0",
                 "resync_interval_secs",
+            ),
+            (
+                "BOTVISOR__SUPERVISOR__TRAFFIC_INTERVAL_SECS",
+                "0",
+                "traffic_interval_secs",
             ),
             ("BOTVISOR__HTTP__LISTEN", "8090", "http.listen"),
             ("BOTVISOR__TELEGRAM__DEFAULT_MODE", "push", "default_mode"),

@@ -1261,3 +1261,52 @@ async fn each_audit_entry_commits_in_the_transaction_of_its_change() {
         .unwrap();
     assert_eq!(after, before + 1, "only the added bot is recorded");
 }
+
+/// The overview shows each running bot's traffic as the daemon last wrote it to `bot_status`
+/// (no bot database is opened for the list), and the bot's JSON carries it; a bot that does
+/// not run shows none.
+#[tokio::test]
+async fn the_overview_shows_the_traffic_the_daemon_wrote() {
+    use botvisor::panel::store::{self, StatusUpdate};
+    let p = WebPanel::start("bvt_traffic").await;
+    let mut c = p.signed_in("owner").await;
+    let busy = add_bot(&mut c, "busy", 7301).await;
+    let idle = add_bot(&mut c, "stopped one", 7302).await;
+    for (id, state) in [(busy, "running"), (idle, "stopped")] {
+        let status = StatusUpdate {
+            bot_id: id,
+            instance: "test",
+            state,
+            detail: "",
+            telegram_username: None,
+            started: true,
+        };
+        store::upsert_status(&p.pool, &status).await.unwrap();
+        store::set_traffic(&p.pool, id, 12, 7).await.unwrap();
+    }
+    let (s, page) = c.get("/").await;
+    assert_eq!(s, 200);
+    let page = page.as_str().unwrap();
+    assert_eq!(
+        page.matches("↓ 12 · ↑ 7 /min").count(),
+        1,
+        "the running bot's traffic, and only its, on the overview"
+    );
+    let (s, bot) = c.get(&format!("/api/v1/bots/{busy}")).await;
+    assert_eq!(s, 200, "{bot}");
+    assert_eq!(bot["traffic"]["updates_per_min"], 12, "{bot}");
+    assert_eq!(bot["traffic"]["sent_per_min"], 7, "{bot}");
+
+    // A new run starts without the previous run's figures.
+    let restarted = StatusUpdate {
+        bot_id: busy,
+        instance: "test",
+        state: "running",
+        detail: "",
+        telegram_username: None,
+        started: true,
+    };
+    store::upsert_status(&p.pool, &restarted).await.unwrap();
+    let (_, bot) = c.get(&format!("/api/v1/bots/{busy}")).await;
+    assert!(bot["traffic"].is_null(), "{bot}");
+}

@@ -97,6 +97,20 @@ pub struct BotView {
     pub mode_is_default: bool,
     /// Webhook mode: what `getWebhookInfo` said last (written by the instance running it).
     pub webhook: Option<WebhookView>,
+    /// Traffic over the owner's latest interval (`supervisor.traffic_interval_secs`), once
+    /// counted in the current run.
+    pub traffic: Option<TrafficView>,
+}
+
+/// A bot's traffic as its owner last wrote it to `bot_status`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct TrafficView {
+    /// Updates handled per minute.
+    pub updates_per_min: i32,
+    /// Messages Telegram accepted per minute.
+    pub sent_per_min: i32,
+    /// When the figures were written.
+    pub at: DateTime<Utc>,
 }
 
 /// What Telegram said about a bot's webhook at the last check.
@@ -457,6 +471,13 @@ impl Admin {
                     last_error_message: s.webhook_last_error.clone(),
                     last_error_at: s.webhook_last_error_at,
                     checked_at: s.webhook_checked_at,
+                })
+            }),
+            traffic: status.and_then(|s| {
+                Some(TrafficView {
+                    updates_per_min: s.updates_per_min?,
+                    sent_per_min: s.sent_per_min?,
+                    at: s.traffic_at?,
                 })
             }),
         }

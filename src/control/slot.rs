@@ -15,6 +15,7 @@
 //! never sees two pollers (409).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::policy::{Decision, QUARANTINE_COOLDOWN, RestartPolicy};
 use super::status::{BotState, StatusReporter};
 use crate::content::snapshot::SharedSnapshot;
-use crate::runtime::{self, BotSpec, RunParts, SharedDeps, Wakes};
+use crate::runtime::{self, BotSpec, RunParts, SharedDeps, Traffic, Wakes};
 
 /// One bot's supervision loop.
 pub struct Slot {
@@ -93,11 +94,20 @@ impl Slot {
                 let (webhook_tx, mut webhook) = watch::channel(None);
                 let mut webhook_open = true;
                 let mut degraded_since: Option<chrono::DateTime<chrono::Utc>> = None;
+                let traffic = Arc::new(Traffic::default());
+                let every =
+                    Duration::from_secs(self.deps.settings.supervisor.traffic_interval_secs);
+                let mut tally = tokio::time::interval_at(Instant::now() + every, every);
+                tally.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // What was written last: unchanged figures (an idle bot's zeros) are not
+                // written again.
+                let mut written: Option<(i32, i32)> = None;
                 let parts = RunParts {
                     snapshot: self.snapshot.clone(),
                     wakes: self.wakes.clone(),
                     health: health_tx,
                     webhook: webhook_tx,
+                    traffic: Arc::clone(&traffic),
                 };
                 let run = runtime::run(&self.deps, &spec, parts, run_stop.clone(), on_running);
                 tokio::pin!(run);
@@ -113,6 +123,13 @@ impl Slot {
                             }
                             let cause = health.borrow_and_update().clone();
                             self.report_health(cause, &mut degraded_since).await;
+                        }
+                        _ = tally.tick() => {
+                            let figures = per_minute(traffic.take(), every);
+                            if written != Some(figures) {
+                                self.status.traffic(figures.0, figures.1).await;
+                                written = Some(figures);
+                            }
                         }
                         changed = webhook.changed(), if webhook_open => {
                             if changed.is_err() {
@@ -257,4 +274,17 @@ impl Slot {
 
 fn needs_restart(old: &BotSpec, new: &BotSpec) -> bool {
     old.token != new.token || old.database != new.database || old.webhook != new.webhook
+}
+
+/// Counts over `every`, scaled to a minute (rounded; saturating).
+fn per_minute((updates, sent): (u64, u64), every: Duration) -> (i32, i32) {
+    let scale = |n: u64| {
+        let v = (n as f64 * 60.0 / every.as_secs_f64().max(1.0)).round();
+        if v >= f64::from(i32::MAX) {
+            i32::MAX
+        } else {
+            v as i32
+        }
+    };
+    (scale(updates), scale(sent))
 }

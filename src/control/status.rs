@@ -84,6 +84,18 @@ impl StatusReporter {
         }
     }
 
+    /// Writes the run's traffic over the latest interval, scaled to a minute.
+    pub async fn traffic(&self, updates_per_min: i32, sent_per_min: i32) {
+        if !self.writing.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) =
+            store::set_traffic(&self.panel, self.bot_id, updates_per_min, sent_per_min).await
+        {
+            tracing::warn!(bot_id = self.bot_id, error = %e, "cannot write the bot's traffic");
+        }
+    }
+
     /// Writes what `getWebhookInfo` said last (a new run's first status clears it).
     pub async fn webhook(&self, w: &crate::runtime::inbox::webhook::WebhookState) {
         if !self.writing.load(Ordering::Acquire) {

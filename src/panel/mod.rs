@@ -216,6 +216,12 @@ pub struct BotStatus {
     pub webhook_last_error: Option<String>,
     /// Webhook mode: when getWebhookInfo was last asked.
     pub webhook_checked_at: Option<DateTime<Utc>>,
+    /// Updates handled per minute over the owner's latest traffic interval.
+    pub updates_per_min: Option<i32>,
+    /// Messages Telegram accepted per minute over that interval.
+    pub sent_per_min: Option<i32>,
+    /// When those figures were written.
+    pub traffic_at: Option<DateTime<Utc>>,
 }
 
 /// A daemon instance, as its latest heartbeat left it in `instances`.

@@ -492,7 +492,8 @@ pub async fn list_statuses(pool: &PgPool) -> Result<Vec<BotStatus>, PanelError> 
     Ok(sqlx::query_as(
         "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at, \
                 webhook_url, webhook_pending_update_count, webhook_last_error_at, \
-                webhook_last_error, webhook_checked_at \
+                webhook_last_error, webhook_checked_at, updates_per_min, sent_per_min, \
+                traffic_at \
          FROM bot_status ORDER BY bot_id",
     )
     .fetch_all(pool)
@@ -504,7 +505,8 @@ pub async fn get_status(pool: &PgPool, id: i64) -> Result<Option<BotStatus>, Pan
     Ok(sqlx::query_as(
         "SELECT bot_id, instance, state, detail, telegram_username, started_at, updated_at, \
                 webhook_url, webhook_pending_update_count, webhook_last_error_at, \
-                webhook_last_error, webhook_checked_at \
+                webhook_last_error, webhook_checked_at, updates_per_min, sent_per_min, \
+                traffic_at \
          FROM bot_status WHERE bot_id = $1",
     )
     .bind(id)
@@ -530,6 +532,9 @@ pub async fn upsert_status(pool: &PgPool, s: &StatusUpdate<'_>) -> Result<(), Pa
                 ELSE bot_status.webhook_last_error_at END, \
             webhook_last_error = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_last_error END, \
             webhook_checked_at = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_checked_at END, \
+            updates_per_min = CASE WHEN $6 THEN NULL ELSE bot_status.updates_per_min END, \
+            sent_per_min = CASE WHEN $6 THEN NULL ELSE bot_status.sent_per_min END, \
+            traffic_at = CASE WHEN $6 THEN NULL ELSE bot_status.traffic_at END, \
             updated_at = now()",
     )
     .bind(s.bot_id)
@@ -596,6 +601,26 @@ pub struct WebhookStatusUpdate<'a> {
     pub pending_update_count: i64,
     /// The latest delivery error and when (Unix time).
     pub last_error: Option<(i64, &'a str)>,
+}
+
+/// Writes a bot's traffic figures (per minute) into its status row, if it has one.
+/// Notifies nothing.
+pub async fn set_traffic(
+    pool: &PgPool,
+    bot_id: i64,
+    updates_per_min: i32,
+    sent_per_min: i32,
+) -> Result<(), PanelError> {
+    sqlx::query(
+        "UPDATE bot_status SET updates_per_min = $2, sent_per_min = $3, traffic_at = now() \
+         WHERE bot_id = $1",
+    )
+    .bind(bot_id)
+    .bind(updates_per_min)
+    .bind(sent_per_min)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Writes a bot's webhook info into its status row (if it has one). Notifies nothing.

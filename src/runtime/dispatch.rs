@@ -116,6 +116,7 @@ impl Processor {
         match together {
             Ok(Ok(((queued, jobs), processed))) => {
                 metrics::updates_processed(self.ctx.bot_id, processed);
+                self.ctx.traffic.handled(processed as usize);
                 self.ctx.hand_over(queued, &jobs, taken);
                 Some(conn)
             }
@@ -234,6 +235,7 @@ async fn process(
     let (queued, jobs) = chain(me, update, ctx, &snapshot, &mut tx).await?;
     tx.commit().await?;
     metrics::updates_processed(ctx.bot_id, 1);
+    ctx.traffic.handled(1);
     ctx.hand_over(queued, &jobs, taken);
     Ok(())
 }

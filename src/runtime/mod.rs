@@ -210,6 +210,8 @@ pub struct BotContext {
     pub wakes: Wakes,
     /// Where to report a failure that must end this run.
     pub failures: Failures,
+    /// The run's traffic counters.
+    pub traffic: Arc<Traffic>,
 }
 
 impl BotContext {
@@ -243,6 +245,35 @@ pub struct RunParts {
     pub health: tokio::sync::watch::Sender<Option<String>>,
     /// Webhook mode: what `getWebhookInfo` said last (the slot writes it to the status).
     pub webhook: tokio::sync::watch::Sender<Option<inbox::webhook::WebhookState>>,
+    /// The run counts its traffic here; the slot reads and resets it every traffic interval.
+    pub traffic: Arc<Traffic>,
+}
+
+/// A run's traffic: updates its units of work committed and messages Telegram accepted.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    updates: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// `n` updates were handled (their unit of work committed).
+    pub fn handled(&self, n: usize) {
+        self.updates
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Telegram accepted `n` messages.
+    pub fn sent(&self, n: usize) {
+        self.sent
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counts since the last call: `(updates, sent)`.
+    pub fn take(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.updates.swap(0, Relaxed), self.sent.swap(0, Relaxed))
+    }
 }
 
 /// Runs the bot until `stop` is cancelled (Ok) or a failure ends the run (Err).
@@ -347,6 +378,7 @@ async fn dispatch_run(
         stop: failures.failed(),
         drain: drain.clone(),
         retention_days: deps.settings.bot_database.inbox_retention_days,
+        traffic: Arc::clone(&parts.traffic),
     };
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);
     let keeper = spec.webhook.clone().map(|webhook| inbox::webhook::Keeper {
@@ -372,6 +404,7 @@ async fn dispatch_run(
         handoff: handoff_tx,
         wakes: parts.wakes,
         failures,
+        traffic: parts.traffic,
     });
     let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
     let processor = dispatch::Processor { me, ctx: context };

@@ -686,6 +686,9 @@ async fn status(ApiCaller(c): ApiCaller) -> ApiResult<Json<Vec<BotStatus>>> {
                         .as_ref()
                         .and_then(|w| w.last_error_message.clone()),
                     webhook_checked_at: b.webhook.as_ref().and_then(|w| w.checked_at),
+                    updates_per_min: b.traffic.map(|t| t.updates_per_min),
+                    sent_per_min: b.traffic.map(|t| t.sent_per_min),
+                    traffic_at: b.traffic.map(|t| t.at),
                 })
             })
             .collect(),

@@ -292,6 +292,9 @@ struct OverviewRow {
     /// Its status says it runs, but its instance stopped beating (or is gone): the daemon
     /// died, and the state shown is the last one it wrote.
     stale: bool,
+    /// Its traffic per minute as the daemon last counted it ("" when not running or not
+    /// counted yet in this run).
+    traffic: String,
 }
 
 impl OverviewRow {
@@ -313,7 +316,12 @@ impl OverviewRow {
         let live = chrono::TimeDelta::from_std(crate::panel::INSTANCE_LIVE)
             .unwrap_or(chrono::TimeDelta::seconds(15));
         let stale = running && beat.is_none_or(|at| now - at > live);
+        let traffic = match bot.traffic {
+            Some(tr) if running => format!("↓ {} · ↑ {} /min", tr.updates_per_min, tr.sent_per_min),
+            _ => String::new(),
+        };
         Self {
+            traffic,
             bot,
             up_for,
             beat_ago: beat.map(|at| span(t, now - at)).unwrap_or_default(),

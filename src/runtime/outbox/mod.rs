@@ -93,6 +93,8 @@ pub struct Sender {
     pub drain: CancellationToken,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
+    /// The run's traffic counters (messages Telegram accepted).
+    pub traffic: Arc<super::Traffic>,
 }
 
 type Sent = (OutboxRow, Request, Result<Option<i32>, TelegramError>);
@@ -456,6 +458,11 @@ impl Sender {
             module.on_sent(&mut tx, &deliveries).await?;
         }
         tx.commit().await?;
+        let sent = records
+            .iter()
+            .filter(|r| matches!(r.outcome, DeliveryOutcome::Sent(_)))
+            .count();
+        self.traffic.sent(sent);
         let mut origins: Vec<&str> = records.iter().map(|r| r.row.origin.as_str()).collect();
         origins.sort_unstable();
         origins.dedup();
