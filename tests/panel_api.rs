@@ -1220,6 +1220,12 @@ async fn each_audit_entry_commits_in_the_transaction_of_its_change() {
     };
     for (what, sql) in [
         (
+            "bot.add",
+            "SELECT a.xmin::text = v.xmin::text AND v.actor = a.actor \
+             FROM audit_log a, manifest_versions v \
+             WHERE a.bot_id = $1 AND a.action = 'bot.add' AND v.bot_id = $1 AND v.version = 1",
+        ),
+        (
             "text.set",
             "SELECT a.xmin::text = v.xmin::text FROM audit_log a, text_versions v \
              WHERE a.bot_id = $1 AND a.action = 'text.set' AND a.target = 'start [en]' \

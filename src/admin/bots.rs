@@ -179,7 +179,12 @@ impl Admin {
             self.check_database_free(db).await?;
         }
         let keys = self.keys()?;
-        let id = store::add_bot(
+        let after = serde_json::json!({
+            "name": bot.name,
+            "token": token.to_string(),
+            "enabled": bot.enabled,
+        });
+        let id = store::add_bot_audited(
             &self.pool,
             &keys,
             &store::NewBot {
@@ -189,19 +194,8 @@ impl Admin {
                 database: bot.database,
                 manifest: &manifest,
             },
-        )
-        .await?;
-        store::claim_first_manifest_version(&self.pool, id, &self.actor).await?;
-        self.audit(
-            "bot.add",
-            Some(id),
-            bot.name,
-            None,
-            Some(serde_json::json!({
-                "name": bot.name,
-                "token": token.to_string(),
-                "enabled": bot.enabled,
-            })),
+            &self.actor,
+            |id| self.audit_entry("bot.add", Some(id), bot.name, None, Some(after)),
         )
         .await?;
         Ok(id)
@@ -280,16 +274,15 @@ impl Admin {
             return Err(AdminError::Invalid(missing.into()));
         }
         let before = store::get_bot(&self.pool, id).await?.mode;
-        store::set_mode(&self.pool, id, stored.map(UpdateMode::as_str)).await?;
         let value = |v: Option<&str>| Some(serde_json::json!({ "mode": v }));
-        self.audit(
+        let entry = self.audit_entry(
             "bot.set_mode",
             Some(id),
             "",
             value(before.as_deref()),
             value(stored.map(UpdateMode::as_str)),
-        )
-        .await
+        );
+        Ok(store::set_mode_audited(&self.pool, id, stored.map(UpdateMode::as_str), &entry).await?)
     }
 
     /// Renames a bot.

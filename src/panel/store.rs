@@ -112,6 +112,46 @@ pub async fn add_bot(pool: &PgPool, keys: &Keyring, bot: &NewBot<'_>) -> Result<
     .await
 }
 
+/// [`add_bot`] with its audit entry (given the new id) and the first manifest version's
+/// actor in the same transaction: a bot never exists without its `bot.add` entry.
+pub async fn add_bot_audited<'a>(
+    pool: &PgPool,
+    keys: &Keyring,
+    bot: &NewBot<'_>,
+    actor: &str,
+    audit: impl FnOnce(i64) -> NewAudit<'a>,
+) -> Result<i64, PanelError> {
+    if let Some(holder) = token_holder(pool, keys, bot.token, None).await? {
+        return Err(PanelError::DuplicateToken { holder });
+    }
+    let mut tx = begin_as(pool, actor).await?;
+    let row = (bot.enabled, bot.database);
+    let id = insert_bot(&mut tx, keys, bot.name, Some(bot.token), row, bot.manifest).await?;
+    insert_audit_on(&mut tx, &audit(id)).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Sets a bot's update mode (`None`: the settings' default) with its audit entry, in one
+/// transaction.
+pub async fn set_mode_audited(
+    pool: &PgPool,
+    id: i64,
+    mode: Option<&str>,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let mut tx = begin_as(pool, audit.actor).await?;
+    let r = sqlx::query("UPDATE bots SET mode = $2 WHERE id = $1")
+        .bind(id)
+        .bind(mode)
+        .execute(&mut *tx)
+        .await;
+    expect_one(r, id, "")?;
+    insert_audit_on(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// A bot recreated from an export archive: registered disabled, with its texts.
 #[derive(Debug)]
 pub struct ImportedBot<'a> {
@@ -558,16 +598,6 @@ fn expect_one(
         Ok(_) => Ok(()),
         Err(e) => Err(map_unique(e, name)),
     }
-}
-
-/// Sets a bot's update mode (`polling`, `webhook`, or `None`: the daemon's default).
-pub async fn set_mode(pool: &PgPool, id: i64, mode: Option<&str>) -> Result<(), PanelError> {
-    let r = sqlx::query("UPDATE bots SET mode = $2 WHERE id = $1")
-        .bind(id)
-        .bind(mode)
-        .execute(pool)
-        .await;
-    expect_one(r, id, "")
 }
 
 /// Stores a bot's sealed webhook secret, unless the row's secret is no longer `previous`
@@ -1623,24 +1653,6 @@ pub async fn recent_text_versions(
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-/// Names `actor` as the writer of a new bot's first manifest version (the insert that wrote
-/// it could not: `add_bot` runs outside a transaction of ours).
-pub async fn claim_first_manifest_version(
-    pool: &PgPool,
-    id: i64,
-    actor: &str,
-) -> Result<(), PanelError> {
-    sqlx::query(
-        "UPDATE manifest_versions SET actor = $2 \
-         WHERE bot_id = $1 AND version = 1 AND actor LIKE 'sql:%'",
-    )
-    .bind(id)
-    .bind(actor)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Every version of a bot's manifest, newest first.
