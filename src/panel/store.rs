@@ -140,16 +140,10 @@ pub async fn set_mode_audited(
     mode: Option<&str>,
     audit: &NewAudit<'_>,
 ) -> Result<(), PanelError> {
-    let mut tx = begin_as(pool, audit.actor).await?;
-    let r = sqlx::query("UPDATE bots SET mode = $2 WHERE id = $1")
+    let change = sqlx::query("UPDATE bots SET mode = $2 WHERE id = $1")
         .bind(id)
-        .bind(mode)
-        .execute(&mut *tx)
-        .await;
-    expect_one(r, id, "")?;
-    insert_audit_on(&mut tx, audit).await?;
-    tx.commit().await?;
-    Ok(())
+        .bind(mode);
+    change_bot_audited(pool, id, "", change, audit).await
 }
 
 /// A bot recreated from an export archive: registered disabled, with its texts.
@@ -1527,16 +1521,10 @@ pub async fn set_enabled_audited(
     enabled: bool,
     audit: &NewAudit<'_>,
 ) -> Result<(), PanelError> {
-    let mut tx = begin_as(pool, audit.actor).await?;
-    let r = sqlx::query("UPDATE bots SET enabled = $2 WHERE id = $1")
+    let change = sqlx::query("UPDATE bots SET enabled = $2 WHERE id = $1")
         .bind(id)
-        .bind(enabled)
-        .execute(&mut *tx)
-        .await;
-    expect_one(r, id, "")?;
-    insert_audit_on(&mut tx, audit).await?;
-    tx.commit().await?;
-    Ok(())
+        .bind(enabled);
+    change_bot_audited(pool, id, "", change, audit).await
 }
 
 /// Renames a bot and records `audit` in the same transaction.
@@ -1546,16 +1534,10 @@ pub async fn rename_bot_audited(
     name: &str,
     audit: &NewAudit<'_>,
 ) -> Result<(), PanelError> {
-    let mut tx = begin_as(pool, audit.actor).await?;
-    let r = sqlx::query("UPDATE bots SET name = $2 WHERE id = $1")
+    let change = sqlx::query("UPDATE bots SET name = $2 WHERE id = $1")
         .bind(id)
-        .bind(name)
-        .execute(&mut *tx)
-        .await;
-    expect_one(r, id, name)?;
-    insert_audit_on(&mut tx, audit).await?;
-    tx.commit().await?;
-    Ok(())
+        .bind(name);
+    change_bot_audited(pool, id, name, change, audit).await
 }
 
 /// Replaces a bot's token (sealed) and records `audit` in the same transaction.
@@ -1570,19 +1552,13 @@ pub async fn set_token_audited(
         return Err(PanelError::DuplicateToken { holder });
     }
     let key = keys.current();
-    let mut tx = begin_as(pool, audit.actor).await?;
-    let r = sqlx::query(
+    let change = sqlx::query(
         "UPDATE bots SET token = NULL, token_sealed = $2, token_hash = $3 WHERE id = $1",
     )
     .bind(id)
     .bind(key.seal(&token_aad(id), token.expose().as_bytes())?)
-    .bind(key.token_hash(token.expose()))
-    .execute(&mut *tx)
-    .await;
-    expect_one(r, id, "")?;
-    insert_audit_on(&mut tx, audit).await?;
-    tx.commit().await?;
-    Ok(())
+    .bind(key.token_hash(token.expose()));
+    change_bot_audited(pool, id, "", change, audit).await
 }
 
 /// Deletes a bot (its texts and status go with it) and records `audit` in the same
@@ -1592,12 +1568,23 @@ pub async fn remove_bot_audited(
     id: i64,
     audit: &NewAudit<'_>,
 ) -> Result<(), PanelError> {
+    let change = sqlx::query("DELETE FROM bots WHERE id = $1").bind(id);
+    change_bot_audited(pool, id, "", change, audit).await
+}
+
+/// Runs `change` — one statement on bot `id`'s row — and records `audit` in the same
+/// transaction, written as the audit's actor (so version triggers name it too). `name` is
+/// the name a unique violation refers to.
+async fn change_bot_audited(
+    pool: &PgPool,
+    id: i64,
+    name: &str,
+    change: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
     let mut tx = begin_as(pool, audit.actor).await?;
-    let r = sqlx::query("DELETE FROM bots WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await;
-    expect_one(r, id, "")?;
+    let r = change.execute(&mut *tx).await;
+    expect_one(r, id, name)?;
     insert_audit_on(&mut tx, audit).await?;
     tx.commit().await?;
     Ok(())
