@@ -336,6 +336,9 @@ struct Figures {
     reload_p95_ms: Option<f64>,
     cold_start_s: Option<f64>,
     cold_start_bots: usize,
+    /// Connections the daemon opened to bot databases during the cold start and the 11 s
+    /// after it, per bot (sessions counted by PostgreSQL in `pg_stat_database`).
+    cold_start_connects_per_bot: Option<f64>,
     stop_s: Option<f64>,
     drained: Option<bool>,
     /// The `--instances` figures.
@@ -379,6 +382,7 @@ impl Figures {
             "add_to_answer_p95_ms": r(self.add_to_answer_p95_ms, 1),
             "reload_p95_ms": r(self.reload_p95_ms, 1),
             "cold_start_s": r(self.cold_start_s, 3),
+            "cold_start_connects_per_bot": r(self.cold_start_connects_per_bot, 2),
         })
     }
 
@@ -535,6 +539,14 @@ impl Figures {
                     None => "not measured".into(),
                 },
                 "<= 5 s for 1000",
+            ),
+            (
+                "  connections per bot in it".into(),
+                match self.cold_start_connects_per_bot {
+                    Some(c) => format!("{c:.2}"),
+                    None => "not measured".into(),
+                },
+                "",
             ),
             (
                 "  stop (drain) before it".into(),
@@ -1000,6 +1012,8 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         fig.drained = Some(d.stop().await?);
         fig.stop_s = Some(t0.elapsed().as_secs_f64());
         let before = world.sandbox.stats();
+        let panel = ctx.panel.as_ref().expect("panel database");
+        let sessions_before = panel.bot_sessions(false).await?;
         let t0 = Instant::now();
         let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
         let limit = Duration::from_secs(120 + all_tokens.len() as u64 / 4);
@@ -1026,6 +1040,8 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         }
         fig.cold_start_s = Some(t0.elapsed().as_secs_f64());
         fig.cold_start_bots = all_tokens.len();
+        let sessions = panel.bot_sessions(true).await? - sessions_before;
+        fig.cold_start_connects_per_bot = Some(sessions as f64 / all_tokens.len() as f64);
     }
 
     if args.rate_limits {

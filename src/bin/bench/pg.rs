@@ -97,6 +97,24 @@ impl PanelDb {
         format!("{}\\_bot\\_%", self.name.replace('_', "\\_"))
     }
 
+    /// Sessions PostgreSQL counted on the daemon's bot databases so far
+    /// (`pg_stat_database.sessions`). A backend that went idle reports its counts within
+    /// `PGSTAT_IDLE_INTERVAL` (10 s), so with `settle` this waits 11 s before reading.
+    pub async fn bot_sessions(&self, settle: bool) -> anyhow::Result<i64> {
+        if settle {
+            tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+        }
+        let mut conn = self.server.connect("postgres").await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(sessions), 0)::bigint FROM pg_stat_database WHERE datname LIKE $1",
+        )
+        .bind(self.bot_pattern())
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await.ok();
+        Ok(n)
+    }
+
     /// Drops the panel database and every bot database derived from it.
     pub async fn drop_all(&self) -> anyhow::Result<()> {
         self.drop_databases().await?;
