@@ -186,6 +186,11 @@ pub struct BotDatabaseSettings {
     /// Days processed updates stay in a bot's inbox before they are pruned (poisoned ones are
     /// kept for inspection).
     pub inbox_retention_days: u32,
+    /// Seconds between two prunes of a running bot's inbox, outbox and history (past their
+    /// retention). A run's first prune comes a fraction of this after its start, set by the
+    /// bot id ([`crate::botdb::PruneSchedule`]), so starting many bots does not prune them all
+    /// at once.
+    pub prune_every_secs: u64,
 }
 
 /// Telegram settings.
@@ -389,6 +394,7 @@ impl Default for BotDatabaseSettings {
             idle_timeout_secs: 30,
             acquire_timeout_secs: 10,
             inbox_retention_days: 7,
+            prune_every_secs: 3600,
         }
     }
 }
@@ -536,6 +542,12 @@ impl Settings {
                 key: "bot_database.inbox_retention_days",
                 reason: "must be at least 1 (processed updates are needed to skip re-deliveries)"
                     .into(),
+            });
+        }
+        if self.bot_database.prune_every_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "bot_database.prune_every_secs",
+                reason: "must be at least 1".into(),
             });
         }
         if self.bot_database.acquire_timeout_secs == 0 {

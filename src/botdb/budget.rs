@@ -85,8 +85,10 @@ pub const DEFAULT_PROVISION_CONCURRENCY: u32 = 2;
 /// Shortest idle time of a connection that a provisioning may evict.
 ///
 /// A running bot that returned its connection less than this ago is likely to need it for its
-/// next message; closing it would make that message pay for a reconnect.
-pub const PROVISION_EVICTS_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// next message; closing it would make that message pay for a reconnect. Short enough that a
+/// cold start, whose bots each check their database and then go quiet, is not paced by it:
+/// at 1 s, a budget of 32 connections checked about 32 bots a second.
+pub const PROVISION_EVICTS_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// Longest wait for the ping that checks an idle connection before it is handed out; a
 /// connection that does not answer in time is replaced by a fresh one.
@@ -197,8 +199,10 @@ struct Shared {
     turns: Arc<Semaphore>,
     /// The number of turns `turns` was sized to.
     turn_limit: AtomicUsize,
-    /// Provisionings waiting for a turn.
+    /// Provisionings waiting for a turn (a provisioning or a check turn).
     turns_queued: AtomicUsize,
+    /// Check turns, see [`ConnectionBudget::check_turn`]: as many as the budget's slots.
+    checks: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -260,6 +264,7 @@ impl ConnectionBudget {
                 turns: Arc::new(Semaphore::new(turns)),
                 turn_limit: AtomicUsize::new(turns),
                 turns_queued: AtomicUsize::new(0),
+                checks: Arc::new(Semaphore::new(budget.max(1) as usize)),
             }),
         }
     }
@@ -313,6 +318,21 @@ impl ConnectionBudget {
         match Arc::clone(&self.shared.turns).acquire_owned().await {
             Ok(permit) => Ok(ProvisionTurn { _permit: permit }),
             // The turn semaphore is never closed; treat it like a closed pool all the same.
+            Err(_) => Err(BudgetError::Closed),
+        }
+    }
+
+    /// Waits for a check turn: the turn of a bot start's quick check that its database exists
+    /// and is migrated (one connection, one query), acquired like a provisioning with
+    /// [`BotPool::acquire_for_provisioning`] — running bots first — but not behind the
+    /// `provision_concurrency` turns of the slow work (creating and migrating). As many check
+    /// turns are out at once as the budget has connections, so a cold start of many bots
+    /// checks them that many at a time while a queue of new databases waits for its turns
+    /// (counted in [`BudgetStats::provisions_queued`] while waiting).
+    pub async fn check_turn(&self) -> Result<ProvisionTurn, BudgetError> {
+        let _queued = Counted::new(&self.shared.turns_queued);
+        match Arc::clone(&self.shared.checks).acquire_owned().await {
+            Ok(permit) => Ok(ProvisionTurn { _permit: permit }),
             Err(_) => Err(BudgetError::Closed),
         }
     }

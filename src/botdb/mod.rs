@@ -8,6 +8,8 @@
 pub mod budget;
 pub mod store;
 
+use std::time::Duration;
+
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
@@ -416,16 +418,31 @@ impl BotDbTarget {
     /// Creates the database if needed and applies the embedded bot migrations, with every
     /// connection taken from `budget`; returns whether it was created and the bot's pool.
     ///
-    /// It first waits for a provisioning turn (no deadline: cancel by dropping the future),
-    /// then acquires as a provisioning, so running bots are served before it and keep the
-    /// connections they are using (see [`budget`]). The migration runs on one connection of
-    /// the bot's own pool; after a failure that connection is discarded (a failed run can leave
-    /// sqlx's advisory lock on its session).
+    /// A bot whose database exists and is migrated (every start but the first, and every
+    /// start after an upgrade) takes the quick path: a check turn
+    /// ([`ConnectionBudget::check_turn`], as many as the budget has connections), one
+    /// connection of its own pool, one query ([`schema::is_current_on`]); that connection
+    /// stays idle in the pool for the bot's first reads. Otherwise it waits for a provisioning
+    /// turn (no deadline: cancel by dropping the future), then acquires as a provisioning, so
+    /// running bots are served before it and keep the connections they are using (see
+    /// [`budget`]): the existence check and `CREATE DATABASE` on the server's maintenance
+    /// database, then the migrations on one connection of the bot's own pool; after a failure
+    /// that connection is discarded (a failed run can leave sqlx's advisory lock on its
+    /// session).
     pub async fn provision_within(
         &self,
         budget: &ConnectionBudget,
         max_connections: u32,
     ) -> Result<(bool, BotPool), BotDbError> {
+        let pool = budget.database(self.options.clone(), max_connections);
+        match self.is_current_within(budget, &pool).await {
+            Ok(true) => return Ok((false, pool)),
+            Ok(false) => {}
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        }
         let turn = budget.provision_turn().await?;
         let maintenance = budget.database(self.maintenance.clone(), 1);
         let created = async {
@@ -434,8 +451,13 @@ impl BotDbTarget {
         }
         .await;
         maintenance.close().await;
-        let created = created?;
-        let pool = budget.database(self.options.clone(), max_connections);
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
         let mut conn = pool.acquire_for_provisioning(&turn).await?;
         match schema::apply_on(&schema::BOT, &mut conn).await {
             Ok(()) => Ok((created, pool)),
@@ -446,6 +468,30 @@ impl BotDbTarget {
                     database: self.database.clone(),
                     source,
                 })
+            }
+        }
+    }
+
+    /// The quick path of [`Self::provision_within`]: whether the database exists and has
+    /// every migration. A failed connect (the database does not exist yet, most often) or
+    /// query answers `false`, leaving the full path to create, migrate or report; only running
+    /// out of budget time is an error.
+    async fn is_current_within(
+        &self,
+        budget: &ConnectionBudget,
+        pool: &BotPool,
+    ) -> Result<bool, BotDbError> {
+        let turn = budget.check_turn().await?;
+        let mut conn = match pool.acquire_for_provisioning(&turn).await {
+            Ok(conn) => conn,
+            Err(budget::BudgetError::Connect { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        match schema::is_current_on(&schema::BOT, &mut conn).await {
+            Ok(current) => Ok(current),
+            Err(_) => {
+                conn.discard();
+                Ok(false)
             }
         }
     }
@@ -511,6 +557,39 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
     Ok(opts)
 }
 
+/// When a bot run prunes what its database keeps past retention: the inbox's processed
+/// updates, the outbox's finished requests and the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneSchedule {
+    /// Between two prunes (`bot_database.prune_every_secs`).
+    pub every: Duration,
+    /// From the run's start to its first prune: a fraction of `every` set by the bot id, so a
+    /// start of many bots spreads their prunes over the period instead of adding one
+    /// statement per table and bot to the start (test `prunes_of_many_bots_spread_over_the_period`).
+    pub first: Duration,
+}
+
+impl PruneSchedule {
+    /// Bot `bot_id`'s schedule for prunes every `every`.
+    pub fn for_bot(bot_id: i64, every: Duration) -> Self {
+        // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+        let spread = (bot_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        let fraction = spread as f64 / (1u64 << 53) as f64;
+        Self {
+            every,
+            first: every.mul_f64(fraction),
+        }
+    }
+
+    /// From the settings.
+    pub fn from_settings(settings: &Settings, bot_id: i64) -> Self {
+        Self::for_bot(
+            bot_id,
+            Duration::from_secs(settings.bot_database.prune_every_secs),
+        )
+    }
+}
+
 /// How many times [`BotDbTarget::rename_to`] ends the sessions and tries again.
 pub const RENAME_ATTEMPTS: u32 = 5;
 
@@ -548,6 +627,29 @@ pub fn quote_ident(name: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// 1,000 consecutive bot ids: every first prune within the period, and the period's
+    /// tenths each holding about a tenth of them (none more than twice its share).
+    #[test]
+    fn prunes_of_many_bots_spread_over_the_period() {
+        let every = Duration::from_secs(3600);
+        let mut tenths = [0u32; 10];
+        for id in 1..=1000 {
+            let s = PruneSchedule::for_bot(id, every);
+            assert_eq!(s.every, every);
+            assert!(s.first < every, "bot {id}: {:?}", s.first);
+            tenths[(s.first.as_secs_f64() / 360.0) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (50..=200).contains(&n)),
+            "{tenths:?}"
+        );
+        assert_eq!(
+            PruneSchedule::for_bot(7, every),
+            PruneSchedule::for_bot(7, every),
+            "the same bot, the same schedule"
+        );
+    }
 
     #[test]
     fn siblings_stay_within_63_bytes_and_apart() {

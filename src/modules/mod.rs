@@ -35,6 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::botdb::PruneSchedule;
 use crate::botdb::budget::{BotPool, BudgetError};
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
@@ -570,6 +571,8 @@ pub struct JobCx {
     pub outbox: Arc<Notify>,
     /// The bot's database.
     pub db: BotPool,
+    /// When the bot's periodic prunes run (a job that deletes past a retention follows it).
+    pub prune: PruneSchedule,
     /// The bot's send interface.
     pub telegram: Messenger,
     /// The bot's content; changes on every reload.

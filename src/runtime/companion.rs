@@ -123,6 +123,10 @@ impl Started {
                         module: name,
                         outbox: Arc::clone(&c.outbox),
                         db: c.db.clone(),
+                        prune: crate::botdb::PruneSchedule::from_settings(
+                            &c.deps.settings,
+                            c.bot_id,
+                        ),
                         telegram: c.telegram.clone(),
                         snapshot: c.snapshot.subscribe(),
                         wake: c.wakes.get(name),

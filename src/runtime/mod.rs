@@ -320,6 +320,7 @@ async fn dispatch_run(
     let username = me.username.clone().unwrap_or_default();
     let telegram = Messenger::new(bot.clone(), spec.id);
 
+    let prune = crate::botdb::PruneSchedule::from_settings(&deps.settings, spec.id);
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
@@ -356,6 +357,7 @@ async fn dispatch_run(
             db: db.clone(),
             poll_timeout: Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
             inbox_retention_days: deps.settings.bot_database.inbox_retention_days,
+            prune,
             snapshot: parts.snapshot.clone(),
             registry: deps.registry.clone(),
             health: parts.health,
@@ -378,6 +380,7 @@ async fn dispatch_run(
         stop: failures.failed(),
         drain: drain.clone(),
         retention_days: deps.settings.bot_database.inbox_retention_days,
+        prune,
         traffic: Arc::clone(&parts.traffic),
     };
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);

@@ -114,6 +114,41 @@ pub async fn apply_on(migrator: &Migrator, conn: &mut PgConnection) -> Result<()
     Ok(())
 }
 
+/// Whether every migration of `migrator` is applied, successfully and with its checksum, on
+/// the database behind `conn`: one query and no lock, for a bot's start. `false` (a missing
+/// migrations table, a pending, failed or changed migration) means [`apply_on`] has work to do
+/// or an error to report; migrations applied by a newer binary are tolerated, as
+/// [`apply_on`] tolerates them.
+pub async fn is_current_on(
+    migrator: &Migrator,
+    conn: &mut PgConnection,
+) -> Result<bool, sqlx::Error> {
+    let rows: Vec<(i64, bool, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => rows,
+            // undefined_table: a database no migration ran on yet.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+    if rows.iter().any(|(_, success, _)| !success) {
+        return Ok(false);
+    }
+    let applied: HashMap<i64, Vec<u8>> = rows.into_iter().map(|(v, _, sum)| (v, sum)).collect();
+    Ok(migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| {
+            applied
+                .get(&m.version)
+                .is_some_and(|sum| sum.as_slice() == &*m.checksum)
+        }))
+}
+
 /// Lists applied, pending and unknown migrations of the database at `options`.
 pub async fn status(
     migrator: &Migrator,

@@ -1,35 +1,20 @@
 //! The history module's job: retention pruning.
 //!
-//! Loop: prune → sleep until the next hour, a reload or stop. A reload prunes again only when
-//! it shortened the retention. A failed prune is logged and tried again at the next turn; it
-//! never stops the bot.
-
-use std::time::Duration;
+//! Loop: sleep until the next prune (the bot's [`crate::botdb::PruneSchedule`]: its first
+//! a fraction of the period after the start, then every period), a reload or stop → prune. A
+//! reload that shortened the retention and an operator's wake prune at once. A failed prune
+//! is logged and tried again at the next turn; it never stops the bot.
 
 use tokio::time::Instant;
 
 use super::{JobCx, ModuleError, retention_days, store};
 use crate::modules::Wake;
 
-/// How often old history is pruned (also once when the job starts).
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
 /// Runs until the job's stop token is cancelled.
 pub async fn prune(mut cx: JobCx) -> Result<(), ModuleError> {
     let mut days = retention_days(&cx);
+    let mut next = Instant::now() + cx.prune.first;
     loop {
-        if days > 0 {
-            match prune_once(&cx, days).await {
-                Ok(0) => {}
-                Ok(deleted) => {
-                    tracing::info!(bot_id = cx.bot_id, deleted, days, "pruned old history")
-                }
-                Err(e) => {
-                    tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), "pruning history failed; trying again later")
-                }
-            }
-        }
-        let next = Instant::now() + PRUNE_EVERY;
         loop {
             match cx.woken(Some(next)).await {
                 Wake::Stop => return Ok(()),
@@ -46,6 +31,18 @@ pub async fn prune(mut cx: JobCx) -> Result<(), ModuleError> {
                 }
             }
         }
+        if days > 0 {
+            match prune_once(&cx, days).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(bot_id = cx.bot_id, deleted, days, "pruned old history")
+                }
+                Err(e) => {
+                    tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), "pruning history failed; trying again later")
+                }
+            }
+        }
+        next = Instant::now() + cx.prune.every;
     }
 }
 

@@ -6,8 +6,9 @@
 //!   a kind teloxide does not know keeps its text or caption, read from the stored update;
 //! - [`History::on_sent`]: what the bot's sender delivered is recorded as the bot's, when
 //!   Telegram accepted it;
-//! - its job ([`job::prune`]) deletes messages past their retention once at start and every
-//!   hour, and at once when a reload shortens the retention.
+//! - its job ([`job::prune`]) deletes messages past their retention every
+//!   `bot_database.prune_every_secs` (an hour by default; the first a fraction of that after
+//!   the start, spread by bot id), and at once when a reload shortens the retention.
 
 mod job;
 pub mod store;

@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failures, RunFailure};
+use crate::botdb::PruneSchedule;
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
@@ -67,8 +68,6 @@ const STALL_MAX: Duration = Duration::from_secs(4);
 const DEGRADED_AFTER: u32 = 3;
 /// Time the final confirming getUpdates gets on stop.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often processed inbox rows are pruned (also once per run start).
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The durable listener of one bot run.
 pub struct DurableListener {
@@ -90,7 +89,8 @@ pub struct DurableListener {
     inbox_retention_days: u32,
     snapshot: SharedSnapshot,
     registry: Registry,
-    last_prune: Option<tokio::time::Instant>,
+    prune: PruneSchedule,
+    next_prune: tokio::time::Instant,
     health: tokio::sync::watch::Sender<Option<String>>,
     failing: u32,
     /// Webhook mode: no polling; fired once the stored updates were handed on.
@@ -113,6 +113,8 @@ pub struct ListenerParts {
     pub poll_timeout: Duration,
     /// Days processed inbox rows are kept.
     pub inbox_retention_days: u32,
+    /// When processed inbox rows past their retention are deleted.
+    pub prune: PruneSchedule,
     /// The bot's content (its enabled modules decide `allowed_updates`).
     pub snapshot: SharedSnapshot,
     /// The modules.
@@ -144,7 +146,8 @@ impl DurableListener {
             inbox_retention_days: parts.inbox_retention_days,
             snapshot: parts.snapshot,
             registry: parts.registry,
-            last_prune: None,
+            prune: parts.prune,
+            next_prune: tokio::time::Instant::now() + parts.prune.first,
             health: parts.health,
             failing: 0,
             webhook: parts.webhook.map(Some),
@@ -174,7 +177,7 @@ impl DurableListener {
             }
             let step = if let Some(after) = self.replayed_up_to {
                 self.replay_page(after).await
-            } else if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            } else if tokio::time::Instant::now() >= self.next_prune {
                 self.prune().await
             } else if self.webhook.is_some() {
                 self.webhook_idle().await
@@ -439,8 +442,8 @@ impl DurableListener {
             let _ = ready.send(());
         }
         let next_prune = self
-            .last_prune
-            .map_or(Duration::ZERO, |t| PRUNE_EVERY.saturating_sub(t.elapsed()));
+            .next_prune
+            .saturating_duration_since(tokio::time::Instant::now());
         self.pause(next_prune).await;
         Ok(())
     }
@@ -480,7 +483,7 @@ impl DurableListener {
         let inbox = store::prune_inbox(&mut conn, i64::from(self.inbox_retention_days))
             .await
             .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
-        self.last_prune = Some(tokio::time::Instant::now());
+        self.next_prune = tokio::time::Instant::now() + self.prune.every;
         if inbox > 0 {
             tracing::info!(bot_id = self.bot_id, inbox, "pruned processed updates");
         }

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failures, RunFailure, Wakes};
+use crate::botdb::PruneSchedule;
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
@@ -63,9 +64,6 @@ pub const MAX_UNKNOWN_ATTEMPTS: i32 = 4;
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest pause after repeated network or server errors.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often chats back at full capacity are forgotten by the limits, and finished requests
-/// past their retention deleted (also once per run).
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The sender of one bot run.
 pub struct Sender {
@@ -93,6 +91,9 @@ pub struct Sender {
     pub drain: CancellationToken,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
+    /// When chats back at full capacity are forgotten by the limits, and finished requests
+    /// past their retention deleted.
+    pub prune: PruneSchedule,
     /// The run's traffic counters (messages Telegram accepted).
     pub traffic: Arc<super::Traffic>,
 }
@@ -123,7 +124,7 @@ impl Sender {
         let mut recent = Recent::default();
         let mut paused_until: Option<Instant> = None;
         let mut backoff = BACKOFF_START;
-        let mut last_prune: Option<Instant> = None;
+        let mut next_prune = Instant::now() + self.prune.first;
         // When the unit of work took the update a handed-over reply answers (for the update →
         // reply latency); requests loaded from the outbox after a restart have none.
         let mut taken_at: HashMap<i64, Instant> = HashMap::new();
@@ -224,22 +225,19 @@ impl Sender {
                 }
                 queue = rest;
             }
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            if Instant::now() >= next_prune {
                 limits.prune();
                 self.prune().await;
-                last_prune = Some(Instant::now());
+                next_prune = Instant::now() + self.prune.every;
             }
             let now_depth = queue.len() + in_flight.len();
             if depth != Some(now_depth) {
                 depth = Some(now_depth);
                 metrics::outbox_depth(self.bot_id, now_depth);
             }
-            let timer = async {
-                match next_ready {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // The next prune is due even if nothing else happens until then.
+            let wake_at = next_ready.map_or(next_prune, |t| t.min(next_prune));
+            let timer = tokio::time::sleep_until(wake_at);
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
