@@ -90,6 +90,10 @@ pub const DEFAULT_PROVISION_CONCURRENCY: u32 = 2;
 /// at 1 s, a budget of 32 connections checked about 32 bots a second.
 pub const PROVISION_EVICTS_AFTER_IDLE: Duration = Duration::from_millis(250);
 
+/// Longest a connection kept for its database's next acquire
+/// ([`BudgetConn::keep_for_next_acquire`]) is spared from eviction while nobody takes it.
+pub const KEPT_AT_MOST: Duration = Duration::from_secs(2);
+
 /// Longest wait for the ping that checks an idle connection before it is handed out; a
 /// connection that does not answer in time is replaced by a fresh one.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -201,7 +205,7 @@ struct Shared {
     turn_limit: AtomicUsize,
     /// Provisionings waiting for a turn (a provisioning or a check turn).
     turns_queued: AtomicUsize,
-    /// Check turns, see [`ConnectionBudget::check_turn`]: as many as the budget's slots.
+    /// Check turns, see [`ConnectionBudget::check_turn`]: half the budget's slots.
     checks: Arc<Semaphore>,
 }
 
@@ -264,7 +268,7 @@ impl ConnectionBudget {
                 turns: Arc::new(Semaphore::new(turns)),
                 turn_limit: AtomicUsize::new(turns),
                 turns_queued: AtomicUsize::new(0),
-                checks: Arc::new(Semaphore::new(budget.max(1) as usize)),
+                checks: Arc::new(Semaphore::new((budget / 2).max(1) as usize)),
             }),
         }
     }
@@ -325,8 +329,9 @@ impl ConnectionBudget {
     /// Waits for a check turn: the turn of a bot start's quick check that its database exists
     /// and is migrated (one connection, one query), acquired like a provisioning with
     /// [`BotPool::acquire_for_provisioning`] — running bots first — but not behind the
-    /// `provision_concurrency` turns of the slow work (creating and migrating). As many check
-    /// turns are out at once as the budget has connections, so a cold start of many bots
+    /// `provision_concurrency` turns of the slow work (creating and migrating). Half as many
+    /// check turns are out at once as the budget has connections (the connections they keep
+    /// for their bots' first reads never take the whole budget), so a cold start of many bots
     /// checks them that many at a time while a queue of new databases waits for its turns
     /// (counted in [`BudgetStats::provisions_queued`] while waiting).
     pub async fn check_turn(&self) -> Result<ProvisionTurn, BudgetError> {
@@ -559,6 +564,7 @@ impl BotPool {
 
     fn wrap(&self, mut live: Live, permit: OwnedSemaphorePermit, class: Class) -> BudgetConn {
         live.running = class == Class::Running;
+        live.kept = false;
         BudgetConn {
             live: Some(live),
             shared: Arc::clone(&self.shared),
@@ -629,6 +635,13 @@ impl BotPool {
                         if l.db.pending.load(Ordering::Acquire) > 0 {
                             return false;
                         }
+                        if l.kept {
+                            let until = l.returned_at + KEPT_AT_MOST;
+                            if until > now {
+                                recheck_at = recheck_at.min(until);
+                                return false;
+                            }
+                        }
                         match class {
                             Class::Running => true,
                             Class::Provisioning if !l.running => true,
@@ -681,6 +694,7 @@ impl BotPool {
             slot,
             returned_at: Instant::now(),
             running: false,
+            kept: false,
         })
     }
 }
@@ -805,6 +819,9 @@ struct Live {
     /// Last used by a running bot (not by a provisioning), so a provisioning evicts it only
     /// after [`PROVISION_EVICTS_AFTER_IDLE`].
     running: bool,
+    /// Kept for its database's next acquire: evicted by nobody for [`KEPT_AT_MOST`] after
+    /// its return ([`BudgetConn::keep_for_next_acquire`]).
+    kept: bool,
 }
 
 impl Live {
@@ -860,6 +877,18 @@ impl BudgetConn {
     /// that may have broken the connection.
     pub fn discard(mut self) {
         drop(self.live.take());
+    }
+
+    /// Keeps the connection, once returned, for its database's next acquire: no acquire
+    /// evicts it for [`KEPT_AT_MOST`] unless its own database's takes it first. For the
+    /// connection of a start's check ([`crate::botdb::BotDbTarget::provision_within`]), so
+    /// the bot's first reads find it — in a cold start of many bots, every idle connection
+    /// is otherwise evicted within moments by the next bot's check.
+    pub fn keep_for_next_acquire(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            live.running = true;
+            live.kept = true;
+        }
     }
 
     fn live(&self) -> &Live {

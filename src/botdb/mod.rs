@@ -488,7 +488,12 @@ impl BotDbTarget {
             Err(e) => return Err(e.into()),
         };
         match schema::is_current_on(&schema::BOT, &mut conn).await {
-            Ok(current) => Ok(current),
+            Ok(current) => {
+                if current {
+                    conn.keep_for_next_acquire();
+                }
+                Ok(current)
+            }
             Err(_) => {
                 conn.discard();
                 Ok(false)

@@ -321,6 +321,7 @@ async fn dispatch_run(
     let telegram = Messenger::new(bot.clone(), spec.id);
 
     let prune = crate::botdb::PruneSchedule::from_settings(&deps.settings, spec.id);
+    let first_read = CancellationToken::new();
     let run_stop = stop.child_token();
     let (failures, mut failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
@@ -358,6 +359,7 @@ async fn dispatch_run(
             poll_timeout: Duration::from_secs(deps.settings.telegram.poll_timeout_secs),
             inbox_retention_days: deps.settings.bot_database.inbox_retention_days,
             prune,
+            first_read: first_read.clone(),
             snapshot: parts.snapshot.clone(),
             registry: deps.registry.clone(),
             health: parts.health,
@@ -381,6 +383,7 @@ async fn dispatch_run(
         drain: drain.clone(),
         retention_days: deps.settings.bot_database.inbox_retention_days,
         prune,
+        after: first_read,
         traffic: Arc::clone(&parts.traffic),
     };
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);

@@ -49,7 +49,12 @@ pub fn environment(panel_url: &str, api_url: &str, budget: u32) -> HashMap<Strin
             budget.to_string(),
         ),
         ("BOTVISOR__SUPERVISOR__INSTANCE", "bench".to_owned()),
-        ("BOTVISOR__LOG__FILTER", "warn".to_owned()),
+        // BOTVISOR_BENCH_LOG_FILTER sets the child's filter (its log file is named at the end
+        // of a run), e.g. `info` to see when each bot started.
+        (
+            "BOTVISOR__LOG__FILTER",
+            std::env::var("BOTVISOR_BENCH_LOG_FILTER").unwrap_or_else(|_| "warn".to_owned()),
+        ),
         ("BOTVISOR__LOG__FORMAT", "text".to_owned()),
         (
             botvisor::crypto::KEY_FILE_ENV,

@@ -91,6 +91,7 @@ pub struct DurableListener {
     registry: Registry,
     prune: PruneSchedule,
     next_prune: tokio::time::Instant,
+    first_read: CancellationToken,
     health: tokio::sync::watch::Sender<Option<String>>,
     failing: u32,
     /// Webhook mode: no polling; fired once the stored updates were handed on.
@@ -115,6 +116,10 @@ pub struct ListenerParts {
     pub inbox_retention_days: u32,
     /// When processed inbox rows past their retention are deleted.
     pub prune: PruneSchedule,
+    /// Cancelled once the first page of stored updates was read (or its read failed): the
+    /// sender's first look at the outbox waits for it, so a starting bot's two first reads
+    /// take turns on one connection instead of opening two at once.
+    pub first_read: CancellationToken,
     /// The bot's content (its enabled modules decide `allowed_updates`).
     pub snapshot: SharedSnapshot,
     /// The modules.
@@ -148,6 +153,7 @@ impl DurableListener {
             registry: parts.registry,
             prune: parts.prune,
             next_prune: tokio::time::Instant::now() + parts.prune.first,
+            first_read: parts.first_read,
             health: parts.health,
             failing: 0,
             webhook: parts.webhook.map(Some),
@@ -176,7 +182,9 @@ impl DurableListener {
                 return None;
             }
             let step = if let Some(after) = self.replayed_up_to {
-                self.replay_page(after).await
+                let read = self.replay_page(after).await;
+                self.first_read.cancel();
+                read
             } else if tokio::time::Instant::now() >= self.next_prune {
                 self.prune().await
             } else if self.webhook.is_some() {

@@ -89,6 +89,9 @@ pub struct Sender {
     pub stop: CancellationToken,
     /// Cancelled when the processor has stopped: deliver pending replies, then end.
     pub drain: CancellationToken,
+    /// Cancelled once the intake read its first page of stored updates: the first load of
+    /// the outbox follows it (one connection for a starting bot's first reads).
+    pub after: CancellationToken,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
     /// When chats back at full capacity are forgotten by the limits, and finished requests
@@ -112,6 +115,11 @@ enum RecordError {
 impl Sender {
     /// Delivers until stopped (see the module docs).
     pub async fn run(mut self) {
+        tokio::select! {
+            () = self.after.cancelled() => {}
+            () = self.drain.cancelled() => {}
+            () = self.stop.cancelled() => return,
+        }
         let limits = Limits::new();
         let mut queue: VecDeque<Entry> = VecDeque::new();
         // Whether the outbox may hold pending requests the queue does not: at start, after a
