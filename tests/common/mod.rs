@@ -209,6 +209,19 @@ pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
     botvisor_with_input(env, args, b"")
 }
 
+/// [`botvisor`] run off the test's runtime thread, so a daemon the test runs on that thread
+/// keeps working meanwhile (an in-place import or a move waits for it to stop the bot).
+pub async fn botvisor_off_thread(env: &HashMap<String, String>, args: &[&str]) -> Run {
+    let env = env.clone();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        botvisor(&env, &args)
+    })
+    .await
+    .unwrap()
+}
+
 /// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
 pub fn botvisor_stdin(env: &HashMap<String, String>, args: &[&str], input: &str) -> Run {
     botvisor_with_input(env, args, input.as_bytes())

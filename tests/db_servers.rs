@@ -1,0 +1,355 @@
+//! Bot databases on several PostgreSQL servers (`bot_database.servers`): new bots are placed
+//! on the server with the fewest bots per weight and their databases created there; `bot
+//! move` copies a running bot's database to another server (row counts verified), the bot
+//! answers from there, the old database is kept until `--drop-old`, and a move to a server
+//! that is not configured is refused with nothing touched.
+//!
+//! The second server is a real PostgreSQL cluster on 127.0.0.1:5433 (`BOTVISOR_TEST_PG2`;
+//! scripts/test.sh starts it through scripts/pg-up.sh). Without it these tests skip, except
+//! with `CI=true`, where they fail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use botvisor::admin::Admin;
+use botvisor::admin::bots::NewBot;
+use botvisor::panel::store;
+use common::harness::{DEADLINE, Harness};
+use common::{TestDb, botvisor_off_thread, token};
+use sqlx::{ConnectOptions, Connection};
+
+/// The second server's URL (no database).
+fn second_url() -> String {
+    std::env::var("BOTVISOR_TEST_PG2")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".into())
+}
+
+/// The second server, when it answers; with `CI=true` a missing one fails the test.
+async fn second_server() -> Option<String> {
+    let url = second_url();
+    let reachable = format!("{url}/postgres")
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .connect()
+        .await;
+    match reachable {
+        Ok(conn) => {
+            conn.close().await.ok();
+            Some(url)
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "the second PostgreSQL server {url} is unreachable ({e}); run scripts/pg-up.sh with PG_SECOND=1"
+            )
+        }
+        Err(e) => {
+            eprintln!("skipped: the second PostgreSQL server {url} is unreachable ({e})");
+            None
+        }
+    }
+}
+
+/// Drops, when dropped, every database on the second server named after panel `panel`.
+struct SecondCleanup {
+    url: String,
+    panel: String,
+}
+
+impl Drop for SecondCleanup {
+    fn drop(&mut self) {
+        let (url, panel) = (self.url.clone(), self.panel.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(mut conn) = connect(&url, "postgres").await else {
+                    return;
+                };
+                let names: Vec<String> =
+                    sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+                        .bind(format!("{}\\_%", panel.replace('_', "\\_")))
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                for db in names {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn connect(server: &str, db: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    format!("{server}/{db}")
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .connect()
+        .await
+}
+
+/// Whether database `name` exists on `server`.
+async fn exists_on(server: &str, name: &str) -> bool {
+    let mut conn = connect(server, "postgres").await.unwrap();
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    exists
+}
+
+/// Row counts per table of database `name` on `server`.
+async fn counts(server: &str, name: &str) -> BTreeMap<String, i64> {
+    let mut conn = connect(server, name).await.unwrap();
+    let counts = botvisor::botdb::store::table_counts(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    counts
+}
+
+/// The key `bots.db_server` records for a server URL.
+fn key(url: &str) -> String {
+    botvisor::settings::server_key(&url.parse().unwrap())
+}
+
+/// `bot add` through the admin service, for a token registered in the sandbox.
+async fn add(h: &Harness, admin: &Admin, name: &str, token_id: u64) -> (i64, String) {
+    let t = token(token_id);
+    h.sandbox
+        .register_bot(&t, Some(&format!("{name}_bot")))
+        .unwrap();
+    let id = admin
+        .add_bot(&NewBot {
+            name,
+            token: &t,
+            enabled: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (id, t)
+}
+
+#[tokio::test]
+async fn new_bots_spread_two_and_two_and_each_database_is_created_on_its_server() {
+    let Some(second) = second_server().await else {
+        return;
+    };
+    let first = common::server_url();
+    let servers = format!(r#"["{first}", "{second}"]"#);
+    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
+    let _cleanup = SecondCleanup {
+        url: second.clone(),
+        panel: h.panel.name.clone(),
+    };
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    let mut bots = Vec::new();
+    for i in 0..4 {
+        bots.push(add(&h, &admin, &format!("spread{i}"), 6401 + i).await.0);
+    }
+    let mut placed = Vec::new();
+    for id in &bots {
+        placed.push(store::get_bot(&h.pool, *id).await.unwrap().db_server);
+    }
+    // Fewest bots first, ties to the first listed: they alternate, two on each.
+    let (k1, k2) = (Some(key(&first)), Some(key(&second)));
+    assert_eq!(placed, [k1.clone(), k2.clone(), k1, k2]);
+    for (id, server) in bots.iter().zip(&placed) {
+        h.wait_state(*id, "running").await;
+        let name = h.bot_database(*id);
+        let on_second = server.as_deref() == Some(key(&second).as_str());
+        assert_eq!(exists_on(&second, &name).await, on_second, "bot {id}");
+        assert_eq!(exists_on(&first, &name).await, !on_second, "bot {id}");
+        let view = admin.show_bot(*id).await.unwrap();
+        let want = if on_second { &second } else { &first };
+        assert_eq!(view.server, *want, "bot {id}");
+    }
+    let status = admin.cluster_status().await.unwrap();
+    assert_eq!(status.servers.values().copied().collect::<Vec<_>>(), [2, 2]);
+}
+
+#[tokio::test]
+async fn placement_follows_the_weights() {
+    // Placement only reads the panel: the second server need not answer.
+    let db = TestDb::create("bvt_place").await;
+    botvisor::schema::apply(&botvisor::schema::PANEL, &db.url.parse().unwrap())
+        .await
+        .unwrap();
+    let first = common::server_url();
+    let second = second_url();
+    let mut env = db.env();
+    env.insert(
+        "BOTVISOR__BOT_DATABASE__SERVERS".into(),
+        format!(r#"[{{ url = "{first}", weight = 1 }}, {{ url = "{second}", weight = 3 }}]"#),
+    );
+    let settings = botvisor::settings::Settings::load(None, &env).unwrap();
+    let pool = db.pool().await;
+    let admin = Admin::new(pool.clone(), Arc::new(settings));
+    let mut on_second = Vec::new();
+    for i in 0..8u64 {
+        let t = token(6501 + i);
+        let id = admin
+            .add_bot(&NewBot {
+                name: &format!("weighted{i}"),
+                token: &t,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let server = store::get_bot(&pool, id).await.unwrap().db_server;
+        on_second.push(server == Some(key(&second)));
+        if i == 3 {
+            assert_eq!(on_second.iter().filter(|s| **s).count(), 3, "{on_second:?}");
+        }
+    }
+    // One in four on the first server, three in four on the second.
+    assert_eq!(on_second.iter().filter(|s| **s).count(), 6, "{on_second:?}");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
+    let Some(second) = second_server().await else {
+        return;
+    };
+    let first = common::server_url();
+    let servers = format!(r#"["{first}", "{second}"]"#);
+    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
+    let _cleanup = SecondCleanup {
+        url: second.clone(),
+        panel: h.panel.name.clone(),
+    };
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    let (id, t) = add(&h, &admin, "mover", 6601).await;
+    assert_eq!(
+        store::get_bot(&h.pool, id).await.unwrap().db_server,
+        Some(key(&first))
+    );
+    admin
+        .set_text(id, "start", Some("en"), "Hello from anywhere")
+        .await
+        .unwrap();
+    h.wait_state(id, "running").await;
+    for user in [741_100_001_i64, 741_100_002] {
+        common::eventually(DEADLINE, "a /start answered", || async {
+            let after = h.last_seq(&t, user);
+            h.say(&t, user, "/start");
+            let r = h.reply(&t, user, after, |_| true).await;
+            (r.text() == Some("Hello from anywhere")).then_some(())
+        })
+        .await;
+    }
+    let name = h.bot_database(id);
+    let before = counts(&first, &name).await;
+    assert_eq!(before["public.users"], 2, "{before:?}");
+    assert!(before["public.messages"] >= 4, "{before:?}");
+
+    let mut env = h.panel.env();
+    env.insert("BOTVISOR__BOT_DATABASE__SERVERS".into(), servers.clone());
+    let ids = id.to_string();
+    // A server that is not configured: refused, nothing touched, the bot keeps running.
+    let refused = botvisor_off_thread(
+        &env,
+        &[
+            "bot",
+            "move",
+            &ids,
+            "--server",
+            "postgres://postgres@127.0.0.1:5999",
+        ],
+    )
+    .await;
+    refused.bad_input("is not one of the configured bot database servers");
+    let row = store::get_bot(&h.pool, id).await.unwrap();
+    assert_eq!(row.db_server, Some(key(&first)));
+    assert!(row.enabled);
+    assert!(!exists_on(&second, &name).await);
+    assert_eq!(
+        store::get_status(&h.pool, id).await.unwrap().unwrap().state,
+        "running"
+    );
+
+    // The move (the password-less URL matches the configured entry).
+    let moved = botvisor_off_thread(&env, &["bot", "move", &ids, "--server", &second]).await;
+    assert_eq!(moved.stdout.trim(), second, "{moved:?}");
+    assert!(moved.stderr.contains("tables verified"), "{moved:?}");
+    assert!(
+        moved
+            .stderr
+            .contains(&format!("the old database is kept: {name} on {first}")),
+        "{moved:?}"
+    );
+    let row = store::get_bot(&h.pool, id).await.unwrap();
+    assert_eq!(row.db_server, Some(key(&second)));
+    assert!(row.enabled);
+    assert_eq!(counts(&second, &name).await, before);
+    assert!(exists_on(&first, &name).await, "the old database is kept");
+    let audit = store::list_audit(&h.pool, 20, None).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "bot.move" && a.bot_id == Some(id)),
+        "{audit:?}"
+    );
+
+    // The bot answers from the new server: the new message lands in its history there.
+    let user = 741_100_003_i64;
+    common::eventually(DEADLINE, "a /start answered after the move", || async {
+        let after = h.last_seq(&t, user);
+        h.say(&t, user, "/start");
+        let r = h.reply(&t, user, after, |_| true).await;
+        (r.text() == Some("Hello from anywhere")).then_some(())
+    })
+    .await;
+    let history = |server: String| {
+        let name = name.clone();
+        async move {
+            let mut conn = connect(&server, &name).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE chat_id = $1")
+                .bind(user)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.ok();
+            n
+        }
+    };
+    common::eventually(DEADLINE, "the new messages in the new database", || async {
+        (history(second.clone()).await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        history(first.clone()).await,
+        0,
+        "nothing reached the old database"
+    );
+    assert_eq!(admin.show_bot(id).await.unwrap().server, second);
+
+    // Moving again to where it is: refused. --drop-old drops the kept old database.
+    botvisor_off_thread(&env, &["bot", "move", &ids, "--server", &second])
+        .await
+        .bad_input("already");
+    let dropped = botvisor_off_thread(&env, &["bot", "move", &ids, "--drop-old"]).await;
+    assert!(
+        dropped
+            .stderr
+            .contains(&format!("dropped the old database {name} on {first}")),
+        "{dropped:?}"
+    );
+    assert!(!exists_on(&first, &name).await);
+    assert!(exists_on(&second, &name).await);
+    botvisor_off_thread(&env, &["bot", "move", &ids, "--drop-old"])
+        .await
+        .bad_input("no old copy");
+}
