@@ -353,3 +353,62 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
         .await
         .bad_input("no old copy");
 }
+
+#[tokio::test]
+async fn a_move_interrupted_at_any_step_finishes_or_starts_over_when_run_again() {
+    use botvisor::admin::archive::PgTools;
+    use botvisor::admin::moving::{MoveOptions, MoveStep};
+    let Some(second) = second_server().await else {
+        return;
+    };
+    let first = common::server_url();
+    let servers = format!(r#"["{first}", "{second}"]"#);
+    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
+    let _cleanup = SecondCleanup {
+        url: second.clone(),
+        panel: h.panel.name.clone(),
+    };
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    let (id, t) = add(&h, &admin, "crashy", 6701).await;
+    h.wait_state(id, "running").await;
+    let user = 741_200_001_i64;
+    let after = h.last_seq(&t, user);
+    h.say(&t, user, "/start");
+    h.reply(&t, user, after, |_| true).await;
+    let name = h.bot_database(id);
+    let tools = PgTools::default();
+    let (mut from, mut to) = (first.clone(), second.clone());
+    for step in [
+        MoveStep::Stopped,
+        MoveStep::Restored,
+        MoveStep::Renamed,
+        MoveStep::Switched,
+    ] {
+        h.wait_state(id, "running").await;
+        let before = counts(&from, &name).await;
+        let opts = |halt_after| MoveOptions {
+            server: Some(&to),
+            drop_old: true,
+            halt_after,
+        };
+        let err = admin
+            .move_bot(id, &opts(Some(step)), &tools)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("halted after"), "{step:?}: {err}");
+        let r = admin.move_bot(id, &opts(None), &tools).await.unwrap();
+        assert_eq!(r.resumed, step == MoveStep::Switched, "{step:?}: {r:?}");
+        let row = store::get_bot(&h.pool, id).await.unwrap();
+        assert_eq!(row.db_server, Some(key(&to)), "{step:?}");
+        assert!(row.enabled, "{step:?}: enabled again");
+        assert_eq!(counts(&to, &name).await, before, "{step:?}");
+        assert!(!exists_on(&from, &name).await, "{step:?}: --drop-old");
+        assert!(!exists_on(&to, &format!("{name}_move")).await, "{step:?}");
+        std::mem::swap(&mut from, &mut to);
+    }
+    // The bot answers from where it ended up.
+    h.wait_state(id, "running").await;
+    let after = h.last_seq(&t, user);
+    h.say(&t, user, "/start");
+    h.reply(&t, user, after, |_| true).await;
+}

@@ -9,9 +9,10 @@
 //! database stays where it was, marked as moved away, until `--drop-old`.
 //!
 //! A failure before the switch drops what was made on the new server and enables the bot
-//! again on its old server, its data untouched. Every database the move makes carries a
-//! comment (a [`MoveMarker`]), so running the same move again after a crash finishes it (the
-//! switch happened) or starts it over (it did not). The dump and restore reuse the export and
+//! again on its old server, its data untouched. The bot's database (while the bot is stopped)
+//! and every database the move makes carry a comment (a [`MoveMarker`]), so running the same
+//! move again after a crash finishes it (the switch happened) or starts it over (it did not),
+//! and enables the bot again if it was enabled before the first run. The dump and restore reuse the export and
 //! import machinery of [`super::archive`].
 
 use chrono::{DateTime, Utc};
@@ -254,7 +255,10 @@ impl Admin {
                 State::Absent => {}
             }
         }
-        let was_enabled = [&dest_state, &staging_state]
+        // The bot's own database carries the marker while the bot is stopped, so a run after
+        // a crash knows whether to enable it again.
+        let from_state = inspect(from, id).await?;
+        let was_enabled = [&dest_state, &staging_state, &from_state]
             .into_iter()
             .find_map(|s| match s {
                 State::Moving(m) => Some(m.was_enabled),
@@ -280,6 +284,13 @@ impl Admin {
             |reason: String| self.undo_move(id, from, to, &staging, &dest, was_enabled, reason);
 
         // 1. Stop the bot: disabled through the panel, and its status says so.
+        if from.exists().await?
+            && let Err(e) = from
+                .set_comment(Some(&marker_text(MOVING_PREFIX, &marker)))
+                .await
+        {
+            return Err(undo(error_line(&e)).await);
+        }
         if store::get_bot(&self.pool, id).await?.enabled {
             store::set_enabled(&self.pool, id, false).await?;
         }
@@ -430,6 +441,15 @@ impl Admin {
         reason: String,
     ) -> AdminError {
         let mut left = Vec::new();
+        if matches!(inspect(from, id).await, Ok(State::Moving(_)))
+            && let Err(e) = from.set_comment(None).await
+        {
+            left.push(format!(
+                "could not unmark {} ({})",
+                from.database,
+                error_line(&e)
+            ));
+        }
         for db in [staging, dest] {
             if matches!(inspect(db, id).await, Ok(State::Moving(_)))
                 && let Err(e) = db.drop_database().await

@@ -127,8 +127,7 @@ async fn place_bot(
     if servers.is_empty() {
         return Ok(None);
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PLACEMENT_LOCK)
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('botvisor bot placement', 0))")
         .execute(&mut *conn)
         .await?;
     let counts: Vec<(Option<String>, i64)> = sqlx::query_as(
@@ -140,9 +139,6 @@ async fn place_bot(
     let best = crate::settings::place(servers, &counts);
     Ok(servers.get(best).map(|(key, _)| key.clone()))
 }
-
-/// The advisory lock key serialising placements (`'bvplace'` as a number).
-const PLACEMENT_LOCK: i64 = 0x6276_706c_6163_65;
 
 /// Every bot's recorded database server (`None`: the first configured), by id.
 pub async fn bot_servers(pool: &PgPool) -> Result<Vec<(i64, Option<String>)>, PanelError> {
