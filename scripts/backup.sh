@@ -205,14 +205,15 @@ else
     problem "could not list the databases on the bot server: $(tail -n 3 "$errfile" | tr '\n' ' ')"
     existing=""
   }
-  rows=$(jq -r '.[] | [(.id | tostring), .name, .database, (.database_override // ""), (.server // "")] | @tsv' \
+  # Fields joined by the unit separator (0x1f), not tabs: `read` would merge empty tab fields.
+  rows=$(jq -r '.[] | [(.id | tostring), .name, .database, (.database_override // ""), (.server // "")] | join("\u001f")' \
     <<<"$listing" 2>"$errfile") || {
     problem "could not read the bot list: $(tail -n 3 "$errfile" | tr '\n' ' ')"
     rows=""
   }
   declare -A used=()
   bot_server=$(host_port "$BOT_SERVER_URL")
-  while IFS=$'\t' read -r id name database override server; do
+  while IFS=$'\x1f' read -r id name database override server; do
     [[ -n $id ]] || continue
     if [[ $override == *://* ]]; then
       used[$database]=1

@@ -335,6 +335,18 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
         "nothing reached the old database"
     );
     assert_eq!(admin.show_bot(id).await.unwrap().server, second);
+    let show = botvisor_off_thread(&env, &["bot", "show", &ids]).await;
+    assert!(
+        show.ok().contains(&format!("server:      {second}\n")),
+        "{show:?}"
+    );
+    let status = botvisor_off_thread(&env, &["status"]).await;
+    assert!(
+        status
+            .ok()
+            .contains(&format!("bots by database server:\n  {second}  1\n")),
+        "{status:?}"
+    );
 
     // Moving again to where it is: refused. --drop-old drops the kept old database.
     botvisor_off_thread(&env, &["bot", "move", &ids, "--server", &second])
