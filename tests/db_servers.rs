@@ -215,6 +215,30 @@ async fn placement_follows_the_weights() {
     }
     // One in four on the first server, three in four on the second.
     assert_eq!(on_second.iter().filter(|s| **s).count(), 6, "{on_second:?}");
+    // A database name given with --database must be free on every server: the next bot's
+    // server is chosen only as it is inserted, and a move keeps the name.
+    let shop = |i: u64| NewBot {
+        name: if i == 0 { "shop0" } else { "shop1" },
+        database: Some("shop"),
+        ..Default::default()
+    };
+    let t0 = token(6510);
+    admin
+        .add_bot(&NewBot {
+            token: &t0,
+            ..shop(0)
+        })
+        .await
+        .unwrap();
+    let t1 = token(6511);
+    let err = admin
+        .add_bot(&NewBot {
+            token: &t1,
+            ..shop(1)
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already used by bot"), "{err}");
     pool.close().await;
 }
 

@@ -368,16 +368,23 @@ impl Admin {
                 "database {name} belongs to PostgreSQL itself; choose another name"
             ));
         }
+        let any_server =
+            !self.settings.bot_database.servers.is_empty() && !database.contains("://");
         if let Ok(panel) = self.settings.panel_connect_options()
-            && same_database(&target.options, &panel)
+            && (same_database(&target.options, &panel)
+                || (any_server && panel.get_database() == Some(name)))
         {
             return refuse(format!(
                 "database {name} is the panel's own database; choose another name"
             ));
         }
-        for (id, other) in store::list_database_overrides(&self.pool).await? {
-            if let Ok(other) = BotDbTarget::resolve(&self.settings, id, other.as_deref())
-                && same_database(&target.options, &other.options)
+        // With several servers the new bot's server is chosen only as it is inserted, and a
+        // move keeps the name: a plain name must then be free on every server.
+        for (id, other, server) in store::list_database_overrides(&self.pool).await? {
+            if let Ok(other) =
+                BotDbTarget::resolve_on(&self.settings, id, server.as_deref(), other.as_deref())
+                && (same_database(&target.options, &other.options)
+                    || (any_server && other.database == target.database))
             {
                 return refuse(format!(
                     "database {name} is already used by bot {id}; choose another name"

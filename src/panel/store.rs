@@ -556,13 +556,16 @@ async fn insert_bot(
     }
 }
 
-/// Every bot's id and database override (`None`: the naming rule), ordered by id.
+/// Every bot's id, database override (`None`: the naming rule) and recorded server (`None`:
+/// the first configured), ordered by id.
 pub async fn list_database_overrides(
     pool: &PgPool,
-) -> Result<Vec<(i64, Option<String>)>, PanelError> {
-    Ok(sqlx::query_as("SELECT id, database FROM bots ORDER BY id")
-        .fetch_all(pool)
-        .await?)
+) -> Result<Vec<(i64, Option<String>, Option<String>)>, PanelError> {
+    Ok(
+        sqlx::query_as("SELECT id, database, db_server FROM bots ORDER BY id")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// Every registered bot, ordered by id.
