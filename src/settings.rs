@@ -519,6 +519,20 @@ impl BotDatabaseSettings {
         let mut seen = std::collections::BTreeSet::new();
         for server in &self.servers {
             let options = parse_pg_url(KEY, &server.url)?;
+            // The panel records each bot's server by user, host and port: every process
+            // (daemon, CLI, web panel) must derive the same, whatever its PGUSER or PGPORT.
+            let explicit = url::Url::parse(&server.url)
+                .is_ok_and(|u| !u.username().is_empty() && u.port().is_some());
+            if !explicit {
+                return Err(ConfigError::Invalid {
+                    key: KEY,
+                    reason: format!(
+                        "{} must name its user and port (postgres://USER@HOST:PORT/): bots \
+                         are recorded on a server by user, host and port",
+                        mask_url(&server.url)
+                    ),
+                });
+            }
             if server.weight == 0 {
                 return Err(ConfigError::Invalid {
                     key: KEY,
@@ -1282,22 +1296,25 @@ mod tests {
                 base,
                 (
                     SERVERS_ENV,
-                    "[\"postgres://u@c/\", {url = \"postgres://u@d/\", weight = 2}]",
+                    "[\"postgres://u@c:5432/\", {url = \"postgres://u@d:5432/\", weight = 2}]",
                 ),
             ]),
         )
         .unwrap();
         assert_eq!(
             s.bot_database.servers,
-            want("postgres://u@c/", "postgres://u@d/")
+            want("postgres://u@c:5432/", "postgres://u@d:5432/")
         );
         let s = Settings::load(
             None,
-            &env(&[base, (SERVERS_ENV, "postgres://u@c/, postgres://u@d/")]),
+            &env(&[
+                base,
+                (SERVERS_ENV, "postgres://u@c:5432/, postgres://u@d:5432/"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.bot_database.servers.len(), 2);
-        assert_eq!(s.bot_database.servers[1].url, "postgres://u@d/");
+        assert_eq!(s.bot_database.servers[1].url, "postgres://u@d:5432/");
     }
 
     #[test]
@@ -1307,21 +1324,28 @@ mod tests {
             pairs.extend_from_slice(extra);
             Settings::load(None, &env(&pairs)).unwrap_err().to_string()
         };
-        let e = load("postgres://u:hunter2@a/, mysql://u:hunter2@b/", &[]);
+        let e = load("postgres://u:hunter2@a:5432/, mysql://u:hunter2@b/", &[]);
         assert!(
             e.contains("bot_database.servers") && e.contains("postgres://"),
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
-        let e = load("[{url = \"postgres://u@a/\", weight = 0}]", &[]);
+        let e = load("[{url = \"postgres://u@a:5432/\", weight = 0}]", &[]);
         assert!(e.contains("weight must be at least 1"), "{e}");
         let e = load("postgres://u@a:5432/x, postgres://u:pw@A:5432/y", &[]);
         assert!(e.contains("listed twice"), "{e}");
-        let e = load("[{url = \"postgres://u@a/\", wieght = 2}]", &[]);
+        let e = load("postgres://u:hunter2@a/", &[]);
+        assert!(
+            e.contains("must name its user and port") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = load("postgres://a:5432/", &[]);
+        assert!(e.contains("must name its user and port"), "{e}");
+        let e = load("[{url = \"postgres://u@a:5432/\", wieght = 2}]", &[]);
         assert!(e.contains("bot_database.servers"), "{e}");
         let e = load(
-            "postgres://u@a/",
-            &[("BOTVISOR__BOT_DATABASE__SERVER_URL", "postgres://u@b/")],
+            "postgres://u@a:5432/",
+            &[("BOTVISOR__BOT_DATABASE__SERVER_URL", "postgres://u@b:5432/")],
         );
         assert!(e.contains("not both"), "{e}");
     }
