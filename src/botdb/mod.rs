@@ -373,8 +373,8 @@ impl BotDbTarget {
                 let found = list.into_iter().find(|s| s.key == key);
                 if found.is_none() {
                     return Err(invalid(format!(
-                        "its server {key} is not in bot_database.servers; list it again or \
-                         move the bot"
+                        "its server {key} is not in bot_database.servers; list it again \
+                         (then `botvisor bot move` can take the bot elsewhere)"
                     )));
                 }
                 found
