@@ -177,6 +177,17 @@ async fn new_bots_spread_two_and_two_and_each_database_is_created_on_its_server(
     }
     let status = admin.cluster_status().await.unwrap();
     assert_eq!(status.servers.values().copied().collect::<Vec<_>>(), [2, 2]);
+    // Each server has its own budget, and each server's bots take their connections from it.
+    let keys: Vec<&str> = h.budgets.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, [key(&first), key(&second)]);
+    for server in [&first, &second] {
+        let budget = h.budgets.for_server(&key(server));
+        assert_eq!(budget.stats().budget, 12, "{server}");
+        common::eventually(DEADLINE, "connections open on each server", || async {
+            (budget.open_connections() > 0).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
