@@ -59,33 +59,39 @@ struct SecondCleanup {
 
 impl Drop for SecondCleanup {
     fn drop(&mut self) {
-        let (url, panel) = (self.url.clone(), self.panel.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(mut conn) = connect(&url, "postgres").await else {
-                    return;
-                };
-                let names: Vec<String> =
-                    sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
-                        .bind(format!("{}\\_%", panel.replace('_', "\\_")))
-                        .fetch_all(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                for db in names {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
+        common::drop_databases_named(&self.url, &self.panel);
     }
+}
+
+/// A daemon with `bot_database.servers` = [the test server, the second server], its admin
+/// service and the two server URLs; `None` (skip) without the second server.
+struct TwoServers {
+    h: Harness,
+    admin: Admin,
+    first: String,
+    second: String,
+    servers: String,
+    _cleanup: SecondCleanup,
+}
+
+async fn two_servers() -> Option<TwoServers> {
+    let second = second_server().await?;
+    let first = common::server_url();
+    let servers = format!(r#"["{first}", "{second}"]"#);
+    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
+    let _cleanup = SecondCleanup {
+        url: second.clone(),
+        panel: h.panel.name.clone(),
+    };
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    Some(TwoServers {
+        h,
+        admin,
+        first,
+        second,
+        servers,
+        _cleanup,
+    })
 }
 
 async fn connect(server: &str, db: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
@@ -94,18 +100,6 @@ async fn connect(server: &str, db: &str) -> Result<sqlx::PgConnection, sqlx::Err
         .unwrap()
         .connect()
         .await
-}
-
-/// Whether database `name` exists on `server`.
-async fn exists_on(server: &str, name: &str) -> bool {
-    let mut conn = connect(server, "postgres").await.unwrap();
-    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
-    exists
 }
 
 /// Row counts per table of database `name` on `server`.
@@ -143,20 +137,14 @@ async fn add(h: &Harness, admin: &Admin, name: &str, token_id: u64) -> (i64, Str
 
 #[tokio::test]
 async fn new_bots_spread_two_and_two_and_each_database_is_created_on_its_server() {
-    let Some(second) = second_server().await else {
+    let Some(two) = two_servers().await else {
         return;
     };
-    let first = common::server_url();
-    let servers = format!(r#"["{first}", "{second}"]"#);
-    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
-    let _cleanup = SecondCleanup {
-        url: second.clone(),
-        panel: h.panel.name.clone(),
-    };
-    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    let (h, admin) = (&two.h, &two.admin);
+    let (first, second) = (two.first.clone(), two.second.clone());
     let mut bots = Vec::new();
     for i in 0..4 {
-        bots.push(add(&h, &admin, &format!("spread{i}"), 6401 + i).await.0);
+        bots.push(add(h, admin, &format!("spread{i}"), 6401 + i).await.0);
     }
     let mut placed = Vec::new();
     for id in &bots {
@@ -169,8 +157,16 @@ async fn new_bots_spread_two_and_two_and_each_database_is_created_on_its_server(
         h.wait_state(*id, "running").await;
         let name = h.bot_database(*id);
         let on_second = server.as_deref() == Some(key(&second).as_str());
-        assert_eq!(exists_on(&second, &name).await, on_second, "bot {id}");
-        assert_eq!(exists_on(&first, &name).await, !on_second, "bot {id}");
+        assert_eq!(
+            common::database_exists_on(&second, &name).await,
+            on_second,
+            "bot {id}"
+        );
+        assert_eq!(
+            common::database_exists_on(&first, &name).await,
+            !on_second,
+            "bot {id}"
+        );
         let view = admin.show_bot(*id).await.unwrap();
         let want = if on_second { &second } else { &first };
         assert_eq!(view.server, *want, "bot {id}");
@@ -255,18 +251,12 @@ async fn placement_follows_the_weights() {
 
 #[tokio::test]
 async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
-    let Some(second) = second_server().await else {
+    let Some(two) = two_servers().await else {
         return;
     };
-    let first = common::server_url();
-    let servers = format!(r#"["{first}", "{second}"]"#);
-    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
-    let _cleanup = SecondCleanup {
-        url: second.clone(),
-        panel: h.panel.name.clone(),
-    };
-    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
-    let (id, t) = add(&h, &admin, "mover", 6601).await;
+    let (h, admin) = (&two.h, &two.admin);
+    let (first, second, servers) = (two.first.clone(), two.second.clone(), two.servers.clone());
+    let (id, t) = add(h, admin, "mover", 6601).await;
     assert_eq!(
         store::get_bot(&h.pool, id).await.unwrap().db_server,
         Some(key(&first))
@@ -309,7 +299,7 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
     let row = store::get_bot(&h.pool, id).await.unwrap();
     assert_eq!(row.db_server, Some(key(&first)));
     assert!(row.enabled);
-    assert!(!exists_on(&second, &name).await);
+    assert!(!common::database_exists_on(&second, &name).await);
     assert_eq!(
         store::get_status(&h.pool, id).await.unwrap().unwrap().state,
         "running"
@@ -329,7 +319,10 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
     assert_eq!(row.db_server, Some(key(&second)));
     assert!(row.enabled);
     assert_eq!(counts(&second, &name).await, before);
-    assert!(exists_on(&first, &name).await, "the old database is kept");
+    assert!(
+        common::database_exists_on(&first, &name).await,
+        "the old database is kept"
+    );
     let audit = store::list_audit(&h.pool, 20, None).await.unwrap();
     assert!(
         audit
@@ -394,8 +387,8 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
             .contains(&format!("dropped the old database {name} on {first}")),
         "{dropped:?}"
     );
-    assert!(!exists_on(&first, &name).await);
-    assert!(exists_on(&second, &name).await);
+    assert!(!common::database_exists_on(&first, &name).await);
+    assert!(common::database_exists_on(&second, &name).await);
     botvisor_off_thread(&env, &["bot", "move", &ids, "--drop-old"])
         .await
         .bad_input("no old copy");
@@ -405,18 +398,12 @@ async fn a_running_bot_moves_to_the_other_server_and_answers_from_there() {
 async fn a_move_interrupted_at_any_step_finishes_or_starts_over_when_run_again() {
     use botvisor::admin::archive::PgTools;
     use botvisor::admin::moving::{MoveOptions, MoveStep};
-    let Some(second) = second_server().await else {
+    let Some(two) = two_servers().await else {
         return;
     };
-    let first = common::server_url();
-    let servers = format!(r#"["{first}", "{second}"]"#);
-    let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
-    let _cleanup = SecondCleanup {
-        url: second.clone(),
-        panel: h.panel.name.clone(),
-    };
-    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
-    let (id, t) = add(&h, &admin, "crashy", 6701).await;
+    let (h, admin) = (&two.h, &two.admin);
+    let (first, second) = (two.first.clone(), two.second.clone());
+    let (id, t) = add(h, admin, "crashy", 6701).await;
     h.wait_state(id, "running").await;
     let user = 741_200_001_i64;
     let after = h.last_seq(&t, user);
@@ -449,8 +436,14 @@ async fn a_move_interrupted_at_any_step_finishes_or_starts_over_when_run_again()
         assert_eq!(row.db_server, Some(key(&to)), "{step:?}");
         assert!(row.enabled, "{step:?}: enabled again");
         assert_eq!(counts(&to, &name).await, before, "{step:?}");
-        assert!(!exists_on(&from, &name).await, "{step:?}: --drop-old");
-        assert!(!exists_on(&to, &format!("{name}_move")).await, "{step:?}");
+        assert!(
+            !common::database_exists_on(&from, &name).await,
+            "{step:?}: --drop-old"
+        );
+        assert!(
+            !common::database_exists_on(&to, &format!("{name}_move")).await,
+            "{step:?}"
+        );
         std::mem::swap(&mut from, &mut to);
     }
     // The bot answers from where it ended up.
