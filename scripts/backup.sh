@@ -155,6 +155,15 @@ save_one() {
   mv "$file.part" "$file"
 }
 
+# host_port URL: the host:port of a postgres:// URL (port 5432 when it names none).
+host_port() {
+  local rest=${1#*://}
+  rest=${rest%%[/?]*}
+  rest=${rest##*@}
+  [[ $rest == *:* ]] || rest="$rest:5432"
+  printf '%s' "$rest"
+}
+
 # template_regex TEMPLATE: an anchored regular expression for the database names
 # bot_database.name_template gives this panel's bots ({panel_db} filled in, {id} any number).
 template_regex() {
@@ -196,20 +205,29 @@ else
     problem "could not list the databases on the bot server: $(tail -n 3 "$errfile" | tr '\n' ' ')"
     existing=""
   }
-  rows=$(jq -r '.[] | [(.id | tostring), .name, .database, (.database_override // "")] | @tsv' \
+  # Fields joined by the unit separator (0x1f), not tabs: `read` would merge empty tab fields.
+  rows=$(jq -r '.[] | [(.id | tostring), .name, .database, (.database_override // ""), (.server // "")] | join("\u001f")' \
     <<<"$listing" 2>"$errfile") || {
     problem "could not read the bot list: $(tail -n 3 "$errfile" | tr '\n' ' ')"
     rows=""
   }
   declare -A used=()
-  while IFS=$'\t' read -r id name database override; do
+  bot_server=$(host_port "$BOT_SERVER_URL")
+  while IFS=$'\x1f' read -r id name database override server; do
     [[ -n $id ]] || continue
-    used[$database]=1
     if [[ $override == *://* ]]; then
+      used[$database]=1
       printf '%sBACKUP SKIPPED: bot %s (%s): its database is on another server (%s); back it up there\n' \
         "$ERR_PREFIX" "$id" "$name" "$override" >&2
       continue
     fi
+    # bot_database.servers: a bot placed on or moved to another server (`server`, masked).
+    if [[ -n $server && $(host_port "$server") != "$bot_server" ]]; then
+      printf '%sBACKUP SKIPPED: bot %s (%s): its database is on another server (%s); back it up there\n' \
+        "$ERR_PREFIX" "$id" "$name" "$server" >&2
+      continue
+    fi
+    used[$database]=1
     if ! grep -qxF -- "$database" <<<"$existing"; then
       log "bot $id ($name): database $database does not exist yet (bot never started); nothing to save"
       continue

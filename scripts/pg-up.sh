@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL answers on 127.0.0.1:5432 (trust auth, user postgres), starting the
 # local cluster if it is down. Used by scripts/test.sh, scripts/dev.sh and .ci/run.
+# With PG_SECOND=1 (scripts/test.sh sets it) it also makes sure a second cluster answers on
+# 127.0.0.1:5433 (`15 second`, created with trust auth if missing): the tests of bot databases
+# on several servers (tests/db_servers.rs) use it.
 set -euo pipefail
 
 PGHOST_ADDR=${PGHOST_ADDR:-127.0.0.1}
@@ -8,7 +11,31 @@ PGPORT_NUM=${PGPORT_NUM:-5432}
 
 ready() { pg_isready -q -h "$PGHOST_ADDR" -p "$PGPORT_NUM" -U postgres; }
 
+second() {
+  [ "${PG_SECOND:-0}" = 1 ] || return 0
+  local port=${PG_SECOND_PORT:-5433}
+  if pg_isready -q -h "$PGHOST_ADDR" -p "$port" -U postgres; then
+    return 0
+  fi
+  local version
+  version=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
+  if ! pg_lsclusters -h | awk '{print $2}' | grep -qx second; then
+    echo "pg-up: creating the second PostgreSQL cluster on port $port" >&2
+    pg_createcluster "$version" second -p "$port" -- --auth=trust >&2
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" second start
+  for _ in $(seq 1 60); do
+    if pg_isready -q -h "$PGHOST_ADDR" -p "$port" -U postgres; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "pg-up: the second PostgreSQL cluster did not become ready within 30 s" >&2
+  return 1
+}
+
 if ready; then
+  second
   exit 0
 fi
 echo "pg-up: PostgreSQL is not answering on $PGHOST_ADDR:$PGPORT_NUM; starting it" >&2
@@ -23,6 +50,7 @@ fi
 pg_ctlcluster --skip-systemctl-redirect "$version" main start
 for _ in $(seq 1 60); do
   if ready; then
+    second
     exit 0
   fi
   sleep 0.5

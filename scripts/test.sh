@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/pg-up.sh
+PG_SECOND=1 scripts/pg-up.sh
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

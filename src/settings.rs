@@ -168,8 +168,14 @@ pub struct BotDatabaseSettings {
     /// Name of a bot's database; `{panel_db}` is the panel database's name, `{id}` the bot id.
     pub name_template: String,
     /// Server for bot databases (a PostgreSQL URL whose database part is ignored); empty means
-    /// the panel's server.
+    /// the panel's server. A one-server shorthand of [`Self::servers`]; setting both is an error.
     pub server_url: String,
+    /// Several servers for bot databases, each a PostgreSQL URL (database part ignored) or a
+    /// table `{ url = "…", weight = 2 }` (weight 1 when a plain URL). A new bot goes to the
+    /// server with the fewest bots per weight (ties: the first listed); bots registered before
+    /// servers were listed stay on the first one. Empty: [`Self::server_url`]
+    /// (`BOTVISOR__BOT_DATABASE__SERVERS`: a TOML array, or URLs separated by commas).
+    pub servers: Vec<ServerEntry>,
     /// Most connections the daemon holds to all bot databases together, whatever the bot
     /// count: a number, or `"auto"` (the default) to size it from the server's
     /// `max_connections` at start, keeping a reserve ([`BudgetSetting`]).
@@ -191,6 +197,81 @@ pub struct BotDatabaseSettings {
     /// bot id ([`crate::botdb::PruneSchedule`]), so starting many bots does not prune them all
     /// at once.
     pub prune_every_secs: u64,
+}
+
+/// One entry of `bot_database.servers`: a PostgreSQL URL and its placement weight.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// The server's URL (its database part is ignored).
+    pub url: String,
+    /// Its share of new bots relative to the others (at least 1).
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for ServerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Url(String),
+            Table(Table),
+        }
+        match Either::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "a bot_database.servers entry must be a postgres:// URL or a table \
+                 { url = \"postgres://…\", weight = N }",
+            )
+        })? {
+            Either::Url(url) => Ok(Self { url, weight: 1 }),
+            Either::Table(t) => Ok(Self {
+                url: t.url,
+                weight: t.weight,
+            }),
+        }
+    }
+}
+
+/// The environment variable that overrides `bot_database.servers`.
+pub const SERVERS_ENV: &str = "BOTVISOR__BOT_DATABASE__SERVERS";
+
+/// Parses [`SERVERS_ENV`]: a TOML array (`["postgres://a/", {url = "postgres://b/", weight = 2}]`)
+/// or URLs separated by commas.
+fn parse_servers_env(value: &str) -> Result<Vec<ServerEntry>, ConfigError> {
+    let value = value.trim();
+    if value.starts_with('[') {
+        #[derive(Deserialize)]
+        struct Doc {
+            servers: Vec<ServerEntry>,
+        }
+        let doc: Doc =
+            toml::from_str(&format!("servers = {value}")).map_err(|e| ConfigError::Invalid {
+                key: "bot_database.servers",
+                reason: format!(
+                    "{SERVERS_ENV} is not a TOML array of URLs or {{ url, weight }} tables: {}",
+                    e.message()
+                ),
+            })?;
+        return Ok(doc.servers);
+    }
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|url| ServerEntry {
+            url: url.to_owned(),
+            weight: 1,
+        })
+        .collect())
 }
 
 /// Telegram settings.
@@ -383,11 +464,104 @@ impl BotDatabaseSettings {
     }
 }
 
+/// Names a bot-database server without its password or database: `postgres://user@host:port`
+/// (what `bots.db_server` records, and how a `--server` argument is matched).
+pub fn server_key(options: &PgConnectOptions) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_ascii_lowercase(),
+    };
+    format!(
+        "postgres://{}@{host}:{}",
+        options.get_username(),
+        options.get_port()
+    )
+}
+
+/// Where a new bot's database goes, as an index into `servers` (`(key, weight)`): the server
+/// with the fewest bots per weight, ties to the first listed. `counts` are the bots per
+/// recorded server key, `None` for bots without one (they count for the first server).
+pub fn place(servers: &[(String, u32)], counts: &[(Option<String>, i64)]) -> usize {
+    let count = |i: usize, key: &str| -> i64 {
+        counts
+            .iter()
+            .filter(|(k, _)| match k {
+                Some(k) => k == key,
+                None => i == 0,
+            })
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let mut best = 0;
+    let mut best_load = (i64::MAX, 1i64);
+    for (i, (key, weight)) in servers.iter().enumerate() {
+        let load = (count(i, key), i64::from((*weight).max(1)));
+        // a/b < c/d  <=>  a*d < c*b (weights are positive); ties keep the earlier server.
+        if i == 0 || load.0 * best_load.1 < best_load.0 * load.1 {
+            best = i;
+            best_load = load;
+        }
+    }
+    best
+}
+
+impl BotDatabaseSettings {
+    /// Checks `servers`: valid URLs, weights of at least 1, no server twice, not together with
+    /// `server_url`.
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "bot_database.servers";
+        if self.servers.is_empty() {
+            return Ok(());
+        }
+        if !self.server_url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: KEY,
+                reason: "set either bot_database.server_url (one server) or \
+                         bot_database.servers (several), not both"
+                    .into(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for server in &self.servers {
+            let options = parse_pg_url(KEY, &server.url)?;
+            // The panel records each bot's server by user, host and port: every process
+            // (daemon, CLI, web panel) must derive the same, whatever its PGUSER or PGPORT.
+            let explicit = url::Url::parse(&server.url)
+                .is_ok_and(|u| !u.username().is_empty() && u.port().is_some());
+            if !explicit {
+                return Err(ConfigError::Invalid {
+                    key: KEY,
+                    reason: format!(
+                        "{} must name its user and port (postgres://USER@HOST:PORT/): bots \
+                         are recorded on a server by user, host and port",
+                        mask_url(&server.url)
+                    ),
+                });
+            }
+            if server.weight == 0 {
+                return Err(ConfigError::Invalid {
+                    key: KEY,
+                    reason: format!("{}: weight must be at least 1", mask_url(&server.url)),
+                });
+            }
+            let key = server_key(&options);
+            if !seen.insert(key.clone()) {
+                return Err(ConfigError::Invalid {
+                    key: KEY,
+                    reason: format!("{key} is listed twice"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for BotDatabaseSettings {
     fn default() -> Self {
         Self {
             name_template: "{panel_db}_bot_{id}".into(),
             server_url: String::new(),
+            servers: Vec::new(),
             connection_budget: BudgetSetting::Auto,
             max_connections_per_bot: 2,
             provision_concurrency: 2,
@@ -447,7 +621,7 @@ impl Settings {
         }
         let nested: config::Map<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with("BOTVISOR__"))
+            .filter(|(k, _)| k.starts_with("BOTVISOR__") && k.as_str() != SERVERS_ENV)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
@@ -482,10 +656,13 @@ impl Settings {
                 .set_override("secrets.master_key_file", file.as_str())
                 .map_err(|e| ConfigError::Parse(e.to_string()))?;
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(value) = env.get(SERVERS_ENV) {
+            settings.bot_database.servers = parse_servers_env(value)?;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -510,6 +687,7 @@ impl Settings {
         if !self.bot_database.server_url.is_empty() {
             parse_pg_url("bot_database.server_url", &self.bot_database.server_url)?;
         }
+        self.bot_database.validate_servers()?;
         let t = &self.bot_database.name_template;
         if !t.contains("{id}") {
             return Err(ConfigError::Invalid {
@@ -745,6 +923,9 @@ impl Settings {
         let mut masked = self.clone();
         masked.panel.url = mask_url(&masked.panel.url);
         masked.bot_database.server_url = mask_url(&masked.bot_database.server_url);
+        for server in &mut masked.bot_database.servers {
+            server.url = mask_url(&server.url);
+        }
         toml::to_string_pretty(&masked).expect("settings always serialise")
     }
 }
@@ -1087,6 +1268,98 @@ mod tests {
             assert_eq!(s.bot_database.connection_budget, want, "{text}");
             assert!(s.to_masked_toml().contains(text), "{text}");
         }
+    }
+
+    #[test]
+    fn bot_database_servers_from_the_file_or_the_environment() {
+        let base = ("DATABASE_URL", "postgres://u@h/p");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "[bot_database]\nservers = [\"postgres://u:secret1@a:5432/\", \
+             { url = \"postgres://u@b:5433/\", weight = 2 }]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &env(&[base])).unwrap();
+        let want = |a: &str, b: &str| {
+            vec![
+                ServerEntry {
+                    url: a.into(),
+                    weight: 1,
+                },
+                ServerEntry {
+                    url: b.into(),
+                    weight: 2,
+                },
+            ]
+        };
+        assert_eq!(
+            s.bot_database.servers,
+            want("postgres://u:secret1@a:5432/", "postgres://u@b:5433/")
+        );
+        let masked = s.to_masked_toml();
+        assert!(!masked.contains("secret1"), "{masked}");
+        assert!(masked.contains("postgres://u:****@a:5432/"), "{masked}");
+        // The environment overrides the file: a TOML array, or URLs separated by commas.
+        let s = Settings::load(
+            Some(&path),
+            &env(&[
+                base,
+                (
+                    SERVERS_ENV,
+                    "[\"postgres://u@c:5432/\", {url = \"postgres://u@d:5432/\", weight = 2}]",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.bot_database.servers,
+            want("postgres://u@c:5432/", "postgres://u@d:5432/")
+        );
+        let s = Settings::load(
+            None,
+            &env(&[
+                base,
+                (SERVERS_ENV, "postgres://u@c:5432/, postgres://u@d:5432/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.bot_database.servers.len(), 2);
+        assert_eq!(s.bot_database.servers[1].url, "postgres://u@d:5432/");
+    }
+
+    #[test]
+    fn invalid_bot_database_servers_are_refused_clearly() {
+        let load = |servers: &str, extra: &[(&str, &str)]| {
+            let mut pairs = vec![("DATABASE_URL", "postgres://u@h/p"), (SERVERS_ENV, servers)];
+            pairs.extend_from_slice(extra);
+            Settings::load(None, &env(&pairs)).unwrap_err().to_string()
+        };
+        let e = load("postgres://u:hunter2@a:5432/, mysql://u:hunter2@b/", &[]);
+        assert!(
+            e.contains("bot_database.servers") && e.contains("postgres://"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = load("[{url = \"postgres://u@a:5432/\", weight = 0}]", &[]);
+        assert!(e.contains("weight must be at least 1"), "{e}");
+        let e = load("postgres://u@a:5432/x, postgres://u:pw@A:5432/y", &[]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = load("postgres://u:hunter2@a/", &[]);
+        assert!(
+            e.contains("must name its user and port") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = load("postgres://a:5432/", &[]);
+        assert!(e.contains("must name its user and port"), "{e}");
+        let e = load("[{url = \"postgres://u@a:5432/\", wieght = 2}]", &[]);
+        assert!(e.contains("bot_database.servers"), "{e}");
+        let e = load(
+            "postgres://u@a:5432/",
+            &[("BOTVISOR__BOT_DATABASE__SERVER_URL", "postgres://u@b:5432/")],
+        );
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -86,14 +86,7 @@ fn rewrite_index(
 /// Runs the CLI off the test's runtime thread, so the daemon the harness runs on that thread
 /// keeps working meanwhile (an in-place import waits for it to stop the bot).
 async fn cli(env: &std::collections::HashMap<String, String>, args: &[&str]) -> common::Run {
-    let env = env.clone();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        botvisor(&env, &args)
-    })
-    .await
-    .unwrap()
+    common::botvisor_off_thread(env, args).await
 }
 
 /// Sends `/start` from `chat` until the bot answers `expected` (text changes reach a running

@@ -337,6 +337,7 @@ fn target(db: &TestDb, i: usize) -> BotDbTarget {
         maintenance: options("postgres"),
         database,
         password: None,
+        server_key: botvisor::settings::server_key(&options("postgres")),
     }
 }
 

@@ -953,6 +953,53 @@ fn backup_saves_orphaned_bot_databases_and_flags_them() {
 }
 
 #[test]
+fn backup_skips_bots_placed_on_another_server_loudly() {
+    let dbs = Dbs::new();
+    let panel = real_panel(&dbs);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("master.key");
+    botvisor::crypto::init_key_file(&key).unwrap();
+    // Two servers: the panel's, and one the backup does not reach (placement only writes the
+    // panel, so it need not answer).
+    let here = dbs.url(&panel);
+    let here = &here[..here.rfind('/').unwrap()];
+    let elsewhere = "postgres://postgres@192.0.2.1:5433";
+    let servers = format!(r#"["{here}", "{elsewhere}"]"#);
+    let add = |name: &str, n: u32| -> String {
+        ok(Command::new(botvisor_bin())
+            .args(["bot", "add", "--name", name, "--token", &token(n)])
+            .env("BOTVISOR_PANEL_URL", dbs.url(&panel))
+            .env("BOTVISOR__BOT_DATABASE__SERVERS", &servers)
+            .env(botvisor::crypto::KEY_FILE_ENV, &key))
+        .trim()
+        .to_string()
+    };
+    let near_id = add("near", 1);
+    let far_id = add("far", 2);
+    let near = dbs.create(&format!("panel_bot_{near_id}"), 5);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = backup_discovering(
+        &dbs,
+        &panel,
+        tmp.path(),
+        &[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("2/2 bot {near_id} (near): {near} OK")),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "BACKUP SKIPPED: bot {far_id} (far): its database is on another server ({elsewhere})"
+        )),
+        "{all}"
+    );
+}
+
+#[test]
 fn backup_of_the_panel_alone_counts_it_saved() {
     let dbs = Dbs::new();
     let panel = real_panel(&dbs);

@@ -484,11 +484,11 @@ fn copy_hashed(from: &mut dyn Read, to: &mut dyn Write) -> std::io::Result<(u64,
 }
 
 /// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
     /// A new empty directory in `parent`.
-    fn new(parent: &Path) -> Result<Self, AdminError> {
+    pub(super) fn new(parent: &Path) -> Result<Self, AdminError> {
         let stamp = Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let dir = parent.join(format!(".botvisor-archive-{}-{stamp}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| {
@@ -549,7 +549,7 @@ async fn run_tool(
 /// Dumps `target` into `dump` (`pg_dump -Fc`) and counts its rows per table in the same
 /// snapshot (a read-only transaction held open while `pg_dump` runs, `--snapshot`), so the
 /// counts describe exactly the rows dumped even while the bot writes; the error is one line.
-async fn dump_database(
+pub(super) async fn dump_database(
     target: &BotDbTarget,
     dump: &Path,
     tools: &PgTools,
@@ -758,6 +758,7 @@ impl Admin {
             None => None,
         };
         let token = parts.token.as_ref().filter(|_| token_held_by.is_none());
+        let placement = crate::botdb::placement(&self.settings);
         let id = store::add_imported_bot(
             &self.pool,
             &keys,
@@ -768,6 +769,7 @@ impl Admin {
                 texts: &parts.texts,
                 versions: &parts.versions,
                 actor: &self.actor,
+                placement: &placement,
             },
         )
         .await?;
@@ -1124,7 +1126,7 @@ impl Admin {
     /// Creates `staging` (marked with `marker`), restores `dump` into it and compares its row
     /// counts with `expected`; returns how many tables were compared (`None`: the archive
     /// predates the counts).
-    async fn restore_staging(
+    pub(super) async fn restore_staging(
         &self,
         staging: &BotDbTarget,
         marker: &str,
@@ -1167,7 +1169,7 @@ impl Admin {
     /// Waits until bot `id` (disabled) is stopped: its status says `stopped`, it has none, or
     /// the instance that wrote it is no longer alive. The deadline is the daemon's shutdown
     /// deadline plus [`STOP_GRACE`].
-    async fn wait_stopped(&self, id: i64) -> Result<(), String> {
+    pub(super) async fn wait_stopped(&self, id: i64) -> Result<(), String> {
         let wait = self.settings.shutdown_deadline() + STOP_GRACE;
         let until = tokio::time::Instant::now() + wait;
         loop {

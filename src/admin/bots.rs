@@ -69,6 +69,9 @@ pub struct BotView {
     pub enabled: bool,
     /// Its database's name.
     pub database: String,
+    /// The server its database lives on, as configured with the password masked (or
+    /// `postgres://user@host:port` when the settings do not list it).
+    pub server: String,
     /// The override, if any, its password masked.
     pub database_override: Option<String>,
     /// The row's version.
@@ -163,6 +166,8 @@ pub struct ClusterStatus {
     pub instances: Vec<crate::panel::InstanceRecord>,
     /// Bots by state (`disabled`, `unknown` when no instance wrote a status yet).
     pub states: BTreeMap<String, usize>,
+    /// Bots by the server their database lives on (masked URL; see [`BotView::server`]).
+    pub servers: BTreeMap<String, usize>,
 }
 
 impl Admin {
@@ -184,6 +189,11 @@ impl Admin {
             "token": token.to_string(),
             "enabled": bot.enabled,
         });
+        // A bot whose override URL names its own server is placed nowhere.
+        let placement = match bot.database {
+            Some(db) if db.contains("://") => Vec::new(),
+            _ => crate::botdb::placement(&self.settings),
+        };
         let id = store::add_bot_audited(
             &self.pool,
             &keys,
@@ -194,6 +204,7 @@ impl Admin {
                 database: bot.database,
                 manifest: &manifest,
             },
+            &placement,
             &self.actor,
             |id| self.audit_entry("bot.add", Some(id), bot.name, None, Some(after)),
         )
@@ -303,7 +314,7 @@ impl Admin {
         confirmed: bool,
     ) -> Result<DatabaseFate, AdminError> {
         let bot = store::get_bot(&self.pool, id).await?;
-        let target = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref());
+        let target = self.bot_target(&bot);
         if !confirmed {
             let database = match &target {
                 Ok(t) => format!("its database {}", t.database),
@@ -357,16 +368,23 @@ impl Admin {
                 "database {name} belongs to PostgreSQL itself; choose another name"
             ));
         }
+        let any_server =
+            !self.settings.bot_database.servers.is_empty() && !database.contains("://");
         if let Ok(panel) = self.settings.panel_connect_options()
-            && same_database(&target.options, &panel)
+            && (same_database(&target.options, &panel)
+                || (any_server && panel.get_database() == Some(name)))
         {
             return refuse(format!(
                 "database {name} is the panel's own database; choose another name"
             ));
         }
-        for (id, other) in store::list_database_overrides(&self.pool).await? {
-            if let Ok(other) = BotDbTarget::resolve(&self.settings, id, other.as_deref())
-                && same_database(&target.options, &other.options)
+        // With several servers the new bot's server is chosen only as it is inserted, and a
+        // move keeps the name: a plain name must then be free on every server.
+        for (id, other, server) in store::list_database_overrides(&self.pool).await? {
+            if let Ok(other) =
+                BotDbTarget::resolve_on(&self.settings, id, server.as_deref(), other.as_deref())
+                && (same_database(&target.options, &other.options)
+                    || (any_server && other.database == target.database))
             {
                 return refuse(format!(
                     "database {name} is already used by bot {id}; choose another name"
@@ -404,16 +422,37 @@ impl Admin {
             };
             *states.entry(state).or_default() += 1;
         }
-        Ok(ClusterStatus { instances, states })
+        let mut servers: BTreeMap<String, usize> = BTreeMap::new();
+        for bot in &bots {
+            let server = match self.bot_target(bot) {
+                Ok(t) => self.server_masked(&t.server_key),
+                Err(_) => bot.db_server.clone().unwrap_or_else(|| "<invalid>".into()),
+            };
+            *servers.entry(server).or_default() += 1;
+        }
+        Ok(ClusterStatus {
+            instances,
+            states,
+            servers,
+        })
     }
 
     /// The database of a bot, resolved by the settings' naming rule or its override.
     pub fn bot_target(&self, bot: &BotRecord) -> Result<BotDbTarget, AdminError> {
-        Ok(BotDbTarget::resolve(
+        Ok(BotDbTarget::resolve_on(
             &self.settings,
             bot.id,
+            bot.db_server.as_deref(),
             bot.database.as_deref(),
         )?)
+    }
+
+    /// The configured URL (masked) of the server with key `key`, else the key itself.
+    pub(super) fn server_masked(&self, key: &str) -> String {
+        crate::botdb::servers(&self.settings)
+            .ok()
+            .and_then(|list| list.into_iter().find(|s| s.key == key))
+            .map_or_else(|| key.to_owned(), |s| s.masked())
     }
 
     /// The bot's token masked (`123456:****`); `****` when it cannot be opened (no key file).
@@ -429,15 +468,17 @@ impl Admin {
     }
 
     fn view(&self, bot: &BotRecord, status: Option<&BotStatus>) -> BotView {
-        let database = BotDbTarget::resolve(&self.settings, bot.id, bot.database.as_deref())
-            .map(|t| t.database)
-            .unwrap_or_else(|e| format!("<{e}>"));
+        let (database, server) = match self.bot_target(bot) {
+            Ok(t) => (t.database, self.server_masked(&t.server_key)),
+            Err(e) => (format!("<{e}>"), bot.db_server.clone().unwrap_or_default()),
+        };
         BotView {
             id: bot.id,
             name: bot.name.clone(),
             token: self.masked_token(bot),
             enabled: bot.enabled,
             database,
+            server,
             database_override: bot.database.as_deref().map(mask_url),
             version: bot.version,
             texts: bot.texts_count,

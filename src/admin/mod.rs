@@ -17,7 +17,8 @@
 //! - [`operators`]: operators, roles, passwords, sessions, API keys, the audit log;
 //! - [`versions`]: the history of texts and manifests, and rollback;
 //! - [`archive`]: a bot exported to one archive file and imported again as a new bot or in
-//!   place over an existing one.
+//!   place over an existing one;
+//! - [`moving`]: a bot's database moved to another of the configured servers.
 //!
 //! The master key file is read when an operation first needs it (so commands that touch no
 //! secret work without it) and kept; see [`crate::crypto`].
@@ -32,6 +33,7 @@ pub mod data;
 pub mod history;
 pub mod keys;
 pub mod manifests;
+pub mod moving;
 pub mod operators;
 pub mod schedules;
 pub mod secrets;

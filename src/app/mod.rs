@@ -92,8 +92,11 @@ pub struct DaemonHandles {
     pub reload: mpsc::Sender<()>,
     /// The reconcile loop's latest turn.
     pub heartbeat: watch::Receiver<tokio::time::Instant>,
-    /// The connection budget of bot databases (its count of open connections is exact).
+    /// The connection budget of the first bot-database server (its count of open connections
+    /// is exact).
     pub budget: ConnectionBudget,
+    /// Every server's budget, by server key (the first is [`Self::budget`]).
+    pub budgets: crate::botdb::ServerBudgets,
     /// The process's Prometheus recorder (rendered at `/metrics`).
     pub metrics: Metrics,
     /// The address the HTTP listener is bound to (`None`: `http.listen` is empty).
@@ -105,7 +108,7 @@ pub struct Daemon {
     settings: Arc<Settings>,
     supervisor: Supervisor,
     tasks: Tasks,
-    budget: ConnectionBudget,
+    budgets: crate::botdb::ServerBudgets,
     panel: sqlx::PgPool,
     instance: (String, String),
     metrics: Metrics,
@@ -141,28 +144,42 @@ impl Daemon {
         check_keys(&panel, &keys).await?;
         let api = TelegramApi::new(settings.telegram_api_url())?;
         let db = &settings.bot_database;
-        let size = crate::botdb::connection_budget(&settings).await?;
-        match size.server {
-            Some((max_connections, superuser_reserved)) => tracing::info!(
-                budget = size.budget,
-                max_connections,
-                superuser_reserved,
-                reserve = crate::settings::AUTO_BUDGET_RESERVE,
-                "connection budget sized from the server"
-            ),
-            None => tracing::debug!(budget = size.budget, "connection budget"),
+        let mut budgets = Vec::new();
+        for (server, size) in crate::botdb::connection_budgets(&settings).await? {
+            match size.server {
+                Some((max_connections, superuser_reserved)) => tracing::info!(
+                    server = %server.masked(),
+                    budget = size.budget,
+                    max_connections,
+                    superuser_reserved,
+                    reserve = crate::settings::AUTO_BUDGET_RESERVE,
+                    "connection budget sized from the server"
+                ),
+                None => {
+                    tracing::debug!(server = %server.masked(), budget = size.budget, "connection budget")
+                }
+            }
+            let budget = ConnectionBudget::new(
+                size.budget,
+                std::time::Duration::from_secs(db.idle_timeout_secs),
+                std::time::Duration::from_secs(db.acquire_timeout_secs),
+            )
+            .with_provision_concurrency(db.provision_concurrency);
+            budgets.push((server.key, budget));
         }
-        let budget = ConnectionBudget::new(
-            size.budget,
-            std::time::Duration::from_secs(db.idle_timeout_secs),
-            std::time::Duration::from_secs(db.acquire_timeout_secs),
-        )
-        .with_provision_concurrency(db.provision_concurrency);
+        if budgets.len() > 1 {
+            budgets = budgets
+                .into_iter()
+                .map(|(key, b)| (key, b.without_metrics()))
+                .collect();
+        }
+        let budgets = crate::botdb::ServerBudgets::new(budgets);
+        let budget = budgets.first().clone();
         let tasks = Tasks::new(shutdown);
         let deps = SharedDeps {
             settings: Arc::clone(&settings),
             api,
-            budget: budget.clone(),
+            budgets: budgets.clone(),
             registry,
             tasks: tasks.clone(),
             keys,
@@ -203,6 +220,7 @@ impl Daemon {
             reload: supervisor.reload_sender(),
             heartbeat: supervisor.heartbeat(),
             budget: budget.clone(),
+            budgets: budgets.clone(),
             metrics: metrics.clone(),
             http_addr: http.as_ref().map(http::HttpServer::local_addr),
         };
@@ -211,7 +229,7 @@ impl Daemon {
                 settings,
                 supervisor,
                 tasks,
-                budget,
+                budgets,
                 panel,
                 instance,
                 metrics,
@@ -224,8 +242,16 @@ impl Daemon {
     /// Runs until `shutdown` (given to [`Daemon::start`]) is cancelled, then drains.
     pub async fn run(self) -> Result<ShutdownReport, DaemonError> {
         let shutdown = self.tasks.shutdown_token();
-        self.tasks
-            .spawn("botdb-budget", self.budget.clone().run(shutdown.clone()));
+        for (_, budget) in self.budgets.iter() {
+            self.tasks
+                .spawn("botdb-budget", budget.clone().run(shutdown.clone()));
+        }
+        if self.budgets.iter().count() > 1 {
+            self.tasks.spawn(
+                "botdb-budget-metrics",
+                self.budgets.clone().report_metrics(shutdown.clone()),
+            );
+        }
         self.tasks
             .spawn("metrics-upkeep", self.metrics.clone().run(shutdown.clone()));
         if let Some(server) = self.http {

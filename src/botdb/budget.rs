@@ -207,6 +207,9 @@ struct Shared {
     turns_queued: AtomicUsize,
     /// Check turns, see [`ConnectionBudget::check_turn`]: half the budget's slots.
     checks: Arc<Semaphore>,
+    /// Whether [`ConnectionBudget::run`] sets the connection gauges (with several servers the
+    /// daemon sets them to the sum of every server's budget instead).
+    reports_metrics: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -269,8 +272,15 @@ impl ConnectionBudget {
                 turn_limit: AtomicUsize::new(turns),
                 turns_queued: AtomicUsize::new(0),
                 checks: Arc::new(Semaphore::new((budget / 2).max(1) as usize)),
+                reports_metrics: std::sync::atomic::AtomicBool::new(true),
             }),
         }
+    }
+
+    /// Leaves the connection gauges to the caller (the daemon sums several servers' budgets).
+    pub fn without_metrics(self) -> Self {
+        self.shared.reports_metrics.store(false, Ordering::Release);
+        self
     }
 
     /// Sets how many provisionings may hold connections at once (at least 1)
@@ -391,7 +401,9 @@ impl ConnectionBudget {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {
                     let closed = self.reap_idle().await;
-                    metrics::db_connections(self.open_connections(), self.shared.budget as u32);
+                    if self.shared.reports_metrics.load(Ordering::Acquire) {
+                        metrics::db_connections(self.open_connections(), self.shared.budget as u32);
+                    }
                     if closed > 0 {
                         tracing::debug!(closed, open = self.open_connections(), "closed idle bot database connections");
                     }

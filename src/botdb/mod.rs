@@ -89,15 +89,40 @@ pub struct BudgetSize {
     pub server: Option<(u32, u32)>,
 }
 
-/// Resolves `bot_database.connection_budget`: a number as it is; `"auto"` from the bot
-/// database server's `max_connections`, minus `superuser_reserved_connections` and
-/// [`crate::settings::AUTO_BUDGET_RESERVE`]. Checks the settings the budget bounds.
+/// Resolves `bot_database.connection_budget` for the first bot-database server: a number as
+/// it is; `"auto"` from the server's `max_connections`, minus `superuser_reserved_connections`
+/// and [`crate::settings::AUTO_BUDGET_RESERVE`]. Checks the settings the budget bounds.
 pub async fn connection_budget(settings: &Settings) -> Result<BudgetSize, BudgetSizeError> {
+    let first = servers(settings)?
+        .into_iter()
+        .next()
+        .expect("servers() lists at least one");
+    server_budget(settings, &first).await
+}
+
+/// [`connection_budget`] for every server, in the settings' order: each server has its own
+/// budget (an explicit number applies to each; "auto" is sized from each server).
+pub async fn connection_budgets(
+    settings: &Settings,
+) -> Result<Vec<(DbServer, BudgetSize)>, BudgetSizeError> {
+    let mut sized = Vec::new();
+    for server in servers(settings)? {
+        let size = server_budget(settings, &server).await?;
+        sized.push((server, size));
+    }
+    Ok(sized)
+}
+
+async fn server_budget(
+    settings: &Settings,
+    server: &DbServer,
+) -> Result<BudgetSize, BudgetSizeError> {
     let setting = settings.bot_database.connection_budget;
     let server = match setting {
         BudgetSetting::Fixed(_) => None,
         BudgetSetting::Auto => {
-            let target = BotDbTarget::resolve(settings, 0, None)?;
+            let target = BotDbTarget::on_server(settings, 0, server, None)
+                .map_err(|reason| BotDbError::InvalidTarget { bot_id: 0, reason })?;
             let mut conn = target.maintenance_connection().await?;
             let limits = store::server_connection_limits(&mut conn).await;
             let _ = conn.close().await;
@@ -116,6 +141,62 @@ pub async fn connection_budget(settings: &Settings) -> Result<BudgetSize, Budget
     settings.bot_database.check_budget(budget)?;
     Ok(BudgetSize { budget, server })
 }
+
+/// One connection budget per bot-database server, first the first server's.
+#[derive(Clone)]
+pub struct ServerBudgets(std::sync::Arc<Vec<(String, ConnectionBudget)>>);
+
+impl ServerBudgets {
+    /// Budgets by server key ([`DbServer::key`]); `list` must not be empty.
+    pub fn new(list: Vec<(String, ConnectionBudget)>) -> Self {
+        assert!(!list.is_empty(), "at least one server");
+        Self(std::sync::Arc::new(list))
+    }
+
+    /// The first server's budget (also serving bots whose override URL names an unlisted
+    /// server).
+    pub fn first(&self) -> &ConnectionBudget {
+        &self.0[0].1
+    }
+
+    /// The budget of the server with key `key`, else the first.
+    pub fn for_server(&self, key: &str) -> &ConnectionBudget {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(|| self.first(), |(_, b)| b)
+    }
+
+    /// Every `(server key, budget)`.
+    pub fn iter(&self) -> impl Iterator<Item = &(String, ConnectionBudget)> {
+        self.0.iter()
+    }
+
+    /// Sets the connection gauges to the sum over every server every
+    /// [`BUDGET_METRICS_PERIOD`] until `shutdown` (the budgets were built
+    /// [`ConnectionBudget::without_metrics`]).
+    pub async fn report_metrics(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(BUDGET_METRICS_PERIOD);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {
+                    let (open, budget) = self.iter().fold((0, 0), |(o, b), (_, budget)| {
+                        let s = budget.stats();
+                        (o + s.open, b + s.budget)
+                    });
+                    crate::telemetry::metrics::db_connections(
+                        open,
+                        u32::try_from(budget).unwrap_or(u32::MAX),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// How often the connection gauges are set with several servers.
+pub const BUDGET_METRICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the connection budget could not be sized.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +235,8 @@ pub struct BotDbTarget {
     /// take it from `PGPASSWORD`; [`PgConnectOptions`] does not give it back). Its `Debug`
     /// is redacted.
     pub password: Option<secrecy::SecretString>,
+    /// The server's key ([`crate::settings::server_key`]): which connection budget serves it.
+    pub server_key: String,
 }
 
 /// Names the server by its masked URL: sqlx's `PgConnectOptions` prints the password in its
@@ -168,43 +251,160 @@ impl std::fmt::Debug for BotDbTarget {
     }
 }
 
+/// One server bot databases live on (`bot_database.servers`, or the one-server settings).
+#[derive(Clone)]
+pub struct DbServer {
+    /// `postgres://user@host:port`, without password ([`crate::settings::server_key`]): what
+    /// `bots.db_server` records.
+    pub key: String,
+    /// The URL as configured (it may hold a password: never print it; [`Self::masked`]).
+    url: String,
+    /// Connect options (database not set).
+    pub options: PgConnectOptions,
+    /// Its placement weight.
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for DbServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbServer")
+            .field("key", &self.key)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbServer {
+    /// The configured URL with its password masked.
+    pub fn masked(&self) -> String {
+        crate::mask::mask_url(&self.url)
+    }
+}
+
+/// The servers bot databases live on, first the one bots without a recorded server use:
+/// `bot_database.servers`, else `bot_database.server_url`, else the panel's server.
+pub fn servers(settings: &Settings) -> Result<Vec<DbServer>, crate::settings::ConfigError> {
+    let db = &settings.bot_database;
+    let entries: Vec<(&'static str, &str, u32)> = if !db.servers.is_empty() {
+        db.servers
+            .iter()
+            .map(|s| ("bot_database.servers", s.url.as_str(), s.weight))
+            .collect()
+    } else if !db.server_url.is_empty() {
+        vec![("bot_database.server_url", db.server_url.as_str(), 1)]
+    } else {
+        vec![("panel.url", settings.panel.url.as_str(), 1)]
+    };
+    entries
+        .into_iter()
+        .map(|(key, url, weight)| {
+            let options = url
+                .parse::<PgConnectOptions>()
+                .map(|o| crate::settings::without_loopback_tls(url, o))
+                .map_err(|e| crate::settings::ConfigError::Invalid {
+                    key,
+                    reason: format!("{}: {e}", crate::mask::mask_url(url)),
+                })?;
+            Ok(DbServer {
+                key: crate::settings::server_key(&options),
+                url: url.to_owned(),
+                options,
+                weight,
+            })
+        })
+        .collect()
+}
+
+/// The configured server a URL names (matched by user, host and port; its password and
+/// database do not matter); `None` when it is not one of them.
+pub fn find_server(settings: &Settings, url: &str) -> Result<Option<DbServer>, String> {
+    let options = parse_server_url(url)?;
+    let key = crate::settings::server_key(&options);
+    let list = servers(settings).map_err(|e| e.to_string())?;
+    Ok(list.into_iter().find(|s| s.key == key))
+}
+
+fn parse_server_url(url: &str) -> Result<PgConnectOptions, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "{} is not a postgres:// URL",
+            crate::mask::mask_url(url)
+        ));
+    }
+    url.parse::<PgConnectOptions>()
+        .map(|o| crate::settings::without_loopback_tls(url, o))
+        .map_err(|e| format!("{}: {e}", crate::mask::mask_url(url)))
+}
+
+/// The `(key, weight)` of every server a new bot may be placed on: empty (no server
+/// recorded, the first one used) unless `bot_database.servers` lists them.
+pub fn placement(settings: &Settings) -> Vec<(String, u32)> {
+    if settings.bot_database.servers.is_empty() {
+        return Vec::new();
+    }
+    servers(settings)
+        .map(|list| list.into_iter().map(|s| (s.key, s.weight)).collect())
+        .unwrap_or_default()
+}
+
 impl BotDbTarget {
-    /// Resolves the database of bot `bot_id` with optional override `database`.
+    /// Resolves the database of bot `bot_id` with optional override `database`, on the first
+    /// configured server.
     pub fn resolve(
         settings: &Settings,
         bot_id: i64,
         database: Option<&str>,
     ) -> Result<Self, BotDbError> {
+        Self::resolve_on(settings, bot_id, None, database)
+    }
+
+    /// Resolves the database of bot `bot_id` on server `server` (a key recorded in
+    /// `bots.db_server`; `None`: the first configured server) with optional override
+    /// `database` (a name on that server, or a full URL naming its own server).
+    pub fn resolve_on(
+        settings: &Settings,
+        bot_id: i64,
+        server: Option<&str>,
+        database: Option<&str>,
+    ) -> Result<Self, BotDbError> {
         let invalid = |reason: String| BotDbError::InvalidTarget { bot_id, reason };
-        let server = if settings.bot_database.server_url.is_empty() {
-            settings.panel_connect_options()
-        } else {
-            let url = &settings.bot_database.server_url;
-            url.parse::<PgConnectOptions>()
-                .map(|o| crate::settings::without_loopback_tls(url, o))
-                .map_err(|e| crate::settings::ConfigError::Invalid {
-                    key: "bot_database.server_url",
-                    reason: e.to_string(),
-                })
+        let list = servers(settings).map_err(|e| invalid(e.to_string()))?;
+        let chosen = match server {
+            None => list.into_iter().next(),
+            Some(key) => {
+                let found = list.into_iter().find(|s| s.key == key);
+                if found.is_none() {
+                    return Err(invalid(format!(
+                        "its server {key} is not in bot_database.servers; list it again \
+                         (then `botvisor bot move` can take the bot elsewhere)"
+                    )));
+                }
+                found
+            }
         }
-        .map_err(|e| invalid(e.to_string()))?;
-        let server_url = if settings.bot_database.server_url.is_empty() {
-            &settings.panel.url
-        } else {
-            &settings.bot_database.server_url
-        };
-        let (server, name, url) = match database.map(str::trim).filter(|d| !d.is_empty()) {
+        .ok_or_else(|| invalid("no bot database server is configured".into()))?;
+        Self::on_server(settings, bot_id, &chosen, database).map_err(invalid)
+    }
+
+    /// Resolves bot `bot_id`'s database on `server` (see [`Self::resolve_on`]).
+    pub fn on_server(
+        settings: &Settings,
+        bot_id: i64,
+        server: &DbServer,
+        database: Option<&str>,
+    ) -> Result<Self, String> {
+        let (options, name, url) = match database.map(str::trim).filter(|d| !d.is_empty()) {
             Some(url) if url.contains("://") => {
-                let opts = parse_database_url(url).map_err(invalid)?;
+                let opts = parse_database_url(url)?;
                 let name = opts.get_database().unwrap_or_default().to_owned();
                 (opts, name, url)
             }
-            Some(name) => (server, name.to_owned(), server_url.as_str()),
+            Some(name) => (server.options.clone(), name.to_owned(), server.url.as_str()),
             None => {
                 let panel_db = settings.panel_database_name();
                 let name =
                     render_name_template(&settings.bot_database.name_template, &panel_db, bot_id);
-                (server, name, server_url.as_str())
+                (server.options.clone(), name, server.url.as_str())
             }
         };
         let password = url::Url::parse(url).ok().and_then(|u| {
@@ -214,11 +414,12 @@ impl BotDbTarget {
                 .map(|(_, v)| v.into_owned())?;
             Some(secrecy::SecretString::from(p))
         });
-        validate_database_name(&name).map_err(invalid)?;
+        validate_database_name(&name)?;
         Ok(Self {
             bot_id,
-            options: server.clone().database(&name),
-            maintenance: server.database("postgres"),
+            server_key: crate::settings::server_key(&options),
+            options: options.clone().database(&name),
+            maintenance: options.database("postgres"),
             database: name,
             password,
         })
@@ -337,6 +538,7 @@ impl BotDbTarget {
         }
         BotDbTarget {
             bot_id: self.bot_id,
+            server_key: self.server_key.clone(),
             options: self.options.clone().database(&name),
             maintenance: self.maintenance.clone(),
             database: name,
@@ -736,6 +938,79 @@ mod tests {
             let e = BotDbTarget::resolve(&settings(), 7, Some(bad)).unwrap_err();
             assert!(e.is_fatal(), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn placement_takes_the_fewest_bots_per_weight_ties_to_the_first() {
+        use crate::settings::place;
+        let servers = |w: &[u32]| -> Vec<(String, u32)> {
+            w.iter()
+                .enumerate()
+                .map(|(i, w)| (format!("s{i}"), *w))
+                .collect()
+        };
+        let c = |pairs: &[(Option<&str>, i64)]| -> Vec<(Option<String>, i64)> {
+            pairs
+                .iter()
+                .map(|(k, n)| (k.map(str::to_owned), *n))
+                .collect()
+        };
+        assert_eq!(place(&servers(&[1, 1]), &[]), 0);
+        assert_eq!(place(&servers(&[1, 1]), &c(&[(None, 1)])), 1);
+        // Bots without a recorded server count for the first.
+        assert_eq!(
+            place(&servers(&[1, 1]), &c(&[(None, 1), (Some("s1"), 1)])),
+            0
+        );
+        assert_eq!(
+            place(&servers(&[1, 3]), &c(&[(None, 1), (Some("s1"), 2)])),
+            1
+        );
+        assert_eq!(
+            place(&servers(&[1, 3]), &c(&[(None, 1), (Some("s1"), 3)])),
+            0
+        );
+        // A recorded server no longer listed counts nowhere.
+        assert_eq!(place(&servers(&[1, 1]), &c(&[(Some("gone"), 9)])), 0);
+    }
+
+    #[test]
+    fn a_bot_resolves_on_its_recorded_server() {
+        let env: HashMap<String, String> = [
+            (
+                "DATABASE_URL".to_string(),
+                "postgres://u@h/panel".to_string(),
+            ),
+            (
+                crate::settings::SERVERS_ENV.to_string(),
+                "postgres://u:pw1@a:5432/, postgres://v:pw2@b:5433/".to_string(),
+            ),
+        ]
+        .into();
+        let s = Settings::load(None, &env).unwrap();
+        let t = BotDbTarget::resolve_on(&s, 7, None, None).unwrap();
+        assert_eq!(
+            (t.options.get_host(), t.database.as_str()),
+            ("a", "panel_bot_7")
+        );
+        let t = BotDbTarget::resolve_on(&s, 7, Some("postgres://v@b:5433"), Some("shop")).unwrap();
+        assert_eq!((t.options.get_host(), t.options.get_port()), ("b", 5433));
+        assert_eq!(t.database, "shop");
+        let e: HashMap<_, _> = t.libpq_env().into_iter().collect();
+        assert_eq!(e["PGPASSWORD"], "pw2");
+        let err = BotDbTarget::resolve_on(&s, 7, Some("postgres://u@gone:5432"), None).unwrap_err();
+        assert!(
+            err.is_fatal() && err.to_string().contains("invalid database"),
+            "{err}"
+        );
+        assert_eq!(
+            placement(&s),
+            [
+                ("postgres://u@a:5432".to_string(), 1),
+                ("postgres://v@b:5433".to_string(), 1)
+            ]
+        );
+        assert!(placement(&settings()).is_empty());
     }
 
     #[test]

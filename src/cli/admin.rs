@@ -88,6 +88,13 @@ pub(super) async fn run(
             for (state, n) in &status.states {
                 writeln!(out, "  {state:<12} {n}")?;
             }
+            writeln!(out, "bots by database server:")?;
+            if status.servers.is_empty() {
+                writeln!(out, "  (no bots)")?;
+            }
+            for (server, n) in &status.servers {
+                writeln!(out, "  {server}  {n}")?;
+            }
             Ok(())
         }
         Command::Reload { id } => {
@@ -240,6 +247,7 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 writeln!(out, "token:       {}", v.token)?;
                 writeln!(out, "enabled:     {}", if v.enabled { "yes" } else { "no" })?;
                 writeln!(out, "database:    {}", v.database)?;
+                writeln!(out, "server:      {}", v.server)?;
                 writeln!(out, "version:     {}", v.version)?;
                 writeln!(out, "texts:       {}", v.texts)?;
                 writeln!(out, "state:       {}", or_dash(&v.state))?;
@@ -347,6 +355,42 @@ async fn bot(cmd: &BotCommand, admin: &Admin, out: &mut dyn Write) -> Result<(),
                 writeln!(out, "(the bot has no database yet: none exported)")?;
             }
             writeln!(out, "bot {id} exported to {}", file.display())?;
+        }
+        BotCommand::Move {
+            id,
+            server,
+            drop_old,
+        } => {
+            let tools = crate::admin::archive::PgTools::default();
+            let opts = crate::admin::moving::MoveOptions {
+                server: server.as_deref(),
+                drop_old: *drop_old,
+                halt_after: None,
+            };
+            let r = admin.move_bot(*id, &opts, &tools).await?;
+            for note in &r.notes {
+                eprintln!("{note}");
+            }
+            if let Some(from) = &r.from {
+                let copied = match r.tables_verified {
+                    Some(n) => format!("database {} copied ({n} tables verified)", r.database),
+                    None => "no database yet: it is created there on the next start".to_owned(),
+                };
+                eprintln!("bot {id} moved from {from} to {}: {copied}", r.to);
+            }
+            if let Some(kept) = &r.old_kept {
+                eprintln!(
+                    "the old database is kept: {kept}; drop it with `botvisor bot move {id} \
+                     --drop-old` once you no longer need it"
+                );
+            }
+            for dropped in &r.dropped {
+                eprintln!("dropped the old database {dropped}");
+            }
+            if r.from.is_some() && r.enabled {
+                eprintln!("bot {id} is enabled again");
+            }
+            writeln!(out, "{}", r.to)?;
         }
         BotCommand::Import {
             file,

@@ -203,8 +203,13 @@ pub(super) async fn migrate(
 }
 
 pub(super) fn bot_target(settings: &Settings, bot: &BotRecord) -> Result<BotDbTarget, CliError> {
-    BotDbTarget::resolve(settings, bot.id, bot.database.as_deref())
-        .map_err(|e| CliError::input(error_line(&e)))
+    BotDbTarget::resolve_on(
+        settings,
+        bot.id,
+        bot.db_server.as_deref(),
+        bot.database.as_deref(),
+    )
+    .map_err(|e| CliError::input(error_line(&e)))
 }
 
 async fn all_targets(

@@ -509,6 +509,24 @@ pub enum BotCommand {
         #[arg(long, requires = "into")]
         with_token: bool,
     },
+    /// Move a bot's database to another server of bot_database.servers: the bot is stopped,
+    /// its database dumped, restored on the new server and its row counts verified, the panel
+    /// switched (audit entry bot.move), the bot started again. The old database is kept
+    /// (marked as moved away) unless --drop-old; `bot move ID --drop-old` alone drops the old
+    /// copies kept by earlier moves. After a crash, run the same command again. See
+    /// docs/operations.md ("Moving a bot to another server").
+    Move {
+        /// The bot's id.
+        id: i64,
+        /// The server to move to: one of bot_database.servers (matched by user, host and
+        /// port; the password may be left out).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Drop the old database once the move is done (without --server: drop the old
+        /// copies earlier moves kept).
+        #[arg(long)]
+        drop_old: bool,
+    },
     /// Remove a bot and its texts (needs --yes); its database is kept unless --drop-database.
     Remove {
         /// The bot's id.

@@ -999,6 +999,7 @@ fn spec(bot: &BotRecord, token: BotToken, webhook: Option<WebhookSpec>) -> BotSp
         name: bot.name.clone(),
         token,
         database: bot.database.clone(),
+        db_server: bot.db_server.clone(),
         webhook,
     }
 }

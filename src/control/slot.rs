@@ -273,7 +273,10 @@ impl Slot {
 }
 
 fn needs_restart(old: &BotSpec, new: &BotSpec) -> bool {
-    old.token != new.token || old.database != new.database || old.webhook != new.webhook
+    old.token != new.token
+        || old.database != new.database
+        || old.db_server != new.db_server
+        || old.webhook != new.webhook
 }
 
 /// Counts over `every`, scaled to a minute (rounded; saturating).

@@ -118,6 +118,9 @@ pub struct BotRecord {
     pub enabled: bool,
     /// Database override: a name on the default server or a full URL.
     pub database: Option<String>,
+    /// The server its database lives on, `postgres://user@host:port` (no password; see
+    /// migrations/panel/0010); `None`: the first configured server.
+    pub db_server: Option<String>,
     /// The manifest as stored.
     pub manifest: sqlx::types::Json<serde_json::Value>,
     /// Bumped on every change of the row.

@@ -14,7 +14,7 @@ use crate::token::BotToken;
 
 const SELECT_BOTS: &str = "\
     SELECT b.id, b.name, b.token AS token_clear, b.token_sealed, b.enabled, b.database, b.manifest, b.version, \
-           b.created_at, b.updated_at, b.mode, b.webhook_secret_sealed, \
+           b.created_at, b.updated_at, b.mode, b.webhook_secret_sealed, b.db_server, \
            COALESCE(t.n, 0) AS texts_count, t.latest AS texts_updated_at, \
            COALESCE(s.n, 0) AS secrets_count, s.latest AS secrets_updated_at \
     FROM bots b \
@@ -100,7 +100,7 @@ pub async fn add_bot(pool: &PgPool, keys: &Keyring, bot: &NewBot<'_>) -> Result<
         return Err(PanelError::DuplicateToken { holder });
     }
     let mut conn = pool.acquire().await?;
-    let row = (bot.enabled, bot.database);
+    let row = (bot.enabled, bot.database, None);
     insert_bot(
         &mut conn,
         keys,
@@ -112,12 +112,68 @@ pub async fn add_bot(pool: &PgPool, keys: &Keyring, bot: &NewBot<'_>) -> Result<
     .await
 }
 
+/// Servers a new bot's database may be placed on, as `(server key, weight)` in the settings'
+/// order (see [`place_bot`]).
+pub type Placement<'a> = &'a [(String, u32)];
+
+/// Chooses the server of a new bot inside `tx`: the one with the fewest bots per weight
+/// (bots with no recorded server count for the first; bots whose override is a URL count
+/// nowhere), ties to the first listed. Holds a transaction-level advisory lock so two adds at
+/// once see each other's choice. `None` when `servers` is empty.
+async fn place_bot(
+    conn: &mut PgConnection,
+    servers: Placement<'_>,
+) -> Result<Option<String>, PanelError> {
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('botvisor bot placement', 0))")
+        .execute(&mut *conn)
+        .await?;
+    let counts: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT db_server, count(*) FROM bots \
+         WHERE database IS NULL OR database NOT LIKE '%://%' GROUP BY db_server",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let best = crate::settings::place(servers, &counts);
+    Ok(servers.get(best).map(|(key, _)| key.clone()))
+}
+
+/// Every bot's recorded database server (`None`: the first configured), by id.
+pub async fn bot_servers(pool: &PgPool) -> Result<Vec<(i64, Option<String>)>, PanelError> {
+    Ok(sqlx::query_as("SELECT id, db_server FROM bots ORDER BY id")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Records that bot `id`'s database now lives on `server` (`expected`: the server it was
+/// on, so a concurrent move is refused rather than overwritten), with its `bot.move` audit
+/// entry, in one transaction: the commit point of `botvisor bot move`.
+pub async fn set_db_server_audited(
+    pool: &PgPool,
+    id: i64,
+    expected: Option<&str>,
+    server: Option<&str>,
+    audit: &NewAudit<'_>,
+) -> Result<(), PanelError> {
+    let change = sqlx::query(
+        "UPDATE bots SET db_server = $3 WHERE id = $1 AND db_server IS NOT DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(expected)
+    .bind(server);
+    change_bot_audited(pool, id, "", change, audit).await
+}
+
 /// [`add_bot`] with its audit entry (given the new id) and the first manifest version's
-/// actor in the same transaction: a bot never exists without its `bot.add` entry.
+/// actor in the same transaction: a bot never exists without its `bot.add` entry. Its
+/// database server is chosen among `placement` in the same transaction ([`place_bot`]).
 pub async fn add_bot_audited<'a>(
     pool: &PgPool,
     keys: &Keyring,
     bot: &NewBot<'_>,
+    placement: Placement<'_>,
     actor: &str,
     audit: impl FnOnce(i64) -> NewAudit<'a>,
 ) -> Result<i64, PanelError> {
@@ -125,7 +181,8 @@ pub async fn add_bot_audited<'a>(
         return Err(PanelError::DuplicateToken { holder });
     }
     let mut tx = begin_as(pool, actor).await?;
-    let row = (bot.enabled, bot.database);
+    let server = place_bot(&mut tx, placement).await?;
+    let row = (bot.enabled, bot.database, server.as_deref());
     let id = insert_bot(&mut tx, keys, bot.name, Some(bot.token), row, bot.manifest).await?;
     insert_audit_on(&mut tx, &audit(id)).await?;
     tx.commit().await?;
@@ -162,6 +219,8 @@ pub struct ImportedBot<'a> {
     pub versions: &'a ArchivedVersions,
     /// Who imports (the history's closing entries name `import:<actor>`).
     pub actor: &'a str,
+    /// Servers its database may go on ([`place_bot`]).
+    pub placement: Placement<'a>,
 }
 
 /// A bot's text and manifest versions as an archive carries them, oldest first.
@@ -192,12 +251,13 @@ pub async fn add_imported_bot(
     }
     let actor = format!("import:{}", bot.actor);
     let mut tx = begin_as(pool, &actor).await?;
+    let server = place_bot(&mut tx, bot.placement).await?;
     let id = insert_bot(
         &mut tx,
         keys,
         bot.name,
         bot.token,
-        (false, None),
+        (false, None, server.as_deref()),
         bot.manifest,
     )
     .await?;
@@ -453,14 +513,14 @@ pub async fn instance_alive(
     .await?)
 }
 
-/// Inserts a bot row (`(enabled, database override)`), its token (if any) sealed under the
-/// new id, and returns the id.
+/// Inserts a bot row (`(enabled, database override, database server)`), its token (if any)
+/// sealed under the new id, and returns the id.
 async fn insert_bot(
     conn: &mut sqlx::PgConnection,
     keys: &Keyring,
     name: &str,
     token: Option<&BotToken>,
-    (enabled, database): (bool, Option<&str>),
+    (enabled, database, server): (bool, Option<&str>, Option<&str>),
     manifest: &Manifest,
 ) -> Result<i64, PanelError> {
     // The id is the associated data of the sealed token, so it is taken first.
@@ -476,8 +536,9 @@ async fn insert_bot(
         None => (None, None),
     };
     let result = sqlx::query(
-        "INSERT INTO bots (id, name, token, token_sealed, token_hash, enabled, database, manifest) \
-         VALUES ($1, $2, NULL, $3, $4, $5, $6, $7)",
+        "INSERT INTO bots (id, name, token, token_sealed, token_hash, enabled, database, manifest, \
+                           db_server) \
+         VALUES ($1, $2, NULL, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id)
     .bind(name)
@@ -486,6 +547,7 @@ async fn insert_bot(
     .bind(enabled)
     .bind(database)
     .bind(Json(manifest.to_value()))
+    .bind(server)
     .execute(&mut *conn)
     .await;
     match result {
@@ -494,13 +556,16 @@ async fn insert_bot(
     }
 }
 
-/// Every bot's id and database override (`None`: the naming rule), ordered by id.
+/// Every bot's id, database override (`None`: the naming rule) and recorded server (`None`:
+/// the first configured), ordered by id.
 pub async fn list_database_overrides(
     pool: &PgPool,
-) -> Result<Vec<(i64, Option<String>)>, PanelError> {
-    Ok(sqlx::query_as("SELECT id, database FROM bots ORDER BY id")
-        .fetch_all(pool)
-        .await?)
+) -> Result<Vec<(i64, Option<String>, Option<String>)>, PanelError> {
+    Ok(
+        sqlx::query_as("SELECT id, database, db_server FROM bots ORDER BY id")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// Every registered bot, ordered by id.

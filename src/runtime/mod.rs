@@ -29,7 +29,8 @@ use teloxide::types::Me;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::botdb::budget::{BotPool, BudgetError, ConnectionBudget};
+use crate::botdb::ServerBudgets;
+use crate::botdb::budget::{BotPool, BudgetError};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{ModuleError, Queued, Registry};
@@ -54,6 +55,8 @@ pub struct BotSpec {
     pub token: BotToken,
     /// Database override from the panel.
     pub database: Option<String>,
+    /// The server its database lives on (`bots.db_server`; `None`: the first configured).
+    pub db_server: Option<String>,
     /// Webhook mode: the webhook to keep set (`None`: polling).
     pub webhook: Option<inbox::webhook::WebhookSpec>,
 }
@@ -178,8 +181,8 @@ pub struct SharedDeps {
     pub settings: Arc<Settings>,
     /// The Bot API client.
     pub api: TelegramApi,
-    /// The global connection budget for bot databases.
-    pub budget: ConnectionBudget,
+    /// The connection budgets for bot databases, one per server.
+    pub budgets: ServerBudgets,
     /// The modules every bot is made of.
     pub registry: Registry,
     /// Where runs spawn their module jobs.
@@ -286,9 +289,14 @@ pub async fn run(
     stop: CancellationToken,
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<(), RunFailure> {
-    let target = BotDbTarget::resolve(&deps.settings, spec.id, spec.database.as_deref())?;
+    let target = BotDbTarget::resolve_on(
+        &deps.settings,
+        spec.id,
+        spec.db_server.as_deref(),
+        spec.database.as_deref(),
+    )?;
     let provision = target.provision_within(
-        &deps.budget,
+        deps.budgets.for_server(&target.server_key),
         deps.settings.bot_database.max_connections_per_bot,
     );
     let (created, db) = tokio::select! {

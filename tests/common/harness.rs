@@ -50,6 +50,8 @@ pub struct Harness {
     pub settings: Settings,
     pub counts: tokio::sync::watch::Receiver<BotCounts>,
     pub budget: botvisor::botdb::budget::ConnectionBudget,
+    /// Every bot-database server's budget (the first is `budget`).
+    pub budgets: botvisor::botdb::ServerBudgets,
     /// The daemon's HTTP listener (`BOTVISOR__HTTP__LISTEN` in the extra settings).
     pub http_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
@@ -118,6 +120,7 @@ impl Harness {
             settings,
             counts: handles.counts,
             budget: handles.budget,
+            budgets: handles.budgets,
             http_addr: handles.http_addr,
             shutdown,
             sandbox_stop,

@@ -112,38 +112,55 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context; use a private runtime on a helper thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut conn = maintenance().await;
-                let names: Vec<String> = sqlx::query_scalar(
-                    "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
-                )
-                .bind(&name)
-                .bind(format!("{}\\_%", name.replace('_', "\\_")))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap_or_default();
-                for db in names {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
+        drop_databases_named(&server_url(), &self.name);
     }
 }
 
+/// Drops database `name` and every database whose name starts with `name` and `_` on
+/// `server` (a URL without database); quietly does nothing when the server does not answer.
+/// Runs outside async context (in `Drop`): a private runtime on a helper thread.
+pub fn drop_databases_named(server: &str, name: &str) {
+    let (server, name) = (server.to_owned(), name.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let Ok(mut conn) = format!("{server}/postgres")
+                .parse::<PgConnectOptions>()
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return;
+            };
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
+            )
+            .bind(&name)
+            .bind(format!("{}\\_%", name.replace('_', "\\_")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+            for db in names {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        });
+    })
+    .join();
+}
+
 async fn maintenance() -> sqlx::PgConnection {
-    format!("{}/postgres", server_url())
+    maintenance_on(&server_url()).await
+}
+
+async fn maintenance_on(server: &str) -> sqlx::PgConnection {
+    format!("{server}/postgres")
         .parse::<PgConnectOptions>()
         .unwrap()
         .connect()
@@ -153,7 +170,12 @@ async fn maintenance() -> sqlx::PgConnection {
 
 /// Whether a database exists.
 pub async fn database_exists(name: &str) -> bool {
-    let mut conn = maintenance().await;
+    database_exists_on(&server_url(), name).await
+}
+
+/// Whether database `name` exists on `server` (a URL without database).
+pub async fn database_exists_on(server: &str, name: &str) -> bool {
+    let mut conn = maintenance_on(server).await;
     let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(&mut conn)
@@ -207,6 +229,19 @@ impl Run {
 /// settings file, so nothing on the machine leaks in.
 pub fn botvisor(env: &HashMap<String, String>, args: &[&str]) -> Run {
     botvisor_with_input(env, args, b"")
+}
+
+/// [`botvisor`] run off the test's runtime thread, so a daemon the test runs on that thread
+/// keeps working meanwhile (an in-place import or a move waits for it to stop the bot).
+pub async fn botvisor_off_thread(env: &HashMap<String, String>, args: &[&str]) -> Run {
+    let env = env.clone();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        botvisor(&env, &args)
+    })
+    .await
+    .unwrap()
 }
 
 /// [`botvisor`] with `input` on standard input (e.g. a password for `--password-stdin`).
