@@ -126,23 +126,36 @@ impl From<ModuleError> for RunFailure {
 
 /// Where the parts of a run report the failure that must end it: the first report wins and
 /// stops the run.
+///
+/// The first failure is kept in a shared slot rather than a channel: a tokio channel allocates
+/// its first block of 32 slots when it is created (32 × `RunFailure`, ≈ 3 KiB per run).
 #[derive(Debug, Clone)]
 pub struct Failures {
-    tx: mpsc::Sender<RunFailure>,
+    first: Arc<Mutex<Option<RunFailure>>>,
     stop: CancellationToken,
     failed: CancellationToken,
 }
 
 impl Failures {
-    fn new(stop: CancellationToken) -> (Self, mpsc::Receiver<RunFailure>) {
-        let (tx, rx) = mpsc::channel(1);
+    fn new(stop: CancellationToken) -> (Self, FirstFailure) {
+        let first = Arc::new(Mutex::new(None));
         let failed = CancellationToken::new();
-        (Self { tx, stop, failed }, rx)
+        let failures = Self {
+            first: Arc::clone(&first),
+            stop,
+            failed,
+        };
+        (failures, FirstFailure(first))
     }
 
     /// Records `failure` (unless one was already reported) and stops the run.
     pub fn report(&self, failure: impl Into<RunFailure>) {
-        let _ = self.tx.try_send(failure.into());
+        {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                *first = Some(failure.into());
+            }
+        }
         self.failed.cancel();
         self.stop.cancel();
     }
@@ -150,6 +163,15 @@ impl Failures {
     /// Cancelled once a failure was reported (a plain stop does not cancel it).
     pub fn failed(&self) -> CancellationToken {
         self.failed.clone()
+    }
+}
+
+/// The run's end of [`Failures`]: the first failure reported, if any.
+struct FirstFailure(Arc<Mutex<Option<RunFailure>>>);
+
+impl FirstFailure {
+    fn take(&self) -> Option<RunFailure> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -291,9 +313,12 @@ pub async fn run(
         &deps.budget,
         deps.settings.bot_database.max_connections_per_bot,
     );
+    // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the first
+    // `setMyCommands`): the run's future, which lives as long as the bot, then holds none of
+    // them (docs/performance.md, "Idle memory per bot").
     let (created, db) = tokio::select! {
         () = stop.cancelled() => return Ok(()),
-        r = provision => r?,
+        r = Box::pin(provision) => r?,
     };
     if created {
         tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
@@ -314,14 +339,14 @@ async fn dispatch_run(
     let bot = deps.api.bot(&spec.token);
     let me = tokio::select! {
         () = stop.cancelled() => return Ok(()),
-        r = bot.get_me() => r,
+        r = Box::pin(bot.get_me().into_future()) => r,
     };
     let me: Me = me.map_err(|e| RunFailure::from(TelegramError::from_request(&e)))?;
     let username = me.username.clone().unwrap_or_default();
     let telegram = Messenger::new(bot.clone(), spec.id);
 
     let run_stop = stop.child_token();
-    let (failures, mut failed) = Failures::new(run_stop.clone());
+    let (failures, failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
     let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
     let delivered = Wakes::default();
@@ -338,7 +363,7 @@ async fn dispatch_run(
         outbox: Arc::clone(&outbox_wake),
     };
     // Commands are registered before the bot reports itself running.
-    let companion = companion.start().await;
+    let companion = Box::pin(companion.start()).await;
     on_running(&username).await;
 
     let (webhook_ready, replayed) = match spec.webhook {
@@ -406,7 +431,9 @@ async fn dispatch_run(
         failures,
         traffic: parts.traffic,
     });
-    let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
+    // Boxed updates: a tokio channel allocates its first block of 32 slots when it is created,
+    // and an `Update` is 1,944 bytes (62 KiB per bot unboxed, 256 bytes boxed).
+    let (to_processor, updates) = mpsc::channel::<Box<teloxide::types::Update>>(INTAKE_QUEUE);
     let processor = dispatch::Processor { me, ctx: context };
     // Cancelled when the listener ended: the webhook entrance closes then, so the processor
     // sees its channel close once both are gone.
@@ -432,9 +459,9 @@ async fn dispatch_run(
         drain.cancel();
     };
     let ((), (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
-    match failed.try_recv() {
-        Ok(f) => Err(f),
-        Err(_) if stop.is_cancelled() => Ok(()),
-        Err(_) => Err(RunFailure::ListenerEnded),
+    match failed.take() {
+        Some(f) => Err(f),
+        None if stop.is_cancelled() => Ok(()),
+        None => Err(RunFailure::ListenerEnded),
     }
 }
