@@ -83,7 +83,7 @@ impl Processor {
             let taken = Instant::now();
             let conn = match held.take() {
                 Some(conn) => conn,
-                None => match self.ctx.db.acquire().await {
+                None => match Box::pin(self.ctx.db.acquire()).await {
                     Ok(conn) => conn,
                     Err(e) => {
                         self.ctx.failures.report(ModuleError::from(e));

@@ -364,7 +364,7 @@ async fn dispatch_run(
     };
     // Commands are registered before the bot reports itself running.
     let companion = Box::pin(companion.start()).await;
-    on_running(&username).await;
+    Box::pin(on_running(&username)).await;
 
     let (webhook_ready, replayed) = match spec.webhook {
         Some(_) => {
@@ -449,8 +449,22 @@ async fn dispatch_run(
         listener.run(to_processor).await;
         intake_done.cancel();
     };
+    let processing = processor.run(updates);
+    let following = companion.run();
+    let sending = sender.run();
+    // What an idle bot's run holds, part by part (`RUST_LOG`-style filter
+    // `botvisor::runtime=debug`; docs/performance.md, "Idle memory per bot").
+    tracing::debug!(
+        bot_id = spec.id,
+        intake = std::mem::size_of_val(&intake),
+        entrance = std::mem::size_of_val(&entrance),
+        processor = std::mem::size_of_val(&processing),
+        companion = std::mem::size_of_val(&following),
+        sender = std::mem::size_of_val(&sending),
+        "bot run: future sizes in bytes"
+    );
     let dispatch = async {
-        tokio::join!(intake, entrance, processor.run(updates));
+        tokio::join!(intake, entrance, processing);
         // The processor ends only when the intake did (stop or failure) and it drained what
         // was stored, or after a failure; either way the companion's jobs end with it, and the
         // sender delivers the replies the last updates queued (or stops at once after a
@@ -458,7 +472,7 @@ async fn dispatch_run(
         run_stop.cancel();
         drain.cancel();
     };
-    let ((), (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
+    let ((), (), ()) = tokio::join!(dispatch, following, sending);
     match failed.take() {
         Some(f) => Err(f),
         None if stop.is_cancelled() => Ok(()),
