@@ -112,13 +112,20 @@ impl Slot {
                 // Boxed, and so are the status writes awaited beside it: the slot's task holds
                 // the run and only the write under way (docs/performance.md, "Idle memory per
                 // bot").
-                let run = runtime::run(&self.deps, &spec, parts, run_stop.clone(), on_running);
+                // Boxed straight from the call: a named local would stay in this task's state
+                // after the move (a moved-from local keeps its place until its scope ends).
+                let mut run = Box::pin(runtime::run(
+                    &self.deps,
+                    &spec,
+                    parts,
+                    run_stop.clone(),
+                    on_running,
+                ));
                 tracing::debug!(
                     bot_id,
-                    bytes = std::mem::size_of_val(&run),
+                    bytes = std::mem::size_of_val(&*run),
                     "bot run: future size"
                 );
-                let mut run = Box::pin(run);
                 let mut pending: Option<BotSpec> = None;
                 let mut orphaned = false;
                 let outcome = loop {

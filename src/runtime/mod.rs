@@ -440,27 +440,31 @@ async fn dispatch_run(
     let intake_done = CancellationToken::new();
     let entrance_tx = to_processor.clone();
     let entrance_done = intake_done.clone();
-    let entrance = async move {
+    // The five long-lived parts are boxed straight from their construction: a future kept in
+    // a named local stays in this function's state after it is moved into `join!` (a
+    // moved-from local keeps its place until its scope ends), so each part was stored two or
+    // three times over; boxed, each is stored once and the locals are pointers.
+    let entrance = Box::pin(async move {
         if let (Some(keeper), Some(replayed)) = (keeper, replayed) {
             keeper.run(entrance_tx, replayed, entrance_done).await;
         }
-    };
-    let intake = async {
+    });
+    let intake = Box::pin(async {
         listener.run(to_processor).await;
         intake_done.cancel();
-    };
-    let processing = processor.run(updates);
-    let following = companion.run();
-    let sending = sender.run();
+    });
+    let processing = Box::pin(processor.run(updates));
+    let following = Box::pin(companion.run());
+    let sending = Box::pin(sender.run());
     // What an idle bot's run holds, part by part (`RUST_LOG`-style filter
     // `botvisor::runtime=debug`; docs/performance.md, "Idle memory per bot").
     tracing::debug!(
         bot_id = spec.id,
-        intake = std::mem::size_of_val(&intake),
-        entrance = std::mem::size_of_val(&entrance),
-        processor = std::mem::size_of_val(&processing),
-        companion = std::mem::size_of_val(&following),
-        sender = std::mem::size_of_val(&sending),
+        intake = std::mem::size_of_val(&*intake),
+        entrance = std::mem::size_of_val(&*entrance),
+        processor = std::mem::size_of_val(&*processing),
+        companion = std::mem::size_of_val(&*following),
+        sender = std::mem::size_of_val(&*sending),
         "bot run: future sizes in bytes"
     );
     let dispatch = async {
