@@ -9,9 +9,13 @@
 //! line there and, if it needs state, one more field of [`HttpState`].
 //!
 //! - `GET /healthz`: 200 while the process answers (liveness).
-//! - `GET /readyz`: 200 when the panel is reachable, the first reconcile is done and the
-//!   reconcile loop turned within [`READY_HEARTBEAT`]; 503 otherwise. The body (JSON) says
-//!   which check failed (tests `http_listener::*`, `resilience_panel::readyz_follows_the_panel`).
+//! - `GET /readyz`: 200 when the panel is reachable, the first reconcile is done, the
+//!   reconcile loop turned within [`READY_HEARTBEAT`], the ownership pass succeeded within
+//!   [`READY_HEARTBEAT`] and the instance holds every bot of its fair share (or has been short
+//!   of it for less than [`READY_OWNERSHIP_GRACE`]); 503 otherwise. The body (JSON) says which
+//!   check failed, in `reasons` (tests `http_listener::*`,
+//!   `http_listener::readyz_waits_for_the_instance_to_own_its_share`,
+//!   `resilience_panel::readyz_follows_the_panel`).
 //! - `GET /metrics`: the Prometheus text exposition of the process's metrics
 //!   ([`crate::telemetry::metrics`]; test `metrics::counters_move_by_what_happened_and_a_removed_bots_series_leave`).
 //! - `POST /telegram/{bot id}`: a webhook update for a bot in webhook mode
@@ -34,7 +38,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::BotCounts;
+use crate::control::{BotCounts, OwnershipHealth};
 use crate::runtime::inbox::webhook::{AcceptError, WebhookRoutes};
 use crate::telemetry::metrics::{self, Metrics, WebhookRejection};
 
@@ -45,6 +49,15 @@ const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
 
 /// The reconcile loop turns at least every second while healthy; older than this is stuck.
 pub const READY_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How long the instance may hold fewer bots than its fair share and still be ready: a bot
+/// just enabled is taken within a pass, a hand-over between instances finishes within a few
+/// (a previous owner's fence grace is 5 s); a share still short after this is a lock held
+/// elsewhere (another process, a stale session).
+pub const READY_OWNERSHIP_GRACE: Duration = Duration::from_secs(10);
+
+/// Bot ids listed in the readiness report's `unowned` (the count is always complete).
+const UNOWNED_LISTED: usize = 20;
 
 /// Errors of the HTTP listener.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +85,8 @@ pub struct Health {
     pub heartbeat: watch::Receiver<tokio::time::Instant>,
     /// Whether the first full reconcile finished.
     pub reconciled: watch::Receiver<bool>,
+    /// What the latest ownership pass found.
+    pub ownership: watch::Receiver<OwnershipHealth>,
 }
 
 /// The readiness report `/readyz` answers with.
@@ -89,6 +104,16 @@ pub struct Readiness {
     pub instances: usize,
     /// Bots this instance owns (holds the advisory lock of).
     pub owned: usize,
+    /// Bots of the panel's enabled ones in this instance's fair share.
+    pub assigned: usize,
+    /// How many bots of the share this instance does not own.
+    pub unowned_count: usize,
+    /// The first of them (lowest ids; at most 20).
+    pub unowned: Vec<i64>,
+    /// Milliseconds since the latest successful ownership pass (`null`: none yet).
+    pub ownership_pass_age_ms: Option<u64>,
+    /// Why the instance is not ready (empty when it is).
+    pub reasons: Vec<String>,
     /// Bots by state on this instance.
     pub bots: ReadyCounts,
 }
@@ -112,14 +137,59 @@ impl Health {
         let counts = *self.counts.borrow();
         let age = self.heartbeat.borrow().elapsed();
         let reconciled = *self.reconciled.borrow();
+        let own = self.ownership.borrow().clone();
         let panel_reachable = !counts.panel_unreachable;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let pass_age = own.passed_at.map(|t| t.elapsed());
+        let mut reasons = Vec::new();
+        if !panel_reachable {
+            reasons.push("the panel database is unreachable".to_owned());
+        }
+        if !reconciled {
+            reasons.push("the first reconcile has not finished".to_owned());
+        }
+        if age >= READY_HEARTBEAT {
+            reasons.push(format!(
+                "the reconcile loop has not turned for {} s",
+                age.as_secs()
+            ));
+        }
+        match pass_age {
+            None => reasons.push("no ownership pass has succeeded yet".to_owned()),
+            Some(a) if a >= READY_HEARTBEAT => reasons.push(format!(
+                "the latest successful ownership pass was {} s ago",
+                a.as_secs()
+            )),
+            Some(_) => {}
+        }
+        if own.name_clash {
+            reasons.push(
+                "another live instance uses this instance name: this one owns no bots".to_owned(),
+            );
+        } else if let Some(since) = own
+            .short_since
+            .filter(|t| t.elapsed() >= READY_OWNERSHIP_GRACE)
+        {
+            reasons.push(format!(
+                "owns {} of the {} bots of its share; short for {} s (the locks of the \
+                 others could not be taken)",
+                own.assigned - own.unowned.len().min(own.assigned),
+                own.assigned,
+                since.elapsed().as_secs()
+            ));
+        }
         Readiness {
-            ready: panel_reachable && reconciled && age < READY_HEARTBEAT,
+            ready: reasons.is_empty(),
             panel_reachable,
             reconciled,
-            reconcile_loop_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            reconcile_loop_age_ms: ms(age),
             instances: counts.instances,
             owned: counts.owned,
+            assigned: own.assigned,
+            unowned_count: own.unowned.len(),
+            unowned: own.unowned.iter().take(UNOWNED_LISTED).copied().collect(),
+            ownership_pass_age_ms: pass_age.map(ms),
+            reasons,
             bots: ReadyCounts {
                 total: counts.total,
                 running: counts.running,

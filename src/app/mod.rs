@@ -206,6 +206,7 @@ impl Daemon {
                         counts: supervisor.counts(),
                         heartbeat: supervisor.heartbeat(),
                         reconciled,
+                        ownership: supervisor.ownership_health(),
                     },
                     metrics: metrics.clone(),
                     webhooks: deps_webhooks,

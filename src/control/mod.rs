@@ -105,6 +105,21 @@ pub struct BotCounts {
     pub owned: usize,
 }
 
+/// What the latest ownership pass found, for `/readyz` ("the instance owns what it should").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnershipHealth {
+    /// When the latest successful ownership pass ended (`None`: none yet).
+    pub passed_at: Option<tokio::time::Instant>,
+    /// Bots in this instance's fair share ([`ownership::assign`]).
+    pub assigned: usize,
+    /// Bots of the share whose lock this instance does not hold, lowest ids first.
+    pub unowned: Vec<i64>,
+    /// Since when the share has not been fully held (`None`: it is).
+    pub short_since: Option<tokio::time::Instant>,
+    /// Another live instance uses this instance's name (this one owns nothing).
+    pub name_clash: bool,
+}
+
 struct SlotHandle {
     token: BotToken,
     version: i64,
@@ -269,6 +284,7 @@ pub struct Supervisor {
     retired_by_id: HashMap<i64, CancellationToken>,
     config_errors: HashMap<i64, Fingerprint>,
     counts: tokio::sync::watch::Sender<BotCounts>,
+    ownership_health: tokio::sync::watch::Sender<OwnershipHealth>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     reload_tx: mpsc::Sender<()>,
     reload_rx: mpsc::Receiver<()>,
@@ -310,6 +326,7 @@ impl Supervisor {
             retired_by_id: HashMap::new(),
             config_errors: HashMap::new(),
             counts: tokio::sync::watch::channel(BotCounts::default()).0,
+            ownership_health: tokio::sync::watch::channel(OwnershipHealth::default()).0,
             ready: None,
             gauges: StateGauges::default(),
         }
@@ -318,6 +335,11 @@ impl Supervisor {
     /// Counts of bots by state, updated after every pass and on every slot change.
     pub fn counts(&self) -> tokio::sync::watch::Receiver<BotCounts> {
         self.counts.subscribe()
+    }
+
+    /// What the latest ownership pass found (updated after every successful pass).
+    pub fn ownership_health(&self) -> tokio::sync::watch::Receiver<OwnershipHealth> {
+        self.ownership_health.subscribe()
     }
 
     /// The time of the reconcile loop's latest turn (at least every second while it is
@@ -531,6 +553,19 @@ impl Supervisor {
             pending.bots.extend(outcome.taken.iter().copied());
         }
         let owned = self.ownership.owned().len();
+        let now = tokio::time::Instant::now();
+        self.ownership_health.send_modify(|h| {
+            let short = outcome.name_clash || !outcome.unowned.is_empty();
+            h.short_since = if short {
+                h.short_since.or(Some(now))
+            } else {
+                None
+            };
+            h.passed_at = Some(now);
+            h.assigned = outcome.assigned;
+            h.unowned.clone_from(&outcome.unowned);
+            h.name_clash = outcome.name_clash;
+        });
         metrics::instances(outcome.instances);
         self.counts.send_if_modified(|c| {
             let changed = c.instances != outcome.instances || c.owned != owned;

@@ -115,6 +115,13 @@ pub struct PassOutcome {
     pub lost: Vec<i64>,
     /// Live instances, this one included.
     pub instances: usize,
+    /// Bots in this instance's fair share ([`assign`]) after the pass.
+    pub assigned: usize,
+    /// Bots of the share whose lock this instance does not hold after the pass (another
+    /// session holds it, or a previous owner's grace runs), lowest ids first.
+    pub unowned: Vec<i64>,
+    /// Another live instance uses this instance's name: this one owns nothing.
+    pub name_clash: bool,
 }
 
 /// This instance, as the decision sees it.
@@ -138,6 +145,30 @@ pub fn decide(
     running: &BTreeSet<i64>,
     process_gone: &dyn Fn(i32) -> bool,
 ) -> (Vec<i64>, Vec<i64>) {
+    let d = decide_share(here, view, held, handing_over, running, process_gone);
+    (d.want, d.give)
+}
+
+/// What [`decide_share`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Locks to try.
+    pub want: Vec<i64>,
+    /// Held bots to hand over.
+    pub give: Vec<i64>,
+    /// This instance's fair share.
+    pub mine: BTreeSet<i64>,
+}
+
+/// [`decide`], with the share it computed (readiness compares it with what is held).
+pub fn decide_share(
+    here: Me<'_>,
+    view: &OwnershipView,
+    held: &BTreeSet<i64>,
+    handing_over: &BTreeSet<i64>,
+    running: &BTreeSet<i64>,
+    process_gone: &dyn Fn(i32) -> bool,
+) -> Decision {
     let Me {
         name: me,
         backend: my_pid,
@@ -191,7 +222,7 @@ pub fn decide(
         .into_iter()
         .filter(|&id| (0..=store::MAX_OWNED_ID).contains(&id))
         .collect();
-    (want, give)
+    Decision { want, give, mine }
 }
 
 /// The control connection and the locks it holds.
@@ -293,6 +324,7 @@ impl Ownership {
             let give: Vec<i64> = self.held.iter().copied().collect();
             return Ok(PassOutcome {
                 give,
+                name_clash: true,
                 ..PassOutcome::default()
             });
         }
@@ -303,7 +335,7 @@ impl Ownership {
             backend: self.backend,
             host: me.host,
         };
-        let (want, give) = decide(
+        let Decision { want, give, mine } = decide_share(
             here,
             &view,
             &self.held,
@@ -329,7 +361,11 @@ impl Ownership {
             .collect();
         let instances = view.instances.len().max(1);
         self.peers = view.instances.iter().any(|(n, _)| n != me.name);
+        let unowned: Vec<i64> = mine.difference(&self.held).copied().collect();
         Ok(PassOutcome {
+            assigned: mine.len(),
+            unowned,
+            name_clash: false,
             taken: taken
                 .into_iter()
                 .filter(|id| !running.contains(id))

@@ -89,9 +89,10 @@ impl StatusReporter {
         if !self.writing.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) =
-            store::set_traffic(&self.panel, self.bot_id, updates_per_min, sent_per_min).await
-        {
+        // Each write's query future is boxed: a slot awaits these writes for the bot's whole
+        // life, and its task would otherwise be as large as the largest of them.
+        let write = store::set_traffic(&self.panel, self.bot_id, updates_per_min, sent_per_min);
+        if let Err(e) = Box::pin(write).await {
             tracing::warn!(bot_id = self.bot_id, error = %e, "cannot write the bot's traffic");
         }
     }
@@ -107,7 +108,7 @@ impl StatusReporter {
             pending_update_count: w.pending_update_count,
             last_error: w.last_error.as_ref().map(|(at, e)| (*at, e.as_str())),
         };
-        if let Err(e) = store::set_webhook_status(&self.panel, &update).await {
+        if let Err(e) = Box::pin(store::set_webhook_status(&self.panel, &update)).await {
             tracing::warn!(bot_id = self.bot_id, error = %e, "cannot write the webhook status");
         }
     }
@@ -130,7 +131,7 @@ impl StatusReporter {
             telegram_username: username,
             started,
         };
-        match store::upsert_status(&self.panel, &update).await {
+        match Box::pin(store::upsert_status(&self.panel, &update)).await {
             Ok(()) if detail.is_empty() => {
                 tracing::info!(bot_id = self.bot_id, state = state.as_str(), "bot status")
             }

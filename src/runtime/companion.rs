@@ -90,7 +90,8 @@ impl Started {
                     let snapshot = changes.borrow_and_update().clone();
                     let commands = self.companion.deps.registry.commands(&snapshot);
                     if commands != self.commands {
-                        self.companion.sync_commands(&commands).await;
+                        // Boxed: the companion's idle state holds only its waits.
+                        Box::pin(self.companion.sync_commands(&commands)).await;
                         self.commands = commands;
                     }
                     self.align_jobs(&snapshot);

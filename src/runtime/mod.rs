@@ -129,23 +129,36 @@ impl From<ModuleError> for RunFailure {
 
 /// Where the parts of a run report the failure that must end it: the first report wins and
 /// stops the run.
+///
+/// The first failure is kept in a shared slot rather than a channel: a tokio channel allocates
+/// its first block of 32 slots when it is created (32 × `RunFailure`, ≈ 3 KiB per run).
 #[derive(Debug, Clone)]
 pub struct Failures {
-    tx: mpsc::Sender<RunFailure>,
+    first: Arc<Mutex<Option<RunFailure>>>,
     stop: CancellationToken,
     failed: CancellationToken,
 }
 
 impl Failures {
-    fn new(stop: CancellationToken) -> (Self, mpsc::Receiver<RunFailure>) {
-        let (tx, rx) = mpsc::channel(1);
+    fn new(stop: CancellationToken) -> (Self, FirstFailure) {
+        let first = Arc::new(Mutex::new(None));
         let failed = CancellationToken::new();
-        (Self { tx, stop, failed }, rx)
+        let failures = Self {
+            first: Arc::clone(&first),
+            stop,
+            failed,
+        };
+        (failures, FirstFailure(first))
     }
 
     /// Records `failure` (unless one was already reported) and stops the run.
     pub fn report(&self, failure: impl Into<RunFailure>) {
-        let _ = self.tx.try_send(failure.into());
+        {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                *first = Some(failure.into());
+            }
+        }
         self.failed.cancel();
         self.stop.cancel();
     }
@@ -153,6 +166,15 @@ impl Failures {
     /// Cancelled once a failure was reported (a plain stop does not cancel it).
     pub fn failed(&self) -> CancellationToken {
         self.failed.clone()
+    }
+}
+
+/// The run's end of [`Failures`]: the first failure reported, if any.
+struct FirstFailure(Arc<Mutex<Option<RunFailure>>>);
+
+impl FirstFailure {
+    fn take(&self) -> Option<RunFailure> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -299,9 +321,12 @@ pub async fn run(
         deps.budgets.for_server(&target.server_key),
         deps.settings.bot_database.max_connections_per_bot,
     );
+    // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the first
+    // `setMyCommands`): the run's future, which lives as long as the bot, then holds none of
+    // them (docs/performance.md, "Idle memory per bot").
     let (created, db) = tokio::select! {
         () = stop.cancelled() => return Ok(()),
-        r = provision => r?,
+        r = Box::pin(provision) => r?,
     };
     if created {
         tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
@@ -322,7 +347,7 @@ async fn dispatch_run(
     let bot = deps.api.bot(&spec.token);
     let me = tokio::select! {
         () = stop.cancelled() => return Ok(()),
-        r = bot.get_me() => r,
+        r = Box::pin(bot.get_me().into_future()) => r,
     };
     let me: Me = me.map_err(|e| RunFailure::from(TelegramError::from_request(&e)))?;
     let username = me.username.clone().unwrap_or_default();
@@ -331,7 +356,7 @@ async fn dispatch_run(
     let prune = crate::botdb::PruneSchedule::from_settings(&deps.settings, spec.id);
     let first_read = CancellationToken::new();
     let run_stop = stop.child_token();
-    let (failures, mut failed) = Failures::new(run_stop.clone());
+    let (failures, failed) = Failures::new(run_stop.clone());
     let outbox_wake = Arc::new(Notify::new());
     let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
     let delivered = Wakes::default();
@@ -348,8 +373,8 @@ async fn dispatch_run(
         outbox: Arc::clone(&outbox_wake),
     };
     // Commands are registered before the bot reports itself running.
-    let companion = companion.start().await;
-    on_running(&username).await;
+    let companion = Box::pin(companion.start()).await;
+    Box::pin(on_running(&username)).await;
 
     let (webhook_ready, replayed) = match spec.webhook {
         Some(_) => {
@@ -420,24 +445,44 @@ async fn dispatch_run(
         failures,
         traffic: parts.traffic,
     });
-    let (to_processor, updates) = mpsc::channel(INTAKE_QUEUE);
+    // Boxed updates: a tokio channel allocates its first block of 32 slots when it is created,
+    // and an `Update` is 1,944 bytes (62 KiB per bot unboxed, 256 bytes boxed).
+    let (to_processor, updates) = mpsc::channel::<Box<teloxide::types::Update>>(INTAKE_QUEUE);
     let processor = dispatch::Processor { me, ctx: context };
     // Cancelled when the listener ended: the webhook entrance closes then, so the processor
     // sees its channel close once both are gone.
     let intake_done = CancellationToken::new();
     let entrance_tx = to_processor.clone();
     let entrance_done = intake_done.clone();
-    let entrance = async move {
+    // The five long-lived parts are boxed straight from their construction: a future kept in
+    // a named local stays in this function's state after it is moved into `join!` (a
+    // moved-from local keeps its place until its scope ends), so each part was stored two or
+    // three times over; boxed, each is stored once and the locals are pointers.
+    let entrance = Box::pin(async move {
         if let (Some(keeper), Some(replayed)) = (keeper, replayed) {
             keeper.run(entrance_tx, replayed, entrance_done).await;
         }
-    };
-    let intake = async {
+    });
+    let intake = Box::pin(async {
         listener.run(to_processor).await;
         intake_done.cancel();
-    };
+    });
+    let processing = Box::pin(processor.run(updates));
+    let following = Box::pin(companion.run());
+    let sending = Box::pin(sender.run());
+    // What an idle bot's run holds, part by part (`RUST_LOG`-style filter
+    // `botvisor::runtime=debug`; docs/performance.md, "Idle memory per bot").
+    tracing::debug!(
+        bot_id = spec.id,
+        intake = std::mem::size_of_val(&*intake),
+        entrance = std::mem::size_of_val(&*entrance),
+        processor = std::mem::size_of_val(&*processing),
+        companion = std::mem::size_of_val(&*following),
+        sender = std::mem::size_of_val(&*sending),
+        "bot run: future sizes in bytes"
+    );
     let dispatch = async {
-        tokio::join!(intake, entrance, processor.run(updates));
+        tokio::join!(intake, entrance, processing);
         // The processor ends only when the intake did (stop or failure) and it drained what
         // was stored, or after a failure; either way the companion's jobs end with it, and the
         // sender delivers the replies the last updates queued (or stops at once after a
@@ -445,10 +490,10 @@ async fn dispatch_run(
         run_stop.cancel();
         drain.cancel();
     };
-    let ((), (), ()) = tokio::join!(dispatch, companion.run(), sender.run());
-    match failed.try_recv() {
-        Ok(f) => Err(f),
-        Err(_) if stop.is_cancelled() => Ok(()),
-        Err(_) => Err(RunFailure::ListenerEnded),
+    let ((), (), ()) = tokio::join!(dispatch, following, sending);
+    match failed.take() {
+        Some(f) => Err(f),
+        None if stop.is_cancelled() => Ok(()),
+        None => Err(RunFailure::ListenerEnded),
     }
 }

@@ -45,13 +45,18 @@ type Call = (PendingRequest, Result<String, CallError>);
 
 /// Runs until the job's stop token is cancelled.
 pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
-    let http = reqwest::Client::new();
+    // One client for every bot's assistant (a client holds its TLS roots and pool; one per
+    // bot was that much per bot).
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let http = HTTP.get_or_init(reqwest::Client::new).clone();
     let mut calls = FuturesUnordered::new();
     let mut busy: HashSet<i64> = HashSet::new();
     let mut flying: HashSet<i64> = HashSet::new();
     loop {
         let snapshot = cx.snapshot.borrow().clone();
-        let deadline = match start_calls(&cx, &snapshot, &http, &mut busy, &mut flying).await {
+        // The heavy steps are boxed: the job's idle state holds only its wait.
+        let started = Box::pin(start_calls(&cx, &snapshot, &http, &mut busy, &mut flying)).await;
+        let deadline = match started {
             Ok((started, next)) => {
                 calls.extend(started);
                 next.map(|d| Instant::now() + d)
@@ -65,7 +70,7 @@ pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
             Some((request, result)) = calls.next(), if !calls.is_empty() => {
                 busy.remove(&request.chat_id);
                 flying.remove(&request.id);
-                if let Err(e) = finish(&cx, &snapshot, &request, result).await {
+                if let Err(e) = Box::pin(finish(&cx, &snapshot, &request, result)).await {
                     // The request stays pending and is asked again.
                     tracing::warn!(bot_id = cx.bot_id, request = request.id, error = %crate::mask::error_line(&e), "assistant: cannot record an answer; asking again later");
                 }

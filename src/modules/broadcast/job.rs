@@ -36,7 +36,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Runs until the job's stop token is cancelled.
 pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
     let mut progress = Progress::default();
-    match resumed(&cx).await {
+    match Box::pin(resumed(&cx)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(bot_id = cx.bot_id, broadcasts = n, "resuming broadcasts"),
         Err(e) => {
@@ -44,7 +44,9 @@ pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
         }
     }
     loop {
-        let deadline = match turn(&cx, &mut progress).await {
+        // Boxed: the job's idle state holds only its wait (docs/performance.md, "Idle memory
+        // per bot").
+        let deadline = match Box::pin(turn(&cx, &mut progress)).await {
             Ok(deadline) => deadline,
             Err(e) => {
                 tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), retry_in = ?RETRY_AFTER, "broadcast turn failed; trying again");

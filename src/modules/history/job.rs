@@ -32,7 +32,8 @@ pub async fn prune(mut cx: JobCx) -> Result<(), ModuleError> {
             }
         }
         if days > 0 {
-            match prune_once(&cx, days).await {
+            // Boxed: the job's idle state holds only its wait (docs/performance.md).
+            match Box::pin(prune_once(&cx, days)).await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(bot_id = cx.bot_id, deleted, days, "pruned old history")

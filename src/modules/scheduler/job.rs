@@ -23,7 +23,9 @@ const EARLY: TimeDelta = TimeDelta::milliseconds(20);
 /// Runs until the job's stop token is cancelled.
 pub async fn run(mut cx: JobCx, clock: Arc<dyn Clock>) -> Result<(), ModuleError> {
     loop {
-        let deadline = match pass(&cx, clock.as_ref()).await {
+        // Boxed, like every long-lived loop's heavy step: the job's idle state then holds only
+        // its wait (docs/performance.md, "Idle memory per bot").
+        let deadline = match Box::pin(pass(&cx, clock.as_ref())).await {
             Ok(deadline) => deadline,
             Err(e) => {
                 tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), retry_in = ?RETRY_AFTER, "scheduler pass failed; trying again");

@@ -164,9 +164,9 @@ impl DurableListener {
     /// Stores and hands on updates until stopped: every update it hands to `processor` is in
     /// the inbox first. Ends when the run stops (after handing on what it stored) or the
     /// processor is gone.
-    pub async fn run(mut self, processor: mpsc::Sender<Update>) {
+    pub async fn run(mut self, processor: mpsc::Sender<Box<Update>>) {
         while let Some(update) = self.next_update().await {
-            if processor.send(update).await.is_err() {
+            if processor.send(Box::new(update)).await.is_err() {
                 break;
             }
         }
@@ -178,19 +178,23 @@ impl DurableListener {
                 return Some(update);
             }
             if self.stop.is_cancelled() {
-                self.confirm_offset().await;
+                Box::pin(self.confirm_offset()).await;
                 return None;
             }
+            // The steps that talk to the database or Telegram are boxed: the listener's state
+            // between them (a webhook-mode listener waits in `webhook_idle` for an hour) holds
+            // only the wait, not the largest step's future (docs/performance.md, "Idle memory
+            // per bot").
             let step = if let Some(after) = self.replayed_up_to {
-                let read = self.replay_page(after).await;
+                let read = Box::pin(self.replay_page(after)).await;
                 self.first_read.cancel();
                 read
             } else if tokio::time::Instant::now() >= self.next_prune {
-                self.prune().await
+                Box::pin(self.prune()).await
             } else if self.webhook.is_some() {
                 self.webhook_idle().await
             } else {
-                self.fetch_batch().await
+                Box::pin(self.fetch_batch()).await
             };
             match step {
                 Ok(()) => {

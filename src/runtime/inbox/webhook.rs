@@ -228,7 +228,7 @@ pub struct Entrance {
     telegram_id: i64,
     secret: WebhookSecret,
     db: BotPool,
-    processor: mpsc::Sender<Update>,
+    processor: mpsc::Sender<Box<Update>>,
     stop: CancellationToken,
 }
 
@@ -334,7 +334,7 @@ impl Entrance {
                 Ok(Accepted::Duplicate)
             }
             (true, Some(update)) => {
-                permit.send(update);
+                permit.send(Box::new(update));
                 Ok(Accepted::Stored)
             }
             (true, None) => Ok(Accepted::Poisoned),
@@ -369,7 +369,7 @@ impl Keeper {
     /// when `intake_done` is cancelled (the processor then drains and ends).
     pub(crate) async fn run(
         self,
-        processor: mpsc::Sender<Update>,
+        processor: mpsc::Sender<Box<Update>>,
         replayed: oneshot::Receiver<()>,
         intake_done: CancellationToken,
     ) {
@@ -404,11 +404,13 @@ impl Keeper {
         loop {
             let allowed = self.registry.allowed_updates(&self.snapshot.load());
             if set_for.as_ref() != Some(&allowed) {
-                match self.set(&allowed).await {
+                // The Bot API calls are boxed: between them the loop's state holds only its
+                // timer (docs/performance.md, "Idle memory per bot").
+                match Box::pin(self.set(&allowed)).await {
                     Ok(()) => {
                         set_for = Some(allowed);
                         delay = SET_RETRY_START;
-                        self.check(&mut set_for).await;
+                        Box::pin(self.check(&mut set_for)).await;
                         next_check = tokio::time::Instant::now() + CHECK_EVERY + spread / 10;
                     }
                     Err(TelegramError::Unauthorized) => {
@@ -429,7 +431,7 @@ impl Keeper {
             }
             tokio::time::sleep_until(next_check).await;
             next_check = tokio::time::Instant::now() + CHECK_EVERY;
-            self.check(&mut set_for).await;
+            Box::pin(self.check(&mut set_for)).await;
         }
     }
 

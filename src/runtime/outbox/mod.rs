@@ -120,7 +120,9 @@ impl Sender {
             () = self.drain.cancelled() => {}
             () = self.stop.cancelled() => return,
         }
-        let limits = Limits::new();
+        // Created with the first rate-limited send: an idle bot holds none (two keyed
+        // governor limiters are two DashMaps of 8 shards each).
+        let mut limits: Option<Limits> = None;
         let mut queue: VecDeque<Entry> = VecDeque::new();
         // Whether the outbox may hold pending requests the queue does not: at start, after a
         // load that filled a page, after a job's wake-up or a pause.
@@ -149,7 +151,9 @@ impl Sender {
                 paused_until = None;
                 if reload {
                     reload = false;
-                    match self.load(&flying).await {
+                    // The database steps are boxed: the sender's idle state (the select below)
+                    // holds only its waits (docs/performance.md, "Idle memory per bot").
+                    match Box::pin(self.load(&flying)).await {
                         Ok((rows, full)) => {
                             queue = rows;
                             more_in_db = full;
@@ -193,8 +197,7 @@ impl Sender {
                                 row: entry.row,
                                 text: None,
                             };
-                            if self
-                                .record_retrying(std::slice::from_ref(&record))
+                            if Box::pin(self.record_retrying(std::slice::from_ref(&record)))
                                 .await
                                 .is_err()
                             {
@@ -209,7 +212,7 @@ impl Sender {
                             rest.push_back(entry);
                             continue;
                         }
-                        if let Err(wait) = limits.try_send(chat) {
+                        if let Err(wait) = limits.get_or_insert_with(Limits::new).try_send(chat) {
                             bot_full = matches!(wait, Wait::Bot(_));
                             let ready = now + wait.duration();
                             next_ready = Some(next_ready.map_or(ready, |t| t.min(ready)));
@@ -234,8 +237,10 @@ impl Sender {
                 queue = rest;
             }
             if Instant::now() >= next_prune {
-                limits.prune();
-                self.prune().await;
+                if let Some(limits) = &limits {
+                    limits.prune();
+                }
+                Box::pin(self.prune()).await;
                 next_prune = Instant::now() + self.prune.every;
             }
             let now_depth = queue.len() + in_flight.len();
@@ -285,7 +290,7 @@ impl Sender {
                         flying.remove(&row.id);
                         let id = row.id;
                         queue.retain(|e| e.row.id != id);
-                        match self.finish(sent, &mut backoff).await {
+                        match Box::pin(self.finish(sent, &mut backoff)).await {
                             Next::Go => {}
                             Next::Record(record) => {
                                 let taken = taken_at.remove(&id);
@@ -299,7 +304,7 @@ impl Sender {
                     }
                     // Stopped before the results could be recorded: those requests stay
                     // pending and are sent again by the next run.
-                    if !records.is_empty() && self.record_retrying(&records).await.is_err() {
+                    if !records.is_empty() && Box::pin(self.record_retrying(&records)).await.is_err() {
                         break;
                     }
                     for record in &records {
