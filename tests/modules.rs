@@ -289,11 +289,22 @@ async fn users_history_blocking_and_admin_stats() {
     h.reply(&t, user, 0, |s| s == "Hi Ann").await;
     // /start also shows the main menu; wait for it so that the block below races nothing.
     h.reply(&t, user, 0, |s| s == "Main menu").await;
+    // The history records a sent message once its result is in, just after Telegram accepted
+    // it: wait for that too, so that the /help below comes after it in the history.
+    let pool = h.bot_pool(id).await;
+    eventually(DEADLINE, "the main menu recorded in history", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE content = 'Main menu'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
 
     // The user blocks the bot: the next answer gets 403 and the user is marked blocked.
     h.sandbox.block_user(&t, user).unwrap();
     h.say(&t, user, "/help");
-    let pool = h.bot_pool(id).await;
     eventually(DEADLINE, "user marked blocked", || async {
         (blocked_and_pending(&pool, user).await == (Some(true), 0)).then_some(())
     })
