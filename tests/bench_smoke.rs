@@ -20,6 +20,7 @@ const KEYS: &[&str] = &[
     "add_to_answer_p95_ms",
     "reload_p95_ms",
     "cold_start_s",
+    "cold_start_connects_per_bot",
     "pg_cpu_us_per_update",
     "baseline_pg_cpu_us_per_insert",
     "pg_cost_ratio",
