@@ -74,8 +74,19 @@ async fn upgrading_keeps_data_and_the_previous_queries_work() {
     .await
     .unwrap();
 
-    // The new binary applies the rest.
+    // A start's quick check sees the missing migrations, and the database as current once
+    // the new binary applied the rest.
+    assert!(
+        !schema::is_current_on(&schema::BOT, &mut conn)
+            .await
+            .unwrap()
+    );
     schema::apply_on(&schema::BOT, &mut conn).await.unwrap();
+    assert!(
+        schema::is_current_on(&schema::BOT, &mut conn)
+            .await
+            .unwrap()
+    );
     let status = schema::status_on(&schema::BOT, &mut conn).await.unwrap();
     assert!(
         status.iter().all(|s| s.state == MigrationState::Applied),
