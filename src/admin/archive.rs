@@ -512,6 +512,25 @@ fn tail(stderr: &[u8]) -> String {
 }
 
 /// Runs a PostgreSQL client program against `target`; the error is one line.
+/// Restores `dump` into `target` with `pg_restore` in one transaction (nothing of it stays
+/// on an error), without owners or privileges.
+async fn restore_dump(tools: &PgTools, target: &BotDbTarget, dump: &Path) -> Result<(), String> {
+    let dbname = format!("--dbname={}", target.database);
+    run_tool(
+        &tools.pg_restore,
+        target,
+        &[
+            "--no-owner".as_ref(),
+            "--no-privileges".as_ref(),
+            "--exit-on-error".as_ref(),
+            "--single-transaction".as_ref(),
+            dbname.as_ref(),
+            dump.as_os_str(),
+        ],
+    )
+    .await
+}
+
 async fn run_tool(
     program: &Path,
     target: &BotDbTarget,
@@ -1145,20 +1164,7 @@ impl Admin {
             .set_comment(Some(marker))
             .await
             .map_err(|e| error_line(&e))?;
-        let dbname = format!("--dbname={}", staging.database);
-        run_tool(
-            &tools.pg_restore,
-            staging,
-            &[
-                "--no-owner".as_ref(),
-                "--no-privileges".as_ref(),
-                "--exit-on-error".as_ref(),
-                "--single-transaction".as_ref(),
-                dbname.as_ref(),
-                dump.as_os_str(),
-            ],
-        )
-        .await?;
+        restore_dump(tools, staging, dump).await?;
         let Some(expected) = expected else {
             return Ok(None);
         };
@@ -1216,20 +1222,7 @@ impl Admin {
                 target.database
             ));
         }
-        let dbname = format!("--dbname={}", target.database);
-        run_tool(
-            &tools.pg_restore,
-            &target,
-            &[
-                "--no-owner".as_ref(),
-                "--no-privileges".as_ref(),
-                "--exit-on-error".as_ref(),
-                "--single-transaction".as_ref(),
-                dbname.as_ref(),
-                dump.as_os_str(),
-            ],
-        )
-        .await?;
+        restore_dump(tools, &target, dump).await?;
         Ok(target.database)
     }
 
