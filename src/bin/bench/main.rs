@@ -339,6 +339,8 @@ struct Figures {
     /// Connections the daemon opened to bot databases during the cold start and the 11 s
     /// after it, per bot (sessions counted by PostgreSQL in `pg_stat_database`).
     cold_start_connects_per_bot: Option<f64>,
+    /// Where the machine's CPU went during the cold start.
+    cold_start_cpu: Option<String>,
     stop_s: Option<f64>,
     drained: Option<bool>,
     /// The `--instances` figures.
@@ -546,6 +548,11 @@ impl Figures {
                     Some(c) => format!("{c:.2}"),
                     None => "not measured".into(),
                 },
+                "",
+            ),
+            (
+                "  cpu in it (cores)".into(),
+                self.cold_start_cpu.clone().unwrap_or("not measured".into()),
                 "",
             ),
             (
@@ -1016,6 +1023,7 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         let sessions_before = panel.bot_sessions(false).await?;
         let t0 = Instant::now();
         let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
+        let cpu_before = cpu::Snapshot::take(d.pid(), &panel.name);
         let limit = Duration::from_secs(120 + all_tokens.len() as u64 / 4);
         // A polling bot is back once it polls; a webhook bot once it set its webhook.
         let intake = if args.webhook {
@@ -1039,6 +1047,14 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         fig.cold_start_s = Some(t0.elapsed().as_secs_f64());
+        fig.cold_start_cpu = Some(
+            cpu_before
+                .usage(
+                    &cpu::Snapshot::take(d.pid(), &panel.name),
+                    t0.elapsed().as_secs_f64(),
+                )
+                .describe(),
+        );
         fig.cold_start_bots = all_tokens.len();
         let sessions = panel.bot_sessions(true).await? - sessions_before;
         fig.cold_start_connects_per_bot = Some(sessions as f64 / all_tokens.len() as f64);
