@@ -1085,6 +1085,46 @@ pub async fn list_texts(pool: &PgPool, id: i64) -> Result<Vec<TextRecord>, Panel
     .await?)
 }
 
+/// The texts and sealed secrets of several bots in two statements (a pass that starts many
+/// bots at once: the cold start); a bot with neither is absent from the map.
+pub async fn list_contents(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, (Vec<TextRecord>, Vec<SecretRecord>)>, PanelError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        bot_id: i64,
+        #[sqlx(flatten)]
+        text: TextRecord,
+    }
+    let mut out: std::collections::HashMap<i64, (Vec<TextRecord>, Vec<SecretRecord>)> =
+        std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let texts: Vec<Row> = sqlx::query_as(
+        "SELECT bot_id, key, lang, value, updated_at FROM bot_texts \
+         WHERE bot_id = ANY($1) ORDER BY bot_id, key, lang",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    for row in texts {
+        out.entry(row.bot_id).or_default().0.push(row.text);
+    }
+    let secrets: Vec<SecretRecord> = sqlx::query_as(
+        "SELECT bot_id, name, sealed, updated_at FROM bot_secrets \
+         WHERE bot_id = ANY($1) ORDER BY bot_id, name",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    for secret in secrets {
+        out.entry(secret.bot_id).or_default().1.push(secret);
+    }
+    Ok(out)
+}
+
 /// Deletes one text; returns whether it existed.
 pub async fn delete_text(
     pool: &PgPool,
