@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use botvisor::botdb::BotDbTarget;
@@ -427,6 +427,7 @@ async fn provisioning_evicts_only_connections_idle_for_a_while() {
     let names = create_databases(&db, 1).await;
     let budget = ConnectionBudget::new(1, Duration::from_secs(3600), Duration::from_secs(60));
     let running = budget.database(options(&names[0]), 1);
+    running.mark_warm();
     let mut conn = running.acquire().await.unwrap();
     conn.execute("SELECT 1").await.unwrap();
     drop(conn);
@@ -442,6 +443,115 @@ async fn provisioning_evicts_only_connections_idle_for_a_while() {
         returned.elapsed()
     );
     assert_eq!(running.open_connections(), 0);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_starting_bots_connection_is_evicted_at_once() {
+    let db = TestDb::create("budget_startevict").await;
+    let names = create_databases(&db, 2).await;
+    // Connections of warm bots are spared for an hour here: whatever the machine's speed, the
+    // warm bot's connection cannot be the victim below.
+    let budget = ConnectionBudget::new(2, Duration::from_secs(3600), Duration::from_secs(60))
+        .with_provision_evicts_after(Duration::from_secs(3600));
+    let warm = budget.database(options(&names[0]), 1);
+    warm.mark_warm();
+    // A bot that has not handled an update yet: its start-up reads' connection.
+    let starting = budget.database(options(&names[1]), 1);
+    let mut w = warm.acquire().await.unwrap();
+    let mut c = starting.acquire().await.unwrap();
+    w.execute("SELECT 1").await.unwrap();
+    c.execute("SELECT 1").await.unwrap();
+    // The warm bot's connection is the least recently returned: the first victim by age.
+    drop(w);
+    drop(c);
+
+    let (created, pool) =
+        tokio::time::timeout(DEADLINE, target(&db, 0).provision_within(&budget, 1))
+            .await
+            .expect("the provisioning takes the starting bot's slot without waiting")
+            .unwrap();
+    assert!(created);
+    assert_eq!(
+        starting.open_connections(),
+        0,
+        "the starting bot's connection was evicted"
+    );
+    assert_eq!(
+        warm.open_connections(),
+        1,
+        "the warm bot's connection is spared"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_starting_bots_reads_share_one_connection() {
+    let db = TestDb::create("budget_starthold").await;
+    let names = create_databases(&db, 2).await;
+    let budget = ConnectionBudget::new(2, Duration::from_secs(3600), Duration::from_secs(60));
+    let starting = budget.database(options(&names[0]), 2);
+    let hold = starting.hold_start();
+    // Two start-up reads at once (two module jobs' first passes): they take turns on one
+    // connection instead of opening a second, which the budget and the bot's limit allow.
+    let mut first = starting.acquire().await.unwrap();
+    let pid = backend_pid(&mut first).await;
+    let asked = Arc::new(AtomicBool::new(false));
+    let second = tokio::spawn({
+        let (starting, asked) = (starting.clone(), Arc::clone(&asked));
+        async move {
+            // Set in the same poll that starts the acquire: a slot it could take would be
+            // counted (`open`) before that poll returns.
+            asked.store(true, Ordering::Release);
+            let mut conn = starting.acquire().await.unwrap();
+            backend_pid(&mut conn).await
+        }
+    });
+    eventually(DEADLINE, "the second read asked", || async {
+        asked.load(Ordering::Acquire).then_some(())
+    })
+    .await;
+    assert_eq!(
+        budget.stats().open,
+        1,
+        "the second read waits for the first's connection"
+    );
+    drop(first);
+    let second_pid = tokio::time::timeout(DEADLINE, second)
+        .await
+        .expect("the second read gets the connection")
+        .unwrap();
+    assert_eq!(second_pid, pid, "both reads used one connection");
+    assert_eq!(starting.open_connections(), 1);
+
+    // While held, a provisioning cannot evict the starting bot's idle connection (the other
+    // slot is in use by another bot).
+    let other = budget.database(options(&names[1]), 1);
+    let busy = other.acquire().await.unwrap();
+    let provisioning = tokio::spawn({
+        let budget = budget.clone();
+        let target = target(&db, 0);
+        async move { target.provision_within(&budget, 1).await }
+    });
+    eventually(DEADLINE, "the provisioning waits", || async {
+        (budget.stats().provisioning_waiting == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        starting.open_connections(),
+        1,
+        "the held connection is spared"
+    );
+    // Once the start is over, it takes that slot.
+    drop(hold);
+    let (created, pool) = tokio::time::timeout(DEADLINE, provisioning)
+        .await
+        .expect("the provisioning completes once the hold is gone")
+        .unwrap()
+        .unwrap();
+    assert!(created);
+    assert_eq!(starting.open_connections(), 0);
+    drop(busy);
     pool.close().await;
 }
 

@@ -19,7 +19,11 @@
 //! - evicts a connection a running bot used only once it has been idle for at least
 //!   [`PROVISION_EVICTS_AFTER_IDLE`] (test
 //!   `provisioning_evicts_only_connections_idle_for_a_while`); one last used by a provisioning
-//!   (a new bot's migration) it may evict at once.
+//!   (a new bot's migration), or by a bot that has not handled an update since it started
+//!   ([`BotPool::mark_warm`]: its start-up reads, which no message waits for), it may evict at
+//!   once (test `a_starting_bots_connection_is_evicted_at_once`). In a cold start of 1,000
+//!   bots, the start-up reads' connections protected for 250 ms paced the next bots' checks to
+//!   about 60 bots a second.
 //!
 //! # How an acquire proceeds
 //! Within one deadline (the acquire timeout):
@@ -207,6 +211,10 @@ struct Shared {
     turns_queued: AtomicUsize,
     /// Check turns, see [`ConnectionBudget::check_turn`]: half the budget's slots.
     checks: Arc<Semaphore>,
+    /// How long a provisioning spares a connection returned by a warm bot, in milliseconds
+    /// ([`PROVISION_EVICTS_AFTER_IDLE`] unless [`ConnectionBudget::with_provision_evicts_after`]
+    /// set another).
+    provision_evicts_after_ms: std::sync::atomic::AtomicU64,
     /// Whether [`ConnectionBudget::run`] sets the connection gauges (with several servers the
     /// daemon sets them to the sum of every server's budget instead).
     reports_metrics: std::sync::atomic::AtomicBool,
@@ -273,6 +281,9 @@ impl ConnectionBudget {
                 turns_queued: AtomicUsize::new(0),
                 checks: Arc::new(Semaphore::new((budget / 2).max(1) as usize)),
                 reports_metrics: std::sync::atomic::AtomicBool::new(true),
+                provision_evicts_after_ms: std::sync::atomic::AtomicU64::new(
+                    PROVISION_EVICTS_AFTER_IDLE.as_millis() as u64,
+                ),
             }),
         }
     }
@@ -280,6 +291,15 @@ impl ConnectionBudget {
     /// Leaves the connection gauges to the caller (the daemon sums several servers' budgets).
     pub fn without_metrics(self) -> Self {
         self.shared.reports_metrics.store(false, Ordering::Release);
+        self
+    }
+
+    /// Sets how long a provisioning spares a connection a warm bot returned (instead of
+    /// [`PROVISION_EVICTS_AFTER_IDLE`]; tests make it long to tell spared connections apart).
+    pub fn with_provision_evicts_after(self, spared: Duration) -> Self {
+        self.shared
+            .provision_evicts_after_ms
+            .store(spared.as_millis() as u64, Ordering::Release);
         self
     }
 
@@ -313,10 +333,13 @@ impl ConnectionBudget {
                 url: describe(&options),
                 options,
                 in_use: Arc::new(Semaphore::new(max)),
+                max,
+                held: AtomicUsize::new(0),
                 open: AtomicUsize::new(0),
                 pending: AtomicUsize::new(0),
                 returned: Notify::new(),
                 closed: AtomicBool::new(false),
+                warm: AtomicBool::new(false),
             }),
         }
     }
@@ -423,6 +446,35 @@ pub struct ProvisionTurn {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A starting bot's hold on its database ([`BotPool::hold_start`]): while it lives, the
+/// database's idle connection is spared from eviction (for at most [`KEPT_AT_MOST`] after
+/// its return) and the bot's acquires take turns on one connection (one of its
+/// `max_connections` permits is held), so the start's reads — the module jobs' first passes,
+/// the intake's replay, the sender's first load — share the connection of the start's check
+/// instead of each paying a connect (test `a_starting_bots_reads_share_one_connection`).
+pub struct StartHold {
+    shared: Arc<Shared>,
+    db: Arc<Database>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl fmt::Debug for StartHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartHold")
+            .field("url", &self.db.url)
+            .finish()
+    }
+}
+
+impl Drop for StartHold {
+    fn drop(&mut self) {
+        self.db.held.fetch_sub(1, Ordering::AcqRel);
+        // Its idle connection may be evicted now: waiters look again.
+        let state = self.shared.lock();
+        self.shared.wake(state);
+    }
+}
+
 /// Who asks for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -456,6 +508,13 @@ struct Database {
     returned: Notify,
     /// Set (under the state lock) by [`BotPool::close`].
     closed: AtomicBool,
+    /// Its `max_connections`.
+    max: usize,
+    /// Live [`StartHold`]s: while there are any, its idle connections are spared.
+    held: AtomicUsize,
+    /// Set by [`BotPool::mark_warm`]: the bot handles traffic, so its returned connections are
+    /// spared from provisionings for [`PROVISION_EVICTS_AFTER_IDLE`].
+    warm: AtomicBool,
 }
 
 impl fmt::Debug for BotPool {
@@ -498,6 +557,29 @@ impl BotPool {
         _turn: &ProvisionTurn,
     ) -> Result<BudgetConn, BudgetError> {
         self.acquire_as(Class::Provisioning).await
+    }
+
+    /// Holds this database for a bot's start ([`StartHold`]); drop the hold once the start's
+    /// reads are done.
+    pub fn hold_start(&self) -> StartHold {
+        self.db.held.fetch_add(1, Ordering::AcqRel);
+        // With one permit only, holding it would leave the bot none.
+        let permit = (self.db.max > 1)
+            .then(|| Arc::clone(&self.db.in_use).try_acquire_owned().ok())
+            .flatten();
+        StartHold {
+            shared: Arc::clone(&self.shared),
+            db: Arc::clone(&self.db),
+            _permit: permit,
+        }
+    }
+
+    /// Marks the bot as handling traffic (its unit of work calls this): from now on a
+    /// connection it returns is likely needed again for its next message, so a provisioning
+    /// evicts it only after [`PROVISION_EVICTS_AFTER_IDLE`]. Before, its connections (a start's
+    /// reads) may be evicted at once.
+    pub fn mark_warm(&self) {
+        self.db.warm.store(true, Ordering::Relaxed);
     }
 
     /// Closes this database's idle connections; later acquires fail with
@@ -575,7 +657,7 @@ impl BotPool {
     }
 
     fn wrap(&self, mut live: Live, permit: OwnedSemaphorePermit, class: Class) -> BudgetConn {
-        live.running = class == Class::Running;
+        live.running = class == Class::Running && self.db.warm.load(Ordering::Relaxed);
         live.kept = false;
         BudgetConn {
             live: Some(live),
@@ -643,11 +725,16 @@ impl BotPool {
                         }));
                     }
                     let now = Instant::now();
+                    let spared = Duration::from_millis(
+                        self.shared
+                            .provision_evicts_after_ms
+                            .load(Ordering::Acquire),
+                    );
                     let victim = state.idle.iter().position(|l| {
                         if l.db.pending.load(Ordering::Acquire) > 0 {
                             return false;
                         }
-                        if l.kept {
+                        if l.kept || l.db.held.load(Ordering::Acquire) > 0 {
                             let until = l.returned_at + KEPT_AT_MOST;
                             if until > now {
                                 recheck_at = recheck_at.min(until);
@@ -658,7 +745,7 @@ impl BotPool {
                             Class::Running => true,
                             Class::Provisioning if !l.running => true,
                             Class::Provisioning => {
-                                let ripe = l.returned_at + PROVISION_EVICTS_AFTER_IDLE;
+                                let ripe = l.returned_at + spared;
                                 recheck_at = recheck_at.min(ripe);
                                 ripe <= now
                             }
@@ -828,8 +915,8 @@ struct Live {
     slot: Slot,
     /// When it was last returned (or opened).
     returned_at: Instant,
-    /// Last used by a running bot (not by a provisioning), so a provisioning evicts it only
-    /// after [`PROVISION_EVICTS_AFTER_IDLE`].
+    /// Last used by a running bot that handles traffic (not by a provisioning, nor by a start's
+    /// reads), so a provisioning evicts it only after [`PROVISION_EVICTS_AFTER_IDLE`].
     running: bool,
     /// Kept for its database's next acquire: evicted by nobody for [`KEPT_AT_MOST`] after
     /// its return ([`BudgetConn::keep_for_next_acquire`]).

@@ -81,6 +81,9 @@ impl Processor {
             }
             batch.extend(boxed.drain(..).map(|b| *b));
             let taken = Instant::now();
+            // From its first update on, the bot's returned connections are spared for a moment
+            // (a running bot's next message likely follows).
+            self.ctx.db.mark_warm();
             let conn = match held.take() {
                 Some(conn) => conn,
                 None => match Box::pin(self.ctx.db.acquire()).await {

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::ServerBudgets;
-use crate::botdb::budget::{BotPool, BudgetError};
+use crate::botdb::budget::{BotPool, BudgetError, StartHold};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{ModuleError, Queued, Registry};
@@ -333,6 +333,9 @@ pub async fn run(
         tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
     }
     let provisioned = begun.elapsed();
+    // The start's reads share the check's connection (docs/performance.md, "Cold start of
+    // 1,000 bots"); the sender lets go once it loaded the outbox, the last of them.
+    let start_hold = db.hold_start();
     let on_running = async move |username: &str| {
         // What each step of a start took (`botvisor::runtime=debug`; docs/performance.md,
         // "Cold start of 1,000 bots").
@@ -346,7 +349,15 @@ pub async fn run(
             "bot start: steps"
         );
     };
-    let result = dispatch_run(deps, spec, parts, stop, db.clone(), on_running).await;
+    let result = dispatch_run(
+        deps,
+        spec,
+        parts,
+        stop,
+        (db.clone(), start_hold),
+        on_running,
+    )
+    .await;
     db.close().await;
     result
 }
@@ -356,7 +367,7 @@ async fn dispatch_run(
     spec: &BotSpec,
     parts: RunParts,
     stop: CancellationToken,
-    db: BotPool,
+    (db, start_hold): (BotPool, StartHold),
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<(), RunFailure> {
     let bot = deps.api.bot(&spec.token);
@@ -438,6 +449,7 @@ async fn dispatch_run(
         retention_days: deps.settings.bot_database.inbox_retention_days,
         prune,
         after: first_read,
+        start_hold: Some(start_hold),
         traffic: Arc::clone(&parts.traffic),
     };
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);

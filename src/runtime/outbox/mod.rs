@@ -92,6 +92,9 @@ pub struct Sender {
     /// Cancelled once the intake read its first page of stored updates: the first load of
     /// the outbox follows it (one connection for a starting bot's first reads).
     pub after: CancellationToken,
+    /// The start's hold on the bot's database, let go after the first load (the last of a
+    /// start's reads).
+    pub start_hold: Option<crate::botdb::budget::StartHold>,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
     /// When chats back at full capacity are forgotten by the limits, and finished requests
@@ -153,7 +156,9 @@ impl Sender {
                     reload = false;
                     // The database steps are boxed: the sender's idle state (the select below)
                     // holds only its waits (docs/performance.md, "Idle memory per bot").
-                    match Box::pin(self.load(&flying)).await {
+                    let loaded = Box::pin(self.load(&flying)).await;
+                    drop(self.start_hold.take());
+                    match loaded {
                         Ok((rows, full)) => {
                             queue = rows;
                             more_in_db = full;
