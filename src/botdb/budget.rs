@@ -451,7 +451,8 @@ pub struct ProvisionTurn {
 /// its return) and the bot's acquires take turns on one connection (one of its
 /// `max_connections` permits is held), so the start's reads — the module jobs' first passes,
 /// the intake's replay, the sender's first load — share the connection of the start's check
-/// instead of each paying a connect (test `a_starting_bots_reads_share_one_connection`).
+/// instead of each paying a connect (test `a_starting_bots_reads_share_one_connection`). A
+/// run lets go after the sender's first load, and after [`KEPT_AT_MOST`] at the latest.
 pub struct StartHold {
     shared: Arc<Shared>,
     db: Arc<Database>,

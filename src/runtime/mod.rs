@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::ServerBudgets;
-use crate::botdb::budget::{BotPool, BudgetError, StartHold};
+use crate::botdb::budget::{BotPool, BudgetError, KEPT_AT_MOST};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{ModuleError, Queued, Registry};
@@ -334,8 +334,23 @@ pub async fn run(
     }
     let provisioned = begun.elapsed();
     // The start's reads share the check's connection (docs/performance.md, "Cold start of
-    // 1,000 bots"); the sender lets go once it loaded the outbox, the last of them.
+    // 1,000 bots"): the hold lasts until the sender loaded the outbox, the last of them, and
+    // never longer than `KEPT_AT_MOST` (a long first pass of a job must not leave the bot one
+    // connection for long), or until the run ends.
     let start_hold = db.hold_start();
+    let loaded = CancellationToken::new();
+    {
+        let (loaded, stop) = (loaded.clone(), stop.clone());
+        deps.tasks
+            .spawn(format!("bot-{}-start-hold", spec.id), async move {
+                tokio::select! {
+                    () = loaded.cancelled() => {}
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(KEPT_AT_MOST) => {}
+                }
+                drop(start_hold);
+            });
+    }
     let on_running = async move |username: &str| {
         // What each step of a start took (`botvisor::runtime=debug`; docs/performance.md,
         // "Cold start of 1,000 bots").
@@ -354,7 +369,7 @@ pub async fn run(
         spec,
         parts,
         stop,
-        (db.clone(), start_hold),
+        (db.clone(), loaded.drop_guard()),
         on_running,
     )
     .await;
@@ -367,7 +382,7 @@ async fn dispatch_run(
     spec: &BotSpec,
     parts: RunParts,
     stop: CancellationToken,
-    (db, start_hold): (BotPool, StartHold),
+    (db, start_done): (BotPool, tokio_util::sync::DropGuard),
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<(), RunFailure> {
     let bot = deps.api.bot(&spec.token);
@@ -449,7 +464,7 @@ async fn dispatch_run(
         retention_days: deps.settings.bot_database.inbox_retention_days,
         prune,
         after: first_read,
-        start_hold: Some(start_hold),
+        start_done: Some(start_done),
         traffic: Arc::clone(&parts.traffic),
     };
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);

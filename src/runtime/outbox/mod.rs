@@ -92,9 +92,9 @@ pub struct Sender {
     /// Cancelled once the intake read its first page of stored updates: the first load of
     /// the outbox follows it (one connection for a starting bot's first reads).
     pub after: CancellationToken,
-    /// The start's hold on the bot's database, let go after the first load (the last of a
-    /// start's reads).
-    pub start_hold: Option<crate::botdb::budget::StartHold>,
+    /// Dropped after the first load (the last of a start's reads): the start's hold on the
+    /// bot's database ends then ([`crate::botdb::budget::StartHold`]).
+    pub start_done: Option<tokio_util::sync::DropGuard>,
     /// Days finished requests are kept (`bot_database.inbox_retention_days`).
     pub retention_days: u32,
     /// When chats back at full capacity are forgotten by the limits, and finished requests
@@ -157,7 +157,7 @@ impl Sender {
                     // The database steps are boxed: the sender's idle state (the select below)
                     // holds only its waits (docs/performance.md, "Idle memory per bot").
                     let loaded = Box::pin(self.load(&flying)).await;
-                    drop(self.start_hold.take());
+                    drop(self.start_done.take());
                     match loaded {
                         Ok((rows, full)) => {
                             queue = rows;
