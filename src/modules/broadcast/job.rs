@@ -36,17 +36,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Runs until the job's stop token is cancelled.
 pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
     let mut progress = Progress::default();
-    match Box::pin(resumed(&cx)).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(bot_id = cx.bot_id, broadcasts = n, "resuming broadcasts"),
-        Err(e) => {
-            tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), "cannot read broadcasts")
-        }
-    }
+    // The first turn counts the resumption of the broadcasts this run takes over.
+    let mut resuming = true;
     loop {
         // Boxed: the job's idle state holds only its wait (docs/performance.md, "Idle memory
         // per bot").
-        let deadline = match Box::pin(turn(&cx, &mut progress)).await {
+        let deadline = match Box::pin(turn(&cx, &mut progress, &mut resuming)).await {
             Ok(deadline) => deadline,
             Err(e) => {
                 tracing::warn!(bot_id = cx.bot_id, error = %crate::mask::error_line(&e), retry_in = ?RETRY_AFTER, "broadcast turn failed; trying again");
@@ -59,19 +54,24 @@ pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
     }
 }
 
-async fn resumed(cx: &JobCx) -> Result<u64, ModuleError> {
-    let mut conn = cx.db.acquire().await?;
-    Ok(store::note_resumed(&mut conn).await?)
-}
-
 /// When each admin's progress message was last edited, by broadcast.
 #[derive(Default)]
 struct Progress {
     edited: std::collections::HashMap<i64, (Instant, Counts)>,
 }
 
-/// One pass; returns when the job must look again without being woken.
-async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, ModuleError> {
+/// One pass; returns when the job must look again without being woken. `resuming` (the run's
+/// first pass) counts a resumption of every started, unfinished broadcast, and is cleared once
+/// that is done.
+///
+/// It begins with one read of every unfinished broadcast: a bot with none — most bots, at every
+/// start — costs one statement on one table (a fresh connection's first touch of a table is
+/// most of a start's cost on PostgreSQL; docs/performance.md, "Cold start of 1,000 bots").
+async fn turn(
+    cx: &JobCx,
+    progress: &mut Progress,
+    resuming: &mut bool,
+) -> Result<Option<Instant>, ModuleError> {
     let snapshot = cx.snapshot.borrow().clone();
     let admins = snapshot.manifest.admins.clone();
     let mut conn = cx.db.acquire().await?;
@@ -80,10 +80,26 @@ async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, Mo
         deadline = Some(deadline.map_or(at, |d: Instant| d.min(at)));
     };
 
-    for b in store::in_state(&mut conn, "scheduled").await? {
+    let unfinished = store::unfinished(&mut conn).await?;
+    if *resuming {
+        let started = |b: &BroadcastRow| {
+            matches!(b.state.as_str(), "running" | "paused") && b.started_at.is_some()
+        };
+        if unfinished.iter().any(started) {
+            let n = store::note_resumed(&mut conn).await?;
+            tracing::info!(bot_id = cx.bot_id, broadcasts = n, "resuming broadcasts");
+        }
+        *resuming = false;
+    }
+    let mut next_start = None;
+    let mut started_any = false;
+    for b in unfinished.iter().filter(|b| b.state == "scheduled") {
         if b.start_at > Utc::now() {
+            next_start =
+                Some(next_start.map_or(b.start_at, |n: chrono::DateTime<Utc>| n.min(b.start_at)));
             continue;
         }
+        started_any = true;
         let audience: Audience = b.audience.parse().unwrap_or(Audience::All);
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         if let Some(total) = store::freeze(&mut tx, b.id, &audience, &admins).await? {
@@ -96,12 +112,21 @@ async fn turn(cx: &JobCx, progress: &mut Progress) -> Result<Option<Instant>, Mo
         }
         tx.commit().await?;
     }
-    if let Some(next) = store::next_start(&mut conn).await? {
+    if let Some(next) = next_start {
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         later(Instant::now() + wait);
     }
 
-    for b in store::in_state(&mut conn, "running").await? {
+    // Those just started are running now: read them again only then.
+    let running = if started_any {
+        store::in_state(&mut conn, "running").await?
+    } else {
+        unfinished
+            .into_iter()
+            .filter(|b| b.state == "running")
+            .collect()
+    };
+    for b in running {
         let queued = store::queued(&mut conn, b.id).await?;
         if queued < REFILL_BELOW {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;

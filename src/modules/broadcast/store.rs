@@ -213,6 +213,16 @@ pub async fn in_state(
     .await
 }
 
+/// Every broadcast not finished (scheduled, running or paused), oldest first.
+pub async fn unfinished(conn: &mut PgConnection) -> Result<Vec<BroadcastRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM broadcasts \
+         WHERE state IN ('scheduled', 'running', 'paused') ORDER BY id"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
 /// Counts of a broadcast's recipients by outcome.
 pub async fn counts(conn: &mut PgConnection, id: i64) -> Result<Counts, sqlx::Error> {
     sqlx::query_as(
@@ -259,13 +269,6 @@ pub async fn note_resumed(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
-}
-
-/// The earliest start time of a scheduled broadcast.
-pub async fn next_start(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(start_at) FROM broadcasts WHERE state = 'scheduled'")
-        .fetch_one(conn)
-        .await
 }
 
 /// Recipients of a running broadcast queued in the outbox and not yet recorded.

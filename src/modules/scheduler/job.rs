@@ -41,6 +41,16 @@ pub async fn run(mut cx: JobCx, clock: Arc<dyn Clock>) -> Result<(), ModuleError
 async fn pass(cx: &JobCx, clock: &dyn Clock) -> Result<Option<Instant>, ModuleError> {
     let snapshot = cx.snapshot.borrow().clone();
     let mut conn = cx.db.acquire().await?;
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        let wait = (t - clock.now()).to_std().unwrap_or_default();
+        Instant::now() + wait
+    };
+    // Nothing due (a bot without schedules: most bots, at every start): one statement.
+    match store::next_due(&mut conn).await? {
+        None => return Ok(None),
+        Some(t) if t > clock.now() + EARLY => return Ok(Some(at(t))),
+        Some(_) => {}
+    }
     loop {
         let done = fire_due(&mut conn, clock.now() + EARLY, &snapshot, NAME).await?;
         for f in &done.fired {
@@ -56,9 +66,5 @@ async fn pass(cx: &JobCx, clock: &dyn Clock) -> Result<Option<Instant>, ModuleEr
             break;
         }
     }
-    let next = store::next_due(&mut conn).await?;
-    Ok(next.map(|t| {
-        let wait = (t - clock.now()).to_std().unwrap_or_default();
-        Instant::now() + wait
-    }))
+    Ok(store::next_due(&mut conn).await?.map(at))
 }
