@@ -486,6 +486,18 @@ impl Supervisor {
             self.ownership_step(pending).await?;
             *connected = true;
             pending.full = true;
+        } else if pending
+            .bots
+            .iter()
+            .any(|id| !self.ownership.owned().contains(id) && !self.handing_over.contains_key(id))
+        {
+            // A bot nobody here owns changed — most often a bot just added: the ownership pass
+            // runs now rather than at its next beat, so a new bot answers within its start
+            // instead of up to a beat (1 s) later (bench `add_to_answer_*`).
+            if let Err(e) = self.ownership_step(pending).await {
+                *connected = false;
+                return Err(e.into());
+            }
         }
         let work = std::mem::take(pending);
         if let Err(e) = self.reconcile(&work, shutdown).await {
