@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,11 +54,16 @@ impl Tasks {
         lock(&self.running).insert(id, name.clone());
         let running = Arc::clone(&self.running);
         let span = tracing::info_span!("task", task = %name);
+        let guard = RemoveOnDrop { running, id };
+        // `map`, not `async move { fut.await }`: an async block keeps a future it captured
+        // *and* the pinned copy it awaits, so every task's cell would hold its future twice
+        // (docs/performance.md, "Idle memory per bot"). The guard is dropped with the
+        // closure, so a task that is aborted is removed from `running` as well.
         self.tracker.spawn(
-            async move {
-                let _guard = RemoveOnDrop { running, id };
-                fut.await
-            }
+            fut.map(move |out| {
+                drop(guard);
+                out
+            })
             .instrument(span),
         )
     }

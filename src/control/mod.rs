@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -1019,13 +1020,11 @@ impl Supervisor {
         // A root span: created in the supervisor's task, it would otherwise show `task=supervisor`
         // on every line of the bot.
         let span = tracing::info_span!(parent: None, "bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
+        // `map`, not an async block around `slot.run().await`: the block would store the slot
+        // twice (its capture and the run's `self`) and the run's future beside it.
         self.tasks.spawn(
             format!("bot-{}", bot.id),
-            async move {
-                let _done = done_guard;
-                slot.run().await;
-            }
-            .instrument(span),
+            slot.run().map(move |()| drop(done_guard)).instrument(span),
         );
         self.slots.insert(
             bot.id,

@@ -73,7 +73,7 @@ impl Slot {
                 break;
             }
             self.set_state(BotState::Starting);
-            self.status.set(BotState::Starting, "", None, true).await;
+            Box::pin(self.status.set(BotState::Starting, "", None, true)).await;
             let started = Instant::now();
             let run_stop = self.stop.child_token();
             let spec = self.spec.clone();
@@ -197,7 +197,7 @@ impl Slot {
                     self.set_state(state);
                     let detail = crate::mask::error_line(&failure);
                     tracing::error!(bot_id, error = %detail, "bot failed; waiting for a panel change");
-                    self.status.set(state, &detail, None, false).await;
+                    Box::pin(self.status.set(state, &detail, None, false)).await;
                     self.wait_for_change(None).await
                 }
                 Err(failure) => {
@@ -207,7 +207,7 @@ impl Slot {
                             self.set_state(BotState::Backoff);
                             tracing::warn!(bot_id, error = %detail, retry_in = ?delay, "bot failed; restarting");
                             let text = format!("{detail} (retrying in {}s)", delay.as_secs());
-                            self.status.set(BotState::Backoff, &text, None, false).await;
+                            Box::pin(self.status.set(BotState::Backoff, &text, None, false)).await;
                             self.wait_for_change(Some(delay)).await
                         }
                         Decision::Quarantine => {
@@ -218,8 +218,7 @@ impl Slot {
                                  panel change (e.g. `botvisor bot enable {bot_id}`)",
                                 QUARANTINE_COOLDOWN.as_secs() / 60
                             );
-                            self.status
-                                .set(BotState::Quarantined, &text, None, false)
+                            Box::pin(self.status.set(BotState::Quarantined, &text, None, false))
                                 .await;
                             self.wait_for_change(Some(QUARANTINE_COOLDOWN)).await
                         }
@@ -232,7 +231,7 @@ impl Slot {
             }
         }
         self.set_state(BotState::Stopped);
-        self.status.set(BotState::Stopped, "", None, false).await;
+        Box::pin(self.status.set(BotState::Stopped, "", None, false)).await;
     }
 
     /// Writes `degraded` (with the cause and since when) or, once healthy again, `running`.

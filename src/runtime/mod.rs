@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::Either;
 use teloxide::prelude::Requester;
 use teloxide::types::Me;
 use tokio::sync::{Notify, mpsc};
@@ -228,7 +230,10 @@ pub struct BotContext {
     /// The modules.
     pub registry: Registry,
     /// Hands the requests a committed unit of work queued to the bot's sender.
-    pub handoff: mpsc::UnboundedSender<(tokio::time::Instant, Vec<Queued>)>,
+    ///
+    /// Boxed: a tokio channel allocates its first block of 32 slots when it is created, so an
+    /// idle bot's channel holds 32 pointers rather than 32 `(Instant, Vec)` (1.3 KiB).
+    pub handoff: mpsc::UnboundedSender<Box<(tokio::time::Instant, Vec<Queued>)>>,
     /// Wakes module jobs after a commit that left them work ([`UpdateCx::wake_job`]).
     ///
     /// [`UpdateCx::wake_job`]: crate::modules::UpdateCx::wake_job
@@ -251,7 +256,7 @@ impl BotContext {
         if !queued.is_empty() {
             // A closed channel means the sender ended (the run fails or drains): the rows are
             // in the outbox and the next run sends them.
-            let _ = self.handoff.send((taken, queued));
+            let _ = self.handoff.send(Box::new((taken, queued)));
         }
         for job in jobs {
             self.wakes.wake(job);
@@ -506,15 +511,24 @@ async fn dispatch_run(
     // a named local stays in this function's state after it is moved into `join!` (a
     // moved-from local keeps its place until its scope ends), so each part was stored two or
     // three times over; boxed, each is stored once and the locals are pointers.
-    let entrance = Box::pin(async move {
-        if let (Some(keeper), Some(replayed)) = (keeper, replayed) {
-            keeper.run(entrance_tx, replayed, entrance_done).await;
+    // Built from the parts' own futures (`map`, `Either`), not async blocks around them: a
+    // block keeps what it captured besides the future it awaits, so the listener and the
+    // keeper were stored twice.
+    let entrance = Box::pin(match (keeper, replayed) {
+        (Some(keeper), Some(replayed)) => {
+            Either::Left(keeper.run(entrance_tx, replayed, entrance_done))
+        }
+        _ => {
+            // Polling: no entrance; its sender must not keep the processor's channel open.
+            drop((entrance_tx, entrance_done));
+            Either::Right(std::future::ready(()))
         }
     });
-    let intake = Box::pin(async {
-        listener.run(to_processor).await;
-        intake_done.cancel();
-    });
+    let intake = Box::pin(
+        listener
+            .run(to_processor)
+            .map(move |()| intake_done.cancel()),
+    );
     let processing = Box::pin(processor.run(updates));
     let following = Box::pin(companion.run());
     let sending = Box::pin(sender.run());

@@ -80,7 +80,7 @@ pub struct Sender {
     /// Notified after a job's commit that queued requests (the sender reloads the outbox).
     pub wake: Arc<Notify>,
     /// What committed units of work queued, handed over directly.
-    pub handoff: mpsc::UnboundedReceiver<(Instant, Vec<Queued>)>,
+    pub handoff: mpsc::UnboundedReceiver<Box<(Instant, Vec<Queued>)>>,
     /// Per module: notified once a request it queued is recorded (its job may queue more).
     pub delivered: Wakes,
     /// Where a revoked token or a database failure is reported.
@@ -261,7 +261,8 @@ impl Sender {
                 () = self.stop.cancelled() => break,
                 // Checked before results, so a handed-over request that a load already
                 // brought is still in the queue or in flight when it arrives (and skipped).
-                Some((taken, handed)) = self.handoff.recv() => {
+                Some(boxed) = self.handoff.recv() => {
+                    let (taken, handed) = *boxed;
                     for q in &handed {
                         if Lane::from_i16(q.row.lane) == Lane::Reply {
                             taken_at.insert(q.row.id, taken);
