@@ -133,6 +133,15 @@ pub trait Module: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Whether [`Module::on_sent`] may queue new requests when it sees `delivery` (a
+    /// follow-up, such as a feedback topic's first message): the sender then reads the
+    /// outbox once after recording the delivery. A module whose `on_sent` queues must say so
+    /// here; otherwise the sender does not look (one statement less per recorded group) and
+    /// the follow-up would wait for the sender's next reason to read the outbox.
+    fn queues_on_sent(&self, _delivery: &Delivery) -> bool {
+        false
+    }
+
     /// Its per-bot background job, if it has one: spawned by the bot's run as
     /// `bot-<id>-<name>` while the module is enabled, cancelled with the run.
     fn job(&self, _cx: JobCx) -> Option<BoxFuture<'static, Result<(), ModuleError>>> {

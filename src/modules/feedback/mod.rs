@@ -119,6 +119,11 @@ impl Module for Feedback {
             Ok(())
         })
     }
+
+    fn queues_on_sent(&self, delivery: &Delivery) -> bool {
+        // `on_result` may queue the user's message into a topic it just created.
+        delivery.origin == NAME
+    }
 }
 
 /// The bot's feedback settings, when the module is enabled.

@@ -202,11 +202,11 @@ impl Sender {
                                 row: entry.row,
                                 text: None,
                             };
-                            if Box::pin(self.record_retrying(std::slice::from_ref(&record)))
+                            match Box::pin(self.record_retrying(std::slice::from_ref(&record)))
                                 .await
-                                .is_err()
                             {
-                                return;
+                                Ok(follow_ups) => reload |= follow_ups,
+                                Err(_) => return,
                             }
                             recent.insert(record.row.id);
                             continue;
@@ -310,8 +310,12 @@ impl Sender {
                     }
                     // Stopped before the results could be recorded: those requests stay
                     // pending and are sent again by the next run.
-                    if !records.is_empty() && Box::pin(self.record_retrying(&records)).await.is_err() {
-                        break;
+                    let mut follow_ups = false;
+                    if !records.is_empty() {
+                        match Box::pin(self.record_retrying(&records)).await {
+                            Ok(f) => follow_ups = f,
+                            Err(_) => break,
+                        }
                     }
                     for record in &records {
                         recent.insert(record.row.id);
@@ -326,8 +330,10 @@ impl Sender {
                         reload = true;
                     }
                     // A module's `on_sent` may have queued a follow-up (a feedback topic's
-                    // first message); a queue that ran dry looks at the outbox once.
-                    if queue.is_empty() {
+                    // first message): the outbox is read once more. Only then — a group with
+                    // nothing of the kind costs no read (docs/performance.md, "Round trips
+                    // per update").
+                    if follow_ups {
                         reload = true;
                     }
                 }
@@ -443,7 +449,10 @@ impl Sender {
     }
 
     /// Marks requests done and lets every enabled module observe them, in one transaction.
-    async fn record(&self, records: &[Record]) -> Result<(), RecordError> {
+    /// Returns whether a module may have queued follow-ups ([`Module::queues_on_sent`]).
+    ///
+    /// [`Module::queues_on_sent`]: crate::modules::Module::queues_on_sent
+    async fn record(&self, records: &[Record]) -> Result<bool, RecordError> {
         let mut done = store::FinishedSends::with_capacity(records.len());
         let mut deliveries = Vec::with_capacity(records.len());
         for Record { row, text, outcome } in records {
@@ -471,8 +480,10 @@ impl Sender {
             .map_err(|e| RecordError::Module(e.into()))?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         store::finish_outbox(&mut tx, &done).await?;
+        let mut follow_ups = false;
         for module in self.registry.enabled(&snapshot) {
             module.on_sent(&mut tx, &deliveries).await?;
+            follow_ups |= deliveries.iter().any(|d| module.queues_on_sent(d));
         }
         tx.commit().await?;
         let sent = records
@@ -486,7 +497,7 @@ impl Sender {
         for origin in origins {
             self.delivered.wake(origin);
         }
-        Ok(())
+        Ok(follow_ups)
     }
 
     /// Deletes finished requests past their retention; a failure is logged and retried at
@@ -515,11 +526,11 @@ impl Sender {
     /// Records a result, retrying while the database is out of reach (the send happened:
     /// recording it later beats sending it twice). Gives up only when the run stops or
     /// drains; the request then stays pending and the next run sends it again.
-    async fn record_retrying(&self, records: &[Record]) -> Result<(), RecordError> {
+    async fn record_retrying(&self, records: &[Record]) -> Result<bool, RecordError> {
         let mut backoff = BACKOFF_START;
         loop {
             let error = match self.record(records).await {
-                Ok(()) => return Ok(()),
+                Ok(follow_ups) => return Ok(follow_ups),
                 Err(e) => e,
             };
             if self.drain.is_cancelled() {
