@@ -1024,7 +1024,10 @@ impl Supervisor {
         // twice (its capture and the run's `self`) and the run's future beside it.
         self.tasks.spawn(
             format!("bot-{}", bot.id),
-            slot.run().map(move |()| drop(done_guard)).instrument(span),
+            Box::new(slot)
+                .run()
+                .map(move |()| drop(done_guard))
+                .instrument(span),
         );
         self.slots.insert(
             bot.id,

@@ -59,7 +59,10 @@ impl Slot {
     }
 
     /// Runs until stopped; see the module docs.
-    pub async fn run(mut self) {
+    ///
+    /// Takes the slot boxed: an `async fn` keeps its arguments twice in its state (as passed
+    /// and as the body's local), so a 432-byte `Slot` by value cost 864 bytes per idle bot.
+    pub async fn run(mut self: Box<Self>) {
         let bot_id = self.spec.id;
         if let Some(previous) = self.previous.take() {
             tokio::select! {
@@ -76,7 +79,8 @@ impl Slot {
             Box::pin(self.status.set(BotState::Starting, "", None, true)).await;
             let started = Instant::now();
             let run_stop = self.stop.child_token();
-            let spec = self.spec.clone();
+            // Boxed, like `pending` below: both live in the slot's state for the whole run.
+            let spec = Box::new(self.spec.clone());
             let (outcome, respec) = {
                 let status = self.status.clone();
                 let state = Arc::clone(&self.state);
@@ -126,7 +130,7 @@ impl Slot {
                     bytes = std::mem::size_of_val(&*run),
                     "bot run: future size"
                 );
-                let mut pending: Option<BotSpec> = None;
+                let mut pending: Option<Box<BotSpec>> = None;
                 let mut orphaned = false;
                 let outcome = loop {
                     tokio::select! {
@@ -167,7 +171,7 @@ impl Slot {
                             if needs_restart(&spec, &new) {
                                 tracing::info!(bot_id, "token, database or update mode changed; restarting the bot");
                                 run_stop.cancel();
-                                pending = Some(new);
+                                pending = Some(Box::new(new));
                             } else {
                                 self.spec = new;
                             }
@@ -177,7 +181,7 @@ impl Slot {
                 (outcome, pending)
             };
             if let Some(new) = respec {
-                self.spec = new;
+                self.spec = *new;
                 policy.reset();
                 continue;
             }

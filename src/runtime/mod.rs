@@ -317,26 +317,32 @@ pub async fn run(
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<(), RunFailure> {
     let begun = tokio::time::Instant::now();
-    let target = BotDbTarget::resolve_on(
-        &deps.settings,
-        spec.id,
-        spec.db_server.as_deref(),
-        spec.database.as_deref(),
-    )?;
-    let provision = target.provision_within(
-        deps.budgets.for_server(&target.server_key),
-        deps.settings.bot_database.max_connections_per_bot,
-    );
     // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the first
     // `setMyCommands`): the run's future, which lives as long as the bot, then holds none of
-    // them (docs/performance.md, "Idle memory per bot").
-    let (created, db) = tokio::select! {
+    // them (docs/performance.md, "Idle memory per bot"). The target (744 bytes) lives inside
+    // the step: a local borrowed across an await would stay in the run's state to its end.
+    let provision = Box::pin(async {
+        let target = BotDbTarget::resolve_on(
+            &deps.settings,
+            spec.id,
+            spec.db_server.as_deref(),
+            spec.database.as_deref(),
+        )?;
+        let (created, db) = target
+            .provision_within(
+                deps.budgets.for_server(&target.server_key),
+                deps.settings.bot_database.max_connections_per_bot,
+            )
+            .await?;
+        if created {
+            tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
+        }
+        Ok::<_, BotDbError>(db)
+    });
+    let db = tokio::select! {
         () = stop.cancelled() => return Ok(()),
-        r = Box::pin(provision) => r?,
+        r = provision => r?,
     };
-    if created {
-        tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
-    }
     let provisioned = begun.elapsed();
     // The start's reads share the check's connection (docs/performance.md, "Cold start of
     // 1,000 bots"): the hold lasts until the sender loaded the outbox, the last of them, and
