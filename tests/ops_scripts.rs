@@ -1299,9 +1299,31 @@ impl DevRun {
 
 impl Drop for DevRun {
     fn drop(&mut self) {
+        use std::time::{Duration, Instant};
+        // dev.sh prints the line `start` waits for just before it starts `serve`, so a stop
+        // right after a start can signal the group before `serve` exists; dev.sh then waits
+        // for a `serve` nobody stopped (seen once: the suite hung here). Signal the group
+        // until dev.sh has ended, so a process started after one signal gets the next; after
+        // 30 s, kill it.
         let pgid = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut next_signal = Instant::now();
+        loop {
+            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+                let _ = self.child.wait();
+                return;
+            }
+            if now >= next_signal {
+                let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+                next_signal = now + Duration::from_secs(2);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
