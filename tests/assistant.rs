@@ -117,6 +117,11 @@ async fn the_model_gets_the_prompt_and_the_context_and_answers_go_to_history_onc
         .unwrap();
     h.reply(&t, user, before, |x| x == "Let's start a new conversation.")
         .await;
+    // That reply enters the history when its send is recorded (history's `on_sent`), a
+    // moment after the sandbox has it: the next message waits for that, or the history's
+    // order below would depend on which commit came first.
+    let db = h.bot_pool(id).await;
+    settled(&db).await;
     ask(&h, &t, user, "en", "fresh start", "echo: fresh start").await;
     let requests = h.sandbox.ai_requests(None);
     assert_eq!(
@@ -136,7 +141,6 @@ async fn the_model_gets_the_prompt_and_the_context_and_answers_go_to_history_onc
     assert_eq!(h.sandbox.ai_requests(None).len(), 5);
 
     // `botvisor history --json` prints exactly {role, content, timestamp}, each answer once.
-    let db = h.bot_pool(id).await;
     settled(&db).await;
     let run = botvisor(
         &h.panel.env(),
