@@ -770,22 +770,44 @@ fn parse_database_url(url: &str) -> Result<PgConnectOptions, String> {
 pub struct PruneSchedule {
     /// Between two prunes (`bot_database.prune_every_secs`).
     pub every: Duration,
-    /// From the run's start to its first prune: a fraction of `every` set by the bot id, so a
+    /// From now to the bot's next prune. A bot's prunes fall at fixed points of the wall
+    /// clock: the multiples of `every` shifted by a fraction of it set by the bot id. So a
     /// start of many bots spreads their prunes over the period instead of adding one
-    /// statement per table and bot to the start (test `prunes_of_many_bots_spread_over_the_period`).
+    /// statement per table and bot to the start (test
+    /// `prunes_of_many_bots_spread_over_the_period`), and a bot whose runs are short (a
+    /// dormant bot in webhook mode, woken now and then) still prunes on time (test
+    /// `a_prune_falls_at_the_same_moment_whenever_the_run_starts`).
     pub first: Duration,
 }
 
+/// A run that starts this soon after its bot's prune point prunes at once (timers and a
+/// run's start make a woken bot a little late for the point it was woken for).
+const PRUNE_GRACE: Duration = Duration::from_secs(60);
+
 impl PruneSchedule {
-    /// Bot `bot_id`'s schedule for prunes every `every`.
+    /// Bot `bot_id`'s schedule for prunes every `every`, from now.
     pub fn for_bot(bot_id: i64, every: Duration) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::for_bot_at(bot_id, every, now)
+    }
+
+    /// Bot `bot_id`'s schedule for prunes every `every`, at `now` (since the Unix epoch).
+    pub fn for_bot_at(bot_id: i64, every: Duration, now: Duration) -> Self {
         // Fibonacci hashing: consecutive ids land far apart in [0, 1).
         let spread = (bot_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
         let fraction = spread as f64 / (1u64 << 53) as f64;
-        Self {
-            every,
-            first: every.mul_f64(fraction),
-        }
+        let period = every.as_nanos().max(1);
+        let phase = every.mul_f64(fraction).as_nanos() % period;
+        // How far past its latest prune point the bot is.
+        let past = (now.as_nanos() + period - phase) % period;
+        let first = if Duration::from_nanos(past as u64) < PRUNE_GRACE.min(every / 2) {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((period - past) as u64)
+        };
+        Self { every, first }
     }
 
     /// From the settings.
@@ -840,9 +862,10 @@ mod tests {
     #[test]
     fn prunes_of_many_bots_spread_over_the_period() {
         let every = Duration::from_secs(3600);
+        let now = Duration::from_secs(1_764_547_200);
         let mut tenths = [0u32; 10];
         for id in 1..=1000 {
-            let s = PruneSchedule::for_bot(id, every);
+            let s = PruneSchedule::for_bot_at(id, every, now);
             assert_eq!(s.every, every);
             assert!(s.first < every, "bot {id}: {:?}", s.first);
             tenths[(s.first.as_secs_f64() / 360.0) as usize] += 1;
@@ -852,10 +875,32 @@ mod tests {
             "{tenths:?}"
         );
         assert_eq!(
-            PruneSchedule::for_bot(7, every),
-            PruneSchedule::for_bot(7, every),
+            PruneSchedule::for_bot_at(7, every, now),
+            PruneSchedule::for_bot_at(7, every, now),
             "the same bot, the same schedule"
         );
+    }
+
+    /// A bot's prune points are fixed on the wall clock: a run started later waits less for
+    /// the same point, one started just after it prunes at once, one started a minute and
+    /// more after it waits for the next.
+    #[test]
+    fn a_prune_falls_at_the_same_moment_whenever_the_run_starts() {
+        let every = Duration::from_secs(86_400);
+        let t0 = Duration::from_secs(1_764_547_200);
+        let s0 = PruneSchedule::for_bot_at(42, every, t0);
+        let point = t0 + s0.first;
+        for later in [1, 600, 3_600] {
+            let at = t0 + Duration::from_secs(later);
+            if at < point {
+                let s = PruneSchedule::for_bot_at(42, every, at);
+                assert_eq!(at + s.first, point, "started {later} s later");
+            }
+        }
+        let just_after = PruneSchedule::for_bot_at(42, every, point + Duration::from_secs(5));
+        assert_eq!(just_after.first, Duration::ZERO);
+        let well_after = PruneSchedule::for_bot_at(42, every, point + Duration::from_secs(61));
+        assert_eq!(well_after.first, every - Duration::from_secs(61));
     }
 
     #[test]
