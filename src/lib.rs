@@ -17,7 +17,8 @@
 //! - storage: [`panel`], [`botdb`], [`schema`] — all SQL lives in their `store.rs` files (and in
 //!   each module's own `store.rs`);
 //! - leaves: [`settings`], [`telemetry`], [`mask`], [`tasks`], [`token`], [`crypto`] (the
-//!   master key, sealing secrets at rest).
+//!   master key, sealing secrets at rest), [`memory`] (the allocator's free pages back to the
+//!   system).
 
 pub mod admin;
 pub mod app;
@@ -27,6 +28,7 @@ pub mod content;
 pub mod control;
 pub mod crypto;
 pub mod mask;
+pub mod memory;
 pub mod modules;
 pub mod panel;
 pub mod runtime;

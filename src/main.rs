@@ -8,8 +8,14 @@ use botvisor::settings::LogSettings;
 use clap::Parser;
 use clap::error::ErrorKind;
 
+/// jemalloc: it gives freed pages back to the system on time (its background threads), where
+/// glibc's allocator keeps a process at its peak (`botvisor::memory`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    botvisor::memory::start_background_release();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),

@@ -289,6 +289,19 @@ pub struct TelegramSettings {
     /// `max_connections` of every bot's `setWebhook`: simultaneous HTTPS connections Telegram
     /// opens for one bot (1-100; Telegram's default is 40).
     pub webhook_max_connections: u32,
+    /// Seconds a bot in webhook mode stays idle (no update, nothing to send, no job due
+    /// within as long) before its run ends into a dormant state that holds no run at all:
+    /// its next update, its jobs' next deadline, an operator's wake-up or a content change
+    /// starts it again (docs/webhooks.md, "Dormant bots"). 0: never (default 600).
+    pub webhook_idle_after_secs: u64,
+}
+
+impl TelegramSettings {
+    /// How long a bot in webhook mode idles before it sleeps (`None`: never).
+    pub fn webhook_idle_after(&self) -> Option<Duration> {
+        (self.webhook_idle_after_secs > 0)
+            .then(|| Duration::from_secs(self.webhook_idle_after_secs))
+    }
 }
 
 /// How a bot gets its updates.
@@ -580,6 +593,7 @@ impl Default for TelegramSettings {
             poll_timeout_secs: 10,
             default_mode: "polling".into(),
             webhook_max_connections: 40,
+            webhook_idle_after_secs: 600,
         }
     }
 }
@@ -816,6 +830,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "telegram.webhook_max_connections",
                 reason: "must be between 1 and 100".into(),
+            });
+        }
+        if self.telegram.webhook_idle_after_secs > 7 * 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "telegram.webhook_idle_after_secs",
+                reason: "must be at most 604800 (a week); 0 turns dormancy off".into(),
             });
         }
         if !(1..=3600).contains(&self.supervisor.traffic_interval_secs) {

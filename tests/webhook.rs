@@ -2,8 +2,8 @@
 //! the daemon's listener: the secret is enforced (401), the bot answers through its webhook,
 //! an unparsable body is stored poisoned and answered 200, a redelivery is handled once, a
 //! saturated intake answers 503 with `Retry-After`, switching modes both ways loses nothing,
-//! and a `serve` killed with SIGKILL between receipt and commit gets the update again from
-//! Telegram and handles it once.
+//! a `serve` killed with SIGKILL between receipt and commit gets the update again from
+//! Telegram and handles it once, and an idle bot falls asleep and wakes for what needs it.
 
 mod common;
 
@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use botvisor::admin::Admin;
+use botvisor::admin::broadcasts::Content;
+use botvisor::admin::schedules::{JobRequest, Target, Timing};
 use botvisor::content::manifest::{Manifest, ManifestError};
 use botvisor::content::snapshot::Section;
 use botvisor::modules::{Flow, Module, ModuleError, Registry, UpdateCx};
@@ -24,6 +26,11 @@ use secrecy::ExposeSecret;
 
 /// A harness whose daemon listens on a free port, with `public_url` pointing at it.
 async fn start(default_mode: &str, registry: Registry) -> (Harness, String) {
+    start_idle(default_mode, registry, "0").await
+}
+
+/// [`start`] with `telegram.webhook_idle_after_secs` (`"0"`: bots never fall asleep).
+async fn start_idle(default_mode: &str, registry: Registry, idle_after: &str) -> (Harness, String) {
     let addr = common::free_address();
     let url = format!("http://{addr}");
     let h = Harness::start_with(
@@ -31,11 +38,104 @@ async fn start(default_mode: &str, registry: Registry) -> (Harness, String) {
             ("BOTVISOR__HTTP__LISTEN", &addr),
             ("BOTVISOR__HTTP__PUBLIC_URL", &url),
             ("BOTVISOR__TELEGRAM__DEFAULT_MODE", default_mode),
+            ("BOTVISOR__TELEGRAM__WEBHOOK_IDLE_AFTER_SECS", idle_after),
         ],
         registry,
     )
     .await;
     (h, url)
+}
+
+/// Waits until the daemon counts `n` bots asleep.
+async fn wait_dormant(h: &Harness, n: usize) {
+    eventually(DEADLINE, &format!("{n} bots asleep"), || async {
+        (h.counts.borrow().dormant == n).then_some(())
+    })
+    .await;
+}
+
+/// The sandbox's count of `method` calls made with `t`.
+fn calls(h: &Harness, t: &str, method: &str) -> u64 {
+    h.sandbox.stats().calls(t, method)
+}
+
+/// An idle bot in webhook mode falls asleep — no run held, still `running` — and wakes for
+/// what needs it (docs/webhooks.md, "Dormant bots"): a webhook request (answered, without
+/// asking Telegram `getMe`, `setMyCommands` or `setWebhook` again; a request with a wrong
+/// secret is refused without waking it), a job an operator adds (sent on time, the bot asleep
+/// until then), and a switch to polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_bot_falls_asleep_and_wakes_for_an_update_a_job_and_a_mode_switch() {
+    let (mut h, url) = start_idle("webhook", Registry::standard(), "1").await;
+    let (id, t) = h.add_bot("dozy", 916_010).await;
+    h.wait_state(id, "running").await;
+    let hook = format!("{url}/telegram/{id}");
+    wait_webhook(&h.sandbox_url, &t, &hook).await;
+    h.say(&t, 601, "/start");
+    h.reply(&t, 601, 0, |_| true).await;
+    wait_dormant(&h, 1).await;
+    assert_eq!(
+        h.counts.borrow().running,
+        1,
+        "an asleep bot counts as running"
+    );
+
+    // A wrong secret is refused at the door and wakes nobody.
+    let body = message_update(916_010_001, 601, "/start");
+    assert_eq!(post(&hook, Some("wrong"), &body).await.status(), 401);
+    assert_eq!(h.counts.borrow().dormant, 1);
+
+    // An update wakes it; the run takes over what the last one learned from Telegram.
+    let before = ["getMe", "setMyCommands", "setWebhook"].map(|m| calls(&h, &t, m));
+    let seq = h.last_seq(&t, 601);
+    h.say(&t, 601, "/help");
+    h.reply(&t, 601, seq, |_| true).await;
+    let after = ["getMe", "setMyCommands", "setWebhook"].map(|m| calls(&h, &t, m));
+    assert_eq!(
+        before, after,
+        "getMe, setMyCommands, setWebhook calls before and after waking"
+    );
+    wait_dormant(&h, 1).await;
+
+    // A job added while it sleeps: the operator's wake-up starts a run, the run sleeps again
+    // until the job's time, and the message goes out on time, once.
+    let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
+    let seq = h.last_seq(&t, 601);
+    let job = admin
+        .add_job(
+            id,
+            &JobRequest {
+                timing: Timing::In("4s"),
+                tz: None,
+                target: Target::Chat(601),
+                content: Content::Text("Reminder while asleep"),
+                broadcast: false,
+                misfire: None,
+            },
+        )
+        .await
+        .unwrap();
+    h.reply(&t, 601, seq, |x| x == "Reminder while asleep")
+        .await;
+    let runs = eventually(DEADLINE, "the run recorded", || async {
+        let runs = admin.job_runs(id, job.id).await.unwrap();
+        (!runs.is_empty()).then_some(runs)
+    })
+    .await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, "sent");
+    assert!(runs[0].late_ms < 1000, "due ± 1 s: {runs:?}");
+    wait_dormant(&h, 1).await;
+
+    // A switch to polling while asleep: the bell goes, the bot polls.
+    admin.set_mode(id, "polling").await.unwrap();
+    wait_webhook(&h.sandbox_url, &t, "").await;
+    wait_dormant(&h, 0).await;
+    let seq = h.last_seq(&t, 601);
+    h.say(&t, 601, "/start");
+    h.reply(&t, 601, seq, |_| true).await;
+    assert_eq!(h.counts.borrow().dormant, 0, "a polling bot never sleeps");
+    h.stop().await;
 }
 
 /// What the sandbox's getWebhookInfo says for `token`.

@@ -39,11 +39,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{BotCounts, OwnershipHealth};
-use crate::runtime::inbox::webhook::{AcceptError, WebhookRoutes};
+use crate::runtime::inbox::webhook::{AcceptError, Route, WebhookRoutes};
 use crate::telemetry::metrics::{self, Metrics, WebhookRejection};
 
 /// `Retry-After` (seconds) of a 503 to a webhook request.
 pub const WEBHOOK_RETRY_AFTER: u64 = 5;
+/// How long a webhook request waits for a dormant bot to wake (or a stopping run's
+/// successor) before it is answered 503.
+pub const WEBHOOK_WAKE_WAIT: Duration = Duration::from_secs(10);
 /// Largest webhook body accepted (Telegram's updates are far smaller).
 const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
 
@@ -262,38 +265,68 @@ async fn webhook(
     body: Bytes,
 ) -> Response {
     // An id that is not a number cannot be a bot of ours: the same answer as an unknown bot.
-    let Some(entrance) = bot_id
-        .parse::<i64>()
-        .ok()
-        .and_then(|id| state.webhooks.get(id))
-    else {
-        tracing::debug!(path_bot_id = %bot_id.chars().take(32).collect::<String>(), "webhook for a bot not running here in webhook mode");
-        return retry_later("this bot does not run here in webhook mode");
+    let Some(id) = bot_id.parse::<i64>().ok() else {
+        return not_here(&bot_id);
     };
     let secret = headers
         .get("x-telegram-bot-api-secret-token")
         .map(|v| v.as_bytes());
-    if !entrance.secret_matches(secret) {
-        state.webhooks.count_unauthorized();
-        let detail = if secret.is_some() {
-            "wrong secret token"
-        } else {
-            "missing secret token"
+    let routes = &state.webhooks;
+    // A dormant bot is woken and the request waits for its entrance; so does a request that
+    // met a run falling asleep or handing over to the next.
+    let deadline = tokio::time::Instant::now() + WEBHOOK_WAKE_WAIT;
+    let mut checked = false;
+    loop {
+        let changed = routes.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let Some(route) = routes.get(id) else {
+            return not_here(&bot_id);
         };
-        metrics::webhook_rejected(entrance.bot_id(), WebhookRejection::Unauthorized, detail);
-        return (StatusCode::UNAUTHORIZED, "wrong or missing secret token\n").into_response();
-    }
-    match entrance.accept(&body).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            let reason = match &e {
-                AcceptError::Saturated => WebhookRejection::Saturated,
-                AcceptError::Stopping | AcceptError::Database(_) => WebhookRejection::Unavailable,
-            };
-            metrics::webhook_rejected(entrance.bot_id(), reason, &e.to_string());
-            retry_later(&e.to_string())
+        if !checked {
+            if !route.secret_matches(secret) {
+                routes.count_unauthorized();
+                let detail = if secret.is_some() {
+                    "wrong secret token"
+                } else {
+                    "missing secret token"
+                };
+                metrics::webhook_rejected(id, WebhookRejection::Unauthorized, detail);
+                return (StatusCode::UNAUTHORIZED, "wrong or missing secret token\n")
+                    .into_response();
+            }
+            checked = true;
+        }
+        let waiting = match route {
+            Route::Asleep(doorbell) => {
+                doorbell.ring();
+                "the bot is waking up"
+            }
+            Route::Open(entrance) => match entrance.accept(&body).await {
+                Ok(_) => return (StatusCode::OK, "ok\n").into_response(),
+                Err(AcceptError::Stopping) => "the bot is stopping",
+                Err(e) => {
+                    let reason = match &e {
+                        AcceptError::Saturated => WebhookRejection::Saturated,
+                        AcceptError::Stopping | AcceptError::Database(_) => {
+                            WebhookRejection::Unavailable
+                        }
+                    };
+                    metrics::webhook_rejected(id, reason, &e.to_string());
+                    return retry_later(&e.to_string());
+                }
+            },
+        };
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            metrics::webhook_rejected(id, WebhookRejection::Unavailable, waiting);
+            return retry_later(waiting);
         }
     }
+}
+
+fn not_here(bot_id: &str) -> Response {
+    tracing::debug!(path_bot_id = %bot_id.chars().take(32).collect::<String>(), "webhook for a bot not running here in webhook mode");
+    retry_later("this bot does not run here in webhook mode")
 }
 
 /// The listener, bound and ready to run.

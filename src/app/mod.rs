@@ -412,6 +412,9 @@ pub async fn notify_systemd(
         if c.degraded > 0 {
             text.push_str(&format!(", {} degraded", c.degraded));
         }
+        if c.dormant > 0 {
+            text.push_str(&format!(" ({} of them asleep)", c.dormant));
+        }
         if c.instances > 1 {
             text.push_str(&format!(
                 "; {} bots owned here, {} instances share the panel",

@@ -98,6 +98,9 @@ pub struct BotCounts {
     pub failed: usize,
     /// Running, but fetching updates keeps failing.
     pub degraded: usize,
+    /// Running in webhook mode and asleep: idle, holding no run (counted in `running` too;
+    /// docs/webhooks.md, "Dormant bots").
+    pub dormant: usize,
     /// The panel cannot be reached right now (bots keep running).
     pub panel_unreachable: bool,
     /// Live instances sharing the panel at the latest ownership pass (this one included).
@@ -299,7 +302,12 @@ pub struct Supervisor {
 struct StateGauges {
     states: HashMap<i64, &'static str>,
     refreshed: Option<tokio::time::Instant>,
+    /// Bots asleep when what the allocator holds was last logged, and when that was.
+    released: Option<(usize, tokio::time::Instant)>,
 }
+
+/// Shortest time between two logs of what the allocator holds.
+const MEMORY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often every bot's state gauge is set again although it did not change, so that series
 /// of live bots never reach the metrics idle timeout (a removed bot's do).
@@ -646,6 +654,7 @@ impl Supervisor {
             panel_unreachable: old.panel_unreachable,
             instances: old.instances,
             owned: old.owned,
+            dormant: self.deps.webhooks.asleep(),
             ..BotCounts::default()
         };
         for slot in self.slots.values() {
@@ -705,6 +714,37 @@ impl Supervisor {
             kept
         });
         metrics::bots_by_state(&by_state);
+        let asleep = self.counts.borrow().dormant;
+        metrics::bots_dormant(asleep);
+        self.release_memory(asleep, now);
+    }
+
+    /// After more bots fell asleep (each freed its run), logs what the allocator holds (debug
+    /// level), at most every [`MEMORY_LOG_EVERY`]: the pages they freed go back to the system
+    /// over jemalloc's decay time (`crate::memory`).
+    fn release_memory(&mut self, asleep: usize, now: tokio::time::Instant) {
+        match self.gauges.released {
+            Some((before, at)) if asleep <= before || now.duration_since(at) < MEMORY_LOG_EVERY => {
+                // Fewer asleep: count from there, so the next that fall asleep log again.
+                if asleep < before {
+                    self.gauges.released = Some((asleep, at));
+                }
+            }
+            None if asleep == 0 => {}
+            _ => {
+                if let Some(m) = crate::memory::stats() {
+                    tracing::debug!(
+                        asleep,
+                        allocated = m.allocated,
+                        active = m.active,
+                        resident = m.resident,
+                        metadata = m.metadata,
+                        "memory held by the allocator"
+                    );
+                }
+                self.gauges.released = Some((asleep, now));
+            }
+        }
     }
 
     /// One pass: load the rows in scope, plan, carry the plan out.
@@ -999,8 +1039,12 @@ impl Supervisor {
         self.config_errors.remove(&bot.id);
         let fingerprint = snapshot.fingerprint;
         let snapshot = SharedSnapshot::new(snapshot);
-        let wakes = Wakes::default();
+        // Everything a sleeping bot keeps is made here, at once, rather than in its first run
+        // (docs/webhooks.md, "Dormant bots").
+        let wakes = Wakes::with_jobs(self.deps.registry.modules().iter().map(|m| m.name()));
         let spec = spec(bot, token.clone(), webhook);
+        let doorbell = slot::doorbell_for(&spec, None);
+        metrics::bot_series(bot.id);
         let (tx, rx) = tokio::sync::watch::channel(spec.clone());
         let stop = shutdown.child_token();
         let done = CancellationToken::new();
@@ -1015,6 +1059,8 @@ impl Supervisor {
             status,
             previous: self.retiring.get(&token).cloned(),
             state: Arc::clone(&state),
+            activity: Arc::default(),
+            doorbell,
         };
         let done_guard = done.clone().drop_guard();
         // A root span: created in the supervisor's task, it would otherwise show `task=supervisor`
@@ -1022,13 +1068,17 @@ impl Supervisor {
         let span = tracing::info_span!(parent: None, "bot", bot_id = bot.id, telegram_bot = %token.bot_user_id());
         // `map`, not an async block around `slot.run().await`: the block would store the slot
         // twice (its capture and the run's `self`) and the run's future beside it.
-        self.tasks.spawn(
-            format!("bot-{}", bot.id),
-            Box::new(slot)
-                .run()
-                .map(move |()| drop(done_guard))
-                .instrument(span),
+        let task = Box::new(slot)
+            .run()
+            .map(move |()| drop(done_guard))
+            .instrument(span);
+        // What every bot holds for its slot's task, asleep or not (docs/performance.md).
+        tracing::debug!(
+            bot_id = bot.id,
+            bytes = std::mem::size_of_val(&task),
+            "slot: future size"
         );
+        self.tasks.spawn(format!("bot-{}", bot.id), task);
         self.slots.insert(
             bot.id,
             SlotHandle {

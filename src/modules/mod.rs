@@ -597,6 +597,97 @@ pub struct JobCx {
     pub peers: PeerWaker,
     /// Cancelled when the job must end (the run stops, or the module was disabled).
     pub stop: CancellationToken,
+    /// Where the job says it waits, and until when ([`JobCx::woken`] says it): an idle bot
+    /// in webhook mode sleeps only while every part of its run waits.
+    pub quiet: Arc<Quiet>,
+}
+
+/// What the parts of one bot run wait for: the run of a bot in webhook mode ends into a
+/// dormant state (no run held, docs/webhooks.md, "Dormant bots") only when nothing happened
+/// for a while and every part waits — each for nothing or for a deadline, the earliest of
+/// which wakes the bot again.
+#[derive(Debug)]
+pub struct Quiet {
+    activity: Arc<std::sync::atomic::AtomicU64>,
+    parts: std::sync::Mutex<std::collections::HashMap<&'static str, Option<Option<Instant>>>>,
+}
+
+impl Quiet {
+    /// A run's quiet, counting its activity in `activity` (the bot's, kept across runs).
+    pub fn new(activity: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            activity,
+            parts: std::sync::Mutex::default(),
+        }
+    }
+
+    fn parts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, Option<Option<Instant>>>>
+    {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something happened (an update came in, a unit of work committed).
+    pub fn touch(&self) {
+        self.activity
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Counts [`Quiet::touch`]: unchanged over a period means nothing happened in it.
+    pub fn activity(&self) -> u64 {
+        self.activity.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Part `part` joins the run, working.
+    pub fn enter(&self, part: &'static str) {
+        self.parts().insert(part, None);
+    }
+
+    /// Part `part` is working (nothing if it left the run).
+    pub fn busy(&self, part: &'static str) {
+        if let Some(state) = self.parts().get_mut(part) {
+            *state = None;
+        }
+    }
+
+    /// Part `part` waits for an event, or at most until `until` (nothing if it left the
+    /// run).
+    pub fn waiting(&self, part: &'static str, until: Option<Instant>) {
+        if let Some(state) = self.parts().get_mut(part) {
+            *state = Some(until);
+        }
+    }
+
+    /// Part `part` is gone (a disabled module's job).
+    pub fn forget(&self, part: &'static str) {
+        self.parts().remove(part);
+    }
+
+    /// `None` while a part works; otherwise the earliest deadline any part waits for
+    /// (`Some(None)`: none has one).
+    pub fn asleep(&self) -> Option<Option<Instant>> {
+        let mut earliest: Option<Instant> = None;
+        for state in self.parts().values() {
+            let until = (*state)?;
+            if let Some(t) = until {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            }
+        }
+        Some(earliest)
+    }
+}
+
+/// Marks a part busy again when its wait ends (or is dropped).
+struct Waiting<'a> {
+    quiet: &'a Quiet,
+    part: &'static str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.quiet.busy(self.part);
+    }
 }
 
 /// Wakes the job of another module of the same bot run, by the module's name.
@@ -656,8 +747,22 @@ impl JobCx {
     }
 
     /// Sleeps until the snapshot changes, an operator wakes the job, a request it queued was
-    /// delivered, `deadline` passes (if any) or the job must stop — no polling.
+    /// delivered, `deadline` passes (if any) or the job must stop — no polling. Meanwhile the
+    /// job counts as waiting (until `deadline`) for the bot's [`Quiet`].
     pub async fn woken(&mut self, deadline: Option<Instant>) -> Wake {
+        self.woken_as(deadline, true).await
+    }
+
+    /// [`JobCx::woken`] for a job that may have work under way beside its wait (`idle`:
+    /// it has none, so it counts as waiting).
+    pub async fn woken_as(&mut self, deadline: Option<Instant>, idle: bool) -> Wake {
+        let _waiting = idle.then(|| {
+            self.quiet.waiting(self.module, deadline);
+            Waiting {
+                quiet: &self.quiet,
+                part: self.module,
+            }
+        });
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,

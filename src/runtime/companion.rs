@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Failures, SharedDeps, Wakes};
 use crate::botdb::budget::BotPool;
 use crate::content::snapshot::{SharedSnapshot, Snapshot};
-use crate::modules::{JobCx, PeerWaker};
+use crate::modules::{JobCx, PeerWaker, Quiet};
 use crate::telegram::{CallOutcome, Messenger};
 
 /// What the companion of one run works with.
@@ -37,6 +37,19 @@ pub(super) struct Companion {
     pub stop: CancellationToken,
     /// Wakes the run's sender (jobs queue requests too).
     pub outbox: Arc<Notify>,
+    /// Where the jobs say what they wait for.
+    pub quiet: Arc<Quiet>,
+}
+
+/// A fingerprint of a command list (a sleeping bot keeps a number, not the list).
+pub(super) fn fingerprint(commands: &[BotCommand]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in commands {
+        c.command.hash(&mut h);
+        c.description.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// A started companion: commands registered, jobs running.
@@ -47,11 +60,15 @@ pub(super) struct Started {
 }
 
 impl Companion {
-    /// Registers the command list and starts the enabled modules' jobs.
-    pub async fn start(self) -> Started {
+    /// Registers the command list (unless `registered`, the [`fingerprint`] of what a
+    /// previous run of the same token registered, says it is there already) and starts the
+    /// enabled modules' jobs.
+    pub async fn start(self, registered: Option<u64>) -> Started {
         let snapshot = self.snapshot.load();
         let commands = self.deps.registry.commands(&snapshot);
-        self.sync_commands(&commands).await;
+        if registered != Some(fingerprint(&commands)) {
+            self.sync_commands(&commands).await;
+        }
         let mut started = Started {
             companion: self,
             commands,
@@ -75,8 +92,9 @@ impl Companion {
 }
 
 impl Started {
-    /// Follows the snapshot until `stop`, then stops every job and waits for it.
-    pub async fn run(mut self) {
+    /// Follows the snapshot until `stop`, then stops every job and waits for it; returns the
+    /// command list registered last.
+    pub async fn run(mut self) -> Vec<BotCommand> {
         let stop = self.companion.stop.clone();
         let mut changes = self.companion.snapshot.subscribe();
         changes.mark_unchanged();
@@ -104,6 +122,7 @@ impl Started {
         for (_, (_, handle)) in self.jobs.drain() {
             let _ = handle.await;
         }
+        self.commands
     }
 
     /// Starts the jobs of modules `snapshot` enables and stops those it disables.
@@ -115,6 +134,7 @@ impl Started {
             let finished = self.jobs.get(name).is_some_and(|(_, h)| h.is_finished());
             if finished {
                 self.jobs.remove(name);
+                c.quiet.forget(name);
             }
             match (enabled, self.jobs.contains_key(name)) {
                 (true, false) => {
@@ -137,10 +157,13 @@ impl Started {
                             PeerWaker::new(move |peer| wakes.wake(peer))
                         },
                         stop: job_stop.clone(),
+                        quiet: Arc::clone(&c.quiet),
                     };
                     let Some(job) = module.job(cx) else {
                         continue;
                     };
+                    // Busy until its first wait.
+                    c.quiet.enter(name);
                     let failures = c.failures.clone();
                     let bot_id = c.bot_id;
                     let handle = c.deps.tasks.spawn(format!("bot-{bot_id}-{name}"), async move {
@@ -159,6 +182,7 @@ impl Started {
                             "module disabled; its job stops"
                         );
                         job_stop.cancel();
+                        c.quiet.forget(name);
                     }
                 }
                 _ => {}

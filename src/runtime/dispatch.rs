@@ -125,6 +125,7 @@ impl Processor {
             Ok(Ok(((queued, jobs), processed))) => {
                 metrics::updates_processed(self.ctx.bot_id, processed);
                 self.ctx.traffic.handled(processed as usize);
+                self.ctx.quiet.touch();
                 self.ctx.hand_over(queued, &jobs, taken);
                 Some(conn)
             }
@@ -244,6 +245,7 @@ async fn process(
     tx.commit().await?;
     metrics::updates_processed(ctx.bot_id, 1);
     ctx.traffic.handled(1);
+    ctx.quiet.touch();
     ctx.hand_over(queued, &jobs, taken);
     Ok(())
 }

@@ -14,13 +14,19 @@
 //!
 //! A failure is a typed [`RunFailure`] sent on a channel (the first one wins) by whichever part
 //! met it; the run then stops and returns it.
+//!
+//! In webhook mode one more part, the dozer ([`doze`]), ends an idle run into a dormant state
+//! ([`Ended::Dormant`]): the slot then holds no run until something needs one, and starts the
+//! next from what this one learned ([`Resume`]).
 
 mod companion;
 pub mod dispatch;
+pub mod doze;
 pub mod inbox;
 pub mod outbox;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +41,7 @@ use crate::botdb::ServerBudgets;
 use crate::botdb::budget::{BotPool, BudgetError, KEPT_AT_MOST};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Queued, Registry};
+use crate::modules::{ModuleError, Queued, Quiet, Registry};
 use crate::settings::Settings;
 use crate::tasks::Tasks;
 use crate::telegram::{Messenger, TelegramApi, TelegramError};
@@ -183,19 +189,86 @@ impl FirstFailure {
 /// Wake-ups of a bot's module jobs by operator actions, kept across the bot's runs: a wake
 /// sent while no job waits is kept until the job next waits.
 #[derive(Debug, Clone, Default)]
-pub struct Wakes(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+pub struct Wakes {
+    jobs: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Notified with every wake: a dormant bot's slot waits for it.
+    any: Arc<Notify>,
+}
 
 impl Wakes {
+    /// Wakes with the notifiers of the jobs `names` made at once, with the bot's other
+    /// lasting parts (made later, in a run, they would pin the run's freed memory while the
+    /// bot sleeps; docs/webhooks.md, "Dormant bots").
+    pub fn with_jobs<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let wakes = Self::default();
+        for name in names {
+            wakes.get(name);
+        }
+        wakes
+    }
+
     /// The notifier of module `name`'s job.
     pub fn get(&self, name: &str) -> Arc<Notify> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(map.entry(name.to_owned()).or_default())
     }
 
     /// Wakes module `name`'s job (or the next one to wait).
     pub fn wake(&self, name: &str) {
         self.get(name).notify_one();
+        self.any.notify_one();
     }
+
+    /// Resolves at the next wake of any job (or at once, for one since [`Wakes::clear`]).
+    pub async fn any(&self) {
+        self.any.notified().await;
+    }
+
+    /// Forgets the wakes [`Wakes::any`] would see: a run starts, and its jobs see them.
+    pub fn clear(&self) {
+        let _ = self.any.notified().now_or_never();
+    }
+}
+
+/// How a run ended without failing.
+#[derive(Debug)]
+pub enum Ended {
+    /// Its stop token was cancelled.
+    Stopped,
+    /// It fell asleep, idle in webhook mode ([`doze`]). Not boxed: an allocation made as the
+    /// run ends would land among its freed memory and keep those pages resident while the
+    /// bot sleeps.
+    Dormant(Dormancy),
+}
+
+/// A bot asleep: what wakes it, and what its next run takes over.
+#[derive(Debug)]
+pub struct Dormancy {
+    /// The earliest deadline a part of the run waited for.
+    pub until: Option<tokio::time::Instant>,
+    /// What the next run of the same spec takes over.
+    pub resume: Resume,
+    activity: Arc<AtomicU64>,
+    seen: u64,
+}
+
+impl Dormancy {
+    /// Whether an update came in as the run fell asleep (it must run again at once).
+    pub fn disturbed(&self) -> bool {
+        self.activity.load(std::sync::atomic::Ordering::SeqCst) != self.seen
+    }
+}
+
+/// What a run of a spec learned that the next run of the same spec need not ask Telegram
+/// again.
+#[derive(Debug)]
+pub struct Resume {
+    /// `getMe`.
+    pub me: Me,
+    /// The command list registered ([`companion::fingerprint`]).
+    pub commands: u64,
+    /// The webhook as set (`None`: set it again).
+    pub kept: Option<inbox::webhook::Kept>,
 }
 
 /// Process-wide parts every bot run shares.
@@ -242,6 +315,8 @@ pub struct BotContext {
     pub failures: Failures,
     /// The run's traffic counters.
     pub traffic: Arc<Traffic>,
+    /// The run's idleness: a committed unit of work counts as activity.
+    pub quiet: Arc<Quiet>,
 }
 
 impl BotContext {
@@ -277,6 +352,14 @@ pub struct RunParts {
     pub webhook: tokio::sync::watch::Sender<Option<inbox::webhook::WebhookState>>,
     /// The run counts its traffic here; the slot reads and resets it every traffic interval.
     pub traffic: Arc<Traffic>,
+    /// A run woken from dormancy: what the last run learned (`None`: start from scratch).
+    pub resume: Option<Resume>,
+    /// Counts what happened in the bot's runs ([`Quiet::touch`]); the slot's, so a bot
+    /// asleep holds nothing of its last run to tell whether an update came in as it fell
+    /// asleep.
+    pub activity: Arc<AtomicU64>,
+    /// The bell the bot's webhook route holds while it sleeps (webhook mode); the slot's.
+    pub doorbell: Option<Arc<inbox::webhook::Doorbell>>,
 }
 
 /// A run's traffic: updates its units of work committed and messages Telegram accepted.
@@ -306,16 +389,18 @@ impl Traffic {
     }
 }
 
-/// Runs the bot until `stop` is cancelled (Ok) or a failure ends the run (Err).
+/// Runs the bot until `stop` is cancelled or it falls asleep (Ok) or a failure ends the run
+/// (Err).
 ///
-/// `on_running` is called with the bot's Telegram username once the token is checked.
+/// `on_running` is called with the bot's Telegram username once the token is checked (not
+/// by a run resumed from dormancy: the bot was running all along).
 pub async fn run(
     deps: &SharedDeps,
     spec: &BotSpec,
     parts: RunParts,
     stop: CancellationToken,
     on_running: impl AsyncFnOnce(&str),
-) -> Result<(), RunFailure> {
+) -> Result<Ended, RunFailure> {
     let begun = tokio::time::Instant::now();
     // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the first
     // `setMyCommands`): the run's future, which lives as long as the bot, then holds none of
@@ -340,7 +425,7 @@ pub async fn run(
         Ok::<_, BotDbError>(db)
     });
     let db = tokio::select! {
-        () = stop.cancelled() => return Ok(()),
+        () = stop.cancelled() => return Ok(Ended::Stopped),
         r = provision => r?,
     };
     let provisioned = begun.elapsed();
@@ -395,21 +480,35 @@ async fn dispatch_run(
     stop: CancellationToken,
     (db, start_done): (BotPool, tokio_util::sync::DropGuard),
     on_running: impl AsyncFnOnce(&str),
-) -> Result<(), RunFailure> {
+) -> Result<Ended, RunFailure> {
     let bot = deps.api.bot(&spec.token);
-    let asked = tokio::time::Instant::now();
-    let me = tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        r = Box::pin(bot.get_me().into_future()) => r,
+    let mut parts = parts;
+    let resume = parts.resume.take();
+    let (me, registered, kept) = match resume {
+        Some(Resume { me, commands, kept }) => (me, Some(commands), kept),
+        None => {
+            let asked = tokio::time::Instant::now();
+            let me = tokio::select! {
+                () = stop.cancelled() => return Ok(Ended::Stopped),
+                r = Box::pin(bot.get_me().into_future()) => r,
+            };
+            let me: Me = me.map_err(|e| RunFailure::from(TelegramError::from_request(&e)))?;
+            tracing::debug!(
+                bot_id = spec.id,
+                get_me_ms = asked.elapsed().as_millis() as u64,
+                "bot start: token checked"
+            );
+            (me, None, None)
+        }
     };
-    let me: Me = me.map_err(|e| RunFailure::from(TelegramError::from_request(&e)))?;
+    let resumed = registered.is_some();
     let username = me.username.clone().unwrap_or_default();
-    tracing::debug!(
-        bot_id = spec.id,
-        get_me_ms = asked.elapsed().as_millis() as u64,
-        "bot start: token checked"
-    );
     let telegram = Messenger::new(bot.clone(), spec.id);
+    let quiet = Arc::new(Quiet::new(Arc::clone(&parts.activity)));
+    if let Some(doorbell) = &parts.doorbell {
+        // Rings from before this run are answered by it.
+        doorbell.clear();
+    }
 
     let prune = crate::botdb::PruneSchedule::from_settings(&deps.settings, spec.id);
     let first_read = CancellationToken::new();
@@ -429,10 +528,13 @@ async fn dispatch_run(
         failures: failures.clone(),
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
+        quiet: Arc::clone(&quiet),
     };
     // Commands are registered before the bot reports itself running.
-    let companion = Box::pin(companion.start()).await;
-    Box::pin(on_running(&username)).await;
+    let companion = Box::pin(companion.start(registered)).await;
+    if !resumed {
+        Box::pin(on_running(&username)).await;
+    }
 
     let (webhook_ready, replayed) = match spec.webhook {
         Some(_) => {
@@ -477,7 +579,9 @@ async fn dispatch_run(
         after: first_read,
         start_done: Some(start_done),
         traffic: Arc::clone(&parts.traffic),
+        quiet: Arc::clone(&quiet),
     };
+    quiet.enter(outbox::QUIET_PART);
     let telegram_id = i64::try_from(spec.token.bot_user_id()).unwrap_or(i64::MAX);
     let keeper = spec.webhook.clone().map(|webhook| inbox::webhook::Keeper {
         api: deps.api.clone(),
@@ -492,7 +596,29 @@ async fn dispatch_run(
         report: parts.webhook,
         failures: failures.clone(),
         stop: run_stop.clone(),
+        quiet: Arc::clone(&quiet),
+        kept,
     });
+    if keeper.is_some() {
+        quiet.enter(inbox::webhook::QUIET_PART);
+    }
+    // In webhook mode, with dormancy on: the part that puts the idle run to sleep.
+    let dozer = match (
+        &spec.webhook,
+        &parts.doorbell,
+        deps.settings.telegram.webhook_idle_after(),
+    ) {
+        (Some(_), Some(doorbell), Some(idle_after)) => Some(doze::Dozer {
+            bot_id: spec.id,
+            quiet: Arc::clone(&quiet),
+            idle_after,
+            stop: run_stop.clone(),
+            routes: deps.webhooks.clone(),
+            doorbell: Arc::clone(doorbell),
+        }),
+        _ => None,
+    };
+    let (parts_activity, parts_doorbell) = (parts.activity, parts.doorbell);
     let context = Arc::new(BotContext {
         bot_id: spec.id,
         telegram_id,
@@ -503,11 +629,15 @@ async fn dispatch_run(
         wakes: parts.wakes,
         failures,
         traffic: parts.traffic,
+        quiet,
     });
     // Boxed updates: a tokio channel allocates its first block of 32 slots when it is created,
     // and an `Update` is 1,944 bytes (62 KiB per bot unboxed, 256 bytes boxed).
     let (to_processor, updates) = mpsc::channel::<Box<teloxide::types::Update>>(INTAKE_QUEUE);
-    let processor = dispatch::Processor { me, ctx: context };
+    let processor = dispatch::Processor {
+        me: me.clone(),
+        ctx: context,
+    };
     // Cancelled when the listener ended: the webhook entrance closes then, so the processor
     // sees its channel close once both are gone.
     let intake_done = CancellationToken::new();
@@ -527,7 +657,7 @@ async fn dispatch_run(
         _ => {
             // Polling: no entrance; its sender must not keep the processor's channel open.
             drop((entrance_tx, entrance_done));
-            Either::Right(std::future::ready(()))
+            Either::Right(std::future::ready(None))
         }
     });
     let intake = Box::pin(
@@ -538,6 +668,10 @@ async fn dispatch_run(
     let processing = Box::pin(processor.run(updates));
     let following = Box::pin(companion.run());
     let sending = Box::pin(sender.run());
+    let dozing = Box::pin(match dozer {
+        Some(dozer) => Either::Left(dozer.run()),
+        None => Either::Right(std::future::ready(None)),
+    });
     // What an idle bot's run holds, part by part (`RUST_LOG`-style filter
     // `botvisor::runtime=debug`; docs/performance.md, "Idle memory per bot").
     tracing::debug!(
@@ -550,18 +684,37 @@ async fn dispatch_run(
         "bot run: future sizes in bytes"
     );
     let dispatch = async {
-        tokio::join!(intake, entrance, processing);
+        let ((), kept, ()) = tokio::join!(intake, entrance, processing);
         // The processor ends only when the intake did (stop or failure) and it drained what
         // was stored, or after a failure; either way the companion's jobs end with it, and the
         // sender delivers the replies the last updates queued (or stops at once after a
         // failure).
         run_stop.cancel();
         drain.cancel();
+        kept
     };
-    let ((), (), ()) = tokio::join!(dispatch, following, sending);
-    match failed.take() {
-        Some(f) => Err(f),
-        None if stop.is_cancelled() => Ok(()),
-        None => Err(RunFailure::ListenerEnded),
+    let (kept, commands, (), asleep) = tokio::join!(dispatch, following, sending, dozing);
+    match (failed.take(), asleep) {
+        (None, Some(asleep)) if !stop.is_cancelled() => Ok(Ended::Dormant(Dormancy {
+            until: asleep.until,
+            resume: Resume {
+                me,
+                commands: companion::fingerprint(&commands),
+                kept,
+            },
+            activity: parts_activity,
+            seen: asleep.activity,
+        })),
+        (failure, asleep) => {
+            // Not asleep after all (stopped or failed meanwhile): the bell goes.
+            if let (Some(_), Some(doorbell)) = (asleep, &parts_doorbell) {
+                deps.webhooks.close_asleep(spec.id, doorbell);
+            }
+            match failure {
+                Some(f) => Err(f),
+                None if stop.is_cancelled() => Ok(Ended::Stopped),
+                None => Err(RunFailure::ListenerEnded),
+            }
+        }
     }
 }

@@ -47,6 +47,9 @@ pub const BOT_STATE: &str = "botvisor_bot_state";
 pub const OUTBOX_DEPTH: &str = "botvisor_outbox_depth";
 /// Bots of this instance by state (label `state`).
 pub const BOTS: &str = "botvisor_bots";
+/// Gauge: bots in webhook mode asleep here (idle, holding no run; docs/webhooks.md, "Dormant
+/// bots"). They count as `running` in [`BOTS`].
+pub const BOTS_DORMANT: &str = "botvisor_bots_dormant";
 /// Connections open to bot databases through the global budget.
 pub const DB_CONNECTIONS_OPEN: &str = "botvisor_db_connections_open";
 /// The global connection budget (`bot_database.connection_budget`).
@@ -207,6 +210,11 @@ pub fn describe() {
         "Requests the bot's sender holds pending (loaded from the outbox, at most one page of 256, plus in flight)."
     );
     describe_gauge!(BOTS, Unit::Count, "Bots of this instance by state.");
+    describe_gauge!(
+        BOTS_DORMANT,
+        Unit::Count,
+        "Bots in webhook mode asleep (idle, no run held; counted as running in botvisor_bots)."
+    );
     describe_gauge!(
         DB_CONNECTIONS_OPEN,
         Unit::Count,
@@ -410,6 +418,16 @@ pub fn webhook_rejected(bot_id: i64, reason: WebhookRejection, detail: &str) {
     counter!(WEBHOOK_REJECTED, "bot_id" => bot(bot_id), "reason" => why).increment(1);
 }
 
+/// Makes the series every bot has — its outbox depth, its `starting` and `running` states — as
+/// its slot is made, with the rest of what a bot keeps: made in its first run, they would sit
+/// among the run's freed memory and keep those pages resident while the bot sleeps
+/// (docs/webhooks.md, "Dormant bots"). What the bot has not reached reads 0.
+pub fn bot_series(bot_id: i64) {
+    gauge!(OUTBOX_DEPTH, "bot_id" => bot(bot_id)).set(0.0);
+    gauge!(BOT_STATE, "bot_id" => bot(bot_id), "state" => "running").set(0.0);
+    gauge!(BOT_STATE, "bot_id" => bot(bot_id), "state" => "starting").set(1.0);
+}
+
 /// The bot's state changed from `from` (if it had one) to `to`, or is confirmed (`from ==
 /// Some(to)`); `to == None` when the bot is gone from this instance.
 pub fn bot_state(bot_id: i64, from: Option<&'static str>, to: Option<&'static str>) {
@@ -434,6 +452,11 @@ pub fn bots_by_state(counts: &[(&'static str, usize)]) {
             .sum::<usize>();
         gauge!(BOTS, "state" => *state).set(n as f64);
     }
+}
+
+/// The bots in webhook mode asleep here.
+pub fn bots_dormant(count: usize) {
+    gauge!(BOTS_DORMANT).set(count as f64);
 }
 
 /// The requests `bot_id`'s sender holds pending.

@@ -39,6 +39,10 @@ pub enum Running {
     },
 }
 
+/// jemalloc's run-time options (`botvisor` is built with tikv-jemallocator, whose variable
+/// carries this prefix); passed on to the daemon when the bench has it.
+const MALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
+
 /// The daemon's settings as environment variables, common to both modes.
 pub fn environment(panel_url: &str, api_url: &str, budget: u32) -> HashMap<String, String> {
     [
@@ -118,9 +122,15 @@ impl Running {
                     .create(true)
                     .append(true)
                     .open(log_path())?;
-                let child = tokio::process::Command::new(serve_binary()?)
+                let mut command = tokio::process::Command::new(serve_binary()?);
+                command
                     .env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("PATH", std::env::var("PATH").unwrap_or_default());
+                // The allocator's options, for experiments (docs/performance.md).
+                if let Ok(conf) = std::env::var(MALLOC_CONF) {
+                    command.env(MALLOC_CONF, conf);
+                }
+                let child = command
                     .envs(env)
                     .arg("--config")
                     .arg(&config)

@@ -146,6 +146,12 @@ struct Args {
     /// cold start then waits for every bot's setWebhook instead of its getUpdates.
     #[arg(long)]
     webhook: bool,
+    /// With `--webhook`: the daemon's `telegram.webhook_idle_after_secs` (0: bots never fall
+    /// asleep; unset: the daemon's default). The idle RSS is then measured once every bot is
+    /// asleep (the daemon's `botvisor_bots_dormant`; docs/webhooks.md, "Dormant bots"), and the
+    /// traffic that follows wakes the active ones.
+    #[arg(long)]
+    idle_after: Option<u64>,
     /// PostgreSQL server, without a database part.
     #[arg(
         long,
@@ -219,6 +225,9 @@ impl Args {
         }
         if self.rate_limits && self.bots < 2 {
             bail!("--rate-limits needs at least 2 bots");
+        }
+        if self.idle_after.is_some() && !self.webhook {
+            bail!("--idle-after needs --webhook (only bots in webhook mode fall asleep)");
         }
         Ok(self)
     }
@@ -324,6 +333,9 @@ struct Figures {
     rate_limit_phases: Vec<String>,
     rss_idle_kib_per_bot: Option<f64>,
     rss_kib: Option<(u64, u64)>,
+    /// Bots asleep when the idle RSS was measured (`--idle-after`; in the table only: the
+    /// JSON line keeps the keys every run measures).
+    bots_dormant: Option<u64>,
     threads: Option<u64>,
     threads_at_zero: Option<u64>,
     provision_s: Option<f64>,
@@ -486,6 +498,12 @@ impl Figures {
                 "RSS per idle bot".into(),
                 f(self.rss_idle_kib_per_bot, "KiB"),
                 "<= 256 KiB",
+            ),
+            (
+                "  bots asleep then".into(),
+                self.bots_dormant
+                    .map_or("not measured".into(), |n| n.to_string()),
+                "",
             ),
             (
                 "  RSS 0 bots / N bots".into(),
@@ -789,6 +807,38 @@ fn main() -> std::process::ExitCode {
     })
 }
 
+/// Polls the daemon's `/metrics` until `botvisor_bots_dormant` reaches 99 % of `bots` (or
+/// `limit` passes: an error); returns it. Not all: a dormant bot still wakes for its hourly
+/// prune (`bot_database.prune_every_secs`, spread over the hour by bot id) and stays awake
+/// `--idle-after` seconds, so a few of many bots are awake at any moment.
+async fn wait_dormant(url: &str, bots: u64, limit: Duration) -> anyhow::Result<u64> {
+    let enough = bots - bots / 100;
+    let deadline = Instant::now() + limit;
+    let client = reqwest::Client::new();
+    let mut last = 0;
+    loop {
+        let text = client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix("botvisor_bots_dormant "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(last, |v| v as u64);
+        if last >= enough {
+            return Ok(last);
+        }
+        if Instant::now() >= deadline {
+            bail!("only {last} of {bots} bots fell asleep within {limit:?} (waiting for {enough})");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs every phase; `ctx` keeps what cleanup needs.
 async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     let mut fig = Figures::default();
@@ -852,6 +902,7 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
 
     // Phase 2: 0 bots, then N idle bots.
     let mut env = daemon::environment(&panel_url, &api_url, args.budget);
+    let mut metrics_url = None;
     if args.webhook {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -861,8 +912,15 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
             "BOTVISOR__HTTP__PUBLIC_URL".into(),
             format!("http://{listen}"),
         );
+        metrics_url = Some(format!("http://{listen}/metrics"));
         env.insert("BOTVISOR__HTTP__LISTEN".into(), listen);
         env.insert("BOTVISOR__TELEGRAM__DEFAULT_MODE".into(), "webhook".into());
+        if let Some(secs) = args.idle_after {
+            env.insert(
+                "BOTVISOR__TELEGRAM__WEBHOOK_IDLE_AFTER_SECS".into(),
+                secs.to_string(),
+            );
+        }
         eprintln!("bench: webhook mode");
     }
     let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
@@ -882,6 +940,37 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         bots.len(),
         t0.elapsed().as_secs_f64()
     );
+    if let (Some(secs), Some(url)) = (args.idle_after.filter(|&s| s > 0), &metrics_url) {
+        let limit = Duration::from_secs(secs * 2 + 60 + u64::from(args.bots) / 10);
+        let t = Instant::now();
+        let asleep = wait_dormant(url, bots.len() as u64, limit).await?;
+        fig.bots_dormant = Some(asleep);
+        eprintln!(
+            "bench: {asleep} bots asleep after {:.1} s more",
+            t.elapsed().as_secs_f64()
+        );
+        // The allocator gives freed pages back over its decay time (jemalloc: 10 s): measure
+        // once the RSS stopped falling (five readings a second apart within 1 %, 12 s on at
+        // the earliest), at most 40 s on.
+        let t = Instant::now();
+        let mut readings: Vec<u64> = Vec::new();
+        while t.elapsed() < Duration::from_secs(40) {
+            if let Some((rss, _)) = daemon::proc_status(d.pid()) {
+                readings.push(rss);
+            }
+            if let [.., a, _, _, _, e] = readings[..]
+                && e as f64 >= a as f64 * 0.99
+                && t.elapsed() >= Duration::from_secs(12)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        eprintln!(
+            "bench: RSS settled after {:.1} s: {readings:?} KiB",
+            t.elapsed().as_secs_f64()
+        );
+    }
     // Idle: let the provisioning connections time out of nothing; just settle briefly.
     tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 3 })).await;
     let full = daemon::proc_status(d.pid());

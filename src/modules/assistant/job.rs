@@ -66,6 +66,7 @@ pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
                 Some(Instant::now() + DB_RETRY)
             }
         };
+        let idle = calls.is_empty();
         tokio::select! {
             Some((request, result)) = calls.next(), if !calls.is_empty() => {
                 busy.remove(&request.chat_id);
@@ -75,7 +76,7 @@ pub async fn run(mut cx: JobCx) -> Result<(), ModuleError> {
                     tracing::warn!(bot_id = cx.bot_id, request = request.id, error = %crate::mask::error_line(&e), "assistant: cannot record an answer; asking again later");
                 }
             }
-            wake = cx.woken(deadline) => {
+            wake = cx.woken_as(deadline, idle) => {
                 if wake == Wake::Stop {
                     return Ok(());
                 }

@@ -32,12 +32,14 @@ use super::{parse, truncate};
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::Registry;
+use crate::modules::{Quiet, Registry};
 use crate::runtime::{Failures, RunFailure};
 use crate::telegram::{RawUpdate, SetWebhook, TelegramApi, TelegramError};
 use crate::telemetry::metrics::{self, PoisonedAt};
 use crate::token::BotToken;
 
+/// The webhook loop's name in the run's [`Quiet`]: it waits once the webhook is set.
+pub const QUIET_PART: &str = "webhook";
 /// How often a bot in webhook mode checks `getWebhookInfo`.
 pub const CHECK_EVERY: Duration = Duration::from_secs(60);
 /// The test hook: when this variable is `1`, an accepted webhook update is held forever
@@ -112,7 +114,7 @@ pub struct WebhookSpec {
 }
 
 /// What `getWebhookInfo` said last, reported upward to the bot's status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct WebhookState {
     /// The URL Telegram has (empty: none).
     pub url: String,
@@ -122,21 +124,98 @@ pub struct WebhookState {
     pub last_error: Option<(i64, String)>,
 }
 
+/// How a bot in webhook mode is reached here.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Its run is live: the entrance stores and hands on.
+    Open(Arc<Entrance>),
+    /// It is dormant (docs/webhooks.md, "Dormant bots"): a request rings, the bot's run
+    /// starts and opens its entrance, and the request goes in there.
+    Asleep(Arc<Doorbell>),
+}
+
+impl Route {
+    /// Whether `header` (`X-Telegram-Bot-Api-Secret-Token`) is this bot's secret.
+    pub fn secret_matches(&self, header: Option<&[u8]>) -> bool {
+        match self {
+            Route::Open(e) => e.secret_matches(header),
+            Route::Asleep(d) => d.secret.matches(header),
+        }
+    }
+}
+
+/// What a dormant bot keeps at the webhook door: its secret and a bell.
+#[derive(Debug)]
+pub struct Doorbell {
+    secret: WebhookSecret,
+    bell: tokio::sync::Notify,
+}
+
+impl Doorbell {
+    /// A bell for a bot whose webhook carries `secret`.
+    pub fn new(secret: WebhookSecret) -> Self {
+        Self {
+            secret,
+            bell: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Wakes the bot (kept until it waits, if it does not yet).
+    pub fn ring(&self) {
+        self.bell.notify_one();
+    }
+
+    /// Resolves once the bell rang.
+    pub async fn rung(&self) {
+        self.bell.notified().await;
+    }
+
+    /// Forgets a ring kept from before (a run starts and takes every request).
+    pub fn clear(&self) {
+        use futures::FutureExt;
+        let _ = self.bell.notified().now_or_never();
+    }
+
+    /// Whether this bell opens to `secret` (a new secret needs a new bell).
+    pub fn is_for(&self, secret: &WebhookSecret) -> bool {
+        &self.secret == secret
+    }
+}
+
+impl WebhookState {
+    /// A fingerprint of it (a sleeping bot keeps a number, not the texts).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
 /// The entrances of this process's bots in webhook mode, by panel id.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookRoutes {
-    routes: Arc<RwLock<HashMap<i64, Arc<Entrance>>>>,
+    routes: Arc<RwLock<HashMap<i64, Route>>>,
     unauthorized: Arc<AtomicU64>,
+    /// Notified whenever a route opens, falls asleep or closes (requests waiting for a
+    /// dormant bot's entrance look again).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl WebhookRoutes {
-    /// The entrance of bot `bot_id`, if it runs here in webhook mode.
-    pub fn get(&self, bot_id: i64) -> Option<Arc<Entrance>> {
+    /// How bot `bot_id` is reached, if it runs here in webhook mode.
+    pub fn get(&self, bot_id: i64) -> Option<Route> {
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&bot_id)
             .cloned()
+    }
+
+    /// Resolves at the next change of any route; create it before looking at a route (then
+    /// `enable` it) so no change in between is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Counts a request refused for a wrong or missing secret; returns the new total.
@@ -151,7 +230,21 @@ impl WebhookRoutes {
 
     /// Bots with an open entrance.
     pub fn len(&self) -> usize {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.count(false)
+    }
+
+    /// Bots in webhook mode that are dormant here.
+    pub fn asleep(&self) -> usize {
+        self.count(true)
+    }
+
+    fn count(&self, asleep: bool) -> usize {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| matches!(r, Route::Asleep(_)) == asleep)
+            .count()
     }
 
     /// Whether no bot has an open entrance.
@@ -164,10 +257,32 @@ impl WebhookRoutes {
         self.routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(bot_id, Arc::clone(&entrance));
+            .insert(bot_id, Route::Open(Arc::clone(&entrance)));
+        self.changed.notify_waiters();
         RouteGuard {
             routes: self.clone(),
             entrance,
+        }
+    }
+
+    /// Bot `bot_id` falls asleep: requests ring `doorbell` until its next run opens its
+    /// entrance (the route it replaces finishes the requests it has).
+    pub fn fall_asleep(&self, bot_id: i64, doorbell: Arc<Doorbell>) {
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(bot_id, Route::Asleep(doorbell));
+        self.changed.notify_waiters();
+    }
+
+    /// Removes bot `bot_id`'s route if it is still asleep at `doorbell` (the bot stops, or
+    /// leaves webhook mode, without waking).
+    pub fn close_asleep(&self, bot_id: i64, doorbell: &Arc<Doorbell>) {
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if matches!(routes.get(&bot_id), Some(Route::Asleep(d)) if Arc::ptr_eq(d, doorbell)) {
+            routes.remove(&bot_id);
+            drop(routes);
+            self.changed.notify_waiters();
         }
     }
 }
@@ -185,11 +300,11 @@ impl Drop for RouteGuard {
             .routes
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if routes
-            .get(&self.entrance.bot_id)
-            .is_some_and(|e| Arc::ptr_eq(e, &self.entrance))
+        if matches!(routes.get(&self.entrance.bot_id), Some(Route::Open(e)) if Arc::ptr_eq(e, &self.entrance))
         {
             routes.remove(&self.entrance.bot_id);
+            drop(routes);
+            self.routes.changed.notify_waiters();
         }
     }
 }
@@ -230,6 +345,7 @@ pub struct Entrance {
     db: BotPool,
     processor: mpsc::Sender<Box<Update>>,
     stop: CancellationToken,
+    quiet: Arc<Quiet>,
 }
 
 impl Entrance {
@@ -245,6 +361,9 @@ impl Entrance {
 
     /// Stores the update in `body` and hands it to the processor; see the module docs.
     pub async fn accept(&self, body: &[u8]) -> Result<Accepted, AcceptError> {
+        // Before the stop is looked at: a run that fell asleep meanwhile sees it and runs
+        // again at once (see `runtime::doze`).
+        self.quiet.touch();
         if self.stop.is_cancelled() {
             return Err(AcceptError::Stopping);
         }
@@ -361,6 +480,29 @@ pub(crate) struct Keeper {
     pub report: watch::Sender<Option<WebhookState>>,
     pub failures: Failures,
     pub stop: CancellationToken,
+    pub quiet: Arc<Quiet>,
+    /// What is known to be set already (a run woken from dormancy: the previous run's
+    /// [`Kept`]); `None`: set the webhook first.
+    pub kept: Option<Kept>,
+}
+
+/// What a run's webhook loop leaves for the next run of the same spec: the update kinds the
+/// webhook is set for, and when it is next checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// `allowed_updates` the webhook was set with ([`fingerprint`]: a sleeping bot keeps a
+    /// number, not a list).
+    pub set_for: u64,
+    /// When `getWebhookInfo` is due.
+    pub next_check: tokio::time::Instant,
+}
+
+/// A fingerprint of an `allowed_updates` list.
+fn fingerprint(allowed: &[&'static str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    allowed.hash(&mut h);
+    h.finish()
 }
 
 impl Keeper {
@@ -368,14 +510,14 @@ impl Keeper {
     /// first), sets the webhook and keeps it set until the run stops; the entrance closes
     /// when `intake_done` is cancelled (the processor then drains and ends).
     pub(crate) async fn run(
-        self,
+        mut self,
         processor: mpsc::Sender<Box<Update>>,
         replayed: oneshot::Receiver<()>,
         intake_done: CancellationToken,
-    ) {
+    ) -> Option<Kept> {
         tokio::select! {
-            r = replayed => if r.is_err() { return },
-            () = self.stop.cancelled() => return,
+            r = replayed => if r.is_err() { return None },
+            () = self.stop.cancelled() => return None,
         }
         let entrance = Arc::new(Entrance {
             bot_id: self.bot_id,
@@ -384,34 +526,44 @@ impl Keeper {
             db: self.db.clone(),
             processor,
             stop: self.stop.clone(),
+            quiet: Arc::clone(&self.quiet),
         });
         let guard = self.routes.open(entrance);
+        let stop = self.stop.clone();
         tokio::select! {
             () = self.keep() => {}
-            () = self.stop.cancelled() => {}
+            () = stop.cancelled() => {}
         }
-        // Requests in flight finish on their own reference; new ones get 503 from here on.
+        // Requests in flight finish on their own reference; new ones get 503 from here on
+        // (or ring the bell of a bot that fell asleep).
         intake_done.cancelled().await;
         drop(guard);
+        self.kept
     }
 
-    async fn keep(&self) {
-        let mut set_for: Option<Vec<&'static str>> = None;
+    async fn keep(&mut self) {
+        let (mut set_for, mut next_check): (Option<u64>, _) = match self.kept.take() {
+            Some(kept) => (Some(kept.set_for), kept.next_check),
+            // Spread the checks of many bots over the period.
+            None => (None, tokio::time::Instant::now() + spread(self.bot_id)),
+        };
         let mut delay = SET_RETRY_START;
-        // Spread the checks of many bots over the period.
-        let spread = CHECK_EVERY.mul_f64((self.bot_id.unsigned_abs() % 997) as f64 / 997.0);
-        let mut next_check = tokio::time::Instant::now() + spread;
         loop {
+            self.keep_for_next(set_for, next_check);
+            if set_for.is_none() {
+                self.quiet.busy(QUIET_PART);
+            }
             let allowed = self.registry.allowed_updates(&self.snapshot.load());
-            if set_for.as_ref() != Some(&allowed) {
+            if set_for != Some(fingerprint(&allowed)) {
                 // The Bot API calls are boxed: between them the loop's state holds only its
                 // timer (docs/performance.md, "Idle memory per bot").
                 match Box::pin(self.set(&allowed)).await {
                     Ok(()) => {
-                        set_for = Some(allowed);
+                        set_for = Some(fingerprint(&allowed));
                         delay = SET_RETRY_START;
                         Box::pin(self.check(&mut set_for)).await;
-                        next_check = tokio::time::Instant::now() + CHECK_EVERY + spread / 10;
+                        next_check =
+                            tokio::time::Instant::now() + CHECK_EVERY + spread(self.bot_id) / 10;
                     }
                     Err(TelegramError::Unauthorized) => {
                         self.failures.report(RunFailure::Unauthorized);
@@ -429,6 +581,9 @@ impl Keeper {
                     }
                 }
             }
+            self.keep_for_next(set_for, next_check);
+            // Set: nothing to do but the periodic check, which a dormant bot's slot does.
+            self.quiet.waiting(QUIET_PART, None);
             tokio::time::sleep_until(next_check).await;
             next_check = tokio::time::Instant::now() + CHECK_EVERY;
             Box::pin(self.check(&mut set_for)).await;
@@ -451,25 +606,22 @@ impl Keeper {
         Ok(())
     }
 
+    /// What the next run may take over, should this one fall asleep.
+    fn keep_for_next(&mut self, set_for: Option<u64>, next_check: tokio::time::Instant) {
+        self.kept = set_for.map(|set_for| Kept {
+            set_for,
+            next_check,
+        });
+    }
+
     /// `getWebhookInfo`: reports it, and forgets the webhook as set (so the loop sets it
     /// again) when Telegram has another URL or none.
-    async fn check(&self, set_for: &mut Option<Vec<&'static str>>) {
-        match self.api.get_webhook_info(&self.token).await {
-            Ok(info) => {
-                if info.url != self.spec.url {
-                    tracing::warn!(
-                        bot_id = self.bot_id,
-                        telegram_url = %info.url,
-                        url = %self.spec.url,
-                        "the webhook is missing or points elsewhere; setting it again"
-                    );
+    async fn check(&self, set_for: &mut Option<u64>) {
+        match check_webhook(&self.api, &self.token, self.bot_id, &self.spec).await {
+            Ok((state, in_place)) => {
+                if !in_place {
                     *set_for = None;
                 }
-                let state = WebhookState {
-                    url: info.url,
-                    pending_update_count: info.pending_update_count,
-                    last_error: info.last_error_date.zip(info.last_error_message),
-                };
                 self.report.send_if_modified(|old| {
                     let changed = old.as_ref() != Some(&state);
                     *old = Some(state);
@@ -477,9 +629,67 @@ impl Keeper {
                 });
             }
             Err(TelegramError::Unauthorized) => self.failures.report(RunFailure::Unauthorized),
-            Err(e) => {
-                tracing::warn!(bot_id = self.bot_id, error = %crate::mask::error_line(&e), "getWebhookInfo failed")
+            Err(_) => {}
+        }
+    }
+}
+
+/// What a sleeping bot's `getWebhookInfo` found ([`look`]).
+#[derive(Debug)]
+pub enum Look {
+    /// Telegram answered: what it said, and whether the webhook is in place.
+    Seen(WebhookState, bool),
+    /// The token was revoked.
+    Revoked,
+    /// The call failed (logged); try again at the next check.
+    Failed,
+}
+
+/// [`check_webhook`] for a sleeping bot's slot (the control plane names no Telegram type).
+pub async fn look(api: &TelegramApi, token: &BotToken, bot_id: i64, spec: &WebhookSpec) -> Look {
+    match check_webhook(api, token, bot_id, spec).await {
+        Ok((state, in_place)) => Look::Seen(state, in_place),
+        Err(TelegramError::Unauthorized) => Look::Revoked,
+        Err(_) => Look::Failed,
+    }
+}
+
+/// Spreads the webhook checks of many bots over [`CHECK_EVERY`].
+fn spread(bot_id: i64) -> Duration {
+    CHECK_EVERY.mul_f64((bot_id.unsigned_abs() % 997) as f64 / 997.0)
+}
+
+/// `getWebhookInfo` for bot `bot_id`: what Telegram says, and whether the webhook is in place
+/// (Telegram has `spec`'s URL; otherwise this is logged). Errors other than a revoked token are
+/// logged here.
+pub async fn check_webhook(
+    api: &TelegramApi,
+    token: &BotToken,
+    bot_id: i64,
+    spec: &WebhookSpec,
+) -> Result<(WebhookState, bool), TelegramError> {
+    match api.get_webhook_info(token).await {
+        Ok(info) => {
+            let in_place = info.url == spec.url;
+            if !in_place {
+                tracing::warn!(
+                    bot_id,
+                    telegram_url = %info.url,
+                    url = %spec.url,
+                    "the webhook is missing or points elsewhere; setting it again"
+                );
             }
+            let state = WebhookState {
+                url: info.url,
+                pending_update_count: info.pending_update_count,
+                last_error: info.last_error_date.zip(info.last_error_message),
+            };
+            Ok((state, in_place))
+        }
+        Err(TelegramError::Unauthorized) => Err(TelegramError::Unauthorized),
+        Err(e) => {
+            tracing::warn!(bot_id, error = %crate::mask::error_line(&e), "getWebhookInfo failed");
+            Err(e)
         }
     }
 }

@@ -49,7 +49,7 @@ use crate::botdb::PruneSchedule;
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Queued, Registry};
+use crate::modules::{ModuleError, Queued, Quiet, Registry};
 use crate::telegram::{Delivery, DeliveryOutcome, Lane, Messenger, Request, TelegramError};
 use crate::telemetry::metrics::{self, SendOutcome};
 use limits::{Limits, Wait};
@@ -102,7 +102,12 @@ pub struct Sender {
     pub prune: PruneSchedule,
     /// The run's traffic counters (messages Telegram accepted).
     pub traffic: Arc<super::Traffic>,
+    /// Where the sender says it has nothing to do ([`QUIET_PART`]).
+    pub quiet: Arc<Quiet>,
 }
+
+/// The sender's name in the run's [`Quiet`].
+pub const QUIET_PART: &str = "sender";
 
 type Sent = (OutboxRow, Request, Result<Option<i32>, TelegramError>);
 
@@ -142,6 +147,7 @@ impl Sender {
         // reply latency); requests loaded from the outbox after a restart have none.
         let mut taken_at: HashMap<i64, Instant> = HashMap::new();
         let mut depth: Option<usize> = None;
+        let mut said_idle: Option<(bool, Instant)> = None;
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -252,6 +258,21 @@ impl Sender {
             if depth != Some(now_depth) {
                 depth = Some(now_depth);
                 metrics::outbox_depth(self.bot_id, now_depth);
+            }
+            // Nothing queued, in flight, paused or left to load: the sender waits for a
+            // hand-over, a wake-up or its next prune.
+            let idle = queue.is_empty()
+                && in_flight.is_empty()
+                && paused_until.is_none()
+                && !reload
+                && !more_in_db;
+            if said_idle != Some((idle, next_prune)) {
+                said_idle = Some((idle, next_prune));
+                if idle {
+                    self.quiet.waiting(QUIET_PART, Some(next_prune));
+                } else {
+                    self.quiet.busy(QUIET_PART);
+                }
             }
             // The next prune is due even if nothing else happens until then.
             let wake_at = next_ready.map_or(next_prune, |t| t.min(next_prune));
