@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use botvisor::admin::Admin;
 use botvisor::admin::broadcasts::{BroadcastRequest, BroadcastView, Content};
 use botvisor::modules::Registry;
-use botvisor::sandbox::{InjectCallback, InjectMessage, SentKind};
+use botvisor::sandbox::{Hold, InjectCallback, InjectMessage, SentKind};
 use common::cli::CliPanel;
 use common::harness::{DEADLINE, Harness};
 use common::process::ServeSetup;
@@ -167,7 +167,17 @@ async fn pause_resume_and_cancel_follow_the_states() {
             .is_bad_input()
     );
 
-    // A running broadcast paused and resumed finishes with everyone once.
+    // A running broadcast paused and resumed finishes with everyone once. Its sends are held
+    // at the sandbox until it is paused, so it is still running then (three recipients can
+    // otherwise be done before the pause arrives).
+    let hold = h
+        .sandbox
+        .add_hold(Hold {
+            token: Some(t.clone()),
+            method: Some("sendMessage".into()),
+            ..Default::default()
+        })
+        .unwrap();
     let b = admin
         .start_broadcast(
             id,
@@ -181,6 +191,7 @@ async fn pause_resume_and_cancel_follow_the_states() {
         .await
         .unwrap();
     admin.pause_broadcast(id, b.id).await.unwrap();
+    h.sandbox.release_hold(hold).unwrap();
     admin.resume_broadcast(id, b.id).await.unwrap();
     let v = done(&admin, id, b.id).await;
     assert_eq!((v.counts.total, v.counts.sent), (3, 3));
