@@ -206,14 +206,7 @@ async fn a_job_added_at_runtime_is_sent_on_time() {
         .unwrap();
     h.reply(&t, 8001, 0, |x| x.starts_with("Reminder for"))
         .await;
-    let runs = eventually(common::harness::DEADLINE, "the run recorded", || async {
-        let runs = admin.job_runs(id, job.id).await.unwrap();
-        (!runs.is_empty()).then_some(runs)
-    })
-    .await;
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].outcome, "sent");
-    assert!(runs[0].late_ms < 1000, "due ± 1 s: {runs:?}");
+    common::ran_once_on_time(&admin, id, job.id).await;
     let jobs = admin.list_jobs(id).await.unwrap();
     assert_eq!(jobs[0].next_run_utc, None, "a one-off runs once");
 }

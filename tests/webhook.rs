@@ -117,14 +117,7 @@ async fn an_idle_bot_falls_asleep_and_wakes_for_an_update_a_job_and_a_mode_switc
         .unwrap();
     h.reply(&t, 601, seq, |x| x == "Reminder while asleep")
         .await;
-    let runs = eventually(DEADLINE, "the run recorded", || async {
-        let runs = admin.job_runs(id, job.id).await.unwrap();
-        (!runs.is_empty()).then_some(runs)
-    })
-    .await;
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].outcome, "sent");
-    assert!(runs[0].late_ms < 1000, "due ± 1 s: {runs:?}");
+    common::ran_once_on_time(&admin, id, job.id).await;
     wait_dormant(&h, 1).await;
 
     // A switch to polling while asleep: the bell goes, the bot polls.

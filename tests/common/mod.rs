@@ -333,3 +333,16 @@ pub fn token(id: u64) -> String {
 }
 pub mod harness;
 pub mod process;
+
+/// Waits until scheduled job `job` of bot `id` has a recorded run, then checks it ran once,
+/// was sent, and on time (due ± 1 s).
+pub async fn ran_once_on_time(admin: &botvisor::admin::Admin, id: i64, job: i64) {
+    let runs = eventually(harness::DEADLINE, "the run recorded", || async {
+        let runs = admin.job_runs(id, job).await.unwrap();
+        (!runs.is_empty()).then_some(runs)
+    })
+    .await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, "sent");
+    assert!(runs[0].late_ms < 1000, "due ± 1 s: {runs:?}");
+}
