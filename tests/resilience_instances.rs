@@ -277,3 +277,142 @@ async fn a_lost_control_connection_fences_the_instances_bots() {
     assert_eq!(alpha.wait().await, Some(0));
     assert_eq!(beta.wait().await, Some(0));
 }
+
+/// The cluster with the smallest lock table PostgreSQL allows (scripts/pg-up.sh with
+/// `PG_SECOND=1` makes it; `BOTVISOR_TEST_PG_LOCKS` overrides), when it answers; with
+/// `CI=true` a missing one fails the test. This test alone uses it: it fills its lock table.
+async fn tiny_lock_table_server() -> Option<String> {
+    let url = std::env::var("BOTVISOR_TEST_PG_LOCKS")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5434".into());
+    let options: sqlx::postgres::PgConnectOptions = format!("{url}/postgres").parse().unwrap();
+    match sqlx::ConnectOptions::connect(&options).await {
+        Ok(conn) => {
+            sqlx::Connection::close(conn).await.ok();
+            Some(url)
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "the PostgreSQL server {url} is unreachable ({e}); run scripts/pg-up.sh with PG_SECOND=1"
+        ),
+        Err(e) => {
+            eprintln!("skipped: the PostgreSQL server {url} is unreachable ({e})");
+            None
+        }
+    }
+}
+
+/// Every bot's ownership lock lives in the panel server's lock table, which all of that
+/// server's sessions share. When it is full, the instance keeps the bots it holds, takes what
+/// fits, logs why the rest waits — and takes them once there is room. (It used to drop its
+/// control connection, i.e. fence every bot, and fail the same way on the next pass: past
+/// about 12,700 bots on a default server, nothing ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lock_table_keeps_what_is_held_and_takes_the_rest_when_there_is_room() {
+    use botvisor::control::ownership::Ownership;
+    use botvisor::panel::store::{self, InstanceBeat};
+    use sqlx::Connection;
+
+    const BOTS: usize = 40;
+    let Some(server) = tiny_lock_table_server().await else {
+        return;
+    };
+    let name = common::unique_name("locks");
+    let _cleanup = DropOn {
+        server: server.clone(),
+        name: name.clone(),
+    };
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{server}/{name}");
+    botvisor::schema::apply(&botvisor::schema::PANEL, &url.parse().unwrap())
+        .await
+        .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let (_dir, key_file) = common::master_key_file();
+    let keys = botvisor::crypto::Keyring::load(&key_file).unwrap();
+    let manifest = botvisor::content::manifest::Manifest::default();
+    for i in 0..BOTS {
+        let token = botvisor::token::BotToken::parse(&common::token(7_100 + i as u64)).unwrap();
+        let bot = store::NewBot {
+            name: &format!("b{i}"),
+            token: &token,
+            enabled: true,
+            database: None,
+            manifest: &manifest,
+        };
+        store::add_bot(&pool, &keys, &bot).await.unwrap();
+    }
+
+    // Another session fills the server's lock table, then frees 15 entries.
+    let mut filler = sqlx::PgConnection::connect(&url).await.unwrap();
+    let full = sqlx::query(
+        "SELECT count(*) FROM generate_series(1, 100000) g WHERE pg_try_advisory_lock(7, g)",
+    )
+    .execute(&mut filler)
+    .await
+    .expect_err("100,000 locks fill this server's lock table");
+    assert!(full.to_string().contains("out of shared memory"), "{full}");
+    sqlx::query("SELECT pg_advisory_unlock(7, g) FROM generate_series(1, 15) g")
+        .execute(&mut filler)
+        .await
+        .unwrap();
+
+    let me = InstanceBeat {
+        name: "tiny",
+        pid: std::process::id() as i32,
+        host: "test",
+    };
+    let mut ownership = Ownership::new(pool.clone());
+    let first = ownership
+        .pass(&me, &Default::default())
+        .await
+        .expect("a full lock table fails no pass");
+    assert!(first.lock_table_full);
+    let held = ownership.owned().len();
+    assert!(
+        (1..BOTS).contains(&held),
+        "some bots taken, not all: {held}"
+    );
+    assert_eq!(first.taken.len(), held);
+    assert_eq!(first.unowned.len(), BOTS - held);
+    // The control session holds exactly what the instance knows of.
+    let (locks,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+         AND classid::bigint = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(store::OWNERSHIP_SPACE)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(locks, held as i64);
+
+    // Room again: the rest is taken, nothing given up.
+    filler.close().await.unwrap();
+    let second = ownership.pass(&me, &Default::default()).await.unwrap();
+    assert!(!second.lock_table_full);
+    assert!(second.give.is_empty() && second.lost.is_empty());
+    assert_eq!(second.taken.len(), BOTS - held);
+    assert_eq!(ownership.owned().len(), BOTS);
+    drop(ownership);
+    pool.close().await;
+}
+
+/// Drops database `name` on `server` when dropped.
+struct DropOn {
+    server: String,
+    name: String,
+}
+
+impl Drop for DropOn {
+    fn drop(&mut self) {
+        common::drop_databases_named(&self.server, &self.name);
+    }
+}

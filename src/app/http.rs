@@ -173,9 +173,13 @@ impl Health {
             .short_since
             .filter(|t| t.elapsed() >= READY_OWNERSHIP_GRACE)
         {
+            let why = if own.lock_table_full {
+                "the panel server's lock table is full: raise its max_locks_per_transaction"
+            } else {
+                "the locks of the others could not be taken"
+            };
             reasons.push(format!(
-                "owns {} of the {} bots of its share; short for {} s (the locks of the \
-                 others could not be taken)",
+                "owns {} of the {} bots of its share; short for {} s ({why})",
                 own.assigned - own.unowned.len().min(own.assigned),
                 own.assigned,
                 since.elapsed().as_secs()

@@ -122,6 +122,9 @@ pub struct OwnershipHealth {
     pub short_since: Option<tokio::time::Instant>,
     /// Another live instance uses this instance's name (this one owns nothing).
     pub name_clash: bool,
+    /// The panel server's lock table was full at the latest pass (docs/operations.md,
+    /// "Thousands of bots").
+    pub lock_table_full: bool,
 }
 
 struct SlotHandle {
@@ -586,6 +589,7 @@ impl Supervisor {
             h.assigned = outcome.assigned;
             h.unowned.clone_from(&outcome.unowned);
             h.name_clash = outcome.name_clash;
+            h.lock_table_full = outcome.lock_table_full;
         });
         metrics::instances(outcome.instances);
         self.counts.send_if_modified(|c| {

@@ -122,6 +122,9 @@ pub struct PassOutcome {
     pub unowned: Vec<i64>,
     /// Another live instance uses this instance's name: this one owns nothing.
     pub name_clash: bool,
+    /// PostgreSQL's lock table was full: some bots of the share could not be taken (they are
+    /// in `unowned`); nothing held was given up.
+    pub lock_table_full: bool,
 }
 
 /// This instance, as the decision sees it.
@@ -234,6 +237,11 @@ pub struct Ownership {
     handing_over: BTreeSet<i64>,
     peers: bool,
     clash_logged: bool,
+    /// The panel server's lock table, read when the control connection opens.
+    lock_table: Option<store::LockTable>,
+    /// Whether the lock table's full state (or its being too small for the bots) was logged.
+    full_logged: bool,
+    small_logged: bool,
 }
 
 impl Ownership {
@@ -247,6 +255,9 @@ impl Ownership {
             handing_over: BTreeSet::new(),
             peers: false,
             clash_logged: false,
+            lock_table: None,
+            full_logged: false,
+            small_logged: false,
         }
     }
 
@@ -306,6 +317,7 @@ impl Ownership {
             self.handing_over.clear();
             let conn = self.conn.as_mut().expect("just set");
             self.backend = Self::timed(store::control_backend(conn)).await?;
+            self.lock_table = Some(Self::timed(store::lock_table(conn)).await?);
             tracing::info!(control_pid = self.backend, "control connection open");
         }
         let conn = self.conn.as_mut().expect("connected above");
@@ -343,7 +355,9 @@ impl Ownership {
             running,
             &super::process_gone,
         );
-        let taken = Self::timed(store::try_lock_bots(conn, &want)).await?;
+        let locked = Self::timed(store::try_lock_bots(conn, &want)).await?;
+        self.report_lock_table(view.bots.len(), locked.table_full);
+        let taken = locked.taken;
         let taken_set: BTreeSet<i64> = taken.iter().copied().collect();
         self.held.extend(taken.iter().copied());
         for id in &give {
@@ -373,7 +387,45 @@ impl Ownership {
             give,
             lost,
             instances,
+            lock_table_full: locked.table_full,
         })
+    }
+
+    /// Logs, once per change, that the panel server's lock table is full (some bots of the
+    /// share could not be taken) or sized below twice the enabled bots' ownership locks.
+    fn report_lock_table(&mut self, bots: usize, full: bool) {
+        let Some(table) = self.lock_table else {
+            return;
+        };
+        let bots = i64::try_from(bots).unwrap_or(i64::MAX);
+        let advice = table.per_transaction_for(bots);
+        if full && !self.full_logged {
+            tracing::error!(
+                held = self.held.len(),
+                lock_table = table.size(),
+                max_locks_per_transaction = table.per_transaction,
+                advice,
+                "the panel server's lock table is full: this instance could not take the \
+                 ownership locks of some of its bots, which stay stopped until there is room; \
+                 raise max_locks_per_transaction on the panel server to `advice` and restart \
+                 it (docs/operations.md, \"Thousands of bots\")"
+            );
+        }
+        self.full_logged = full;
+        let small = 2 * bots > table.size();
+        if small && !self.small_logged {
+            tracing::warn!(
+                bots,
+                lock_table = table.size(),
+                max_locks_per_transaction = table.per_transaction,
+                advice,
+                "each enabled bot holds an ownership lock on the panel server, whose lock table \
+                 (shared by every session of that server) is sized for fewer than twice as \
+                 many; raise max_locks_per_transaction there to `advice` and restart it \
+                 (docs/operations.md, \"Thousands of bots\")"
+            );
+        }
+        self.small_logged = small;
     }
 
     /// Releases the locks of `ids` whose runs have fully ended (hand-over done).
@@ -417,6 +469,20 @@ mod tests {
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_lock_table_advice_holds_twice_the_bots() {
+        let table = store::LockTable {
+            per_transaction: 64,
+            slots: 100,
+        };
+        assert_eq!(table.size(), 6_400);
+        assert_eq!(table.per_transaction_for(100), 64);
+        assert_eq!(table.per_transaction_for(3_200), 64);
+        assert_eq!(table.per_transaction_for(3_201), 128);
+        assert_eq!(table.per_transaction_for(10_000), 256);
+        assert_eq!(table.per_transaction_for(0), 64);
     }
 
     #[test]

@@ -1348,23 +1348,108 @@ pub async fn ownership_view(
     })
 }
 
-/// Tries to take the ownership locks of `ids` on the control session; returns the ids taken.
-/// Never waits for a lock another session holds.
+/// PostgreSQL's SQLSTATE `out_of_memory` ("out of shared memory"): raised by a lock request
+/// when the server's lock table is full.
+const LOCK_TABLE_FULL: &str = "53200";
+
+/// What [`try_lock_bots`] took.
+#[derive(Debug, Default)]
+pub struct Locked {
+    /// The ids whose locks the control session now holds.
+    pub taken: Vec<i64>,
+    /// The server's lock table filled up before every id was tried: the ids not in `taken`
+    /// hold no lock of ours.
+    pub table_full: bool,
+}
+
+/// Tries to take the ownership locks of `ids` on the control session; never waits for a lock
+/// another session holds. When PostgreSQL's lock table fills up (every session of the server
+/// shares it: `max_locks_per_transaction` × (`max_connections` +
+/// `max_prepared_transactions`) entries), the statement fails but keeps the locks it took
+/// before (session advisory locks ignore the rollback): they are read back and returned with
+/// `table_full`, instead of failing the whole pass.
 pub async fn try_lock_bots(
     conn: &mut sqlx::PgConnection,
     ids: &[i64],
-) -> Result<Vec<i64>, PanelError> {
+) -> Result<Locked, PanelError> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Locked::default());
     }
-    Ok(sqlx::query_scalar(
+    let r: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
         "SELECT id FROM unnest($1::bigint[]) AS id \
          WHERE pg_try_advisory_lock(($2::bigint << 32) | id)",
     )
     .bind(ids)
     .bind(OWNERSHIP_SPACE)
-    .fetch_all(conn)
-    .await?)
+    .fetch_all(&mut *conn)
+    .await;
+    match r {
+        Ok(taken) => Ok(Locked {
+            taken,
+            table_full: false,
+        }),
+        Err(e)
+            if e.as_database_error().and_then(|d| d.code()).as_deref() == Some(LOCK_TABLE_FULL) =>
+        {
+            let taken = sqlx::query_scalar(
+                "SELECT l.objid::bigint FROM pg_locks l \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                   AND l.pid = pg_backend_pid() AND l.classid::bigint = $2 \
+                   AND l.objid::bigint = ANY($1)",
+            )
+            .bind(ids)
+            .bind(OWNERSHIP_SPACE)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(Locked {
+                taken,
+                table_full: true,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The size of the server's lock table, as PostgreSQL sizes it: `max_locks_per_transaction`
+/// × (`max_connections` + `max_prepared_transactions`) entries shared by every session (the
+/// server finds some more room in its spare shared memory, about as much again, but that room
+/// is shared with everything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTable {
+    /// `max_locks_per_transaction`.
+    pub per_transaction: i64,
+    /// `max_connections` + `max_prepared_transactions`.
+    pub slots: i64,
+}
+
+impl LockTable {
+    /// Entries the table is sized for.
+    pub fn size(&self) -> i64 {
+        self.per_transaction * self.slots
+    }
+
+    /// The `max_locks_per_transaction` that sizes the table for `bots` ownership locks at
+    /// half of it (the other half for every other lock of the server), rounded up to 64.
+    pub fn per_transaction_for(&self, bots: i64) -> i64 {
+        let (bots, slots) = (bots.max(0).unsigned_abs(), self.slots.max(1).unsigned_abs());
+        let need = (2 * bots).div_ceil(slots).div_ceil(64).max(1) * 64;
+        i64::try_from(need).unwrap_or(i64::MAX)
+    }
+}
+
+/// Reads the settings that size the server's lock table.
+pub async fn lock_table(conn: &mut sqlx::PgConnection) -> Result<LockTable, PanelError> {
+    let (per_transaction, slots): (i64, i64) = sqlx::query_as(
+        "SELECT current_setting('max_locks_per_transaction')::bigint, \
+                current_setting('max_connections')::bigint \
+                  + current_setting('max_prepared_transactions')::bigint",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(LockTable {
+        per_transaction,
+        slots,
+    })
 }
 
 /// Releases the ownership locks of `ids` held by the control session.
