@@ -356,10 +356,10 @@ impl Ownership {
             &super::process_gone,
         );
         let locked = Self::timed(store::try_lock_bots(conn, &want)).await?;
-        self.report_lock_table(view.bots.len(), locked.table_full);
         let taken = locked.taken;
         let taken_set: BTreeSet<i64> = taken.iter().copied().collect();
         self.held.extend(taken.iter().copied());
+        self.report_lock_table(view.bots.len(), locked.table_full);
         for id in &give {
             self.held.remove(id);
             self.handing_over.insert(*id);
