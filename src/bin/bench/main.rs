@@ -910,6 +910,7 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     let panel_name = panel.name.clone();
     let panel_url = panel.url();
     let pattern = panel.bot_pattern();
+    let bot_pattern = pattern.clone();
     eprintln!("bench: panel database {panel_name}");
 
     if args.baseline {
@@ -1050,6 +1051,8 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         world: &world,
         daemon_pid: pid,
         panel: &panel_name,
+        server: &server,
+        bot_pattern: &bot_pattern,
     };
     let active = &bots[..args.active as usize];
     let main = load.traffic(active, args.chats, args.rate).await?;
@@ -1279,6 +1282,9 @@ struct Phase {
     replies: u64,
     lost: u64,
     cpu: cpu::Usage,
+    /// Sessions opened on the bot databases in the window (`pg_stat_database.sessions`; a
+    /// live backend's count may lag up to 10 s).
+    connections_opened: Option<i64>,
 }
 
 impl Phase {
@@ -1286,7 +1292,8 @@ impl Phase {
         let p = |q| percentile(&self.latencies_ms, q).unwrap_or(f64::NAN);
         format!(
             "{} bots x {} chats, {:.1} /s ({}; limits allow {:.0} /s), p50 {:.1} / p95 {:.1} / \
-             p99 {:.1} ms, {} replies, {} lost; pg {} us, daemon {} us per update",
+             p99 {:.1} ms, {} replies, {} lost; pg {} us, daemon {} us per update; {} \
+             connections opened",
             self.shape.0,
             self.shape.1,
             self.updates_per_s,
@@ -1304,6 +1311,10 @@ impl Phase {
             self.cpu
                 .daemon_us_per(self.replies)
                 .map_or("-".into(), |v| format!("{v:.0}")),
+            self.connections_opened.map_or("-".into(), |n| format!(
+                "{n} ({:.1}/s)",
+                n as f64 / self.cpu.wall.max(f64::EPSILON)
+            )),
         )
     }
 }
@@ -1322,6 +1333,9 @@ struct Load<'a> {
     daemon_pid: u32,
     /// The panel database's name (the CPU split's "ours").
     panel: &'a str,
+    /// The server, and the pattern of the bot databases' names (connections opened).
+    server: &'a Server,
+    bot_pattern: &'a str,
 }
 
 impl Load<'_> {
@@ -1361,12 +1375,19 @@ impl Load<'_> {
         );
         let spawner = Tasks::new(CancellationToken::new());
         let (daemon_pid, panel) = (self.daemon_pid, self.panel.to_owned());
+        let (server, pattern) = (self.server.clone(), self.bot_pattern.to_owned());
         let cpu_probe = spawner.spawn("cpu-probe", async move {
             tokio::time::sleep_until(window_start.into()).await;
             let a = cpu::Snapshot::take(daemon_pid, &panel);
+            let s0 = pg::sessions(&server, &pattern).await.ok();
             tokio::time::sleep_until(window_end.into()).await;
             let b = cpu::Snapshot::take(daemon_pid, &panel);
-            a.usage(&b, (window_end - window_start).as_secs_f64())
+            let s1 = pg::sessions(&server, &pattern).await.ok();
+            let opened = s0.zip(s1).map(|(a, b)| b - a);
+            (
+                a.usage(&b, (window_end - window_start).as_secs_f64()),
+                opened,
+            )
         });
         let mut tasks = Vec::with_capacity(n);
         for (i, (token, chat)) in all.into_iter().enumerate() {
@@ -1405,6 +1426,7 @@ impl Load<'_> {
         if lost > 0 {
             bail!("{lost} messages were not answered within {REPLY_TIMEOUT:?}");
         }
+        let (cpu, connections_opened) = cpu_probe.await?;
         Ok(Phase {
             offered: (rate > 0.0).then_some(rate),
             shape: (bots.len(), chats),
@@ -1413,7 +1435,8 @@ impl Load<'_> {
             latencies_ms: sorted(latencies),
             replies,
             lost,
-            cpu: cpu_probe.await?,
+            cpu,
+            connections_opened,
         })
     }
 }

@@ -104,15 +104,7 @@ impl PanelDb {
         if settle {
             tokio::time::sleep(std::time::Duration::from_secs(11)).await;
         }
-        let mut conn = self.server.connect("postgres").await?;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(sum(sessions), 0)::bigint FROM pg_stat_database WHERE datname LIKE $1",
-        )
-        .bind(self.bot_pattern())
-        .fetch_one(&mut conn)
-        .await?;
-        conn.close().await.ok();
-        Ok(n)
+        sessions(&self.server, &self.bot_pattern()).await
     }
 
     /// Drops the panel database and every bot database derived from it.
@@ -302,4 +294,19 @@ pub async fn baseline(
         inserts: n,
         cpu: before.usage(&after, elapsed),
     })
+}
+
+/// Sessions PostgreSQL counted so far on the databases whose names match `pattern`
+/// (`pg_stat_database.sessions`: a backend's count reaches it when the backend ends, or
+/// within 10 s while it lives).
+pub async fn sessions(server: &Server, pattern: &str) -> anyhow::Result<i64> {
+    let mut conn = server.connect("postgres").await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(sessions), 0)::bigint FROM pg_stat_database WHERE datname LIKE $1",
+    )
+    .bind(pattern)
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await.ok();
+    Ok(n)
 }
