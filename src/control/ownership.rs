@@ -122,8 +122,9 @@ pub struct PassOutcome {
     pub unowned: Vec<i64>,
     /// Another live instance uses this instance's name: this one owns nothing.
     pub name_clash: bool,
-    /// PostgreSQL's lock table was full: some bots of the share could not be taken (they are
-    /// in `unowned`); nothing held was given up.
+    /// PostgreSQL's lock table had no room for more ownership locks (by its documented size):
+    /// some bots of the share could not be taken (they are in `unowned`); nothing held was
+    /// given up.
     pub lock_table_full: bool,
 }
 
@@ -355,7 +356,11 @@ impl Ownership {
             running,
             &super::process_gone,
         );
-        let locked = Self::timed(store::try_lock_bots(conn, &want)).await?;
+        let table = self.lock_table.unwrap_or(store::LockTable {
+            per_transaction: i64::MAX / 2,
+            slots: 1,
+        });
+        let locked = Self::timed(store::try_lock_bots(conn, &want, table)).await?;
         let taken = locked.taken;
         let taken_set: BTreeSet<i64> = taken.iter().copied().collect();
         self.held.extend(taken.iter().copied());
@@ -405,10 +410,10 @@ impl Ownership {
                 lock_table = table.size(),
                 max_locks_per_transaction = table.per_transaction,
                 advice,
-                "the panel server's lock table is full: this instance could not take the \
-                 ownership locks of some of its bots, which stay stopped until there is room; \
-                 raise max_locks_per_transaction on the panel server to `advice` and restart \
-                 it (docs/operations.md, \"Thousands of bots\")"
+                "the panel server's lock table has no room for more ownership locks: some \
+                 bots of this instance's share stay stopped until there is room; raise \
+                 max_locks_per_transaction on the panel server to `advice` and restart it \
+                 (docs/operations.md, \"Thousands of bots\")"
             );
         }
         self.full_logged = full;

@@ -1357,52 +1357,67 @@ const LOCK_TABLE_FULL: &str = "53200";
 pub struct Locked {
     /// The ids whose locks the control session now holds.
     pub taken: Vec<i64>,
-    /// The server's lock table filled up before every id was tried: the ids not in `taken`
-    /// hold no lock of ours.
+    /// The server's lock table had no room for every id: the ids not in `taken` hold no lock
+    /// of ours.
     pub table_full: bool,
 }
 
 /// Tries to take the ownership locks of `ids` on the control session; never waits for a lock
-/// another session holds. When PostgreSQL's lock table fills up (every session of the server
-/// shares it: `max_locks_per_transaction` × (`max_connections` +
-/// `max_prepared_transactions`) entries), the statement fails but keeps the locks it took
-/// before (session advisory locks ignore the rollback): they are read back and returned with
-/// `table_full`, instead of failing the whole pass.
+/// another session holds, and never fills the server's lock table. That table is shared by
+/// every session of the server, and when it is full the server refuses new connections
+/// (`FATAL: out of shared memory`). So at most as many ids are tried as `table` has room for
+/// by its documented size (PostgreSQL fits about twice that), lowest ids first; and should the
+/// statement fail on a full table anyway (other sessions filled it), the locks it took before
+/// the error — held, since session locks ignore the rollback — are given back.
 pub async fn try_lock_bots(
     conn: &mut sqlx::PgConnection,
     ids: &[i64],
+    table: LockTable,
 ) -> Result<Locked, PanelError> {
     if ids.is_empty() {
         return Ok(Locked::default());
+    }
+    let used: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT fastpath")
+        .fetch_one(&mut *conn)
+        .await?;
+    let room = usize::try_from(table.size() - used).unwrap_or(0);
+    let tried = &ids[..ids.len().min(room)];
+    let short = tried.len() < ids.len();
+    if tried.is_empty() {
+        return Ok(Locked {
+            taken: Vec::new(),
+            table_full: short,
+        });
     }
     let r: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
         "SELECT id FROM unnest($1::bigint[]) AS id \
          WHERE pg_try_advisory_lock(($2::bigint << 32) | id)",
     )
-    .bind(ids)
+    .bind(tried)
     .bind(OWNERSHIP_SPACE)
     .fetch_all(&mut *conn)
     .await;
     match r {
         Ok(taken) => Ok(Locked {
             taken,
-            table_full: false,
+            table_full: short,
         }),
         Err(e)
             if e.as_database_error().and_then(|d| d.code()).as_deref() == Some(LOCK_TABLE_FULL) =>
         {
-            let taken = sqlx::query_scalar(
-                "SELECT l.objid::bigint FROM pg_locks l \
+            sqlx::query(
+                "SELECT pg_advisory_unlock(($2::bigint << 32) | l.objid::bigint) \
+                 FROM pg_locks l \
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                    AND l.pid = pg_backend_pid() AND l.classid::bigint = $2 \
                    AND l.objid::bigint = ANY($1)",
             )
-            .bind(ids)
+            .bind(tried)
             .bind(OWNERSHIP_SPACE)
-            .fetch_all(&mut *conn)
+            .execute(&mut *conn)
             .await?;
             Ok(Locked {
-                taken,
+                taken: Vec::new(),
                 table_full: true,
             })
         }
