@@ -51,18 +51,6 @@ async fn second_server() -> Option<String> {
     }
 }
 
-/// Drops, when dropped, every database on the second server named after panel `panel`.
-struct SecondCleanup {
-    url: String,
-    panel: String,
-}
-
-impl Drop for SecondCleanup {
-    fn drop(&mut self) {
-        common::drop_databases_named(&self.url, &self.panel);
-    }
-}
-
 /// A daemon with `bot_database.servers` = [the test server, the second server], its admin
 /// service and the two server URLs; `None` (skip) without the second server.
 struct TwoServers {
@@ -71,7 +59,7 @@ struct TwoServers {
     first: String,
     second: String,
     servers: String,
-    _cleanup: SecondCleanup,
+    _cleanup: common::DatabasesOn,
 }
 
 async fn two_servers() -> Option<TwoServers> {
@@ -79,9 +67,9 @@ async fn two_servers() -> Option<TwoServers> {
     let first = common::server_url();
     let servers = format!(r#"["{first}", "{second}"]"#);
     let h = Harness::start(&[("BOTVISOR__BOT_DATABASE__SERVERS", &servers)]).await;
-    let _cleanup = SecondCleanup {
-        url: second.clone(),
-        panel: h.panel.name.clone(),
+    let _cleanup = common::DatabasesOn {
+        server: second.clone(),
+        name: h.panel.name.clone(),
     };
     let admin = Admin::new(h.pool.clone(), Arc::new(h.settings.clone()));
     Some(TwoServers {

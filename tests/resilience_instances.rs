@@ -317,7 +317,7 @@ async fn a_lock_table_without_room_keeps_what_is_held_and_takes_the_rest_later()
         return;
     };
     let name = common::unique_name("locks");
-    let _cleanup = DropOn {
+    let _cleanup = common::DatabasesOn {
         server: server.clone(),
         name: name.clone(),
     };
@@ -403,16 +403,4 @@ async fn a_lock_table_without_room_keeps_what_is_held_and_takes_the_rest_later()
     assert_eq!(ownership.owned().len(), BOTS);
     drop(ownership);
     pool.close().await;
-}
-
-/// Drops database `name` on `server` when dropped.
-struct DropOn {
-    server: String,
-    name: String,
-}
-
-impl Drop for DropOn {
-    fn drop(&mut self) {
-        common::drop_databases_named(&self.server, &self.name);
-    }
 }

@@ -116,6 +116,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops, when dropped, database `name` and every database named after it on `server` (a
+/// server other than the test server; [`TestDb`] cleans up its own).
+pub struct DatabasesOn {
+    pub server: String,
+    pub name: String,
+}
+
+impl Drop for DatabasesOn {
+    fn drop(&mut self) {
+        drop_databases_named(&self.server, &self.name);
+    }
+}
+
 /// Drops database `name` and every database whose name starts with `name` and `_` on
 /// `server` (a URL without database); quietly does nothing when the server does not answer.
 /// Runs outside async context (in `Drop`): a private runtime on a helper thread.
