@@ -220,6 +220,17 @@ pub enum BudgetSizeError {
     Settings(#[from] crate::settings::ConfigError),
 }
 
+/// How a start's quick check of its database gets its connection
+/// ([`BotDbTarget::make_current_within`]).
+#[derive(Debug)]
+pub enum CheckTurn {
+    /// In a check turn ([`ConnectionBudget::check_turn`], held until the check is done),
+    /// acquiring as a provisioning: running bots are served first.
+    Turn(budget::ProvisionTurn),
+    /// At once, acquiring as a running bot: the bot has an update to answer.
+    Urgent,
+}
+
 /// Where one bot's database lives.
 #[derive(Clone)]
 pub struct BotDbTarget {
@@ -636,14 +647,40 @@ impl BotDbTarget {
         budget: &ConnectionBudget,
         max_connections: u32,
     ) -> Result<(bool, BotPool), BotDbError> {
-        let pool = budget.database(self.options.clone(), max_connections);
-        match self.is_current_within(budget, &pool).await {
-            Ok(true) => return Ok((false, pool)),
-            Ok(false) => {}
+        let pool = self.pool_within(budget, max_connections);
+        let checked = async {
+            let turn = CheckTurn::Turn(budget.check_turn().await?);
+            self.make_current_within(budget, &pool, turn).await
+        };
+        match checked.await {
+            Ok(created) => Ok((created, pool)),
             Err(e) => {
                 pool.close().await;
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// The bot's pool on `budget`, not yet checked: no connection is opened. A deferred start
+    /// ([`crate::runtime`]) makes the database current with [`Self::make_current_within`]
+    /// before anything reads it.
+    pub fn pool_within(&self, budget: &ConnectionBudget, max_connections: u32) -> BotPool {
+        budget.database(self.options.clone(), max_connections)
+    }
+
+    /// The work of [`Self::provision_within`] on a pool made by [`Self::pool_within`]: the
+    /// quick check (in its turn, or — [`CheckTurn::Urgent`] — at once, acquiring as a running
+    /// bot), then, if the database is missing or behind, creating and migrating it in a
+    /// provisioning turn. Returns whether the database was created; the pool is left open
+    /// either way (the caller closes it).
+    pub async fn make_current_within(
+        &self,
+        budget: &ConnectionBudget,
+        pool: &BotPool,
+        turn: CheckTurn,
+    ) -> Result<bool, BotDbError> {
+        if self.is_current_within(pool, turn).await? {
+            return Ok(false);
         }
         let turn = budget.provision_turn().await?;
         let maintenance = budget.database(self.maintenance.clone(), 1);
@@ -653,19 +690,12 @@ impl BotDbTarget {
         }
         .await;
         maintenance.close().await;
-        let created = match created {
-            Ok(created) => created,
-            Err(e) => {
-                pool.close().await;
-                return Err(e);
-            }
-        };
+        let created = created?;
         let mut conn = pool.acquire_for_provisioning(&turn).await?;
         match schema::apply_on(&schema::BOT, &mut conn).await {
-            Ok(()) => Ok((created, pool)),
+            Ok(()) => Ok(created),
             Err(source) => {
                 conn.discard();
-                pool.close().await;
                 Err(BotDbError::Migrate {
                     database: self.database.clone(),
                     source,
@@ -675,16 +705,15 @@ impl BotDbTarget {
     }
 
     /// The quick path of [`Self::provision_within`]: whether the database exists and has
-    /// every migration. A failed connect (the database does not exist yet, most often) or
-    /// query answers `false`, leaving the full path to create, migrate or report; only running
-    /// out of budget time is an error.
-    async fn is_current_within(
-        &self,
-        budget: &ConnectionBudget,
-        pool: &BotPool,
-    ) -> Result<bool, BotDbError> {
-        let turn = budget.check_turn().await?;
-        let mut conn = match pool.acquire_for_provisioning(&turn).await {
+    /// every migration (`turn` is held until the check is done). A failed connect (the
+    /// database does not exist yet, most often) or query answers `false`, leaving the full
+    /// path to create, migrate or report; only running out of budget time is an error.
+    async fn is_current_within(&self, pool: &BotPool, turn: CheckTurn) -> Result<bool, BotDbError> {
+        let acquired = match &turn {
+            CheckTurn::Turn(turn) => pool.acquire_for_provisioning(turn).await,
+            CheckTurn::Urgent => pool.acquire().await,
+        };
+        let mut conn = match acquired {
             Ok(conn) => conn,
             Err(budget::BudgetError::Connect { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),

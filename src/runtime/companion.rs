@@ -6,7 +6,8 @@
 //! - the module jobs: each enabled module's job runs as a task `bot-<id>-<module>`; a reload
 //!   that enables a module starts its job, one that disables it stops it; every job stops
 //!   with the run (and is awaited, so no job outlives its run). A job that fails ends the run
-//!   with that failure, so the control plane restarts the bot with backoff.
+//!   with that failure, so the control plane restarts the bot with backoff. In a deferred
+//!   start the jobs start only once the bot's database is checked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub(super) struct Companion {
     pub outbox: Arc<Notify>,
     /// Where the jobs say what they wait for.
     pub quiet: Arc<Quiet>,
+    /// A deferred start: the jobs start once this is cancelled (the database is checked).
+    pub ready: Option<CancellationToken>,
 }
 
 /// A fingerprint of a command list (a sleeping bot keeps a number, not the list).
@@ -98,9 +101,15 @@ impl Started {
         let stop = self.companion.stop.clone();
         let mut changes = self.companion.snapshot.subscribe();
         changes.mark_unchanged();
+        let ready = self.companion.ready.clone().unwrap_or_default();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                () = ready.cancelled(), if self.companion.ready.is_some() => {
+                    self.companion.ready = None;
+                    let snapshot = self.companion.snapshot.load();
+                    self.align_jobs(&snapshot);
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         break;
@@ -128,6 +137,10 @@ impl Started {
     /// Starts the jobs of modules `snapshot` enables and stops those it disables.
     fn align_jobs(&mut self, snapshot: &Snapshot) {
         let c = &self.companion;
+        if c.ready.as_ref().is_some_and(|r| !r.is_cancelled()) {
+            // A deferred start: the jobs read the database, which is not checked yet.
+            return;
+        }
         for module in c.deps.registry.modules() {
             let name = module.name();
             let enabled = module.enabled(snapshot);

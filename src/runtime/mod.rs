@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod doze;
 pub mod inbox;
 pub mod outbox;
+mod start;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -38,7 +39,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::botdb::ServerBudgets;
-use crate::botdb::budget::{BotPool, BudgetError, KEPT_AT_MOST};
+use crate::botdb::budget::{BotPool, BudgetError};
 use crate::botdb::{BotDbError, BotDbTarget};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{ModuleError, Queued, Quiet, Registry};
@@ -402,51 +403,56 @@ pub async fn run(
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<Ended, RunFailure> {
     let begun = tokio::time::Instant::now();
-    // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the first
-    // `setMyCommands`): the run's future, which lives as long as the bot, then holds none of
-    // them (docs/performance.md, "Idle memory per bot"). The target (744 bytes) lives inside
-    // the step: a local borrowed across an await would stay in the run's state to its end.
-    let provision = Box::pin(async {
+    // Cancelled by the sender after its first load: the start's hold on the database ends.
+    let loaded = CancellationToken::new();
+    let (db, deferred) = if spec.webhook.is_none() {
+        // Polling: the database is checked beside the first long poll ([`start`]). No await
+        // in this block: the target moves into the start, and the run's state keeps none.
         let target = BotDbTarget::resolve_on(
             &deps.settings,
             spec.id,
             spec.db_server.as_deref(),
             spec.database.as_deref(),
         )?;
-        let (created, db) = target
-            .provision_within(
-                deps.budgets.for_server(&target.server_key),
-                deps.settings.bot_database.max_connections_per_bot,
-            )
-            .await?;
-        if created {
-            tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
-        }
-        Ok::<_, BotDbError>(db)
-    });
-    let db = tokio::select! {
-        () = stop.cancelled() => return Ok(Ended::Stopped),
-        r = provision => r?,
+        let budget = deps.budgets.for_server(&target.server_key).clone();
+        let db = target.pool_within(&budget, deps.settings.bot_database.max_connections_per_bot);
+        let deferred =
+            start::DeferredStart::new(spec.id, target, budget, db.clone(), loaded.clone());
+        (db, Some(deferred))
+    } else {
+        // Boxed, as every step that is over once the bot runs (the migrations, `getMe`, the
+        // first `setMyCommands`): the run's future, which lives as long as the bot, then
+        // holds none of them (docs/performance.md, "Idle memory per bot"). The target (744
+        // bytes) lives inside the step: a local borrowed across an await would stay in the
+        // run's state to its end.
+        let provision = Box::pin(async {
+            let target = BotDbTarget::resolve_on(
+                &deps.settings,
+                spec.id,
+                spec.db_server.as_deref(),
+                spec.database.as_deref(),
+            )?;
+            let (created, db) = target
+                .provision_within(
+                    deps.budgets.for_server(&target.server_key),
+                    deps.settings.bot_database.max_connections_per_bot,
+                )
+                .await?;
+            if created {
+                tracing::info!(bot_id = spec.id, database = %target.database, "bot database created");
+            }
+            Ok::<_, BotDbError>(db)
+        });
+        let db = tokio::select! {
+            () = stop.cancelled() => return Ok(Ended::Stopped),
+            r = provision => r?,
+        };
+        // The start's reads share the check's connection (docs/performance.md, "Cold start
+        // of 1,000 bots").
+        start::hold_for_start(&deps.tasks, spec.id, &db, &loaded, &stop);
+        (db, None)
     };
     let provisioned = begun.elapsed();
-    // The start's reads share the check's connection (docs/performance.md, "Cold start of
-    // 1,000 bots"): the hold lasts until the sender loaded the outbox, the last of them, and
-    // never longer than `KEPT_AT_MOST` (a long first pass of a job must not leave the bot one
-    // connection for long), or until the run ends.
-    let start_hold = db.hold_start();
-    let loaded = CancellationToken::new();
-    {
-        let (loaded, stop) = (loaded.clone(), stop.clone());
-        deps.tasks
-            .spawn(format!("bot-{}-start-hold", spec.id), async move {
-                tokio::select! {
-                    () = loaded.cancelled() => {}
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(KEPT_AT_MOST) => {}
-                }
-                drop(start_hold);
-            });
-    }
     let on_running = async move |username: &str| {
         // What each step of a start took (`botvisor::runtime=debug`; docs/performance.md,
         // "Cold start of 1,000 bots").
@@ -465,7 +471,7 @@ pub async fn run(
         spec,
         parts,
         stop,
-        (db.clone(), loaded.drop_guard()),
+        (db.clone(), loaded.drop_guard(), deferred),
         on_running,
     )
     .await;
@@ -478,7 +484,11 @@ async fn dispatch_run(
     spec: &BotSpec,
     parts: RunParts,
     stop: CancellationToken,
-    (db, start_done): (BotPool, tokio_util::sync::DropGuard),
+    (db, start_done, deferred): (
+        BotPool,
+        tokio_util::sync::DropGuard,
+        Option<start::DeferredStart>,
+    ),
     on_running: impl AsyncFnOnce(&str),
 ) -> Result<Ended, RunFailure> {
     let bot = deps.api.bot(&spec.token);
@@ -529,10 +539,16 @@ async fn dispatch_run(
         stop: run_stop.clone(),
         outbox: Arc::clone(&outbox_wake),
         quiet: Arc::clone(&quiet),
+        ready: deferred.as_ref().map(|d| d.signals().ready),
     };
-    // Commands are registered before the bot reports itself running.
+    // Commands are registered before the bot reports itself running; a deferred start
+    // reports it once its database is checked (`starting` below).
     let companion = Box::pin(companion.start(registered)).await;
-    if !resumed {
+    let mut on_running = Some(on_running);
+    if !resumed
+        && deferred.is_none()
+        && let Some(on_running) = on_running.take()
+    {
         Box::pin(on_running(&username)).await;
     }
 
@@ -557,6 +573,7 @@ async fn dispatch_run(
             registry: deps.registry.clone(),
             health: parts.health,
             webhook: webhook_ready,
+            deferred: deferred.as_ref().map(start::DeferredStart::signals),
         },
         run_stop.clone(),
         failures.clone(),
@@ -619,6 +636,7 @@ async fn dispatch_run(
         _ => None,
     };
     let (parts_activity, parts_doorbell) = (parts.activity, parts.doorbell);
+    let (failures_for_start, wakes_for_start) = (failures.clone(), parts.wakes.clone());
     let context = Arc::new(BotContext {
         bot_id: spec.id,
         telegram_id,
@@ -693,7 +711,20 @@ async fn dispatch_run(
         drain.cancel();
         kept
     };
-    let (kept, commands, (), asleep) = tokio::join!(dispatch, following, sending, dozing);
+    // A deferred start's check, then the report that the bot runs.
+    let starting = Box::pin({
+        let (stop, failures, wakes) = (run_stop.clone(), failures_for_start, wakes_for_start);
+        async move {
+            let Some(deferred) = deferred else { return };
+            if deferred.run(&deps.tasks, &wakes, stop, failures).await
+                && let (false, Some(on_running)) = (resumed, on_running)
+            {
+                on_running(&username).await;
+            }
+        }
+    });
+    let (kept, commands, (), asleep, ()) =
+        tokio::join!(dispatch, following, sending, dozing, starting);
     match (failed.take(), asleep) {
         (None, Some(asleep)) if !stop.is_cancelled() => Ok(Ended::Dormant(Dormancy {
             until: asleep.until,

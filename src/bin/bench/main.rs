@@ -78,6 +78,10 @@ const PROBE_CHAT: i64 = 900_000;
 /// The first chat of the reload phase; every attempt talks in a chat of its own, so the chat's
 /// sending limit never holds a reply back.
 const RELOAD_CHAT: i64 = 910_000;
+/// The chat of the first messages after a cold start.
+const COLD_PROBE_CHAT: i64 = 920_000;
+/// How many bots get a message right after a cold start.
+const COLD_PROBES: usize = 16;
 /// The first chat of the rate-limit phases.
 const LIMITS_CHAT: i64 = 800_000;
 /// Least time between two messages of one traffic chat in the closed loop: above the sender's
@@ -361,11 +365,18 @@ struct Figures {
     reload_p95_ms: Option<f64>,
     cold_start_s: Option<f64>,
     cold_start_bots: usize,
-    /// Connections the daemon opened to bot databases during the cold start and the 11 s
-    /// after it, per bot (sessions counted by PostgreSQL in `pg_stat_database`).
+    /// Connections the daemon opened to bot databases from the start until 11 s after every
+    /// bot ran again, per bot (sessions counted by PostgreSQL in `pg_stat_database`).
     cold_start_connects_per_bot: Option<f64>,
     /// Where the machine's CPU went during the cold start.
     cold_start_cpu: Option<String>,
+    /// From the start until every bot reported itself running again (its database checked:
+    /// a polling bot's check follows its first poll, docs/architecture.md "Deferred start").
+    cold_start_running_s: Option<f64>,
+    /// `/start` sent to [`COLD_PROBES`] bots spread over the fleet once every bot polls:
+    /// until each answered.
+    cold_start_answer_p50_ms: Option<f64>,
+    cold_start_answer_max_ms: Option<f64>,
     stop_s: Option<f64>,
     drained: Option<bool>,
     /// The `--instances` figures.
@@ -410,6 +421,9 @@ impl Figures {
             "reload_p95_ms": r(self.reload_p95_ms, 1),
             "cold_start_s": r(self.cold_start_s, 3),
             "cold_start_connects_per_bot": r(self.cold_start_connects_per_bot, 2),
+            "cold_start_running_s": r(self.cold_start_running_s, 3),
+            "cold_start_answer_p50_ms": r(self.cold_start_answer_p50_ms, 1),
+            "cold_start_answer_max_ms": r(self.cold_start_answer_max_ms, 1),
         })
     }
 
@@ -577,6 +591,22 @@ impl Figures {
                     None => "not measured".into(),
                 },
                 "<= 5 s for 1000",
+            ),
+            (
+                "  every bot running again".into(),
+                match self.cold_start_running_s {
+                    Some(s) => format!("{s:.2} s"),
+                    None => "not measured".into(),
+                },
+                "",
+            ),
+            (
+                format!("  first answer, {COLD_PROBES} bots"),
+                match (self.cold_start_answer_p50_ms, self.cold_start_answer_max_ms) {
+                    (Some(p50), Some(max)) => format!("p50 {p50:.1} ms, max {max:.1} ms"),
+                    _ => "not measured".into(),
+                },
+                "",
             ),
             (
                 "  connections per bot in it".into(),
@@ -1218,6 +1248,38 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
                 .describe(),
         );
         fig.cold_start_bots = all_tokens.len();
+        // Every bot polls: a few of them get a message at once (their checks, if still queued,
+        // go ahead), while the rest of the checks go on; then until every bot runs again.
+        let probes: Vec<&String> = all_tokens
+            .iter()
+            .step_by((all_tokens.len() / COLD_PROBES).max(1))
+            .take(COLD_PROBES)
+            .collect();
+        let asked = Instant::now();
+        for t in &probes {
+            world.say(t, COLD_PROBE_CHAT, "/start")?;
+        }
+        let answers = futures::future::try_join_all(probes.iter().map(|t| async {
+            world
+                .next_message(t, COLD_PROBE_CHAT, 0, REPLY_TIMEOUT)
+                .await?
+                .context("a bot did not answer its first message after the cold start")?;
+            anyhow::Ok(ms(asked.elapsed()))
+        }));
+        let running = async {
+            while world.running().await? < all_tokens.len() {
+                if t0.elapsed() > limit {
+                    bail!("cold start: not every bot running after {limit:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(t0.elapsed().as_secs_f64())
+        };
+        let (answers, running) = tokio::try_join!(answers, running)?;
+        let answers = sorted(answers);
+        fig.cold_start_answer_p50_ms = percentile(&answers, 50.0);
+        fig.cold_start_answer_max_ms = answers.last().copied();
+        fig.cold_start_running_s = Some(running);
         let sessions = panel.bot_sessions(true).await? - sessions_before;
         fig.cold_start_connects_per_bot = Some(sessions as f64 / all_tokens.len() as f64);
     }

@@ -49,7 +49,7 @@ use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::Registry;
-use crate::telegram::{TelegramApi, TelegramError};
+use crate::telegram::{RawUpdate, TelegramApi, TelegramError};
 use crate::telemetry::metrics::{self, PoisonedAt};
 use crate::token::BotToken;
 
@@ -98,6 +98,20 @@ pub struct DurableListener {
     webhook: Option<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Inside a burst of 409 answers (logged once; cleared by the next successful fetch).
     conflicting: bool,
+    /// A deferred start whose database is not checked yet: poll, read nothing.
+    deferred: Option<Deferred>,
+}
+
+/// A polling bot's deferred start, as its listener sees it (docs/architecture.md, "Deferred
+/// start"): the listener polls before the bot's database is checked, and reads or stores
+/// nothing until it is.
+#[derive(Debug, Clone, Default)]
+pub struct Deferred {
+    /// Cancelled once the database is checked (and created or migrated if it had to be).
+    pub ready: CancellationToken,
+    /// Cancelled by the listener when a poll brought updates before `ready`: the check
+    /// then goes ahead of the queue.
+    pub urgent: CancellationToken,
 }
 
 /// What a listener works with.
@@ -129,6 +143,8 @@ pub struct ListenerParts {
     /// Webhook mode: never poll; send `()` here once the replay is handed on (the webhook
     /// entrance opens then).
     pub webhook: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A deferred start: poll at once, touch the database only once it is checked.
+    pub deferred: Option<Deferred>,
 }
 
 impl DurableListener {
@@ -158,6 +174,7 @@ impl DurableListener {
             failing: 0,
             webhook: parts.webhook.map(Some),
             conflicting: false,
+            deferred: parts.deferred,
         }
     }
 
@@ -187,7 +204,10 @@ impl DurableListener {
             // between them (a webhook-mode listener waits in `webhook_idle` for an hour) holds
             // only the wait, not the largest step's future (docs/performance.md, "Idle memory
             // per bot").
-            let step = if let Some(after) = self.replayed_up_to {
+            let step = if let Some(deferred) = &self.deferred {
+                let deferred = deferred.clone();
+                Box::pin(self.poll_before_ready(deferred)).await
+            } else if let Some(after) = self.replayed_up_to {
                 let read = Box::pin(self.replay_page(after)).await;
                 self.first_read.cancel();
                 read
@@ -279,12 +299,55 @@ impl DurableListener {
         Ok(())
     }
 
+    /// A deferred start's first step: a long poll while the database waits for its check.
+    /// Once the check is done the poll is dropped (it carried no offset, so Telegram keeps
+    /// whatever it was about to bring) and the listener goes on as any: replay, then poll.
+    /// A poll that brings updates first makes the check urgent, waits for it, replays what
+    /// an earlier run left, and only then stores the new batch, so the order of a chat's
+    /// updates holds (test `deferred_start::*`).
+    async fn poll_before_ready(&mut self, deferred: Deferred) -> Result<(), StepError> {
+        let fetched = tokio::select! {
+            () = deferred.ready.cancelled() => None,
+            fetched = self.fetch() => match fetched? {
+                Some(raw) => Some(raw),
+                // Stopped, or an empty poll: poll again.
+                None => return Ok(()),
+            },
+        };
+        let Some(raw) = fetched else {
+            self.deferred = None;
+            return Ok(());
+        };
+        deferred.urgent.cancel();
+        tokio::select! {
+            // Neither stored nor confirmed: the next poller gets these again.
+            () = self.stop.cancelled() => return Ok(()),
+            () = deferred.ready.cancelled() => {}
+        }
+        self.deferred = None;
+        while let Some(after) = self.replayed_up_to {
+            let read = Box::pin(self.replay_page(after)).await;
+            self.first_read.cancel();
+            read?;
+        }
+        self.store_fetched(raw).await
+    }
+
     /// One getUpdates call: a long poll without an offset, or — right after a batch was
     /// stored — a short call with the offset that confirms it (and may bring the next batch).
     ///
     /// Long polls carry no offset so that a restart of the update ids can never make Telegram
     /// drop new updates as "confirmed": only ids we have just been given are ever confirmed.
     async fn fetch_batch(&mut self) -> Result<(), StepError> {
+        match self.fetch().await? {
+            Some(raw) => self.store_fetched(raw).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The call of [`Self::fetch_batch`]: what it brought (`None`: nothing, or the run
+    /// stopped).
+    async fn fetch(&mut self) -> Result<Option<Vec<RawUpdate>>, StepError> {
         let allowed = self.allowed_updates();
         let (offset, timeout) = match self.to_confirm {
             Some(offset) => (Some(offset), Duration::ZERO),
@@ -295,7 +358,7 @@ impl DurableListener {
             .api
             .get_updates(&self.token, offset, BATCH_LIMIT, timeout, &allowed);
         let raw = tokio::select! {
-            () = self.stop.cancelled() => return Ok(()),
+            () = self.stop.cancelled() => return Ok(None),
             r = fetch => r,
         };
         let raw = match raw {
@@ -307,7 +370,7 @@ impl DurableListener {
                     TelegramError::Unauthorized => StepError::Fatal(RunFailure::Unauthorized),
                     // A webhook is set (the bot was in webhook mode): delete it, then poll.
                     TelegramError::Conflict(d) if d.contains("webhook") => {
-                        return self.delete_webhook().await;
+                        return self.delete_webhook().await.map(|()| None);
                     }
                     TelegramError::RetryAfter(wait) => {
                         metrics::rate_limited(self.bot_id, "getUpdates", wait);
@@ -340,8 +403,13 @@ impl DurableListener {
                 // never poll again without a pause.
                 return Err(self.stall());
             }
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some(raw))
+    }
+
+    /// Stores what [`Self::fetch`] brought and buffers the updates stored anew.
+    async fn store_fetched(&mut self, raw: Vec<RawUpdate>) -> Result<(), StepError> {
         let mut rows = Vec::with_capacity(raw.len());
         let mut parsed = Vec::with_capacity(raw.len());
         let mut max_id: Option<i64> = None;

@@ -90,7 +90,9 @@ pub struct Sender {
     /// Cancelled when the processor has stopped: deliver pending replies, then end.
     pub drain: CancellationToken,
     /// Cancelled once the intake read its first page of stored updates: the first load of
-    /// the outbox follows it (one connection for a starting bot's first reads).
+    /// the outbox follows it (one connection for a starting bot's first reads). A run that
+    /// drains before it (stopped during a deferred start, its database never read) leaves
+    /// the outbox to the next run.
     pub after: CancellationToken,
     /// Dropped after the first load (the last of a start's reads): the start's hold on the
     /// bot's database ends then ([`crate::botdb::budget::StartHold`]).
@@ -124,8 +126,9 @@ impl Sender {
     /// Delivers until stopped (see the module docs).
     pub async fn run(mut self) {
         tokio::select! {
+            biased;
             () = self.after.cancelled() => {}
-            () = self.drain.cancelled() => {}
+            () = self.drain.cancelled() => return,
             () = self.stop.cancelled() => return,
         }
         // Created with the first rate-limited send: an idle bot holds none (two keyed
