@@ -28,6 +28,16 @@ async fn check_blocked(h: &Harness, database: &str) -> bool {
     waiting > 0
 }
 
+/// Backends of `database` other than `mine`.
+async fn sessions_but(h: &Harness, database: &str, mine: i32) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> $2")
+        .bind(database)
+        .bind(mine)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap()
+}
+
 async fn state(h: &Harness, id: i64) -> String {
     store::get_status(&h.pool, id)
         .await
@@ -77,6 +87,10 @@ async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
     botdb_store::store_batch(&mut conn, telegram_id, &[leftover], None)
         .await
         .unwrap();
+    let mine: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     // The start's check reads the migrations table: hold it.
     let mut lock = conn.begin().await.unwrap();
     sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
@@ -116,6 +130,11 @@ async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
     h.wait_state(b, "running").await;
     assert!(check_blocked(&h, &a_db).await, "bot a's check still waits");
     assert_ne!(state(&h, a).await, "running");
+    assert_eq!(
+        sessions_but(&h, &a_db, mine).await,
+        1,
+        "nothing of bot a but its check has touched its database (no job, no sender load)"
+    );
 
     // Bot a gets an update while blocked; once the lock goes, it answers what the earlier
     // run left and the new update, and reports itself running.
@@ -175,19 +194,8 @@ async fn a_bot_stopped_before_its_check_ends_without_touching_its_database() {
     // The abandoned check's connection was closed with the run: its backend ends once the
     // lock lets it notice (a backend waiting for a lock does not read its socket).
     lock.rollback().await.unwrap();
-    let sessions = || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> $2",
-        )
-        .bind(&a_db)
-        .bind(backend_pid)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        n
-    };
     eventually(DEADLINE, "no connection of the daemon left", || async {
-        (sessions().await == 0).then_some(())
+        (sessions_but(&h, &a_db, backend_pid).await == 0).then_some(())
     })
     .await;
     conn.close().await.unwrap();

@@ -112,3 +112,126 @@ async fn the_owner_writes_each_bots_traffic_to_its_status() {
     );
     h.stop().await;
 }
+
+/// A panel database with `n` disabled bots (ids returned) and a pool of `max` connections
+/// whose statements time out after `timeout_ms`.
+async fn status_panel(
+    n: u64,
+    max: u32,
+    timeout_ms: u32,
+) -> (common::TestDb, sqlx::PgPool, Vec<i64>) {
+    use botvisor::panel::store::NewBot;
+    let panel = common::TestDb::create("bvt_status").await;
+    botvisor::schema::apply(&botvisor::schema::PANEL, &panel.url.parse().unwrap())
+        .await
+        .unwrap();
+    let setup = panel.pool().await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let token = botvisor::token::BotToken::parse(&common::token(920_000 + i)).unwrap();
+        let manifest = botvisor::content::manifest::Manifest::default();
+        let bot = NewBot {
+            name: &format!("status{i}"),
+            token: &token,
+            enabled: false,
+            database: None,
+            manifest: &manifest,
+        };
+        ids.push(store::add_bot(&setup, &panel.keys(), &bot).await.unwrap());
+    }
+    setup.close().await;
+    let options: sqlx::postgres::PgConnectOptions = panel.url.parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options.options([("statement_timeout", timeout_ms.to_string())]))
+        .await
+        .unwrap();
+    (panel, pool, ids)
+}
+
+async fn states(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM bot_status GROUP BY state")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// A cold start of many bots writes two states each within moments: they go out batched
+/// (a statement per write timed out on the panel pool, and bots ran shown `starting`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_of_many_bots_at_once_are_all_written() {
+    use botvisor::control::status::{BotState, StatusBatch, StatusReporter};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (_panel, pool, ids) = status_panel(400, 1, 10_000).await;
+    let tasks = botvisor::tasks::Tasks::new(tokio_util::sync::CancellationToken::new());
+    let batch = StatusBatch::new(pool.clone(), "test".into(), tasks);
+    let writes = ids.iter().map(|&id| {
+        let reporter = StatusReporter::new(Arc::clone(&batch), id, Arc::new(AtomicBool::new(true)));
+        async move {
+            reporter.set(BotState::Starting, "", None, true).await;
+            reporter
+                .set(BotState::Running, "", Some("status_bot"), false)
+                .await;
+        }
+    });
+    futures::future::join_all(writes).await;
+    assert_eq!(states(&pool).await, [("running".to_string(), 400)].into());
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bot_status WHERE started_at IS NOT NULL \
+         AND telegram_username = 'status_bot'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(started, 400, "each row has its run's start and username");
+}
+
+/// A state write that fails (the panel is locked, or away) is written again later, without
+/// another change of the bot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_write_is_written_later() {
+    use botvisor::control::status::{BotState, StatusBatch, StatusReporter};
+    use sqlx::Connection;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let (panel, pool, ids) = status_panel(2, 2, 300).await;
+    let tasks = botvisor::tasks::Tasks::new(tokio_util::sync::CancellationToken::new());
+    let batch = StatusBatch::new(pool.clone(), "test".into(), tasks);
+    let reporter =
+        |id| StatusReporter::new(Arc::clone(&batch), id, Arc::new(AtomicBool::new(true)));
+    reporter(ids[0])
+        .set(BotState::Starting, "", None, true)
+        .await;
+
+    let mut conn = sqlx::PgConnection::connect(&panel.url).await.unwrap();
+    let mut lock = conn.begin().await.unwrap();
+    sqlx::query("LOCK TABLE bot_status IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // Both writes fail behind the lock (statement timeout): they are kept.
+    reporter(ids[0])
+        .set(BotState::Running, "", None, false)
+        .await;
+    reporter(ids[1])
+        .set(BotState::Failed, "no database", None, true)
+        .await;
+    lock.rollback().await.unwrap();
+    conn.close().await.unwrap();
+
+    common::eventually(DEADLINE, "both states written by the retry", || async {
+        let s = states(&pool).await;
+        (s == [("running".to_string(), 1), ("failed".to_string(), 1)].into()).then_some(())
+    })
+    .await;
+    let detail: String = sqlx::query_scalar("SELECT detail FROM bot_status WHERE bot_id = $1")
+        .bind(ids[1])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(detail, "no database");
+}

@@ -62,7 +62,7 @@ use crate::telemetry::metrics;
 use crate::token::BotToken;
 use plan::{Action, Asked, Desired, Running, Scope};
 use slot::Slot;
-use status::{BotState, StatusReporter};
+use status::{BotState, StatusBatch, StatusReporter};
 
 /// How long to keep collecting notifications after the first one before reconciling.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -298,6 +298,8 @@ pub struct Supervisor {
     heartbeat: tokio::sync::watch::Sender<tokio::time::Instant>,
     /// What the per-bot state gauges say, and when they were last refreshed.
     gauges: StateGauges,
+    /// Every bot's state writes, batched.
+    statuses: Arc<StatusBatch>,
 }
 
 /// The per-bot state gauges as last exported ([`metrics::bot_state`]).
@@ -322,7 +324,9 @@ impl Supervisor {
         let instance: Arc<str> = deps.settings.instance_name().into();
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let deps_panel = panel.clone();
+        let statuses = StatusBatch::new(panel.clone(), Arc::clone(&instance), tasks.clone());
         Self {
+            statuses,
             reload_tx,
             reload_rx,
             heartbeat: tokio::sync::watch::channel(tokio::time::Instant::now()).0,
@@ -847,7 +851,7 @@ impl Supervisor {
     /// A status writer for bot `id` that writes while `writing` is set (this instance owns
     /// the bot).
     fn status(&self, id: i64, writing: Arc<AtomicBool>) -> StatusReporter {
-        StatusReporter::new(self.panel.clone(), Arc::clone(&self.instance), id, writing)
+        StatusReporter::new(Arc::clone(&self.statuses), id, writing)
     }
 
     /// Hands a changed row to its slot; a token or database change restarts the run there,

@@ -3,13 +3,30 @@
 //! Only the instance that owns a bot writes its row: each slot's reporter has its own flag,
 //! switched off when the instance fences (its control connection, and so its lock, is gone)
 //! or finds another instance holding the bot; then it writes nothing.
+//!
+//! State writes of all bots go through one [`StatusBatch`]: the writes that wait while one
+//! statement is under way go out together in the next (`store::upsert_statuses`), and a
+//! write that failed is kept and written again — with the next write of any bot, or by a
+//! retry task — unless a later state of the same bot replaced it. A cold start of 1,000 bots
+//! makes 2,000 state writes within seconds; one statement each timed out on the panel pool
+//! and left bots shown `starting` while they ran (test
+//! `status_writes_of_many_bots_at_once_are_all_written`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
 use crate::panel::store::{self, StatusUpdate};
+use crate::tasks::Tasks;
+
+/// First wait before a failed state write is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of failed state writes.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What a bot is doing, as `bot_status.state` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,22 +80,198 @@ impl std::fmt::Display for BotState {
     }
 }
 
+/// The state writes of every bot of this process (see the module docs).
+pub struct StatusBatch {
+    panel: PgPool,
+    instance: Arc<str>,
+    tasks: Tasks,
+    pending: std::sync::Mutex<Pending>,
+    /// Held by the one write under way.
+    turn: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    rows: HashMap<i64, Row>,
+    next: u64,
+    /// A retry task is scheduled.
+    retrying: bool,
+}
+
+/// A bot's state not written yet.
+struct Row {
+    /// Which submission it is (a later one of the same bot replaces it).
+    seq: u64,
+    state: BotState,
+    detail: String,
+    username: Option<String>,
+    started: bool,
+    writing: Arc<AtomicBool>,
+}
+
+/// What became of a submitted state.
+enum Outcome {
+    /// Written (or dropped: the instance no longer owns the bot).
+    Written,
+    /// A later state of the same bot replaced it; that one's writer reports.
+    Replaced,
+    /// The write failed; it is kept and tried again.
+    Failed(crate::panel::PanelError),
+    /// Kept for the retry task, which is already waiting to write after a failure.
+    Kept,
+}
+
+impl StatusBatch {
+    /// The batch of `instance`'s state writes to `panel`; retries run in `tasks`.
+    pub fn new(panel: PgPool, instance: Arc<str>, tasks: Tasks) -> Arc<Self> {
+        Arc::new(Self {
+            panel,
+            instance,
+            tasks,
+            pending: std::sync::Mutex::new(Pending::default()),
+            turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `row` for `bot_id`, merged into a state of the same bot not written yet (the
+    /// later state wins; a run start and a known username are kept); returns its number.
+    fn submit(&self, bot_id: i64, mut row: Row) -> u64 {
+        let mut pending = self.pending();
+        pending.next += 1;
+        row.seq = pending.next;
+        if let Some(old) = pending.rows.remove(&bot_id) {
+            row.started |= old.started;
+            row.username = row.username.or(old.username);
+        }
+        let seq = row.seq;
+        pending.rows.insert(bot_id, row);
+        seq
+    }
+
+    /// Waits for the write that carries submission `seq` of `bot_id`: the one under way
+    /// finishes, then whoever comes next writes everything pending in one statement.
+    async fn written(self: &Arc<Self>, bot_id: i64, seq: u64) -> Outcome {
+        let _turn = self.turn.lock().await;
+        {
+            let pending = self.pending();
+            match pending.rows.get(&bot_id) {
+                None => return Outcome::Written,
+                Some(row) if row.seq != seq => return Outcome::Replaced,
+                // A write failed a moment ago: the retry task writes this one with the rest,
+                // rather than every waiting bot paying the panel's timeout in turn.
+                Some(_) if pending.retrying => return Outcome::Kept,
+                Some(_) => {}
+            }
+        }
+        match self.write_pending().await {
+            Ok(()) => Outcome::Written,
+            Err(e) => {
+                self.retry_later();
+                Outcome::Failed(e)
+            }
+        }
+    }
+
+    /// Writes every pending state in one statement (call with the turn held); on failure
+    /// they are pending again, unless a later state of the same bot came meanwhile.
+    async fn write_pending(&self) -> Result<(), crate::panel::PanelError> {
+        let rows: Vec<(i64, Row)> = self
+            .pending()
+            .rows
+            .drain()
+            .filter(|(_, row)| row.writing.load(Ordering::Acquire))
+            .collect();
+        let updates: Vec<StatusUpdate<'_>> = rows
+            .iter()
+            .map(|(bot_id, row)| StatusUpdate {
+                bot_id: *bot_id,
+                instance: &self.instance,
+                state: row.state.as_str(),
+                detail: &row.detail,
+                telegram_username: row.username.as_deref(),
+                started: row.started,
+            })
+            .collect();
+        let written = Box::pin(store::upsert_statuses(&self.panel, &updates)).await;
+        drop(updates);
+        if written.is_err() {
+            let mut pending = self.pending();
+            for (bot_id, old) in rows {
+                match pending.rows.get_mut(&bot_id) {
+                    Some(newer) => {
+                        newer.started |= old.started;
+                        if newer.username.is_none() {
+                            newer.username = old.username;
+                        }
+                    }
+                    None => {
+                        pending.rows.insert(bot_id, old);
+                    }
+                }
+            }
+        }
+        written
+    }
+
+    /// Schedules one task that writes what failed, with a growing pause, until it is
+    /// written (or replaced and written by its bot's next write) or the daemon stops.
+    fn retry_later(self: &Arc<Self>) {
+        {
+            let mut pending = self.pending();
+            if pending.retrying {
+                return;
+            }
+            pending.retrying = true;
+        }
+        let batch = Arc::clone(self);
+        let shutdown = self.tasks.shutdown_token();
+        self.tasks.spawn("bot-status-retry", async move {
+            let mut wait = RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let _turn = batch.turn.lock().await;
+                if batch.pending().rows.is_empty() {
+                    break;
+                }
+                match batch.write_pending().await {
+                    Ok(()) => {
+                        tracing::info!("bot states written after an earlier failure");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "cannot write bot states");
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            batch.pending().retrying = false;
+        });
+    }
+}
+
 /// Writes a bot's status rows; failures to write are logged, never fatal.
 #[derive(Clone)]
 pub struct StatusReporter {
     panel: PgPool,
-    instance: Arc<str>,
+    batch: Arc<StatusBatch>,
     bot_id: i64,
     writing: Arc<AtomicBool>,
 }
 
 impl StatusReporter {
-    /// A reporter for `bot_id`; it writes only while `writing` is set (this instance owns
-    /// the bot).
-    pub fn new(panel: PgPool, instance: Arc<str>, bot_id: i64, writing: Arc<AtomicBool>) -> Self {
+    /// A reporter for `bot_id` whose state writes go through `batch`; it writes only while
+    /// `writing` is set (this instance owns the bot).
+    pub fn new(batch: Arc<StatusBatch>, bot_id: i64, writing: Arc<AtomicBool>) -> Self {
         Self {
-            panel,
-            instance,
+            panel: batch.panel.clone(),
+            batch,
             bot_id,
             writing,
         }
@@ -123,19 +316,22 @@ impl StatusReporter {
             );
             return;
         }
-        let update = StatusUpdate {
-            bot_id: self.bot_id,
-            instance: &self.instance,
-            state: state.as_str(),
-            detail,
-            telegram_username: username,
-            started,
-        };
-        match Box::pin(store::upsert_status(&self.panel, &update)).await {
-            Ok(()) if detail.is_empty() => {
+        let seq = self.batch.submit(
+            self.bot_id,
+            Row {
+                seq: 0,
+                state,
+                detail: detail.to_owned(),
+                username: username.map(str::to_owned),
+                started,
+                writing: Arc::clone(&self.writing),
+            },
+        );
+        match Box::pin(self.batch.written(self.bot_id, seq)).await {
+            Outcome::Written if detail.is_empty() => {
                 tracing::info!(bot_id = self.bot_id, state = state.as_str(), "bot status")
             }
-            Ok(()) => {
+            Outcome::Written => {
                 tracing::info!(
                     bot_id = self.bot_id,
                     state = state.as_str(),
@@ -143,8 +339,14 @@ impl StatusReporter {
                     "bot status"
                 )
             }
-            Err(e) => {
-                tracing::warn!(bot_id = self.bot_id, state = state.as_str(), error = %e, "cannot write bot status")
+            Outcome::Replaced => {}
+            Outcome::Kept => tracing::debug!(
+                bot_id = self.bot_id,
+                state = state.as_str(),
+                "bot status kept for the retry of failed writes"
+            ),
+            Outcome::Failed(e) => {
+                tracing::warn!(bot_id = self.bot_id, state = state.as_str(), error = %e, "cannot write bot status; it is written again later")
             }
         }
     }

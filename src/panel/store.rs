@@ -615,33 +615,60 @@ pub async fn get_status(pool: &PgPool, id: i64) -> Result<Option<BotStatus>, Pan
 
 /// Writes a bot's status; a bot removed meanwhile is silently skipped. Notifies nothing.
 pub async fn upsert_status(pool: &PgPool, s: &StatusUpdate<'_>) -> Result<(), PanelError> {
+    upsert_statuses(pool, std::slice::from_ref(s)).await
+}
+
+/// [`upsert_status`] for several bots in one statement (at most one row per bot: the batch
+/// of `control::status` merges a bot's writes); rows of bots no longer in the panel are
+/// skipped.
+pub async fn upsert_statuses(pool: &PgPool, rows: &[StatusUpdate<'_>]) -> Result<(), PanelError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.bot_id).collect();
+    let instances: Vec<&str> = rows.iter().map(|r| r.instance).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.state).collect();
+    let details: Vec<&str> = rows.iter().map(|r| r.detail).collect();
+    let usernames: Vec<Option<&str>> = rows.iter().map(|r| r.telegram_username).collect();
+    let started: Vec<bool> = rows.iter().map(|r| r.started).collect();
+    // `started_at` is set only for a started row, so `EXCLUDED.started_at IS NOT NULL` is
+    // that row's `started`.
     sqlx::query(
         "INSERT INTO bot_status (bot_id, instance, state, detail, telegram_username, started_at) \
-         SELECT $1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END \
-         WHERE EXISTS (SELECT 1 FROM bots WHERE id = $1) \
+         SELECT u.bot_id, u.instance, u.state, u.detail, u.username, \
+                CASE WHEN u.started THEN now() END \
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[]) \
+              AS u(bot_id, instance, state, detail, username, started) \
+         WHERE EXISTS (SELECT 1 FROM bots WHERE id = u.bot_id) \
          ON CONFLICT (bot_id) DO UPDATE SET \
             instance = EXCLUDED.instance, state = EXCLUDED.state, detail = EXCLUDED.detail, \
             telegram_username = COALESCE(EXCLUDED.telegram_username, \
                                          bot_status.telegram_username), \
-            started_at = CASE WHEN $6 THEN now() ELSE bot_status.started_at END, \
-            webhook_url = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_url END, \
-            webhook_pending_update_count = CASE WHEN $6 THEN NULL \
+            started_at = COALESCE(EXCLUDED.started_at, bot_status.started_at), \
+            webhook_url = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.webhook_url END, \
+            webhook_pending_update_count = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
                 ELSE bot_status.webhook_pending_update_count END, \
-            webhook_last_error_at = CASE WHEN $6 THEN NULL \
+            webhook_last_error_at = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
                 ELSE bot_status.webhook_last_error_at END, \
-            webhook_last_error = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_last_error END, \
-            webhook_checked_at = CASE WHEN $6 THEN NULL ELSE bot_status.webhook_checked_at END, \
-            updates_per_min = CASE WHEN $6 THEN NULL ELSE bot_status.updates_per_min END, \
-            sent_per_min = CASE WHEN $6 THEN NULL ELSE bot_status.sent_per_min END, \
-            traffic_at = CASE WHEN $6 THEN NULL ELSE bot_status.traffic_at END, \
+            webhook_last_error = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.webhook_last_error END, \
+            webhook_checked_at = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.webhook_checked_at END, \
+            updates_per_min = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.updates_per_min END, \
+            sent_per_min = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.sent_per_min END, \
+            traffic_at = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN NULL \
+                ELSE bot_status.traffic_at END, \
             updated_at = now()",
     )
-    .bind(s.bot_id)
-    .bind(s.instance)
-    .bind(s.state)
-    .bind(s.detail)
-    .bind(s.telegram_username)
-    .bind(s.started)
+    .bind(ids)
+    .bind(instances)
+    .bind(states)
+    .bind(details)
+    .bind(usernames)
+    .bind(started)
     .execute(pool)
     .await?;
     Ok(())

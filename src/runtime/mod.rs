@@ -455,7 +455,9 @@ pub async fn run(
     let provisioned = begun.elapsed();
     let on_running = async move |username: &str| {
         // What each step of a start took (`botvisor::runtime=debug`; docs/performance.md,
-        // "Cold start of 1,000 bots").
+        // "Cold start of 1,000 bots"). In a deferred start `provision_ms` is 0 and the
+        // second figure includes the check, logged on its own as `bot start: database
+        // checked`.
         let checked = begun.elapsed();
         on_running(username).await;
         tracing::debug!(
