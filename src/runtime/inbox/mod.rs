@@ -12,6 +12,9 @@
 //!    arithmetic (a later update's offset confirms it);
 //! 4. yield the newly stored updates.
 //!
+//! In a polling run's deferred start ([`Deferred`]) a long poll comes before step 1, while
+//! the bot's database waits for its check; nothing is read or stored until the check is done.
+//!
 //! Two ways lead into the inbox: [`DurableListener`] polls; in webhook mode it only replays
 //! and prunes, and the [`webhook`] entrance stores through the same
 //! `botdb::store::store_batch` and hands on to the same processor. Parsing lives in [`parse`].
