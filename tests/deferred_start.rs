@@ -28,6 +28,23 @@ async fn check_blocked(h: &Harness, database: &str) -> bool {
     waiting > 0
 }
 
+/// Locks the migrations table, which a start's check reads, on `conn` (until the returned
+/// transaction ends); returns `conn`'s backend pid too.
+async fn lock_migrations(
+    conn: &mut sqlx::PgConnection,
+) -> (i32, sqlx::Transaction<'_, sqlx::Postgres>) {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let mut lock = conn.begin().await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    (pid, lock)
+}
+
 /// Backends of `database` other than `mine`.
 async fn sessions_but(h: &Harness, database: &str, mine: i32) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> $2")
@@ -87,16 +104,7 @@ async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
     botdb_store::store_batch(&mut conn, telegram_id, &[leftover], None)
         .await
         .unwrap();
-    let mine: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    // The start's check reads the migrations table: hold it.
-    let mut lock = conn.begin().await.unwrap();
-    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let (mine, lock) = lock_migrations(&mut conn).await;
 
     let polls = |t: &str| h.sandbox.stats().calls(t, "getUpdates");
     let before = polls(&ta);
@@ -164,15 +172,7 @@ async fn a_bot_stopped_before_its_check_ends_without_touching_its_database() {
     let a_db = h.bot_database(a);
     let url = format!("{}/{a_db}", common::server_url());
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let backend_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let mut lock = conn.begin().await.unwrap();
-    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let (backend_pid, lock) = lock_migrations(&mut conn).await;
     let before = h.sandbox.stats().calls(&ta, "getUpdates");
     store::set_enabled(&h.pool, a, true).await.unwrap();
     eventually(

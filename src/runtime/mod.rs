@@ -405,15 +405,18 @@ pub async fn run(
     let begun = tokio::time::Instant::now();
     // Cancelled by the sender after its first load: the start's hold on the database ends.
     let loaded = CancellationToken::new();
-    let (db, deferred) = if spec.webhook.is_none() {
-        // Polling: the database is checked beside the first long poll ([`start`]). No await
-        // in this block: the target moves into the start, and the run's state keeps none.
-        let target = BotDbTarget::resolve_on(
+    let resolve = || {
+        BotDbTarget::resolve_on(
             &deps.settings,
             spec.id,
             spec.db_server.as_deref(),
             spec.database.as_deref(),
-        )?;
+        )
+    };
+    let (db, deferred) = if spec.webhook.is_none() {
+        // Polling: the database is checked beside the first long poll ([`start`]). No await
+        // in this block: the target moves into the start, and the run's state keeps none.
+        let target = resolve()?;
         let budget = deps.budgets.for_server(&target.server_key).clone();
         let db = target.pool_within(&budget, deps.settings.bot_database.max_connections_per_bot);
         let deferred =
@@ -426,12 +429,7 @@ pub async fn run(
         // bytes) lives inside the step: a local borrowed across an await would stay in the
         // run's state to its end.
         let provision = Box::pin(async {
-            let target = BotDbTarget::resolve_on(
-                &deps.settings,
-                spec.id,
-                spec.db_server.as_deref(),
-                spec.database.as_deref(),
-            )?;
+            let target = resolve()?;
             let (created, db) = target
                 .provision_within(
                     deps.budgets.for_server(&target.server_key),
