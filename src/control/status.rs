@@ -237,13 +237,18 @@ impl StatusBatch {
                     () = tokio::time::sleep(wait) => {}
                 }
                 let _turn = batch.turn.lock().await;
-                if batch.pending().rows.is_empty() {
-                    break;
-                }
-                match batch.write_pending().await {
+                let written = if batch.pending().rows.is_empty() {
+                    Ok(())
+                } else {
+                    batch.write_pending().await
+                };
+                match written {
                     Ok(()) => {
                         tracing::info!("bot states written after an earlier failure");
-                        break;
+                        // Still in the turn: a write waiting for it must not find the flag
+                        // set with nobody left to retry.
+                        batch.pending().retrying = false;
+                        return;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?wait, "cannot write bot states");
