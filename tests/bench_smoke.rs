@@ -28,6 +28,8 @@ const KEYS: &[&str] = &[
     "baseline_pg_cpu_us_per_insert",
     "pg_cost_ratio",
     "daemon_cpu_us_per_update",
+    "idle_daemon_cores",
+    "idle_pg_cores",
     "overload_updates_per_s",
     "overload_factor",
     "rate_limited",

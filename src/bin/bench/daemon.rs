@@ -126,9 +126,12 @@ impl Running {
                 command
                     .env_clear()
                     .env("PATH", std::env::var("PATH").unwrap_or_default());
-                // The allocator's options, for experiments (docs/performance.md).
-                if let Ok(conf) = std::env::var(MALLOC_CONF) {
-                    command.env(MALLOC_CONF, conf);
+                // The allocator's options and tokio's worker count, for experiments
+                // (docs/performance.md).
+                for name in [MALLOC_CONF, "TOKIO_WORKER_THREADS"] {
+                    if let Ok(value) = std::env::var(name) {
+                        command.env(name, value);
+                    }
                 }
                 let child = command
                     .envs(env)

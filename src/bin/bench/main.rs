@@ -333,6 +333,9 @@ struct Figures {
     baseline_cpu: Option<String>,
     /// The daemon's CPU µs per update in the first traffic phase.
     daemon_cpu_us_per_update: Option<f64>,
+    /// Every bot running, no traffic: where the CPU went (the fixed cost that the per-update
+    /// figures spread over the replies of their window).
+    idle_cpu: Option<cpu::Usage>,
     /// Throughput of the overload phase.
     overload_updates_per_s: Option<f64>,
     /// Throughput of the first phase run again with the active bots polling
@@ -402,6 +405,8 @@ impl Figures {
             "baseline_pg_cpu_us_per_insert": r(self.baseline_pg_cpu_us_per_insert, 1),
             "pg_cost_ratio": over(self.pg_cpu_us_per_update, self.baseline_pg_cpu_us_per_insert, 2),
             "daemon_cpu_us_per_update": r(self.daemon_cpu_us_per_update, 1),
+            "idle_daemon_cores": r(self.idle_cpu.map(|u| u.daemon), 4),
+            "idle_pg_cores": r(self.idle_cpu.map(|u| u.postgres()), 4),
             "overload_updates_per_s": r(self.overload_updates_per_s, 1),
             "overload_factor": over(self.overload_updates_per_s, self.updates_per_s, 3),
             "rate_limited": self.rate_limited,
@@ -492,6 +497,12 @@ impl Figures {
                 "daemon cpu per update".into(),
                 f(self.daemon_cpu_us_per_update, "us"),
                 "<= 100 us",
+            ),
+            (
+                "idle cpu, every bot running (cores)".into(),
+                self.idle_cpu
+                    .map_or("not measured".into(), |u| u.describe()),
+                "",
             ),
             (
                 "overload updates/s".into(),
@@ -1072,6 +1083,14 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         fig.threads_at_zero = Some(th0);
         fig.threads = Some(th_n);
     }
+    // The fixed cost of the running fleet: CPU with every bot running and nothing sent.
+    let idle_window = Duration::from_secs(if args.smoke { 1 } else { 5 });
+    let before = cpu::Snapshot::take(d.pid(), &panel_name);
+    tokio::time::sleep(idle_window).await;
+    fig.idle_cpu = Some(before.usage(
+        &cpu::Snapshot::take(d.pid(), &panel_name),
+        idle_window.as_secs_f64(),
+    ));
 
     // Phase 3: traffic at the rate asked for (the maximum by default), then at half of it,
     // then over four times as many bots.
