@@ -3,7 +3,8 @@
 //! Loop ([`DurableListener::run`], handing updates to the unit of work's processor):
 //! 1. replay: unprocessed inbox rows, oldest first, before anything new;
 //! 2. fetch: `getUpdates` — a long poll *without* an offset, or, right after a batch was stored,
-//!    a short call with the offset that confirms it; the `result` array comes back split into
+//!    a long poll with the offset that confirms it (Telegram applies an offset when the call
+//!    starts, so it confirms that batch only); the `result` array comes back split into
 //!    its elements' texts (`telegram::RawUpdate`), and each element is read on its own
 //!    ([`read_element`]: its id, the payload to store, the update parsed with panics caught);
 //! 3. store: the batch and the next offset in one transaction — only then is the offset sent
@@ -337,10 +338,12 @@ impl DurableListener {
     }
 
     /// One getUpdates call: a long poll without an offset, or — right after a batch was
-    /// stored — a short call with the offset that confirms it (and may bring the next batch).
+    /// stored — a long poll with the offset that confirms it (and that brings the next batch).
     ///
-    /// Long polls carry no offset so that a restart of the update ids can never make Telegram
-    /// drop new updates as "confirmed": only ids we have just been given are ever confirmed.
+    /// Only the call right after a store carries an offset, so that a restart of the update
+    /// ids can never make Telegram drop new updates as "confirmed": the offset is applied when
+    /// the call starts, and only ids we have just been given are ever confirmed. An empty
+    /// answer clears it, so the next wait (which may last a week) carries none.
     async fn fetch_batch(&mut self) -> Result<(), StepError> {
         match self.fetch().await? {
             Some(raw) => self.store_fetched(raw).await,
@@ -352,10 +355,11 @@ impl DurableListener {
     /// stopped).
     async fn fetch(&mut self) -> Result<Option<Vec<RawUpdate>>, StepError> {
         let allowed = self.allowed_updates();
-        let (offset, timeout) = match self.to_confirm {
-            Some(offset) => (Some(offset), Duration::ZERO),
-            None => (None, self.poll_timeout),
-        };
+        // The confirming call is a long poll too: the offset is applied when the call
+        // starts, so it confirms exactly the batch just stored, and the wait brings the next
+        // one without a second call per batch.
+        let offset = self.to_confirm;
+        let timeout = self.poll_timeout;
         let started = tokio::time::Instant::now();
         let fetch = self
             .api
