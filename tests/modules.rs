@@ -564,3 +564,175 @@ async fn row_version(conn: &mut sqlx::PgConnection) -> String {
     let q = "SELECT xmin::text || '/' || blocked::text FROM users WHERE user_id = 7";
     sqlx::query_scalar(q).fetch_one(conn).await.unwrap()
 }
+
+/// The unit of work's one statement (`modules::store::apply_deferred`, docs/architecture.md
+/// "One statement per batch"): it claims the batch and writes only what the claimed updates
+/// deferred — an update processed before leaves nothing — with the outbox ids in the order
+/// the requests were queued; run again, it claims and writes nothing.
+#[tokio::test]
+async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
+    use botvisor::modules::store::{Deferred, apply_deferred};
+    let db = common::TestDb::create("deferred").await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
+        .await
+        .unwrap();
+    // Updates 1 and 3 wait; 2 was processed by an earlier run.
+    sqlx::query(
+        "INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, processed_at) \
+         VALUES (42, 1, 7, '{}', NULL), (42, 2, 8, '{}', now()), (42, 3, 7, '{}', NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut w = Deferred::default();
+    for (update, chat, text) in [(1, 7, "one"), (2, 8, "two"), (3, 7, "three")] {
+        w.messages.update.push(update);
+        w.messages.chat.push(chat);
+        w.messages.user.push(Some(chat));
+        w.messages.role.push("user");
+        w.messages.content.push(text.to_owned());
+        w.users.update.push(update);
+        w.users.user_id.push(chat);
+        w.users.username.push(None);
+        w.users.first_name.push(format!("name {update}"));
+        w.users.last_name.push(None);
+        w.users.language_code.push(Some("en".to_owned()));
+    }
+    for (update, chat, text) in [(1, 7, "a"), (1, 7, "b"), (2, 8, "c"), (3, 7, "d")] {
+        w.requests.update.push(update);
+        w.requests.lane.push(0);
+        w.requests.chat.push(chat);
+        w.requests.user.push(Some(chat));
+        w.requests.origin.push("core");
+        w.requests
+            .request
+            .push(serde_json::json!({ "text": text }).to_string());
+    }
+    assert!(!w.is_empty());
+
+    let applied = apply_deferred(&mut conn, 42, &[1, 2, 3], &w).await.unwrap();
+    let mut claimed = applied.claimed.clone();
+    claimed.sort_unstable();
+    assert_eq!(claimed, [1, 3], "the processed update was claimed again");
+    assert_eq!(applied.outbox_ids.len(), 3, "{applied:?}");
+    let outbox: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, request->>'text' FROM outbox ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let in_order: Vec<(i64, String)> = applied
+        .outbox_ids
+        .iter()
+        .copied()
+        .zip(["a", "b", "d"].map(str::to_owned))
+        .collect();
+    assert_eq!(
+        outbox, in_order,
+        "ids not in the order the requests were queued"
+    );
+    let history: Vec<String> = sqlx::query_scalar("SELECT content FROM messages ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(history, ["one", "three"]);
+    let users: Vec<(i64, String)> =
+        sqlx::query_as("SELECT user_id, first_name FROM users ORDER BY user_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        users,
+        [(7, "name 3".to_owned())],
+        "one row per user, the last update's profile; none for the processed update"
+    );
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE processed_at IS NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
+
+    let again = apply_deferred(&mut conn, 42, &[1, 2, 3], &w).await.unwrap();
+    assert!(
+        again.claimed.is_empty() && again.outbox_ids.is_empty(),
+        "{again:?}"
+    );
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM messages)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, 5, "a replay wrote again");
+    sqlx::Connection::close(conn).await.ok();
+    drop(db);
+}
+
+/// The sender's one statement (`modules::store::finish_deferred`): the results of a group of
+/// sends and the history rows its modules deferred, together.
+#[tokio::test]
+async fn a_group_of_results_and_its_history_rows_are_one_statement() {
+    use botvisor::botdb::store::{FinishedSends, enqueue};
+    use botvisor::modules::store::{MessageColumns, finish_deferred};
+    let db = common::TestDb::create("finish").await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
+        .await
+        .unwrap();
+    let request = serde_json::json!({"text": "hi"});
+    let a = enqueue(&mut conn, 0, 7, Some(7), "core", &request)
+        .await
+        .unwrap();
+    let b = enqueue(&mut conn, 0, 8, Some(8), "core", &request)
+        .await
+        .unwrap();
+    let mut done = FinishedSends::with_capacity(2);
+    done.push(a, "sent", Some(100), None);
+    done.push(b, "failed", None, Some("Bad Request: x".into()));
+    let mut m = MessageColumns::default();
+    for (chat, text) in [(7, "first"), (7, "second")] {
+        m.chat.push(chat);
+        m.user.push(Some(chat));
+        m.role.push("bot");
+        m.content.push(text.into());
+    }
+    finish_deferred(&mut conn, &done, &m).await.unwrap();
+    type Finished = (i64, Option<String>, Option<i64>, Option<String>, bool);
+    let rows: Vec<Finished> = sqlx::query_as(
+        "SELECT id, outcome, message_id, error, done_at IS NOT NULL FROM outbox ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (a, Some("sent".into()), Some(100), None, true),
+            (
+                b,
+                Some("failed".into()),
+                None,
+                Some("Bad Request: x".into()),
+                true
+            ),
+        ]
+    );
+    let history: Vec<(String, String)> =
+        sqlx::query_as("SELECT role, content FROM messages ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        history,
+        [
+            ("bot".to_owned(), "first".to_owned()),
+            ("bot".to_owned(), "second".to_owned())
+        ]
+    );
+    sqlx::Connection::close(conn).await.ok();
+    drop(db);
+}

@@ -50,7 +50,7 @@ impl Module for Mailer {
                 "SELECT user_id FROM users WHERE user_id <> $1 ORDER BY user_id",
             )
             .bind(msg.chat.id.0)
-            .fetch_all(&mut *cx.tx)
+            .fetch_all(cx.tx()?)
             .await?;
             for user in users {
                 let request = Request::text_message(format!("news for {user}"));

@@ -265,6 +265,12 @@ pub async fn claim_update(
     Ok(claimed.is_some())
 }
 
+/// Claims updates `$2` of Telegram bot `$1`: marks the unprocessed ones processed (undone by
+/// a rollback) and returns their ids. Also the first step of `modules::store::apply_deferred`.
+pub const CLAIM_UPDATES: &str = "UPDATE inbox SET processed_at = now() \
+     WHERE telegram_bot_id = $1 AND update_id = ANY($2) AND processed_at IS NULL \
+     RETURNING update_id";
+
 /// Claims several updates at once (a batch's group commit): marks those not processed yet
 /// as processed and returns their ids. Undone if the transaction rolls back.
 pub async fn claim_updates(
@@ -272,15 +278,11 @@ pub async fn claim_updates(
     telegram_bot_id: i64,
     update_ids: &[i64],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE inbox SET processed_at = now() \
-         WHERE telegram_bot_id = $1 AND update_id = ANY($2) AND processed_at IS NULL \
-         RETURNING update_id",
-    )
-    .bind(telegram_bot_id)
-    .bind(update_ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_scalar(CLAIM_UPDATES)
+        .bind(telegram_bot_id)
+        .bind(update_ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// The stored payload of an update, as Telegram sent it (for what teloxide could not read).
@@ -432,24 +434,34 @@ impl FinishedSends {
     }
 }
 
+/// Marks requests `$1` done with their outcomes `$2`, message ids `$3` and errors `$4`. Also
+/// the first step of `modules::store::finish_deferred`.
+pub const FINISH_OUTBOX: &str = "UPDATE outbox o SET done_at = now(), outcome = v.outcome, \
+     message_id = v.message_id, error = v.error, attempts = o.attempts + 1 \
+     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) \
+          AS v(id, outcome, message_id, error) \
+     WHERE o.id = v.id";
+
+impl FinishedSends {
+    /// Binds the results as `$1`–`$4` of [`FINISH_OUTBOX`] (the next four of `query`).
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.outcomes)
+            .bind(&self.message_ids)
+            .bind(&self.errors)
+    }
+}
+
 /// Marks requests done with their outcomes, message ids and errors, in one statement.
 pub async fn finish_outbox(
     conn: &mut PgConnection,
     done: &FinishedSends,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox o SET done_at = now(), outcome = v.outcome, message_id = v.message_id, \
-         error = v.error, attempts = o.attempts + 1 \
-         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) \
-              AS v(id, outcome, message_id, error) \
-         WHERE o.id = v.id",
-    )
-    .bind(&done.ids)
-    .bind(&done.outcomes)
-    .bind(&done.message_ids)
-    .bind(&done.errors)
-    .execute(conn)
-    .await?;
+    done.bind(sqlx::query(FINISH_OUTBOX)).execute(conn).await?;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ pub mod core;
 pub mod feedback;
 pub mod history;
 pub mod scheduler;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::botdb::PruneSchedule;
 use crate::botdb::budget::{BotPool, BudgetError};
-use crate::botdb::store::{self, OutboxRow};
+use crate::botdb::store::{self as botdb_store, OutboxRow};
 use crate::content::manifest::{COMMON_KEYS, Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{TextRef, utf16_len};
@@ -67,6 +68,10 @@ pub enum ModuleError {
     /// A Telegram call failed for good (revoked token, or transient failures kept coming).
     #[error(transparent)]
     Send(#[from] SendError),
+    /// A step asked for the bot database ([`UpdateCx::tx`]) in a unit of work that runs
+    /// without one; the runtime runs the batch again inside a transaction. Never reported.
+    #[error("the unit of work needs a transaction")]
+    NeedsTransaction,
 }
 
 impl ModuleError {
@@ -114,7 +119,11 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Its step in the update's unit of work (inside the update's transaction).
+    /// Its step in the update's unit of work. The runtime first runs the chain with the
+    /// writes deferred (history, users and requests, through [`UpdateCx`]'s methods) and
+    /// writes them with the claim in one statement; a step that needs the database
+    /// ([`UpdateCx::tx`]) makes it run the chain again inside the update's transaction. So a
+    /// step may run twice and must have no effect outside its [`UpdateCx`].
     fn on_update<'a>(
         &'a self,
         _cx: &'a mut UpdateCx<'_>,
@@ -127,7 +136,7 @@ pub trait Module: Send + Sync + 'static {
     /// module sees every delivery; `Delivery::origin` names the module that queued it.
     fn on_sent<'a>(
         &'a self,
-        _tx: &'a mut PgConnection,
+        _cx: &'a mut SentCx<'_>,
         _deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async { Ok(()) })
@@ -403,11 +412,21 @@ pub struct UpdateCx<'a> {
     pub me: &'a Me,
     /// The bot's content, loaded once for this update.
     pub snapshot: &'a Snapshot,
-    /// The update's transaction on the bot database.
-    pub tx: &'a mut PgConnection,
+    /// How the step's writes reach the bot database.
+    db: Writes<'a>,
     origin: &'static str,
     queued: Vec<Queued>,
     wake: Vec<&'static str>,
+}
+
+/// Where a unit of work writes: into its open transaction, or — while no step read anything
+/// — into a buffer the runtime writes in one statement with the claim ([`store`]).
+enum Writes<'a> {
+    /// The update's transaction on the bot database.
+    Tx(&'a mut PgConnection),
+    /// Deferred: a step that needs the database ([`UpdateCx::tx`]) makes the runtime run the
+    /// batch again inside a transaction.
+    Deferred(&'a mut store::Deferred),
 }
 
 /// A request a unit of work queued in the outbox, as the sender will see it once the
@@ -422,7 +441,7 @@ pub struct Queued {
 }
 
 impl<'a> UpdateCx<'a> {
-    /// The context of one unit of work.
+    /// The context of one unit of work inside its transaction `tx`.
     pub fn new(
         bot_id: i64,
         telegram_id: i64,
@@ -431,17 +450,118 @@ impl<'a> UpdateCx<'a> {
         snapshot: &'a Snapshot,
         tx: &'a mut PgConnection,
     ) -> Self {
+        Self::with(bot_id, telegram_id, update, me, snapshot, Writes::Tx(tx))
+    }
+
+    /// The context of one unit of work that defers its writes into `writes` (the runtime
+    /// claims the update and applies them in one statement, `store::apply_deferred`): the
+    /// steps may write history, users and requests, and read nothing.
+    pub fn deferred(
+        bot_id: i64,
+        telegram_id: i64,
+        update: &'a Update,
+        me: &'a Me,
+        snapshot: &'a Snapshot,
+        writes: &'a mut store::Deferred,
+    ) -> Self {
+        Self::with(
+            bot_id,
+            telegram_id,
+            update,
+            me,
+            snapshot,
+            Writes::Deferred(writes),
+        )
+    }
+
+    fn with(
+        bot_id: i64,
+        telegram_id: i64,
+        update: &'a Update,
+        me: &'a Me,
+        snapshot: &'a Snapshot,
+        db: Writes<'a>,
+    ) -> Self {
         Self {
             bot_id,
             telegram_id,
             update,
             me,
             snapshot,
-            tx,
+            db,
             origin: "",
             queued: Vec::new(),
             wake: Vec::new(),
         }
+    }
+
+    /// The update's transaction on the bot database, for a step that reads or writes more
+    /// than history, users and requests. In a unit of work that defers its writes this
+    /// fails with [`ModuleError::NeedsTransaction`] (pass it on with `?`): the runtime then
+    /// runs the batch again inside a transaction, where this succeeds.
+    pub fn tx(&mut self) -> Result<&mut PgConnection, ModuleError> {
+        match &mut self.db {
+            Writes::Tx(tx) => Ok(tx),
+            Writes::Deferred(_) => Err(ModuleError::NeedsTransaction),
+        }
+    }
+
+    /// Records a history message of this update's chat (history's table), now or with the
+    /// deferred writes.
+    pub async fn record_message(
+        &mut self,
+        chat: i64,
+        user: Option<i64>,
+        role: history::store::Role,
+        content: &str,
+    ) -> Result<(), ModuleError> {
+        let update = i64::from(self.update.id.0);
+        match &mut self.db {
+            Writes::Tx(tx) => {
+                history::store::add_message(tx, chat, user, role, content).await?;
+            }
+            Writes::Deferred(w) => {
+                let m = &mut w.messages;
+                m.update.push(update);
+                m.chat.push(chat);
+                m.user.push(user);
+                m.role.push(role.as_str());
+                m.content.push(content.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `user` wrote (core's users table), now or with the deferred writes.
+    pub async fn touch_user(
+        &mut self,
+        user: &core::store::SeenUser<'_>,
+    ) -> Result<(), ModuleError> {
+        let update = i64::from(self.update.id.0);
+        match &mut self.db {
+            Writes::Tx(tx) => core::store::touch_user(tx, user).await?,
+            Writes::Deferred(w) => {
+                let u = &mut w.users;
+                // One row per user and statement (the last one wins); a language this
+                // update does not say is the one an earlier update of the batch said, as
+                // the upserts one by one would have kept it.
+                let language = user.language_code.map(str::to_owned).or_else(|| {
+                    u.user_id
+                        .iter()
+                        .zip(&u.language_code)
+                        .rev()
+                        .find(|(id, _)| **id == user.user_id)
+                        .and_then(|(_, l)| l.clone())
+                });
+                u.update.push(update);
+                u.user_id.push(user.user_id);
+                u.username.push(user.username.map(str::to_owned));
+                u.first_name.push(user.first_name.to_owned());
+                u.last_name.push(user.last_name.map(str::to_owned));
+                u.language_code.push(language);
+            }
+        }
+        Ok(())
     }
 
     /// The update as Telegram sent it, read from the inbox (one query): for what teloxide
@@ -449,7 +569,8 @@ impl<'a> UpdateCx<'a> {
     /// empty message).
     pub async fn raw_update(&mut self) -> Result<Option<serde_json::Value>, ModuleError> {
         let update_id = i64::from(self.update.id.0);
-        Ok(store::inbox_payload(self.tx, self.telegram_id, update_id).await?)
+        let telegram_id = self.telegram_id;
+        Ok(botdb_store::inbox_payload(self.tx()?, telegram_id, update_id).await?)
     }
 
     /// Asks for the running module's job to be woken once this unit of work committed: it
@@ -483,6 +604,8 @@ impl<'a> UpdateCx<'a> {
     }
 
     /// Queues `request` to `chat` (for `user`, when known) in `lane`; returns its outbox id.
+    /// The id is known only once the row is written, so this needs the transaction
+    /// ([`UpdateCx::tx`]); [`UpdateCx::request`] does not.
     pub async fn queue(
         &mut self,
         lane: Lane,
@@ -491,10 +614,48 @@ impl<'a> UpdateCx<'a> {
         request: &Request,
     ) -> Result<i64, ModuleError> {
         let json = serde_json::to_value(request).expect("requests always serialise");
-        let id = store::enqueue(self.tx, lane.as_i16(), chat.0, user, self.origin, &json).await?;
+        let origin = self.origin;
+        let id =
+            botdb_store::enqueue(self.tx()?, lane.as_i16(), chat.0, user, origin, &json).await?;
         self.queued.push(Queued {
             row: OutboxRow {
                 id,
+                lane: lane.as_i16(),
+                chat_id: chat.0,
+                user_id: user,
+                origin: origin.to_owned(),
+                request: sqlx::types::Json(json),
+                attempts: 0,
+            },
+            request: request.clone(),
+        });
+        Ok(id)
+    }
+
+    /// Queues `request` to `chat` (for `user`, when known) in `lane`, now or with the
+    /// deferred writes (when the caller needs no outbox id).
+    pub async fn request(
+        &mut self,
+        lane: Lane,
+        chat: ChatId,
+        user: Option<i64>,
+        request: &Request,
+    ) -> Result<(), ModuleError> {
+        let Writes::Deferred(w) = &mut self.db else {
+            return self.queue(lane, chat, user, request).await.map(|_| ());
+        };
+        let json = serde_json::to_value(request).expect("requests always serialise");
+        let r = &mut w.requests;
+        r.update.push(i64::from(self.update.id.0));
+        r.lane.push(lane.as_i16());
+        r.chat.push(chat.0);
+        r.user.push(user);
+        r.origin.push(self.origin);
+        r.request.push(json.to_string());
+        // The id is filled in once the batch's statement wrote the row (`runtime::dispatch`).
+        self.queued.push(Queued {
+            row: OutboxRow {
+                id: 0,
                 lane: lane.as_i16(),
                 chat_id: chat.0,
                 user_id: user,
@@ -504,7 +665,7 @@ impl<'a> UpdateCx<'a> {
             },
             request: request.clone(),
         });
-        Ok(id)
+        Ok(())
     }
 
     /// Answers `text` to `chat` (for `user`, when known).
@@ -514,7 +675,7 @@ impl<'a> UpdateCx<'a> {
         user: Option<i64>,
         text: &str,
         markup: Option<ReplyMarkup>,
-    ) -> Result<i64, ModuleError> {
+    ) -> Result<(), ModuleError> {
         let request = Request::SendMessage {
             text: text.to_owned(),
             reply_markup: markup,
@@ -522,7 +683,7 @@ impl<'a> UpdateCx<'a> {
             reply_to_message_id: None,
             in_history: false,
         };
-        self.queue(Lane::Reply, chat, user, &request).await
+        self.request(Lane::Reply, chat, user, &request).await
     }
 
     /// Edits the text (and inline keyboard) of the bot's message `message_id` in `chat`.
@@ -533,13 +694,13 @@ impl<'a> UpdateCx<'a> {
         message_id: MessageId,
         text: &str,
         markup: Option<InlineKeyboardMarkup>,
-    ) -> Result<i64, ModuleError> {
+    ) -> Result<(), ModuleError> {
         let request = Request::EditMessageText {
             message_id: message_id.0,
             text: text.to_owned(),
             reply_markup: markup,
         };
-        self.queue(Lane::Reply, chat, user, &request).await
+        self.request(Lane::Reply, chat, user, &request).await
     }
 
     /// Answers a callback query (stops the button's spinner), with an optional notice.
@@ -548,12 +709,73 @@ impl<'a> UpdateCx<'a> {
         chat: ChatId,
         id: &CallbackQueryId,
         text: Option<&str>,
-    ) -> Result<i64, ModuleError> {
+    ) -> Result<(), ModuleError> {
         let request = Request::AnswerCallbackQuery {
             callback_query_id: id.0.clone(),
             text: text.map(str::to_owned),
         };
-        self.queue(Lane::Reply, chat, None, &request).await
+        self.request(Lane::Reply, chat, None, &request).await
+    }
+}
+
+/// What a module's [`Module::on_sent`] step works with. Like a unit of work's, the sender's
+/// first try defers the step's history rows and writes them with the results in one
+/// statement (`store::finish_deferred`); a step that needs the database ([`SentCx::tx`])
+/// makes it record the group again inside a transaction. So a step may run twice and must
+/// have no effect outside its `SentCx`.
+pub struct SentCx<'a> {
+    db: SentWrites<'a>,
+}
+
+/// Where an `on_sent` step writes.
+enum SentWrites<'a> {
+    /// The transaction that records the results.
+    Tx(&'a mut PgConnection),
+    /// Deferred history rows.
+    Deferred(&'a mut store::MessageColumns),
+}
+
+impl<'a> SentCx<'a> {
+    /// Inside the transaction `tx` that records the results.
+    pub fn new(tx: &'a mut PgConnection) -> Self {
+        Self {
+            db: SentWrites::Tx(tx),
+        }
+    }
+
+    /// Deferring history rows into `messages`.
+    pub fn deferred(messages: &'a mut store::MessageColumns) -> Self {
+        Self {
+            db: SentWrites::Deferred(messages),
+        }
+    }
+
+    /// The transaction that records the results; in a deferred try this fails with
+    /// [`ModuleError::NeedsTransaction`] (pass it on with `?`).
+    pub fn tx(&mut self) -> Result<&mut PgConnection, ModuleError> {
+        match &mut self.db {
+            SentWrites::Tx(tx) => Ok(tx),
+            SentWrites::Deferred(_) => Err(ModuleError::NeedsTransaction),
+        }
+    }
+
+    /// Records the bot's sent messages `(chat, user, text)` in history, now or deferred.
+    pub async fn record_bot_messages(
+        &mut self,
+        sent: &[(i64, Option<i64>, &str)],
+    ) -> Result<(), ModuleError> {
+        match &mut self.db {
+            SentWrites::Tx(tx) => history::store::add_bot_messages(tx, sent).await?,
+            SentWrites::Deferred(m) => {
+                for (chat, user, text) in sent {
+                    m.chat.push(*chat);
+                    m.user.push(*user);
+                    m.role.push(history::store::Role::Bot.as_str());
+                    m.content.push((*text).to_owned());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -567,7 +789,7 @@ pub(crate) async fn enqueue(
     request: &Request,
 ) -> Result<i64, ModuleError> {
     let json = serde_json::to_value(request).expect("requests always serialise");
-    Ok(store::enqueue(tx, lane.as_i16(), chat.0, user, origin, &json).await?)
+    Ok(botdb_store::enqueue(tx, lane.as_i16(), chat.0, user, origin, &json).await?)
 }
 
 /// What a module's background job works with.

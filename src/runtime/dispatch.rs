@@ -43,7 +43,7 @@ use super::BotContext;
 use super::inbox::panic_message;
 use crate::botdb::budget::BudgetConn;
 use crate::botdb::store;
-use crate::modules::{Flow, ModuleError, Queued, UpdateCx};
+use crate::modules::{self, Flow, ModuleError, Queued, UpdateCx};
 use crate::telemetry::metrics::{self, PoisonedAt};
 
 /// What a committed unit of work leaves to do: the requests it queued (for the sender) and the
@@ -147,8 +147,9 @@ impl Processor {
         }
     }
 
-    /// The batch's transaction: claim all, run the chains, commit. Returns the requests it
-    /// queued and how many updates it processed (the others were processed before).
+    /// The batch as one statement when its steps only write ([`Self::deferred`]), else in
+    /// one transaction: claim all, run the chains, commit. Returns the requests it queued and
+    /// how many updates it processed (the others were processed before).
     async fn together(
         &self,
         conn: &mut BudgetConn,
@@ -157,6 +158,10 @@ impl Processor {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
+        match self.deferred(conn, batch, &snapshot, &ids).await {
+            Err(ModuleError::NeedsTransaction) => {}
+            done => return done,
+        }
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;
         let (mut queued, mut jobs) = (Vec::new(), Vec::new());
@@ -174,6 +179,63 @@ impl Processor {
         }
         tx.commit().await?;
         Ok(((queued, jobs), claimed.len() as u64))
+    }
+
+    /// The batch without a transaction: the chains run first, their writes deferred
+    /// ([`UpdateCx::deferred`]), then one statement claims the batch and writes what the
+    /// claimed updates left (`modules::store::apply_deferred`) — one round trip and one
+    /// commit. A step that needs the database fails with [`ModuleError::NeedsTransaction`]
+    /// before anything was written, and the batch runs in a transaction instead.
+    async fn deferred(
+        &self,
+        conn: &mut BudgetConn,
+        batch: &[Update],
+        snapshot: &crate::content::snapshot::Snapshot,
+        ids: &[i64],
+    ) -> Result<(Effects, u64), ModuleError> {
+        let ctx = &self.ctx;
+        let mut writes = modules::store::Deferred::default();
+        let mut effects = Vec::with_capacity(batch.len());
+        for update in batch {
+            let mut cx = UpdateCx::deferred(
+                ctx.bot_id,
+                ctx.telegram_id,
+                update,
+                &self.me,
+                snapshot,
+                &mut writes,
+            );
+            run_chain(&mut cx, ctx, snapshot).await?;
+            effects.push((i64::from(update.id.0), cx.into_effects()));
+        }
+        let applied = modules::store::apply_deferred(conn, ctx.telegram_id, ids, &writes).await?;
+        let mut outbox_ids = applied.outbox_ids.into_iter();
+        let (mut queued, mut jobs) = (Vec::new(), Vec::new());
+        for (id, (q, j)) in effects {
+            if !applied.claimed.contains(&id) {
+                continue;
+            }
+            for mut request in q {
+                // The statement returns one id per request of a claimed update, in order.
+                let Some(outbox_id) = outbox_ids.next() else {
+                    // Cannot happen; if it did, the rows are committed but not handed over:
+                    // end the run, and the next run's sender reads them from the outbox.
+                    ctx.failures
+                        .report(ModuleError::Database(sqlx::Error::Protocol(
+                            "the batch's statement returned fewer outbox ids than requests".into(),
+                        )));
+                    break;
+                };
+                request.row.id = outbox_id;
+                queued.push(request);
+            }
+            for job in j {
+                if !jobs.contains(&job) {
+                    jobs.push(job);
+                }
+            }
+        }
+        Ok(((queued, jobs), applied.claimed.len() as u64))
     }
 
     /// One update in its own transaction, with its failure isolated: poisoned on a panic or a
@@ -260,11 +322,21 @@ async fn chain(
     tx: &mut sqlx::PgConnection,
 ) -> Result<Effects, ModuleError> {
     let mut cx = UpdateCx::new(ctx.bot_id, ctx.telegram_id, update, me, snapshot, tx);
+    run_chain(&mut cx, ctx, snapshot).await?;
+    Ok(cx.into_effects())
+}
+
+/// Every module enabled for `snapshot`, in registry order, until one stops the chain.
+async fn run_chain(
+    cx: &mut UpdateCx<'_>,
+    ctx: &BotContext,
+    snapshot: &crate::content::snapshot::Snapshot,
+) -> Result<(), ModuleError> {
     for module in ctx.registry.enabled(snapshot) {
         cx.set_module(module.name());
-        if module.on_update(&mut cx).await? == Flow::Stop {
+        if module.on_update(cx).await? == Flow::Stop {
             break;
         }
     }
-    Ok(cx.into_effects())
+    Ok(())
 }

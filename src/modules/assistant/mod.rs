@@ -115,8 +115,8 @@ impl Module for Assistant {
             };
             match parse_command(text, cx.me.username()) {
                 Some((command, _)) if command == "reset" => {
-                    let last = store::last_message(cx.tx, msg.chat.id.0).await?;
-                    store::reset_context(cx.tx, msg.chat.id.0, last).await?;
+                    let last = store::last_message(cx.tx()?, msg.chat.id.0).await?;
+                    store::reset_context(cx.tx()?, msg.chat.id.0, last).await?;
                     let text = audience.text(cx, spec.reset_text.as_deref(), DEFAULT_RESET);
                     cx.send(audience.chat, audience.user, &text, None).await?;
                     Ok(Flow::Stop)
@@ -181,14 +181,14 @@ async fn ask(
 ) -> Result<Flow, ModuleError> {
     if spec.daily_limit_per_user > 0
         && let Some(user) = who.user
-        && store::asked_today(cx.tx, user).await? >= i64::from(spec.daily_limit_per_user)
+        && store::asked_today(cx.tx()?, user).await? >= i64::from(spec.daily_limit_per_user)
     {
         let text = who.text(cx, spec.limit_text.as_deref(), DEFAULT_LIMIT);
         cx.send(who.chat, who.user, &text, None).await?;
         return Ok(Flow::Stop);
     }
-    let until = store::last_message(cx.tx, who.chat.0).await?;
-    store::queue_request(cx.tx, who.chat.0, who.user, who.lang, until).await?;
+    let until = store::last_message(cx.tx()?, who.chat.0).await?;
+    store::queue_request(cx.tx()?, who.chat.0, who.user, who.lang, until).await?;
     cx.wake_job();
     Ok(Flow::Stop)
 }

@@ -23,13 +23,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::PgConnection;
 use teloxide::types::{
     BotCommand, CallbackQuery, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, Message,
     UpdateKind,
 };
 
-use super::{Flow, JobCx, Module, ModuleError, UpdateCx};
+use super::{Flow, JobCx, Module, ModuleError, SentCx, UpdateCx};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{Vars, render};
@@ -174,7 +173,7 @@ impl Module for Broadcast {
 
     fn on_sent<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        cx: &'a mut SentCx<'_>,
         deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
@@ -193,7 +192,7 @@ impl Module for Broadcast {
                     }
                     DeliveryOutcome::Failed(reason) => ("failed", Some(reason.as_str())),
                 };
-                store::record(tx, d.outbox_id, state, error).await?;
+                store::record(cx.tx()?, d.outbox_id, state, error).await?;
             }
             Ok(())
         })
@@ -234,7 +233,8 @@ async fn ask(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleError> {
         .await?;
         return Ok(());
     };
-    let size = store::count_audience(cx.tx, &Audience::All, &cx.snapshot.manifest.admins).await?;
+    let snapshot = cx.snapshot;
+    let size = store::count_audience(cx.tx()?, &Audience::All, &snapshot.manifest.admins).await?;
     let keyboard = InlineKeyboardMarkup::new(vec![vec![
         InlineKeyboardButton::callback(
             format!("Send to {size} users"),
@@ -272,7 +272,7 @@ async fn confirm(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleE
         return Ok(());
     };
     let confirmation = i64::from(message.id.0);
-    if store::by_progress_message(cx.tx, chat.0, confirmation)
+    if store::by_progress_message(cx.tx()?, chat.0, confirmation)
         .await?
         .is_some()
     {
@@ -281,7 +281,7 @@ async fn confirm(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleE
         return Ok(());
     }
     let id = store::create(
-        cx.tx,
+        cx.tx()?,
         &store::NewBroadcast {
             copy: Some((chat.0, original)),
             audience: "all",
@@ -291,7 +291,8 @@ async fn confirm(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleE
         },
     )
     .await?;
-    let total = store::freeze(cx.tx, id, &Audience::All, &cx.snapshot.manifest.admins)
+    let snapshot = cx.snapshot;
+    let total = store::freeze(cx.tx()?, id, &Audience::All, &snapshot.manifest.admins)
         .await?
         .unwrap_or(0);
     cx.answer_callback(chat, &q.id, None).await?;

@@ -16,13 +16,12 @@ pub use section::{
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::PgConnection;
 use teloxide::types::{
     BotCommand, CallbackQuery, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton,
     KeyboardMarkup, Me, Message, MessageId, ReplyMarkup, UpdateKind, User,
 };
 
-use super::{Flow, Module, ModuleError, UpdateCx};
+use super::{Flow, Module, ModuleError, SentCx, UpdateCx};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{TextRef, Vars, render};
@@ -96,7 +95,7 @@ impl Module for Core {
                 UpdateKind::Message(msg) => on_message(cx, msg).await?,
                 UpdateKind::EditedMessage(msg) => {
                     if let Some(user) = msg.from.as_ref() {
-                        touch(cx.tx, user).await?;
+                        touch(cx, user).await?;
                     }
                 }
                 UpdateKind::CallbackQuery(q) => on_callback(cx, q).await?,
@@ -108,13 +107,13 @@ impl Module for Core {
 
     fn on_sent<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        cx: &'a mut SentCx<'_>,
         deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
             for d in deliveries {
                 if let (DeliveryOutcome::Blocked, Some(user)) = (&d.outcome, d.user_id) {
-                    store::set_user_blocked(tx, user, true).await?;
+                    store::set_user_blocked(cx.tx()?, user, true).await?;
                 }
             }
             Ok(())
@@ -131,19 +130,15 @@ fn core_section(snapshot: &Snapshot) -> &CoreSection {
 }
 
 /// Records that `user` wrote (the user registry), for modules that end the chain before core.
-pub(crate) async fn touch(tx: &mut PgConnection, user: &User) -> Result<(), ModuleError> {
-    store::touch_user(
-        tx,
-        &SeenUser {
-            user_id: user_id(user),
-            username: user.username.as_deref(),
-            first_name: &user.first_name,
-            last_name: user.last_name.as_deref(),
-            language_code: user.language_code.as_deref(),
-        },
-    )
-    .await?;
-    Ok(())
+pub(crate) async fn touch(cx: &mut UpdateCx<'_>, user: &User) -> Result<(), ModuleError> {
+    cx.touch_user(&SeenUser {
+        user_id: user_id(user),
+        username: user.username.as_deref(),
+        first_name: &user.first_name,
+        last_name: user.last_name.as_deref(),
+        language_code: user.language_code.as_deref(),
+    })
+    .await
 }
 
 /// A Telegram user's id as the databases store it.
@@ -200,7 +195,7 @@ async fn on_message(cx: &mut UpdateCx<'_>, msg: &Message) -> Result<(), ModuleEr
     let snapshot = cx.snapshot;
     let user = msg.from.as_ref();
     if let Some(user) = user {
-        touch(cx.tx, user).await?;
+        touch(cx, user).await?;
     }
     let audience = Audience::new(msg.chat.id, user, cx.me, snapshot);
     let Some(text) = msg.text() else {
@@ -283,7 +278,7 @@ async fn on_command(
             show_menu(cx, audience, &main, &[]).await?;
         }
         "stats" if is_admin(snapshot, msg) => {
-            let s = store::stats(cx.tx).await?;
+            let s = store::stats(cx.tx()?).await?;
             let text = format!(
                 "Users: {} total, {} active today, {} in 7 days, {} blocked\nMessages today: {}",
                 s.users_total, s.active_today, s.active_7d, s.blocked, s.messages_today
@@ -483,7 +478,7 @@ async fn run_action(
 async fn on_callback(cx: &mut UpdateCx<'_>, q: &CallbackQuery) -> Result<(), ModuleError> {
     let snapshot = cx.snapshot;
     let section = core_section(snapshot);
-    touch(cx.tx, &q.from).await?;
+    touch(cx, &q.from).await?;
     let Some(message) = q.message.as_ref() else {
         let chat = ChatId(i64::try_from(q.from.id.0).unwrap_or(i64::MAX));
         cx.answer_callback(chat, &q.id, None).await?;

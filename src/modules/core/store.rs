@@ -31,30 +31,42 @@ pub const LAST_SEEN_RESOLUTION: std::time::Duration = std::time::Duration::from_
 /// row as it is: no new row version, no WAL for it (a chat's every message used to rewrite
 /// its user). `last_seen` is therefore exact to that resolution.
 pub async fn touch_user(conn: &mut PgConnection, u: &SeenUser<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO users (user_id, username, first_name, last_name, language_code) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO users (user_id, username, first_name, last_name, language_code) \
+             VALUES ($1, $2, $3, $4, $5) {}",
+            *TOUCH_CONFLICT
+        )
+    });
+    sqlx::query(SQL.as_str())
+        .bind(u.user_id)
+        .bind(u.username)
+        .bind(u.first_name)
+        .bind(u.last_name)
+        .bind(u.language_code)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The conflict clause of every users upsert ([`touch_user`], and the unit of work's one
+/// statement, `modules::store::apply_deferred`): refresh a known user only when something
+/// changed or [`LAST_SEEN_RESOLUTION`] passed.
+pub(crate) static TOUCH_CONFLICT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
             first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
             language_code = COALESCE(EXCLUDED.language_code, users.language_code), \
             last_seen = now(), blocked = FALSE \
          WHERE users.blocked \
-            OR users.last_seen < now() - make_interval(secs => $6) \
+            OR users.last_seen < now() - make_interval(secs => {}) \
             OR (users.username, users.first_name, users.last_name) \
                IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.first_name, EXCLUDED.last_name) \
             OR (EXCLUDED.language_code IS NOT NULL \
                 AND EXCLUDED.language_code IS DISTINCT FROM users.language_code)",
+        LAST_SEEN_RESOLUTION.as_secs()
     )
-    .bind(u.user_id)
-    .bind(u.username)
-    .bind(u.first_name)
-    .bind(u.last_name)
-    .bind(u.language_code)
-    .bind(LAST_SEEN_RESOLUTION.as_secs_f64())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+});
 
 /// Sets a user's `blocked` flag (Telegram answered 403).
 pub async fn set_user_blocked(

@@ -32,7 +32,7 @@ use teloxide::types::{ChatId, Message, MessageKind, UpdateKind, User};
 
 use super::core::{parse_command, touch, user_id};
 use super::history::store::{self as history, Role};
-use super::{Flow, Module, ModuleError, UpdateCx, enqueue, load_optional};
+use super::{Flow, Module, ModuleError, SentCx, UpdateCx, enqueue, load_optional};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::{Section, Snapshot};
 use crate::content::texts::{MAX_TEXT_LEN, TextRef, Vars, utf16_len};
@@ -107,11 +107,12 @@ impl Module for Feedback {
 
     fn on_sent<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        cx: &'a mut SentCx<'_>,
         deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
             for d in deliveries.iter().filter(|d| d.origin == NAME) {
+                let tx = cx.tx()?;
                 if let Some(r) = store::take_request(tx, d.outbox_id).await? {
                     on_result(tx, d, &r).await?;
                 }
@@ -268,7 +269,7 @@ async fn queue_cx(
 ) -> Result<i64, ModuleError> {
     let id = cx.queue(Lane::Reply, ChatId(chat), user, request).await?;
     if let Some(r) = purpose {
-        store::add_request(cx.tx, id, &r).await?;
+        store::add_request(cx.tx()?, id, &r).await?;
     }
     Ok(id)
 }
@@ -319,9 +320,9 @@ async fn on_user(
     if msg.text().is_some_and(|t| t.starts_with('/')) || !copyable(msg) {
         return Ok(Flow::Continue);
     }
-    touch(cx.tx, from).await?;
+    touch(cx, from).await?;
     let user = user_id(from);
-    let fb = store::count_message(cx.tx, user).await?;
+    let fb = store::count_message(cx.tx()?, user).await?;
     if fb.banned {
         tracing::debug!(
             bot_id = cx.bot_id,
@@ -339,11 +340,11 @@ async fn on_user(
                 }
             }
             None => {
-                store::add_pending(cx.tx, user, msg.id.0).await?;
+                store::add_pending(cx.tx()?, user, msg.id.0).await?;
                 if fb.topic_request.is_none() {
-                    let (request, purpose) = topic_request(cx.tx, user).await?;
+                    let (request, purpose) = topic_request(cx.tx()?, user).await?;
                     let id = queue_cx(cx, spec.admin_chat, None, &request, Some(purpose)).await?;
-                    store::set_topic_request(cx.tx, user, Some(id)).await?;
+                    store::set_topic_request(cx.tx()?, user, Some(id)).await?;
                 }
             }
         },
@@ -396,7 +397,7 @@ async fn auto_reply(
     };
     let user = user_id(from);
     cx.send(ChatId(user), Some(user), &text, None).await?;
-    store::set_auto_replied(cx.tx, user, true).await?;
+    store::set_auto_replied(cx.tx()?, user, true).await?;
     Ok(())
 }
 
@@ -443,7 +444,7 @@ async fn on_admin(
     if !copyable(msg) || msg.from.as_ref().is_some_and(|u| u.is_bot) {
         return Ok(Flow::Stop);
     }
-    let target = target_user(cx.tx, spec, msg).await?;
+    let target = target_user(cx.tx()?, spec, msg).await?;
     if let Some(text) = msg.text()
         && let Some((command, _)) = parse_command(text, cx.me.username())
     {
@@ -461,14 +462,14 @@ async fn on_admin(
         };
         let text = match command.as_str() {
             "ban" => {
-                store::set_banned(cx.tx, user, true).await?;
+                store::set_banned(cx.tx()?, user, true).await?;
                 format!("User {user} is banned: their messages are no longer forwarded.")
             }
             "unban" => {
-                store::set_banned(cx.tx, user, false).await?;
+                store::set_banned(cx.tx()?, user, false).await?;
                 format!("User {user} is unbanned.")
             }
-            _ => user_card(cx.tx, user).await?,
+            _ => user_card(cx.tx()?, user).await?,
         };
         notice(cx, msg, text).await?;
         return Ok(Flow::Stop);
@@ -495,7 +496,7 @@ async fn on_admin(
         let purpose = (i == last).then(|| purpose.clone());
         queue_cx(cx, user, Some(user), r, purpose).await?;
     }
-    store::set_auto_replied(cx.tx, user, false).await?;
+    store::set_auto_replied(cx.tx()?, user, false).await?;
     Ok(Flow::Stop)
 }
 

@@ -17,10 +17,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use teloxide::types::{MessageKind, UpdateKind};
 
-use super::{Flow, JobCx, Module, ModuleError, UpdateCx};
+use super::{Flow, JobCx, Module, ModuleError, SentCx, UpdateCx};
 use crate::content::manifest::{Manifest, ManifestError};
 use crate::content::snapshot::Section;
 use crate::telegram::{Delivery, DeliveryOutcome};
@@ -92,14 +91,16 @@ impl Module for History {
                     }
                     None => NON_TEXT.to_owned(),
                 };
-                store::add_message(cx.tx, msg.chat.id.0, user, Role::User, &content).await?;
+                cx.record_message(msg.chat.id.0, user, Role::User, &content)
+                    .await?;
             }
             if let UpdateKind::CallbackQuery(q) = &cx.update.kind
                 && let Some(msg) = q.regular_message()
             {
                 let user = i64::try_from(q.from.id.0).unwrap_or(i64::MAX);
                 let content = pressed(msg, q.data.as_deref());
-                store::add_message(cx.tx, msg.chat.id.0, Some(user), Role::User, &content).await?;
+                cx.record_message(msg.chat.id.0, Some(user), Role::User, &content)
+                    .await?;
             }
             Ok(Flow::Continue)
         })
@@ -107,7 +108,7 @@ impl Module for History {
 
     fn on_sent<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        cx: &'a mut SentCx<'_>,
         deliveries: &'a [Delivery],
     ) -> BoxFuture<'a, Result<(), ModuleError>> {
         Box::pin(async move {
@@ -118,7 +119,7 @@ impl Module for History {
                     _ => None,
                 })
                 .collect();
-            store::add_bot_messages(tx, &sent).await?;
+            cx.record_bot_messages(&sent).await?;
             Ok(())
         })
     }

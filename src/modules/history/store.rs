@@ -19,7 +19,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    /// Its name in the `role` column.
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
             Role::Bot => "bot",

@@ -49,7 +49,7 @@ use crate::botdb::PruneSchedule;
 use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, OutboxRow};
 use crate::content::snapshot::SharedSnapshot;
-use crate::modules::{ModuleError, Queued, Quiet, Registry};
+use crate::modules::{self, ModuleError, Queued, Quiet, Registry, SentCx};
 use crate::telegram::{Delivery, DeliveryOutcome, Lane, Messenger, Request, TelegramError};
 use crate::telemetry::metrics::{self, SendOutcome};
 use limits::{Limits, Wait};
@@ -497,19 +497,39 @@ impl Sender {
             });
         }
         let snapshot = self.snapshot.load();
+        let follow_ups = self
+            .registry
+            .enabled(&snapshot)
+            .any(|module| deliveries.iter().any(|d| module.queues_on_sent(d)));
+        // First with the modules' history rows deferred: results and rows in one statement.
+        let mut messages = modules::store::MessageColumns::default();
+        let deferred = async {
+            let mut cx = SentCx::deferred(&mut messages);
+            for module in self.registry.enabled(&snapshot) {
+                module.on_sent(&mut cx, &deliveries).await?;
+            }
+            Ok::<(), ModuleError>(())
+        }
+        .await;
         let mut conn = self
             .db
             .acquire()
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        store::finish_outbox(&mut tx, &done).await?;
-        let mut follow_ups = false;
-        for module in self.registry.enabled(&snapshot) {
-            module.on_sent(&mut tx, &deliveries).await?;
-            follow_ups |= deliveries.iter().any(|d| module.queues_on_sent(d));
+        match deferred {
+            Ok(()) => modules::store::finish_deferred(&mut conn, &done, &messages).await?,
+            // A step reads or writes more: all of it inside one transaction.
+            Err(ModuleError::NeedsTransaction) => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                store::finish_outbox(&mut tx, &done).await?;
+                let mut cx = SentCx::new(&mut tx);
+                for module in self.registry.enabled(&snapshot) {
+                    module.on_sent(&mut cx, &deliveries).await?;
+                }
+                tx.commit().await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        tx.commit().await?;
         let sent = records
             .iter()
             .filter(|r| matches!(r.outcome, DeliveryOutcome::Sent(_)))
