@@ -499,13 +499,7 @@ async fn a_message_of_an_unknown_kind_keeps_its_caption_in_history() {
 #[tokio::test]
 async fn touching_an_unchanged_user_again_writes_nothing() {
     use botvisor::modules::core::store::{SeenUser, touch_user};
-    let db = common::TestDb::create("touch").await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
-        .await
-        .unwrap();
+    let (db, mut conn) = bot_database("touch").await;
     let mut seen = SeenUser {
         user_id: 7,
         username: Some("ann"),
@@ -560,6 +554,18 @@ async fn touching_an_unchanged_user_again_writes_nothing() {
     drop(db);
 }
 
+/// A fresh database with the bot migrations, and a connection to it.
+async fn bot_database(name: &str) -> (common::TestDb, sqlx::PgConnection) {
+    let db = common::TestDb::create(name).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
+        .await
+        .unwrap();
+    (db, conn)
+}
+
 async fn row_version(conn: &mut sqlx::PgConnection) -> String {
     let q = "SELECT xmin::text || '/' || blocked::text FROM users WHERE user_id = 7";
     sqlx::query_scalar(q).fetch_one(conn).await.unwrap()
@@ -572,13 +578,7 @@ async fn row_version(conn: &mut sqlx::PgConnection) -> String {
 #[tokio::test]
 async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
     use botvisor::modules::store::{Deferred, apply_deferred};
-    let db = common::TestDb::create("deferred").await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
-        .await
-        .unwrap();
+    let (db, mut conn) = bot_database("deferred").await;
     // Updates 1 and 3 wait; 2 was processed by an earlier run.
     sqlx::query(
         "INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, processed_at) \
@@ -676,13 +676,7 @@ async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
 async fn a_group_of_results_and_its_history_rows_are_one_statement() {
     use botvisor::botdb::store::{FinishedSends, enqueue};
     use botvisor::modules::store::{MessageColumns, finish_deferred};
-    let db = common::TestDb::create("finish").await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    botvisor::schema::apply_on(&botvisor::schema::BOT, &mut conn)
-        .await
-        .unwrap();
+    let (db, mut conn) = bot_database("finish").await;
     let request = serde_json::json!({"text": "hi"});
     let a = enqueue(&mut conn, 0, 7, Some(7), "core", &request)
         .await
