@@ -151,11 +151,20 @@ impl Sender {
         let mut taken_at: HashMap<i64, Instant> = HashMap::new();
         let mut depth: Option<usize> = None;
         let mut said_idle: Option<(bool, Instant)> = None;
+        // Whether the outbox was read since the drain began.
+        let mut loaded_in_drain = false;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             let draining = self.drain.is_cancelled();
+            // The drain begins after the processor's last commit and hand-over, but the
+            // hand-over may still wait in its channel while the sender was busy elsewhere (a
+            // record): read the outbox once before deciding that nothing is left.
+            if draining && !loaded_in_drain {
+                loaded_in_drain = true;
+                reload = true;
+            }
             let now = Instant::now();
             let paused = paused_until.is_some_and(|t| t > now);
             let mut next_ready: Option<Instant> = paused_until.filter(|_| paused);
