@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use botvisor::content::manifest::{Manifest, ManifestError};
 use botvisor::content::snapshot::Section;
-use botvisor::modules::{Flow, Module, ModuleError, Registry, UpdateCx};
+use botvisor::modules::{Flow, Module, ModuleError, Registry, SentCx, UpdateCx};
 use botvisor::sandbox::{Fault, Hold, InjectMessage};
-use botvisor::telegram::{Lane, Request};
+use botvisor::telegram::{Delivery, Lane, Request};
 use common::eventually;
 use common::harness::{DEADLINE, Harness};
 use futures::future::BoxFuture;
@@ -280,4 +280,102 @@ async fn replies_overtake_a_running_mailing() {
     );
     pool.close().await;
     assert!(h.stop().await.clean());
+}
+
+/// A test module whose first `on_sent` step, once armed, waits until the test opens the gate:
+/// it holds the bot's sender inside the record of a result.
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicBool,
+    open: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            armed: Default::default(),
+            entered: Default::default(),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Module for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn load(&self, _manifest: &Manifest) -> Result<Option<Section>, ManifestError> {
+        Ok(Some(Arc::new(())))
+    }
+
+    fn on_sent<'a>(
+        &'a self,
+        _cx: &'a mut SentCx<'_>,
+        _deliveries: &'a [Delivery],
+    ) -> BoxFuture<'a, Result<(), ModuleError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            if self.armed.swap(false, SeqCst) {
+                self.entered.store(true, SeqCst);
+                let _permit = self.open.acquire().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The stop's drain begins once the processor handed its last requests to the sender; a
+/// sender busy recording a result at that moment still sends them before it ends (they wait
+/// in its hand-over channel, and it reads the outbox when it sees the drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_handed_over_while_the_sender_records_are_sent_before_the_stop() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let gate = Arc::new(Gate::default());
+    let mut h = Harness::start_with(&[], Registry::standard().with(gate.clone())).await;
+    let (id, t) = h.add_bot("gate", 5403).await;
+    h.wait_state(id, "running").await;
+    gate.armed.store(true, SeqCst);
+    h.say(&t, 1, "/help");
+    h.reply(&t, 1, 0, |s| s == HELP).await;
+    eventually(DEADLINE, "the sender held in its record", || async {
+        gate.entered.load(SeqCst).then_some(())
+    })
+    .await;
+    // Processed and handed over while the sender is held; the last one right before the
+    // stop, so the listener's last call confirms it.
+    let pool = h.bot_pool(id).await;
+    for chat in 2..=6 {
+        h.say(&t, chat, "/help");
+        eventually(DEADLINE, "the update processed", || async {
+            (count(&pool, "SELECT count(processed_at) FROM inbox").await == chat).then_some(())
+        })
+        .await;
+    }
+    pool.close().await;
+    let polls = || {
+        h.sandbox
+            .stats()
+            .bots
+            .get(&t)
+            .and_then(|b| b.calls.get("getUpdates").copied())
+            .unwrap_or(0)
+    };
+    let before = polls();
+    h.begin_stop();
+    // The listener's last call (the confirmation) ends the intake; the processor, with
+    // nothing left, ends right after it and the drain begins.
+    eventually(DEADLINE, "the listener's last call", || async {
+        (polls() > before).then_some(())
+    })
+    .await;
+    gate.open.add_permits(1);
+    let report = h.stop().await;
+    assert!(report.clean(), "{report:?}");
+    for chat in 2..=6 {
+        assert!(
+            !h.sandbox.sent(&t, chat, 0).unwrap().is_empty(),
+            "chat {chat} was not answered before the stop"
+        );
+    }
 }

@@ -302,6 +302,12 @@ impl Harness {
             .unwrap()
     }
 
+    /// Starts the daemon's shutdown without waiting for it ([`Harness::stop`] waits).
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Cancels the daemon and waits for it to drain.
     pub async fn stop(&mut self) -> ShutdownReport {
         self.shutdown.cancel();
