@@ -617,18 +617,7 @@ impl<'a> UpdateCx<'a> {
         let origin = self.origin;
         let id =
             botdb_store::enqueue(self.tx()?, lane.as_i16(), chat.0, user, origin, &json).await?;
-        self.queued.push(Queued {
-            row: OutboxRow {
-                id,
-                lane: lane.as_i16(),
-                chat_id: chat.0,
-                user_id: user,
-                origin: origin.to_owned(),
-                request: sqlx::types::Json(json),
-                attempts: 0,
-            },
-            request: request.clone(),
-        });
+        self.hand_over(id, lane, chat, user, json, request);
         Ok(id)
     }
 
@@ -653,9 +642,23 @@ impl<'a> UpdateCx<'a> {
         r.origin.push(self.origin);
         r.request.push(json.to_string());
         // The id is filled in once the batch's statement wrote the row (`runtime::dispatch`).
+        self.hand_over(0, lane, chat, user, json, request);
+        Ok(())
+    }
+
+    /// Keeps outbox row `id` for the sender, as it will read once the unit of work committed.
+    fn hand_over(
+        &mut self,
+        id: i64,
+        lane: Lane,
+        chat: ChatId,
+        user: Option<i64>,
+        json: serde_json::Value,
+        request: &Request,
+    ) {
         self.queued.push(Queued {
             row: OutboxRow {
-                id: 0,
+                id,
                 lane: lane.as_i16(),
                 chat_id: chat.0,
                 user_id: user,
@@ -665,7 +668,6 @@ impl<'a> UpdateCx<'a> {
             },
             request: request.clone(),
         });
-        Ok(())
     }
 
     /// Answers `text` to `chat` (for `user`, when known).
