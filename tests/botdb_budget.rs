@@ -100,6 +100,7 @@ async fn forty_databases_never_exceed_the_budget() {
                 for pool in &pools {
                     per_db_peak.fetch_max(pool.open_connections(), Ordering::Relaxed);
                 }
+                // The sampling period of the peak watcher, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -122,6 +123,7 @@ async fn forty_databases_never_exceed_the_budget() {
             let pool = pools[task % DATABASES].clone();
             tokio::spawn(async move {
                 let mut conn = pool.acquire().await?;
+                // The workload: each task holds its connection 10 ms, so they contend.
                 sqlx::query("SELECT pg_sleep(0.01)")
                     .execute(&mut *conn)
                     .await
@@ -726,11 +728,13 @@ async fn measure_running_bots_while_bots_provision() {
         async move {
             while !stop.is_cancelled() {
                 peak.fetch_max(budget.open_connections(), Ordering::Relaxed);
+                // The sampling period of the peak watcher.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
 
+    // The measurement window of the running bots alone (their latency before provisioning).
     tokio::time::sleep(BASELINE).await;
     provisioning.store(true, Ordering::Relaxed);
     let started = std::time::Instant::now();

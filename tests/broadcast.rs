@@ -442,6 +442,7 @@ async fn measure_broadcast_throughput_and_reply_latency() {
         h.say(&t, chat, "/start");
         h.reply(&t, chat, after, |_| true).await;
         latencies.push(asked.elapsed());
+        // Pacing of the probes over the mailing, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let took = began.elapsed();
