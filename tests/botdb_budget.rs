@@ -852,3 +852,58 @@ async fn auto_budget_is_sized_from_the_server() {
         "{err}"
     );
 }
+
+/// What [`botvisor::botdb::budget::BudgetConn::vouch`] buys and costs: a connection its holder
+/// vouched for is handed out again without the ping — so a session the server ended in
+/// between fails its next holder's first statement, where an unvouched one would have been
+/// replaced — and a holder that does not vouch (after that failure) gets it checked and
+/// replaced on the next acquire; a window of zero pings every time.
+#[tokio::test]
+async fn a_vouched_connection_skips_the_ping_and_is_checked_after_a_failure() {
+    let db = TestDb::create("budget_vouched").await;
+    let names = create_databases(&db, 1).await;
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    let mut kill = async |pid: i32| {
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert!(terminated);
+    };
+
+    // A window far longer than the test: the vouched connection is reused unchecked.
+    let budget = ConnectionBudget::new(4, Duration::from_secs(3600), Duration::from_secs(10))
+        .with_alive_bypass(Duration::from_secs(3600));
+    let pool = budget.database(options(&names[0]), 1);
+    let mut conn = pool.acquire().await.unwrap();
+    let killed = backend_pid(&mut conn).await;
+    conn.vouch();
+    drop(conn);
+    kill(killed).await;
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        conn.execute("SELECT 1").await.is_err(),
+        "a vouched connection is handed out without a ping, so the ended session shows at its first statement"
+    );
+    drop(conn);
+    let mut conn = pool.acquire().await.unwrap();
+    assert_ne!(
+        backend_pid(&mut conn).await,
+        killed,
+        "not vouched after its failure: pinged and replaced"
+    );
+    drop(conn);
+
+    // A window of zero: vouched or not, every idle connection is pinged.
+    let budget = ConnectionBudget::new(4, Duration::from_secs(3600), Duration::from_secs(10))
+        .with_alive_bypass(Duration::ZERO);
+    let pool = budget.database(options(&names[0]), 1);
+    let mut conn = pool.acquire().await.unwrap();
+    let killed = backend_pid(&mut conn).await;
+    conn.vouch();
+    drop(conn);
+    kill(killed).await;
+    let mut conn = pool.acquire().await.unwrap();
+    assert_ne!(backend_pid(&mut conn).await, killed, "pinged and replaced");
+}

@@ -33,7 +33,10 @@
 //!    restart or `pg_terminate_backend` ends idle sessions without the broker noticing; a
 //!    connection whose ping fails (or does not answer within [`PING_TIMEOUT`]) is dropped and
 //!    its slot connects afresh within the same acquire (test
-//!    `a_connection_killed_while_idle_is_replaced_on_the_first_try`);
+//!    `a_connection_killed_while_idle_is_replaced_on_the_first_try`). No ping for one whose
+//!    last holder vouched for it ([`BudgetConn::vouch`]: its statements succeeded) and
+//!    returned it less than [`ALIVE_BYPASS`] ago: a running bot's intake, unit of work and
+//!    sender vouch, so a busy bot pays no pings;
 //! 3. else take a free slot of the budget and connect;
 //! 4. else evict the least recently used idle connection of another database that has no
 //!    acquire under way (closed gracefully, outside the lock) and connect with its slot (test
@@ -101,6 +104,16 @@ pub const KEPT_AT_MOST: Duration = Duration::from_secs(2);
 /// Longest wait for the ping that checks an idle connection before it is handed out; a
 /// connection that does not answer in time is replaced by a fresh one.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How recently a vouched connection ([`BudgetConn::vouch`]) must have been returned to be
+/// handed out again without a ping (HikariCP's `aliveBypassWindowMs`, same default).
+///
+/// A running bot's intake, unit of work and sender each acquire once per update; their pings
+/// were three of an update's six round trips to PostgreSQL. The cost: a server restart within
+/// this window after a vouched return fails the next holder's first statement (the run
+/// restarts and replays, as when a restart hits a connection in use) instead of being
+/// replaced by the ping.
+pub const ALIVE_BYPASS: Duration = Duration::from_millis(500);
 
 /// Longest wait for a graceful close (Terminate) before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -215,6 +228,9 @@ struct Shared {
     /// ([`PROVISION_EVICTS_AFTER_IDLE`] unless [`ConnectionBudget::with_provision_evicts_after`]
     /// set another).
     provision_evicts_after_ms: std::sync::atomic::AtomicU64,
+    /// How recently a vouched connection must have been returned to skip its ping, in
+    /// milliseconds ([`ALIVE_BYPASS`] unless [`ConnectionBudget::with_alive_bypass`] set another).
+    alive_bypass_ms: std::sync::atomic::AtomicU64,
     /// Whether [`ConnectionBudget::run`] sets the connection gauges (with several servers the
     /// daemon sets them to the sum of every server's budget instead).
     reports_metrics: std::sync::atomic::AtomicBool,
@@ -284,6 +300,7 @@ impl ConnectionBudget {
                 provision_evicts_after_ms: std::sync::atomic::AtomicU64::new(
                     PROVISION_EVICTS_AFTER_IDLE.as_millis() as u64,
                 ),
+                alive_bypass_ms: std::sync::atomic::AtomicU64::new(ALIVE_BYPASS.as_millis() as u64),
             }),
         }
     }
@@ -300,6 +317,15 @@ impl ConnectionBudget {
         self.shared
             .provision_evicts_after_ms
             .store(spared.as_millis() as u64, Ordering::Release);
+        self
+    }
+
+    /// Sets how recently a vouched connection must have been returned to be handed out without
+    /// a ping (instead of [`ALIVE_BYPASS`]; zero pings every idle connection).
+    pub fn with_alive_bypass(self, window: Duration) -> Self {
+        self.shared
+            .alive_bypass_ms
+            .store(window.as_millis() as u64, Ordering::Release);
         self
     }
 
@@ -640,6 +666,11 @@ impl BotPool {
                 );
                 live.close().await
             }
+            Claim::Idle(live)
+                if live.vouched && live.returned_at.elapsed() < self.alive_bypass() =>
+            {
+                return Ok(self.wrap(live, permit, class));
+            }
             Claim::Idle(live) => match self.check(live, deadline).await {
                 Ok(live) => return Ok(self.wrap(live, permit, class)),
                 Err(slot) => slot,
@@ -648,6 +679,10 @@ impl BotPool {
         self.connect(slot, deadline)
             .await
             .map(|live| self.wrap(live, permit, class))
+    }
+
+    fn alive_bypass(&self) -> Duration {
+        Duration::from_millis(self.shared.alive_bypass_ms.load(Ordering::Acquire))
     }
 
     fn timeout(&self) -> BudgetError {
@@ -660,6 +695,7 @@ impl BotPool {
     fn wrap(&self, mut live: Live, permit: OwnedSemaphorePermit, class: Class) -> BudgetConn {
         live.running = class == Class::Running && self.db.warm.load(Ordering::Relaxed);
         live.kept = false;
+        live.vouched = false;
         BudgetConn {
             live: Some(live),
             shared: Arc::clone(&self.shared),
@@ -795,6 +831,7 @@ impl BotPool {
             returned_at: Instant::now(),
             running: false,
             kept: false,
+            vouched: false,
         })
     }
 }
@@ -922,6 +959,9 @@ struct Live {
     /// Kept for its database's next acquire: evicted by nobody for [`KEPT_AT_MOST`] after
     /// its return ([`BudgetConn::keep_for_next_acquire`]).
     kept: bool,
+    /// Its last holder's statements succeeded ([`BudgetConn::vouch`]): handed out again
+    /// without a ping if returned less than [`ALIVE_BYPASS`] ago.
+    vouched: bool,
 }
 
 impl Live {
@@ -988,6 +1028,17 @@ impl BudgetConn {
         if let Some(live) = self.live.as_mut() {
             live.running = true;
             live.kept = true;
+        }
+    }
+
+    /// Says that this holder's statements succeeded and left no transaction open: if the
+    /// connection is acquired again within [`ALIVE_BYPASS`] of its return, it is handed out
+    /// without the ping (test `a_vouched_connection_skips_the_ping_and_is_checked_after_a_failure`).
+    /// Call it after the last statement; a holder that did not vouch gets its connection
+    /// checked, so one that failed is replaced on the next acquire.
+    pub fn vouch(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            live.vouched = !live.conn.is_in_transaction();
         }
     }
 

@@ -387,6 +387,7 @@ impl Sender {
             .await
             .map_err(|e| RecordError::Module(e.into()))?;
         let rows = store::pending_outbox(&mut conn, PAGE).await?;
+        conn.vouch();
         let full = rows.len() as i64 >= PAGE;
         let queue = rows
             .into_iter()
@@ -539,6 +540,7 @@ impl Sender {
             }
             Err(e) => return Err(e.into()),
         }
+        conn.vouch();
         let sent = records
             .iter()
             .filter(|r| matches!(r.outcome, DeliveryOutcome::Sent(_)))
