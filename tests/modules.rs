@@ -577,7 +577,7 @@ async fn row_version(conn: &mut sqlx::PgConnection) -> String {
 /// the requests were queued; run again, it claims and writes nothing.
 #[tokio::test]
 async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
-    use botvisor::modules::store::{Deferred, apply_deferred};
+    use botvisor::modules::store::{Claim, Deferred, apply_deferred};
     let (db, mut conn) = bot_database("deferred").await;
     // Updates 1 and 3 wait; 2 was processed by an earlier run.
     sqlx::query(
@@ -613,7 +613,9 @@ async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
     }
     assert!(!w.is_empty());
 
-    let applied = apply_deferred(&mut conn, 42, &[1, 2, 3], &w).await.unwrap();
+    let applied = apply_deferred(&mut conn, 42, Claim::Stored(&[1, 2, 3]), &w)
+        .await
+        .unwrap();
     let mut claimed = applied.claimed.clone();
     claimed.sort_unstable();
     assert_eq!(claimed, [1, 3], "the processed update was claimed again");
@@ -654,7 +656,9 @@ async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
         .unwrap();
     assert_eq!(waiting, 0);
 
-    let again = apply_deferred(&mut conn, 42, &[1, 2, 3], &w).await.unwrap();
+    let again = apply_deferred(&mut conn, 42, Claim::Stored(&[1, 2, 3]), &w)
+        .await
+        .unwrap();
     assert!(
         again.claimed.is_empty() && again.outbox_ids.is_empty(),
         "{again:?}"
@@ -666,6 +670,108 @@ async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
     .await
     .unwrap();
     assert_eq!(rows, 5, "a replay wrote again");
+    sqlx::Connection::close(conn).await.ok();
+    drop(db);
+}
+
+/// The intake's one statement (`modules::store::Claim::Fresh`): a fetched batch is stored
+/// already processed with its next offset, and only its new, parsed updates' writes apply —
+/// a re-delivered id and a poisoned row leave none; a batch with an id below the stored
+/// offset that is not stored (a restart of the ids) writes nothing at all.
+#[tokio::test]
+async fn a_fetched_batch_is_stored_processed_and_confirmed_in_one_statement() {
+    use botvisor::botdb::store::InboxRow;
+    use botvisor::modules::store::{Claim, Deferred, apply_deferred};
+    let (db, mut conn) = bot_database("fresh").await;
+    // Update 1 was stored (and processed) by an earlier batch; the offset is 2.
+    sqlx::raw_sql(
+        "INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, processed_at) \
+         VALUES (42, 1, 7, '{\"update_id\": 1}', now()); \
+         INSERT INTO bot_state (key, value) VALUES ('offset:42', 2)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let row = |id: i64, error: Option<&str>| InboxRow {
+        update_id: id,
+        chat_id: Some(7),
+        payload: format!("{{\"update_id\": {id}}}"),
+        error: error.map(str::to_owned),
+    };
+    let rows = [row(1, None), row(2, None), row(3, Some("cannot parse"))];
+    let mut w = Deferred::default();
+    for (update, text) in [(1, "again"), (2, "two")] {
+        w.requests.update.push(update);
+        w.requests.lane.push(0);
+        w.requests.chat.push(7);
+        w.requests.user.push(Some(7));
+        w.requests.origin.push("core");
+        w.requests
+            .request
+            .push(serde_json::json!({ "text": text }).to_string());
+    }
+    let fresh = Claim::Fresh {
+        rows: &rows,
+        next_offset: Some(4),
+    };
+    let applied = apply_deferred(&mut conn, 42, fresh, &w).await.unwrap();
+    assert!(!applied.suspicious);
+    assert_eq!(
+        applied.claimed,
+        [2],
+        "only the new parsed update is processed"
+    );
+    assert_eq!(
+        applied.inserted,
+        [2, 3],
+        "the re-delivered id is not stored twice"
+    );
+    assert_eq!(applied.outbox_ids.len(), 1);
+    let inbox: Vec<(i64, bool, Option<String>)> = sqlx::query_as(
+        "SELECT update_id, processed_at IS NOT NULL, error FROM inbox ORDER BY update_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        inbox,
+        [
+            (1, true, None),
+            (2, true, None),
+            (3, true, Some("cannot parse".to_owned()))
+        ]
+    );
+    let texts: Vec<String> = sqlx::query_scalar("SELECT request->>'text' FROM outbox")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(texts, ["two"]);
+    let offset: i64 = sqlx::query_scalar("SELECT value FROM bot_state WHERE key = 'offset:42'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(offset, 4);
+
+    // Ids restarted: 1 is below the stored offset 4 but its payload differs, so nothing of
+    // the batch is written; the caller takes store_batch's checked path.
+    let mut restarted = row(1, None);
+    restarted.payload = r#"{"update_id": 1, "message": {}}"#.to_owned();
+    let rows = [restarted];
+    let fresh = Claim::Fresh {
+        rows: &rows,
+        next_offset: Some(2),
+    };
+    let applied = apply_deferred(&mut conn, 42, fresh, &w).await.unwrap();
+    assert!(applied.suspicious);
+    assert!(applied.claimed.is_empty() && applied.inserted.is_empty());
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM outbox) * 100 + (SELECT count(*) FROM inbox) * 10 \
+              + (SELECT value FROM bot_state WHERE key = 'offset:42')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, 134, "nothing written");
     sqlx::Connection::close(conn).await.ok();
     drop(db);
 }

@@ -379,3 +379,58 @@ async fn replies_handed_over_while_the_sender_records_are_sent_before_the_stop()
         );
     }
 }
+
+/// Whether the inbox row of chat `chat`'s update, the user's history row and the stored offset
+/// were all written by one transaction (the offset row is rewritten by every stored batch, so
+/// this holds only for the last batch stored).
+async fn stored_and_processed_together(pool: &PgPool, chat: i64) -> bool {
+    sqlx::query_scalar(
+        "SELECT (SELECT xmin::text FROM inbox WHERE chat_id = $1) \
+                = (SELECT xmin::text FROM bot_state WHERE key LIKE 'offset:%') \
+            AND (SELECT xmin::text FROM inbox WHERE chat_id = $1) \
+                = (SELECT xmin::text FROM messages WHERE chat_id = $1 AND role = 'user')",
+    )
+    .bind(chat)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A fetched batch whose steps only write is stored, processed and its offset recorded by one
+/// statement: its inbox row is written once, already processed, in the transaction that wrote
+/// the user's history row and the offset. A batch whose step reads the database (`/mail`) is
+/// stored first and processed in a transaction of its own. Both are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_batch_whose_steps_only_write_is_stored_and_processed_in_one_statement() {
+    let h = Harness::start_with(&[], Registry::standard().with(Arc::new(Mailer))).await;
+    let (id, t) = h.add_bot("fresh", 5404).await;
+    h.wait_state(id, "running").await;
+    let pool = h.bot_pool(id).await;
+
+    h.say(&t, 1, "/help");
+    h.reply(&t, 1, 0, |s| s == HELP).await;
+    assert!(stored_and_processed_together(&pool, 1).await);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM inbox WHERE processed_at IS NULL"
+        )
+        .await,
+        0
+    );
+
+    h.say(&t, 2, "/mail");
+    h.reply(&t, 1, 0, |s| s == "news for 1").await;
+    assert!(
+        !stored_and_processed_together(&pool, 2).await,
+        "a step that reads needs the stored update's own transaction"
+    );
+    let processed_with_history: bool = sqlx::query_scalar(
+        "SELECT (SELECT xmin::text FROM inbox WHERE chat_id = 2) \
+              = (SELECT xmin::text FROM messages WHERE chat_id = 2 AND role = 'user')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(processed_with_history, "marked processed with its effects");
+}

@@ -7,8 +7,66 @@
 use sqlx::PgConnection;
 
 /// Key of the next getUpdates offset of Telegram bot `telegram_bot_id` in `bot_state`.
-fn offset_key(telegram_bot_id: i64) -> String {
+pub fn offset_key(telegram_bot_id: i64) -> String {
     format!("offset:{telegram_bot_id}")
+}
+
+/// The parameters of [`store_ctes`], by number.
+pub struct StoreParams {
+    /// `bigint[]`: the update ids.
+    pub ids: u8,
+    /// `bigint[]`: their chats.
+    pub chats: u8,
+    /// `text[]`: their payloads.
+    pub payloads: u8,
+    /// `text[]`: their errors (poisoned when set).
+    pub errors: u8,
+    /// `bigint`: the Telegram bot id.
+    pub bot: u8,
+    /// `text`: the offset's key ([`offset_key`]).
+    pub key: u8,
+    /// `bigint` or NULL: the next offset.
+    pub next: u8,
+}
+
+/// The common case of [`store_batch`] as the CTEs `u`, `suspicious`, `ins` (returning
+/// `update_id, error` of the rows inserted) and `off`, without the `WITH`: the batch and its
+/// next offset are written only if no id looks like a restart of the ids (`suspicious` is
+/// empty). `processed` is the inserted rows' `processed_at`. Shared with the intake's
+/// statement that also processes the batch (`modules::store::apply_deferred`).
+pub fn store_ctes(p: &StoreParams, processed: &str) -> String {
+    let StoreParams {
+        ids,
+        chats,
+        payloads,
+        errors,
+        bot,
+        key,
+        next,
+    } = p;
+    format!(
+        "u AS (SELECT * FROM UNNEST(${ids}::bigint[], ${chats}::bigint[], ${payloads}::text[], \
+                                    ${errors}::text[]) AS u(id, chat, payload, error)), \
+         suspicious AS ( \
+            SELECT u.id FROM u LEFT JOIN inbox i \
+                ON i.telegram_bot_id = ${bot} AND i.update_id = u.id \
+            WHERE u.id >= 1 AND CASE WHEN i.update_id IS NOT NULL \
+                  THEN i.payload <> u.payload::jsonb \
+                  ELSE u.id < (SELECT value FROM bot_state WHERE key = ${key}) END), \
+         ins AS ( \
+            INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, error, \
+                               processed_at) \
+            SELECT ${bot}, u.id, u.chat, u.payload::jsonb, u.error, {processed} \
+            FROM u WHERE NOT EXISTS (SELECT 1 FROM suspicious) \
+            ON CONFLICT (telegram_bot_id, update_id) DO NOTHING RETURNING update_id, error), \
+         off AS ( \
+            INSERT INTO bot_state (key, value) \
+            SELECT ${key}, ${next} WHERE ${next} IS NOT NULL \
+                AND NOT EXISTS (SELECT 1 FROM suspicious) \
+            ON CONFLICT (key) DO UPDATE SET \
+            value = GREATEST(bot_state.value, EXCLUDED.value), updated_at = now() \
+            WHERE bot_state.value < EXCLUDED.value)"
+    )
 }
 
 /// One update to store: its id, chat (when parsed), payload, and the error if poisoned.
@@ -90,40 +148,34 @@ pub async fn store_batch(
     let chats: Vec<Option<i64>> = rows.iter().map(|r| r.chat_id).collect();
     let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
-    let (suspicious, inserted): (i64, Vec<i64>) = sqlx::query_as(
-        "WITH u AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
-                    AS u(id, chat, payload, error)), \
-              suspicious AS ( \
-                 SELECT u.id FROM u LEFT JOIN inbox i \
-                     ON i.telegram_bot_id = $5 AND i.update_id = u.id \
-                 WHERE u.id >= 1 AND CASE WHEN i.update_id IS NOT NULL \
-                       THEN i.payload <> u.payload::jsonb \
-                       ELSE u.id < (SELECT value FROM bot_state WHERE key = $6) END), \
-              ins AS ( \
-                 INSERT INTO inbox (telegram_bot_id, update_id, chat_id, payload, error, \
-                                    processed_at) \
-                 SELECT $5, u.id, u.chat, u.payload::jsonb, u.error, \
-                        CASE WHEN u.error IS NULL THEN NULL ELSE now() END \
-                 FROM u WHERE NOT EXISTS (SELECT 1 FROM suspicious) \
-                 ON CONFLICT (telegram_bot_id, update_id) DO NOTHING RETURNING update_id), \
-              off AS ( \
-                 INSERT INTO bot_state (key, value) \
-                 SELECT $6, $7 WHERE $7 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM suspicious) \
-                 ON CONFLICT (key) DO UPDATE SET \
-                 value = GREATEST(bot_state.value, EXCLUDED.value), updated_at = now() \
-                 WHERE bot_state.value < EXCLUDED.value) \
-         SELECT (SELECT count(*) FROM suspicious), \
-                ARRAY(SELECT update_id FROM ins ORDER BY update_id)",
-    )
-    .bind(&ids)
-    .bind(&chats)
-    .bind(&payloads)
-    .bind(&errors)
-    .bind(telegram_bot_id)
-    .bind(offset_key(telegram_bot_id))
-    .bind(next_offset)
-    .fetch_one(&mut *conn)
-    .await?;
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let ctes = store_ctes(
+            &StoreParams {
+                ids: 1,
+                chats: 2,
+                payloads: 3,
+                errors: 4,
+                bot: 5,
+                key: 6,
+                next: 7,
+            },
+            "CASE WHEN u.error IS NULL THEN NULL ELSE now() END",
+        );
+        format!(
+            "WITH {ctes} SELECT (SELECT count(*) FROM suspicious), \
+                                ARRAY(SELECT update_id FROM ins ORDER BY update_id)"
+        )
+    });
+    let (suspicious, inserted): (i64, Vec<i64>) = sqlx::query_as(SQL.as_str())
+        .bind(&ids)
+        .bind(&chats)
+        .bind(&payloads)
+        .bind(&errors)
+        .bind(telegram_bot_id)
+        .bind(offset_key(telegram_bot_id))
+        .bind(next_offset)
+        .fetch_one(&mut *conn)
+        .await?;
     if suspicious == 0 {
         return Ok(Stored::Stored {
             inserted,

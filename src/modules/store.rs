@@ -14,7 +14,9 @@
 use sqlx::PgConnection;
 
 use super::core::store::TOUCH_CONFLICT;
-use crate::botdb::store::{CLAIM_UPDATES, FINISH_OUTBOX, FinishedSends};
+use crate::botdb::store::{
+    CLAIM_UPDATES, FINISH_OUTBOX, FinishedSends, InboxRow, StoreParams, offset_key, store_ctes,
+};
 
 /// The writes a batch's chains deferred, column by column; each row names its update.
 #[derive(Debug, Default)]
@@ -85,6 +87,22 @@ pub struct RequestColumns {
     pub request: Vec<String>,
 }
 
+/// Which updates the one statement claims.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// Updates in the inbox: those of these ids not processed yet.
+    Stored(&'a [i64]),
+    /// A batch just fetched, not stored yet: stored with its next offset, already processed
+    /// (`botdb::store::store_ctes`); the new rows that are not poisoned are claimed. Nothing is
+    /// written if an id looks like a restart of the ids ([`Applied::suspicious`]).
+    Fresh {
+        /// The batch's rows, poisoned ones included.
+        rows: &'a [InboxRow],
+        /// The offset that confirms the batch.
+        next_offset: Option<i64>,
+    },
+}
+
 /// What the one statement did.
 #[derive(Debug)]
 pub struct Applied {
@@ -92,19 +110,105 @@ pub struct Applied {
     pub claimed: Vec<i64>,
     /// The outbox ids of the requests of claimed updates, in the order they were queued.
     pub outbox_ids: Vec<i64>,
+    /// [`Claim::Fresh`]: the ids stored anew, poisoned ones included (an id already stored is
+    /// a re-delivery). [`Claim::Stored`]: the claimed ones.
+    pub inserted: Vec<i64>,
+    /// [`Claim::Fresh`]: an id looks like a restart of the ids, so nothing was written; the
+    /// batch takes `botdb::store::store_batch`'s checked path.
+    pub suspicious: bool,
 }
 
-/// Claims `update_ids` of Telegram bot `telegram_bot_id` and applies `writes` for the claimed
-/// ones, in one statement (its own transaction).
+/// Claims updates of Telegram bot `telegram_bot_id` as `claim` says and applies `writes` for
+/// the claimed ones, in one statement (its own transaction).
 pub async fn apply_deferred(
     conn: &mut PgConnection,
     telegram_bot_id: i64,
-    update_ids: &[i64],
+    claim: Claim<'_>,
     writes: &Deferred,
 ) -> Result<Applied, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH claimed AS ({CLAIM_UPDATES}), \
+    // Parameters: $1 the bot, $2 the ids, $3–$19 the writes, $20–$24 (fresh) the batch.
+    static STORED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        writes_sql(
+            &format!("claimed AS ({CLAIM_UPDATES})"),
+            "ARRAY(SELECT update_id FROM claimed), 0::bigint",
+        )
+    });
+    static FRESH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let ctes = store_ctes(
+            &StoreParams {
+                ids: 2,
+                chats: 20,
+                payloads: 21,
+                errors: 22,
+                bot: 1,
+                key: 23,
+                next: 24,
+            },
+            "now()",
+        );
+        writes_sql(
+            &format!("{ctes}, claimed AS (SELECT update_id FROM ins WHERE error IS NULL)"),
+            "ARRAY(SELECT update_id FROM ins ORDER BY update_id), \
+             (SELECT count(*) FROM suspicious)",
+        )
+    });
+    let Deferred {
+        messages: m,
+        users: u,
+        requests: r,
+    } = writes;
+    let (sql, ids, fresh) = match claim {
+        Claim::Stored(ids) => (STORED.as_str(), ids.to_vec(), None),
+        Claim::Fresh { rows, next_offset } => (
+            FRESH.as_str(),
+            rows.iter().map(|r| r.update_id).collect(),
+            Some((rows, next_offset)),
+        ),
+    };
+    let query = sqlx::query_as(sql)
+        .bind(telegram_bot_id)
+        .bind(ids)
+        .bind(&m.update)
+        .bind(&m.chat)
+        .bind(&m.user)
+        .bind(&m.role)
+        .bind(&m.content)
+        .bind(&u.update)
+        .bind(&u.user_id)
+        .bind(&u.username)
+        .bind(&u.first_name)
+        .bind(&u.last_name)
+        .bind(&u.language_code)
+        .bind(&r.update)
+        .bind(&r.lane)
+        .bind(&r.chat)
+        .bind(&r.user)
+        .bind(&r.origin)
+        .bind(&r.request);
+    let query = match fresh {
+        None => query,
+        Some((rows, next_offset)) => query
+            .bind(rows.iter().map(|r| r.chat_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+            .bind(offset_key(telegram_bot_id))
+            .bind(next_offset),
+    };
+    let (claimed, outbox_ids, inserted, suspicious): (Vec<i64>, Vec<i64>, Vec<i64>, i64) =
+        query.fetch_one(conn).await?;
+    Ok(Applied {
+        claimed,
+        outbox_ids,
+        inserted,
+        suspicious: suspicious > 0,
+    })
+}
+
+/// The writes of [`apply_deferred`] after the CTEs `claims` (which define `claimed`), and a
+/// final SELECT of the claimed ids, the outbox ids and `tail`.
+fn writes_sql(claims: &str, tail: &str) -> String {
+    format!(
+        "WITH {claims}, \
              m AS ( \
                 INSERT INTO messages (chat_id, user_id, role, content) \
                 SELECT x.c, x.u, x.r, x.t \
@@ -127,41 +231,10 @@ pub async fn apply_deferred(
                      WITH ORDINALITY AS x(up, lane, chat, usr, origin, request, n) \
                 WHERE x.up IN (SELECT update_id FROM claimed) ORDER BY x.n \
                 RETURNING id) \
-             SELECT ARRAY(SELECT update_id FROM claimed), ARRAY(SELECT id FROM o ORDER BY id)",
-            conflict = *TOUCH_CONFLICT
-        )
-    });
-    let Deferred {
-        messages: m,
-        users: u,
-        requests: r,
-    } = writes;
-    let (claimed, outbox_ids): (Vec<i64>, Vec<i64>) = sqlx::query_as(SQL.as_str())
-        .bind(telegram_bot_id)
-        .bind(update_ids)
-        .bind(&m.update)
-        .bind(&m.chat)
-        .bind(&m.user)
-        .bind(&m.role)
-        .bind(&m.content)
-        .bind(&u.update)
-        .bind(&u.user_id)
-        .bind(&u.username)
-        .bind(&u.first_name)
-        .bind(&u.last_name)
-        .bind(&u.language_code)
-        .bind(&r.update)
-        .bind(&r.lane)
-        .bind(&r.chat)
-        .bind(&r.user)
-        .bind(&r.origin)
-        .bind(&r.request)
-        .fetch_one(conn)
-        .await?;
-    Ok(Applied {
-        claimed,
-        outbox_ids,
-    })
+             SELECT ARRAY(SELECT update_id FROM claimed), ARRAY(SELECT id FROM o ORDER BY id), \
+                    {tail}",
+        conflict = *TOUCH_CONFLICT
+    )
 }
 
 /// Records the sender's results `done` and appends the history rows its modules deferred

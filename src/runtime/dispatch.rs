@@ -1,4 +1,12 @@
-//! The unit of work: what happens to the updates the intake stored, start to finish.
+//! The unit of work: what happens to the updates the intake fetched, start to finish.
+//!
+//! The intake hands over [`Work`] in the inbox's order: stored updates (replayed at start, or
+//! stored by the webhook entrance) and batches the listener just fetched ([`Fresh`]). A fetched
+//! batch whose steps only write is **stored, processed and its offset recorded by one
+//! statement** ([`Processor::fresh`]: its inbox rows are written once, already processed);
+//! otherwise it is stored first (`botdb::store::store_batch`) and processed like the stored
+//! updates below. The listener is answered once the batch is stored, and only then confirms
+//! it to Telegram.
 //!
 //! [`Processor::run`] takes the stored updates in arrival order, in batches: every update
 //! already waiting when a batch starts (at most [`MAX_BATCH`]). For each batch it:
@@ -36,19 +44,54 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use teloxide::types::{Me, Update};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::BotContext;
 use super::inbox::panic_message;
 use crate::botdb::budget::BudgetConn;
-use crate::botdb::store;
+use crate::botdb::store::{self, InboxRow, Stored};
+use crate::modules::store::Claim;
 use crate::modules::{self, Flow, ModuleError, Queued, UpdateCx};
 use crate::telemetry::metrics::{self, PoisonedAt};
 
 /// What a committed unit of work leaves to do: the requests it queued (for the sender) and the
 /// modules whose jobs it asked to wake.
 type Effects = (Vec<Queued>, Vec<&'static str>);
+
+/// What the intake hands to the processor, in the inbox's order.
+pub enum Work {
+    /// An update in the inbox (replayed, or stored by the webhook entrance): process it.
+    Stored(Box<Update>),
+    /// A batch the listener just fetched, not stored yet: store and process it.
+    Fresh(Box<Fresh>),
+}
+
+/// A fetched batch for [`Processor::fresh`]: stored and processed in one statement when it
+/// can be, else stored (`botdb::store::store_batch`) and then processed like any stored batch.
+/// Either way `stored` answers the listener once the batch is stored, so it can confirm the
+/// batch's offset with Telegram.
+pub struct Fresh {
+    /// The batch's rows (poisoned ones included), in the order fetched.
+    pub rows: Vec<InboxRow>,
+    /// The rows that parsed, by id, in the same order.
+    pub parsed: Vec<(i64, Update)>,
+    /// The offset that confirms the batch.
+    pub next_offset: Option<i64>,
+    /// What was stored, or why storing failed (masked).
+    pub stored: oneshot::Sender<Result<Stored, String>>,
+}
+
+/// What [`Processor::deferred`] did.
+struct DeferredDone {
+    effects: Effects,
+    /// Updates it processed.
+    processed: u64,
+    /// See [`modules::store::Applied::inserted`].
+    inserted: Vec<i64>,
+    /// See [`modules::store::Applied::suspicious`].
+    suspicious: bool,
+}
 
 /// Most updates one transaction takes (a getUpdates call brings at most 100).
 pub const MAX_BATCH: usize = 256;
@@ -62,52 +105,173 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Runs until `updates` is closed and drained (a stop: every stored update is processed)
+    /// Runs until `work` is closed and drained (a stop: every stored update is processed)
     /// or a failure was reported (what is left is replayed by the next run).
-    pub async fn run(self, mut updates: mpsc::Receiver<Box<Update>>) {
+    pub async fn run(self, mut work: mpsc::Receiver<Work>) {
         let failed = self.ctx.failures.failed();
         let mut held: Option<BudgetConn> = None;
         loop {
-            if held.is_some() && updates.is_empty() {
+            if held.is_some() && work.is_empty() {
                 // Idle: give the connection back to the budget.
                 held = None;
             }
             // A batch's buffer lives only as long as the batch: an idle bot holds none (256
             // updates preallocated were ≈ 486 KiB per bot).
-            let mut batch: Vec<Update> = Vec::new();
-            let mut boxed = Vec::new();
-            if updates.recv_many(&mut boxed, MAX_BATCH).await == 0 {
+            let mut items: Vec<Work> = Vec::new();
+            if work.recv_many(&mut items, MAX_BATCH).await == 0 {
                 break;
             }
-            batch.extend(boxed.drain(..).map(|b| *b));
             let taken = Instant::now();
             // From its first update on, the bot's returned connections are spared for a moment
             // (a running bot's next message likely follows).
             self.ctx.db.mark_warm();
-            let conn = match held.take() {
-                Some(conn) => conn,
-                None => match Box::pin(self.ctx.db.acquire()).await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        self.ctx.failures.report(ModuleError::from(e));
-                        break;
-                    }
-                },
+            let Some(conn) = self.connection(held.take()).await else {
+                break;
             };
             // What arrived while we waited for the connection joins this batch.
-            while batch.len() < MAX_BATCH {
-                match updates.try_recv() {
-                    Ok(update) => batch.push(*update),
+            while items.len() < MAX_BATCH {
+                match work.try_recv() {
+                    Ok(item) => items.push(item),
                     Err(_) => break,
                 }
             }
             // Boxed: the idle processor's state then holds only the wait for the next update,
             // not the transaction's futures.
-            held = Box::pin(self.batch(conn, &batch, taken)).await;
+            held = Box::pin(self.items(conn, items, taken)).await;
             if failed.is_cancelled() {
                 break;
             }
         }
+    }
+
+    /// `held`, or a connection acquired for the bot; `None` when the acquire failed (the
+    /// failure is reported: the run ends).
+    async fn connection(&self, held: Option<BudgetConn>) -> Option<BudgetConn> {
+        if held.is_some() {
+            return held;
+        }
+        match Box::pin(self.ctx.db.acquire()).await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                self.ctx.failures.report(ModuleError::from(e));
+                None
+            }
+        }
+    }
+
+    /// Works through `items` in order: each run of stored updates as one batch, each fresh
+    /// batch on its own. Returns the connection when it is fit for reuse.
+    async fn items(
+        &self,
+        conn: BudgetConn,
+        items: Vec<Work>,
+        taken: Instant,
+    ) -> Option<BudgetConn> {
+        let failed = self.ctx.failures.failed();
+        let mut conn = Some(conn);
+        let mut batch: Vec<Update> = Vec::new();
+        for item in items {
+            if failed.is_cancelled() {
+                // What is left is replayed by the next run (a fresh batch was not stored: its
+                // listener hears that and Telegram sends it again).
+                return None;
+            }
+            match item {
+                Work::Stored(update) => batch.push(*update),
+                Work::Fresh(fresh) => {
+                    if !batch.is_empty() {
+                        let held = self.connection(conn.take()).await?;
+                        conn = self.batch(held, &batch, taken).await;
+                        batch.clear();
+                    }
+                    let held = self.connection(conn.take()).await?;
+                    conn = self.fresh(held, *fresh, taken).await;
+                }
+            }
+        }
+        if batch.is_empty() || failed.is_cancelled() {
+            return conn;
+        }
+        let held = self.connection(conn).await?;
+        self.batch(held, &batch, taken).await
+    }
+
+    /// A fetched batch: stored and processed in one statement when its steps only write and
+    /// no id looks like a restart of the ids (`modules::store::Claim::Fresh`: the inbox rows
+    /// are written once, already processed); else stored first, answered, and processed like
+    /// a replayed batch. The listener is answered once the batch is stored (or storing
+    /// failed: it retries the fetch).
+    async fn fresh(
+        &self,
+        mut conn: BudgetConn,
+        fresh: Fresh,
+        taken: Instant,
+    ) -> Option<BudgetConn> {
+        let Fresh {
+            rows,
+            parsed,
+            next_offset,
+            stored,
+        } = fresh;
+        let (ids, updates): (Vec<i64>, Vec<Update>) = parsed.into_iter().unzip();
+        let snapshot = self.ctx.snapshot.load();
+        let claim = Claim::Fresh {
+            rows: &rows,
+            next_offset,
+        };
+        let attempt = AssertUnwindSafe(self.deferred(&mut conn, &updates, &snapshot, claim))
+            .catch_unwind()
+            .await;
+        match attempt {
+            Ok(Ok(done)) if !done.suspicious => {
+                let _ = stored.send(Ok(Stored::Stored {
+                    inserted: done.inserted,
+                    restart: None,
+                }));
+                self.handled(done.effects, done.processed, taken);
+                conn.vouch();
+                return Some(conn);
+            }
+            Ok(Ok(_)) | Ok(Err(ModuleError::NeedsTransaction)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(bot_id = self.ctx.bot_id, error = %crate::mask::error_line(&e), "fresh batch failed as one statement; storing it first");
+            }
+            // A panic may have left the connection mid-statement: a fresh one stores.
+            Err(_) => {
+                conn.discard();
+                conn = self.connection(None).await?;
+            }
+        }
+        let stored_batch = store::store_batch(&mut conn, self.ctx.telegram_id, &rows, next_offset)
+            .await
+            .map_err(|e| crate::mask::error_line(&e));
+        let inserted = match &stored_batch {
+            Ok(Stored::Stored { inserted, .. }) => inserted.clone(),
+            Ok(Stored::Blocked(_)) => Vec::new(),
+            Err(_) => {
+                let _ = stored.send(stored_batch);
+                return None;
+            }
+        };
+        let _ = stored.send(stored_batch);
+        let batch: Vec<Update> = ids
+            .into_iter()
+            .zip(updates)
+            .filter(|(id, _)| inserted.contains(id))
+            .map(|(_, u)| u)
+            .collect();
+        if batch.is_empty() {
+            return Some(conn);
+        }
+        self.batch(conn, &batch, taken).await
+    }
+
+    /// What follows a committed unit of work: metrics, and the hand-over of its effects.
+    fn handled(&self, (queued, jobs): Effects, processed: u64, taken: Instant) {
+        metrics::updates_processed(self.ctx.bot_id, processed);
+        self.ctx.traffic.handled(processed as usize);
+        self.ctx.quiet.touch();
+        self.ctx.hand_over(queued, &jobs, taken);
     }
 
     /// One batch in one transaction; falls back to one transaction per update on any error.
@@ -122,11 +286,9 @@ impl Processor {
             .catch_unwind()
             .await;
         match together {
-            Ok(Ok(((queued, jobs), processed))) => {
-                metrics::updates_processed(self.ctx.bot_id, processed);
-                self.ctx.traffic.handled(processed as usize);
-                self.ctx.quiet.touch();
-                self.ctx.hand_over(queued, &jobs, taken);
+            Ok(Ok((effects, processed))) => {
+                self.handled(effects, processed, taken);
+                conn.vouch();
                 Some(conn)
             }
             // The transaction was rolled back (or will be, before the connection's next use);
@@ -158,9 +320,12 @@ impl Processor {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
-        match self.deferred(conn, batch, &snapshot, &ids).await {
+        match self
+            .deferred(conn, batch, &snapshot, Claim::Stored(&ids))
+            .await
+        {
             Err(ModuleError::NeedsTransaction) => {}
-            done => return done,
+            done => return done.map(|d| (d.effects, d.processed)),
         }
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;
@@ -191,8 +356,8 @@ impl Processor {
         conn: &mut BudgetConn,
         batch: &[Update],
         snapshot: &crate::content::snapshot::Snapshot,
-        ids: &[i64],
-    ) -> Result<(Effects, u64), ModuleError> {
+        claim: Claim<'_>,
+    ) -> Result<DeferredDone, ModuleError> {
         let ctx = &self.ctx;
         let mut writes = modules::store::Deferred::default();
         let mut effects = Vec::with_capacity(batch.len());
@@ -208,7 +373,7 @@ impl Processor {
             run_chain(&mut cx, ctx, snapshot).await?;
             effects.push((i64::from(update.id.0), cx.into_effects()));
         }
-        let applied = modules::store::apply_deferred(conn, ctx.telegram_id, ids, &writes).await?;
+        let applied = modules::store::apply_deferred(conn, ctx.telegram_id, claim, &writes).await?;
         let mut outbox_ids = applied.outbox_ids.into_iter();
         let (mut queued, mut jobs) = (Vec::new(), Vec::new());
         for (id, (q, j)) in effects {
@@ -235,7 +400,12 @@ impl Processor {
                 }
             }
         }
-        Ok(((queued, jobs), applied.claimed.len() as u64))
+        Ok(DeferredDone {
+            effects: (queued, jobs),
+            processed: applied.claimed.len() as u64,
+            inserted: applied.inserted,
+            suspicious: applied.suspicious,
+        })
     }
 
     /// One update in its own transaction, with its failure isolated: poisoned on a panic or a

@@ -651,7 +651,7 @@ async fn dispatch_run(
     });
     // Boxed updates: a tokio channel allocates its first block of 32 slots when it is created,
     // and an `Update` is 1,944 bytes (62 KiB per bot unboxed, 256 bytes boxed).
-    let (to_processor, updates) = mpsc::channel::<Box<teloxide::types::Update>>(INTAKE_QUEUE);
+    let (to_processor, updates) = mpsc::channel::<dispatch::Work>(INTAKE_QUEUE);
     let processor = dispatch::Processor {
         me: me.clone(),
         ctx: context,

@@ -10,8 +10,9 @@
 //! 3. store: the batch and the next offset in one transaction — only then is the offset sent
 //!    (confirmed); an element that cannot be parsed is stored poisoned with its raw text; one
 //!    without a readable `update_id` is logged with its raw text and left out of the offset
-//!    arithmetic (a later update's offset confirms it);
-//! 4. yield the newly stored updates.
+//!    arithmetic (a later update's offset confirms it). The processor stores it
+//!    ([`super::dispatch::Fresh`]) — in the statement that also processes it when it can —
+//!    and answers with what it stored; the listener waits for that answer.
 //!
 //! In a polling run's deferred start ([`Deferred`]) a long poll comes before step 1, while
 //! the bot's database waits for its check; nothing is read or stored until the check is done.
@@ -44,9 +45,10 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use teloxide::types::Update;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::{Fresh, Work};
 use super::{Failures, RunFailure};
 use crate::botdb::PruneSchedule;
 use crate::botdb::budget::BotPool;
@@ -104,6 +106,8 @@ pub struct DurableListener {
     conflicting: bool,
     /// A deferred start whose database is not checked yet: poll, read nothing.
     deferred: Option<Deferred>,
+    /// Where fetched batches go to be stored and processed (set by [`Self::run`]).
+    processor: Option<mpsc::Sender<Work>>,
 }
 
 /// A polling bot's deferred start, as its listener sees it (docs/architecture.md, "Deferred
@@ -179,17 +183,19 @@ impl DurableListener {
             webhook: parts.webhook.map(Some),
             conflicting: false,
             deferred: parts.deferred,
+            processor: None,
         }
     }
 
     /// Stores and hands on updates until stopped: every update it hands to `processor` is in
     /// the inbox first. Ends when the run stops (after handing on what it stored) or the
     /// processor is gone.
-    pub async fn run(mut self, processor: mpsc::Sender<Box<Update>>) {
+    pub async fn run(mut self, processor: mpsc::Sender<Work>) {
+        self.processor = Some(processor.clone());
         // The update is boxed where it leaves the buffer: an `Update` (1,944 bytes) named in
         // this loop would keep its place in the listener's state while the send waits.
         while let Some(update) = self.next_update().await {
-            if processor.send(update).await.is_err() {
+            if processor.send(Work::Stored(update)).await.is_err() {
                 break;
             }
         }
@@ -470,15 +476,27 @@ impl DurableListener {
         }
         let next_offset = max_id.map(|id| id + 1);
         if !rows.is_empty() {
-            let mut conn = self
-                .db
-                .acquire()
+            // The processor stores the batch (and processes it in the same statement when it
+            // can) and answers once it is stored.
+            let (answer, stored) = oneshot::channel();
+            let fresh = Fresh {
+                rows,
+                parsed,
+                next_offset,
+                stored: answer,
+            };
+            let gone = || "the bot's processor ended".to_string();
+            let sent = match &self.processor {
+                Some(processor) => processor.send(Work::Fresh(Box::new(fresh))).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(self.retry(gone()));
+            }
+            let stored = stored
                 .await
-                .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
-            let stored = store::store_batch(&mut conn, self.telegram_id, &rows, next_offset)
-                .await
-                .map_err(|e| self.retry(crate::mask::error_line(&e)))?;
-            drop(conn);
+                .unwrap_or_else(|_| Err(gone()))
+                .map_err(|e| self.retry(e))?;
             let inserted = match stored {
                 Stored::Stored { inserted, restart } => {
                     if let Some(r) = restart {
@@ -500,14 +518,7 @@ impl DurableListener {
                     )));
                 }
             };
-            let inserted: HashSet<i64> = inserted.into_iter().collect();
             metrics::updates_received(self.bot_id, inserted.len() as u64);
-            self.buffer.extend(
-                parsed
-                    .into_iter()
-                    .filter(|(id, _)| inserted.contains(id))
-                    .map(|(_, u)| u),
-            );
         }
         match next_offset {
             Some(next) => {

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use teloxide::types::Update;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +32,7 @@ use crate::botdb::budget::BotPool;
 use crate::botdb::store::{self, InboxRow, Stored};
 use crate::content::snapshot::SharedSnapshot;
 use crate::modules::{Quiet, Registry};
+use crate::runtime::dispatch::Work;
 use crate::runtime::{Failures, RunFailure};
 use crate::telegram::{RawUpdate, SetWebhook, TelegramApi, TelegramError};
 use crate::telemetry::metrics::{self, PoisonedAt};
@@ -343,7 +343,7 @@ pub struct Entrance {
     telegram_id: i64,
     secret: WebhookSecret,
     db: BotPool,
-    processor: mpsc::Sender<Box<Update>>,
+    processor: mpsc::Sender<Work>,
     stop: CancellationToken,
     quiet: Arc<Quiet>,
 }
@@ -429,6 +429,7 @@ impl Entrance {
         let stored = store::store_batch(&mut conn, self.telegram_id, &[row], None)
             .await
             .map_err(|e| AcceptError::Database(crate::mask::error_line(&e)))?;
+        conn.vouch();
         drop(conn);
         let inserted = match stored {
             Stored::Stored { inserted, .. } => inserted.contains(&update_id),
@@ -453,7 +454,7 @@ impl Entrance {
                 Ok(Accepted::Duplicate)
             }
             (true, Some(update)) => {
-                permit.send(Box::new(update));
+                permit.send(Work::Stored(Box::new(update)));
                 Ok(Accepted::Stored)
             }
             (true, None) => Ok(Accepted::Poisoned),
@@ -511,7 +512,7 @@ impl Keeper {
     /// when `intake_done` is cancelled (the processor then drains and ends).
     pub(crate) async fn run(
         mut self,
-        processor: mpsc::Sender<Box<Update>>,
+        processor: mpsc::Sender<Work>,
         replayed: oneshot::Receiver<()>,
         intake_done: CancellationToken,
     ) -> Option<Kept> {
