@@ -63,6 +63,9 @@ async fn state(h: &Harness, id: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The default answer to `/help` (the bots here have no texts).
+const HELP: &str = "Send /start to begin.";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
     // A budget of 2 has one check turn: the first bot's blocked check holds it.
@@ -74,7 +77,7 @@ async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
     let (a, ta) = h.add_bot("deferred_a", 9501).await;
     h.wait_state(a, "running").await;
     h.say(&ta, 1, "/start");
-    let first = h.reply(&ta, 1, 0, |_| true).await;
+    h.reply(&ta, 1, 0, |_| true).await;
     h.say(&ta, 2, "/start");
     let second = h.reply(&ta, 2, 0, |_| true).await;
     store::set_enabled(&h.pool, a, false).await.unwrap();
@@ -144,12 +147,18 @@ async fn a_bot_polls_before_its_check_and_one_with_an_update_goes_first() {
         "nothing of bot a but its check has touched its database (no job, no sender load)"
     );
 
-    // Bot a gets an update while blocked; once the lock goes, it answers what the earlier
-    // run left and the new update, and reports itself running.
-    h.say(&ta, 1, "/start");
+    // Bot a gets an update while blocked, in the chat of what the earlier run left; once the
+    // lock goes, it answers what the earlier run left and then the new update (a chat's order
+    // holds: the replay goes before the batch its first poll brought), and reports itself
+    // running.
+    h.say(&ta, 2, "/help");
     lock.rollback().await.unwrap();
-    h.reply(&ta, 2, second.seq, |_| true).await;
-    h.reply(&ta, 1, first.seq, |_| true).await;
+    let left = h.reply(&ta, 2, second.seq, |s| s != HELP).await;
+    let help = h.reply(&ta, 2, second.seq, |s| s == HELP).await;
+    assert!(
+        left.seq < help.seq,
+        "the leftover update is answered before the newer one of its chat"
+    );
     h.wait_state(a, "running").await;
     let processed: bool =
         sqlx::query_scalar("SELECT processed_at IS NOT NULL FROM inbox WHERE update_id = 1000000")

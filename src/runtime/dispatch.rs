@@ -181,7 +181,7 @@ impl Processor {
                 Work::Fresh(fresh) => {
                     if !batch.is_empty() {
                         let held = self.connection(conn.take()).await?;
-                        conn = self.batch(held, &batch, taken).await;
+                        conn = self.batch(held, &batch, taken, true).await;
                         batch.clear();
                     }
                     let held = self.connection(conn.take()).await?;
@@ -193,7 +193,7 @@ impl Processor {
             return conn;
         }
         let held = self.connection(conn).await?;
-        self.batch(held, &batch, taken).await
+        self.batch(held, &batch, taken, true).await
     }
 
     /// A fetched batch: stored and processed in one statement when its steps only write and
@@ -222,6 +222,7 @@ impl Processor {
         let attempt = AssertUnwindSafe(self.deferred(&mut conn, &updates, &snapshot, claim))
             .catch_unwind()
             .await;
+        let mut deferred_first = true;
         match attempt {
             Ok(Ok(done)) if !done.suspicious => {
                 let _ = stored.send(Ok(Stored::Stored {
@@ -232,7 +233,9 @@ impl Processor {
                 conn.vouch();
                 return Some(conn);
             }
-            Ok(Ok(_)) | Ok(Err(ModuleError::NeedsTransaction)) => {}
+            Ok(Ok(_)) => {}
+            // Its steps read: the stored batch goes straight to the transaction.
+            Ok(Err(ModuleError::NeedsTransaction)) => deferred_first = false,
             Ok(Err(e)) => {
                 tracing::debug!(bot_id = self.ctx.bot_id, error = %crate::mask::error_line(&e), "fresh batch failed as one statement; storing it first");
             }
@@ -263,7 +266,7 @@ impl Processor {
         if batch.is_empty() {
             return Some(conn);
         }
-        self.batch(conn, &batch, taken).await
+        self.batch(conn, &batch, taken, deferred_first).await
     }
 
     /// What follows a committed unit of work: metrics, and the hand-over of its effects.
@@ -274,15 +277,17 @@ impl Processor {
         self.ctx.hand_over(queued, &jobs, taken);
     }
 
-    /// One batch in one transaction; falls back to one transaction per update on any error.
-    /// Returns the connection when it is fit for reuse.
+    /// One batch in one transaction (tried as one statement first when `deferred_first`);
+    /// falls back to one transaction per update on any error. Returns the connection when it
+    /// is fit for reuse.
     async fn batch(
         &self,
         mut conn: BudgetConn,
         batch: &[Update],
         taken: Instant,
+        deferred_first: bool,
     ) -> Option<BudgetConn> {
-        let together = AssertUnwindSafe(self.together(&mut conn, batch))
+        let together = AssertUnwindSafe(self.together(&mut conn, batch, deferred_first))
             .catch_unwind()
             .await;
         match together {
@@ -309,23 +314,27 @@ impl Processor {
         }
     }
 
-    /// The batch as one statement when its steps only write ([`Self::deferred`]), else in
-    /// one transaction: claim all, run the chains, commit. Returns the requests it queued and
-    /// how many updates it processed (the others were processed before).
+    /// The batch as one statement when its steps only write ([`Self::deferred`], skipped
+    /// unless `deferred_first`), else in one transaction: claim all, run the chains, commit.
+    /// Returns the requests it queued and how many updates it processed (the others were
+    /// processed before).
     async fn together(
         &self,
         conn: &mut BudgetConn,
         batch: &[Update],
+        deferred_first: bool,
     ) -> Result<(Effects, u64), ModuleError> {
         let ctx = &self.ctx;
         let snapshot = ctx.snapshot.load();
         let ids: Vec<i64> = batch.iter().map(|u| i64::from(u.id.0)).collect();
-        match self
-            .deferred(conn, batch, &snapshot, Claim::Stored(&ids))
-            .await
-        {
-            Err(ModuleError::NeedsTransaction) => {}
-            done => return done.map(|d| (d.effects, d.processed)),
+        if deferred_first {
+            match self
+                .deferred(conn, batch, &snapshot, Claim::Stored(&ids))
+                .await
+            {
+                Err(ModuleError::NeedsTransaction) => {}
+                done => return done.map(|d| (d.effects, d.processed)),
+            }
         }
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let claimed = store::claim_updates(&mut tx, ctx.telegram_id, &ids).await?;

@@ -486,11 +486,21 @@ impl DurableListener {
                 stored: answer,
             };
             let gone = || "the bot's processor ended".to_string();
-            let sent = match &self.processor {
-                Some(processor) => processor.send(Work::Fresh(Box::new(fresh))).await.is_ok(),
-                None => false,
+            let Some(processor) = self.processor.clone() else {
+                return Err(self.retry(gone()));
             };
-            if !sent {
+            // Replayed updates still buffered (a deferred start replays right before it
+            // stores what its first poll brought) go first, so a chat's order holds.
+            while let Some(update) = self.buffer.pop_front() {
+                if processor
+                    .send(Work::Stored(Box::new(update)))
+                    .await
+                    .is_err()
+                {
+                    return Err(self.retry(gone()));
+                }
+            }
+            if processor.send(Work::Fresh(Box::new(fresh))).await.is_err() {
                 return Err(self.retry(gone()));
             }
             let stored = stored
