@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use super::BotContext;
 use super::inbox::panic_message;
-use crate::botdb::budget::BudgetConn;
+use crate::botdb::budget::{BudgetConn, BudgetError};
 use crate::botdb::store::{self, InboxRow, Stored};
 use crate::modules::store::Claim;
 use crate::modules::{self, Flow, ModuleError, Queued, UpdateCx};
@@ -125,8 +125,24 @@ impl Processor {
             // From its first update on, the bot's returned connections are spared for a moment
             // (a running bot's next message likely follows).
             self.ctx.db.mark_warm();
-            let Some(conn) = self.connection(held.take()).await else {
-                break;
+            let conn = match self.acquire(held.take()).await {
+                Ok(conn) => conn,
+                // Fetched batches are not stored yet: their listener hears why and retries
+                // with backoff (and says the bot is degraded), and the run goes on.
+                Err(e) if items.iter().all(|i| matches!(i, Work::Fresh(_))) => {
+                    let why = crate::mask::error_line(&e);
+                    for item in items {
+                        if let Work::Fresh(fresh) = item {
+                            let _ = fresh.stored.send(Err(why.clone()));
+                        }
+                    }
+                    continue;
+                }
+                // Stored updates wait for the next run, which replays them.
+                Err(e) => {
+                    self.ctx.failures.report(ModuleError::from(e));
+                    break;
+                }
             };
             // What arrived while we waited for the connection joins this batch.
             while items.len() < MAX_BATCH {
@@ -144,16 +160,37 @@ impl Processor {
         }
     }
 
-    /// `held`, or a connection acquired for the bot; `None` when the acquire failed (the
-    /// failure is reported: the run ends).
-    async fn connection(&self, held: Option<BudgetConn>) -> Option<BudgetConn> {
-        if held.is_some() {
-            return held;
+    /// `held`, or a connection acquired for the bot.
+    async fn acquire(&self, held: Option<BudgetConn>) -> Result<BudgetConn, BudgetError> {
+        match held {
+            Some(conn) => Ok(conn),
+            None => Box::pin(self.ctx.db.acquire()).await,
         }
-        match Box::pin(self.ctx.db.acquire()).await {
+    }
+
+    /// `held`, or a connection acquired for stored updates; `None` when the acquire failed
+    /// (the failure is reported: the run ends, and the next run replays them).
+    async fn connection(&self, held: Option<BudgetConn>) -> Option<BudgetConn> {
+        match self.acquire(held).await {
             Ok(conn) => Some(conn),
             Err(e) => {
                 self.ctx.failures.report(ModuleError::from(e));
+                None
+            }
+        }
+    }
+
+    /// `held`, or a connection acquired for a fetched batch; when the acquire fails, the
+    /// batch's listener is answered with why (it retries; the run goes on).
+    async fn connection_for_fresh(
+        &self,
+        held: Option<BudgetConn>,
+        stored: oneshot::Sender<Result<Stored, String>>,
+    ) -> Option<(BudgetConn, oneshot::Sender<Result<Stored, String>>)> {
+        match self.acquire(held).await {
+            Ok(conn) => Some((conn, stored)),
+            Err(e) => {
+                let _ = stored.send(Err(crate::mask::error_line(&e)));
                 None
             }
         }
@@ -184,8 +221,7 @@ impl Processor {
                         conn = self.batch(held, &batch, taken, true).await;
                         batch.clear();
                     }
-                    let held = self.connection(conn.take()).await?;
-                    conn = self.fresh(held, *fresh, taken).await;
+                    conn = self.fresh(conn.take(), *fresh, taken).await;
                 }
             }
         }
@@ -203,7 +239,7 @@ impl Processor {
     /// failed: it retries the fetch).
     async fn fresh(
         &self,
-        mut conn: BudgetConn,
+        held: Option<BudgetConn>,
         fresh: Fresh,
         taken: Instant,
     ) -> Option<BudgetConn> {
@@ -213,6 +249,7 @@ impl Processor {
             next_offset,
             stored,
         } = fresh;
+        let (mut conn, mut stored) = self.connection_for_fresh(held, stored).await?;
         let (ids, updates): (Vec<i64>, Vec<Update>) = parsed.into_iter().unzip();
         let snapshot = self.ctx.snapshot.load();
         let claim = Claim::Fresh {
@@ -242,7 +279,7 @@ impl Processor {
             // A panic may have left the connection mid-statement: a fresh one stores.
             Err(_) => {
                 conn.discard();
-                conn = self.connection(None).await?;
+                (conn, stored) = self.connection_for_fresh(None, stored).await?;
             }
         }
         let stored_batch = store::store_batch(&mut conn, self.ctx.telegram_id, &rows, next_offset)
