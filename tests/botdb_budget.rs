@@ -853,6 +853,30 @@ async fn auto_budget_is_sized_from_the_server() {
     );
 }
 
+/// A budget whose vouched connections skip the ping when reused within `window`, and a pool
+/// on `name` whose one connection was vouched for, returned, and then ended by the server (as
+/// a restart does); returns them and the ended session's pid.
+async fn vouched_then_killed(
+    admin: &mut PgConnection,
+    name: &str,
+    window: Duration,
+) -> (ConnectionBudget, BotPool, i32) {
+    let budget = ConnectionBudget::new(4, Duration::from_secs(3600), Duration::from_secs(10))
+        .with_alive_bypass(window);
+    let pool = budget.database(options(name), 1);
+    let mut conn = pool.acquire().await.unwrap();
+    let killed = backend_pid(&mut conn).await;
+    conn.vouch();
+    drop(conn);
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+        .bind(killed)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    (budget, pool, killed)
+}
+
 /// What [`botvisor::botdb::budget::BudgetConn::vouch`] buys and costs: a connection its holder
 /// vouched for is handed out again without the ping — so a session the server ended in
 /// between fails its next holder's first statement, where an unvouched one would have been
@@ -863,24 +887,10 @@ async fn a_vouched_connection_skips_the_ping_and_is_checked_after_a_failure() {
     let db = TestDb::create("budget_vouched").await;
     let names = create_databases(&db, 1).await;
     let mut admin = PgConnection::connect(&db.url).await.unwrap();
-    let mut kill = async |pid: i32| {
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
-            .bind(pid)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        assert!(terminated);
-    };
 
     // A window far longer than the test: the vouched connection is reused unchecked.
-    let budget = ConnectionBudget::new(4, Duration::from_secs(3600), Duration::from_secs(10))
-        .with_alive_bypass(Duration::from_secs(3600));
-    let pool = budget.database(options(&names[0]), 1);
-    let mut conn = pool.acquire().await.unwrap();
-    let killed = backend_pid(&mut conn).await;
-    conn.vouch();
-    drop(conn);
-    kill(killed).await;
+    let hour = Duration::from_secs(3600);
+    let (_budget, pool, killed) = vouched_then_killed(&mut admin, &names[0], hour).await;
     let mut conn = pool.acquire().await.unwrap();
     assert!(
         conn.execute("SELECT 1").await.is_err(),
@@ -896,14 +906,7 @@ async fn a_vouched_connection_skips_the_ping_and_is_checked_after_a_failure() {
     drop(conn);
 
     // A window of zero: vouched or not, every idle connection is pinged.
-    let budget = ConnectionBudget::new(4, Duration::from_secs(3600), Duration::from_secs(10))
-        .with_alive_bypass(Duration::ZERO);
-    let pool = budget.database(options(&names[0]), 1);
-    let mut conn = pool.acquire().await.unwrap();
-    let killed = backend_pid(&mut conn).await;
-    conn.vouch();
-    drop(conn);
-    kill(killed).await;
+    let (_budget, pool, killed) = vouched_then_killed(&mut admin, &names[0], Duration::ZERO).await;
     let mut conn = pool.acquire().await.unwrap();
     assert_ne!(backend_pid(&mut conn).await, killed, "pinged and replaced");
 }
