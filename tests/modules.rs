@@ -566,6 +566,18 @@ async fn bot_database(name: &str) -> (common::TestDb, sqlx::PgConnection) {
     (db, conn)
 }
 
+/// Defers core's answer `text` to `chat` (the user of the same id) for update `update`.
+fn defer_text(w: &mut botvisor::modules::store::Deferred, update: i64, chat: i64, text: &str) {
+    w.requests.update.push(update);
+    w.requests.lane.push(0);
+    w.requests.chat.push(chat);
+    w.requests.user.push(Some(chat));
+    w.requests.origin.push("core");
+    w.requests
+        .request
+        .push(serde_json::json!({ "text": text }).to_string());
+}
+
 async fn row_version(conn: &mut sqlx::PgConnection) -> String {
     let q = "SELECT xmin::text || '/' || blocked::text FROM users WHERE user_id = 7";
     sqlx::query_scalar(q).fetch_one(conn).await.unwrap()
@@ -602,14 +614,7 @@ async fn a_batch_that_only_writes_is_claimed_and_written_in_one_statement() {
         w.users.language_code.push(Some("en".to_owned()));
     }
     for (update, chat, text) in [(1, 7, "a"), (1, 7, "b"), (2, 8, "c"), (3, 7, "d")] {
-        w.requests.update.push(update);
-        w.requests.lane.push(0);
-        w.requests.chat.push(chat);
-        w.requests.user.push(Some(chat));
-        w.requests.origin.push("core");
-        w.requests
-            .request
-            .push(serde_json::json!({ "text": text }).to_string());
+        defer_text(&mut w, update, chat, text);
     }
     assert!(!w.is_empty());
 
@@ -701,14 +706,7 @@ async fn a_fetched_batch_is_stored_processed_and_confirmed_in_one_statement() {
     let rows = [row(1, None), row(2, None), row(3, Some("cannot parse"))];
     let mut w = Deferred::default();
     for (update, text) in [(1, "again"), (2, "two")] {
-        w.requests.update.push(update);
-        w.requests.lane.push(0);
-        w.requests.chat.push(7);
-        w.requests.user.push(Some(7));
-        w.requests.origin.push("core");
-        w.requests
-            .request
-            .push(serde_json::json!({ "text": text }).to_string());
+        defer_text(&mut w, update, 7, text);
     }
     let fresh = Claim::Fresh {
         rows: &rows,
