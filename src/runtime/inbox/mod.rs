@@ -191,13 +191,21 @@ impl DurableListener {
     /// the inbox first. Ends when the run stops (after handing on what it stored) or the
     /// processor is gone.
     pub async fn run(mut self, processor: mpsc::Sender<Work>) {
-        self.processor = Some(processor.clone());
+        self.processor = Some(processor);
         // The update is boxed where it leaves the buffer: an `Update` (1,944 bytes) named in
         // this loop would keep its place in the listener's state while the send waits.
         while let Some(update) = self.next_update().await {
-            if processor.send(Work::Stored(update)).await.is_err() {
+            if !self.hand_on(Work::Stored(update)).await {
                 break;
             }
+        }
+    }
+
+    /// Hands `work` to the processor; false when it is gone (the run is ending).
+    async fn hand_on(&self, work: Work) -> bool {
+        match &self.processor {
+            Some(processor) => processor.send(work).await.is_ok(),
+            None => false,
         }
     }
 
@@ -486,21 +494,14 @@ impl DurableListener {
                 stored: answer,
             };
             let gone = || "the bot's processor ended".to_string();
-            let Some(processor) = self.processor.clone() else {
-                return Err(self.retry(gone()));
-            };
             // Replayed updates still buffered (a deferred start replays right before it
             // stores what its first poll brought) go first, so a chat's order holds.
             while let Some(update) = self.buffer.pop_front() {
-                if processor
-                    .send(Work::Stored(Box::new(update)))
-                    .await
-                    .is_err()
-                {
+                if !self.hand_on(Work::Stored(Box::new(update))).await {
                     return Err(self.retry(gone()));
                 }
             }
-            if processor.send(Work::Fresh(Box::new(fresh))).await.is_err() {
+            if !self.hand_on(Work::Fresh(Box::new(fresh))).await {
                 return Err(self.retry(gone()));
             }
             let stored = stored
