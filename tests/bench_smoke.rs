@@ -83,6 +83,57 @@ fn smoke_with_the_serve_binary() {
     smoke("process");
 }
 
+/// `--daemon stock` measures the reference, a stock teloxide host with no database, by
+/// the same traffic phases: they are measured, and everything that needs botvisor's panel or
+/// databases is reported as not measured.
+#[test]
+fn smoke_with_the_stock_teloxide_host() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--daemon", "stock"])
+        .output()
+        .expect("run the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench --smoke --daemon stock failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let last = stdout.trim_end().lines().last().expect("some output");
+    let json: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    for key in [
+        "updates_per_s",
+        "p50_ms",
+        "p99_ms",
+        "daemon_cpu_us_per_update",
+        "idle_daemon_cores",
+        "baseline_inserts_per_s",
+    ] {
+        let value = json[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} not measured: {last}"));
+        assert!(value.is_finite() && value >= 0.0, "{key}: {last}");
+    }
+    assert!(json["updates_per_s"].as_f64() > Some(0.0), "{last}");
+    for key in [
+        "add_to_answer_p50_ms",
+        "reload_p95_ms",
+        "cold_start_s",
+        "overload_factor",
+        "rate_limited",
+        "rss_idle_kib_per_bot",
+    ] {
+        assert!(
+            json[key].is_null(),
+            "{key} measured without botvisor: {last}"
+        );
+    }
+    assert!(
+        stdout.contains("stock teloxide host"),
+        "the table names the host: {stdout}"
+    );
+}
+
 /// `--metrics-scrape` renders botvisor's recorder with every per-bot series of the given bots
 /// and reports the render's time and size; every series of every bot is in the text.
 #[test]

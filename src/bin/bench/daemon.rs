@@ -21,6 +21,9 @@ pub enum Mode {
     Inproc,
     /// `botvisor serve` spawned from next to the bench executable.
     Process,
+    /// Not botvisor: the reference, a stock teloxide host with no database
+    /// (`stock_host`, spawned from next to the bench executable); the traffic phases only.
+    Stock,
 }
 
 /// A running daemon.
@@ -87,10 +90,10 @@ fn empty_settings_file() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The `botvisor` executable next to this one (`target/<profile>/botvisor`).
-fn serve_binary() -> anyhow::Result<PathBuf> {
+/// The executable `name` next to this one (`target/<profile>/<name>`).
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find the bench executable")?;
-    let path = me.with_file_name("botvisor");
+    let path = me.with_file_name(name);
     if !path.exists() {
         bail!(
             "{} does not exist: build it first (cargo build --release --bins)",
@@ -122,7 +125,7 @@ impl Running {
                     .create(true)
                     .append(true)
                     .open(log_path())?;
-                let mut command = tokio::process::Command::new(serve_binary()?);
+                let mut command = tokio::process::Command::new(sibling_binary("botvisor")?);
                 command
                     .env_clear()
                     .env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -146,7 +149,37 @@ impl Running {
                     .context("cannot spawn botvisor serve")?;
                 Ok(Self::Process { child })
             }
+            Mode::Stock => bail!("a stock host is started with Running::stock"),
         }
+    }
+
+    /// Starts the stock teloxide host (`stock_host`) for `tokens` against `api_url`.
+    pub fn stock(api_url: &str, tokens: &[&str]) -> anyhow::Result<Self> {
+        let file =
+            std::env::temp_dir().join(format!("botvisor-bench-{}.tokens", std::process::id()));
+        std::fs::write(&file, tokens.join("\n"))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path())?;
+        let mut command = tokio::process::Command::new(sibling_binary("stock_host")?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        if let Ok(value) = std::env::var("TOKIO_WORKER_THREADS") {
+            command.env("TOKIO_WORKER_THREADS", value);
+        }
+        let child = command
+            .arg(api_url)
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot spawn stock_host")?;
+        Ok(Self::Process { child })
     }
 
     /// The daemon's process id.

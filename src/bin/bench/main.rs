@@ -45,8 +45,10 @@ mod daemon;
 mod instances;
 mod pg;
 mod scrape;
+mod stock;
 
 use botvisor::tasks::Tasks;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -116,7 +118,9 @@ struct Args {
     /// Seconds of measured traffic (after a warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Where the daemon runs: in this process, or `botvisor serve` as a child process.
+    /// Where the daemon runs: in this process, or `botvisor serve` as a child process; or, as
+    /// the reference for `daemon_cpu_us_per_update`, a stock teloxide host with no database
+    /// (`stock_host`, traffic phases only).
     #[arg(long, value_enum, default_value_t = Mode::Inproc)]
     daemon: Mode,
     /// Also measure PostgreSQL's single-row insert ceiling from `--budget` connections.
@@ -209,6 +213,29 @@ impl Args {
             self.half = true;
             self.overload = true;
             self.rate_limits = true;
+        }
+        if self.daemon == Mode::Stock {
+            if self.smoke {
+                self.overload = false;
+                self.rate_limits = false;
+            }
+            let panel_only = [
+                (self.overload, "--overload"),
+                (self.rate_limits, "--rate-limits"),
+                (self.webhook, "--webhook"),
+                (self.compare_polling, "--compare-polling"),
+                (self.idle_after.is_some(), "--idle-after"),
+                (self.instances > 0, "--instances"),
+            ];
+            if let Some((_, flag)) = panel_only.iter().find(|(set, _)| *set) {
+                bail!(
+                    "--daemon stock runs the traffic phases only (no panel, no limits): drop {flag}"
+                );
+            }
+            // Reload, add and cold start need botvisor's panel.
+            self.add = 0;
+            self.reloads = 0;
+            self.no_cold_start = true;
         }
         if self.bots == 0 || self.bots > MAX_BOTS {
             bail!("--bots must be between 1 and {MAX_BOTS}");
@@ -447,6 +474,7 @@ impl Figures {
         let mode = match args.daemon {
             Mode::Inproc => "inproc",
             Mode::Process => "process",
+            Mode::Stock => "stock teloxide host",
         };
         let mut rows: Vec<(String, String, &str)> = vec![
             (
@@ -982,7 +1010,7 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
             .await?,
         sandbox: handle,
     };
-    let bots: Vec<Bot> = (0..u64::from(args.bots))
+    let mut bots: Vec<Bot> = (0..u64::from(args.bots))
         .map(|i| Bot {
             id: 0,
             token: token(BOT_BASE + i),
@@ -992,7 +1020,6 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         world.sandbox.register_bot(&b.token, None)?;
     }
     if args.instances > 0 {
-        let mut bots = bots;
         for (i, b) in bots.iter_mut().enumerate() {
             b.id = world.add_bot(&format!("bench{i}"), &b.token).await?;
         }
@@ -1002,99 +1029,26 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     }
     ctx.sampler = Some(Sampler::start(&server, pattern).await?);
 
-    // Phase 2: 0 bots, then N idle bots.
-    let mut env = daemon::environment(&panel_url, &api_url, args.budget);
-    let mut metrics_url = None;
-    if args.webhook {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        env.insert(
-            "BOTVISOR__HTTP__PUBLIC_URL".into(),
-            format!("http://{listen}"),
-        );
-        metrics_url = Some(format!("http://{listen}/metrics"));
-        env.insert("BOTVISOR__HTTP__LISTEN".into(), listen);
-        env.insert("BOTVISOR__TELEGRAM__DEFAULT_MODE".into(), "webhook".into());
-        if let Some(secs) = args.idle_after {
-            env.insert(
-                "BOTVISOR__TELEGRAM__WEBHOOK_IDLE_AFTER_SECS".into(),
-                secs.to_string(),
-            );
-        }
-        eprintln!("bench: webhook mode");
-    }
-    let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
-    wait_panel_connected(&world.pool, &panel_name, d).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let zero = daemon::proc_status(d.pid());
-    let mut bots = bots;
-    let t0 = Instant::now();
-    for (i, b) in bots.iter_mut().enumerate() {
-        b.id = world.add_bot(&format!("bench{i}"), &b.token).await?;
-    }
-    // Provisioning a new bot (CREATE DATABASE, migrations) runs at 5-20 a second here.
-    let limit = Duration::from_secs(120 + u64::from(args.bots) / 2);
-    world.wait_running(bots.len(), d, limit).await?;
-    fig.provision_s = Some(t0.elapsed().as_secs_f64());
-    eprintln!(
-        "bench: {} bots running after {:.1} s",
-        bots.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    if let (Some(secs), Some(url)) = (args.idle_after.filter(|&s| s > 0), &metrics_url) {
-        let limit = Duration::from_secs(secs * 2 + 60 + u64::from(args.bots) / 10);
-        let t = Instant::now();
-        let asleep = wait_dormant(url, bots.len() as u64, limit).await?;
-        fig.bots_dormant = Some(asleep);
-        eprintln!(
-            "bench: {asleep} bots asleep after {:.1} s more",
-            t.elapsed().as_secs_f64()
-        );
-        // The allocator gives freed pages back over its decay time (jemalloc: 10 s): measure
-        // once the RSS stopped falling (five readings a second apart within 1 %, 12 s on at
-        // the earliest), at most 40 s on.
-        let t = Instant::now();
-        let mut readings: Vec<u64> = Vec::new();
-        while t.elapsed() < Duration::from_secs(40) {
-            if let Some((rss, _)) = daemon::proc_status(d.pid()) {
-                readings.push(rss);
-            }
-            if let [.., a, _, _, _, e] = readings[..]
-                && e as f64 >= a as f64 * 0.99
-                && t.elapsed() >= Duration::from_secs(12)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        eprintln!(
-            "bench: RSS settled after {:.1} s: {readings:?} KiB",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    // Idle: let the provisioning connections time out of nothing; just settle briefly.
-    tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 3 })).await;
-    let full = daemon::proc_status(d.pid());
-    if let (Some((rss0, th0)), Some((rss_n, th_n))) = (zero, full) {
-        fig.rss_kib = Some((rss0, rss_n));
-        fig.rss_idle_kib_per_bot = Some((rss_n as f64 - rss0 as f64) / bots.len() as f64);
-        fig.threads_at_zero = Some(th0);
-        fig.threads = Some(th_n);
-    }
+    // Phase 2: 0 bots, then N idle bots (a stock host gets them all at once).
+    let env = if args.daemon == Mode::Stock {
+        stock::start(ctx, &world, &bots, &api_url).await?;
+        HashMap::new()
+    } else {
+        let urls = (panel_name.as_str(), panel_url.as_str(), api_url.as_str());
+        idle_fleet(args, ctx, &world, &mut bots, urls, &mut fig).await?
+    };
+    let pid = ctx.daemon.as_ref().expect("daemon").pid();
     // The fixed cost of the running fleet: CPU with every bot running and nothing sent.
     let idle_window = Duration::from_secs(if args.smoke { 1 } else { 5 });
-    let before = cpu::Snapshot::take(d.pid(), &panel_name);
+    let before = cpu::Snapshot::take(pid, &panel_name);
     tokio::time::sleep(idle_window).await;
     fig.idle_cpu = Some(before.usage(
-        &cpu::Snapshot::take(d.pid(), &panel_name),
+        &cpu::Snapshot::take(pid, &panel_name),
         idle_window.as_secs_f64(),
     ));
 
     // Phase 3: traffic at the rate asked for (the maximum by default), then at half of it,
     // then over four times as many bots.
-    let pid = ctx.daemon.as_ref().expect("daemon").pid();
     let load = Load {
         args,
         world: &world,
@@ -1312,6 +1266,98 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
     fig.pg_samples = samples;
     world.pool.close().await;
     Ok(fig)
+}
+
+/// Phase 2 with `botvisor`: the daemon with 0 bots, then `bots` registered in its panel until
+/// every one runs; the idle footprint goes to `fig`. Returns the daemon's environment.
+async fn idle_fleet(
+    args: &Args,
+    ctx: &mut Ctx,
+    world: &World,
+    bots: &mut [Bot],
+    (panel_name, panel_url, api_url): (&str, &str, &str),
+    fig: &mut Figures,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut env = daemon::environment(panel_url, api_url, args.budget);
+    let mut metrics_url = None;
+    if args.webhook {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        env.insert(
+            "BOTVISOR__HTTP__PUBLIC_URL".into(),
+            format!("http://{listen}"),
+        );
+        metrics_url = Some(format!("http://{listen}/metrics"));
+        env.insert("BOTVISOR__HTTP__LISTEN".into(), listen);
+        env.insert("BOTVISOR__TELEGRAM__DEFAULT_MODE".into(), "webhook".into());
+        if let Some(secs) = args.idle_after {
+            env.insert(
+                "BOTVISOR__TELEGRAM__WEBHOOK_IDLE_AFTER_SECS".into(),
+                secs.to_string(),
+            );
+        }
+        eprintln!("bench: webhook mode");
+    }
+    let d = ctx.daemon.insert(Running::start(args.daemon, &env).await?);
+    wait_panel_connected(&world.pool, panel_name, d).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let zero = daemon::proc_status(d.pid());
+    let t0 = Instant::now();
+    for (i, b) in bots.iter_mut().enumerate() {
+        b.id = world.add_bot(&format!("bench{i}"), &b.token).await?;
+    }
+    // Provisioning a new bot (CREATE DATABASE, migrations) runs at 5-20 a second here.
+    let limit = Duration::from_secs(120 + u64::from(args.bots) / 2);
+    world.wait_running(bots.len(), d, limit).await?;
+    fig.provision_s = Some(t0.elapsed().as_secs_f64());
+    eprintln!(
+        "bench: {} bots running after {:.1} s",
+        bots.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if let (Some(secs), Some(url)) = (args.idle_after.filter(|&s| s > 0), &metrics_url) {
+        let limit = Duration::from_secs(secs * 2 + 60 + u64::from(args.bots) / 10);
+        let t = Instant::now();
+        let asleep = wait_dormant(url, bots.len() as u64, limit).await?;
+        fig.bots_dormant = Some(asleep);
+        eprintln!(
+            "bench: {asleep} bots asleep after {:.1} s more",
+            t.elapsed().as_secs_f64()
+        );
+        // The allocator gives freed pages back over its decay time (jemalloc: 10 s): measure
+        // once the RSS stopped falling (five readings a second apart within 1 %, 12 s on at
+        // the earliest), at most 40 s on.
+        let t = Instant::now();
+        let mut readings: Vec<u64> = Vec::new();
+        while t.elapsed() < Duration::from_secs(40) {
+            if let Some((rss, _)) = daemon::proc_status(d.pid()) {
+                readings.push(rss);
+            }
+            if let [.., a, _, _, _, e] = readings[..]
+                && e as f64 >= a as f64 * 0.99
+                && t.elapsed() >= Duration::from_secs(12)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        eprintln!(
+            "bench: RSS settled after {:.1} s: {readings:?} KiB",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // Idle: let the provisioning connections time out of nothing; just settle briefly.
+    tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 3 })).await;
+    let full = daemon::proc_status(d.pid());
+    if let (Some((rss0, th0)), Some((rss_n, th_n))) = (zero, full) {
+        fig.rss_kib = Some((rss0, rss_n));
+        fig.rss_idle_kib_per_bot = Some((rss_n as f64 - rss0 as f64) / bots.len() as f64);
+        fig.threads_at_zero = Some(th0);
+        fig.threads = Some(th_n);
+    }
+    Ok(env)
 }
 
 /// Waits until the daemon holds a connection to the panel (it LISTENs before its first pass).

@@ -1,0 +1,44 @@
+//! `--daemon stock`: the reference instead of botvisor — a stock teloxide multi-bot
+//! host with no database (`src/bin/stock_host.rs`), measured by the same traffic phases on
+//! the same machine, so `daemon_cpu_us_per_update` of the two can be compared directly.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::daemon::Running;
+use crate::{Bot, Ctx, World};
+
+/// Starts the stock host with every bot of `bots` and waits until each one polls.
+pub async fn start(
+    ctx: &mut Ctx,
+    world: &World,
+    bots: &[Bot],
+    api_url: &str,
+) -> anyhow::Result<()> {
+    let tokens: Vec<&str> = bots.iter().map(|b| b.token.as_str()).collect();
+    let t0 = Instant::now();
+    let d = ctx.daemon.insert(Running::stock(api_url, &tokens)?);
+    let limit = Duration::from_secs(60 + bots.len() as u64 / 10);
+    loop {
+        let stats = world.sandbox.stats();
+        let waiting = tokens
+            .iter()
+            .filter(|t| stats.calls(t, "getUpdates") == 0)
+            .count();
+        if waiting == 0 {
+            break;
+        }
+        d.check_alive()?;
+        if t0.elapsed() > limit {
+            bail!("the stock host: {waiting} bots not polling after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "bench: stock teloxide host, {} bots polling after {:.1} s",
+        bots.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
