@@ -434,3 +434,45 @@ async fn a_fetched_batch_whose_steps_only_write_is_stored_and_processed_in_one_s
     .unwrap();
     assert!(processed_with_history, "marked processed with its effects");
 }
+
+/// Under a backlog the sender records its results in groups: thirty chats asking at once are
+/// answered one per send slot of the bot (≈ 35 ms), and each result waits up to
+/// `RECORD_LINGER` (100 ms) for the next ones, so the thirty rows are marked done by far fewer
+/// transactions; every answer's history row is kept all the same. A result that finds
+/// nothing else queued or in flight is recorded at once (the last one, here: the outbox holds
+/// no pending row as soon as its answer is seen, within the test's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogs_results_are_recorded_in_groups() {
+    let h = Harness::start(&[]).await;
+    let (id, t) = h.add_bot("grouped", 5405).await;
+    h.wait_state(id, "running").await;
+    let pool = h.bot_pool(id).await;
+    let chats = 3000..3030;
+    for chat in chats.clone() {
+        h.say(&t, chat, "/help");
+    }
+    for chat in chats.clone() {
+        h.reply(&t, chat, 0, |s| s == HELP).await;
+    }
+    eventually(DEADLINE, "every answer recorded", || async {
+        (count(&pool, "SELECT count(*) FROM outbox WHERE done_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let (rows, groups): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM outbox WHERE outcome = 'sent'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 30);
+    assert!(
+        groups <= 20,
+        "30 results of a backlog recorded by {groups} transactions"
+    );
+    let history = count(
+        &pool,
+        "SELECT count(*) FROM messages WHERE role = 'bot' AND chat_id BETWEEN 3000 AND 3029",
+    )
+    .await;
+    assert_eq!(history, 30, "every answer in history");
+}

@@ -12,10 +12,13 @@
 //! 2. start each request whose chat has nothing in flight and whose limits allow it
 //!    ([`limits::Limits`]); at most [`MAX_IN_FLIGHT`] at once, one per chat, so a chat's
 //!    messages arrive in the order they were queued;
-//! 3. record the results in short transactions — every result that is in when one arrives is
-//!    recorded with it (group commit: one statement marks the rows done with their outcomes
-//!    and message ids, then every enabled module's `on_sent` step sees them all) — so a module
-//!    reads what it sent from the outbox, and history only records what Telegram accepted.
+//! 3. record the results in short transactions — one statement marks a group of rows done
+//!    with their outcomes and message ids, and every enabled module's `on_sent` step sees
+//!    them all — so a module reads what it sent from the outbox, and history only records
+//!    what Telegram accepted. A group is every result that is in when one arrives and, while
+//!    the bot has more queued or in flight, what arrives within [`RECORD_LINGER`] after it
+//!    (group commit under a backlog: at a bot's 30 sends a second, about three results a
+//!    statement); a sender with nothing else to do records at once.
 //!
 //! Failures: a 429 pauses this bot's sender for exactly `retry_after` (other bots are not
 //! affected); 403 → `blocked`; 400 "chat not found" → `chat_not_found`; 400 "message thread
@@ -25,7 +28,8 @@
 //! then `failed`; a revoked token ends the run. The bot's database out of reach pauses the
 //! sender (1 s doubling to 30 s) and a result that could not be recorded is recorded later —
 //! never sent twice for that — so the run does not end for it. A crash between a send and its mark repeats
-//! that one send; nothing committed is lost, nothing uncommitted is sent.
+//! that send (under a backlog, the sends of the last [`RECORD_LINGER`] at most); nothing
+//! committed is lost, nothing uncommitted is sent.
 //!
 //! When the processor has stopped, the sender delivers the pending replies (lane 0), then
 //! ends; scheduled and bulk requests wait for the next run, and so does everything when
@@ -64,6 +68,11 @@ pub const MAX_UNKNOWN_ATTEMPTS: i32 = 4;
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest pause after repeated network or server errors.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a result waits for others to be recorded with it while the bot has more to
+/// send (group commit under a backlog; an idle sender records at once).
+pub const RECORD_LINGER: Duration = Duration::from_millis(100);
+/// Most results recorded in one statement.
+const RECORD_GROUP_MAX: usize = 64;
 
 /// The sender of one bot run.
 pub struct Sender {
@@ -153,11 +162,29 @@ impl Sender {
         let mut said_idle: Option<(bool, Instant)> = None;
         // Whether the outbox was read since the drain began.
         let mut loaded_in_drain = false;
+        // Results not recorded yet (their rows stay in `flying`), and when they must be.
+        let mut waiting: Vec<Record> = Vec::new();
+        let mut record_due: Option<Instant> = None;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             let draining = self.drain.is_cancelled();
+            // A group is recorded when due, when nothing else is queued or in flight to join
+            // it, and at once while draining.
+            let due = record_due.is_some_and(|t| t <= Instant::now())
+                || (queue.is_empty() && in_flight.is_empty());
+            if !waiting.is_empty() && (draining || due) {
+                record_due = None;
+                let recorded =
+                    Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
+                match recorded {
+                    Ok(follow_ups) => reload |= follow_ups,
+                    // Stopped before the results could be recorded: those requests stay
+                    // pending and are sent again by the next run.
+                    Err(_) => break,
+                }
+            }
             // The drain begins after the processor's last commit and hand-over, but the
             // hand-over may still wait in its channel while the sender was busy elsewhere (a
             // record): read the outbox once before deciding that nothing is left.
@@ -275,6 +302,7 @@ impl Sender {
             // hand-over, a wake-up or its next prune.
             let idle = queue.is_empty()
                 && in_flight.is_empty()
+                && waiting.is_empty()
                 && paused_until.is_none()
                 && !reload
                 && !more_in_db;
@@ -287,7 +315,10 @@ impl Sender {
                 }
             }
             // The next prune is due even if nothing else happens until then.
-            let wake_at = next_ready.map_or(next_prune, |t| t.min(next_prune));
+            let wake_at = [next_ready, record_due]
+                .into_iter()
+                .flatten()
+                .fold(next_prune, Instant::min);
             let timer = tokio::time::sleep_until(wake_at);
             tokio::select! {
                 biased;
@@ -315,58 +346,58 @@ impl Sender {
                     }
                 }
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
-                    // Every result that is in already is recorded with this one, in one
-                    // transaction (group commit).
+                    // Every result that is in already joins the group to record (group
+                    // commit); a sent request stays in `flying` until it is recorded.
                     let mut done = vec![sent];
                     while let Some(Some(more)) = in_flight.next().now_or_never() {
                         done.push(more);
                     }
-                    let mut records = Vec::with_capacity(done.len());
                     let mut pause: Option<Duration> = None;
+                    let before = waiting.len();
                     for sent in done {
                         let (row, _, _): &Sent = &sent;
                         busy.remove(&row.chat_id);
-                        flying.remove(&row.id);
                         let id = row.id;
                         queue.retain(|e| e.row.id != id);
                         match Box::pin(self.finish(sent, &mut backoff)).await {
-                            Next::Go => {}
+                            Next::Go => {
+                                flying.remove(&id);
+                            }
                             Next::Record(record) => {
                                 let taken = taken_at.remove(&id);
                                 if let (Some(taken), DeliveryOutcome::Sent(_)) = (taken, &record.outcome) {
                                     metrics::update_replied(taken.elapsed());
                                 }
-                                records.push(record);
+                                waiting.push(record);
                             }
-                            Next::Pause(d) => pause = Some(pause.map_or(d, |p| p.max(d))),
+                            Next::Pause(d) => {
+                                flying.remove(&id);
+                                pause = Some(pause.map_or(d, |p| p.max(d)));
+                            }
                         }
                     }
-                    // Stopped before the results could be recorded: those requests stay
-                    // pending and are sent again by the next run.
-                    let mut follow_ups = false;
-                    if !records.is_empty() {
-                        match Box::pin(self.record_retrying(&records)).await {
-                            Ok(f) => follow_ups = f,
-                            Err(_) => break,
-                        }
-                    }
-                    for record in &records {
-                        recent.insert(record.row.id);
+                    // The group waits for company while the bot has more to send: up to
+                    // RECORD_LINGER, one statement for many results under a backlog. An idle
+                    // sender, a pause, a drain or a result a module follows up on (a feedback
+                    // topic's first message) records at once.
+                    if !waiting.is_empty() {
+                        let linger = pause.is_none()
+                            && !draining
+                            && waiting.len() < RECORD_GROUP_MAX
+                            && (!queue.is_empty() || !in_flight.is_empty())
+                            && !self.follows_up(&waiting[before..]);
+                        let due = Instant::now() + if linger { RECORD_LINGER } else { Duration::ZERO };
+                        record_due = Some(record_due.map_or(due, |t| t.min(due)));
                     }
                     if let Some(d) = pause {
-                        // While draining, a pause ends the sender: what is left waits for the
-                        // next run rather than holding this one's stop.
+                        // While draining, a pause ends the sender (after recording what was
+                        // sent): what is left waits for the next run rather than holding this
+                        // one's stop.
                         if draining {
+                            let _ = Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
                             break;
                         }
                         paused_until = Some(Instant::now() + d);
-                        reload = true;
-                    }
-                    // A module's `on_sent` may have queued a follow-up (a feedback topic's
-                    // first message): the outbox is read once more. Only then — a group with
-                    // nothing of the kind costs no read (docs/performance.md, "Round trips
-                    // per update").
-                    if follow_ups {
                         reload = true;
                     }
                 }
@@ -482,6 +513,33 @@ impl Sender {
         })
     }
 
+    /// Records the group of results `waiting` (emptied), then forgets their rows in flight.
+    /// Returns whether a module may have queued follow-ups; an error when the run stopped or
+    /// drained before they could be recorded (they stay pending for the next run).
+    async fn record_group(
+        &self,
+        waiting: &mut Vec<Record>,
+        flying: &mut HashSet<i64>,
+        recent: &mut Recent,
+    ) -> Result<bool, RecordError> {
+        let records = std::mem::take(waiting);
+        let follow_ups = self.record_retrying(&records).await?;
+        for record in &records {
+            flying.remove(&record.row.id);
+            recent.insert(record.row.id);
+        }
+        Ok(follow_ups)
+    }
+
+    /// Whether a module queues follow-ups when it sees one of `records`.
+    fn follows_up(&self, records: &[Record]) -> bool {
+        let snapshot = self.snapshot.load();
+        let deliveries: Vec<Delivery> = records.iter().map(Record::delivery).collect();
+        self.registry
+            .enabled(&snapshot)
+            .any(|module| deliveries.iter().any(|d| module.queues_on_sent(d)))
+    }
+
     /// Marks requests done and lets every enabled module observe them, in one transaction.
     /// Returns whether a module may have queued follow-ups ([`Module::queues_on_sent`]).
     ///
@@ -489,22 +547,14 @@ impl Sender {
     async fn record(&self, records: &[Record]) -> Result<bool, RecordError> {
         let mut done = store::FinishedSends::with_capacity(records.len());
         let mut deliveries = Vec::with_capacity(records.len());
-        for Record { row, text, outcome } in records {
-            let (message_id, error) = match outcome {
+        for record in records {
+            let (message_id, error) = match &record.outcome {
                 DeliveryOutcome::Sent(id) => (id.map(i64::from), None),
                 DeliveryOutcome::Failed(e) => (None, Some(e.clone())),
                 _ => (None, None),
             };
-            done.push(row.id, outcome.as_str(), message_id, error);
-            deliveries.push(Delivery {
-                outbox_id: row.id,
-                origin: row.origin.clone(),
-                lane: Lane::from_i16(row.lane),
-                chat_id: row.chat_id,
-                user_id: row.user_id,
-                text: text.clone(),
-                outcome: outcome.clone(),
-            });
+            done.push(record.row.id, record.outcome.as_str(), message_id, error);
+            deliveries.push(record.delivery());
         }
         let snapshot = self.snapshot.load();
         let follow_ups = self
@@ -668,4 +718,19 @@ struct Record {
     row: OutboxRow,
     text: Option<String>,
     outcome: DeliveryOutcome,
+}
+
+impl Record {
+    /// What the modules see of it.
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            outbox_id: self.row.id,
+            origin: self.row.origin.clone(),
+            lane: Lane::from_i16(self.row.lane),
+            chat_id: self.row.chat_id,
+            user_id: self.row.user_id,
+            text: self.text.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
 }
