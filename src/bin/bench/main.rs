@@ -1038,6 +1038,9 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         idle_fleet(args, ctx, &world, &mut bots, urls, &mut fig).await?
     };
     let pid = ctx.daemon.as_ref().expect("daemon").pid();
+    if let Some(secs) = pg::checkpoint(&server).await? {
+        eprintln!("bench: checkpoint after provisioning, {secs:.1} s");
+    }
     // The fixed cost of the running fleet: CPU with every bot running and nothing sent.
     let idle_window = Duration::from_secs(if args.smoke { 1 } else { 5 });
     let before = cpu::Snapshot::take(pid, &panel_name);

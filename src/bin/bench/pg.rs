@@ -310,3 +310,22 @@ pub async fn sessions(server: &Server, pattern: &str) -> anyhow::Result<i64> {
     conn.close().await.ok();
     Ok(n)
 }
+
+/// `CHECKPOINT`, so the provisioning's WAL (`CREATE DATABASE` logs every new database whole)
+/// does not start a WAL-triggered checkpoint inside a measured window; returns its seconds.
+/// A role that may not checkpoint gets a warning, and the run goes on.
+pub async fn checkpoint(server: &Server) -> anyhow::Result<Option<f64>> {
+    let mut conn = server.connect("postgres").await?;
+    let t0 = std::time::Instant::now();
+    let done = match sqlx::query("CHECKPOINT").execute(&mut conn).await {
+        Ok(_) => Some(t0.elapsed().as_secs_f64()),
+        Err(e) => {
+            eprintln!(
+                "bench: warning: CHECKPOINT refused ({e}); a checkpoint may fall inside a window"
+            );
+            None
+        }
+    };
+    conn.close().await.ok();
+    Ok(done)
+}

@@ -170,11 +170,9 @@ impl Sender {
                 break;
             }
             let draining = self.drain.is_cancelled();
-            // A group is recorded when due, when nothing else is queued or in flight to join
-            // it, and at once while draining.
-            let due = record_due.is_some_and(|t| t <= Instant::now())
-                || (queue.is_empty() && in_flight.is_empty());
-            if !waiting.is_empty() && (draining || due) {
+            // While draining, what was sent is recorded before anything else, so no way out
+            // of the loop below leaves a result unrecorded.
+            if draining && !waiting.is_empty() {
                 record_due = None;
                 let recorded =
                     Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
@@ -285,6 +283,27 @@ impl Sender {
                     });
                 }
                 queue = rest;
+            }
+            // A group is recorded when due, or when nothing else is queued or in flight to
+            // join it — after the sends above, so a record never delays a send's slot.
+            let due = record_due.is_some_and(|t| t <= Instant::now())
+                || (queue.is_empty() && in_flight.is_empty());
+            if due && !waiting.is_empty() {
+                record_due = None;
+                let recorded =
+                    Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
+                match recorded {
+                    // A module's `on_sent` may have queued a follow-up (a feedback topic's
+                    // first message): the outbox is read at once. Only then — a group with
+                    // nothing of the kind costs no read (docs/performance.md, "Round trips
+                    // per update").
+                    Ok(true) => {
+                        reload = true;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(_) => break,
+                }
             }
             if Instant::now() >= next_prune {
                 if let Some(limits) = &limits {
