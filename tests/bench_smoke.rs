@@ -37,21 +37,32 @@ const KEYS: &[&str] = &[
     "rate_limit_one_bot_s",
 ];
 
-fn smoke(mode: &str) {
+/// Runs the bench with `args`; its table (stdout), its JSON line and that line's text.
+fn bench(args: &[&str]) -> (String, serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--smoke", "--daemon", mode])
+        .args(args)
         .output()
         .expect("run the bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "bench --smoke failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        "bench {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    let last = stdout.trim_end().lines().last().expect("some output");
-    let json: serde_json::Value = serde_json::from_str(last)
+    let last = stdout
+        .trim_end()
+        .lines()
+        .last()
+        .expect("some output")
+        .to_owned();
+    let json: serde_json::Value = serde_json::from_str(&last)
         .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    (stdout, json, last)
+}
+
+fn smoke(mode: &str) {
+    let (_, json, last) = bench(&["--smoke", "--daemon", mode]);
     let object = json.as_object().expect("a JSON object");
     for key in KEYS {
         let value = object
@@ -88,19 +99,7 @@ fn smoke_with_the_serve_binary() {
 /// databases is reported as not measured.
 #[test]
 fn smoke_with_the_stock_teloxide_host() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--smoke", "--daemon", "stock"])
-        .output()
-        .expect("run the bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench --smoke --daemon stock failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let last = stdout.trim_end().lines().last().expect("some output");
-    let json: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    let (stdout, json, last) = bench(&["--smoke", "--daemon", "stock"]);
     for key in [
         "updates_per_s",
         "p50_ms",
@@ -138,17 +137,7 @@ fn smoke_with_the_stock_teloxide_host() {
 /// and reports the render's time and size; every series of every bot is in the text.
 #[test]
 fn metrics_scrape_mode_reports_time_and_size() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--metrics-scrape", "--bots", "50"])
-        .output()
-        .expect("run the bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench --metrics-scrape failed: {stdout}"
-    );
-    let last = stdout.trim_end().lines().last().expect("some output");
-    let json: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    let (_, json, last) = bench(&["--metrics-scrape", "--bots", "50"]);
     assert_eq!(json["metrics_scrape_bots"], 50, "{last}");
     // 10 series per bot: received, processed, five send outcomes, two state series (the one
     // left and the current one), the outbox depth.

@@ -103,6 +103,31 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The executable `name` next to this one as a child: a clean environment (PATH, and the
+/// allocator's options and tokio's worker count for experiments, docs/performance.md), no
+/// input or output, its stderr appended to [`log_path`], killed if the bench drops it.
+fn child_command(name: &str) -> anyhow::Result<tokio::process::Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path())?;
+    let mut command = tokio::process::Command::new(sibling_binary(name)?);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for name in [MALLOC_CONF, "TOKIO_WORKER_THREADS"] {
+        if let Ok(value) = std::env::var(name) {
+            command.env(name, value);
+        }
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    Ok(command)
+}
+
 /// Where the child's log goes.
 pub fn log_path() -> PathBuf {
     std::env::temp_dir().join(format!("botvisor-bench-{}.log", std::process::id()))
@@ -121,30 +146,11 @@ impl Running {
                 Ok(Self::Inproc { shutdown, run })
             }
             Mode::Process => {
-                let log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log_path())?;
-                let mut command = tokio::process::Command::new(sibling_binary("botvisor")?);
-                command
-                    .env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default());
-                // The allocator's options and tokio's worker count, for experiments
-                // (docs/performance.md).
-                for name in [MALLOC_CONF, "TOKIO_WORKER_THREADS"] {
-                    if let Ok(value) = std::env::var(name) {
-                        command.env(name, value);
-                    }
-                }
-                let child = command
+                let child = child_command("botvisor")?
                     .envs(env)
                     .arg("--config")
                     .arg(&config)
                     .arg("serve")
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(log)
-                    .kill_on_drop(true)
                     .spawn()
                     .context("cannot spawn botvisor serve")?;
                 Ok(Self::Process { child })
@@ -159,24 +165,9 @@ impl Running {
             std::env::temp_dir().join(format!("botvisor-bench-{}.tokens", std::process::id()));
         std::fs::write(&file, tokens.join("\n"))
             .with_context(|| format!("cannot write {}", file.display()))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path())?;
-        let mut command = tokio::process::Command::new(sibling_binary("stock_host")?);
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        if let Ok(value) = std::env::var("TOKIO_WORKER_THREADS") {
-            command.env("TOKIO_WORKER_THREADS", value);
-        }
-        let child = command
+        let child = child_command("stock_host")?
             .arg(api_url)
             .arg(&file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
             .spawn()
             .context("cannot spawn stock_host")?;
         Ok(Self::Process { child })
