@@ -170,9 +170,15 @@ impl Sender {
                 break;
             }
             let draining = self.drain.is_cancelled();
-            // While draining, what was sent is recorded before anything else, so no way out
-            // of the loop below leaves a result unrecorded.
-            if draining && !waiting.is_empty() {
+            // A group is recorded when due, when nothing else is queued or in flight to join
+            // it, and at once while draining. Before this turn's sends, not after them: a send
+            // the limits allowed starts only when the select below polls it, so a record
+            // between the two would hold it back and let it reach Telegram bunched with the
+            // next slot's (a 429 from the rate-limited sandbox, seen in
+            // `broadcast::measure_broadcast_throughput_and_reply_latency`).
+            let due = record_due.is_some_and(|t| t <= Instant::now())
+                || (queue.is_empty() && in_flight.is_empty());
+            if !waiting.is_empty() && (draining || due) {
                 record_due = None;
                 let recorded =
                     Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
@@ -283,27 +289,6 @@ impl Sender {
                     });
                 }
                 queue = rest;
-            }
-            // A group is recorded when due, or when nothing else is queued or in flight to
-            // join it — after the sends above, so a record never delays a send's slot.
-            let due = record_due.is_some_and(|t| t <= Instant::now())
-                || (queue.is_empty() && in_flight.is_empty());
-            if due && !waiting.is_empty() {
-                record_due = None;
-                let recorded =
-                    Box::pin(self.record_group(&mut waiting, &mut flying, &mut recent)).await;
-                match recorded {
-                    // A module's `on_sent` may have queued a follow-up (a feedback topic's
-                    // first message): the outbox is read at once. Only then — a group with
-                    // nothing of the kind costs no read (docs/performance.md, "Round trips
-                    // per update").
-                    Ok(true) => {
-                        reload = true;
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(_) => break,
-                }
             }
             if Instant::now() >= next_prune {
                 if let Some(limits) = &limits {
