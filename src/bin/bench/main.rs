@@ -860,6 +860,33 @@ impl World {
         }
     }
 
+    /// Waits until every one of `tokens` called `method` since `before` (sandbox counters),
+    /// polling every 10 ms; fails when `d` exits or at `deadline`.
+    async fn wait_called(
+        &self,
+        tokens: &[&str],
+        method: &str,
+        before: &botvisor::sandbox::Stats,
+        d: &mut Running,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        loop {
+            let now = self.sandbox.stats();
+            let waiting = tokens
+                .iter()
+                .filter(|t| now.calls(t, method) <= before.calls(t, method))
+                .count();
+            if waiting == 0 {
+                return Ok(());
+            }
+            d.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("{waiting} bots had not called {method} by the deadline");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `n` bots report `running`; returns the time it took.
     async fn wait_running(
         &self,
@@ -1199,21 +1226,11 @@ async fn run(args: &Args, ctx: &mut Ctx) -> anyhow::Result<Figures> {
         } else {
             "getUpdates"
         };
-        loop {
-            let now = world.sandbox.stats();
-            let waiting = all_tokens
-                .iter()
-                .filter(|t| now.calls(t, intake) <= before.calls(t, intake))
-                .count();
-            if waiting == 0 {
-                break;
-            }
-            d.check_alive()?;
-            if t0.elapsed() > limit {
-                bail!("cold start: {waiting} bots not polling after {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let tokens: Vec<&str> = all_tokens.iter().map(String::as_str).collect();
+        world
+            .wait_called(&tokens, intake, &before, d, t0 + limit)
+            .await
+            .context("cold start")?;
         fig.cold_start_s = Some(t0.elapsed().as_secs_f64());
         fig.cold_start_cpu = Some(
             cpu_before

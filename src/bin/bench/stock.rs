@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::Context;
 
 use crate::daemon::Running;
 use crate::{Bot, Ctx, World};
@@ -17,24 +17,14 @@ pub async fn start(
     api_url: &str,
 ) -> anyhow::Result<()> {
     let tokens: Vec<&str> = bots.iter().map(|b| b.token.as_str()).collect();
+    let before = world.sandbox.stats();
     let t0 = Instant::now();
     let d = ctx.daemon.insert(Running::stock(api_url, &tokens)?);
     let limit = Duration::from_secs(60 + bots.len() as u64 / 10);
-    loop {
-        let stats = world.sandbox.stats();
-        let waiting = tokens
-            .iter()
-            .filter(|t| stats.calls(t, "getUpdates") == 0)
-            .count();
-        if waiting == 0 {
-            break;
-        }
-        d.check_alive()?;
-        if t0.elapsed() > limit {
-            bail!("the stock host: {waiting} bots not polling after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    world
+        .wait_called(&tokens, "getUpdates", &before, d, t0 + limit)
+        .await
+        .context("the stock host")?;
     eprintln!(
         "bench: stock teloxide host, {} bots polling after {:.1} s",
         bots.len(),
